@@ -1,0 +1,201 @@
+"""`farm`: run sweeps, follow them, and read the winners.
+
+Every command takes --data-dir (default ./farm-data, or FARM_DATA_DIR) and --db-url (default
+SQLite in the data dir, or FARM_DB_URL). Errors are one line on stderr with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from farm.store import StoreLocation, open_store
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
+console = Console()
+if not console.is_terminal:  # logs of `ray job submit` and CI: wide enough for the winners table
+    console = Console(width=200)
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="FARM_DATA_DIR", help="Where farm.db and artifacts/ live.")]
+DbUrl = Annotated[str | None, typer.Option("--db-url", envvar="FARM_DB_URL", help="SQLAlchemy URL; default SQLite in the data dir.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Known failures end the command with one line; a bug still shows its traceback."""
+    from farm.cluster import ClusterError
+    from farm.spec import SpecError
+    from workers.calibration import CalibrationDataError
+
+    try:
+        yield
+    except (SpecError, ClusterError, CalibrationDataError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: finished results are kept; run the same sweep again to resume")
+        raise typer.Exit(130) from None
+
+
+def _store(data_dir: Path | None, db_url: str | None, *, readonly: bool = False) -> Any:
+    location = StoreLocation.resolve(data_dir, db_url)
+    if readonly and location.url.startswith("sqlite:///") and not Path(location.url.removeprefix("sqlite:///")).exists():
+        err.print(f"[red]error:[/] no results yet: {location.url} does not exist (run `farm sweep SPEC` first)")
+        raise typer.Exit(2)
+    return open_store(location, readonly=readonly)
+
+
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML).")],
+    data_dir: DataDir = None,
+    db_url: DbUrl = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address; default RAY_ADDRESS, else a local Ray.")] = None,
+    force: Annotated[bool, typer.Option(help="Redo jobs that already finished.")] = False,
+    objective: Annotated[str, typer.Option(help="Objective of the closing winners table: p50, p99 or throughput.")] = "p50",
+) -> None:
+    """Run a sweep: export, build, benchmark and compare every job of SPEC, then print the winners."""
+    from farm.driver import run_sweep
+    from farm.report import SweepProgress, winners_table
+    from farm.select import candidates, winners
+    from farm.spec import load_spec
+
+    with _one_line_errors():
+        parsed, base = load_spec(spec)
+        _check_objective(objective)
+        store = _store(data_dir, db_url)
+        progress = SweepProgress(console)
+        with progress.shown():
+            result = run_sweep(parsed, base, str(spec), store, address=address, force=force,
+                               listener=progress.on_job, on_plan=progress.on_plan)
+        with store.session() as s:
+            rows = winners(candidates(s, sweep_id=result.sweep_id), objective, parsed.fidelity.min_top1_agreement)  # type: ignore[arg-type]
+        failed = sum(1 for state in result.states.values() if state == "failed")
+        console.print(winners_table(rows, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, top-1 agreement >= {parsed.fidelity.min_top1_agreement}"))  # type: ignore[arg-type]
+        console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {failed} failed; results in {store.location.url}")
+
+
+@app.command()
+def status(
+    sweep_id: Annotated[int | None, typer.Argument(help="Sweep id; default the latest.")] = None,
+    data_dir: DataDir = None,
+    db_url: DbUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show a sweep's progress per stage and its failures."""
+    from sqlalchemy import func, select
+
+    from farm.plan import STAGES
+    from farm.store import schema
+
+    with _one_line_errors():
+        store = _store(data_dir, db_url, readonly=True)
+        with store.session() as s:
+            query = select(schema.Sweep).order_by(schema.Sweep.id.desc())
+            found = s.get(schema.Sweep, sweep_id) if sweep_id is not None else s.scalars(query.limit(1)).first()
+            if found is None:
+                err.print(f"[red]error:[/] no sweep {sweep_id if sweep_id is not None else 'recorded yet'}")
+                raise typer.Exit(2)
+            counts = s.execute(
+                select(schema.SweepJob.stage, schema.SweepJob.state, func.count())
+                .where(schema.SweepJob.sweep_id == found.id)
+                .group_by(schema.SweepJob.stage, schema.SweepJob.state)
+            ).all()
+            failures = s.execute(
+                select(schema.SweepJob.stage, schema.SweepJob.label, schema.SweepJob.error)
+                .where(schema.SweepJob.sweep_id == found.id, schema.SweepJob.state == "failed")
+            ).all()
+        by_stage: dict[str, dict[str, int]] = {}
+        for stage, state, n in counts:
+            by_stage.setdefault(stage, {})[state] = n
+        if as_json:
+            print(json.dumps({"sweep": found.id, "name": found.name, "status": found.status, "stages": by_stage,
+                              "failures": [{"stage": f[0], "job": f[1], "error": f[2]} for f in failures]}))
+            return
+        console.print(f"sweep {found.id} ({found.name}): {found.status}, started {found.started_at:%Y-%m-%d %H:%M:%S}")
+        table = Table("stage", "done", "cached", "failed", "blocked", "pending")
+        for stage in sorted(by_stage, key=STAGES.index):
+            states = by_stage[stage]
+            table.add_row(stage, *(str(states.get(k, 0)) for k in ("done", "cached", "failed", "blocked", "pending")))
+        console.print(table)
+        for stage, label, error in failures:
+            console.print(f"[red]failed[/] {stage} {label}: {error}", highlight=False)
+
+
+@app.command()
+def best(
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    target: Annotated[str | None, typer.Option(help="Only targets whose id contains this text.")] = None,
+    objective: Annotated[str, typer.Option(help="p50, p99 (latency) or throughput.")] = "p50",
+    min_top1_agreement: Annotated[float, typer.Option(help="Fidelity floor: top-1 agreement with fp32.")] = 0.99,
+    sweep_id: Annotated[int | None, typer.Option("--sweep", help="Only results of this sweep.")] = None,
+    data_dir: DataDir = None,
+    db_url: DbUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """The fastest eligible build per model, target and batch size."""
+    from farm.report import candidate_json, winners_table
+    from farm.select import candidates, winners
+
+    with _one_line_errors():
+        _check_objective(objective)
+        store = _store(data_dir, db_url, readonly=True)
+        with store.session() as s:
+            rows = winners(candidates(s, model=model, target=target, sweep_id=sweep_id), objective, min_top1_agreement)  # type: ignore[arg-type]
+        if as_json:
+            print(json.dumps([candidate_json(r) for r in rows], indent=2))
+            return
+        if not rows:
+            err.print("no eligible build: run a sweep, or lower --min-top1-agreement")
+            raise typer.Exit(1)
+        console.print(winners_table(rows, objective, f"Winners by {objective}, top-1 agreement >= {min_top1_agreement}"))  # type: ignore[arg-type]
+
+
+@app.command()
+def doctor(as_json: AsJson = False) -> None:
+    """What this machine offers: CPU, GPUs, and each backend's version (or how to install it)."""
+    from workers.backends import BACKENDS
+    from workers.device import describe
+
+    info = describe()
+    backends = [BACKENDS[name]().availability() for name in BACKENDS]
+    if as_json:
+        print(json.dumps({"device": asdict(info), "backends": [asdict(b) | {"ok": b.ok} for b in backends],
+                          "targets": [t.id for t in info.targets()], "python": sys.version.split()[0]}, default=str))
+        return
+    cpu = info.cpu
+    console.print(f"host      {info.hostname}")
+    console.print(f"cpu       {cpu.model} ({cpu.arch}, {cpu.physical_cores} cores / {cpu.logical_cores} threads, {', '.join(cpu.isa) or 'no SIMD flags'})")
+    if info.gpus:
+        for gpu in info.gpus:
+            console.print(f"gpu {gpu.index}     {gpu.name}, sm_{gpu.compute_capability.replace('.', '')}, {gpu.memory_bytes / 2**30:.0f} GiB, driver {gpu.driver}")
+    else:
+        console.print(f"gpu       none{f' ({info.gpu_error})' if info.gpu_error else ''}")
+    table = Table("backend", "version", "detail")
+    for b in backends:
+        table.add_row(b.name, b.version or "[red]missing[/]", b.detail)
+    console.print(table)
+    console.print("targets   " + ", ".join(t.id for t in info.targets()))
+
+
+def _check_objective(objective: str) -> None:
+    from farm.select import OBJECTIVES
+
+    if objective not in OBJECTIVES:
+        err.print(f"[red]error:[/] --objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        raise typer.Exit(2)
+
+
+if __name__ == "__main__":
+    app()

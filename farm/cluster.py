@@ -1,0 +1,92 @@
+"""Targets in the cluster: probe every node once, group the nodes by what an engine built there runs on.
+
+Ray names GPUs by marketing name and reads only GPU 0; an engine depends on the compute
+capability and the backend version. So farm probes each node itself (NVML, CPU flags,
+backend versions) with a task pinned to that node, and schedules by what the probe found.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from farm.plan import TargetGroup
+from workers.backends import BACKENDS
+from workers.device import DeviceInfo, describe
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    cpus: float
+    gpus: float
+    device: DeviceInfo
+
+
+@ray.remote(num_cpus=0)
+def _probe() -> DeviceInfo:
+    info = describe()
+    versions = {}
+    for name, backend in BACKENDS.items():
+        availability = backend().availability()
+        if availability.ok:
+            versions[name] = availability.version
+    return DeviceInfo(info.hostname, info.cpu, info.gpus, info.gpu_error, versions)
+
+
+def connect(address: str | None = None) -> None:
+    """Join the cluster at `address` or RAY_ADDRESS, or start a local one sized to this machine."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+
+
+def probe(timeout_s: float = 120) -> list[Node]:
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    refs = {
+        n["NodeID"]: _probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in alive
+    }
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    nodes = []
+    for raw in alive:
+        ref = refs[raw["NodeID"]]
+        if ref not in ready:
+            continue  # a node that cannot answer a trivial task gets no work either
+        resources = raw.get("Resources", {})
+        nodes.append(Node(raw["NodeID"], float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), ray.get(ref)))
+    if not nodes:
+        raise ClusterError("no Ray node answered the device probe")
+    return nodes
+
+
+def group_targets(nodes: list[Node]) -> list[TargetGroup]:
+    """One group per target id; a backend counts for a target when every node of it has the same version."""
+    members: dict[str, list[Node]] = {}
+    targets = {}
+    for node in nodes:
+        for target in node.device.targets():
+            if target.kind == "gpu" and node.gpus < 1:
+                continue  # NVML sees the GPU but Ray was told not to schedule on it
+            members.setdefault(target.id, []).append(node)
+            targets[target.id] = target
+    groups = []
+    for target_id, group_nodes in members.items():
+        versions = {}
+        for name in BACKENDS:
+            found = {n.device.backends.get(name) for n in group_nodes}
+            if len(found) == 1 and None not in found:
+                versions[name] = found.pop()
+        groups.append(TargetGroup(targets[target_id], tuple(n.node_id for n in group_nodes), versions))
+    return groups

@@ -1,0 +1,245 @@
+"""The Ray fan-out: the pipeline of DESIGN.md, one stage at a time as jobs become ready.
+
+    spec --expand--> jobs
+    export (per model) -> variant (per precision) -> build (per backend x options x target)
+                       -> reference (fp32 outputs)     -> benchmark (per batch size, exclusive)
+                                                         -> fidelity (against the reference)
+
+The driver is the only writer: each result is recorded the moment it arrives. A job whose
+key already finished is not redone (unless forced); a failed job is recorded with its error
+and log, its dependants are marked blocked, and everything else goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayError, TaskCancelledError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from farm import cluster, tasks
+from farm.plan import BenchmarkJob, BuildJob, ExportJob, FidelityJob, Job, Plan, ReferenceJob, TargetGroup, VariantJob, expand
+from farm.spec import SweepSpec
+from farm.store.db import Store
+from farm.store.record import Produced, Recorder
+from workers.calibration import load_images
+from workers.records import Manifest
+
+# Events the driver reports while it runs: (stage, state, job); state is done|cached|failed|blocked.
+Listener = Callable[[str, str, Job, str | None], None]
+
+
+@dataclass
+class SweepResult:
+    sweep_id: int
+    plan: Plan
+    states: dict[str, str] = field(default_factory=dict)  # job key -> final state
+    errors: dict[str, str] = field(default_factory=dict)  # job key -> one-line error
+
+    def count(self, stage: str, state: str) -> int:
+        return sum(1 for j in self.plan.by_stage(stage) if self.states.get(j.key) == state)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    base: Path,
+    spec_path: str,
+    store: Store,
+    *,
+    address: str | None = None,
+    force: bool = False,
+    listener: Listener | None = None,
+    on_plan: Callable[[Plan, list[TargetGroup]], None] | None = None,
+) -> SweepResult:
+    cluster.connect(address)
+    nodes = cluster.probe()
+    groups = cluster.group_targets(nodes)
+    plan = expand(spec, base, groups)
+    if on_plan:
+        on_plan(plan, groups)
+    recorder = Recorder(store)
+    recorder.save_targets(groups, {g.target.id: asdict(next(n.device for n in nodes if n.node_id == g.nodes[0])) for g in groups})
+    sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), plan.jobs)
+    run = _SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, force, listener)
+    try:
+        run.execute()
+    except BaseException:
+        recorder.finish_sweep(sweep_id, "interrupted")
+        raise
+    recorder.finish_sweep(sweep_id, "finished")
+    return SweepResult(sweep_id, plan, run.states, run.errors)
+
+
+class _SweepRun:
+    def __init__(
+        self,
+        spec: SweepSpec,
+        plan: Plan,
+        groups: list[TargetGroup],
+        nodes: dict[str, cluster.Node],
+        recorder: Recorder,
+        sweep_id: int,
+        force: bool,
+        listener: Listener | None,
+    ) -> None:
+        self.spec = spec
+        self.jobs = {job.key: job for job in plan.jobs}
+        self.order = list(self.jobs)
+        self.groups = {g.target.id: g for g in groups}
+        self.nodes = nodes
+        self.round_robin = {tid: itertools.cycle(g.nodes) for tid, g in self.groups.items()}
+        self.recorder = recorder
+        self.sweep_id = sweep_id
+        self.force = force
+        self.listener = listener
+        self.produced: dict[str, Produced] = {}
+        self.states: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        self.inflight: dict[ray.ObjectRef, tuple[Job, float]] = {}
+        self.blob_refs: dict[str, ray.ObjectRef] = {}
+        self.input_refs: dict[str, ray.ObjectRef] = {}
+        # Submit no more than the cluster can run at once, so a job's timeout clock starts near its start.
+        self.max_inflight = max(1, int(sum(n.cpus for n in nodes.values())))
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def execute(self) -> None:
+        for key in self.order:
+            job = self.jobs[key]
+            if not self.force and (found := self.recorder.produced(job)) is not None:
+                self.produced[key] = found
+                self._finish(job, "cached")
+        pending = [k for k in self.order if k not in self.states]
+        while pending or self.inflight:
+            pending = self._submit_ready(pending)
+            if not self.inflight:
+                continue
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+            for ref in done:
+                job, _started = self.inflight.pop(ref)
+                self._collect(job, ref)
+            self._expire()
+        self.blob_refs.clear()
+        self.input_refs.clear()
+
+    def _submit_ready(self, pending: list[str]) -> list[str]:
+        still = []
+        for key in pending:
+            job = self.jobs[key]
+            upstream = [self.states.get(n) for n in job.needs]
+            if any(state in ("failed", "blocked") for state in upstream):
+                self._finish(job, "blocked", "an upstream job failed")
+            elif all(state in ("done", "cached") for state in upstream) and len(self.inflight) < self.max_inflight:
+                self._start(job)
+            else:
+                still.append(key)
+        return still
+
+    def _start(self, job: Job) -> None:
+        if isinstance(job, VariantJob) and job.precision == "fp32":
+            # fp32 is the export itself: nothing to compute, but a row to record.
+            self._record(job, tasks.Outcome(True), inherited={"onnx": self.produced[job.needs[0]].blobs["onnx"]})
+            return
+        try:
+            ref = self._submit(job)
+        except Exception as exc:  # e.g. input data that cannot be read: the job fails, the sweep goes on
+            self._record(job, tasks.Outcome(False, error=f"{type(exc).__name__}: {exc}"))
+            return
+        self.inflight[ref] = (job, time.monotonic())
+
+    def _collect(self, job: Job, ref: ray.ObjectRef) -> None:
+        try:
+            outcome: tasks.Outcome = ray.get(ref)
+        except TaskCancelledError:
+            outcome = tasks.Outcome(False, error=f"timed out after {self.spec.limits.job_timeout_s:.0f} s")
+        except RayError as exc:  # the worker process died (a native crash, OOM) after its retries
+            outcome = tasks.Outcome(False, error=f"{type(exc).__name__}: worker failed after retries", log=str(exc))
+        self._record(job, outcome)
+
+    def _expire(self) -> None:
+        limit = self.spec.limits.job_timeout_s
+        now = time.monotonic()
+        for ref, (_job, started) in list(self.inflight.items()):
+            if now - started > limit:
+                ray.cancel(ref, force=True)
+
+    def _record(self, job: Job, outcome: tasks.Outcome, inherited: dict[str, str] | None = None) -> None:
+        produced = self.recorder.record(self.sweep_id, job, outcome, inherited)
+        if outcome.ok:
+            self.produced[job.key] = produced
+            self._finish(job, "done")
+        else:
+            self._finish(job, "failed", outcome.error)
+
+    def _finish(self, job: Job, state: str, error: str | None = None) -> None:
+        self.states[job.key] = state
+        if error:
+            self.errors[job.key] = error
+        if state == "blocked":
+            self.recorder.mark(self.sweep_id, job, state, error)
+        elif state == "cached":
+            self.recorder.mark(self.sweep_id, job, state)
+        if self.listener:
+            self.listener(job.stage, state, job, error)
+
+    # --- what each stage needs ----------------------------------------------------------
+
+    def _submit(self, job: Job) -> ray.ObjectRef:
+        retries = self.spec.limits.retries
+        if isinstance(job, ExportJob):
+            return tasks.export_task.options(max_retries=retries).remote(job.model)
+        if isinstance(job, ReferenceJob):
+            variant = self._blob(self.produced[job.needs[0]].blobs["onnx"])
+            batch = max(self.spec.batch_sizes)
+            return tasks.reference_task.options(max_retries=retries).remote(variant, self._inputs(job), batch)
+        if isinstance(job, BuildJob):
+            variant_blobs = self.produced[job.needs[0]].blobs
+            checkpoint = self.produced[job.needs[1]].blobs.get("checkpoint")
+            return tasks.build_task.options(max_retries=retries, **self._place(job.request.target.id)).remote(
+                job.request, self._blob(variant_blobs["onnx"]), self._blob(checkpoint) if checkpoint else None
+            )
+        if isinstance(job, BenchmarkJob):
+            plan, manifest = self._engine(job.needs[0])
+            placement = self._place(job.target.id)
+            node = self.nodes[placement["scheduling_strategy"].node_id]
+            # A CPU timing takes every CPU of its node: nothing else runs there while it measures.
+            resources = {"num_gpus": 1, "num_cpus": 1} if job.target.kind == "gpu" else {"num_cpus": max(1.0, node.cpus)}
+            return tasks.benchmark_task.options(max_retries=retries, **placement, **resources).remote(
+                plan, manifest, job.batch_size, job.settings
+            )
+        if isinstance(job, FidelityJob):
+            plan, manifest = self._engine(job.needs[0])
+            reference_job = self.jobs[job.needs[1]]
+            assert isinstance(reference_job, ReferenceJob)
+            reference = self._blob(self.produced[reference_job.key].blobs["reference"])
+            gpu = {"num_gpus": 1} if job.target.kind == "gpu" else {}
+            return tasks.fidelity_task.options(max_retries=retries, **self._place(job.target.id), **gpu).remote(
+                plan, manifest, self._inputs(reference_job), reference, job.batch_size
+            )
+        raise TypeError(f"no task for stage {job.stage}")
+
+    def _place(self, target_id: str) -> dict[str, Any]:
+        node_id = next(self.round_robin[target_id])
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
+
+    def _engine(self, build_key: str) -> tuple[ray.ObjectRef, Manifest]:
+        produced = self.produced[build_key]
+        assert produced.manifest is not None
+        return self._blob(produced.blobs["engine"]), Manifest.from_json(produced.manifest)
+
+    def _blob(self, sha256: str) -> ray.ObjectRef:
+        if sha256 not in self.blob_refs:
+            self.blob_refs[sha256] = ray.put(self.recorder.store.artifacts.get(sha256))
+        return self.blob_refs[sha256]
+
+    def _inputs(self, job: ReferenceJob) -> ray.ObjectRef:
+        if job.key not in self.input_refs:
+            samples = load_images(job.data, job.preprocess, limit=job.samples)
+            self.input_refs[job.key] = ray.put(samples.array)
+        return self.input_refs[job.key]

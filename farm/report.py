@@ -1,0 +1,86 @@
+"""What a person sees in the terminal: a live progress bar per stage and the winners table."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from farm.plan import STAGES, Job, Plan, TargetGroup
+from farm.select import Candidate, Objective
+
+
+class SweepProgress:
+    """A bar per pipeline stage; failures are printed above the bars as they happen."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[summary]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.bars: dict[str, TaskID] = {}
+        self.counts: dict[str, Counter[str]] = {}
+
+    def on_plan(self, plan: Plan, groups: list[TargetGroup]) -> None:
+        for group in groups:
+            versions = ", ".join(f"{k} {v}" for k, v in sorted(group.backends.items()))
+            self.console.print(f"target [bold]{escape(group.target.id)}[/] on {len(group.nodes)} node(s): {escape(versions)}")
+        for note in plan.notes:
+            self.console.print(f"[yellow]note[/] {escape(note)}")
+        for stage in STAGES:
+            total = len(plan.by_stage(stage))
+            if total:
+                self.counts[stage] = Counter()
+                self.bars[stage] = self.progress.add_task(stage, total=total, summary="")
+
+    def on_job(self, stage: str, state: str, job: Job, error: str | None) -> None:
+        if stage not in self.bars:
+            return
+        self.counts[stage][state] += 1
+        summary = " ".join(f"{n} {s}" for s, n in sorted(self.counts[stage].items()))
+        self.progress.update(self.bars[stage], advance=1, summary=summary)
+        if state == "failed":
+            self.console.print(f"[red]failed[/] {stage} {escape(job.label)}: {escape(error or '')}")
+
+    @contextmanager
+    def shown(self) -> Iterator[SweepProgress]:
+        with self.progress:
+            yield self
+
+
+def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "target", "batch", "engine", "p50 ms", "p99 ms", "samples/s", "cv", "top-1 agr.", "vs torch"):
+        table.add_column(column, justify="left" if column in ("model", "target", "engine") else "right", overflow="fold")
+    for c in rows:
+        options = " ".join(f"{k}={v}" for k, v in c.options.items())
+        table.add_row(
+            c.model,
+            escape(c.target),
+            str(c.batch_size),
+            escape(f"{c.backend} {c.precision} {options}"),
+            f"{c.p50_ms:.2f}",
+            f"{c.p99_ms:.2f}",
+            f"{c.throughput:.1f}",
+            f"{c.cv:.1%}",
+            "-" if c.top1_agreement is None else f"{c.top1_agreement:.3f}",
+            "-" if c.speedup_vs_torch is None else f"{c.speedup_vs_torch:.2f}x",
+        )
+    return table
+
+
+def candidate_json(c: Candidate) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(c)

@@ -1,0 +1,122 @@
+"""Winners are a query, not a stage: the best build per (model, target, batch size) under a fidelity floor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from farm.store import schema
+
+Objective = Literal["p50", "p99", "throughput"]
+OBJECTIVES: tuple[Objective, ...] = ("p50", "p99", "throughput")
+BASELINE_BACKEND = "torch"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    build_key: str
+    label: str
+    model: str
+    precision: str
+    backend: str
+    options: dict[str, Any]
+    target: str
+    batch_size: int
+    p50_ms: float
+    p99_ms: float
+    throughput: float
+    cv: float
+    top1_agreement: float | None
+    cosine_mean: float | None
+    engine_sha256: str | None
+    speedup_vs_torch: float | None = None
+    speedup_vs_fp32: float | None = None
+
+    def score(self, objective: Objective) -> float:
+        """Lower is better for every objective."""
+        return -self.throughput if objective == "throughput" else (self.p50_ms if objective == "p50" else self.p99_ms)
+
+    def eligible(self, min_top1_agreement: float) -> bool:
+        return self.top1_agreement is not None and self.top1_agreement >= min_top1_agreement
+
+
+def candidates(
+    session: Session,
+    *,
+    model: str | None = None,
+    target: str | None = None,
+    sweep_id: int | None = None,
+) -> list[Candidate]:
+    """Every successful benchmark with its build, variant and fidelity, filtered in SQL."""
+    query = (
+        select(schema.Benchmark, schema.Build, schema.Variant, schema.Model, schema.Fidelity)
+        .join(schema.Build, schema.Benchmark.build_key == schema.Build.key)
+        .join(schema.Variant, schema.Build.variant_key == schema.Variant.key)
+        .join(schema.Model, schema.Variant.model_key == schema.Model.key)
+        .outerjoin(schema.Fidelity, (schema.Fidelity.build_key == schema.Build.key) & (schema.Fidelity.status == "ok"))
+        .where(schema.Benchmark.status == "ok", schema.Build.status == "ok")
+    )
+    if model:
+        query = query.where(schema.Model.name == model)
+    if target:
+        query = query.where(schema.Build.target_id.contains(target))
+    if sweep_id is not None:
+        in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "benchmark")
+        query = query.where(schema.Benchmark.key.in_(in_sweep))
+    found = []
+    for bench, build, variant, mod, fid in session.execute(query):
+        found.append(
+            Candidate(
+                build_key=build.key,
+                label=build.label,
+                model=mod.name,
+                precision=variant.precision,
+                backend=build.backend,
+                options=build.options,
+                target=build.target_id,
+                batch_size=bench.batch_size,
+                p50_ms=bench.latency_p50 or 0.0,
+                p99_ms=bench.latency_p99 or 0.0,
+                throughput=bench.throughput or 0.0,
+                cv=bench.latency_cv or 0.0,
+                top1_agreement=fid.top1_agreement if fid else None,
+                cosine_mean=fid.cosine_mean if fid else None,
+                engine_sha256=build.engine_sha256,
+            )
+        )
+    return found
+
+
+def _speedup(winner: Candidate, other: Candidate | None, objective: Objective) -> float | None:
+    if other is None:
+        return None
+    if objective == "throughput":
+        return winner.throughput / other.throughput if other.throughput else None
+    ours, theirs = (winner.p50_ms, other.p50_ms) if objective == "p50" else (winner.p99_ms, other.p99_ms)
+    return theirs / ours if ours else None
+
+
+def winners(found: Iterable[Candidate], objective: Objective = "p50", min_top1_agreement: float = 0.99) -> list[Candidate]:
+    """The best eligible candidate per (model, target, batch size), with its speedups.
+
+    Speedup vs torch compares with the fastest PyTorch baseline of the same group; speedup
+    vs fp32 with the fastest fp32 build of the same group (the baseline among them).
+    """
+    groups: dict[tuple[str, str, int], list[Candidate]] = {}
+    for c in found:
+        groups.setdefault((c.model, c.target, c.batch_size), []).append(c)
+    chosen = []
+    for key in sorted(groups):
+        group = groups[key]
+        eligible = [c for c in group if c.eligible(min_top1_agreement)]
+        if not eligible:
+            continue
+        best = min(eligible, key=lambda c: c.score(objective))
+        baseline = min((c for c in group if c.backend == BASELINE_BACKEND), key=lambda c: c.score(objective), default=None)
+        fp32 = min((c for c in group if c.precision == "fp32"), key=lambda c: c.score(objective), default=None)
+        chosen.append(replace(best, speedup_vs_torch=_speedup(best, baseline, objective), speedup_vs_fp32=_speedup(best, fp32, objective)))
+    return chosen

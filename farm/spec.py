@@ -1,0 +1,212 @@
+"""The sweep spec: pydantic models, YAML loading with errors that name the field.
+
+A spec is models x precisions x backends (each with its own option axes) x targets x batch
+sizes. Every invalid spec fails before any work, with one line:
+`sweeps/x.yaml: backends.onnxruntime.intra_op_threads[0]: expected an integer, got 'two'`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workers.bench import BenchSettings
+from workers.records import ModelRef, Preprocess
+
+
+class SpecError(ValueError):
+    """An invalid sweep spec; str() is the one line shown to the user."""
+
+
+def _listify(value: Any) -> Any:
+    """An axis may be written as one value or as a list of values."""
+    return value if isinstance(value, list) else [value]
+
+
+Axis = Annotated[list[Any], BeforeValidator(_listify)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+MODEL_SOURCE = re.compile(r"^(torchvision:[A-Za-z0-9_]+|.+\.onnx|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+
+
+class ModelSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    source: str
+    # Required, even as null: offline machines must ask for random weights explicitly, so a
+    # missing download never turns silently into an untrained model.
+    weights: str | None = Field(...)
+    input_shape: tuple[int, ...] = (3, 224, 224)
+    opset: int = Field(17, ge=13, le=21)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if not MODEL_SOURCE.match(value):
+            raise ValueError("expected torchvision:NAME, a path ending in .onnx, or package.module:function")
+        return value
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(d <= 0 for d in value):
+            raise ValueError("expected positive dimensions of one sample, without the batch axis, e.g. [3, 224, 224]")
+        return value
+
+    def ref(self, base: Path) -> ModelRef:
+        source = self.source
+        if source.endswith(".onnx") and not Path(source).is_absolute():
+            source = str((base / source).resolve())
+        return ModelRef(self.name, source, self.weights, tuple(self.input_shape), self.opset)
+
+    def preprocess(self) -> Preprocess:
+        crop = self.input_shape[-1]
+        return Preprocess(resize=round(crop * 256 / 224), crop=crop)
+
+
+class OnnxRuntimeAxes(Strict):
+    intra_op_threads: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_listify)] = [0]
+    graph_optimization_level: Annotated[
+        list[Literal["disable", "basic", "extended", "all"]], BeforeValidator(_listify)
+    ] = ["all"]
+
+
+class TorchAxes(Strict):
+    mode: Annotated[list[Literal["eager"]], BeforeValidator(_listify)] = ["eager"]
+
+
+class Backends(Strict):
+    onnxruntime: OnnxRuntimeAxes | None = None
+    torch: TorchAxes | None = None
+
+    def enabled(self) -> dict[str, Strict]:
+        return {name: axes for name in type(self).model_fields if (axes := getattr(self, name)) is not None}
+
+    @model_validator(mode="after")
+    def _some(self) -> Backends:
+        if not self.enabled():
+            raise ValueError("expected at least one backend (onnxruntime, torch)")
+        return self
+
+
+class BenchmarkSpec(Strict):
+    warmup_s: float = Field(0.2, ge=0)
+    duration_s: float = Field(3.0, gt=0)
+    min_iterations: int = Field(10, ge=1)
+    max_iterations: int | None = Field(None, ge=1)
+
+    def settings(self) -> BenchSettings:
+        return BenchSettings(self.warmup_s, self.duration_s, self.min_iterations, self.max_iterations)
+
+
+class FidelitySpec(Strict):
+    data: str = "calibration_data"
+    samples: int = Field(16, ge=1)
+    min_top1_agreement: float = Field(0.99, ge=0, le=1)
+
+    def folder(self, base: Path) -> Path:
+        path = Path(self.data)
+        return path if path.is_absolute() else (base / path)
+
+
+class LimitsSpec(Strict):
+    job_timeout_s: float = Field(1800, gt=0)
+    retries: int = Field(1, ge=0, le=5)
+
+
+class SweepSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    models: list[ModelSpec] = Field(min_length=1)
+    precisions: Annotated[list[Literal["fp32"]], BeforeValidator(_listify)] = ["fp32"]
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify)] = [1]
+    backends: Backends
+    targets: Annotated[list[str], BeforeValidator(_listify)] = []  # empty: every target in the cluster
+    benchmark: BenchmarkSpec = BenchmarkSpec()
+    fidelity: FidelitySpec = FidelitySpec()
+    limits: LimitsSpec = LimitsSpec()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSpec]) -> list[ModelSpec]:
+        names = [m.name for m in models]
+        if duplicate := next((n for n in names if names.count(n) > 1), None):
+            raise ValueError(f"model names must be unique; {duplicate!r} appears twice")
+        return models
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, sizes: list[int]) -> list[int]:
+        return sorted(set(sizes))
+
+
+def option_grid(axes: BaseModel) -> list[dict[str, Any]]:
+    """Every combination of a backend's option axes, in a stable order."""
+    names = list(type(axes).model_fields)
+    values = [getattr(axes, n) for n in names]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
+    """Load and validate a spec file; returns the spec and the folder its relative paths start from."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise SpecError(f"{file}: cannot read the spec ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{file}{where}: not valid YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{file}: expected a mapping with name, models and backends at the top level")
+    try:
+        return SweepSpec.model_validate(data), file.absolute().parent
+    except ValidationError as exc:
+        raise SpecError(f"{file}: {describe_error(exc)}") from None
+
+
+def describe_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    where = _location(first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    elif "input" in first and first["type"] not in ("model_type",) and not isinstance(first["input"], dict | list):
+        message = f"{message}, got {first['input']!r}"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {message}{more}"
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def data_digest(folder: Path, samples: int) -> str:
+    """A content hash of the fidelity data: a changed image means new references and fidelity."""
+    digest = hashlib.sha256(str(samples).encode())
+    if folder.is_dir():
+        for file in sorted(p for p in folder.iterdir() if p.is_file()):
+            digest.update(file.name.encode())
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:32]

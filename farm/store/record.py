@@ -1,0 +1,173 @@
+"""The driver's writes: one transaction per finished job, artifacts first, then its row.
+
+Also the read side of resume: `produced(job)` returns what a finished job left behind
+(artifact hashes and the engine manifest), which is all its children need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from farm.plan import BenchmarkJob, BuildJob, ExportJob, FidelityJob, Job, ReferenceJob, TargetGroup, VariantJob
+from farm.store import schema
+from farm.store.db import Store
+from farm.tasks import Outcome
+
+ROW_TYPES: dict[str, type[schema.JobColumns]] = {
+    "export": schema.Model,
+    "variant": schema.Variant,
+    "reference": schema.Reference,
+    "build": schema.Build,
+    "benchmark": schema.Benchmark,
+    "fidelity": schema.Fidelity,
+}
+
+
+@dataclass
+class Produced:
+    """What a finished job hands to its children."""
+
+    blobs: dict[str, str] = field(default_factory=dict)  # role -> artifact sha256
+    manifest: dict[str, Any] | None = None
+
+
+class Recorder:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # --- sweeps -------------------------------------------------------------------------
+
+    def start_sweep(self, name: str, spec_path: str, spec: dict[str, Any], jobs: list[Job]) -> int:
+        with self.store.session() as s, s.begin():
+            sweep = schema.Sweep(name=name, spec_path=spec_path, spec=spec, status="running")
+            sweep.jobs = [schema.SweepJob(stage=j.stage, key=j.key, label=j.label[:256], state="pending") for j in jobs]
+            s.add(sweep)
+            s.flush()
+            return sweep.id
+
+    def finish_sweep(self, sweep_id: int, status: str) -> None:
+        with self.store.session() as s, s.begin():
+            s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(status=status, finished_at=datetime.now(UTC)))
+
+    def mark(self, sweep_id: int, job: Job, state: str, error: str | None = None) -> None:
+        with self.store.session() as s, s.begin():
+            self._mark(s, sweep_id, job, state, error)
+
+    def _mark(self, s: Session, sweep_id: int, job: Job, state: str, error: str | None) -> None:
+        s.execute(
+            update(schema.SweepJob)
+            .where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == job.stage, schema.SweepJob.key == job.key)
+            .values(state=state, error=error, updated_at=datetime.now(UTC))
+        )
+
+    def save_targets(self, groups: list[TargetGroup], descriptions: dict[str, dict[str, Any]]) -> None:
+        with self.store.session() as s, s.begin():
+            for group in groups:
+                t = group.target
+                s.merge(schema.Target(id=t.id, kind=t.kind, name=t.name, compute_capability=t.compute_capability,
+                                      description=descriptions.get(t.id), last_seen=datetime.now(UTC)))
+
+    # --- resume -------------------------------------------------------------------------
+
+    def produced(self, job: Job) -> Produced | None:
+        """What a job that already finished with status ok left behind, or None."""
+        with self.store.session() as s:
+            row = s.get(ROW_TYPES[job.stage], job.key)
+            if row is None or row.status != "ok":
+                return None
+            return _produced(row)
+
+    # --- results ------------------------------------------------------------------------
+
+    def record(self, sweep_id: int, job: Job, outcome: Outcome, inherited: dict[str, str] | None = None) -> Produced:
+        """Store the outcome's artifacts and its row, and mark the job in the sweep, in one transaction."""
+        kinds = {"onnx": "onnx", "checkpoint": "checkpoint", "engine": "engine", "reference": "reference"}
+        blobs = dict(inherited or {})
+        sizes = {}
+        for role, data in outcome.blobs.items():
+            blobs[role] = self.store.artifacts.put(data)
+            sizes[role] = len(data)
+        with self.store.session() as s, s.begin():
+            for role, data in outcome.blobs.items():
+                sha = blobs[role]
+                if s.get(schema.Artifact, sha) is None:
+                    s.add(schema.Artifact(sha256=sha, kind=kinds.get(role, role), size_bytes=sizes[role],
+                                          path=self.store.artifacts.relative_path(sha)))
+            columns: dict[str, Any] = {
+                "key": job.key,
+                "status": "ok" if outcome.ok else "failed",
+                "error": outcome.error,
+                "log": outcome.log or None,
+                "seconds": outcome.seconds,
+                "node": outcome.node or None,
+                "created_at": datetime.now(UTC),
+            }
+            row = ROW_TYPES[job.stage](**(columns | _fields(job, outcome, blobs)))
+            s.merge(row)
+            self._mark(s, sweep_id, job, "done" if outcome.ok else "failed", outcome.error)
+        return _produced(row) if outcome.ok else Produced()
+
+
+def _fields(job: Job, outcome: Outcome, blobs: dict[str, str]) -> dict[str, Any]:
+    value = outcome.value if outcome.ok else None
+    if isinstance(job, ExportJob):
+        m = job.model
+        fields: dict[str, Any] = {"name": m.name, "source": m.source, "weights": m.weights, "input_shape": list(m.input_shape),
+                                  "onnx_sha256": blobs.get("onnx"), "checkpoint_sha256": blobs.get("checkpoint")}
+        if value is not None:
+            fields.update(opset=value.opset, inputs=[t.to_json() for t in value.inputs],
+                          outputs=[t.to_json() for t in value.outputs], node_count=value.node_count)
+        return fields
+    if isinstance(job, VariantJob):
+        return {"model_key": job.needs[0], "precision": job.precision, "onnx_sha256": blobs.get("onnx"),
+                "details": value if isinstance(value, dict) else None}
+    if isinstance(job, ReferenceJob):
+        return {"model_key": job.needs[0], "data_digest": job.digest, "outputs_sha256": blobs.get("reference"),
+                "samples": value["samples"] if value else None}
+    if isinstance(job, BuildJob):
+        r = job.request
+        fields = {"variant_key": job.needs[0], "target_id": r.target.id, "backend": r.backend, "backend_version": job.backend_version,
+                  "options": r.options, "label": job.label[:256], "engine_sha256": blobs.get("engine")}
+        if value is not None:
+            fields.update(manifest=value.manifest.to_json(), engine_bytes=len(outcome.blobs.get("engine", b"")),
+                          peak_host_memory_bytes=value.peak_host_memory_bytes, seconds=value.seconds or outcome.seconds)
+            if value.log:
+                fields["log"] = value.log + ("\n" + outcome.log if outcome.log else "")
+        return fields
+    if isinstance(job, BenchmarkJob):
+        fields = {"build_key": job.needs[0], "batch_size": job.batch_size, "settings": asdict(job.settings)}
+        if value is not None:
+            lat, gpu = value.latency, value.gpu_compute
+            fields.update(iterations=value.iterations, wall_s=value.wall_s, throughput=value.throughput,
+                          latency_mean=lat.mean, latency_p50=lat.median, latency_p90=lat.p90, latency_p95=lat.p95,
+                          latency_p99=lat.p99, latency_min=lat.min, latency_max=lat.max, latency_cv=lat.cv,
+                          gpu_compute_p50=gpu.median if gpu else None, gpu_compute_mean=gpu.mean if gpu else None,
+                          gpu_compute_cv=gpu.cv if gpu else None, noisy=value.noisy, raw_ms=value.raw_ms,
+                          raw_gpu_ms=value.raw_gpu_ms)
+        return fields
+    if isinstance(job, FidelityJob):
+        fields = {"build_key": job.needs[0], "reference_key": job.needs[1]}
+        if value is not None:
+            fields.update(asdict(value))
+        return fields
+    raise TypeError(f"no row for stage {job.stage}")
+
+
+def _produced(row: schema.JobColumns) -> Produced:
+    if isinstance(row, schema.Model):
+        blobs = {"onnx": row.onnx_sha256, "checkpoint": row.checkpoint_sha256}
+    elif isinstance(row, schema.Variant):
+        blobs = {"onnx": row.onnx_sha256}
+    elif isinstance(row, schema.Reference):
+        blobs = {"reference": row.outputs_sha256}
+    elif isinstance(row, schema.Build):
+        return Produced({"engine": row.engine_sha256} if row.engine_sha256 else {}, row.manifest)
+    else:
+        blobs = {}
+    return Produced({k: v for k, v in blobs.items() if v})
+

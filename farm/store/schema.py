@@ -1,0 +1,198 @@
+"""The farm's tables, as typed SQLAlchemy 2.0 ORM classes.
+
+Every stage result is keyed by its job key (a content hash of its inputs), so a finished row
+is the cache: a sweep that finds a row with status "ok" for a key does not redo that job.
+Big outputs (ONNX files, engines, reference outputs) are content-addressed files in the
+artifact store; rows keep their sha256.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # onnx, checkpoint, engine, reference, ...
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String(256))  # relative to the artifact root
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class JobColumns:
+    """What every stage row records about the job that produced it."""
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # ok | failed
+    error: Mapped[str | None] = mapped_column(Text, default=None)  # one line
+    log: Mapped[str | None] = mapped_column(Text, default=None)
+    seconds: Mapped[float | None] = mapped_column(Float, default=None)  # the job's own time on the worker
+    node: Mapped[str | None] = mapped_column(String(128), default=None)  # hostname that ran it
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    spec_path: Mapped[str] = mapped_column(String(512))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated spec, as run
+    status: Mapped[str] = mapped_column(String(16))  # running | finished | interrupted
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+    jobs: Mapped[list[SweepJob]] = relationship(back_populates="sweep", cascade="all, delete-orphan")
+
+
+class SweepJob(Base):
+    """One job of one sweep and how it ended in that sweep: the progress and history view."""
+
+    __tablename__ = "sweep_jobs"
+    __table_args__ = (UniqueConstraint("sweep_id", "stage", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))  # export | variant | reference | build | benchmark | fidelity
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(256))  # what a person reads: "resnet18 fp32 onnxruntime[...] @ cpu:..."
+    state: Mapped[str] = mapped_column(String(16))  # pending | done | cached | failed | blocked
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    sweep: Mapped[Sweep] = relationship(back_populates="jobs")
+
+
+class Model(JobColumns, Base):
+    """A network exported to ONNX once (the export stage)."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    source: Mapped[str] = mapped_column(String(512))
+    weights: Mapped[str | None] = mapped_column(String(64), default=None)
+    input_shape: Mapped[list[Any]] = mapped_column(JSON)
+    opset: Mapped[int | None] = mapped_column(Integer, default=None)
+    inputs: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    outputs: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    node_count: Mapped[int | None] = mapped_column(Integer, default=None)
+    onnx_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
+    checkpoint_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
+
+
+class Variant(JobColumns, Base):
+    """The model's ONNX after a precision transform (fp32 is the export itself)."""
+
+    __tablename__ = "variants"
+
+    model_key: Mapped[str] = mapped_column(ForeignKey("models.key"), index=True)
+    precision: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str | None] = mapped_column(String(32), default=None)  # int8/fp8 calibration method
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    onnx_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
+
+    model: Mapped[Model] = relationship()
+
+
+class Target(Base):
+    __tablename__ = "targets"
+
+    id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # cpu | gpu | rtx
+    name: Mapped[str] = mapped_column(String(256))
+    compute_capability: Mapped[str | None] = mapped_column(String(8), default=None)
+    description: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # a node's DeviceInfo
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Reference(JobColumns, Base):
+    """The fp32 model's outputs on the fidelity inputs: what every build is compared with."""
+
+    __tablename__ = "references"
+
+    model_key: Mapped[str] = mapped_column(ForeignKey("models.key"), index=True)
+    data_digest: Mapped[str] = mapped_column(String(64))
+    samples: Mapped[int | None] = mapped_column(Integer, default=None)
+    outputs_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
+
+
+class Build(JobColumns, Base):
+    """One engine: variant + backend + build options + target."""
+
+    __tablename__ = "builds"
+
+    variant_key: Mapped[str] = mapped_column(ForeignKey("variants.key"), index=True)
+    target_id: Mapped[str] = mapped_column(ForeignKey("targets.id"), index=True)
+    backend: Mapped[str] = mapped_column(String(32), index=True)
+    backend_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    label: Mapped[str] = mapped_column(String(256))
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    engine_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
+    engine_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    peak_host_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+
+    variant: Mapped[Variant] = relationship()
+    target: Mapped[Target] = relationship()
+    benchmarks: Mapped[list[Benchmark]] = relationship(back_populates="build")
+    fidelity: Mapped[list[Fidelity]] = relationship(back_populates="build")
+
+
+class Benchmark(JobColumns, Base):
+    """Timings of one build at one batch size (milliseconds per iteration)."""
+
+    __tablename__ = "benchmarks"
+
+    build_key: Mapped[str] = mapped_column(ForeignKey("builds.key"), index=True)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    iterations: Mapped[int | None] = mapped_column(Integer, default=None)
+    wall_s: Mapped[float | None] = mapped_column(Float, default=None)
+    throughput: Mapped[float | None] = mapped_column(Float, default=None)  # samples per second
+    latency_mean: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_p50: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_p90: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_p95: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_p99: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_min: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_max: Mapped[float | None] = mapped_column(Float, default=None)
+    latency_cv: Mapped[float | None] = mapped_column(Float, default=None)
+    gpu_compute_p50: Mapped[float | None] = mapped_column(Float, default=None)
+    gpu_compute_mean: Mapped[float | None] = mapped_column(Float, default=None)
+    gpu_compute_cv: Mapped[float | None] = mapped_column(Float, default=None)
+    noisy: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    raw_ms: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    raw_gpu_ms: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+
+    build: Mapped[Build] = relationship(back_populates="benchmarks")
+
+
+class Fidelity(JobColumns, Base):
+    """Agreement of one build's outputs with the fp32 reference on real inputs."""
+
+    __tablename__ = "fidelity"
+
+    build_key: Mapped[str] = mapped_column(ForeignKey("builds.key"), index=True)
+    reference_key: Mapped[str] = mapped_column(ForeignKey("references.key"))
+    samples: Mapped[int | None] = mapped_column(Integer, default=None)
+    top1_agreement: Mapped[float | None] = mapped_column(Float, default=None)
+    top5_agreement: Mapped[float | None] = mapped_column(Float, default=None)
+    cosine_mean: Mapped[float | None] = mapped_column(Float, default=None)
+    cosine_min: Mapped[float | None] = mapped_column(Float, default=None)
+    max_abs_error: Mapped[float | None] = mapped_column(Float, default=None)
+
+    build: Mapped[Build] = relationship(back_populates="fidelity")

@@ -1,0 +1,133 @@
+"""Ray tasks: each one calls a single workers.stages function and returns an Outcome.
+
+A Python exception becomes a failed Outcome with a one-line error and the traceback as its
+log; everything the stage printed (native libraries included: the file descriptors are
+redirected) is kept as the log too. Builds run in a fresh process each (`max_calls=1`), so a
+native crash or leaked memory costs only that job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+
+from workers import stages
+from workers.bench import BenchSettings
+from workers.records import BuildRequest, Manifest, ModelRef
+
+LOG_LIMIT = 200_000  # characters of log kept per job
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    value: Any = None  # the stage's record
+    blobs: dict[str, bytes] = field(default_factory=dict)  # artifacts by role: "onnx", "engine", ...
+    error: str | None = None
+    log: str = ""
+    seconds: float = 0.0
+    node: str = ""
+
+
+@dataclass
+class _Capture:
+    text: str = ""
+
+
+@contextlib.contextmanager
+def _captured_output(capture: _Capture) -> Iterator[None]:
+    """Send fd 1 and 2 (Python and native writers alike) and Python logging to one temporary file."""
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = [os.dup(1), os.dup(2)]
+        handler = logging.StreamHandler(open(sink.fileno(), "w", closefd=False))  # noqa: SIM115
+        logging.getLogger().addHandler(handler)
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            handler.flush()
+            logging.getLogger().removeHandler(handler)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            capture.text = sink.read()[-LOG_LIMIT:].decode(errors="replace")
+
+
+def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:
+    started = time.perf_counter()
+    node = socket.gethostname()
+    capture = _Capture()
+    try:
+        with _captured_output(capture):
+            value = stage(*args)
+    except Exception as exc:  # the farm keeps going: the failure becomes a row
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        log = capture.text + "\n" + traceback.format_exc()
+        return Outcome(False, error=f"{type(exc).__name__}: {message}"[:1000], log=log, seconds=time.perf_counter() - started, node=node)
+    value, blobs = value if isinstance(value, tuple) else (value, {})
+    return Outcome(True, value, blobs, log=capture.text, seconds=time.perf_counter() - started, node=node)
+
+
+def _export(model: ModelRef) -> tuple[Any, dict[str, bytes]]:
+    exported = stages.export_model(model)
+    blobs = {"onnx": exported.onnx_bytes}
+    if exported.checkpoint is not None:
+        blobs["checkpoint"] = exported.checkpoint
+    return exported.info, blobs
+
+
+def _reference(variant: bytes, inputs: np.ndarray, batch_size: int) -> tuple[Any, dict[str, bytes]]:
+    import io
+
+    outputs = stages.reference_outputs(variant, inputs, batch_size)
+    buffer = io.BytesIO()
+    np.save(buffer, outputs)
+    return {"samples": len(outputs)}, {"reference": buffer.getvalue()}
+
+
+def _build(request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> tuple[Any, dict[str, bytes]]:
+    engine = stages.build_engine(request, variant, checkpoint)
+    plan = engine.plan
+    engine.plan = b""  # the bytes travel once, as a blob
+    return engine, {"engine": plan}
+
+
+@ray.remote(num_cpus=1)
+def export_task(model: ModelRef) -> Outcome:
+    return run_stage(_export, model)
+
+
+@ray.remote(num_cpus=1)
+def reference_task(variant: bytes, inputs: np.ndarray, batch_size: int) -> Outcome:
+    return run_stage(_reference, variant, inputs, batch_size)
+
+
+@ray.remote(num_cpus=1, max_calls=1)
+def build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Outcome:
+    return run_stage(_build, request, variant, checkpoint)
+
+
+@ray.remote
+def benchmark_task(plan: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings) -> Outcome:
+    return run_stage(stages.benchmark_engine, plan, manifest, batch_size, settings)
+
+
+@ray.remote(num_cpus=1)
+def fidelity_task(plan: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int) -> Outcome:
+    import io
+
+    return run_stage(stages.engine_fidelity, plan, manifest, inputs, np.load(io.BytesIO(reference)), batch_size)

@@ -1,0 +1,122 @@
+"""ONNX Runtime on the CPU: the build is the optimised model ORT writes for the chosen options."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from workers.backends.base import Availability, BackendUnavailable
+from workers.bench import GpuTimer
+from workers.records import BuildRequest, Engine, Manifest, TensorSpec
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _session_options(options: dict[str, Any], level: str) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    so.intra_op_num_threads = int(options.get("intra_op_threads", 0))
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxRuntimeBackend:
+    name: ClassVar[str] = "onnxruntime"
+    target_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def availability(self) -> Availability:
+        try:
+            version = metadata.version("onnxruntime")
+        except metadata.PackageNotFoundError:
+            return Availability(self.name, None, "pip install onnxruntime")
+        return Availability(self.name, version, "CPUExecutionProvider")
+
+    def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Engine:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from exc
+        level = str(request.options.get("graph_optimization_level", "all"))
+        if level not in OPTIMIZATION_LEVELS:
+            raise ValueError(f"graph_optimization_level {level!r}: expected one of {', '.join(OPTIMIZATION_LEVELS)}")
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            optimized = Path(tmp) / "optimized.onnx"
+            so = _session_options(request.options, level)
+            so.optimized_model_filepath = os.fspath(optimized)
+            session = ort.InferenceSession(variant, so, providers=["CPUExecutionProvider"])
+            plan = optimized.read_bytes()
+        manifest = Manifest(
+            backend=self.name,
+            backend_version=ort.__version__,
+            target=request.target.id,
+            precision=request.precision,
+            options=dict(request.options),
+            inputs=_specs(session.get_inputs()),
+            outputs=_specs(session.get_outputs()),
+            model=request.model.name,
+            variant_sha256="",
+            extra={"providers": session.get_providers()},
+        )
+        return Engine(plan=plan, manifest=manifest, seconds=time.perf_counter() - started)
+
+    def open(self, plan: bytes, manifest: Manifest) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(plan, manifest)
+
+
+class OnnxRuntimeRunner:
+    def __init__(self, plan: bytes, manifest: Manifest) -> None:
+        self._plan = plan
+        self._options = manifest.options
+        self.inputs = manifest.inputs
+        self.outputs = manifest.outputs
+        self._session: Any = None
+
+    def __enter__(self) -> OnnxRuntimeRunner:
+        import onnxruntime as ort
+
+        # The plan is already optimised at the build's level; optimising again would only cost load time.
+        so = _session_options(self._options, "disable")
+        self._session = ort.InferenceSession(self._plan, so, providers=["CPUExecutionProvider"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._session = None
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self._session.run(None, feeds))
+
+    def prepare(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
+        session = self._session
+
+        def step() -> None:
+            session.run(None, feeds)
+
+        return step
+
+    def synchronize(self) -> None:
+        return None
+
+    def gpu_timer(self) -> GpuTimer | None:
+        return None
+
+
+def _specs(values: Any) -> list[TensorSpec]:
+    dtypes = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32",
+              "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(bool)": "bool", "tensor(double)": "float64"}
+    return [TensorSpec(v.name, tuple(d if d is not None else "?" for d in v.shape), dtypes.get(v.type, v.type)) for v in values]

@@ -1,0 +1,144 @@
+"""The PyTorch baseline: the eager module the seed article compared against.
+
+Its "engine" is the exported checkpoint itself (the very weights the ONNX variants carry), so
+every speedup in a winners table is measured against the same numbers. On a GPU the
+compute is timed with CUDA events, apart from the host-device copies.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from importlib import metadata
+from typing import Any, ClassVar
+
+import numpy as np
+
+from workers.backends.base import Availability, BackendUnavailable
+from workers.bench import GpuTimer
+from workers.models import BATCH_AXIS, load_module
+from workers.records import BuildRequest, Engine, Manifest, ModelRef, TensorSpec
+
+MODES = ("eager",)
+
+
+class TorchBackend:
+    name: ClassVar[str] = "torch"
+    target_kinds: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
+
+    def availability(self) -> Availability:
+        try:
+            version = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            return Availability(self.name, None, "pip install torch")
+        return Availability(self.name, version, "eager")
+
+    def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Engine:
+        if checkpoint is None:
+            raise BackendUnavailable(f"model {request.model.name}: an ONNX-file source has no PyTorch module to run")
+        if request.precision not in ("fp32", "fp16"):
+            raise BackendUnavailable(f"torch backend runs fp32 and fp16, not {request.precision}")
+        mode = request.options.get("mode", "eager")
+        if mode not in MODES:
+            raise ValueError(f"torch mode {mode!r}: expected one of {', '.join(MODES)}")
+        import torch
+
+        started = time.perf_counter()
+        module = load_module(request.model)  # proves the checkpoint loads into the module
+        module.load_state_dict(torch.load(io.BytesIO(checkpoint), weights_only=True))
+        manifest = Manifest(
+            backend=self.name,
+            backend_version=torch.__version__,
+            target=request.target.id,
+            precision=request.precision,
+            options=dict(request.options),
+            inputs=[TensorSpec("input", (BATCH_AXIS, *request.model.input_shape), "float32")],
+            outputs=[],
+            model=request.model.name,
+            variant_sha256="",
+            extra={"model_ref": asdict(request.model), "device": "cuda" if request.target.kind == "gpu" else "cpu"},
+        )
+        return Engine(plan=checkpoint, manifest=manifest, seconds=time.perf_counter() - started)
+
+    def open(self, plan: bytes, manifest: Manifest) -> TorchRunner:
+        return TorchRunner(plan, manifest)
+
+
+class TorchRunner:
+    def __init__(self, plan: bytes, manifest: Manifest) -> None:
+        self._plan = plan
+        self._manifest = manifest
+        self.inputs = manifest.inputs
+        self.outputs = manifest.outputs
+        self._module: Any = None
+        self._device = manifest.extra.get("device", "cpu")
+        self._events: tuple[Any, Any] | None = None
+
+    def __enter__(self) -> TorchRunner:
+        import torch
+
+        if self._device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("torch: this engine targets a GPU but CUDA is not available here")
+        ref = dict(self._manifest.extra["model_ref"])
+        ref["input_shape"] = tuple(ref["input_shape"])
+        module = load_module(ModelRef(**ref))
+        module.load_state_dict(torch.load(io.BytesIO(self._plan), weights_only=True))
+        dtype = torch.float16 if self._manifest.precision == "fp16" else torch.float32
+        self._module = module.to(self._device, dtype)
+        if self._device == "cuda":
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._module = None
+        self._events = None
+        import torch
+
+        if self._device == "cuda":
+            torch.cuda.empty_cache()
+
+    def _forward(self, host: Any) -> list[np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            x = host.to(self._device, non_blocking=True).to(next(self._module.parameters()).dtype)
+            if self._events:
+                self._events[0].record()
+            out = self._module(x)
+            if self._events:
+                self._events[1].record()
+            outs = [out] if isinstance(out, torch.Tensor) else list(out)
+            return [o.float().cpu().numpy() for o in outs]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        (array,) = feeds.values()
+        return self._forward(torch.from_numpy(np.ascontiguousarray(array)))
+
+    def prepare(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
+        import torch
+
+        (array,) = feeds.values()
+        host = torch.from_numpy(np.ascontiguousarray(array))
+        if self._device == "cuda":
+            host = host.pin_memory()
+
+        def step() -> None:
+            self._forward(host)
+
+        return step
+
+    def synchronize(self) -> None:
+        if self._device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def gpu_timer(self) -> GpuTimer | None:
+        if self._events is None:
+            return None
+        start, end = self._events
+        return lambda: float(start.elapsed_time(end))

@@ -1,0 +1,116 @@
+"""What am I running on: the CPU (model, cores, instruction sets) and the NVIDIA GPUs (through NVML)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+from dataclasses import dataclass, field
+
+from workers.records import Target
+
+# Instruction sets that change which kernels ONNX Runtime and PyTorch pick, best first.
+ISA_LEVELS = (("amx", ("amx_int8", "amx_bf16")), ("avx512", ("avx512f",)), ("avx2", ("avx2",)), ("neon", ("asimd", "neon")))
+REPORTED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_int8", "amx_bf16", "asimd", "sve")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    arch: str
+    logical_cores: int
+    physical_cores: int
+    isa: tuple[str, ...]  # the flags of REPORTED_FLAGS this CPU has
+
+    @property
+    def isa_level(self) -> str:
+        for level, flags in ISA_LEVELS:
+            if any(f in self.isa for f in flags):
+                return level
+        return "baseline"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    compute_capability: str  # "9.0"
+    memory_bytes: int
+    uuid: str
+    driver: str
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    hostname: str
+    cpu: CpuInfo
+    gpus: tuple[GpuInfo, ...] = ()
+    gpu_error: str | None = None  # why GPUs could not be listed, when NVML is present but failed
+    backends: dict[str, str] = field(default_factory=dict)  # backend name -> version, filled by the caller
+
+    def targets(self) -> list[Target]:
+        """The places an engine built here can run: this CPU kind and each distinct GPU kind."""
+        found = [Target("cpu", f"{self.cpu.model} ({self.cpu.arch}, {self.cpu.isa_level})")]
+        for gpu in self.gpus:
+            target = Target("gpu", gpu.name, gpu.compute_capability)
+            if target not in found:
+                found.append(target)
+        return found
+
+
+def describe() -> DeviceInfo:
+    gpus, gpu_error = _gpus()
+    return DeviceInfo(hostname=socket.gethostname(), cpu=_cpu(), gpus=gpus, gpu_error=gpu_error)
+
+
+def _cpu() -> CpuInfo:
+    import cpuinfo
+    import psutil
+
+    info = cpuinfo.get_cpu_info()
+    flags = set(info.get("flags", []))
+    model = re.sub(r"\((R|TM|tm|r)\)", "", info.get("brand_raw") or platform.processor() or "unknown CPU")
+    return CpuInfo(
+        model=" ".join(model.split()),
+        arch=platform.machine(),
+        logical_cores=os.cpu_count() or 1,
+        physical_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+        isa=tuple(f for f in REPORTED_FLAGS if f in flags),
+    )
+
+
+def _gpus() -> tuple[tuple[GpuInfo, ...], str | None]:
+    try:
+        import pynvml
+    except ImportError:
+        return (), None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        # No driver is the normal case on CPU machines; say so only where a driver library exists.
+        missing = isinstance(exc, pynvml.NVMLError_LibraryNotFound) or "not found" in str(exc).lower()
+        return (), None if missing else f"NVML: {exc}"
+    try:
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        gpus = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+            gpus.append(
+                GpuInfo(
+                    index=index,
+                    name=_text(pynvml.nvmlDeviceGetName(handle)),
+                    compute_capability=f"{major}.{minor}",
+                    memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
+                    uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+                    driver=driver,
+                )
+            )
+        return tuple(gpus), None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,172 @@
+"""Model sources and the export stage: a network becomes one ONNX file with a dynamic batch axis.
+
+Sources: `torchvision:NAME` (with an explicit weights choice), an ONNX file, or a Python
+factory `package.module:function` returning a `torch.nn.Module`. The export also returns the
+exact weights it exported (a state_dict checkpoint), so the PyTorch baseline and every ONNX
+variant run the same numbers even when the weights are random.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from workers.records import ExportInfo, ModelRef, TensorSpec
+
+BATCH_AXIS = "batch"
+
+
+class ModelSourceError(ValueError):
+    """The model cannot be loaded as the spec describes it."""
+
+
+@dataclass
+class Exported:
+    onnx_bytes: bytes
+    checkpoint: bytes | None  # torch state_dict (None for ONNX-file sources)
+    info: ExportInfo
+
+
+def load_module(model: ModelRef) -> Any:
+    """Instantiate the PyTorch module for a torchvision or factory source, in eval mode."""
+    import torch
+
+    torch.manual_seed(model.seed)  # random-init weights are reproducible, and saved with the export anyway
+    if model.kind == "torchvision":
+        module = _torchvision_module(model)
+    elif model.kind == "factory":
+        module = _factory_module(model)
+    else:
+        raise ModelSourceError(f"model {model.name}: {model.source} is an ONNX file and has no PyTorch module")
+    return module.eval()
+
+
+def _torchvision_module(model: ModelRef) -> Any:
+    import torchvision
+
+    arch = model.source.split(":", 1)[1]
+    if arch not in torchvision.models.list_models():
+        raise ModelSourceError(f"model {model.name}: torchvision has no model named {arch!r}")
+    if model.weights is None:
+        return torchvision.models.get_model(arch, weights=None)
+    try:
+        weights = torchvision.models.get_model_weights(arch)[model.weights] if model.weights != "DEFAULT" else "DEFAULT"
+    except KeyError:
+        known = ", ".join(w.name for w in torchvision.models.get_model_weights(arch))
+        raise ModelSourceError(f"model {model.name}: weights {model.weights!r} unknown for {arch} (known: {known})") from None
+    try:
+        return torchvision.models.get_model(arch, weights=weights)
+    except Exception as exc:  # a download that fails must never fall back to random weights
+        raise ModelSourceError(
+            f"model {model.name}: weights {model.weights} for {arch} are not in the torch hub cache and could not be "
+            f"downloaded ({type(exc).__name__}: {exc}); put the file under $TORCH_HOME/hub/checkpoints or use weights: null"
+        ) from exc
+
+
+def _factory_module(model: ModelRef) -> Any:
+    module_name, _, function_name = model.source.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelSourceError(f"model {model.name}: cannot import factory {model.source} ({exc})") from exc
+    return factory()
+
+
+def export(model: ModelRef, onnx_file: bytes | None = None) -> Exported:
+    """Export `model` to ONNX (or check a given ONNX file) and describe its inputs and outputs."""
+    started = time.perf_counter()
+    checkpoint = None
+    torch_version = None
+    if model.kind == "onnx":
+        data = onnx_file if onnx_file is not None else _read_onnx_file(model)
+    else:
+        import torch
+
+        torch_version = torch.__version__
+        module = load_module(model)
+        data = _to_onnx(module, model)
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        checkpoint = buffer.getvalue()
+    proto = _check(data, model)
+    info = ExportInfo(
+        opset=_opset(proto),
+        inputs=tuple(_tensor_specs(proto.graph.input, exclude={i.name for i in proto.graph.initializer})),
+        outputs=tuple(_tensor_specs(proto.graph.output)),
+        node_count=len(proto.graph.node),
+        seconds=time.perf_counter() - started,
+        torch_version=torch_version,
+    )
+    return Exported(onnx_bytes=data, checkpoint=checkpoint, info=info)
+
+
+def _read_onnx_file(model: ModelRef) -> bytes:
+    path = Path(model.source)
+    if not path.is_file():
+        raise ModelSourceError(f"model {model.name}: ONNX file {path} does not exist")
+    return path.read_bytes()
+
+
+def _to_onnx(module: Any, model: ModelRef) -> bytes:
+    import torch
+
+    sample = torch.randn(1, *model.input_shape)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated upstream but is the one that exports detectors
+        # (Faster R-CNN) and writes one self-contained file; the warning is noise here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (sample,),
+            buffer,
+            input_names=["input"],
+            output_names=_output_names(module, sample),
+            opset_version=model.opset,
+            dynamic_axes={"input": {0: BATCH_AXIS}},
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def _output_names(module: Any, sample: Any) -> list[str]:
+    import torch
+
+    with torch.no_grad():
+        out = module(sample)
+    if isinstance(out, torch.Tensor):
+        return ["output"]
+    return [f"output_{i}" for i in range(len(out))] if isinstance(out, list | tuple) else ["output"]
+
+
+def _check(data: bytes, model: ModelRef) -> onnx.ModelProto:
+    try:
+        proto = onnx.load_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise ModelSourceError(f"model {model.name}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+    return proto
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _tensor_specs(values: Any, exclude: set[str] = frozenset()) -> list[TensorSpec]:  # type: ignore[assignment]
+    specs = []
+    for value in values:
+        if value.name in exclude:
+            continue
+        tensor_type = value.type.tensor_type
+        shape = tuple(d.dim_param or d.dim_value if (d.dim_param or d.dim_value) else "?" for d in tensor_type.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+        specs.append(TensorSpec(value.name, shape, dtype))
+    return specs
