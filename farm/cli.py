@@ -82,7 +82,10 @@ def sweep(
         with store.session() as s:
             rows = winners(candidates(s, sweep_id=result.sweep_id), objective, parsed.fidelity.min_top1_agreement)  # type: ignore[arg-type]
         failed = sum(1 for state in result.states.values() if state == "failed")
-        console.print(winners_table(rows, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, top-1 agreement >= {parsed.fidelity.min_top1_agreement}"))  # type: ignore[arg-type]
+        if not rows:
+            console.print(f"no eligible winner: no build passed every stage with top-1 agreement >= {parsed.fidelity.min_top1_agreement}")
+        else:
+            console.print(winners_table(rows, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, top-1 agreement >= {parsed.fidelity.min_top1_agreement}"))  # type: ignore[arg-type]
         console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {failed} failed; results in {store.location.url}")
 
 
@@ -196,6 +199,17 @@ def _check_objective(objective: str) -> None:
         err.print(f"[red]error:[/] --objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
         raise typer.Exit(2)
 
+
+def _register_delivery_commands() -> None:
+    """`farm dashboard`, `farm pull` and `farm export` live beside the results they deliver."""
+    try:
+        from farm import delivery
+    except ImportError:
+        return
+    delivery.register(app)
+
+
+_register_delivery_commands()
 
 if __name__ == "__main__":
     app()

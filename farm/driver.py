@@ -25,7 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from farm import cluster, tasks
 from farm.plan import BenchmarkJob, BuildJob, ExportJob, FidelityJob, Job, Plan, ReferenceJob, TargetGroup, VariantJob, expand
-from farm.spec import SweepSpec
+from farm.spec import SpecError, SweepSpec
 from farm.store.db import Store
 from farm.store.record import Produced, Recorder
 from workers.calibration import load_images
@@ -57,6 +57,7 @@ def run_sweep(
     listener: Listener | None = None,
     on_plan: Callable[[Plan, list[TargetGroup]], None] | None = None,
 ) -> SweepResult:
+    check_inputs(spec, base, spec_path)
     cluster.connect(address)
     nodes = cluster.probe()
     groups = cluster.group_targets(nodes)
@@ -74,6 +75,13 @@ def run_sweep(
         raise
     recorder.finish_sweep(sweep_id, "finished")
     return SweepResult(sweep_id, plan, run.states, run.errors)
+
+
+def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
+    """Fail before any work when the spec points at data that is not there."""
+    folder = spec.fidelity.folder(base)
+    if not folder.is_dir():
+        raise SpecError(f"{spec_path}: fidelity.data: {folder} is not a folder (relative paths start at the spec's folder)")
 
 
 class _SweepRun:
@@ -201,7 +209,8 @@ class _SweepRun:
         if isinstance(job, BuildJob):
             variant_blobs = self.produced[job.needs[0]].blobs
             checkpoint = self.produced[job.needs[1]].blobs.get("checkpoint")
-            return tasks.build_task.options(max_retries=retries, **self._place(job.request.target.id)).remote(
+            task = tasks.isolated_build_task if self.spec.limits.isolate_builds else tasks.build_task
+            return task.options(max_retries=retries, **self._place(job.request.target.id)).remote(
                 job.request, self._blob(variant_blobs["onnx"]), self._blob(checkpoint) if checkpoint else None
             )
         if isinstance(job, BenchmarkJob):

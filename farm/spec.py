@@ -100,7 +100,7 @@ class Backends(Strict):
 
 class BenchmarkSpec(Strict):
     warmup_s: float = Field(0.2, ge=0)
-    duration_s: float = Field(3.0, gt=0)
+    duration_s: float = Field(3.0, ge=0)
     min_iterations: int = Field(10, ge=1)
     max_iterations: int | None = Field(None, ge=1)
 
@@ -121,6 +121,9 @@ class FidelitySpec(Strict):
 class LimitsSpec(Strict):
     job_timeout_s: float = Field(1800, gt=0)
     retries: int = Field(1, ge=0, le=5)
+    # A fresh worker process per build contains native crashes and leaks, at about 1 s a build
+    # (imports); turn off for many small builds on backends you trust.
+    isolate_builds: bool = True
 
 
 class SweepSpec(Strict):

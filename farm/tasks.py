@@ -2,8 +2,9 @@
 
 A Python exception becomes a failed Outcome with a one-line error and the traceback as its
 log; everything the stage printed (native libraries included: the file descriptors are
-redirected) is kept as the log too. Builds run in a fresh process each (`max_calls=1`), so a
-native crash or leaked memory costs only that job.
+redirected) is kept as the log too. The driver runs each build in a fresh process
+(`max_calls=1`, unless the spec turns `limits.isolate_builds` off), so a native crash or leaked
+memory costs only that job.
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ def reference_task(variant: bytes, inputs: np.ndarray, batch_size: int) -> Outco
 
 
 @ray.remote(num_cpus=1, max_calls=1)
+def isolated_build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Outcome:
+    """A build in a worker process that is never reused (Ray accepts max_calls only here, not in .options())."""
+    return run_stage(_build, request, variant, checkpoint)
+
+
+@ray.remote(num_cpus=1)
 def build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Outcome:
     return run_stage(_build, request, variant, checkpoint)
 

@@ -77,7 +77,12 @@ def _factory_module(model: ModelRef) -> Any:
         factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise ModelSourceError(f"model {model.name}: cannot import factory {model.source} ({exc})") from exc
-    return factory()
+    import torch
+
+    module = factory()
+    if not isinstance(module, torch.nn.Module):
+        raise ModelSourceError(f"model {model.name}: factory {model.source} returned {type(module).__name__}, not a torch.nn.Module")
+    return module
 
 
 def export(model: ModelRef, onnx_file: bytes | None = None) -> Exported:

@@ -153,7 +153,8 @@ def _fields(job: Job, outcome: Outcome, blobs: dict[str, str]) -> dict[str, Any]
     if isinstance(job, FidelityJob):
         fields = {"build_key": job.needs[0], "reference_key": job.needs[1]}
         if value is not None:
-            fields.update(asdict(value))
+            columns = schema.Fidelity.__table__.columns
+            fields.update({k: v for k, v in asdict(value).items() if k in columns})
         return fields
     raise TypeError(f"no row for stage {job.stage}")
 

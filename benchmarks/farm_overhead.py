@@ -1,0 +1,128 @@
+"""What the farm costs: the same N small jobs through the farm on local Ray, and called directly in one process.
+
+The jobs: one small CNN exported once, its fp32 reference, then N ONNX Runtime builds (every
+combination of thread count and graph optimisation level), each benchmarked for a fixed number
+of iterations at batch 1 and compared with the reference. The direct path calls the same
+workers.stages functions in order; the farm path runs `farm sweep` machinery (Ray tasks, store
+writes, artifacts). Both run side by side in one process, alternating, so machine noise hits both.
+
+    .venv/bin/python benchmarks/farm_overhead.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from farm.driver import run_sweep  # noqa: E402
+from farm.plan import BuildJob  # noqa: E402
+from farm.spec import SweepSpec  # noqa: E402
+from farm.store import StoreLocation, open_store  # noqa: E402
+from workers import stages  # noqa: E402
+from workers.calibration import load_images  # noqa: E402
+from workers.device import describe  # noqa: E402
+from workers.records import BuildRequest  # noqa: E402
+
+SPEC = {
+    "name": "overhead",
+    "models": [{"name": "tiny", "source": "tests.models:tiny_cnn", "weights": None, "input_shape": [3, 32, 32]}],
+    "batch_sizes": [1],
+    "backends": {"onnxruntime": {"intra_op_threads": [1, 2], "graph_optimization_level": ["disable", "basic", "extended", "all"]}},
+    "benchmark": {"warmup_s": 0.0, "duration_s": 0.0, "min_iterations": 50, "max_iterations": 50},
+    "fidelity": {"data": str(REPO / "calibration_data"), "samples": 8},
+}
+
+
+def direct(spec: SweepSpec) -> float:
+    """Every job of the sweep, called in order in this process: no Ray, no store."""
+    started = time.perf_counter()
+    model_spec = spec.models[0]
+    model = model_spec.ref(REPO)
+    exported = stages.export_model(model)
+    inputs = load_images(spec.fidelity.folder(REPO), model_spec.preprocess(), limit=spec.fidelity.samples).array
+    reference = stages.reference_outputs(exported.onnx_bytes, inputs, 1)
+    target = describe().targets()[0]
+    from farm.spec import option_grid
+
+    for options in option_grid(spec.backends.onnxruntime):  # type: ignore[arg-type]
+        engine = stages.build_engine(BuildRequest(model, "fp32", "onnxruntime", options, target, (1,)), exported.onnx_bytes, None)
+        stages.benchmark_engine(engine.plan, engine.manifest, 1, spec.benchmark.settings())
+        stages.engine_fidelity(engine.plan, engine.manifest, inputs, reference, 1)
+    return time.perf_counter() - started
+
+
+def through_farm(spec: SweepSpec, data_dir: Path, isolate: bool) -> tuple[float, int]:
+    spec = spec.model_copy(update={"limits": spec.limits.model_copy(update={"isolate_builds": isolate})})
+    store = open_store(StoreLocation.resolve(data_dir))
+    started = time.perf_counter()
+    result = run_sweep(spec, REPO, "overhead", store, force=True)
+    elapsed = time.perf_counter() - started
+    store.close()
+    if failed := {k: e for k, e in result.errors.items()}:
+        raise SystemExit(f"farm path failed, its time would mean nothing: {next(iter(failed.values()))}")
+    return elapsed, len([j for j in result.plan.jobs if isinstance(j, BuildJob)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "farm_overhead.json")
+    args = parser.parse_args()
+
+    import ray
+
+    spec = SweepSpec.model_validate(SPEC)
+    os.environ["PYTHONPATH"] = str(REPO)  # Ray's workers import the tests.models factory too
+    ray_started = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    ray_start_s = time.perf_counter() - ray_started
+    direct_s: list[float] = []
+    farm_s: list[float] = []
+    shared_s: list[float] = []
+    builds = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            direct_s.append(direct(spec))
+            elapsed, builds = through_farm(spec, Path(tmp) / f"isolated{i}", isolate=True)
+            farm_s.append(elapsed)
+            elapsed, builds = through_farm(spec, Path(tmp) / f"shared{i}", isolate=False)
+            shared_s.append(elapsed)
+    ray.shutdown()
+
+    row = {
+        "jobs": {"builds": builds, "benchmarks": builds, "fidelity": builds, "exports": 1, "references": 1},
+        "repeats": args.repeats,
+        "direct_s": direct_s,
+        "farm_s": farm_s,
+        "direct_median_s": statistics.median(direct_s),
+        "farm_median_s": statistics.median(farm_s),
+        "farm_shared_s": shared_s,
+        "farm_shared_median_s": statistics.median(shared_s),
+        "ratio_farm_over_direct": statistics.median(farm_s) / statistics.median(direct_s),
+        "ratio_farm_shared_over_direct": statistics.median(shared_s) / statistics.median(direct_s),
+        "ray_start_s": ray_start_s,
+        "machine": {"cpu": describe().cpu.model, "cores": describe().cpu.logical_cores},
+    }
+    print(f"{'path':<40}{'median s':>10}{'ratio':>8}   runs")
+    for label, runs in (("direct (one process)", direct_s), ("farm, a fresh process per build", farm_s),
+                        ("farm, isolate_builds: false", shared_s)):
+        ratio = statistics.median(runs) / statistics.median(direct_s)
+        print(f"{label:<40}{statistics.median(runs):>10.2f}{ratio:>7.2f}x   {', '.join(f'{t:.2f}' for t in runs)}")
+    print(f"{builds} builds + {builds} benchmarks + {builds} fidelity + 1 export + 1 reference per run; "
+          f"Ray start ({ray_start_s:.1f} s, once) not included")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(row, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

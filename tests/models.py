@@ -1,0 +1,31 @@
+"""Small model factories for tests, named in specs as `tests.models:NAME`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def tiny_cnn() -> nn.Module:
+    """A four-layer classifier over 3x32x32 inputs: fast to export, build and time."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    )
+
+
+def not_a_module() -> str:
+    return "not a module"
+
+
+
+def crashes_when_built() -> nn.Module:
+    """Exports fine, then kills the process (a real segfault) when a backend builds it: a native crash."""
+    import ctypes
+    import inspect
+
+    if any(frame.function == "build_engine" for frame in inspect.stack()):
+        ctypes.string_at(0)  # reads address 0: SIGSEGV, like a crashing native builder
+    return tiny_cnn()

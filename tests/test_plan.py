@@ -1,0 +1,100 @@
+"""expand(): job counts, dependencies, target selection and the stability of content keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from farm.plan import BenchmarkJob, BuildJob, FidelityJob, TargetGroup, expand
+from farm.spec import load_spec
+from tests.conftest import write_spec
+from workers.records import Target
+
+CPU = TargetGroup(Target("cpu", "Test CPU (x86_64, avx2)"), ("node-a",), {"onnxruntime": "1.0", "torch": "2.0"})
+GPU = TargetGroup(Target("gpu", "NVIDIA H200", "9.0"), ("node-b",), {"torch": "2.0"})
+
+SPEC = """
+name: t
+models:
+  - {name: a, source: "torchvision:resnet18", weights: null}
+  - {name: b, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}
+batch_sizes: [1, 8]
+backends:
+  onnxruntime: {intra_op_threads: [1, 2]}
+  torch: {}
+"""
+
+
+def _plan(tmp_path: Path, body: str = SPEC, groups: list[TargetGroup] | None = None):  # type: ignore[no-untyped-def]
+    spec, base = load_spec(write_spec(tmp_path, body))
+    return expand(spec, base, groups if groups is not None else [CPU, GPU])
+
+
+def test_counts_follow_the_axes(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    # per model: onnxruntime x 2 options on cpu, torch on cpu and gpu
+    assert len(plan.by_stage("export")) == 2
+    assert len(plan.by_stage("variant")) == 2
+    assert len(plan.by_stage("reference")) == 2
+    assert len(plan.by_stage("build")) == 2 * (2 + 2)
+    assert len(plan.by_stage("benchmark")) == 2 * 4 * 2
+    assert len(plan.by_stage("fidelity")) == 2 * 4
+    keys = [job.key for job in plan.jobs]
+    assert len(keys) == len(set(keys))
+
+
+def test_dependencies_point_backwards(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    seen: set[str] = set()
+    for job in plan.jobs:
+        assert set(job.needs) <= seen, job.label
+        seen.add(job.key)
+    fidelity = plan.by_stage("fidelity")[0]
+    assert isinstance(fidelity, FidelityJob)
+    assert {type(j).__name__ for j in plan.jobs if j.key in fidelity.needs} == {"BuildJob", "ReferenceJob"}
+
+
+def test_keys_are_stable_and_change_only_where_inputs_change(tmp_path: Path) -> None:
+    first = _plan(tmp_path)
+    again = _plan(tmp_path)
+    assert [j.key for j in first.jobs] == [j.key for j in again.jobs]
+
+    longer = _plan(tmp_path, SPEC + "benchmark: {duration_s: 9}\n")
+    assert {j.key for j in first.by_stage("build")} == {j.key for j in longer.by_stage("build")}
+    assert not {j.key for j in first.by_stage("benchmark")} & {j.key for j in longer.by_stage("benchmark")}
+
+    threads = _plan(tmp_path, SPEC.replace("[1, 2]", "[1, 3]"))
+    unchanged = {j.key for j in first.by_stage("build")} & {j.key for j in threads.by_stage("build")}
+    assert len(unchanged) == len(first.by_stage("build")) - 2  # only the two intra_op_threads=2 builds changed
+
+
+def test_backend_version_is_part_of_the_build_key(tmp_path: Path) -> None:
+    newer = TargetGroup(CPU.target, CPU.nodes, {"onnxruntime": "1.1", "torch": "2.0"})
+    old = {j.key for j in _plan(tmp_path, groups=[CPU]).by_stage("build")}
+    new = {j.key for j in _plan(tmp_path, groups=[newer]).by_stage("build")}
+    assert len(old - new) == 4  # the onnxruntime builds of both models
+
+
+def test_targets_filter_by_kind_and_name(tmp_path: Path) -> None:
+    only_gpu = _plan(tmp_path, SPEC + "targets: gpu\n")
+    builds = [j for j in only_gpu.by_stage("build") if isinstance(j, BuildJob)]
+    assert {b.request.target.id for b in builds} == {"NVIDIA H200 / sm_90"}
+    assert any("backend onnxruntime: not installed on any selected target" in n for n in only_gpu.notes)
+    by_name = _plan(tmp_path, SPEC + "targets: ['h200']\n")
+    assert {j.request.target.kind for j in by_name.by_stage("build") if isinstance(j, BuildJob)} == {"gpu"}
+    nothing = _plan(tmp_path, SPEC + "targets: ['a100']\n")
+    assert not nothing.by_stage("build")
+    assert any("no target in the cluster matches" in n for n in nothing.notes)
+
+
+def test_onnx_file_models_skip_the_torch_baseline(tmp_path: Path) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"not really onnx")
+    plan = _plan(tmp_path, "name: t\nmodels: [{name: f, source: m.onnx, weights: null}]\nbackends: {torch: {}, onnxruntime: {}}\n")
+    assert {j.request.backend for j in plan.by_stage("build") if isinstance(j, BuildJob)} == {"onnxruntime"}
+    assert any("torch backend skipped" in n for n in plan.notes)
+
+
+def test_benchmark_jobs_carry_batch_and_target(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    benches = [j for j in plan.by_stage("benchmark") if isinstance(j, BenchmarkJob)]
+    assert {b.batch_size for b in benches} == {1, 8}
+    assert {b.target.kind for b in benches} == {"cpu", "gpu"}

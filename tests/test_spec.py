@@ -1,0 +1,105 @@
+"""Sweep spec validation: valid specs load; every invalid one fails with one line naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from farm.spec import SpecError, SweepSpec, load_spec, option_grid
+from tests.conftest import REPO, write_spec
+
+VALID = """
+name: t
+models:
+  - {name: a, source: "torchvision:resnet18", weights: null}
+backends:
+  onnxruntime: {intra_op_threads: [1, 2]}
+  torch: {}
+"""
+
+
+def test_quickstart_spec_is_valid() -> None:
+    spec, base = load_spec(REPO / "sweeps" / "quickstart.yaml")
+    assert {m.name for m in spec.models} == {"resnet18", "mobilenet_v3_small"}
+    assert spec.batch_sizes == [1, 8]
+    assert set(spec.backends.enabled()) == {"onnxruntime", "torch"}
+    assert base == REPO / "sweeps"
+
+
+def test_scalars_become_axes_and_defaults_apply(tmp_path: Path) -> None:
+    spec, _ = load_spec(write_spec(tmp_path, VALID + "batch_sizes: 4\n"))
+    assert spec.batch_sizes == [4]
+    assert spec.models[0].input_shape == (3, 224, 224)
+    grid = option_grid(spec.backends.onnxruntime)  # type: ignore[arg-type]
+    assert grid == [{"intra_op_threads": 1, "graph_optimization_level": "all"}, {"intra_op_threads": 2, "graph_optimization_level": "all"}]
+
+
+def test_batch_sizes_are_sorted_and_unique(tmp_path: Path) -> None:
+    spec, _ = load_spec(write_spec(tmp_path, VALID + "batch_sizes: [8, 1, 8]\n"))
+    assert spec.batch_sizes == [1, 8]
+
+
+BASE = {"name": "t", "models": [{"name": "a", "source": "torchvision:resnet18", "weights": None}], "backends": {"torch": {}}}
+
+
+def _with(**changes: object) -> dict[str, object]:
+    return {**BASE, **changes}
+
+
+INVALID = [
+    (_with(models=[{"name": "a", "source": "torchvision:resnet18"}]), "models[0].weights: required field is missing"),
+    (_with(models=[{"name": "a", "source": "resnet18", "weights": None}]), "models[0].source: expected torchvision:NAME"),
+    (_with(models=[]), "models: List should have at least 1 item"),
+    (_with(models=[BASE["models"][0], BASE["models"][0]]), "models: model names must be unique; 'a' appears twice"),  # type: ignore[index]
+    (_with(models=[{"name": "a b", "source": "torchvision:resnet18", "weights": None}]), "models[0].name: String should match pattern"),
+    (_with(models=[{"name": "a", "source": "torchvision:resnet18", "weights": None, "input_shape": [3, 0, 224]}]), "models[0].input_shape: expected positive dimensions"),
+    (_with(backends={}), "backends: expected at least one backend"),
+    (_with(backends={"tensorflow": {}}), "backends.tensorflow: unknown field"),
+    (_with(backends={"onnxruntime": {"intra_op_threads": ["two"]}}), "backends.onnxruntime.intra_op_threads[0]: expected a valid integer"),
+    (_with(backends={"onnxruntime": {"graph_optimization_level": "max"}}), "backends.onnxruntime.graph_optimization_level[0]: expected 'disable', 'basic', 'extended' or 'all', got 'max'"),
+    (_with(backends={"torch": {"mode": "compiled"}}), "backends.torch.mode[0]: expected 'eager'"),
+    (_with(batch_sizes=[0]), "batch_sizes[0]: expected greater than or equal to 1, got 0"),
+    (_with(precisions=["int4"]), "precisions[0]: expected 'fp32'"),
+    (_with(benchmark={"duration_s": "long"}), "benchmark.duration_s: expected a valid number"),
+    (_with(benchmark={"warmup": 1}), "benchmark.warmup: unknown field"),
+    (_with(fidelity={"min_top1_agreement": 1.5}), "fidelity.min_top1_agreement: expected less than or equal to 1, got 1.5"),
+    (_with(limits={"job_timeout_s": 0}), "limits.job_timeout_s: expected greater than 0"),
+    ({k: v for k, v in BASE.items() if k != "name"}, "name: required field is missing"),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), INVALID, ids=[e for _, e in INVALID])
+def test_invalid_spec_names_file_and_field(tmp_path: Path, data: dict[str, object], expected: str) -> None:
+    import yaml
+
+    path = write_spec(tmp_path, yaml.safe_dump(data))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "name: t\nmodels: [\n")
+    with pytest.raises(SpecError, match=rf"^{path}:3:1: not valid YAML"):
+        load_spec(path)
+
+
+def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="nope.yaml: cannot read the spec"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="expected a mapping"):
+        load_spec(write_spec(tmp_path, "- a\n- b\n"))
+
+
+def test_several_errors_are_counted_on_one_line() -> None:
+    from pydantic import ValidationError
+
+    from farm.spec import describe_error
+
+    with pytest.raises(ValidationError) as caught:
+        SweepSpec.model_validate(_with(batch_sizes=[0], precisions=["int4"]))
+    assert describe_error(caught.value).endswith("(and 1 more)")

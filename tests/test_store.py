@@ -1,0 +1,102 @@
+"""The store on real SQLite files: migrations, WAL, artifacts, the recorder's round trip, read-only opens."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
+
+from farm.plan import ExportJob, content_key
+from farm.store import StoreLocation, open_store, schema
+from farm.store.record import Recorder
+from farm.tasks import Outcome
+from workers.records import ExportInfo, ModelRef, TensorSpec
+
+
+def test_migrations_match_the_orm(store) -> None:  # type: ignore[no-untyped-def]
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with store.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), schema.Base.metadata)
+        assert diff == []
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+def test_reopening_an_existing_store_keeps_rows(tmp_path: Path) -> None:
+    location = StoreLocation.resolve(tmp_path / "d")
+    first = open_store(location)
+    with first.session() as s, s.begin():
+        s.add(schema.Sweep(name="a", spec_path="x.yaml", spec={}, status="finished"))
+    first.close()
+    again = open_store(location)
+    with again.session() as s:
+        assert s.scalars(select(schema.Sweep.name)).all() == ["a"]
+
+
+def test_location_defaults_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FARM_DATA_DIR", raising=False)
+    monkeypatch.delenv("FARM_DB_URL", raising=False)
+    assert StoreLocation.resolve().url == f"sqlite:///{tmp_path / 'farm-data' / 'farm.db'}"
+    monkeypatch.setenv("FARM_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert StoreLocation.resolve().data_dir == tmp_path / "elsewhere"
+    monkeypatch.setenv("FARM_DB_URL", "postgresql://db/farm")
+    assert StoreLocation.resolve().url == "postgresql://db/farm"
+
+
+def test_artifacts_are_content_addressed(store) -> None:  # type: ignore[no-untyped-def]
+    sha = store.artifacts.put(b"engine bytes")
+    assert sha == hashlib.sha256(b"engine bytes").hexdigest()
+    assert store.artifacts.path(sha).relative_to(store.artifacts.root).as_posix() == f"{sha[:2]}/{sha}"
+    assert store.artifacts.put(b"engine bytes") == sha
+    assert store.artifacts.get(sha) == b"engine bytes"
+    assert store.artifacts.verify(sha)
+    store.artifacts.path(sha).write_bytes(b"tampered")
+    assert not store.artifacts.verify(sha)
+
+
+def _export_job() -> ExportJob:
+    model = ModelRef("m", "torchvision:resnet18", None, (3, 224, 224))
+    return ExportJob(content_key("export", model=model), "m", (), model)
+
+
+def test_recorder_round_trip(store) -> None:  # type: ignore[no-untyped-def]
+    recorder = Recorder(store)
+    job = _export_job()
+    sweep_id = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [job])
+    assert recorder.produced(job) is None
+
+    failed = recorder.record(sweep_id, job, Outcome(False, error="ValueError: boom", log="Traceback ..."))
+    assert failed.blobs == {}
+    assert recorder.produced(job) is None  # a failure is not a cached result
+
+    info = ExportInfo(17, (TensorSpec("input", ("batch", 3, 224, 224), "float32"),), (TensorSpec("output", ("batch", 1000), "float32"),), 60, 1.5, "2.x")
+    produced = recorder.record(sweep_id, job, Outcome(True, info, {"onnx": b"onnx", "checkpoint": b"ckpt"}, seconds=1.5, node="n1"))
+    assert produced.blobs == {"onnx": hashlib.sha256(b"onnx").hexdigest(), "checkpoint": hashlib.sha256(b"ckpt").hexdigest()}
+    assert recorder.produced(job) == produced
+    recorder.finish_sweep(sweep_id, "finished")
+
+    with store.session() as s:
+        row = s.get(schema.Model, job.key)
+        assert row.status == "ok" and row.error is None and row.node == "n1"
+        assert row.inputs == [{"name": "input", "shape": ["batch", 3, 224, 224], "dtype": "float32"}]
+        assert {a.kind for a in s.scalars(select(schema.Artifact))} == {"onnx", "checkpoint"}
+        sweep_job = s.scalars(select(schema.SweepJob)).one()
+        assert (sweep_job.state, sweep_job.stage) == ("done", "export")
+        assert s.get(schema.Sweep, sweep_id).status == "finished"
+
+
+def test_readonly_store_cannot_write(store) -> None:  # type: ignore[no-untyped-def]
+    reader = open_store(store.location, readonly=True)
+    with reader.session() as s:
+        assert s.scalars(select(schema.Sweep)).all() == []
+        s.add(schema.Sweep(name="x", spec_path="x", spec={}, status="running"))
+        with pytest.raises(OperationalError, match="readonly"):
+            s.commit()
+    reader.close()

@@ -1,0 +1,178 @@
+"""End to end on a real local Ray cluster: a sweep records rows and artifacts, resumes, and survives bad inputs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from farm.cli import app
+from farm.driver import run_sweep
+from farm.select import candidates, winners
+from farm.spec import load_spec
+from farm.store import schema
+from tests.conftest import CALIBRATION_DATA, write_spec
+
+pytestmark = pytest.mark.slow
+
+SPEC = f"""
+name: e2e
+models:
+  - {{name: mobilenet, source: "torchvision:mobilenet_v3_small", weights: null, input_shape: [3, 96, 96]}}
+  - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
+  - {{name: custom_op, source: custom_op.onnx, weights: null, input_shape: [3, 32, 32]}}
+  - {{name: garbage, source: garbage.onnx, weights: null, input_shape: [3, 32, 32]}}
+batch_sizes: [1, 2]
+backends:
+  onnxruntime: {{intra_op_threads: 1}}
+  torch: {{}}
+benchmark: {{warmup_s: 0.0, duration_s: 0.1, min_iterations: 3}}
+fidelity: {{data: {CALIBRATION_DATA}, samples: 4, min_top1_agreement: 0.99}}
+"""
+
+
+def _custom_op_model() -> bytes:
+    """Valid ONNX that no runtime can execute: an op from a domain nobody implements."""
+    graph = helper.make_graph(
+        [helper.make_node("Frobnicate", ["input"], ["output"], name="frob", domain="com.example")],
+        "custom",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sweep")
+    (folder / "custom_op.onnx").write_bytes(_custom_op_model())
+    (folder / "garbage.onnx").write_bytes(b"\x08\x01garbage that is not a model")
+    write_spec(folder, SPEC)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_cluster, sweep_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from farm.store import StoreLocation, open_store
+
+    store = open_store(StoreLocation.resolve(tmp_path_factory.mktemp("data")))
+    spec, base = load_spec(sweep_dir / "spec.yaml")
+    events: list[tuple[str, str]] = []
+    result = run_sweep(spec, base, "spec.yaml", store, listener=lambda stage, state, job, err: events.append((stage, state)))
+    return store, spec, base, result, events
+
+
+def test_sweep_records_every_job(first_run) -> None:  # type: ignore[no-untyped-def]
+    store, _spec, _base, result, events = first_run
+    with store.session() as s:
+        builds = s.scalars(select(schema.Build)).all()
+        ok = [b for b in builds if b.status == "ok"]
+        # mobilenet and tiny: onnxruntime + torch each; custom_op: onnxruntime only (no torch module)
+        assert len(ok) == 4
+        assert {(b.backend, b.variant.model.name) for b in ok} == {
+            ("onnxruntime", "mobilenet"), ("torch", "mobilenet"), ("onnxruntime", "tiny"), ("torch", "tiny")
+        }
+        assert s.scalar(select(func.count()).select_from(schema.Benchmark).where(schema.Benchmark.status == "ok")) == 8
+        fidelity = s.scalars(select(schema.Fidelity).where(schema.Fidelity.status == "ok")).all()
+        assert len(fidelity) == 4
+        assert all(f.top1_agreement == 1.0 and f.cosine_min > 0.999 for f in fidelity)
+        bench = s.scalars(select(schema.Benchmark).where(schema.Benchmark.status == "ok")).first()
+        assert bench.iterations >= 3 and len(bench.raw_ms) == bench.iterations and bench.latency_p50 > 0
+    assert len(events) == len(result.plan.jobs)
+
+
+def test_artifact_files_match_their_sha256(first_run) -> None:  # type: ignore[no-untyped-def]
+    store = first_run[0]
+    with store.session() as s:
+        artifacts = s.scalars(select(schema.Artifact)).all()
+        assert {a.kind for a in artifacts} >= {"onnx", "checkpoint", "engine", "reference"}
+        for artifact in artifacts:
+            data = (store.artifacts.root / artifact.path).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == artifact.sha256
+            assert len(data) == artifact.size_bytes
+        for build in s.scalars(select(schema.Build).where(schema.Build.status == "ok")):
+            assert build.manifest["engine_sha256"] == build.engine_sha256
+
+
+def test_broken_inputs_fail_alone(first_run) -> None:  # type: ignore[no-untyped-def]
+    store, _spec, _base, result, _events = first_run
+    with store.session() as s:
+        garbage = s.scalars(select(schema.Model).where(schema.Model.name == "garbage")).one()
+        assert garbage.status == "failed"
+        assert "model garbage: not a valid ONNX model" in garbage.error
+        custom = s.scalars(select(schema.Build).where(schema.Build.label.contains("custom_op"))).one()
+        assert custom.status == "failed"
+        assert "Frobnicate" in custom.error
+        assert "Traceback" in custom.log
+        blocked = s.scalars(select(schema.SweepJob).where(schema.SweepJob.state == "blocked")).all()
+        assert any("garbage" in j.label for j in blocked) and any("custom_op" in j.label for j in blocked)
+        assert s.get(schema.Sweep, result.sweep_id).status == "finished"
+    assert result.count("build", "done") == 4
+
+
+def test_winners_of_the_sweep(first_run) -> None:  # type: ignore[no-untyped-def]
+    store, spec, _base, result, _events = first_run
+    with store.session() as s:
+        rows = winners(candidates(s, sweep_id=result.sweep_id), "p50", spec.fidelity.min_top1_agreement)
+    assert {(r.model, r.batch_size) for r in rows} == {("mobilenet", 1), ("mobilenet", 2), ("tiny", 1), ("tiny", 2)}
+    assert all(r.speedup_vs_torch is not None and r.speedup_vs_torch >= 1.0 for r in rows)
+
+
+def test_second_run_resumes_and_builds_nothing(first_run) -> None:  # type: ignore[no-untyped-def]
+    store, spec, base, first, _events = first_run
+    with store.session() as s:
+        builds_before = {(b.key, b.created_at) for b in s.scalars(select(schema.Build))}
+    second = run_sweep(spec, base, "spec.yaml", store)
+    assert second.sweep_id != first.sweep_id
+    assert second.count("build", "done") == 0
+    assert second.count("build", "cached") == 4
+    assert second.count("benchmark", "cached") == 8
+    # failed jobs are tried again (they may have been transient) and fail again the same way
+    assert second.count("build", "failed") == 1 and second.count("export", "failed") == 1
+    with store.session() as s:
+        after = {(b.key, b.created_at) for b in s.scalars(select(schema.Build)) if b.status == "ok"}
+    assert after <= builds_before
+
+
+def test_cli_sweep_prints_winners_and_status(first_run, sweep_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    store = first_run[0]
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", str(sweep_dir / "spec.yaml"), "--data-dir", str(store.location.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "Winners of sweep" in result.output and "mobilenet" in result.output
+    status = runner.invoke(app, ["status", "--data-dir", str(store.location.data_dir), "--json"])
+    assert status.exit_code == 0
+    assert '"cached"' in status.stdout
+    best = runner.invoke(app, ["best", "--model", "tiny", "--data-dir", str(store.location.data_dir), "--json"])
+    assert best.exit_code == 0 and '"model": "tiny"' in best.stdout
+
+
+def test_a_native_crash_costs_only_its_job(ray_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from farm.store import StoreLocation, open_store
+
+    spec_path = write_spec(tmp_path, f"""
+        name: crash
+        models:
+          - {{name: crashy, source: "tests.models:crashes_when_built", weights: null, input_shape: [3, 32, 32]}}
+          - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
+        backends: {{torch: {{}}}}
+        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3}}
+        fidelity: {{data: {CALIBRATION_DATA}, samples: 2}}
+        limits: {{retries: 1}}
+    """)
+    spec, base = load_spec(spec_path)
+    store = open_store(StoreLocation.resolve(tmp_path / "data"))
+    result = run_sweep(spec, base, str(spec_path), store)
+    with store.session() as s:
+        builds = {b.variant.model.name: b for b in s.scalars(select(schema.Build))}
+    assert builds["crashy"].status == "failed"
+    assert "worker failed after retries" in builds["crashy"].error
+    assert builds["tiny"].status == "ok"
+    assert result.count("benchmark", "done") == 1 and result.count("benchmark", "blocked") == 1
