@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -31,8 +32,10 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, s
     ray = str(Path(sys.executable).with_name("ray"))
     temp = tmp_path_factory.mktemp("ray")
     env = dict(os.environ)
-    # Ray 2.60 turns token auth on once ~/.ray/auth_token exists; every CLI call must then say so.
-    env.update(RAY_AUTH_MODE="token", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    # Ray 2.60 turns token auth on once ~/.ray/auth_token exists, and `ray start` then needs a token;
+    # a fresh one in the environment works on a fresh machine and on one where the file exists.
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
     env.pop("RAY_ADDRESS", None)
     dashboard = _free_port()
     subprocess.run(
