@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from farm.store import StoreLocation, open_store
@@ -78,7 +79,8 @@ def sweep(
         progress = SweepProgress(console)
         with progress.shown():
             result = run_sweep(parsed, base, str(spec), store, address=address, force=force,
-                               listener=progress.on_job, on_plan=progress.on_plan)
+                               listener=progress.on_job, on_plan=progress.on_plan,
+                               on_build_progress=progress.on_build_progress)
         with store.session() as s:
             rows = winners(candidates(s, sweep_id=result.sweep_id), objective, parsed.fidelity.min_top1_agreement)  # type: ignore[arg-type]
         failed = sum(1 for state in result.states.values() if state == "failed")
@@ -187,7 +189,7 @@ def doctor(as_json: AsJson = False) -> None:
         console.print(f"gpu       none{f' ({info.gpu_error})' if info.gpu_error else ''}")
     table = Table("backend", "version", "detail")
     for b in backends:
-        table.add_row(b.name, b.version or "[red]missing[/]", b.detail)
+        table.add_row(b.name, escape(b.version) if b.version else "[red]missing[/]", escape(b.detail))
     console.print(table)
     console.print("targets   " + ", ".join(t.id for t in info.targets()))
 

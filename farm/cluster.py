@@ -16,10 +16,19 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from farm.plan import TargetGroup
 from workers.backends import BACKENDS
 from workers.device import DeviceInfo, describe
+from workers.records import Target
+
+
+RTX_VERSION_KEY = "tensorrt-rtx"
 
 
 class ClusterError(RuntimeError):
     pass
+
+
+def _rtx_capability(name: str) -> str:
+    """"sm_86+sm_89" -> "8.6+8.9": the compute capabilities one RTX engine is built for."""
+    return "+".join(f"{cc[3:-1]}.{cc[-1]}" for cc in name.split("+"))
 
 
 @dataclass(frozen=True)
@@ -33,11 +42,9 @@ class Node:
 @ray.remote(num_cpus=0)
 def _probe() -> DeviceInfo:
     info = describe()
-    versions = {}
-    for name, backend in BACKENDS.items():
-        availability = backend().availability()
-        if availability.ok:
-            versions[name] = availability.version
+    versions: dict[str, str] = {}
+    for backend in BACKENDS.values():
+        versions.update(backend().versions())
     return DeviceInfo(info.hostname, info.cpu, info.gpus, info.gpu_error, versions)
 
 
@@ -71,8 +78,12 @@ def probe(timeout_s: float = 120) -> list[Node]:
     return nodes
 
 
-def group_targets(nodes: list[Node]) -> list[TargetGroup]:
-    """One group per target id; a backend counts for a target when every node of it has the same version."""
+def group_targets(nodes: list[Node], rtx_targets: list[str] = ()) -> list[TargetGroup]:  # type: ignore[assignment]
+    """One group per target id; a backend counts for a target when every node of it has the same version.
+
+    `rtx_targets` ("sm_89", "sm_86+sm_89") become groups of every node that has TensorRT-RTX: such
+    engines are built ahead of time on CPUs, for GPUs that need not be in the cluster.
+    """
     members: dict[str, list[Node]] = {}
     targets = {}
     for node in nodes:
@@ -81,12 +92,17 @@ def group_targets(nodes: list[Node]) -> list[TargetGroup]:
                 continue  # NVML sees the GPU but Ray was told not to schedule on it
             members.setdefault(target.id, []).append(node)
             targets[target.id] = target
+        for name in rtx_targets:
+            if RTX_VERSION_KEY in node.device.backends:
+                target = Target("rtx", name, _rtx_capability(name))
+                members.setdefault(target.id, []).append(node)
+                targets[target.id] = target
     groups = []
     for target_id, group_nodes in members.items():
         versions = {}
-        for name in BACKENDS:
-            found = {n.device.backends.get(name) for n in group_nodes}
+        for key in {k for n in group_nodes for k in n.device.backends}:
+            found = {n.device.backends.get(key) for n in group_nodes}
             if len(found) == 1 and None not in found:
-                versions[name] = found.pop()
+                versions[key] = found.pop()
         groups.append(TargetGroup(targets[target_id], tuple(n.node_id for n in group_nodes), versions))
     return groups

@@ -21,6 +21,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayError, TaskCancelledError
+from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from farm import cluster, tasks
@@ -31,8 +32,10 @@ from farm.store.record import Produced, Recorder
 from workers.calibration import load_images
 from workers.records import Manifest
 
-# Events the driver reports while it runs: (stage, state, job); state is done|cached|failed|blocked.
+# Events the driver reports while it runs: (stage, state, job, error); state is done|cached|failed|blocked.
 Listener = Callable[[str, str, Job, str | None], None]
+# A build's progress as its builder reports it (TensorRT's IProgressMonitor): (job, phase, steps done, steps).
+BuildProgress = Callable[[Job, str, int, int], None]
 
 
 @dataclass
@@ -56,18 +59,19 @@ def run_sweep(
     force: bool = False,
     listener: Listener | None = None,
     on_plan: Callable[[Plan, list[TargetGroup]], None] | None = None,
+    on_build_progress: BuildProgress | None = None,
 ) -> SweepResult:
     check_inputs(spec, base, spec_path)
     cluster.connect(address)
     nodes = cluster.probe()
-    groups = cluster.group_targets(nodes)
+    groups = cluster.group_targets(nodes, spec.rtx_targets())
     plan = expand(spec, base, groups)
     if on_plan:
         on_plan(plan, groups)
     recorder = Recorder(store)
     recorder.save_targets(groups, {g.target.id: asdict(next(n.device for n in nodes if n.node_id == g.nodes[0])) for g in groups})
     sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), plan.jobs)
-    run = _SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, force, listener)
+    run = _SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, force, listener, on_build_progress)
     try:
         run.execute()
     except BaseException:
@@ -95,6 +99,7 @@ class _SweepRun:
         sweep_id: int,
         force: bool,
         listener: Listener | None,
+        on_build_progress: BuildProgress | None = None,
     ) -> None:
         self.spec = spec
         self.jobs = {job.key: job for job in plan.jobs}
@@ -106,6 +111,13 @@ class _SweepRun:
         self.sweep_id = sweep_id
         self.force = force
         self.listener = listener
+        self.on_build_progress = on_build_progress
+        # Builders that report progress (TensorRT) send it here; the driver drains it while it waits.
+        reports_progress = on_build_progress is not None and any(
+            isinstance(j, BuildJob) and j.request.backend == "tensorrt" for j in plan.jobs
+        )
+        self.progress_queue: Queue | None = Queue(maxsize=1000) if reports_progress else None
+        self.timing_caches_given: dict[str, list[str]] = {}  # build key -> cache shas it started from
         self.produced: dict[str, Produced] = {}
         self.states: dict[str, str] = {}
         self.errors: dict[str, str] = {}
@@ -128,13 +140,24 @@ class _SweepRun:
             pending = self._submit_ready(pending)
             if not self.inflight:
                 continue
-            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
+            self._drain_progress()
             for ref in done:
                 job, _started = self.inflight.pop(ref)
                 self._collect(job, ref)
             self._expire()
         self.blob_refs.clear()
         self.input_refs.clear()
+        if self.progress_queue is not None:
+            self.progress_queue.shutdown()
+
+    def _drain_progress(self) -> None:
+        if self.progress_queue is None or self.on_build_progress is None:
+            return
+        while not self.progress_queue.empty():
+            key, phase, done, total = self.progress_queue.get_nowait()
+            if key in self.jobs:
+                self.on_build_progress(self.jobs[key], phase, done, total)
 
     def _submit_ready(self, pending: list[str]) -> list[str]:
         still = []
@@ -178,6 +201,10 @@ class _SweepRun:
                 ray.cancel(ref, force=True)
 
     def _record(self, job: Job, outcome: tasks.Outcome, inherited: dict[str, str] | None = None) -> None:
+        cache = outcome.blobs.pop("timing_cache", None)
+        if cache is not None and isinstance(job, BuildJob):
+            given = self.timing_caches_given.pop(job.key, [])
+            self.recorder.update_timing_cache(job.request.target.id, job.backend_version, given, cache)
         produced = self.recorder.record(self.sweep_id, job, outcome, inherited)
         if outcome.ok:
             self.produced[job.key] = produced
@@ -210,8 +237,9 @@ class _SweepRun:
             variant_blobs = self.produced[job.needs[0]].blobs
             checkpoint = self.produced[job.needs[1]].blobs.get("checkpoint")
             task = tasks.isolated_build_task if self.spec.limits.isolate_builds else tasks.build_task
+            context = tasks.build_context(job.key, self._timing_caches(job), self.progress_queue)
             return task.options(max_retries=retries, **self._place(job.request.target.id)).remote(
-                job.request, self._blob(variant_blobs["onnx"]), self._blob(checkpoint) if checkpoint else None
+                job.request, self._blob(variant_blobs["onnx"]), self._blob(checkpoint) if checkpoint else None, context
             )
         if isinstance(job, BenchmarkJob):
             plan, manifest = self._engine(job.needs[0])
@@ -232,6 +260,14 @@ class _SweepRun:
                 plan, manifest, self._inputs(reference_job), reference, job.batch_size
             )
         raise TypeError(f"no task for stage {job.stage}")
+
+    def _timing_caches(self, job: BuildJob) -> tuple[bytes, ...]:
+        """Datacenter TensorRT builds on GPU targets start from the caches of earlier builds there."""
+        if job.request.backend != "tensorrt" or job.request.target.kind != "gpu":
+            return ()
+        given = self.recorder.timing_caches(job.request.target.id, job.backend_version)
+        self.timing_caches_given[job.key] = given
+        return tuple(self.recorder.store.artifacts.get(sha) for sha in given)
 
     def _place(self, target_id: str) -> dict[str, Any]:
         node_id = next(self.round_robin[target_id])

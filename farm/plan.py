@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from farm.spec import SweepSpec, data_digest, option_grid
 from workers.backends import BACKENDS
+from workers.backends.base import version_key
 from workers.bench import BenchSettings
 from workers.records import BuildRequest, ModelRef, Preprocess, Target
 
@@ -122,6 +123,8 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     folder = spec.fidelity.folder(base)
     digest = data_digest(folder, spec.fidelity.samples)
     targets = [g for g in groups if matches(g.target, spec.targets)]
+    if any(g.target.kind == "rtx" for g in targets):
+        notes.append("rtx targets are build-only: engines are built and recorded, not benchmarked (no RTX GPU runtime here)")
     if not targets:
         seen = ", ".join(g.target.id for g in groups) or "none"
         notes.append(f"targets {spec.targets}: no target in the cluster matches (targets found: {seen})")
@@ -153,14 +156,16 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                 if backend_name == "torch" and model.kind == "onnx":
                     notes.append(f"model {model.name}: torch backend skipped (an ONNX-file source has no PyTorch module)")
                     continue
-                kinds = BACKENDS[backend_name].target_kinds
-                usable = [g for g in targets if g.target.kind in kinds and backend_name in g.backends]
+                backend_type = BACKENDS[backend_name]
+                usable = [g for g in targets if g.target.kind in backend_type.target_kinds
+                          and version_key(backend_type, g.target.kind) in g.backends]
                 if not usable:
                     notes.append(f"backend {backend_name}: not installed on any selected target ({_install_hint(backend_name)})")
                     continue
+                varying = {name for name, values in axes if len(values) > 1}
                 for group in usable:
                     for options in option_grid(axes):
-                        jobs += _build_jobs(variant, backend_name, options, group, spec, settings, reference, export)
+                        jobs += _build_jobs(variant, backend_name, options, varying, group, spec, settings, reference, export)
     return Plan(jobs=jobs, notes=list(dict.fromkeys(notes)))
 
 
@@ -168,6 +173,7 @@ def _build_jobs(
     variant: VariantJob,
     backend: str,
     options: dict[str, Any],
+    varying: set[str],
     group: TargetGroup,
     spec: SweepSpec,
     settings: BenchSettings,
@@ -177,15 +183,17 @@ def _build_jobs(
     batch_sizes = tuple(spec.batch_sizes)
     request = BuildRequest(variant.model, variant.precision, backend, options, group.target, batch_sizes)
     profile = batch_sizes if getattr(BACKENDS[backend], "batch_profile", False) else ()
-    version = group.backends[backend]
+    version = group.backends[version_key(BACKENDS[backend], group.target.kind)]
     build = BuildJob(
         content_key("build", variant=variant.key, backend=backend, version=version, options=options, target=group.target.id, profile=profile),
-        f"{variant.label} {backend}{_options_label(options)} @ {group.target.id}",
+        f"{variant.label} {backend}{_options_label({k: v for k, v in options.items() if k in varying})} @ {group.target.id}",
         (variant.key, export.key),
         request,
         version,
     )
     jobs: list[Job] = [build]
+    if group.target.kind == "rtx":
+        return jobs  # built ahead of time for GPUs this cluster need not have: nothing here can run it
     for batch in batch_sizes:
         jobs.append(
             BenchmarkJob(
@@ -214,7 +222,10 @@ def _options_label(options: dict[str, Any]) -> str:
 
 
 def _install_hint(backend: str) -> str:
-    return {"onnxruntime": "pip install onnxruntime", "torch": "pip install torch"}.get(backend, f"pip install 'farm[{backend}]'")
+    hints = {"onnxruntime": "pip install onnxruntime", "torch": "pip install torch",
+             "tensorrt": "TensorRT-RTX builds on any CPU worker for rtx:sm_NN targets: pip install 'farm[rtx]'; "
+                         "GPU targets need datacenter TensorRT: pip install 'farm[tensorrt]'"}
+    return hints.get(backend, f"pip install 'farm[{backend}]'")
 
 
 def _file_sha256(path: Path) -> str:

@@ -53,6 +53,11 @@ class SweepProgress:
         if state == "failed":
             self.console.print(f"[red]failed[/] {stage} {escape(job.label)}: {escape(error or '')}")
 
+    def on_build_progress(self, job: Job, phase: str, done: int, total: int) -> None:
+        if "build" in self.bars:
+            summary = " ".join(f"{n} {s}" for s, n in sorted(self.counts["build"].items()))
+            self.progress.update(self.bars["build"], summary=escape(f"{summary}  {job.label[:40]}: {phase} {done}/{total}"))
+
     @contextmanager
     def shown(self) -> Iterator[SweepProgress]:
         with self.progress:

@@ -36,6 +36,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+RTX_TARGET = re.compile(r"^rtx:sm_\d{2,3}(\+sm_\d{2,3})*$")
 MODEL_SOURCE = re.compile(r"^(torchvision:[A-Za-z0-9_]+|.+\.onnx|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
 
@@ -84,9 +85,29 @@ class TorchAxes(Strict):
     mode: Annotated[list[Literal["eager"]], BeforeValidator(_listify)] = ["eager"]
 
 
+class TensorRTAxes(Strict):
+    flavour: Annotated[list[Literal["auto", "datacenter", "rtx"]], BeforeValidator(_listify)] = ["auto"]
+    workspace: Annotated[list[int | str], BeforeValidator(_listify)] = ["unlimited"]  # bytes, "64MiB", "1GiB", "unlimited"
+    optimization_level: Annotated[list[Annotated[int, Field(ge=0, le=5)]], BeforeValidator(_listify)] = [3]
+    hardware_compatibility_level: Annotated[
+        list[Literal["none", "ampere_plus", "same_compute_capability"]], BeforeValidator(_listify)
+    ] = ["none"]
+    cuda_graph: Annotated[list[bool], BeforeValidator(_listify)] = [False]
+
+    @field_validator("workspace")
+    @classmethod
+    def _sizes(cls, sizes: list[int | str]) -> list[int | str]:
+        from workers.backends.tensorrt import parse_bytes
+
+        for size in sizes:
+            parse_bytes(size)  # raises ValueError with the expected forms
+        return sizes
+
+
 class Backends(Strict):
     onnxruntime: OnnxRuntimeAxes | None = None
     torch: TorchAxes | None = None
+    tensorrt: TensorRTAxes | None = None
 
     def enabled(self) -> dict[str, Strict]:
         return {name: axes for name in type(self).model_fields if (axes := getattr(self, name)) is not None}
@@ -94,7 +115,7 @@ class Backends(Strict):
     @model_validator(mode="after")
     def _some(self) -> Backends:
         if not self.enabled():
-            raise ValueError("expected at least one backend (onnxruntime, torch)")
+            raise ValueError("expected at least one backend (onnxruntime, torch, tensorrt)")
         return self
 
 
@@ -132,7 +153,10 @@ class SweepSpec(Strict):
     precisions: Annotated[list[Literal["fp32"]], BeforeValidator(_listify)] = ["fp32"]
     batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify)] = [1]
     backends: Backends
-    targets: Annotated[list[str], BeforeValidator(_listify)] = []  # empty: every target in the cluster
+    # Empty: every CPU and GPU target in the cluster. TensorRT-RTX targets are built ahead of time
+    # on CPU workers and are only made when named: "rtx:sm_89", or "rtx:sm_86+sm_89" for one
+    # engine that runs on both.
+    targets: Annotated[list[str], BeforeValidator(_listify)] = []
     benchmark: BenchmarkSpec = BenchmarkSpec()
     fidelity: FidelitySpec = FidelitySpec()
     limits: LimitsSpec = LimitsSpec()
@@ -144,6 +168,17 @@ class SweepSpec(Strict):
         if duplicate := next((n for n in names if names.count(n) > 1), None):
             raise ValueError(f"model names must be unique; {duplicate!r} appears twice")
         return models
+
+    @field_validator("targets")
+    @classmethod
+    def _rtx_targets(cls, targets: list[str]) -> list[str]:
+        for target in targets:
+            if target.startswith("rtx:") and not RTX_TARGET.match(target):
+                raise ValueError(f"{target!r}: expected rtx:sm_NN or rtx:sm_NN+sm_MM (e.g. rtx:sm_89)")
+        return targets
+
+    def rtx_targets(self) -> list[str]:
+        return [t.removeprefix("rtx:") for t in self.targets if t.startswith("rtx:")]
 
     @field_validator("batch_sizes")
     @classmethod

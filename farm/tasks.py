@@ -24,6 +24,7 @@ import numpy as np
 import ray
 
 from workers import stages
+from workers.backends.base import BuildContext
 from workers.bench import BenchSettings
 from workers.records import BuildRequest, Manifest, ModelRef
 
@@ -100,11 +101,37 @@ def _reference(variant: bytes, inputs: np.ndarray, batch_size: int) -> tuple[Any
     return {"samples": len(outputs)}, {"reference": buffer.getvalue()}
 
 
-def _build(request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> tuple[Any, dict[str, bytes]]:
-    engine = stages.build_engine(request, variant, checkpoint)
-    plan = engine.plan
+def _build(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext) -> tuple[Any, dict[str, bytes]]:
+    engine = stages.build_engine(request, variant, checkpoint, context)
+    blobs = {"engine": engine.plan}
     engine.plan = b""  # the bytes travel once, as a blob
-    return engine, {"engine": plan}
+    if cache := getattr(engine, "timing_cache", None):
+        blobs["timing_cache"] = cache
+        engine.timing_cache = None  # type: ignore[attr-defined]
+    return engine, blobs
+
+
+class ProgressForwarder:
+    """Sends a build's progress to the driver's queue: each new phase, then at most every `interval_s`."""
+
+    def __init__(self, queue: Any, key: str, interval_s: float = 0.5) -> None:
+        self.queue, self.key, self.interval_s = queue, key, interval_s
+        self.last_phase = ""
+        self.last_sent = 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> bool:
+        now = time.monotonic()
+        if phase != self.last_phase or now - self.last_sent >= self.interval_s or done == total:
+            self.last_phase, self.last_sent = phase, now
+            try:
+                self.queue.put_nowait((self.key, phase, done, total))
+            except Exception:  # a full or gone queue must never fail a build
+                pass
+        return True
+
+
+def build_context(key: str, timing_caches: tuple[bytes, ...], progress: Any | None) -> BuildContext:
+    return BuildContext(progress=ProgressForwarder(progress, key) if progress is not None else None, timing_caches=timing_caches)
 
 
 @ray.remote(num_cpus=1)
@@ -118,14 +145,14 @@ def reference_task(variant: bytes, inputs: np.ndarray, batch_size: int) -> Outco
 
 
 @ray.remote(num_cpus=1, max_calls=1)
-def isolated_build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Outcome:
+def isolated_build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext) -> Outcome:
     """A build in a worker process that is never reused (Ray accepts max_calls only here, not in .options())."""
-    return run_stage(_build, request, variant, checkpoint)
+    return run_stage(_build, request, variant, checkpoint, context)
 
 
 @ray.remote(num_cpus=1)
-def build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Outcome:
-    return run_stage(_build, request, variant, checkpoint)
+def build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext) -> Outcome:
+    return run_stage(_build, request, variant, checkpoint, context)
 
 
 @ray.remote

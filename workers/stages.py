@@ -6,10 +6,13 @@ tests and the GPU machine call them directly.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from workers import fidelity as fidelity_
 from workers.backends import get_backend, random_feeds
+from workers.backends.base import NO_CONTEXT, BuildContext
 from workers.bench import BenchSettings, Timings, measure
 from workers.models import Exported, export
 from workers.records import BuildRequest, Engine, Manifest, ModelRef
@@ -21,10 +24,8 @@ def export_model(model: ModelRef, onnx_file: bytes | None = None) -> Exported:
     return export(model, onnx_file)
 
 
-def build_engine(request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Engine:
-    import hashlib
-
-    engine = get_backend(request.backend).build(request, variant, checkpoint)
+def build_engine(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
+    engine = get_backend(request.backend).build(request, variant, checkpoint, context)
     engine.manifest.variant_sha256 = hashlib.sha256(variant).hexdigest()
     engine.manifest.engine_sha256 = hashlib.sha256(engine.plan).hexdigest()
     return engine

@@ -82,6 +82,29 @@ class Recorder:
                 return None
             return _produced(row)
 
+    # --- timing caches (datacenter TensorRT) -------------------------------------------
+
+    def timing_caches(self, target_id: str, version: str) -> list[str]:
+        with self.store.session() as s:
+            row = s.get(schema.TimingCache, (target_id, version))
+            return list(row.sha256s) if row else []
+
+    def update_timing_cache(self, target_id: str, version: str, given: list[str], returned: bytes) -> None:
+        """The returned cache holds everything it was given; caches that arrived meanwhile stay to be combined."""
+        sha = self.store.artifacts.put(returned)
+        with self.store.session() as s, s.begin():
+            self._artifact_row(s, sha, "timing_cache", len(returned))
+            row = s.get(schema.TimingCache, (target_id, version))
+            if row is None:
+                s.add(schema.TimingCache(target_id=target_id, backend_version=version, sha256s=[sha], builds=1))
+            else:
+                row.sha256s = [sha] + [old for old in row.sha256s if old not in given and old != sha]
+                row.builds += 1
+
+    def _artifact_row(self, s: Session, sha: str, kind: str, size: int) -> None:
+        if s.get(schema.Artifact, sha) is None:
+            s.add(schema.Artifact(sha256=sha, kind=kind, size_bytes=size, path=self.store.artifacts.relative_path(sha)))
+
     # --- results ------------------------------------------------------------------------
 
     def record(self, sweep_id: int, job: Job, outcome: Outcome, inherited: dict[str, str] | None = None) -> Produced:
@@ -93,11 +116,8 @@ class Recorder:
             blobs[role] = self.store.artifacts.put(data)
             sizes[role] = len(data)
         with self.store.session() as s, s.begin():
-            for role, data in outcome.blobs.items():
-                sha = blobs[role]
-                if s.get(schema.Artifact, sha) is None:
-                    s.add(schema.Artifact(sha256=sha, kind=kinds.get(role, role), size_bytes=sizes[role],
-                                          path=self.store.artifacts.relative_path(sha)))
+            for role in outcome.blobs:
+                self._artifact_row(s, blobs[role], kinds.get(role, role), sizes[role])
             columns: dict[str, Any] = {
                 "key": job.key,
                 "status": "ok" if outcome.ok else "failed",

@@ -119,6 +119,23 @@ class Target(Base):
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
+class TimingCache(Base):
+    """Datacenter TensorRT timing caches per (GPU kind, TensorRT version): what the next build there starts from.
+
+    Builds that ran at the same time each return a cache; the driver cannot combine them (it
+    may have no TensorRT), so it keeps every cache not yet combined and the next build on that
+    target combines them before it starts.
+    """
+
+    __tablename__ = "timing_caches"
+
+    target_id: Mapped[str] = mapped_column(ForeignKey("targets.id"), primary_key=True)
+    backend_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256s: Mapped[list[Any]] = mapped_column(JSON)
+    builds: Mapped[int] = mapped_column(Integer, default=0)  # builds that returned an updated cache
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
 class Reference(JobColumns, Base):
     """The fp32 model's outputs on the fidelity inputs: what every build is compared with."""
 

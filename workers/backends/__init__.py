@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from workers.backends.base import Availability, Backend, BackendUnavailable, Runner, random_feeds, supports
+from workers.backends.base import Availability, Backend, BackendUnavailable, BuildContext, Runner, random_feeds, supports
 from workers.backends.onnxruntime import OnnxRuntimeBackend
+from workers.backends.tensorrt import TensorRTBackend
 from workers.backends.torch import TorchBackend
 
 BACKENDS: dict[str, type] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
     TorchBackend.name: TorchBackend,
+    TensorRTBackend.name: TensorRTBackend,
 }
 
 
@@ -19,4 +21,4 @@ def get_backend(name: str) -> Backend:
         raise BackendUnavailable(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}") from None
 
 
-__all__ = ["Availability", "Backend", "BackendUnavailable", "Runner", "get_backend", "random_feeds", "supports", "BACKENDS"]
+__all__ = ["Availability", "Backend", "BackendUnavailable", "BuildContext", "Runner", "get_backend", "random_feeds", "supports", "BACKENDS"]

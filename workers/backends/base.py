@@ -33,6 +33,20 @@ class Availability:
         return self.version is not None
 
 
+ProgressCallback = Callable[[str, int, int], "bool | None"]  # (phase, steps done, steps in phase); False cancels
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a build may use beyond its request; backends ignore what they have no use for."""
+
+    progress: ProgressCallback | None = None
+    timing_caches: tuple[bytes, ...] = ()  # datacenter TensorRT: combined into the builder's starting cache
+
+
+NO_CONTEXT = BuildContext()
+
+
 class Runner(Protocol):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
@@ -60,7 +74,11 @@ class Backend(Protocol):
 
     def availability(self) -> Availability: ...
 
-    def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Engine: ...
+    def versions(self) -> dict[str, str]:
+        """Installed versions under the keys the planner matches targets with (see version_key)."""
+        ...
+
+    def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine: ...
 
     def open(self, plan: bytes, manifest: Manifest) -> Runner: ...
 
@@ -77,3 +95,8 @@ def random_feeds(inputs: list[TensorSpec], batch_size: int, seed: int = 0) -> di
 
 def supports(backend: Backend, target: Target) -> bool:
     return target.kind in backend.target_kinds
+
+
+def version_key(backend: type, target_kind: str) -> str:
+    """Which entry of versions() serves a target kind: the backend's name unless it has flavours per kind."""
+    return str(getattr(backend, "version_keys", {}).get(target_kind, backend.name))  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from workers.backends.base import Availability, BackendUnavailable
+from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext
 from workers.bench import GpuTimer
 from workers.records import BuildRequest, Engine, Manifest, TensorSpec
 
@@ -46,7 +46,11 @@ class OnnxRuntimeBackend:
             return Availability(self.name, None, "pip install onnxruntime")
         return Availability(self.name, version, "CPUExecutionProvider")
 
-    def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Engine:
+    def versions(self) -> dict[str, str]:
+        version = self.availability().version
+        return {self.name: version} if version else {}
+
+    def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
         try:
             import onnxruntime as ort
         except ImportError as exc:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from workers.backends.base import Availability, BackendUnavailable
+from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext
 from workers.bench import GpuTimer
 from workers.models import BATCH_AXIS, load_module
 from workers.records import BuildRequest, Engine, Manifest, ModelRef, TensorSpec
@@ -35,7 +35,11 @@ class TorchBackend:
             return Availability(self.name, None, "pip install torch")
         return Availability(self.name, version, "eager")
 
-    def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None) -> Engine:
+    def versions(self) -> dict[str, str]:
+        version = self.availability().version
+        return {self.name: version} if version else {}
+
+    def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
         if checkpoint is None:
             raise BackendUnavailable(f"model {request.model.name}: an ONNX-file source has no PyTorch module to run")
         if request.precision not in ("fp32", "fp16"):
