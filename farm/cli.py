@@ -8,53 +8,30 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from farm.store import StoreLocation, open_store
+from farm import delivery
+from farm.cli_common import (
+    AsJson,
+    DataDir,
+    DbUrl,
+    FloorOption,
+    ObjectiveOption,
+    checked_objective,
+    fail,
+    one_line_errors,
+    results_store,
+    writable_store,
+)
+from farm.cli_common import out as console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
-console = Console()
-if not console.is_terminal:  # logs of `ray job submit` and CI: wide enough for the winners table
-    console = Console(width=200)
-err = Console(stderr=True)
-
-DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="FARM_DATA_DIR", help="Where farm.db and artifacts/ live.")]
-DbUrl = Annotated[str | None, typer.Option("--db-url", envvar="FARM_DB_URL", help="SQLAlchemy URL; default SQLite in the data dir.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Known failures end the command with one line; a bug still shows its traceback."""
-    from farm.cluster import ClusterError
-    from farm.spec import SpecError
-    from workers.calibration import CalibrationDataError
-
-    try:
-        yield
-    except (SpecError, ClusterError, CalibrationDataError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        err.print("interrupted: finished results are kept; run the same sweep again to resume")
-        raise typer.Exit(130) from None
-
-
-def _store(data_dir: Path | None, db_url: str | None, *, readonly: bool = False) -> Any:
-    location = StoreLocation.resolve(data_dir, db_url)
-    if readonly and location.url.startswith("sqlite:///") and not Path(location.url.removeprefix("sqlite:///")).exists():
-        err.print(f"[red]error:[/] no results yet: {location.url} does not exist (run `farm sweep SPEC` first)")
-        raise typer.Exit(2)
-    return open_store(location, readonly=readonly)
 
 
 @app.command()
@@ -72,10 +49,10 @@ def sweep(
     from farm.select import candidates, winners
     from farm.spec import load_spec
 
-    with _one_line_errors():
+    with one_line_errors():
         parsed, base = load_spec(spec)
-        _check_objective(objective)
-        store = _store(data_dir, db_url)
+        checked_objective(objective)
+        store = writable_store(data_dir, db_url)
         progress = SweepProgress(console)
         with progress.shown():
             result = run_sweep(parsed, base, str(spec), store, address=address, force=force,
@@ -104,14 +81,13 @@ def status(
     from farm.plan import STAGES
     from farm.store import schema
 
-    with _one_line_errors():
-        store = _store(data_dir, db_url, readonly=True)
+    with one_line_errors():
+        store = results_store(data_dir, db_url)
         with store.session() as s:
             query = select(schema.Sweep).order_by(schema.Sweep.id.desc())
             found = s.get(schema.Sweep, sweep_id) if sweep_id is not None else s.scalars(query.limit(1)).first()
             if found is None:
-                err.print(f"[red]error:[/] no sweep {sweep_id if sweep_id is not None else 'recorded yet'}")
-                raise typer.Exit(2)
+                raise fail(f"no sweep {sweep_id if sweep_id is not None else 'recorded yet'}")
             counts = s.execute(
                 select(schema.SweepJob.stage, schema.SweepJob.state, func.count())
                 .where(schema.SweepJob.sweep_id == found.id)
@@ -142,8 +118,8 @@ def status(
 def best(
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     target: Annotated[str | None, typer.Option(help="Only targets whose id contains this text.")] = None,
-    objective: Annotated[str, typer.Option(help="p50, p99 (latency) or throughput.")] = "p50",
-    min_top1_agreement: Annotated[float, typer.Option(help="Fidelity floor: top-1 agreement with fp32.")] = 0.99,
+    objective: ObjectiveOption = "p50",
+    min_top1_agreement: FloorOption = 0.99,
     sweep_id: Annotated[int | None, typer.Option("--sweep", help="Only results of this sweep.")] = None,
     data_dir: DataDir = None,
     db_url: DbUrl = None,
@@ -153,17 +129,16 @@ def best(
     from farm.report import candidate_json, winners_table
     from farm.select import candidates, winners
 
-    with _one_line_errors():
-        _check_objective(objective)
-        store = _store(data_dir, db_url, readonly=True)
+    with one_line_errors():
+        checked_objective(objective)
+        store = results_store(data_dir, db_url)
         with store.session() as s:
             rows = winners(candidates(s, model=model, target=target, sweep_id=sweep_id), objective, min_top1_agreement)  # type: ignore[arg-type]
         if as_json:
             print(json.dumps([candidate_json(r) for r in rows], indent=2))
             return
         if not rows:
-            err.print("no eligible build: run a sweep, or lower --min-top1-agreement")
-            raise typer.Exit(1)
+            raise fail("no eligible build: run a sweep, or lower --min-top1-agreement", 1)
         console.print(winners_table(rows, objective, f"Winners by {objective}, top-1 agreement >= {min_top1_agreement}"))  # type: ignore[arg-type]
 
 
@@ -194,24 +169,8 @@ def doctor(as_json: AsJson = False) -> None:
     console.print("targets   " + ", ".join(t.id for t in info.targets()))
 
 
-def _check_objective(objective: str) -> None:
-    from farm.select import OBJECTIVES
-
-    if objective not in OBJECTIVES:
-        err.print(f"[red]error:[/] --objective {objective!r}: expected one of {', '.join(OBJECTIVES)}")
-        raise typer.Exit(2)
-
-
-def _register_delivery_commands() -> None:
-    """`farm dashboard`, `farm pull` and `farm export` live beside the results they deliver."""
-    try:
-        from farm import delivery
-    except ImportError:
-        return
-    delivery.register(app)
-
-
-_register_delivery_commands()
+# `farm dashboard`, `farm pull` and `farm export` live beside the results they deliver.
+delivery.register(app)
 
 if __name__ == "__main__":
     app()

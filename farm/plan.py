@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from farm.spec import SweepSpec, data_digest, option_grid
+from farm.store.schema import STAGES
 from workers.backends import BACKENDS
 from workers.backends.base import version_key
 from workers.bench import BenchSettings
@@ -97,7 +98,6 @@ class FidelityJob(Job):
     batch_size: int  # largest batch the engine accepts; inputs run in chunks of it
 
 
-STAGES = ("export", "variant", "reference", "build", "benchmark", "fidelity")
 
 
 @dataclass

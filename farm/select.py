@@ -120,3 +120,21 @@ def winners(found: Iterable[Candidate], objective: Objective = "p50", min_top1_a
         fp32 = min((c for c in group if c.precision == "fp32"), key=lambda c: c.score(objective), default=None)
         chosen.append(replace(best, speedup_vs_torch=_speedup(best, baseline, objective), speedup_vs_fp32=_speedup(best, fp32, objective)))
     return chosen
+
+
+def pareto_front(found: Iterable[Candidate], objective: Objective = "p50") -> list[Candidate]:
+    """The candidates no other beats on both the objective and top-1 agreement, best objective first.
+
+    Compare like with like: pass one (model, target, batch size) group. A candidate without a
+    fidelity measurement cannot be placed on the fidelity axis and is left out.
+    """
+    measured = sorted(
+        (c for c in found if c.top1_agreement is not None),
+        key=lambda c: (c.score(objective), -(c.top1_agreement or 0.0)),
+    )
+    front: list[Candidate] = []
+    for c in measured:
+        # Sorted by objective, so c is dominated unless it is more faithful than everything faster.
+        if not front or (c.top1_agreement or 0.0) > (front[-1].top1_agreement or 0.0):
+            front.append(c)
+    return front

@@ -18,14 +18,7 @@ from farm.store import schema
 from farm.store.db import Store
 from farm.tasks import Outcome
 
-ROW_TYPES: dict[str, type[schema.JobColumns]] = {
-    "export": schema.Model,
-    "variant": schema.Variant,
-    "reference": schema.Reference,
-    "build": schema.Build,
-    "benchmark": schema.Benchmark,
-    "fidelity": schema.Fidelity,
-}
+ROW_TYPES = schema.STAGE_TABLES
 
 
 @dataclass

@@ -213,3 +213,15 @@ class Fidelity(JobColumns, Base):
     max_abs_error: Mapped[float | None] = mapped_column(Float, default=None)
 
     build: Mapped[Build] = relationship(back_populates="fidelity")
+
+
+# Each pipeline stage's table, in pipeline order: the one list the driver, the CLI and the dashboard share.
+STAGE_TABLES: dict[str, type[JobColumns]] = {
+    "export": Model,
+    "variant": Variant,
+    "reference": Reference,
+    "build": Build,
+    "benchmark": Benchmark,
+    "fidelity": Fidelity,
+}
+STAGES = tuple(STAGE_TABLES)

@@ -1,0 +1,117 @@
+"""The dashboard's cached access to the store: one read-only Store per location, query results for a few seconds.
+
+Every cached function takes the location as plain strings, so two stores (two tests, or a
+changed FARM_DATA_DIR) never share a cache entry, and nothing unhashable reaches Streamlit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from dashboard import queries
+from farm.export import engine_bundle, engine_bytes
+from farm.select import Candidate, candidates
+from farm.store import Store, StoreLocation, open_store
+
+TTL_S = 3  # a running sweep shows up within seconds, and a rerun storm costs one query per TTL
+EMPTY = "No results yet: run `farm sweep sweeps/quickstart.yaml` (or your own spec) and they appear here as jobs finish."
+
+T = TypeVar("T")
+Where = tuple[str, str]  # (data_dir, database url)
+
+
+def where() -> Where:
+    """The store location from FARM_DATA_DIR / FARM_DB_URL (what `farm dashboard` sets), else ./farm-data."""
+    location = StoreLocation.resolve()
+    return str(location.data_dir), location.url
+
+
+@st.cache_resource(show_spinner=False)
+def _store(data_dir: str, url: str) -> Store:
+    return open_store(StoreLocation(Path(data_dir), url), readonly=True)
+
+
+def store(at: Where) -> Store:
+    return _store(*at)
+
+
+def _read(at: Where, query: Callable[[Session], T]) -> T:
+    with store(at).session() as s:
+        return query(s)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def counts(at: Where) -> dict[str, int] | None:
+    """Row counts, or None where there is no database (or no schema) to read yet."""
+    if at[1].startswith("sqlite:///") and not Path(at[1].removeprefix("sqlite:///")).exists():
+        return None
+    try:
+        return _read(at, queries.counts)
+    except OperationalError:
+        return None
+
+
+def require(at: Where, table: str = "builds") -> dict[str, int]:
+    """Stop the page with the empty state unless `table` has rows."""
+    found = counts(at)
+    if not found or not found.get(table):
+        st.info(EMPTY)
+        st.caption(f"Reading {at[1]}")
+        st.stop()
+    return found
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def sweeps(at: Where) -> pd.DataFrame:
+    return _read(at, queries.sweeps)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def stage_progress(at: Where, sweep_id: int) -> pd.DataFrame:
+    return _read(at, lambda s: queries.stage_progress(s, sweep_id))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def failures(at: Where, sweep_id: int) -> list[queries.Failure]:
+    return _read(at, lambda s: queries.failures(s, sweep_id))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def filter_options(at: Where) -> queries.FilterOptions:
+    return _read(at, queries.filter_options)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def results(at: Where, filters: queries.Filters, limit: int, offset: int) -> tuple[pd.DataFrame, int]:
+    return _read(at, lambda s: queries.results(s, filters, limit, offset))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def build_detail(at: Where, key: str) -> queries.BuildDetail | None:
+    return _read(at, lambda s: queries.build_detail(s, key))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def build_choices(at: Where) -> dict[str, str]:
+    return _read(at, queries.build_choices)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def found_candidates(at: Where, sweep_id: int | None) -> list[Candidate]:
+    return _read(at, lambda s: candidates(s, sweep_id=sweep_id))
+
+
+def bundle(at: Where, build_key: str) -> Callable[[], bytes]:
+    """The download callable: the ZIP is made only when someone clicks, and is not cached."""
+    return lambda: engine_bundle(store(at), build_key)
+
+
+def raw_engine(at: Where, build_key: str) -> Callable[[], bytes]:
+    return lambda: engine_bytes(store(at), build_key)

@@ -1,0 +1,266 @@
+"""The dashboard's reads: plain functions over a SQLAlchemy session, no Streamlit.
+
+Filtering and paging happen in SQL (WHERE, LIMIT/OFFSET) so a store of 10,000 builds costs
+one page of rows per rerun, never the whole table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Select, case, func, select
+from sqlalchemy.orm import Session
+
+from farm.store import schema
+
+STATES = ("done", "cached", "failed", "blocked", "pending")
+STAGES = schema.STAGES
+ROWS = schema.STAGE_TABLES
+
+
+@dataclass(frozen=True)
+class Failure:
+    stage: str
+    label: str
+    error: str | None
+    log: str | None
+    node: str | None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Results filters; an empty tuple means "any"."""
+
+    models: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    backends: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()
+    batch_sizes: tuple[int, ...] = ()
+    statuses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    models: list[str]
+    targets: list[str]
+    backends: list[str]
+    precisions: list[str]
+    batch_sizes: list[int]
+    statuses: list[str]
+
+
+@dataclass(frozen=True)
+class BuildDetail:
+    key: str
+    label: str
+    status: str
+    error: str | None
+    log: str | None
+    model: str
+    precision: str
+    backend: str
+    backend_version: str | None
+    target: str
+    target_kind: str
+    options: dict[str, Any]
+    manifest: dict[str, Any] | None
+    engine_sha256: str | None
+    engine_bytes: int | None
+    seconds: float | None
+    node: str | None
+    created_at: datetime
+    benchmarks: list[dict[str, Any]] = field(default_factory=list)
+    fidelity: dict[str, Any] | None = None
+
+    @property
+    def layers(self) -> list[dict[str, str]]:
+        """Rows of manifest extra "layers": TensorRT's engine inspector JSON ({"Layers": [...]}) or a plain list."""
+        found = ((self.manifest or {}).get("extra") or {}).get("layers")
+        if isinstance(found, dict):
+            found = found.get("Layers")
+        if not isinstance(found, list):
+            return []
+        rows = [layer if isinstance(layer, dict) else {"Name": layer} for layer in found]
+        first = ("Name", "LayerType", "TacticName", "Inputs", "Outputs")
+        return [{k: _cell(row[k]) for k in sorted(row, key=lambda k: first.index(k) if k in first else len(first))} for row in rows]
+
+
+def _cell(value: Any) -> str:
+    """Inspector fields mix numbers, lists and dicts; text keeps every column one type, tensors read short."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(t, dict) and "Format/Datatype" in t for t in value):
+        return "; ".join(f"{t['Format/Datatype']} {json.dumps(t.get('Dimensions'))}" for t in value)
+    return json.dumps(value)
+
+
+def sweeps(s: Session) -> pd.DataFrame:
+    """Every sweep, newest first, with its job counts."""
+    jobs = (
+        select(
+            schema.SweepJob.sweep_id,
+            func.count().label("jobs"),
+            func.sum(case((schema.SweepJob.state.in_(("done", "cached")), 1), else_=0)).label("finished"),
+            func.sum(case((schema.SweepJob.state == "failed", 1), else_=0)).label("failed"),
+        )
+        .group_by(schema.SweepJob.sweep_id)
+        .subquery()
+    )
+    rows = s.execute(
+        select(schema.Sweep.id, schema.Sweep.name, schema.Sweep.status, schema.Sweep.spec_path, schema.Sweep.started_at,
+               schema.Sweep.finished_at, jobs.c.jobs, jobs.c.finished, jobs.c.failed)
+        .outerjoin(jobs, jobs.c.sweep_id == schema.Sweep.id)
+        .order_by(schema.Sweep.id.desc())
+    ).all()
+    frame = pd.DataFrame(rows, columns=["id", "name", "status", "spec", "started", "finished", "jobs", "done", "failed"])
+    return frame.fillna({"jobs": 0, "done": 0, "failed": 0}).astype({"jobs": int, "done": int, "failed": int})
+
+
+def stage_progress(s: Session, sweep_id: int) -> pd.DataFrame:
+    """One row per stage: how many of its jobs are in each state."""
+    rows = s.execute(
+        select(schema.SweepJob.stage, schema.SweepJob.state, func.count())
+        .where(schema.SweepJob.sweep_id == sweep_id)
+        .group_by(schema.SweepJob.stage, schema.SweepJob.state)
+    ).all()
+    counts: dict[str, dict[str, int]] = {}
+    for stage, state, n in rows:
+        counts.setdefault(stage, {})[state] = n
+    order = [st for st in STAGES if st in counts] + sorted(set(counts) - set(STAGES))
+    frame = pd.DataFrame([{"stage": st, **{state: counts[st].get(state, 0) for state in STATES}} for st in order],
+                         columns=["stage", *STATES])
+    frame["total"] = frame[list(STATES)].sum(axis=1)
+    frame["progress"] = (frame["total"] - frame["pending"]) / frame["total"].where(frame["total"] > 0, 1)
+    return frame
+
+
+def failures(s: Session, sweep_id: int) -> list[Failure]:
+    """The sweep's failed jobs with the error and log their stage row kept."""
+    found = []
+    for job in s.scalars(
+        select(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.state == "failed").order_by(schema.SweepJob.id)
+    ):
+        row = s.get(ROWS[job.stage], job.key) if job.stage in ROWS else None
+        found.append(Failure(job.stage, job.label, (row.error if row else None) or job.error, row.log if row else None,
+                             row.node if row else None))
+    return found
+
+
+def filter_options(s: Session) -> FilterOptions:
+    def distinct(column: Any) -> list[Any]:
+        return sorted(v for v in s.scalars(select(column).distinct()) if v is not None)
+
+    return FilterOptions(
+        models=distinct(schema.Model.name),
+        targets=distinct(schema.Build.target_id),
+        backends=distinct(schema.Build.backend),
+        precisions=distinct(schema.Variant.precision),
+        batch_sizes=distinct(schema.Benchmark.batch_size),
+        statuses=distinct(schema.Build.status),
+    )
+
+
+def _results_query(filters: Filters) -> Select[Any]:
+    bench = schema.Benchmark
+    fid = schema.Fidelity
+    query = (
+        select(
+            schema.Build.key.label("build_key"),
+            schema.Model.name.label("model"),
+            schema.Build.target_id.label("target"),
+            schema.Build.backend.label("backend"),
+            schema.Variant.precision.label("precision"),
+            schema.Build.options.label("options"),
+            schema.Build.status.label("status"),
+            bench.batch_size.label("batch"),
+            bench.latency_p50.label("p50_ms"),
+            bench.latency_p99.label("p99_ms"),
+            bench.throughput.label("throughput"),
+            bench.latency_cv.label("cv"),
+            fid.top1_agreement.label("top1"),
+            fid.cosine_mean.label("cosine"),
+            schema.Build.engine_bytes.label("engine_bytes"),
+            func.coalesce(schema.Build.error, bench.error, fid.error).label("error"),
+            schema.Build.label.label("label"),
+        )
+        .join(schema.Variant, schema.Build.variant_key == schema.Variant.key)
+        .join(schema.Model, schema.Variant.model_key == schema.Model.key)
+        # Joined on build_key alone: a status condition here lets SQLite pick the (useless) status
+        # index and scan every benchmark per build; a failed benchmark simply shows no timings.
+        .outerjoin(bench, bench.build_key == schema.Build.key)
+        .outerjoin(fid, fid.build_key == schema.Build.key)
+    )
+    conditions = [
+        (schema.Model.name, filters.models),
+        (schema.Build.target_id, filters.targets),
+        (schema.Build.backend, filters.backends),
+        (schema.Variant.precision, filters.precisions),
+        (bench.batch_size, filters.batch_sizes),
+        (schema.Build.status, filters.statuses),
+    ]
+    for column, allowed in conditions:
+        if allowed:
+            query = query.where(column.in_(allowed))
+    return query
+
+
+def results(s: Session, filters: Filters, limit: int, offset: int) -> tuple[pd.DataFrame, int]:
+    """One page of builds x benchmarks (a failed build is one row without timings) and the total count."""
+    query = _results_query(filters)
+    total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = query.order_by(schema.Model.name, schema.Build.target_id, schema.Build.label, schema.Benchmark.batch_size)
+    rows = s.execute(page.limit(limit).offset(offset)).all()
+    frame = pd.DataFrame(rows, columns=list(query.selected_columns.keys()))
+    frame["options"] = frame["options"].map(lambda o: " ".join(f"{k}={v}" for k, v in (o or {}).items()))
+    frame["engine_MB"] = pd.to_numeric(frame.pop("engine_bytes")) / 1e6  # a page of failed builds is all None
+    return frame, total
+
+
+def build_detail(s: Session, key: str) -> BuildDetail | None:
+    build = s.get(schema.Build, key)
+    if build is None:
+        return None
+    benches = s.scalars(
+        select(schema.Benchmark).where(schema.Benchmark.build_key == key).order_by(schema.Benchmark.batch_size)
+    ).all()
+    fid = s.scalars(select(schema.Fidelity).where(schema.Fidelity.build_key == key)).first()
+    return BuildDetail(
+        key=build.key, label=build.label, status=build.status, error=build.error, log=build.log,
+        model=build.variant.model.name, precision=build.variant.precision, backend=build.backend,
+        backend_version=build.backend_version, target=build.target_id, target_kind=build.target.kind,
+        options=dict(build.options), manifest=build.manifest, engine_sha256=build.engine_sha256,
+        engine_bytes=build.engine_bytes, seconds=build.seconds, node=build.node, created_at=build.created_at,
+        benchmarks=[
+            {"batch": b.batch_size, "status": b.status, "p50_ms": b.latency_p50, "p90_ms": b.latency_p90,
+             "p99_ms": b.latency_p99, "mean_ms": b.latency_mean, "min_ms": b.latency_min, "max_ms": b.latency_max,
+             "cv": b.latency_cv, "throughput": b.throughput, "iterations": b.iterations, "gpu_p50_ms": b.gpu_compute_p50,
+             "noisy": b.noisy, "raw_ms": b.raw_ms or [], "error": b.error}
+            for b in benches
+        ],
+        fidelity=None if fid is None else {
+            "status": fid.status, "samples": fid.samples, "top1_agreement": fid.top1_agreement,
+            "top5_agreement": fid.top5_agreement, "cosine_mean": fid.cosine_mean, "cosine_min": fid.cosine_min,
+            "max_abs_error": fid.max_abs_error, "error": fid.error,
+        },
+    )
+
+
+def build_choices(s: Session, limit: int = 2000) -> dict[str, str]:
+    """Build key -> label of the newest builds, for pickers."""
+    rows = s.execute(select(schema.Build.key, schema.Build.label, schema.Build.status)
+                     .order_by(schema.Build.created_at.desc()).limit(limit)).all()
+    return {key: text if status == "ok" else f"{text} ({status})" for key, text, status in rows}
+
+
+def build_label(s: Session, key: str) -> str | None:
+    return s.scalar(select(schema.Build.label).where(schema.Build.key == key))
+
+
+def counts(s: Session) -> dict[str, int]:
+    """Row counts of the main tables: what the empty states and the header look at."""
+    return {name: s.scalar(select(func.count()).select_from(table)) or 0
+            for name, table in (("sweeps", schema.Sweep), ("builds", schema.Build), ("benchmarks", schema.Benchmark))}

@@ -1,0 +1,97 @@
+"""Engine: one build's manifest, options, log, layers, latency histogram and downloads."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from dashboard import data
+from farm.export import ENGINE_SUFFIX
+
+st.title("Engine")
+at = data.where()
+data.require(at)
+
+choices = data.build_choices(at)
+wanted = st.query_params.get("build") or st.session_state.get("engine_build")
+if wanted and wanted not in choices:
+    detail = data.build_detail(at, wanted)
+    if detail is None:
+        st.warning(f"No build {wanted}; pick one below.")
+    else:
+        choices = {wanted: detail.label} | choices
+keys = list(choices)
+key = st.selectbox("Build", keys, index=keys.index(wanted) if wanted in choices else 0,
+                   format_func=choices.__getitem__, key=f"engine_pick-{wanted}")
+st.session_state["engine_build"] = key
+st.query_params["build"] = key
+build = data.build_detail(at, key)
+if build is None:
+    st.error(f"Build {key} disappeared from the store.")
+    st.stop()
+
+metrics = st.container(horizontal=True, gap="large")
+metrics.metric("Status", build.status, width="content")
+metrics.metric("Backend", build.backend, help=f"version {build.backend_version or 'unknown'}", width="content")
+metrics.metric("Precision", build.precision, width="content")
+metrics.metric("Engine", "-" if build.engine_bytes is None else f"{build.engine_bytes / 1e6:.2f} MB", width="content")
+metrics.metric("Build time", "-" if build.seconds is None else f"{build.seconds:.1f} s", width="content")
+st.caption(f"{build.model} · target `{build.target}` · {build.backend} {build.backend_version or ''} · node {build.node or '-'}"
+           f" · built {build.created_at:%Y-%m-%d %H:%M} · key `{build.key}`"
+           + (f" · sha256 `{build.engine_sha256}`" if build.engine_sha256 else ""))
+if build.error:
+    st.error(build.error)
+
+actions = st.container(horizontal=True)
+if build.engine_sha256:
+    suffix = ENGINE_SUFFIX.get(build.backend, ".bin")
+    actions.download_button("Bundle (.zip)", data=data.bundle(at, build.key), file_name=f"{build.model}-{build.key[:8]}.zip",
+                            mime="application/zip", on_click="ignore", key="engine-bundle", icon=":material/download:")
+    actions.download_button("Engine file", data=data.raw_engine(at, build.key), file_name=f"{build.model}-{build.key[:8]}{suffix}",
+                            mime="application/octet-stream", on_click="ignore", key="engine-file")
+    actions.download_button("manifest.json", data=json.dumps(build.manifest or {}, indent=2).encode(), file_name="manifest.json",
+                            mime="application/json", on_click="ignore", key="engine-manifest")
+if actions.button("Compare with another build", key="to_compare", icon=":material/compare_arrows:"):
+    st.session_state["compare_a"] = build.key
+    st.switch_page("views/compare.py")
+
+tabs = st.tabs(["Benchmarks", "Fidelity", "Manifest", "Options", "Build log", "Layers"])
+with tabs[0]:
+    if not build.benchmarks:
+        st.info("No benchmark for this build.")
+    else:
+        table = pd.DataFrame(build.benchmarks).drop(columns=["raw_ms"])
+        st.dataframe(table, hide_index=True)
+        timed = [b for b in build.benchmarks if b["raw_ms"]]
+        if timed:
+            batch = st.radio("Batch size", [b["batch"] for b in timed], horizontal=True, key="histogram_batch")
+            chosen = next(b for b in timed if b["batch"] == batch)
+            figure = go.Figure(go.Histogram(x=chosen["raw_ms"], nbinsx=60, name="latency"))
+            for name, colour in (("p50_ms", "green"), ("p99_ms", "red")):
+                if chosen[name] is not None:
+                    figure.add_vline(x=chosen[name], line_dash="dash", line_color=colour, annotation_text=name.removesuffix("_ms"))
+            figure.update_layout(xaxis_title="latency per iteration (ms)", yaxis_title="iterations", height=360,
+                                 margin={"l": 10, "r": 10, "t": 30, "b": 10})
+            st.plotly_chart(figure, key="histogram")
+with tabs[1]:
+    if build.fidelity is None:
+        st.info("No fidelity measurement for this build.")
+    else:
+        st.dataframe(pd.DataFrame([build.fidelity]), hide_index=True)
+with tabs[2]:
+    if build.manifest:
+        st.json(build.manifest, expanded=2)
+    else:
+        st.info("No manifest: the build did not produce an engine.")
+with tabs[3]:
+    st.json(build.options)
+with tabs[4]:
+    st.code(build.log or "(no log recorded)", language=None)
+with tabs[5]:
+    if build.layers:
+        st.dataframe(pd.DataFrame(build.layers), hide_index=True)
+    else:
+        st.info("This backend's manifest carries no layer information.")

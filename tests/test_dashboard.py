@@ -1,0 +1,275 @@
+"""The dashboard's pages on a seeded store (streamlit.testing AppTest), and reads during concurrent writes."""
+
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+from streamlit.testing.v1 import AppTest
+
+from dashboard import queries
+from farm.store import StoreLocation, open_store, schema
+from tests.seed import H200, L4, TRT_O3, TRT_O5, Seeded, seed, seed_bulk
+
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+EMPTY_HINT = "farm sweep sweeps/quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    return seed(tmp_path_factory.mktemp("dashboard") / "farm-data")
+
+
+@pytest.fixture()
+def app(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("FARM_DATA_DIR", str(seeded.location.data_dir))
+    monkeypatch.delenv("FARM_DB_URL", raising=False)
+    return AppTest.from_file(str(APP), default_timeout=30)
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    at.run()
+    if page != "sweeps":
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def frame(at: AppTest, index: int = 0) -> pd.DataFrame:
+    return at.dataframe[index].value
+
+
+def text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_dashboard_reads_through_farm_only() -> None:
+    """DESIGN: the dashboard never imports workers (directly or through farm.export / farm.select)."""
+    for script in APP.parent.rglob("*.py"):
+        tree = ast.parse(script.read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {m for m in imported if m.split(".")[0] == "workers"}, script
+    code = "import sys, dashboard.data, dashboard.queries; print(sorted(m for m in sys.modules if m.split('.')[0] == 'workers'))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("page", ["sweeps", "results", "winners", "engine", "compare"])
+def test_empty_store_explains_what_to_do(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARM_DATA_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("FARM_DB_URL", raising=False)
+    at = open_page(AppTest.from_file(str(APP), default_timeout=30), page)
+    assert any(EMPTY_HINT in i.value for i in at.info)
+    assert not (tmp_path / "nothing-here").exists(), "the dashboard must not create a store"
+
+
+def test_sweeps_page_shows_progress_and_failures(app: AppTest, seeded: Seeded) -> None:
+    at = open_page(app, "sweeps")
+    # Newest first: the running sweep, with a progress bar and auto-refresh on.
+    assert at.selectbox(key="sweep").value == seeded.sweeps["nightly"]
+    assert at.toggle(key=f"auto_refresh-{seeded.sweeps['nightly']}").value is True
+    assert len(at.get("progress")) == 1
+    stages = frame(at)
+    build = stages[stages["stage"] == "build"].iloc[0]
+    assert (build["done"], build["pending"], build["total"]) == (15, 2, 17)
+    assert any("No failed jobs" in s.value for s in at.success)
+
+    at.selectbox(key="sweep").set_value(seeded.sweeps["fleet"]).run()
+    assert at.toggle(key=f"auto_refresh-{seeded.sweeps['fleet']}").value is False
+    assert len(at.get("progress")) == 0
+    stages = frame(at)
+    build = stages[stages["stage"] == "build"].iloc[0]
+    assert (build["failed"], build["pending"]) == (1, 0)
+    assert stages[stages["stage"] == "benchmark"].iloc[0]["blocked"] == 2
+    [failure] = at.expander
+    assert "mobilenet_v3_large int8 tensorrt" in failure.label
+    assert "no implementation for" in failure.error[0].value
+    assert "Error Code 2" in failure.code[0].value
+
+
+def test_results_filters(app: AppTest) -> None:
+    at = open_page(app, "results")
+    everything = frame(at)
+    assert len(everything) == 50  # the first page
+    at.multiselect(key="f_model").set_value(["resnet50"])
+    at.multiselect(key="f_batch").set_value([1]).run()
+    rows = frame(at)
+    assert set(rows["model"]) == {"resnet50"} and set(rows["batch"]) == {1}
+    assert len(rows) == 17  # 6 builds on each GPU, 2 on rtx:sm_89, 3 on the CPU
+
+    at.multiselect(key="f_target").set_value([H200])
+    at.multiselect(key="f_precision").set_value(["fp16"]).run()
+    assert set(frame(at)["options"]) == {"optimization_level=3 workspace_bytes=8589934592", "optimization_level=5 workspace_bytes=8589934592"}
+
+    for key in ("f_model", "f_batch", "f_target", "f_precision"):
+        at.multiselect(key=key).set_value([])
+    at.multiselect(key="f_status").set_value(["failed"]).run()
+    [failed] = frame(at).to_dict("records")
+    assert failed["model"] == "mobilenet_v3_large" and failed["precision"] == "int8" and pd.isna(failed["p50_ms"])
+    assert "no implementation" in failed["error"]
+
+
+def test_results_page_with_10000_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    location = seed(tmp_path / "farm-data").location
+    seed_bulk(location, 10_000)
+    monkeypatch.setenv("FARM_DATA_DIR", str(location.data_dir))
+    at = AppTest.from_file(str(APP), default_timeout=30)
+    at.run()
+    started = time.perf_counter()
+    at.switch_page("views/results.py").run()
+    first = time.perf_counter() - started
+    assert not at.exception
+    assert len(frame(at)) == 50
+    assert any("10097 rows" in c.value for c in at.caption)  # 97 seeded rows + 10,000
+    assert at.number_input(key="page").max == 202
+    first_page = set(frame(at)["build_key"])
+    started = time.perf_counter()
+    at.number_input(key="page").set_value(150).run()
+    later = time.perf_counter() - started
+    assert set(frame(at)["build_key"]).isdisjoint(first_page)
+    at.multiselect(key="f_target").set_value([L4]).run()
+    assert at.number_input(key="page").value == 1  # a new filter starts at the first page
+    assert set(frame(at)["target"]) == {L4}
+    assert first < 3.0 and later < 3.0, (first, later)
+
+
+def winner_of(at: AppTest, model: str, target: str, batch: int) -> str:
+    table = frame(at)
+    row = table[(table["model"] == model) & (table["target"] == target) & (table["batch"] == batch)]
+    assert len(row) == 1, table
+    return str(row.iloc[0]["build"])
+
+
+def test_winners_follow_the_objective_and_the_floor(app: AppTest, seeded: Seeded) -> None:
+    at = open_page(app, "winners")
+    labels = {key: label for label, key in seeded.builds.items()}
+    fp16_o3 = labels[seeded.key("resnet50", "fp16", "tensorrt", TRT_O3, H200)]
+    fp16_o5 = labels[seeded.key("resnet50", "fp16", "tensorrt", TRT_O5, H200)]
+    int8 = labels[seeded.key("resnet50", "int8", "tensorrt", TRT_O3, H200)]
+
+    assert winner_of(at, "resnet50", H200, 1) == fp16_o3  # lowest p50
+    assert fp16_o3 in text(at)  # named beside its download button
+    row = frame(at).query("model == 'resnet50' and target == @H200 and batch == 1").iloc[0]
+    assert row["vs torch"] == "5.19x" and row["vs fp32"] == "2.00x"
+
+    at.radio(key="objective").set_value("throughput").run()
+    assert winner_of(at, "resnet50", H200, 1) == fp16_o5  # steadier, so more samples per second
+    at.radio(key="objective").set_value("p99").run()
+    assert winner_of(at, "resnet50", H200, 1) == fp16_o5
+
+    at.radio(key="objective").set_value("p50")
+    at.slider(key="floor").set_value(0.98).run()
+    assert winner_of(at, "resnet50", H200, 1) == int8  # top-1 agreement 0.985 is now enough
+    assert int8 in text(at)
+
+    at.slider(key="floor").set_value(1.0).run()
+    assert {frame(at)["winner"].iloc[i] for i in range(len(frame(at)))} <= {"torch fp32", "onnxruntime fp32"}
+
+
+def test_winners_page_draws_a_pareto_chart_per_target_and_offers_downloads(app: AppTest, seeded: Seeded) -> None:
+    at = open_page(app, "winners")
+    assert at.selectbox(key="pareto_model").value == "efficientnet_b0"
+    at.selectbox(key="pareto_model").set_value("resnet50").run()
+    charts = at.get("plotly_chart")
+    assert len(charts) == 4  # H200, L4, rtx:sm_89, CPU
+    winners_shown = {str(r) for r in frame(at)["build"]}
+    buttons = at.get("download_button")
+    assert len(buttons) == len({seeded.builds[label] for label in winners_shown})
+
+    at.selectbox(key="winners_sweep").set_value(seeded.sweeps["nightly"]).run()
+    assert set(frame(at)["model"]) == {"efficientnet_b0"}
+
+
+def test_engine_page(app: AppTest, seeded: Seeded) -> None:
+    key = seeded.key("resnet50", "int8", "tensorrt", TRT_O3, H200)
+    app.query_params["build"] = key
+    at = open_page(app, "engine")
+    assert at.selectbox[0].value == key
+    assert any(key in c.value for c in at.caption)
+    assert len(at.get("download_button")) == 3
+    assert len(at.get("plotly_chart")) == 1  # the latency histogram
+    assert at.json[0].value  # the manifest
+    [layers] = [d.value for d in at.dataframe if "LayerType" in d.value.columns]  # the engine inspector's JSON
+    assert len(layers) == 16 and layers["Outputs"].str.contains("Int8").all()
+    assert "Optimization profile" in at.code[0].value  # the build log
+
+    at.radio(key="histogram_batch").set_value(8).run()
+    assert not at.exception
+
+    at.button(key="to_compare").click().run()
+    assert at.session_state["compare_a"] == key
+    assert at.title[0].value == "Compare"
+
+
+def test_engine_page_of_a_failed_build(app: AppTest, seeded: Seeded) -> None:
+    app.session_state["engine_build"] = seeded.failed_build
+    at = open_page(app, "engine")
+    assert "no implementation for" in at.error[0].value
+    assert not at.get("download_button")
+    assert "Error Code 2" in at.code[0].value
+
+
+def test_compare_page(app: AppTest, seeded: Seeded) -> None:
+    app.session_state["compare_a"] = seeded.key("resnet50", "fp16", "tensorrt", TRT_O3, H200)
+    app.session_state["compare_b"] = seeded.key("resnet50", "fp16", "tensorrt", TRT_O5, H200)
+    at = open_page(app, "compare")
+    summary, timings, options, manifest = (frame(at, i) for i in range(4))
+    assert not summary.set_index("field").loc["precision", "differs"]
+    level = options.set_index("field").loc["optimization_level"]
+    assert (level["A"], level["B"], level["differs"]) == ("3", "5", True)
+    p99 = timings[(timings["batch"] == 1) & (timings["metric"] == "p99_ms")].iloc[0]
+    assert p99["B / A"] < 0.5  # level 5 has no tail
+    assert "options.optimization_level" in set(manifest["field"]) and manifest["differs"].all()
+    assert "optimization_level" in at.code[0].value  # the unified diff
+
+
+# --- reading while the driver writes -----------------------------------------------------------
+
+
+def _write_rows(location: StoreLocation, rows: int, started: Any) -> None:
+    """The driver's side: one short transaction per job, as farm.store.record does."""
+    store = open_store(location)
+    started.set()
+    for i in range(rows):
+        with store.session() as s, s.begin():
+            s.add(schema.SweepJob(sweep_id=1, stage="build", key=f"concurrent-{i:05d}", label=f"job {i}", state="done"))
+    store.close()
+
+
+def test_reads_while_a_sweep_writes(tmp_path: Path) -> None:
+    """SQLite in WAL mode: the read-only dashboard store never sees 'database is locked' and sees rows arrive."""
+    seeded = seed(tmp_path / "farm-data")
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    writer = context.Process(target=_write_rows, args=(seeded.location, 1500, started))
+    writer.start()
+    reader = open_store(seeded.location, readonly=True)
+    seen: list[int] = []
+    errors: list[Exception] = []
+    try:
+        assert started.wait(60)
+        while writer.is_alive() or len(seen) < 3:
+            try:
+                with reader.session() as s:
+                    seen.append(s.scalar(select(func.count()).select_from(schema.SweepJob).where(schema.SweepJob.key.like("concurrent-%"))) or 0)
+                    queries.stage_progress(s, 1)
+                    queries.results(s, queries.Filters(), 50, 0)
+            except Exception as exc:  # noqa: BLE001 - every failure counts, "database is locked" above all
+                errors.append(exc)
+        writer.join(60)
+    finally:
+        reader.close()
+    assert writer.exitcode == 0
+    assert not errors, errors[:3]
+    assert seen == sorted(seen), "counts never go backwards"
+    assert len(set(seen)) > 3, f"reads should see the rows arrive, saw {sorted(set(seen))[:10]}"
+    with open_store(seeded.location, readonly=True).session() as s:
+        assert s.scalar(select(func.count()).select_from(schema.SweepJob).where(schema.SweepJob.key.like("concurrent-%"))) == 1500

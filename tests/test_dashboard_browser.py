@@ -1,0 +1,172 @@
+"""End to end: `farm dashboard` on a free loopback port, driven by headless Chromium through Playwright.
+
+Needs Debian's chromium (`apt-get install -y chromium`; CI installs it). Without it these tests
+fail, never skip: a dashboard nobody opened in a browser is not tested.
+Set FARM_SCREENSHOTS=DIR to also write a screenshot of every page there (docs/images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farm.store import open_store
+from tests.seed import H200, TRT_O3, Seeded, seed
+
+CHROMIUM = Path(os.environ.get("FARM_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 900}
+SCREENSHOTS = os.environ.get("FARM_SCREENSHOTS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"farm dashboard exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                if reply.read() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"farm dashboard did not answer on {url} within {timeout_s} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
+    return seed(tmp_path_factory.mktemp("browser") / "farm-data")
+
+
+@pytest.fixture(scope="module")
+def server(seeded: Seeded, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path_factory.mktemp("server") / "dashboard.log"
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    env.pop("FARM_DB_URL", None)
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "farm.cli", "dashboard", "--port", url.rsplit(":", 1)[1], "--data-dir", str(seeded.location.data_dir)],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        wait_healthy(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (or set FARM_CHROMIUM); CI installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture()
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def settle(page: Any, timeout_ms: int = 30_000) -> None:
+    """Wait until Streamlit has finished the script run and drawn its charts."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+    # Tables and charts load their renderers lazily; on a busy machine that takes seconds.
+    page.wait_for_function("""() => [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(d => !d.offsetParent || d.querySelector('canvas'))
+                               && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(d => !d.offsetParent || d.querySelector('.main-svg'))""",
+                           timeout=timeout_ms)
+    page.wait_for_timeout(500)
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator('[data-testid="stException"]').first.inner_text()
+    # The app's own navigation, not Streamlit's pages/-folder listing of the page scripts.
+    words = page.locator('[data-testid="stSidebarNav"]').inner_text().split()  # icon names, then titles
+    assert [w for w in words if w[0].isupper()] == ["Sweeps", "Results", "Winners", "Engine", "Compare"], words
+
+
+def screenshot(page: Any, path: Path) -> None:
+    page.screenshot(path=str(path))
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / path.name))
+
+
+def test_winners_page_shows_the_winner_and_downloads_its_engine(server: str, seeded: Seeded, page: Any, tmp_path: Path) -> None:
+    winner = next(label for label, key in seeded.builds.items() if key == seeded.key("resnet50", "fp16", "tensorrt", TRT_O3, H200))
+    page.goto(f"{server}/winners")
+    page.get_by_text(winner, exact=True).first.wait_for(timeout=30_000)
+    settle(page)
+    assert page.get_by_text(winner, exact=True).first.is_visible()
+    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+    screenshot(page, tmp_path / "winners.png")
+    assert (tmp_path / "winners.png").stat().st_size > 10_000
+
+    button = page.get_by_role("button", name="Engine bundle").first
+    with page.expect_download(timeout=30_000) as download:
+        button.click()
+    target = tmp_path / "bundle.zip"
+    download.value.save_as(target)
+    with zipfile.ZipFile(target) as archive:
+        names = archive.namelist()
+        manifest = json.loads(archive.read(next(n for n in names if n.endswith("manifest.json"))))
+        engine = archive.read(next(n for n in names if not n.endswith("manifest.json")))
+    assert hashlib.sha256(engine).hexdigest() == manifest["engine_sha256"]
+    store = open_store(seeded.location, readonly=True)
+    assert store.artifacts.path(manifest["engine_sha256"]).read_bytes() == engine
+    assert manifest["build_key"] in seeded.builds.values()
+
+
+def test_selecting_a_result_opens_its_engine(server: str, page: Any, tmp_path: Path) -> None:
+    page.goto(f"{server}/results")
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.wait_for(timeout=30_000)
+    settle(page)
+    screenshot(page, tmp_path / "results.png")
+    box = grid.bounding_box()
+    # The grid is a canvas: the selection checkbox of the first row sits left of its first cell.
+    page.mouse.click(box["x"] + 18, box["y"] + 35 + 18)
+    page.wait_for_url("**/engine?build=*", timeout=30_000)
+    settle(page)
+    build_key = page.url.split("build=")[1]
+    assert build_key in page.locator('[data-testid="stMain"]').inner_text()
+    screenshot(page, tmp_path / "engine.png")
+
+
+@pytest.mark.parametrize("name", ["sweeps", "compare"])
+def test_pages_render_without_errors(server: str, page: Any, tmp_path: Path, name: str) -> None:
+    page.goto(f"{server}/{name}" if name != "sweeps" else server)
+    page.get_by_role("heading", name=name.capitalize()).first.wait_for(timeout=30_000)
+    settle(page)
+    screenshot(page, tmp_path / f"{name}.png")
