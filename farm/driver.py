@@ -19,17 +19,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import RayError, TaskCancelledError
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from farm import cluster, tasks
-from farm.plan import BenchmarkJob, BuildJob, ExportJob, FidelityJob, Job, Plan, ReferenceJob, TargetGroup, VariantJob, expand
+from farm.plan import (
+    BenchmarkJob,
+    BuildJob,
+    CalibrateJob,
+    DataRef,
+    ExportJob,
+    FidelityJob,
+    Job,
+    Plan,
+    ReferenceJob,
+    TargetGroup,
+    VariantJob,
+    expand,
+)
 from farm.spec import SpecError, SweepSpec
 from farm.store.db import Store
 from farm.store.record import Produced, Recorder
-from workers.calibration import load_images
+from workers.calibration import CalibrationDataError, load_inputs, load_labels
 from workers.records import Manifest
 
 # Events the driver reports while it runs: (stage, state, job, error); state is done|cached|failed|blocked.
@@ -83,9 +97,15 @@ def run_sweep(
 
 def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
     """Fail before any work when the spec points at data that is not there."""
-    folder = spec.fidelity.folder(base)
-    if not folder.is_dir():
-        raise SpecError(f"{spec_path}: fidelity.data: {folder} is not a folder (relative paths start at the spec's folder)")
+    used = [("fidelity.data" if spec.fidelity.data else "calibration.data", spec.fidelity.folder(base, spec.calibration))]
+    if spec.needs_calibration():
+        used.append(("calibration.data", spec.calibration.folder(base)))
+    for field, path in used:
+        if not path.exists():
+            raise SpecError(f"{spec_path}: {field}: {path} does not exist (relative paths start at the spec's folder)")
+    labels = spec.fidelity.labels_file(base)
+    if labels is not None and not labels.is_file():
+        raise SpecError(f"{spec_path}: fidelity.labels: {labels} is not a file")
 
 
 class _SweepRun:
@@ -123,7 +143,7 @@ class _SweepRun:
         self.errors: dict[str, str] = {}
         self.inflight: dict[ray.ObjectRef, tuple[Job, float]] = {}
         self.blob_refs: dict[str, ray.ObjectRef] = {}
-        self.input_refs: dict[str, ray.ObjectRef] = {}
+        self.input_refs: dict[str, tuple[ray.ObjectRef, ray.ObjectRef | None]] = {}
         # Submit no more than the cluster can run at once, so a job's timeout clock starts near its start.
         self.max_inflight = max(1, int(sum(n.cpus for n in nodes.values())))
 
@@ -230,9 +250,15 @@ class _SweepRun:
         if isinstance(job, ExportJob):
             return tasks.export_task.options(max_retries=retries).remote(job.model)
         if isinstance(job, ReferenceJob):
-            variant = self._blob(self.produced[job.needs[0]].blobs["onnx"])
-            batch = max(self.spec.batch_sizes)
-            return tasks.reference_task.options(max_retries=retries).remote(variant, self._inputs(job), batch)
+            fp32 = self._blob(self.produced[job.needs[0]].blobs["onnx"])
+            inputs, _labels = self._inputs(job.data)
+            return tasks.reference_task.options(max_retries=retries).remote(fp32, inputs, max(self.spec.batch_sizes), job.model.task)
+        if isinstance(job, CalibrateJob):
+            fp32 = self._blob(self.produced[job.needs[0]].blobs["onnx"])
+            inputs, _labels = self._inputs(job.data)
+            return tasks.calibrate_task.options(max_retries=retries).remote(fp32, inputs, job.method, job.percentile)
+        if isinstance(job, VariantJob):
+            return self._submit_variant(job)
         if isinstance(job, BuildJob):
             variant_blobs = self.produced[job.needs[0]].blobs
             checkpoint = self.produced[job.needs[1]].blobs.get("checkpoint")
@@ -255,9 +281,10 @@ class _SweepRun:
             reference_job = self.jobs[job.needs[1]]
             assert isinstance(reference_job, ReferenceJob)
             reference = self._blob(self.produced[reference_job.key].blobs["reference"])
+            inputs, labels = self._inputs(reference_job.data)
             gpu = {"num_gpus": 1} if job.target.kind == "gpu" else {}
             return tasks.fidelity_task.options(max_retries=retries, **self._place(job.target.id), **gpu).remote(
-                plan, manifest, self._inputs(reference_job), reference, job.batch_size
+                plan, manifest, inputs, reference, job.batch_size, labels, reference_job.model.task, job.box_score_threshold
             )
         raise TypeError(f"no task for stage {job.stage}")
 
@@ -268,6 +295,20 @@ class _SweepRun:
         given = self.recorder.timing_caches(job.request.target.id, job.backend_version)
         self.timing_caches_given[job.key] = given
         return tuple(self.recorder.store.artifacts.get(sha) for sha in given)
+
+    def _submit_variant(self, job: VariantJob) -> ray.ObjectRef:
+        fp32 = self._blob(self.produced[job.needs[0]].blobs["onnx"])
+        settings: dict[str, Any] = {"fp16": job.fp16} if job.precision == "fp16" else {
+            "min_top1_agreement": job.min_top1_agreement, "fallback_tries": job.fallback_tries}
+        ranges = heldout = reference = labels = None
+        if job.precision in ("int8", "fp8"):
+            ranges = self._blob(self.produced[job.needs[1]].blobs["ranges"])
+            if job.fallback_tries and job.heldout is not None:
+                heldout, labels = self._inputs(job.heldout)
+                reference = self._blob(self.produced[job.needs[2]].blobs["reference"])
+        return tasks.variant_task.options(max_retries=self.spec.limits.retries).remote(
+            fp32, job.precision, ranges, heldout, reference, labels, settings
+        )
 
     def _place(self, target_id: str) -> dict[str, Any]:
         node_id = next(self.round_robin[target_id])
@@ -283,8 +324,22 @@ class _SweepRun:
             self.blob_refs[sha256] = ray.put(self.recorder.store.artifacts.get(sha256))
         return self.blob_refs[sha256]
 
-    def _inputs(self, job: ReferenceJob) -> ray.ObjectRef:
-        if job.key not in self.input_refs:
-            samples = load_images(job.data, job.preprocess, limit=job.samples)
-            self.input_refs[job.key] = ray.put(samples.array)
-        return self.input_refs[job.key]
+    def _inputs(self, data: DataRef) -> tuple[ray.ObjectRef, ray.ObjectRef | None]:
+        """The rows a stage uses, loaded once per sweep: (inputs, labels or None)."""
+        if data.digest not in self.input_refs:
+            array, labels = load_rows(data)
+            self.input_refs[data.digest] = (ray.put(array), ray.put(labels) if labels is not None else None)
+        return self.input_refs[data.digest]
+
+
+def load_rows(data: DataRef) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibration rows from the front of the data, held-out rows from its end: never the same rows."""
+    samples = load_inputs(data.path, data.preprocess, data.input_shape)
+    if len(samples) < data.count + data.reserved:
+        raise CalibrationDataError(
+            f"{data.path}: {len(samples)} usable samples, {data.count + data.reserved} needed "
+            f"({data.count} {data.part}" + (f" + {data.reserved} for the other part)" if data.reserved else ")")
+        )
+    rows = slice(0, data.count) if data.part == "calibration" else slice(len(samples) - data.count, len(samples))
+    labels = load_labels(data.labels, samples.files) if data.labels else None
+    return samples.array[rows], labels[rows] if labels is not None else None

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from farm.spec import SweepSpec, data_digest, option_grid
+from farm.spec import ModelSpec, SweepSpec, data_digest, option_grid
 from farm.store.schema import STAGES
 from workers.backends import BACKENDS
 from workers.backends.base import version_key
@@ -60,20 +60,50 @@ class ExportJob(Job):
 
 
 @dataclass(frozen=True)
+class DataRef:
+    """Which real inputs a stage uses: the driver loads them (workers never read files), then takes
+    the first `count` rows for calibration or the last `count` for fidelity, so they never overlap."""
+
+    path: Path
+    preprocess: Preprocess
+    input_shape: tuple[int, ...]
+    part: str  # "calibration" | "heldout"
+    count: int
+    reserved: int  # rows the other part takes from the same data (0 when it uses other data)
+    labels: Path | None
+    digest: str
+
+
+@dataclass(frozen=True)
+class CalibrateJob(Job):
+    """Activation ranges of the fp32 model over the calibration rows, once per method."""
+
+    stage: ClassVar[str] = "calibrate"
+    model: ModelRef
+    method: str
+    percentile: float
+    data: DataRef
+
+
+@dataclass(frozen=True)
 class VariantJob(Job):
+    """needs: export, then for int8/fp8 the calibration and the reference (the fallback measures against it)."""
+
     stage: ClassVar[str] = "variant"
     model: ModelRef
     precision: str
+    method: str | None = None
+    fp16: dict[str, Any] = field(default_factory=dict)
+    min_top1_agreement: float = 0.99
+    fallback_tries: int = 0  # 0: no fallback
+    heldout: DataRef | None = None
 
 
 @dataclass(frozen=True)
 class ReferenceJob(Job):
     stage: ClassVar[str] = "reference"
     model: ModelRef
-    preprocess: Preprocess
-    data: Path
-    samples: int
-    digest: str
+    data: DataRef
 
 
 @dataclass(frozen=True)
@@ -96,6 +126,7 @@ class FidelityJob(Job):
     stage: ClassVar[str] = "fidelity"
     target: Target
     batch_size: int  # largest batch the engine accepts; inputs run in chunks of it
+    box_score_threshold: float = 0.5  # detectors only
 
 
 
@@ -116,12 +147,26 @@ def matches(target: Target, patterns: list[str]) -> bool:
     return any(p == target.kind or p.lower() in target.id.lower() for p in patterns)
 
 
+def data_refs(spec: SweepSpec, base: Path, model: ModelSpec) -> tuple[DataRef, DataRef]:
+    """The calibration rows and the held-out rows for one model's preprocessing."""
+    calibration_path = spec.calibration.folder(base)
+    fidelity_path = spec.fidelity.folder(base, spec.calibration)
+    shared = spec.needs_calibration() and calibration_path.resolve() == fidelity_path.resolve()
+    preprocess, shape, labels = model.preprocess(), tuple(model.input_shape), spec.fidelity.labels_file(base)
+    calibration = DataRef(calibration_path, preprocess, shape, "calibration", spec.calibration.samples,
+                          spec.fidelity.samples if shared else 0, None,
+                          data_digest(calibration_path, preprocess, shape, "calibration", spec.calibration.samples))
+    heldout = DataRef(fidelity_path, preprocess, shape, "heldout", spec.fidelity.samples,
+                      spec.calibration.samples if shared else 0, labels,
+                      data_digest(fidelity_path, preprocess, shape, "heldout", spec.fidelity.samples,
+                                  data_digest(labels, "labels") if labels else None))
+    return calibration, heldout
+
+
 def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     jobs: list[Job] = []
     notes: list[str] = []
     settings = spec.benchmark.settings()
-    folder = spec.fidelity.folder(base)
-    digest = data_digest(folder, spec.fidelity.samples)
     targets = [g for g in groups if matches(g.target, spec.targets)]
     if any(g.target.kind == "rtx" for g in targets):
         notes.append("rtx targets are build-only: engines are built and recorded, not benchmarked (no RTX GPU runtime here)")
@@ -132,30 +177,37 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
         model = model_spec.ref(base)
         extra = {"onnx_sha256": _file_sha256(Path(model.source))} if model.kind == "onnx" else {}
         export = ExportJob(content_key("export", model=model, **extra), f"{model.name}", (), model)
+        calibration_data, heldout = data_refs(spec, base, model_spec)
         reference = ReferenceJob(
-            content_key("reference", export=export.key, digest=digest, preprocess=model_spec.preprocess()),
+            content_key("reference", export=export.key, data=heldout.digest),
             f"{model.name} fp32 reference",
             (export.key,),
             model,
-            model_spec.preprocess(),
-            folder,
-            spec.fidelity.samples,
-            digest,
+            heldout,
         )
         jobs += [export, reference]
-        for precision in spec.precisions:
-            variant = VariantJob(
-                content_key("variant", export=export.key, precision=precision),
-                f"{model.name} {precision}",
-                (export.key,),
-                model,
-                precision,
-            )
+        calibrations: dict[str, CalibrateJob] = {}
+        for precision, method in _variant_axes(spec, notes):
+            if method is not None and method not in calibrations:
+                percentile = spec.calibration.percentile if method == "percentile" else 0.0
+                calibrations[method] = CalibrateJob(
+                    content_key("calibrate", export=export.key, method=method, percentile=percentile, data=calibration_data.digest),
+                    f"{model.name} calibration {method}" + (f" {percentile}" if percentile else ""),
+                    (export.key,),
+                    model,
+                    method,
+                    percentile,
+                    calibration_data,
+                )
+                jobs.append(calibrations[method])
+            variant = _variant_job(spec, model, precision, method, export, reference, calibrations.get(method or ""), heldout)
             jobs.append(variant)
             for backend_name, axes in spec.backends.enabled().items():
                 if backend_name == "torch" and model.kind == "onnx":
                     notes.append(f"model {model.name}: torch backend skipped (an ONNX-file source has no PyTorch module)")
                     continue
+                if precision not in BACKENDS[backend_name].precisions:
+                    continue  # the PyTorch baseline is fp32 only
                 backend_type = BACKENDS[backend_name]
                 usable = [g for g in targets if g.target.kind in backend_type.target_kinds
                           and version_key(backend_type, g.target.kind) in g.backends]
@@ -167,6 +219,49 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                     for options in option_grid(axes):
                         jobs += _build_jobs(variant, backend_name, options, varying, group, spec, settings, reference, export)
     return Plan(jobs=jobs, notes=list(dict.fromkeys(notes)))
+
+
+def _variant_axes(spec: SweepSpec, notes: list[str]) -> list[tuple[str, str | None]]:
+    """(precision, calibration method) pairs: int8 and fp8 once per method that suits them."""
+    from workers.precision import FP8_METHODS, INT8_METHODS
+
+    pairs: list[tuple[str, str | None]] = []
+    for precision in spec.precisions:
+        if precision in ("fp32", "fp16"):
+            pairs.append((precision, None))
+            continue
+        allowed = INT8_METHODS if precision == "int8" else FP8_METHODS
+        usable = [m for m in spec.calibration.methods if m in allowed]
+        for method in spec.calibration.methods:
+            if method not in allowed:
+                notes.append(f"calibration method {method}: not for {precision} ({precision} takes {', '.join(allowed)})")
+        pairs += [(precision, m) for m in usable]
+    return pairs
+
+
+def _variant_job(
+    spec: SweepSpec,
+    model: ModelRef,
+    precision: str,
+    method: str | None,
+    export: ExportJob,
+    reference: ReferenceJob,
+    calibration: CalibrateJob | None,
+    heldout: DataRef,
+) -> VariantJob:
+    if precision == "fp32":
+        return VariantJob(content_key("variant", export=export.key, precision=precision), f"{model.name} fp32", (export.key,), model, precision)
+    if precision == "fp16":
+        options = spec.fp16.model_dump()
+        return VariantJob(content_key("variant", export=export.key, precision=precision, fp16=options),
+                          f"{model.name} fp16", (export.key,), model, precision, fp16=options)
+    assert calibration is not None
+    tries = spec.fidelity.fallback.max_tries if spec.fidelity.fallback.enabled and model.task == "classification" else 0
+    floor = spec.fidelity.min_top1_agreement
+    key = content_key("variant", export=export.key, precision=precision, calibration=calibration.key,
+                      fallback={"tries": tries, "floor": floor, "reference": reference.key} if tries else None)
+    return VariantJob(key, f"{model.name} {precision} {method}", (export.key, calibration.key, reference.key), model,
+                      precision, method, min_top1_agreement=floor, fallback_tries=tries, heldout=heldout)
 
 
 def _build_jobs(
@@ -207,11 +302,13 @@ def _build_jobs(
         )
     jobs.append(
         FidelityJob(
-            content_key("fidelity", build=build.key, reference=reference.key),
+            content_key("fidelity", build=build.key, reference=reference.key,
+                        boxes=spec.fidelity.box_score_threshold if variant.model.task == "detection" else None),
             f"{build.label} fidelity",
             (build.key, reference.key),
             group.target,
             max(batch_sizes),
+            spec.fidelity.box_score_threshold,
         )
     )
     return jobs

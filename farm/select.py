@@ -83,7 +83,8 @@ def candidates(
                 p99_ms=bench.latency_p99 or 0.0,
                 throughput=bench.throughput or 0.0,
                 cv=bench.latency_cv or 0.0,
-                top1_agreement=fid.top1_agreement if fid else None,
+                # detectors have no classes to agree on: their floor applies to box recall
+                top1_agreement=(fid.top1_agreement if fid.top1_agreement is not None else fid.box_recall) if fid else None,
                 cosine_mean=fid.cosine_mean if fid else None,
                 engine_sha256=build.engine_sha256,
             )

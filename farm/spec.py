@@ -48,6 +48,9 @@ class ModelSpec(Strict):
     weights: str | None = Field(...)
     input_shape: tuple[int, ...] = (3, 224, 224)
     opset: int = Field(17, ge=13, le=21)
+    # detection: torchvision-style detectors (boxes, labels, scores per image); fidelity is box agreement
+    task: Literal["classification", "detection"] = "classification"
+    kwargs: dict[str, Any] = {}  # for the torchvision builder or the factory: {box_score_thresh: 0.01}
 
     @field_validator("source")
     @classmethod
@@ -67,7 +70,8 @@ class ModelSpec(Strict):
         source = self.source
         if source.endswith(".onnx") and not Path(source).is_absolute():
             source = str((base / source).resolve())
-        return ModelRef(self.name, source, self.weights, tuple(self.input_shape), self.opset)
+        return ModelRef(self.name, source, self.weights, tuple(self.input_shape), self.opset, task=self.task,
+                        kwargs=tuple(sorted(self.kwargs.items())))
 
     def preprocess(self) -> Preprocess:
         crop = self.input_shape[-1]
@@ -129,14 +133,50 @@ class BenchmarkSpec(Strict):
         return BenchSettings(self.warmup_s, self.duration_s, self.min_iterations, self.max_iterations)
 
 
-class FidelitySpec(Strict):
-    data: str = "calibration_data"
-    samples: int = Field(16, ge=1)
-    min_top1_agreement: float = Field(0.99, ge=0, le=1)
+def _resolve(base: Path, path: str) -> Path:
+    """Paths in a spec start at the spec's folder."""
+    resolved = Path(path)
+    return resolved if resolved.is_absolute() else base / resolved
+
+
+class Fp16Spec(Strict):
+    keep_io_types: bool = True  # fp32 inputs and outputs, with casts at the edges
+    op_block_list: list[str] = []  # op types kept in fp32, added to the converter's own list
+    node_block_list: list[str] = []  # node names kept in fp32
+
+
+class CalibrationSpec(Strict):
+    """INT8 / FP8 calibration: once per (model, method, data, sample count), reused by every build."""
+
+    data: str = "calibration_data"  # a folder of images, an .npy/.npz of preprocessed inputs, or a folder of .npy
+    samples: int = Field(16, ge=1)  # taken from the front of the data; fidelity never sees them
+    methods: Annotated[list[Literal["minmax", "entropy", "percentile", "distribution"]], BeforeValidator(_listify)] = ["minmax"]
+    percentile: float = Field(99.999, gt=50, le=100)
 
     def folder(self, base: Path) -> Path:
-        path = Path(self.data)
-        return path if path.is_absolute() else (base / path)
+        return _resolve(base, self.data)
+
+
+class FallbackSpec(Strict):
+    """Automatic precision fallback: keep the most sensitive tensors in float until the variant passes."""
+
+    enabled: bool = True
+    max_tries: int = Field(8, ge=1, le=50)
+
+
+class FidelitySpec(Strict):
+    data: str | None = None  # default: the calibration data, its held-out end
+    samples: int = Field(16, ge=1)  # held out: the last N samples, never a calibration sample
+    labels: str | None = None  # optional file,label CSV with integer class ids: labelled accuracy
+    min_top1_agreement: float = Field(0.99, ge=0, le=1)  # detectors: the floor on box recall
+    box_score_threshold: float = Field(0.5, ge=0, le=1)  # detectors: boxes below it are not compared
+    fallback: FallbackSpec = FallbackSpec()
+
+    def folder(self, base: Path, calibration: CalibrationSpec) -> Path:
+        return _resolve(base, self.data) if self.data else calibration.folder(base)
+
+    def labels_file(self, base: Path) -> Path | None:
+        return _resolve(base, self.labels) if self.labels else None
 
 
 class LimitsSpec(Strict):
@@ -150,7 +190,7 @@ class LimitsSpec(Strict):
 class SweepSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     models: list[ModelSpec] = Field(min_length=1)
-    precisions: Annotated[list[Literal["fp32"]], BeforeValidator(_listify)] = ["fp32"]
+    precisions: Annotated[list[Literal["fp32", "fp16", "int8", "fp8"]], BeforeValidator(_listify)] = ["fp32"]
     batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify)] = [1]
     backends: Backends
     # Empty: every CPU and GPU target in the cluster. TensorRT-RTX targets are built ahead of time
@@ -158,6 +198,8 @@ class SweepSpec(Strict):
     # engine that runs on both.
     targets: Annotated[list[str], BeforeValidator(_listify)] = []
     benchmark: BenchmarkSpec = BenchmarkSpec()
+    fp16: Fp16Spec = Fp16Spec()
+    calibration: CalibrationSpec = CalibrationSpec()
     fidelity: FidelitySpec = FidelitySpec()
     limits: LimitsSpec = LimitsSpec()
 
@@ -168,6 +210,9 @@ class SweepSpec(Strict):
         if duplicate := next((n for n in names if names.count(n) > 1), None):
             raise ValueError(f"model names must be unique; {duplicate!r} appears twice")
         return models
+
+    def needs_calibration(self) -> bool:
+        return any(p in ("int8", "fp8") for p in self.precisions)
 
     @field_validator("targets")
     @classmethod
@@ -240,11 +285,12 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def data_digest(folder: Path, samples: int) -> str:
-    """A content hash of the fidelity data: a changed image means new references and fidelity."""
-    digest = hashlib.sha256(str(samples).encode())
-    if folder.is_dir():
-        for file in sorted(p for p in folder.iterdir() if p.is_file()):
-            digest.update(file.name.encode())
-            digest.update(hashlib.sha256(file.read_bytes()).digest())
+def data_digest(path: Path, *parts: object) -> str:
+    """A content hash of input data (a folder's files or one file) and how it is used: a changed
+    image means new calibration ranges, references and fidelity."""
+    digest = hashlib.sha256(repr(parts).encode())
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()[:32]

@@ -92,13 +92,18 @@ def _export(model: ModelRef) -> tuple[Any, dict[str, bytes]]:
     return exported.info, blobs
 
 
-def _reference(variant: bytes, inputs: np.ndarray, batch_size: int) -> tuple[Any, dict[str, bytes]]:
-    import io
+def _reference(variant: bytes, inputs: np.ndarray, batch_size: int, task: str) -> tuple[Any, dict[str, bytes]]:
+    return {"samples": len(inputs)}, {"reference": stages.reference_outputs(variant, inputs, batch_size, task)}
 
-    outputs = stages.reference_outputs(variant, inputs, batch_size)
-    buffer = io.BytesIO()
-    np.save(buffer, outputs)
-    return {"samples": len(outputs)}, {"reference": buffer.getvalue()}
+
+def _calibrate(variant: bytes, inputs: np.ndarray, method: str, percentile: float) -> tuple[Any, dict[str, bytes]]:
+    ranges = stages.calibrate_model(variant, inputs, method, percentile)
+    return {"samples": ranges.samples, "tensors": len(ranges.tensors), "seconds": ranges.seconds}, {"ranges": ranges.to_bytes()}
+
+
+def _variant(fp32: bytes, precision: str, data: dict[str, Any], settings: dict[str, Any]) -> tuple[Any, dict[str, bytes]]:
+    variant = stages.make_variant(fp32, precision, **data, **settings)
+    return variant.details, {"onnx": variant.onnx_bytes}
 
 
 def _build(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext) -> tuple[Any, dict[str, bytes]]:
@@ -140,8 +145,28 @@ def export_task(model: ModelRef) -> Outcome:
 
 
 @ray.remote(num_cpus=1)
-def reference_task(variant: bytes, inputs: np.ndarray, batch_size: int) -> Outcome:
-    return run_stage(_reference, variant, inputs, batch_size)
+def reference_task(variant: bytes, inputs: np.ndarray, batch_size: int, task: str) -> Outcome:
+    return run_stage(_reference, variant, inputs, batch_size, task)
+
+
+@ray.remote(num_cpus=1)
+def calibrate_task(variant: bytes, inputs: np.ndarray, method: str, percentile: float) -> Outcome:
+    return run_stage(_calibrate, variant, inputs, method, percentile)
+
+
+@ray.remote(num_cpus=1)
+def variant_task(
+    fp32: bytes,
+    precision: str,
+    ranges: bytes | None,
+    heldout: np.ndarray | None,
+    reference: bytes | None,
+    labels: np.ndarray | None,
+    settings: dict[str, Any],
+) -> Outcome:
+    """The data come as top-level arguments: Ray resolves object refs there, not inside a dict."""
+    data = {"ranges": ranges, "heldout": heldout, "reference": reference, "labels": labels}
+    return run_stage(_variant, fp32, precision, data, settings)
 
 
 @ray.remote(num_cpus=1, max_calls=1)
@@ -161,7 +186,8 @@ def benchmark_task(plan: bytes, manifest: Manifest, batch_size: int, settings: B
 
 
 @ray.remote(num_cpus=1)
-def fidelity_task(plan: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int) -> Outcome:
-    import io
-
-    return run_stage(stages.engine_fidelity, plan, manifest, inputs, np.load(io.BytesIO(reference)), batch_size)
+def fidelity_task(
+    plan: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int, labels: np.ndarray | None,
+    task: str, box_score_threshold: float,
+) -> Outcome:
+    return run_stage(stages.engine_fidelity, plan, manifest, inputs, reference, batch_size, labels, task, box_score_threshold)

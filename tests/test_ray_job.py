@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -49,8 +50,25 @@ def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, s
     try:
         yield env, f"http://127.0.0.1:{dashboard}"
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster_under(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_cluster_under(temp: Path) -> None:
+    """Stop only this head's processes: `ray stop` would also end the session's own local Ray."""
+    import psutil
+
+    mine = []
+    for process in psutil.process_iter(["cmdline"]):
+        if str(temp) in " ".join(process.info["cmdline"] or []):
+            mine.append(process)
+    for process in mine:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _gone, alive = psutil.wait_procs(mine, timeout=15)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def test_sweep_runs_as_a_ray_job(head: tuple[dict[str, str], str], tmp_path: Path) -> None:

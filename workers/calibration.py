@@ -1,20 +1,28 @@
 """Real inputs for calibration and fidelity: folders of images and .npy/.npz batches.
 
 Images go through the model's preprocessing (resize the short side, centre-crop, normalise),
-the torchvision classification recipe by default. Unreadable files are skipped and counted,
-never a crash; too few usable samples is one clear error naming the folder.
+the torchvision classification recipe by default. Unreadable files (corrupt or truncated) are
+skipped and counted, never a crash; too few usable samples is one clear error naming the folder.
+`split` cuts one set into a calibration part and a held-out part that never overlap: fidelity is
+measured only on inputs the calibrator has not seen. `SamplesReader` feeds ONNX Runtime's calibrators.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
 
 from workers.records import Preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+ARRAY_SUFFIXES = {".npy", ".npz"}
+SIDE_FILES = {".md", ".csv", ".txt"}  # a README or a labels file beside the data is not a bad sample
 
 
 class CalibrationDataError(ValueError):
@@ -28,37 +36,57 @@ class Samples:
     array: np.ndarray
     files: list[str]
     skipped: list[str] = field(default_factory=list)  # "name: reason" for files that could not be used
+    labels: np.ndarray | None = None  # class id per row, -1 where unknown; see load_labels
+
+    def __len__(self) -> int:
+        return len(self.array)
 
 
 def load_images(folder: str | Path, preprocess: Preprocess, *, limit: int | None = None, min_samples: int = 1) -> Samples:
     """Read every image of `folder` (sorted by name) into one float32 array."""
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(folder)
     if not root.is_dir():
         raise CalibrationDataError(f"{root}: not a folder of images")
+    paths = sorted(p for p in root.iterdir() if p.is_file())
     rows: list[np.ndarray] = []
     files: list[str] = []
     skipped: list[str] = []
-    for path in sorted(p for p in root.iterdir() if p.is_file()):
+    for path in paths:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            if path.suffix.lower() not in {".md", ".csv", ".txt"}:
+            if path.suffix.lower() not in SIDE_FILES:
                 skipped.append(f"{path.name}: not an image file")
             continue
         try:
-            with Image.open(path) as image:
-                rows.append(preprocess_image(image.convert("RGB"), preprocess))
-        except (UnidentifiedImageError, OSError) as exc:
+            rows.append(_read_image(path, preprocess))
+        except CalibrationDataError as exc:
             skipped.append(f"{path.name}: {exc}")
             continue
         files.append(path.name)
         if limit is not None and len(rows) >= limit:
             break
     if len(rows) < min_samples:
-        raise CalibrationDataError(
-            f"{root}: {len(rows)} usable images, at least {min_samples} needed" + (f" ({len(skipped)} skipped)" if skipped else "")
-        )
+        raise CalibrationDataError(_too_few_images(root, paths, len(rows), min_samples, skipped))
     return Samples(array=np.stack(rows).astype(np.float32), files=files, skipped=skipped)
+
+
+def _read_image(path: Path, preprocess: Preprocess) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            # convert() forces the full decode, so a truncated JPEG fails here rather than later.
+            return preprocess_image(image.convert("RGB"), preprocess)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CalibrationDataError(f"unreadable image ({exc})") from exc
+
+
+def _too_few_images(root: Path, paths: list[Path], usable: int, needed: int, skipped: list[str]) -> str:
+    if not paths:
+        return f"{root}: the folder is empty; put at least {needed} images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it"
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
+        return f"{root}: no image files among {len(paths)} files (expected {', '.join(sorted(IMAGE_SUFFIXES))})"
+    detail = f"; {len(skipped)} skipped, first: {skipped[0]}" if skipped else ""
+    return f"{root}: {usable} usable images, at least {needed} needed{detail}"
 
 
 def preprocess_image(image: object, preprocess: Preprocess) -> np.ndarray:
@@ -72,6 +100,179 @@ def preprocess_image(image: object, preprocess: Preprocess) -> np.ndarray:
     left = (resized.width - preprocess.crop) // 2
     top = (resized.height - preprocess.crop) // 2
     cropped = resized.crop((left, top, left + preprocess.crop, top + preprocess.crop))
-    pixels = np.asarray(cropped, dtype=np.float32) / 255.0
-    pixels = (pixels - np.asarray(preprocess.mean, dtype=np.float32)) / np.asarray(preprocess.std, dtype=np.float32)
+    scaled = np.asarray(cropped, dtype=np.float32) / np.float32(255.0)
+    pixels = (scaled - np.asarray(preprocess.mean, dtype=np.float32)) / np.asarray(preprocess.std, dtype=np.float32)
     return pixels.transpose(2, 0, 1)
+
+
+def load_arrays(path: str | Path, input_shape: Sequence[int | str]) -> Samples:
+    """Read model inputs already preprocessed: one .npy [N, *input_shape], an .npz holding one such
+    array, or a folder of .npy files (each [N, *input_shape] or one sample [*input_shape]).
+
+    `input_shape` is one sample without the batch axis, as in ModelRef; a str dim matches any size.
+    In a folder, files that do not load are skipped and counted; a wrong shape is always an error.
+    """
+    root = Path(path)
+    if root.is_dir():
+        return _load_array_folder(root, input_shape)
+    if not root.is_file():
+        raise CalibrationDataError(f"{root}: no such file or folder")
+    if root.suffix.lower() not in ARRAY_SUFFIXES:
+        raise CalibrationDataError(f"{root}: expected a .npy or .npz file")
+    array = _check_shape(root, _read_array(root), input_shape)
+    if len(array) == 0:
+        raise CalibrationDataError(f"{root}: the array holds no samples")
+    return Samples(array=array, files=[f"{root.name}[{i}]" for i in range(len(array))])
+
+
+def _load_array_folder(root: Path, input_shape: Sequence[int | str]) -> Samples:
+    paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() not in SIDE_FILES)
+    chunks: list[np.ndarray] = []
+    files: list[str] = []
+    skipped: list[str] = []
+    for p in paths:
+        if p.suffix.lower() not in ARRAY_SUFFIXES:
+            skipped.append(f"{p.name}: not a .npy or .npz file")
+            continue
+        try:
+            raw = _read_array(p)
+        except CalibrationDataError as exc:
+            skipped.append(f"{p.name}: {exc}")
+            continue
+        if raw.ndim == len(input_shape):
+            raw = raw[None]
+        array = _check_shape(p, raw, input_shape)
+        chunks.append(array)
+        files.extend(f"{p.name}[{i}]" for i in range(len(array)))
+    if not files:
+        what = "the folder is empty" if not paths else f"no loadable .npy/.npz among {len(paths)} files ({len(skipped)} skipped)"
+        raise CalibrationDataError(f"{root}: {what}")
+    return Samples(array=np.concatenate(chunks).astype(np.float32), files=files, skipped=skipped)
+
+
+def _read_array(path: Path) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CalibrationDataError(f"{path}: not a readable numpy file ({exc})") from exc
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            names = list(loaded.files)
+            if len(names) != 1:
+                raise CalibrationDataError(f"{path}: an .npz must hold exactly one array, found {len(names)} ({', '.join(names)})")
+            loaded = loaded[names[0]]
+    if not np.issubdtype(loaded.dtype, np.number):
+        raise CalibrationDataError(f"{path}: dtype {loaded.dtype} is not numeric")
+    return np.asarray(loaded)
+
+
+def _check_shape(path: Path, array: np.ndarray, input_shape: Sequence[int | str]) -> np.ndarray:
+    expected = ["N", *input_shape]
+    matches = array.ndim == len(expected) and all(isinstance(d, str) or d == n for d, n in zip(input_shape, array.shape[1:], strict=True))
+    if not matches:
+        raise CalibrationDataError(
+            f"{path}: array of shape {list(array.shape)}, expected [{', '.join(str(d) for d in expected)}]"
+        )
+    return array.astype(np.float32)
+
+
+def load_labels(path: str | Path, files: Sequence[str], class_names: Sequence[str] | None = None) -> np.ndarray | None:
+    """Class ids for `files` from a `file,label` CSV, or None when the labels cannot be class ids.
+
+    Labels may be integer class ids, or class names mapped through `class_names` (case-insensitive).
+    A file without a row, or a name not in `class_names`, gets -1 (unknown; accuracy skips it). Names
+    without `class_names` (like calibration_data's descriptive labels) give None, as does a file where
+    no row is known. For .npy samples ("x.npy[3]") the row is looked up by that name, then by "x.npy".
+    """
+    source = Path(path)
+    try:
+        with source.open(newline="") as handle:
+            rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrationDataError(f"{source}: cannot read labels ({exc})") from exc
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]:
+        rows = rows[1:]
+    bad = next((i for i, row in enumerate(rows) if len(row) < 2), None)
+    if bad is not None:
+        raise CalibrationDataError(f"{source}: row {bad + 2} is not 'file,label'")
+    table = {row[0].strip(): row[1].strip() for row in rows}
+    ids = _label_ids(table, class_names)
+    if ids is None:
+        return None
+    labels = np.array([ids.get(name, ids.get(name.split("[", 1)[0], -1)) for name in files], dtype=np.int64)
+    return labels if (labels >= 0).any() else None
+
+
+def _label_ids(table: dict[str, str], class_names: Sequence[str] | None) -> dict[str, int] | None:
+    if all(_is_int(label) for label in table.values()):
+        return {name: int(label) for name, label in table.items()}
+    if class_names is None:
+        return None
+    index = {name.lower(): i for i, name in enumerate(class_names)}
+    return {name: index.get(label.lower(), -1) for name, label in table.items()}
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def split(samples: Samples, calibration_count: int, holdout_count: int | None = None) -> tuple[Samples, Samples]:
+    """Disjoint calibration and held-out parts: calibration from the front, held-out from the back.
+
+    Taking the held-out part from the end keeps it the same whatever `calibration_count` is, so
+    variants calibrated on 8, 16 or 32 samples are judged on the very same inputs. None for
+    `holdout_count` means every sample the calibration part leaves.
+    """
+    total = len(samples)
+    holdout = total - calibration_count if holdout_count is None else holdout_count
+    if calibration_count < 1 or holdout < 1 or calibration_count + holdout > total:
+        raise CalibrationDataError(
+            f"{total} usable samples cannot give {calibration_count} for calibration and {holdout} held out"
+            f" (need {calibration_count + max(holdout, 1)}, at least 1 of each)"
+        )
+    return _rows(samples, slice(0, calibration_count)), _rows(samples, slice(total - holdout, total))
+
+
+def _rows(samples: Samples, rows: slice) -> Samples:
+    return dataclasses.replace(
+        samples,
+        array=samples.array[rows],
+        files=samples.files[rows],
+        labels=None if samples.labels is None else samples.labels[rows],
+    )
+
+
+class SamplesReader(CalibrationDataReader):  # type: ignore[misc]
+    """Feeds `samples` to ONNX Runtime's calibrators in batches of `batch_size` under `input_name`."""
+
+    def __init__(self, samples: Samples | np.ndarray, input_name: str, batch_size: int = 8, dtype: str = "float32") -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: expected at least 1")
+        self._array = (samples.array if isinstance(samples, Samples) else samples).astype(dtype)
+        self._input_name = input_name
+        self._batch_size = batch_size
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self._array):
+            return None
+        batch = self._array[self._next : self._next + self._batch_size]
+        self._next += self._batch_size
+        return {self._input_name: batch}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+    def __len__(self) -> int:
+        return -(-len(self._array) // self._batch_size)
+
+
+def load_inputs(path: str | Path, preprocess: Preprocess, input_shape: Sequence[int | str]) -> Samples:
+    """Model inputs from whatever `path` holds: .npy/.npz arrays (already preprocessed) or images."""
+    root = Path(path)
+    arrays = root.suffix.lower() in ARRAY_SUFFIXES or (root.is_dir() and any(p.suffix.lower() in ARRAY_SUFFIXES for p in root.iterdir()))
+    return load_arrays(root, input_shape) if arrays else load_images(root, preprocess)

@@ -56,14 +56,16 @@ def _torchvision_module(model: ModelRef) -> Any:
     if arch not in torchvision.models.list_models():
         raise ModelSourceError(f"model {model.name}: torchvision has no model named {arch!r}")
     if model.weights is None:
-        return torchvision.models.get_model(arch, weights=None)
+        # A detector's default backbone weights are a download too: random means random throughout.
+        detector = arch in torchvision.models.list_models(module=torchvision.models.detection)
+        return torchvision.models.get_model(arch, weights=None, **({"weights_backbone": None} if detector else {}), **dict(model.kwargs))
     try:
         weights = torchvision.models.get_model_weights(arch)[model.weights] if model.weights != "DEFAULT" else "DEFAULT"
     except KeyError:
         known = ", ".join(w.name for w in torchvision.models.get_model_weights(arch))
         raise ModelSourceError(f"model {model.name}: weights {model.weights!r} unknown for {arch} (known: {known})") from None
     try:
-        return torchvision.models.get_model(arch, weights=weights)
+        return torchvision.models.get_model(arch, weights=weights, **dict(model.kwargs))
     except Exception as exc:  # a download that fails must never fall back to random weights
         raise ModelSourceError(
             f"model {model.name}: weights {model.weights} for {arch} are not in the torch hub cache and could not be "
@@ -79,7 +81,7 @@ def _factory_module(model: ModelRef) -> Any:
         raise ModelSourceError(f"model {model.name}: cannot import factory {model.source} ({exc})") from exc
     import torch
 
-    module = factory()
+    module = factory(**dict(model.kwargs))
     if not isinstance(module, torch.nn.Module):
         raise ModelSourceError(f"model {model.name}: factory {model.source} returned {type(module).__name__}, not a torch.nn.Module")
     return module
@@ -136,7 +138,8 @@ def _to_onnx(module: Any, model: ModelRef) -> bytes:
             input_names=["input"],
             output_names=_output_names(module, sample),
             opset_version=model.opset,
-            dynamic_axes={"input": {0: BATCH_AXIS}},
+            # A torchvision detector's graph handles one image per call: its batch axis stays 1.
+            dynamic_axes=None if model.task == "detection" else {"input": {0: BATCH_AXIS}},
             dynamo=False,
         )
     return buffer.getvalue()
@@ -149,6 +152,8 @@ def _output_names(module: Any, sample: Any) -> list[str]:
         out = module(sample)
     if isinstance(out, torch.Tensor):
         return ["output"]
+    if isinstance(out, list | tuple) and out and isinstance(out[0], dict):
+        return list(out[0])  # torchvision detectors: boxes, labels, scores
     return [f"output_{i}" for i in range(len(out))] if isinstance(out, list | tuple) else ["output"]
 
 

@@ -46,6 +46,8 @@ class ModelRef:
     input_shape: tuple[int, ...]  # one sample, without the batch axis: (3, 224, 224)
     opset: int = 17
     seed: int = 0
+    task: str = "classification"  # or "detection": outputs are boxes, labels, scores per image
+    kwargs: tuple[tuple[str, Any], ...] = ()  # passed to the torchvision builder or the factory (box_score_thresh=...)
 
     @property
     def kind(self) -> str:

@@ -1,27 +1,115 @@
 """The worker side of each pipeline stage, one function each, in pipeline order.
 
-export -> (variant) -> build -> benchmark, fidelity. The driver calls these inside Ray tasks;
-tests and the GPU machine call them directly.
+export -> reference -> calibrate -> variant -> build -> benchmark, fidelity. The driver calls
+these inside Ray tasks; tests and the GPU machine call them directly. Outputs that are many
+arrays (reference outputs, detections) travel as .npz bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
 from workers import fidelity as fidelity_
+from workers import precision as precision_
 from workers.backends import get_backend, random_feeds
 from workers.backends.base import NO_CONTEXT, BuildContext
 from workers.bench import BenchSettings, Timings, measure
+from workers.calibration import SamplesReader
+from workers.detection import DetectionFidelity, Detections, compare_detections
+from workers.fallback import Threshold, find_fallback
 from workers.models import Exported, export
 from workers.records import BuildRequest, Engine, Manifest, ModelRef
 
-__all__ = ["export_model", "build_engine", "benchmark_engine", "reference_outputs", "engine_fidelity"]
+__all__ = [
+    "export_model",
+    "reference_outputs",
+    "calibrate_model",
+    "make_variant",
+    "build_engine",
+    "benchmark_engine",
+    "engine_fidelity",
+]
 
 
 def export_model(model: ModelRef, onnx_file: bytes | None = None) -> Exported:
     return export(model, onnx_file)
+
+
+def reference_outputs(variant: bytes, inputs: np.ndarray, batch_size: int, task: str = "classification") -> bytes:
+    """The fp32 model's outputs on `inputs` from ONNX Runtime's CPU provider (the reference), as .npz bytes."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(variant, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    if task == "detection":
+        return pack_detections([_detections(session.run(None, {name: x[None]})) for x in inputs])
+    outputs = fidelity_.run_batched(lambda x: session.run(None, {name: x})[0], inputs, batch_size)
+    return _npz(outputs=outputs)
+
+
+def calibrate_model(variant: bytes, inputs: np.ndarray, method: str, percentile: float) -> precision_.CalibrationRanges:
+    """Activation ranges over the calibration rows: the only stage that runs a calibrator."""
+    name, batch = _input(variant)
+    return precision_.calibrate(variant, SamplesReader(inputs, name, batch_size=batch or 8), method, percentile)  # type: ignore[arg-type]
+
+
+@dataclass
+class Variant:
+    onnx_bytes: bytes
+    details: dict[str, Any]
+
+
+def make_variant(
+    fp32: bytes,
+    precision: str,
+    *,
+    fp16: dict[str, Any] | None = None,
+    ranges: bytes | None = None,
+    heldout: np.ndarray | None = None,
+    reference: bytes | None = None,
+    labels: np.ndarray | None = None,
+    min_top1_agreement: float = 0.99,
+    fallback_tries: int = 0,
+) -> Variant:
+    """fp16 by graph conversion; int8 / fp8 as explicit Q/DQ from stored calibration ranges.
+
+    With `fallback_tries`, a quantized variant whose CPU fidelity on the held-out rows misses
+    `min_top1_agreement` keeps its most sensitive tensors in float until it passes (workers.fallback);
+    `details` records the plain variant's fidelity, every try, and what was kept in float and why.
+    """
+    if precision == "fp16":
+        options = fp16 or {}
+        try:
+            return Variant(precision_.to_fp16(fp32, **options), {"fp16": options})
+        except Exception as exc:  # the converter's own errors say nothing about where they come from
+            raise precision_.QuantizationError(f"fp16 conversion (onnxconverter-common) failed: {type(exc).__name__}: {exc}") from exc
+    if ranges is None:
+        raise ValueError(f"{precision} needs calibration ranges")
+    calibration = precision_.CalibrationRanges.from_bytes(ranges)
+    details: dict[str, Any] = {"method": calibration.method, "calibration_samples": calibration.samples}
+    if not fallback_tries or heldout is None or reference is None:
+        return Variant(precision_.apply_quantization(fp32, calibration, precision), details)  # type: ignore[arg-type]
+    result = find_fallback(
+        fp32, calibration, heldout, unpack(reference)["outputs"], precision=precision,  # type: ignore[arg-type]
+        threshold=Threshold(top1_agreement=min_top1_agreement), max_tries=fallback_tries, labels=labels,
+    )
+    details["fallback"] = {
+        "passed": result.passed,
+        "reason": result.reason,
+        "plain": asdict(result.steps[0].fidelity),
+        "kept_in_float": [asdict(node) for node in result.excluded],
+        "tries": [{"kept_float": s.kept_float, "excluded": len(s.excluded), "passed": s.passed,
+                   "top1_agreement": s.fidelity.top1_agreement, "cosine_mean": s.fidelity.cosine_mean,
+                   "seconds": s.seconds} for s in result.steps],
+    }
+    if result.onnx_bytes is None:  # no try passed: keep the plain variant; its builds will show the shortfall
+        return Variant(precision_.apply_quantization(fp32, calibration, precision), details)  # type: ignore[arg-type]
+    return Variant(result.onnx_bytes, details)
 
 
 def build_engine(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
@@ -37,18 +125,53 @@ def benchmark_engine(plan: bytes, manifest: Manifest, batch_size: int, settings:
         return measure(step, batch_size, settings, synchronize=runner.synchronize, gpu_timer=runner.gpu_timer())
 
 
-def reference_outputs(variant: bytes, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """The fp32 model's first output on `inputs`, from ONNX Runtime's CPU provider (the reference)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(variant, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return fidelity_.run_batched(lambda x: session.run(None, {name: x})[0], inputs, batch_size)
-
-
-def engine_fidelity(plan: bytes, manifest: Manifest, inputs: np.ndarray, reference: np.ndarray, batch_size: int) -> fidelity_.Fidelity:
+def engine_fidelity(
+    plan: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int,
+    labels: np.ndarray | None = None, task: str = "classification", box_score_threshold: float = 0.5,
+) -> fidelity_.Fidelity | DetectionFidelity:
     with get_backend(manifest.backend).open(plan, manifest) as runner:
         name = runner.inputs[0].name
         dtype = runner.inputs[0].dtype
+        if task == "detection":
+            found = [_detections(runner.infer({name: x[None].astype(dtype)})) for x in inputs]
+            return compare_detections(unpack_detections(reference), found, score_threshold=box_score_threshold)
         outputs = fidelity_.run_batched(lambda x: runner.infer({name: x.astype(dtype)})[0], inputs, batch_size)
-    return fidelity_.compare(reference, outputs)
+    return fidelity_.compare(unpack(reference)["outputs"], outputs, labels)
+
+
+def _detections(outputs: list[np.ndarray]) -> Detections:
+    return Detections.of(*outputs[:3])  # a torchvision detector's ONNX outputs: boxes, labels, scores
+
+
+def pack_detections(images: list[Detections]) -> bytes:
+    arrays = {}
+    for i, d in enumerate(images):
+        arrays |= {f"boxes_{i}": d.boxes, f"labels_{i}": d.labels, f"scores_{i}": d.scores}
+    return _npz(images=np.array(len(images)), **arrays)
+
+
+def unpack_detections(data: bytes) -> list[Detections]:
+    arrays = unpack(data)
+    return [Detections(arrays[f"boxes_{i}"], arrays[f"labels_{i}"], arrays[f"scores_{i}"]) for i in range(int(arrays["images"]))]
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def unpack(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data)) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def _input(onnx_bytes: bytes) -> tuple[str, int | None]:
+    """The model's input name, and its batch size where the graph fixes one (a detector's 1)."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    initializers = {i.name for i in model.graph.initializer}
+    value = next(i for i in model.graph.input if i.name not in initializers)
+    dims = value.type.tensor_type.shape.dim
+    return value.name, (dims[0].dim_value or None) if dims else None

@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from farm.plan import BenchmarkJob, BuildJob, ExportJob, FidelityJob, Job, ReferenceJob, TargetGroup, VariantJob
+from farm.plan import BenchmarkJob, BuildJob, CalibrateJob, ExportJob, FidelityJob, Job, ReferenceJob, TargetGroup, VariantJob
 from farm.store import schema
 from farm.store.db import Store
 from farm.tasks import Outcome
+from workers.detection import DetectionFidelity
 
 ROW_TYPES = schema.STAGE_TABLES
 
@@ -102,7 +103,7 @@ class Recorder:
 
     def record(self, sweep_id: int, job: Job, outcome: Outcome, inherited: dict[str, str] | None = None) -> Produced:
         """Store the outcome's artifacts and its row, and mark the job in the sweep, in one transaction."""
-        kinds = {"onnx": "onnx", "checkpoint": "checkpoint", "engine": "engine", "reference": "reference"}
+        kinds = {"onnx": "onnx", "checkpoint": "checkpoint", "engine": "engine", "reference": "reference", "ranges": "calibration"}
         blobs = dict(inherited or {})
         sizes = {}
         for role, data in outcome.blobs.items():
@@ -137,10 +138,15 @@ def _fields(job: Job, outcome: Outcome, blobs: dict[str, str]) -> dict[str, Any]
                           outputs=[t.to_json() for t in value.outputs], node_count=value.node_count)
         return fields
     if isinstance(job, VariantJob):
-        return {"model_key": job.needs[0], "precision": job.precision, "onnx_sha256": blobs.get("onnx"),
-                "details": value if isinstance(value, dict) else None}
+        details = value if isinstance(value, dict) else ({"fp16": job.fp16} if job.fp16 else None)
+        return {"model_key": job.needs[0], "precision": job.precision, "method": job.method, "onnx_sha256": blobs.get("onnx"),
+                "calibration_key": job.needs[1] if job.method else None, "details": details}
+    if isinstance(job, CalibrateJob):
+        return {"model_key": job.needs[0], "method": job.method, "percentile": job.percentile or None,
+                "data_digest": job.data.digest, "samples": value["samples"] if value else None,
+                "tensors": value["tensors"] if value else None, "ranges_sha256": blobs.get("ranges")}
     if isinstance(job, ReferenceJob):
-        return {"model_key": job.needs[0], "data_digest": job.digest, "outputs_sha256": blobs.get("reference"),
+        return {"model_key": job.needs[0], "data_digest": job.data.digest, "outputs_sha256": blobs.get("reference"),
                 "samples": value["samples"] if value else None}
     if isinstance(job, BuildJob):
         r = job.request
@@ -165,9 +171,12 @@ def _fields(job: Job, outcome: Outcome, blobs: dict[str, str]) -> dict[str, Any]
         return fields
     if isinstance(job, FidelityJob):
         fields = {"build_key": job.needs[0], "reference_key": job.needs[1]}
-        if value is not None:
-            columns = schema.Fidelity.__table__.columns
-            fields.update({k: v for k, v in asdict(value).items() if k in columns})
+        if isinstance(value, DetectionFidelity):
+            fields.update(samples=value.images, reference_boxes=value.reference_boxes, candidate_boxes=value.candidate_boxes,
+                          box_recall=value.recall, box_precision=value.precision,
+                          score_diff_mean=value.score_diff_mean, score_diff_max=value.score_diff_max, iou_mean=value.iou_mean)
+        elif value is not None:
+            fields.update(asdict(value))
         return fields
     raise TypeError(f"no row for stage {job.stage}")
 
@@ -179,6 +188,8 @@ def _produced(row: schema.JobColumns) -> Produced:
         blobs = {"onnx": row.onnx_sha256}
     elif isinstance(row, schema.Reference):
         blobs = {"reference": row.outputs_sha256}
+    elif isinstance(row, schema.Calibration):
+        blobs = {"ranges": row.ranges_sha256}
     elif isinstance(row, schema.Build):
         return Produced({"engine": row.engine_sha256} if row.engine_sha256 else {}, row.manifest)
     else:

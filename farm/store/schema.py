@@ -94,6 +94,21 @@ class Model(JobColumns, Base):
     checkpoint_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
 
 
+class Calibration(JobColumns, Base):
+    """Activation ranges of a model's fp32 graph over the calibration rows: computed once per
+    (model, method, calibration data, sample count) and reused by every variant and target."""
+
+    __tablename__ = "calibrations"
+
+    model_key: Mapped[str] = mapped_column(ForeignKey("models.key"), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    percentile: Mapped[float | None] = mapped_column(Float, default=None)
+    data_digest: Mapped[str] = mapped_column(String(64))
+    samples: Mapped[int | None] = mapped_column(Integer, default=None)
+    tensors: Mapped[int | None] = mapped_column(Integer, default=None)  # activations with a range
+    ranges_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
+
+
 class Variant(JobColumns, Base):
     """The model's ONNX after a precision transform (fp32 is the export itself)."""
 
@@ -102,6 +117,8 @@ class Variant(JobColumns, Base):
     model_key: Mapped[str] = mapped_column(ForeignKey("models.key"), index=True)
     precision: Mapped[str] = mapped_column(String(16))
     method: Mapped[str | None] = mapped_column(String(32), default=None)  # int8/fp8 calibration method
+    calibration_key: Mapped[str | None] = mapped_column(ForeignKey("calibrations.key"), default=None)
+    # fp16 options; for int8/fp8 the CPU fidelity of the plain variant, and what the fallback kept in float and why
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     onnx_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
 
@@ -211,6 +228,18 @@ class Fidelity(JobColumns, Base):
     cosine_mean: Mapped[float | None] = mapped_column(Float, default=None)
     cosine_min: Mapped[float | None] = mapped_column(Float, default=None)
     max_abs_error: Mapped[float | None] = mapped_column(Float, default=None)
+    accuracy: Mapped[float | None] = mapped_column(Float, default=None)  # labelled top-1 accuracy, where labels exist
+    reference_accuracy: Mapped[float | None] = mapped_column(Float, default=None)
+    labelled: Mapped[int | None] = mapped_column(Integer, default=None)
+    nonfinite: Mapped[int | None] = mapped_column(Integer, default=None)
+    # detectors: boxes matched to the reference's at IoU >= 0.5 with the same label
+    reference_boxes: Mapped[int | None] = mapped_column(Integer, default=None)
+    candidate_boxes: Mapped[int | None] = mapped_column(Integer, default=None)
+    box_recall: Mapped[float | None] = mapped_column(Float, default=None)
+    box_precision: Mapped[float | None] = mapped_column(Float, default=None)
+    score_diff_mean: Mapped[float | None] = mapped_column(Float, default=None)
+    score_diff_max: Mapped[float | None] = mapped_column(Float, default=None)
+    iou_mean: Mapped[float | None] = mapped_column(Float, default=None)
 
     build: Mapped[Build] = relationship(back_populates="fidelity")
 
@@ -218,8 +247,9 @@ class Fidelity(JobColumns, Base):
 # Each pipeline stage's table, in pipeline order: the one list the driver, the CLI and the dashboard share.
 STAGE_TABLES: dict[str, type[JobColumns]] = {
     "export": Model,
-    "variant": Variant,
     "reference": Reference,
+    "calibrate": Calibration,
+    "variant": Variant,
     "build": Build,
     "benchmark": Benchmark,
     "fidelity": Fidelity,

@@ -71,6 +71,7 @@ class Runner(Protocol):
 class Backend(Protocol):
     name: ClassVar[str]
     target_kinds: ClassVar[tuple[str, ...]]  # which Target.kind values it can build for
+    precisions: ClassVar[tuple[str, ...]]  # which variants it builds
 
     def availability(self) -> Availability: ...
 

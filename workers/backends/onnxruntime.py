@@ -14,6 +14,7 @@ import numpy as np
 
 from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext
 from workers.bench import GpuTimer
+from workers.precision import cpu_graph_optimization
 from workers.records import BuildRequest, Engine, Manifest, TensorSpec
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -38,6 +39,7 @@ def _session_options(options: dict[str, Any], level: str) -> Any:
 class OnnxRuntimeBackend:
     name: ClassVar[str] = "onnxruntime"
     target_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "fp8")
 
     def availability(self) -> Availability:
         try:
@@ -58,6 +60,13 @@ class OnnxRuntimeBackend:
         level = str(request.options.get("graph_optimization_level", "all"))
         if level not in OPTIMIZATION_LEVELS:
             raise ValueError(f"graph_optimization_level {level!r}: expected one of {', '.join(OPTIMIZATION_LEVELS)}")
+        notes = {}
+        safe = cpu_graph_optimization(request.precision)
+        if OPTIMIZATION_LEVELS.index(level) > OPTIMIZATION_LEVELS.index(safe):
+            # ORT 1.32 fuses Relu into a following fp8 QuantizeLinear as if it were asymmetric int8, and
+            # the outputs go wrong (workers/precision.py): build at the highest level that stays right.
+            notes["graph_optimization_level_used"] = safe
+            level = safe
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             optimized = Path(tmp) / "optimized.onnx"
@@ -75,7 +84,7 @@ class OnnxRuntimeBackend:
             outputs=_specs(session.get_outputs()),
             model=request.model.name,
             variant_sha256="",
-            extra={"providers": session.get_providers()},
+            extra={"providers": session.get_providers(), **notes},
         )
         return Engine(plan=plan, manifest=manifest, seconds=time.perf_counter() - started)
 

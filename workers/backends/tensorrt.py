@@ -321,6 +321,7 @@ class PeakMemory:
 class TensorRTBackend:
     name: ClassVar[str] = "tensorrt"
     target_kinds: ClassVar[tuple[str, ...]] = ("gpu", "rtx")
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "fp8")
     batch_profile: ClassVar[bool] = True  # the engine is built for the request's batch sizes: they belong in the build key
     version_keys: ClassVar[dict[str, str]] = {"gpu": "tensorrt", "rtx": "tensorrt-rtx"}  # the flavour each target kind needs
 

@@ -27,6 +27,7 @@ MODES = ("eager",)
 class TorchBackend:
     name: ClassVar[str] = "torch"
     target_kinds: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # the PyTorch baseline is the fp32 model
 
     def availability(self) -> Availability:
         try:
@@ -113,8 +114,10 @@ class TorchRunner:
             out = self._module(x)
             if self._events:
                 self._events[1].record()
+            if isinstance(out, list | tuple) and out and isinstance(out[0], dict):
+                out = list(out[0].values())  # a torchvision detector, one image: boxes, labels, scores
             outs = [out] if isinstance(out, torch.Tensor) else list(out)
-            return [o.float().cpu().numpy() for o in outs]
+            return [(o.float() if o.is_floating_point() else o).cpu().numpy() for o in outs]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import torch

@@ -1,0 +1,118 @@
+"""The precision fallback on a case built to need it.
+
+The digits CNN gets one extra first-layer channel that is always 400 and that the next layer
+ignores: fp32 outputs are unchanged, but the per-tensor int8 range of that layer's output grows
+a hundredfold and int8 collapses (measured: top-1 agreement 0.08). The fallback must find that
+tensor, keep it in float and pass, from the stored ranges alone.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+
+from workers import fidelity, precision
+from workers.calibration import SamplesReader
+from workers.fallback import Threshold, find_fallback
+
+from tests import digits_model
+
+HELD_OUT = 250  # test digits used for fidelity; calibration uses training digits only
+OUTLIER_TENSORS = {"/features/features.0/Conv_output_0", "/features/features.1/Relu_output_0"}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_ort(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def digits() -> digits_model.DigitsData:
+    return digits_model.digits_data()
+
+
+@pytest.fixture(scope="module")
+def outlier() -> bytes:
+    return digits_model.export_onnx("outlier_digits_cnn")
+
+
+@pytest.fixture(scope="module")
+def held_out(digits: digits_model.DigitsData) -> np.ndarray:
+    return digits.test_inputs[:HELD_OUT]
+
+
+def fp32_outputs(model: bytes, inputs: np.ndarray) -> np.ndarray:
+    return precision.cpu_session(model, "fp32").run(None, {"input": inputs})[0]  # type: ignore[no-any-return]
+
+
+def calibrate(model: bytes, digits: digits_model.DigitsData) -> precision.CalibrationRanges:
+    return precision.calibrate(model, SamplesReader(digits.calibration_inputs, "input", 16), "minmax")
+
+
+def test_the_outlier_model_is_the_same_function_in_fp32(outlier: bytes, held_out: np.ndarray) -> None:
+    plain = digits_model.export_onnx()
+    assert np.allclose(fp32_outputs(plain, held_out), fp32_outputs(outlier, held_out), atol=1e-4)
+
+
+def test_fallback_rescues_int8_that_the_plain_variant_fails(outlier: bytes, held_out: np.ndarray, digits: digits_model.DigitsData) -> None:
+    ranges = precision.CalibrationRanges.from_bytes(calibrate(outlier, digits).to_bytes())  # as the driver stores it
+    reference = fp32_outputs(outlier, held_out)
+    labels = digits.test_labels[:HELD_OUT]
+    result = find_fallback(outlier, ranges, held_out, reference, threshold=Threshold(top1_agreement=0.99), max_tries=6, labels=labels)
+
+    plain = result.steps[0]
+    assert plain.kept_float == 0 and not plain.passed and plain.fidelity.top1_agreement < 0.5
+    assert result.passed and result.onnx_bytes is not None, result.reason
+
+    # The outlier tensors are ranked first, far below the rest, and are what the result keeps in float.
+    assert {s.tensor for s in result.ranking[:2]} == OUTLIER_TENSORS
+    assert result.ranking[1].sqnr_db < 5 < 20 < result.ranking[2].sqnr_db
+    excluded = {e.node for e in result.excluded}
+    assert excluded == {"/features/features.0/Conv", "/features/features.1/Relu", "/features/features.2/Conv"}
+    assert all(e.score > 0.5 and "SQNR" in e.reason and "rank" in e.reason for e in result.excluded)
+    assert 2 <= len(result.steps) <= 7 and result.steps[-1].passed
+
+    # The returned variant really passes, and is exactly what the stored ranges give with that exclusion list.
+    outputs = precision.cpu_session(result.onnx_bytes, "int8").run(None, {"input": held_out})[0]
+    final = fidelity.compare(reference, outputs, labels)
+    assert final.top1_agreement >= 0.99 and final.accuracy is not None and final.accuracy > 0.95
+    assert result.onnx_bytes == precision.apply_quantization(outlier, ranges, "int8", sorted(excluded))
+    graph = onnx.load_from_string(result.onnx_bytes).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    still_int8 = {n.name for n in graph.node if n.op_type != "DequantizeLinear" and set(n.input) & dequantized}
+    assert {"/features/features.5/Conv", "/features/features.7/Flatten", "/classifier/Gemm"} <= still_int8
+    assert not excluded & still_int8
+
+
+def test_fallback_stops_at_max_tries(outlier: bytes, held_out: np.ndarray, digits: digits_model.DigitsData) -> None:
+    # Keeping only the single worst tensor in float is not enough (its Relu output is as bad), so one try fails.
+    result = find_fallback(outlier, calibrate(outlier, digits), held_out, fp32_outputs(outlier, held_out), max_tries=1)
+    assert not result.passed and result.onnx_bytes is None and result.excluded == []
+    assert len(result.steps) == 2 and not any(s.passed for s in result.steps)
+    assert "within 1 tries" in result.reason
+
+
+def test_a_variant_that_passes_needs_no_fallback(held_out: np.ndarray, digits: digits_model.DigitsData) -> None:
+    plain = digits_model.export_onnx()
+    result = find_fallback(plain, calibrate(plain, digits), held_out, fp32_outputs(plain, held_out), threshold=Threshold(0.99, 0.999))
+    assert result.passed and result.excluded == [] and result.ranking == [] and len(result.steps) == 1
+    assert result.steps[0].fidelity.cosine_mean >= 0.999
+
+
+def test_cosine_threshold_alone_can_demand_a_fallback(outlier: bytes, held_out: np.ndarray, digits: digits_model.DigitsData) -> None:
+    result = find_fallback(outlier, calibrate(outlier, digits), held_out, fp32_outputs(outlier, held_out),
+                           threshold=Threshold(top1_agreement=None, cosine_mean=0.999), max_tries=6)
+    assert not result.steps[0].passed and result.passed
+    assert result.steps[-1].fidelity.cosine_mean >= 0.999
+
+
+def test_threshold_reads_both_measures() -> None:
+    good = fidelity.Fidelity(10, 1.0, 1.0, 0.9999, 0.999, 0.01)
+    bad_cosine = fidelity.Fidelity(10, 1.0, 1.0, 0.98, 0.95, 0.5)
+    assert Threshold().passes(good) and Threshold().passes(bad_cosine)
+    assert not Threshold(0.99, 0.99).passes(bad_cosine)
+    assert Threshold(None, None).passes(fidelity.Fidelity(10, 0.0, 0.0, 0.0, 0.0, 9.0))
+    assert Threshold(0.99, 0.99).describe() == "top-1 agreement >= 0.99 and mean cosine >= 0.99"

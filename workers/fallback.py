@@ -1,0 +1,285 @@
+"""Automatic precision fallback: keep the fewest tensors in float that bring a quantized variant
+back above a fidelity threshold, re-quantizing from stored ranges (never calibrating again).
+
+1. Quantize with no exclusions and measure fidelity on the held-out inputs; done if it passes.
+2. Rank every quantized activation by the noise its own Q/DQ adds: run the fp32 model once over
+   the held-out inputs, put each activation through its Q/DQ grid (scale and zero point read from
+   the quantized model) alone, and take the signal-to-quantization-noise ratio (SQNR, dB; lower is
+   worse) per channel, averaged (`rank_tensors` and `_channel_sqnr_db` say why). One fp32 run ranks
+   every tensor; re-quantizing without each candidate and measuring the outputs would cost one
+   quantization and one evaluation per tensor. onnxruntime.quantization.qdq_loss_debug's `qdq_err`
+   measures inside the Q/DQ model, which blames the wrong tensors, and keeps every activation of
+   every batch in memory.
+3. Keeping a tensor in float means excluding every node that would quantize it: its producer and
+   its consumers (ORT puts Q/DQ on a node's inputs and outputs alike).
+4. Exclude the k worst-ranked tensors for k = 1, 2, 4, 8, ... until the variant passes, then bisect
+   between the last failing and the first passing k. Each try re-quantizes from the stored ranges and
+   measures real fidelity, so the ranking only orders the search; the answer is always a variant
+   that was measured to pass. `max_tries` bounds the re-quantizations after the plain one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from workers import fidelity as fidelity_
+from workers.precision import CalibrationRanges, QuantPrecision, apply_quantization, cpu_session
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """What a variant must reach against the fp32 reference; None skips a measure."""
+
+    top1_agreement: float | None = 0.99
+    cosine_mean: float | None = None
+
+    def passes(self, result: fidelity_.Fidelity) -> bool:
+        return (self.top1_agreement is None or result.top1_agreement >= self.top1_agreement) and (
+            self.cosine_mean is None or result.cosine_mean >= self.cosine_mean
+        )
+
+    def describe(self) -> str:
+        parts = [f"top-1 agreement >= {self.top1_agreement}" if self.top1_agreement is not None else "",
+                 f"mean cosine >= {self.cosine_mean}" if self.cosine_mean is not None else ""]
+        return " and ".join(p for p in parts if p) or "no threshold"
+
+
+@dataclass(frozen=True)
+class TensorSensitivity:
+    tensor: str  # the activation's name in the fp32 graph
+    sqnr_db: float  # signal-to-quantization-noise ratio on the held-out inputs; lower is more sensitive
+    nodes: tuple[str, ...]  # the nodes to exclude to keep it in float (producer and consumers)
+
+    @property
+    def score(self) -> float:
+        """Noise-to-signal ratio ||x - qdq(x)|| / ||x||: higher is more sensitive."""
+        return float(10 ** (-self.sqnr_db / 20))
+
+
+@dataclass(frozen=True)
+class ExcludedNode:
+    node: str
+    op_type: str
+    score: float  # the sensitivity score of the tensor that brought it in
+    reason: str
+
+
+@dataclass(frozen=True)
+class Step:
+    kept_float: int  # how many of the worst-ranked tensors this try kept in float (0: the plain variant)
+    excluded: tuple[str, ...]  # node names excluded in this try
+    fidelity: fidelity_.Fidelity
+    passed: bool
+    seconds: float
+
+
+@dataclass
+class FallbackResult:
+    onnx_bytes: bytes | None  # the passing variant; None when no try within max_tries passed
+    excluded: list[ExcludedNode]
+    steps: list[Step]
+    ranking: list[TensorSensitivity] = field(default_factory=list)  # most sensitive first; empty if the plain variant passed
+    reason: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.onnx_bytes is not None
+
+
+def find_fallback(
+    onnx_bytes: bytes,
+    ranges: CalibrationRanges,
+    inputs: np.ndarray,
+    reference: np.ndarray,
+    *,
+    precision: QuantPrecision = "int8",
+    threshold: Threshold = Threshold(),
+    max_tries: int = 10,
+    labels: np.ndarray | None = None,
+    batch_size: int = 16,
+) -> FallbackResult:
+    """Find which nodes of the fp32 model `onnx_bytes` to keep in float so that the `precision`
+    variant meets `threshold` on held-out `inputs` (never calibration samples), whose fp32 outputs
+    are `reference`.
+    """
+    model = onnx.load_from_string(onnx_bytes)
+    input_name = _input_name(model)
+    op_types = {n.name: n.op_type for n in model.graph.node}
+
+    def attempt(kept: int, nodes: Sequence[str]) -> tuple[Step, bytes]:
+        started = time.perf_counter()
+        variant = apply_quantization(onnx_bytes, ranges, precision, nodes)
+        session = cpu_session(variant, precision)
+        outputs = fidelity_.run_batched(lambda x: session.run(None, {input_name: x})[0], inputs, batch_size)
+        result = fidelity_.compare(reference, outputs, labels)
+        return Step(kept, tuple(sorted(nodes)), result, threshold.passes(result), time.perf_counter() - started), variant
+
+    plain, variant = attempt(0, ())
+    if plain.passed:
+        return FallbackResult(variant, [], [plain], reason=f"the plain {precision} variant meets {threshold.describe()}")
+    ranking = rank_tensors(model, variant, inputs, input_name, batch_size=min(batch_size, 8))
+    if not ranking:
+        return FallbackResult(None, [], [plain], reason=f"no quantized activation to keep in float in the {precision} variant")
+    steps = [plain]
+    low, high, best = 0, 0, b""  # largest failing and smallest passing prefix length (0: none yet)
+    for _ in range(max_tries):
+        if high:
+            if high - low <= 1:
+                break
+            kept = (low + high) // 2
+        elif low >= len(ranking):
+            break
+        else:
+            kept = min(len(ranking), max(1, 2 * low))
+        step, candidate = attempt(kept, _nodes(ranking[:kept]))
+        steps.append(step)
+        if step.passed:
+            high, best = kept, candidate
+        else:
+            low = kept
+    if not high:
+        return FallbackResult(None, [], steps, ranking,
+                              reason=f"no variant met {threshold.describe()} within {max_tries} tries (up to {low} of {len(ranking)} ranked tensors kept in float)")
+    excluded = _explain(ranking[:high], op_types, ranges, precision)
+    return FallbackResult(best, excluded, steps, ranking,
+                          reason=f"keeping the {high} most sensitive of {len(ranking)} quantized tensors in float meets {threshold.describe()}")
+
+
+def rank_tensors(
+    model: onnx.ModelProto, quantized: bytes, inputs: np.ndarray, input_name: str, *, batch_size: int = 8
+) -> list[TensorSensitivity]:
+    """Every activation `quantized` quantizes, with its SQNR on `inputs`, most sensitive first.
+
+    Each tensor is taken from the fp32 model and put through its own Quantize/DequantizeLinear
+    (scale and zero point read from `quantized`) alone. Measuring inside the Q/DQ model instead
+    blames the wrong tensors: after one lossy Q/DQ, the next one on the same grid (behind a Relu,
+    say) re-quantizes losslessly and looks perfect although it alone would do the same damage, and
+    tensors downstream of the damage look bad only because their inputs already are.
+    """
+    grids = _activation_grids(onnx.load_from_string(quantized))
+    if not grids:
+        return []
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    present = {o.name for o in augmented.graph.output}
+    for name in sorted(set(grids) - present):
+        augmented.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = cpu_session(augmented.SerializeToString(), "fp32")
+    names = [o.name for o in session.get_outputs()]
+    signal: dict[str, np.ndarray] = {}
+    noise: dict[str, np.ndarray] = {}
+    for start in range(0, len(inputs), batch_size):
+        values = dict(zip(names, session.run(None, {input_name: inputs[start : start + batch_size]}), strict=True))
+        for tensor, grid in grids.items():
+            x = values[tensor].astype(np.float64)
+            signal[tensor] = signal.get(tensor, 0.0) + _per_channel(x * x)
+            noise[tensor] = noise.get(tensor, 0.0) + _per_channel((x - grid.apply(values[tensor])) ** 2)
+    owners = _owners(model)
+    ranked = [TensorSensitivity(t, _channel_sqnr_db(signal[t], noise[t]), owners[t]) for t in grids if owners.get(t)]
+    return sorted(ranked, key=lambda s: (s.sqnr_db, s.tensor))
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """One activation's quantization grid, as its QuantizeLinear in the Q/DQ model defines it."""
+
+    scale: float
+    zero_point: float
+    elem_type: int  # the zero point's onnx.TensorProto type: INT8, UINT8 or FLOAT8E4M3FN
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """x -> DequantizeLinear(QuantizeLinear(x)) as ONNX defines them (round half to even, saturate)."""
+        scaled = x.astype(np.float32) / np.float32(self.scale)
+        if self.elem_type == onnx.TensorProto.FLOAT8E4M3FN:
+            import ml_dtypes
+
+            q = np.clip(scaled, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+            return (q - np.float32(self.zero_point)) * np.float32(self.scale)  # type: ignore[no-any-return]
+        low, high = (-128, 127) if self.elem_type == onnx.TensorProto.INT8 else (0, 255)
+        q = np.clip(np.rint(scaled) + self.zero_point, low, high)
+        return ((q - self.zero_point) * self.scale).astype(np.float32)  # type: ignore[no-any-return]
+
+
+def _activation_grids(qmodel: onnx.ModelProto) -> dict[str, _Grid]:
+    """fp32 tensor name -> its grid, for every QuantizeLinear of an activation (weights are skipped)."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in qmodel.graph.initializer}
+    outputs = {o.name for o in qmodel.graph.output}
+    dequantized = {n.input[0]: n.output[0] for n in qmodel.graph.node if n.op_type == "DequantizeLinear"}
+    grids: dict[str, _Grid] = {}
+    for node in qmodel.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in initializers or len(node.input) < 3:
+            continue
+        scale, zero = initializers.get(node.input[1]), initializers.get(node.input[2])
+        if scale is None or zero is None or numpy_helper.to_array(scale).size != 1:
+            continue  # per-tensor grids with constant parameters are the only ones ORT writes for activations
+        post = dequantized.get(node.output[0], "")
+        # A quantized graph output is renamed on its way in; the DequantizeLinear keeps the fp32 name.
+        tensor = post if post in outputs else node.input[0]
+        zero_value = float(np.asarray(numpy_helper.to_array(zero), dtype=np.float32).reshape(-1)[0])
+        grids[tensor] = _Grid(float(numpy_helper.to_array(scale).reshape(-1)[0]), zero_value, zero.data_type)
+    return grids
+
+
+def _owners(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+    """fp32 tensor name -> the named nodes that produce or consume it."""
+    owners: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        if not node.name:
+            continue  # ORT excludes by node name; an unnamed node cannot be kept in float
+        for name in [*node.input, *node.output]:
+            owners.setdefault(name, set()).add(node.name)
+    return {name: tuple(sorted(nodes)) for name, nodes in owners.items()}
+
+
+def _nodes(ranking: Sequence[TensorSensitivity]) -> list[str]:
+    return sorted({node for s in ranking for node in s.nodes})
+
+
+def _explain(ranking: Sequence[TensorSensitivity], op_types: dict[str, str], ranges: CalibrationRanges, precision: str) -> list[ExcludedNode]:
+    excluded: dict[str, ExcludedNode] = {}
+    for rank, s in enumerate(ranking, start=1):
+        r = ranges.tensors.get(s.tensor)
+        span = f", calibrated range [{r.lowest:.4g}, {r.highest:.4g}]" if r else ""
+        for node in s.nodes:
+            if node not in excluded:
+                reason = f"keeps {s.tensor} in float: {precision} SQNR {s.sqnr_db:.1f} dB on held-out inputs (rank {rank}){span}"
+                excluded[node] = ExcludedNode(node, op_types.get(node, "?"), s.score, reason)
+    return list(excluded.values())
+
+
+def _per_channel(squares: np.ndarray) -> np.ndarray:
+    """Sum over every axis but the channel axis (1); one value for tensors without one."""
+    if squares.ndim < 2:
+        return np.atleast_1d(squares.sum())
+    return squares.sum(axis=tuple(a for a in range(squares.ndim) if a != 1))  # type: ignore[no-any-return]
+
+
+def _channel_sqnr_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    """SQNR of the mean per-channel noise-to-signal ratio.
+
+    Per channel, not per tensor: one large channel (an outlier feature) stretches a per-tensor scale
+    until the other channels are a few quantization levels, yet holds most of the tensor's energy,
+    so the whole-tensor SQNR looks fine (48 dB in the test built for it) while the channels the next
+    layer reads are destroyed. Silent channels (no signal) are left out.
+    """
+    live = signal > 0
+    if not live.any():
+        return math.inf
+    ratio = float(np.sqrt(noise[live] / signal[live]).mean())
+    return math.inf if ratio <= 0 else -20 * math.log10(ratio)
+
+
+def _input_name(model: onnx.ModelProto) -> str:
+    initializers = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in initializers]
+    if len(names) != 1:
+        raise ValueError(f"the fallback handles single-input models; this one has {len(names)} inputs ({', '.join(names)})")
+    return names[0]

@@ -1,0 +1,442 @@
+"""Precision variants as ONNX-to-ONNX transforms: fp16 conversion, int8 / fp8 explicit Q/DQ.
+
+Calibration and quantization are two halves on purpose. `calibrate` runs the model over the
+calibration data once and returns the activation ranges (`CalibrationRanges`, serialisable to
+JSON bytes so the driver can store them as an artifact); `apply_quantization` writes the Q/DQ
+graph from stored ranges with no data at all, so the precision fallback and a cache hit re-quantize
+(with other `nodes_to_exclude`) without running the calibrator again. `quantize` composes the two.
+
+Settings are the ones TensorRT parses (docs/precision.md says why): QDQ format, symmetric int8
+activations and per-channel symmetric weights with a float weight and its own Q/DQ pair, bias left
+in float, a dedicated Q/DQ pair per consumer. fp8 is E4M3FN for both. Its activation scales are
+amax / 448 (the largest magnitude of the calibrated range lands on fp8's largest value, TensorRT's
+and ModelOpt's convention), so one minmax / entropy / percentile calibration serves int8 and fp8
+alike. "distribution" gives ONNX Runtime's own fp8 rule instead (scale from each tensor's standard
+deviation, mean ignored), which measured worse and saturates non-centred tensors: docs/precision.md.
+int8 refuses "distribution" (its range is the minmax range, computed slower).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+Method = Literal["minmax", "entropy", "percentile", "distribution"]
+QuantPrecision = Literal["int8", "fp8"]
+
+METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile", "distribution")
+INT8_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+FP8_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile", "distribution")
+RANGES_FORMAT = 1  # bump when the JSON layout of CalibrationRanges changes
+# ORT's entropy default (128 bins folded into 128 quantized bins) leaves the KL search a single
+# candidate, the full range: entropy came out identical to minmax. TensorRT's entropy calibrator
+# histograms |x| into 2048 bins; ORT's histogram spans [-max|x|, max|x|], so 2048 here is 1024 per
+# side with 128 quantized bins: a real search, at about 0.5 s per activation tensor here (2 cores).
+ENTROPY_BINS = 2048
+
+# The settings HF Optimum uses for its TensorRT config; TENSORRT.md has the source.
+QDQ_EXTRA_OPTIONS: dict[str, Any] = {
+    "ActivationSymmetric": True,
+    "WeightSymmetric": True,
+    "AddQDQPairToWeight": True,
+    "QuantizeBias": False,
+    "DedicatedQDQPair": True,
+}
+
+
+class QuantizationError(ValueError):
+    """The requested precision, method or ranges do not fit together, or calibration failed."""
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """One activation's calibration result: the range int8 uses, and the spread fp8 uses."""
+
+    lowest: float
+    highest: float
+    avg: float | None = None  # only the distribution method computes these
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationRanges:
+    """The activation ranges of one calibration run: what the driver stores and re-quantizes from.
+
+    Key it by the fp32 ONNX's sha256, method, percentile (percentile only), the calibration samples
+    (their digest and preprocessing), sample count, RANGES_FORMAT and the onnxruntime version.
+    The precision is not part of it: the same ranges make int8 and fp8.
+    """
+
+    method: str
+    samples: int
+    seconds: float
+    tensors: dict[str, TensorRange]
+    percentile: float | None = None  # set for the percentile method only
+
+    def as_tuples(self) -> dict[str, tuple[float, float]]:
+        return {name: (r.lowest, r.highest) for name, r in self.tensors.items()}
+
+    def to_bytes(self) -> bytes:
+        data = {
+            "format": RANGES_FORMAT,
+            "method": self.method,
+            "percentile": self.percentile,
+            "samples": self.samples,
+            "seconds": self.seconds,
+            "tensors": {name: _range_json(r) for name, r in sorted(self.tensors.items())},
+        }
+        return json.dumps(data, sort_keys=True, indent=1).encode()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> CalibrationRanges:
+        try:
+            raw = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise QuantizationError(f"calibration ranges are not JSON ({exc})") from exc
+        if raw.get("format") != RANGES_FORMAT:
+            raise QuantizationError(f"calibration ranges format {raw.get('format')!r}, this code reads {RANGES_FORMAT}")
+        tensors = {name: TensorRange(**values) for name, values in raw["tensors"].items()}
+        return CalibrationRanges(raw["method"], raw["samples"], raw["seconds"], tensors, raw.get("percentile"))
+
+
+@dataclass(frozen=True)
+class Quantized:
+    onnx_bytes: bytes
+    ranges: dict[str, tuple[float, float]]  # activation name -> (lowest, highest)
+    seconds: float  # calibration and quantization together
+    method: str
+    samples: int
+    precision: str = "int8"
+    calibration: CalibrationRanges | None = field(default=None, repr=False)  # store this to re-quantize later
+
+
+def to_fp16(
+    onnx_bytes: bytes,
+    *,
+    keep_io_types: bool = True,
+    op_block_list: Iterable[str] = (),
+    node_block_list: Iterable[str] = (),
+) -> bytes:
+    """Convert every float tensor and op to fp16, except the blocked op types and nodes.
+
+    `keep_io_types=True` keeps fp32 inputs and outputs (with Casts at the edges), so the fp16 variant
+    takes the same feeds and gives comparable outputs.
+    """
+    import warnings
+
+    from onnxconverter_common import float16
+
+    model = onnx.load_from_string(onnx_bytes)
+    with warnings.catch_warnings():
+        # One warning per weight below fp16's smallest normal: thousands of lines, and the clamp
+        # to 1e-7 is the converter's documented behaviour.
+        warnings.simplefilter("ignore", UserWarning)
+        converted = float16.convert_float_to_float16(
+            model,
+            keep_io_types=keep_io_types,
+            # Added to the converter's default list (ops without fp16 kernels, NMS, RoiAlign, Resize...), not instead of it.
+            op_block_list=sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(op_block_list)),
+            node_block_list=list(node_block_list) or None,
+        )
+    return converted.SerializeToString()
+
+
+def calibrate(onnx_bytes: bytes, reader: Any, method: Method = "minmax", percentile: float = 99.999) -> CalibrationRanges:
+    """Run the model over every batch `reader` yields once and compute activation ranges.
+
+    `reader` is an onnxruntime `CalibrationDataReader`; it is rewound first when it can be.
+    """
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    if method not in METHODS:
+        raise QuantizationError(f"calibration method {method!r}: expected one of {', '.join(METHODS)}")
+    if method == "percentile" and not 0 < percentile <= 100:
+        raise QuantizationError(f"percentile {percentile}: expected a value in (0, 100]")
+    if hasattr(reader, "rewind"):
+        reader.rewind()
+    counting = _CountingReader(reader)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="farm-calib-") as tmp:
+        model_path = Path(tmp) / "model.onnx"
+        model_path.write_bytes(onnx_bytes)
+        extra = {"percentile": percentile} if method == "percentile" else {"num_bins": ENTROPY_BINS} if method == "entropy" else {}
+        # ORT's calibrators print progress lines, and the distribution method warns about the
+        # negative variances that _tensor_range repairs; neither says anything a caller needs.
+        with contextlib.redirect_stdout(io.StringIO()), np.errstate(invalid="ignore"):
+            calibrator = create_calibrator(
+                model_path,
+                _quantizable_op_types(),
+                augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=_ort_method(method),
+                extra_options=extra,
+            )
+            try:
+                calibrator.collect_data(counting)
+                tensors_data = calibrator.compute_data()
+            except ValueError as exc:
+                if counting.samples == 0:
+                    raise QuantizationError("calibration data reader yielded no samples") from exc
+                raise QuantizationError(f"{method} calibration failed: {exc}{_hint(exc)}") from exc
+    tensors = {name: _tensor_range(data) for name, data in tensors_data.items()}
+    return CalibrationRanges(
+        method=method,
+        samples=counting.samples,
+        seconds=time.perf_counter() - started,
+        tensors=tensors,
+        percentile=percentile if method == "percentile" else None,
+    )
+
+
+def apply_quantization(
+    onnx_bytes: bytes,
+    ranges: CalibrationRanges,
+    precision: QuantPrecision = "int8",
+    nodes_to_exclude: Iterable[str] = (),
+) -> bytes:
+    """Write the Q/DQ model for `precision` from stored ranges; the nodes in `nodes_to_exclude` stay float."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    _check_method(precision, ranges.method)
+    quant_type = _quant_type(precision)
+    with tempfile.TemporaryDirectory(prefix="farm-quant-") as tmp:
+        model_path = Path(tmp) / "model.onnx"
+        cache_path = Path(tmp) / "ranges.json"
+        output_path = Path(tmp) / "quantized.onnx"
+        model_path.write_bytes(onnx_bytes)
+        save_tensors_data(_tensors_data(ranges, precision), cache_path)
+        # With an existing cache file, quantize_static skips calibration and reads the ranges from it.
+        quantize_static(
+            model_path,
+            output_path,
+            calibration_data_reader=None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=quant_type,
+            weight_type=quant_type,
+            nodes_to_exclude=sorted(set(nodes_to_exclude)),
+            calibrate_method=_ort_method("distribution" if precision == "fp8" else ranges.method),
+            extra_options=dict(QDQ_EXTRA_OPTIONS),
+            calibration_cache_path=cache_path,
+        )
+        return _repair_zero_scales(output_path.read_bytes())
+
+
+def quantize(
+    onnx_bytes: bytes,
+    reader: Any,
+    *,
+    precision: QuantPrecision = "int8",
+    method: Method = "minmax",
+    percentile: float = 99.999,
+    nodes_to_exclude: Iterable[str] = (),
+) -> Quantized:
+    """Calibrate once with `method`, then write the `precision` Q/DQ model."""
+    _check_method(precision, method)
+    started = time.perf_counter()
+    ranges = calibrate(onnx_bytes, reader, method, percentile)
+    data = apply_quantization(onnx_bytes, ranges, precision, nodes_to_exclude)
+    return Quantized(
+        onnx_bytes=data,
+        ranges=ranges.as_tuples(),
+        seconds=time.perf_counter() - started,
+        method=method,
+        samples=ranges.samples,
+        precision=precision,
+        calibration=ranges,
+    )
+
+
+def runs_on_cpu(precision: str) -> bool:
+    """Whether ONNX Runtime's CPU provider here runs a variant of `precision` with faithful numbers.
+
+    fp8 runs only with graph optimisation at "basic" or lower (see `cpu_graph_optimization`); it is
+    still reported True because fidelity can be measured that way. Nothing here runs fp8 at fp8 speed:
+    ORT emulates it with Quantize/DequantizeLinear around float kernels, so fp8 CPU timings mean little.
+    """
+    return precision in ("fp32", "fp16", "int8", "fp8")
+
+
+def cpu_graph_optimization(precision: str) -> str:
+    """The highest ONNX Runtime CPU graph optimisation level that keeps `precision`'s outputs right.
+
+    Seen here (onnxruntime 1.32): at "extended" and above ORT fuses Relu into the following fp8
+    QuantizeLinear as it would for an asymmetric int8 one, dropping the Relu; negative values then
+    survive and a ResNet-18 fp8 variant's top-1 agreement with fp32 falls to zero. "basic" keeps them.
+    """
+    return "basic" if precision == "fp8" else "all"
+
+
+def cpu_session(onnx_bytes: bytes, precision: str, *, threads: int = 0, level: str | None = None) -> Any:
+    """An ONNX Runtime CPU session at the safe optimisation level for `precision` (or at `level`)."""
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    options = ort.SessionOptions()
+    options.graph_optimization_level = levels[level or cpu_graph_optimization(precision)]
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+class _CountingReader:
+    """Passes batches through and counts samples (the first input's batch axis)."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+        self.samples = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = self._reader.get_next()
+        if batch:
+            self.samples += int(np.asarray(next(iter(batch.values()))).shape[0])
+        return batch  # type: ignore[no-any-return]
+
+    def __iter__(self) -> _CountingReader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.get_next()
+        if batch is None:
+            raise StopIteration
+        return batch
+
+
+def _check_method(precision: str, method: str) -> None:
+    allowed = {"int8": INT8_METHODS, "fp8": FP8_METHODS}.get(precision)
+    if allowed is None:
+        raise QuantizationError(f"precision {precision!r}: quantization makes int8 or fp8 (fp16 is to_fp16)")
+    if method not in allowed:
+        raise QuantizationError(f"{precision} with calibration method {method!r}: {precision} takes {', '.join(allowed)}")
+
+
+def _quant_type(precision: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QFLOAT8E4M3FN if precision == "fp8" else QuantType.QInt8
+
+
+def _ort_method(method: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+        "distribution": CalibrationMethod.Distribution,
+    }[method]
+
+
+def _quantizable_op_types() -> list[str]:
+    # The same op types quantize_static calibrates when it runs the calibrator itself.
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def _tensor_range(data: Any) -> TensorRange:
+    lowest, highest = (_float(v) for v in data.range_value)
+    if not (hasattr(data, "avg") and hasattr(data, "std")):
+        return TensorRange(lowest, highest)
+    avg, std = data.avg_std
+    spread = float(np.asarray(std, dtype=np.float32).reshape(-1)[0])
+    if not (math.isfinite(spread) and spread > 0):
+        spread = _fp8_spread_for_range(lowest, highest)
+    return TensorRange(lowest, highest, avg=_float(avg), std=spread)
+
+
+def _fp8_spread_for_range(lowest: float, highest: float) -> float:
+    """The spread that makes ORT's fp8 scale (std / std of all E4M3FN values) equal amax / 448.
+
+    Also the repair for the distribution method's degenerate spreads: ORT computes the variance as
+    E[x^2] - E[x]^2 in float32, which goes negative for a near-constant tensor (a saturated gate,
+    seen in mobilenet_v3_small) and gives NaN, and a constant tensor's spread is 0.
+    """
+    import ml_dtypes
+
+    codes = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    fp8_std = float(np.std(codes[np.isfinite(codes)]))
+    return float(np.float32(max(abs(lowest), abs(highest)) * fp8_std / 448.0))
+
+
+def _float(value: Any) -> float:
+    # Calibrators return float32 scalars; a Python float holds every float32 exactly, so the JSON
+    # round trip gives back the very same ranges (and byte-identical Q/DQ models).
+    array = np.asarray(value, dtype=np.float32).reshape(-1)  # MinMax gives shape (1,), the others scalars
+    if array.size != 1:
+        raise QuantizationError(f"calibration produced {array.size} values for one tensor range; per-tensor expected")
+    result = float(array[0])
+    if not math.isfinite(result):
+        raise QuantizationError(f"calibration produced a non-finite range value {result}")
+    return result
+
+
+def _range_json(r: TensorRange) -> dict[str, float]:
+    data = {"lowest": r.lowest, "highest": r.highest}
+    if r.avg is not None and r.std is not None:
+        data.update(avg=r.avg, std=r.std)
+    return data
+
+
+def _tensors_data(ranges: CalibrationRanges, precision: str) -> Any:
+    """ORT's TensorsData for `precision`; labelled Distribution for fp8, the one method ORT accepts for float8."""
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    def one(r: TensorRange) -> Any:
+        values = {"lowest": r.lowest, "highest": r.highest}
+        if precision == "fp8":
+            # ORT's float8 scale is std / std(all E4M3FN values); this std makes it amax / 448.
+            spread = r.std if ranges.method == "distribution" and r.std is not None else _fp8_spread_for_range(r.lowest, r.highest)
+            values.update(avg=r.avg or 0.0, std=spread)
+        return TensorData(**{k: np.asarray(v, dtype=np.float32) for k, v in values.items()})
+
+    method = "distribution" if precision == "fp8" else ranges.method
+    return TensorsData(_ort_method(method), {name: one(r) for name, r in ranges.tensors.items()})
+
+
+def _repair_zero_scales(onnx_bytes: bytes) -> bytes:
+    """Give zero Q/DQ scales the value 1, leaving the model's bytes untouched when there are none.
+
+    ORT derives a float8 scale from a tensor's standard deviation, so an all-zero weight channel (a
+    pruned filter) or a constant activation gets scale 0, and Quantize/DequantizeLinear compute
+    0 / 0 = NaN for every output (seen here with onnxruntime 1.32). TensorRT rejects non-positive
+    scales too. Any positive scale is exact for a tensor that is all zeros.
+    """
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    scale_names = {n.input[1] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1}
+    changed = False
+    for index, init in enumerate(model.graph.initializer):
+        if init.name not in scale_names:
+            continue
+        scale = numpy_helper.to_array(init)
+        if np.any(scale == 0):
+            fixed = np.where(scale == 0, np.ones_like(scale), scale)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(fixed, init.name))
+            changed = True
+    return model.SerializeToString() if changed else onnx_bytes
+
+
+def _hint(exc: Exception) -> str:
+    if "bins" in str(exc):
+        # ORT builds a fixed-count histogram over each tensor's [min, max]; a tensor whose values
+        # span less than float32 resolution (vanishing activations of random-init weights) cannot be binned.
+        return " (a tensor's values span less than float32 resolution, as with random-init weights whose activations vanish; use minmax)"
+    return ""
