@@ -6,7 +6,7 @@ of iterations at batch 1 and compared with the reference. The direct path calls 
 workers.stages functions in order; the farm path runs `farm sweep` machinery (Ray tasks, store
 writes, artifacts). Both run side by side in one process, alternating, so machine noise hits both.
 
-    .venv/bin/python benchmarks/farm_overhead.py [--repeats 3]
+    .venv/bin/python benchmarks/farm_overhead.py [--model tiny|resnet18] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -28,17 +28,24 @@ from farm.plan import BuildJob  # noqa: E402
 from farm.spec import SweepSpec  # noqa: E402
 from farm.store import StoreLocation, open_store  # noqa: E402
 from workers import stages  # noqa: E402
-from workers.calibration import load_images  # noqa: E402
+from farm.driver import load_rows  # noqa: E402
+from farm.plan import data_refs  # noqa: E402
 from workers.device import describe  # noqa: E402
 from workers.records import BuildRequest  # noqa: E402
 
+MODELS = {
+    # seconds of farm bookkeeping against milliseconds of work: the worst case for the farm
+    "tiny": {"name": "tiny", "source": "tests.models:tiny_cnn", "weights": None, "input_shape": [3, 32, 32]},
+    # jobs of a realistic size: builds and timings of a real classifier
+    "resnet18": {"name": "resnet18", "source": "torchvision:resnet18", "weights": None, "input_shape": [3, 224, 224]},
+}
 SPEC = {
     "name": "overhead",
-    "models": [{"name": "tiny", "source": "tests.models:tiny_cnn", "weights": None, "input_shape": [3, 32, 32]}],
     "batch_sizes": [1],
     "backends": {"onnxruntime": {"intra_op_threads": [1, 2], "graph_optimization_level": ["disable", "basic", "extended", "all"]}},
     "benchmark": {"warmup_s": 0.0, "duration_s": 0.0, "min_iterations": 50, "max_iterations": 50},
-    "fidelity": {"data": str(REPO / "calibration_data"), "samples": 8},
+    "calibration": {"data": str(REPO / "calibration_data")},
+    "fidelity": {"samples": 8},
 }
 
 
@@ -48,7 +55,7 @@ def direct(spec: SweepSpec) -> float:
     model_spec = spec.models[0]
     model = model_spec.ref(REPO)
     exported = stages.export_model(model)
-    inputs = load_images(spec.fidelity.folder(REPO), model_spec.preprocess(), limit=spec.fidelity.samples).array
+    inputs, _labels = load_rows(data_refs(spec, REPO, model_spec)[1])
     reference = stages.reference_outputs(exported.onnx_bytes, inputs, 1)
     target = describe().targets()[0]
     from farm.spec import option_grid
@@ -75,12 +82,14 @@ def through_farm(spec: SweepSpec, data_dir: Path, isolate: bool) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "farm_overhead.json")
+    parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/farm_overhead_MODEL.json")
     args = parser.parse_args()
+    out = args.out or REPO / "benchmarks" / "results" / f"farm_overhead_{args.model}.json"
 
     import ray
 
-    spec = SweepSpec.model_validate(SPEC)
+    spec = SweepSpec.model_validate(SPEC | {"models": [MODELS[args.model]]})
     os.environ["PYTHONPATH"] = str(REPO)  # Ray's workers import the tests.models factory too
     ray_started = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -99,6 +108,7 @@ def main() -> None:
     ray.shutdown()
 
     row = {
+        "model": args.model,
         "jobs": {"builds": builds, "benchmarks": builds, "fidelity": builds, "exports": 1, "references": 1},
         "repeats": args.repeats,
         "direct_s": direct_s,
@@ -119,9 +129,9 @@ def main() -> None:
         print(f"{label:<40}{statistics.median(runs):>10.2f}{ratio:>7.2f}x   {', '.join(f'{t:.2f}' for t in runs)}")
     print(f"{builds} builds + {builds} benchmarks + {builds} fidelity + 1 export + 1 reference per run; "
           f"Ray start ({ray_start_s:.1f} s, once) not included")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(row, indent=2))
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

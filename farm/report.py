@@ -14,6 +14,8 @@ from rich.table import Table
 
 from farm.plan import STAGES, Job, Plan, TargetGroup
 from farm.select import Candidate, Objective
+from workers.backends import BACKENDS
+from workers.backends.base import version_key
 
 
 class SweepProgress:
@@ -34,7 +36,9 @@ class SweepProgress:
 
     def on_plan(self, plan: Plan, groups: list[TargetGroup]) -> None:
         for group in groups:
-            versions = ", ".join(f"{k} {v}" for k, v in sorted(group.backends.items()))
+            kind = group.target.kind
+            relevant = {version_key(b, kind) for b in BACKENDS.values() if kind in b.target_kinds}
+            versions = ", ".join(f"{k} {v}" for k, v in sorted(group.backends.items()) if k in relevant)
             self.console.print(f"target [bold]{escape(group.target.id)}[/] on {len(group.nodes)} node(s): {escape(versions)}")
         for note in plan.notes:
             self.console.print(f"[yellow]note[/] {escape(note)}")
