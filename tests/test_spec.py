@@ -23,7 +23,8 @@ def test_quickstart_spec_is_valid() -> None:
     spec, base = load_spec(REPO / "sweeps" / "quickstart.yaml")
     assert {m.name for m in spec.models} == {"resnet18", "mobilenet_v3_small"}
     assert spec.batch_sizes == [1, 8]
-    assert set(spec.backends.enabled()) == {"onnxruntime", "torch"}
+    assert set(spec.backends.enabled()) == {"onnxruntime", "torch", "tensorrt"}
+    assert spec.precisions == ["fp32", "fp16", "int8"] and spec.rtx_targets() == ["sm_89"]
     assert base == REPO / "sweeps"
 
 
