@@ -152,7 +152,7 @@ def data_refs(spec: SweepSpec, base: Path, model: ModelSpec) -> tuple[DataRef, D
     calibration_path = spec.calibration.folder(base)
     fidelity_path = spec.fidelity.folder(base, spec.calibration)
     shared = spec.needs_calibration() and calibration_path.resolve() == fidelity_path.resolve()
-    preprocess, shape, labels = model.preprocess(), tuple(model.input_shape), spec.fidelity.labels_file(base)
+    preprocess, shape, labels = model.preprocessing(), tuple(model.input_shape), spec.fidelity.labels_file(base)
     calibration = DataRef(calibration_path, preprocess, shape, "calibration", spec.calibration.samples,
                           spec.fidelity.samples if shared else 0, None,
                           data_digest(calibration_path, preprocess, shape, "calibration", spec.calibration.samples))

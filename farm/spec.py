@@ -36,6 +36,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PreprocessSpec(Strict):
+    """How images become this model's input: resize the short side, centre-crop, normalise."""
+
+    resize: int = Field(ge=1)
+    crop: int = Field(ge=1)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
 RTX_TARGET = re.compile(r"^rtx:sm_\d{2,3}(\+sm_\d{2,3})*$")
 MODEL_SOURCE = re.compile(r"^(torchvision:[A-Za-z0-9_]+|.+\.onnx|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
@@ -51,6 +60,9 @@ class ModelSpec(Strict):
     # detection: torchvision-style detectors (boxes, labels, scores per image); fidelity is box agreement
     task: Literal["classification", "detection"] = "classification"
     kwargs: dict[str, Any] = {}  # for the torchvision builder or the factory: {box_score_thresh: 0.01}
+    # Default: the torchvision weights' own transforms, else ImageNet's recipe scaled to input_shape.
+    # A factory's model states its preprocessing here.
+    preprocess: PreprocessSpec | None = None
 
     @field_validator("source")
     @classmethod
@@ -73,9 +85,29 @@ class ModelSpec(Strict):
         return ModelRef(self.name, source, self.weights, tuple(self.input_shape), self.opset, task=self.task,
                         kwargs=tuple(sorted(self.kwargs.items())))
 
-    def preprocess(self) -> Preprocess:
+    def preprocessing(self) -> Preprocess:
+        if self.preprocess is not None:
+            return Preprocess(self.preprocess.resize, self.preprocess.crop, self.preprocess.mean, self.preprocess.std)
+        if self.source.startswith("torchvision:") and self.weights is not None and self.task == "classification":
+            from_weights = _torchvision_preprocess(self.source.split(":", 1)[1], self.weights)
+            if from_weights is not None:
+                return from_weights
         crop = self.input_shape[-1]
         return Preprocess(resize=round(crop * 256 / 224), crop=crop)
+
+
+def _torchvision_preprocess(arch: str, weights: str) -> Preprocess | None:
+    """The resize, crop and normalisation torchvision publishes with a weights entry."""
+    try:
+        import torchvision
+
+        entry = torchvision.models.get_model_weights(arch)
+        chosen = entry.DEFAULT if weights == "DEFAULT" else entry[weights]
+        transforms = chosen.transforms()
+        return Preprocess(int(transforms.resize_size[0]), int(transforms.crop_size[0]),
+                          tuple(transforms.mean), tuple(transforms.std))  # type: ignore[arg-type]
+    except (KeyError, AttributeError, ValueError):
+        return None  # unknown weights are reported by the export stage, with the known names
 
 
 class OnnxRuntimeAxes(Strict):

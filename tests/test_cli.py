@@ -51,5 +51,7 @@ def test_doctor_json_lists_backends_and_targets() -> None:
     report = json.loads(result.stdout)
     names = {b["name"]: b for b in report["backends"]}
     assert names["onnxruntime"]["ok"] and names["torch"]["ok"]
+    assert "datacenter: missing (pip install 'farm[tensorrt]')" in names["tensorrt"]["detail"]
+    assert "runtime: none (no CUDA GPU: builds only)" in names["tensorrt"]["detail"]
     assert report["targets"][0].startswith("cpu:")
     assert report["device"]["cpu"]["logical_cores"] >= 1

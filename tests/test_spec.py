@@ -104,3 +104,19 @@ def test_several_errors_are_counted_on_one_line() -> None:
     with pytest.raises(ValidationError) as caught:
         SweepSpec.model_validate(_with(batch_sizes=[0], precisions=["int4"]))
     assert describe_error(caught.value).endswith("(and 1 more)")
+
+
+def test_preprocessing_from_spec_weights_or_input_shape(tmp_path: Path) -> None:
+    spec, _ = load_spec(write_spec(tmp_path, """
+        name: t
+        models:
+          - {name: a, source: "torchvision:resnet18", weights: null, input_shape: [3, 112, 112]}
+          - {name: b, source: "torchvision:resnet18", weights: IMAGENET1K_V1}
+          - {name: c, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32],
+             preprocess: {resize: 40, crop: 32, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}}
+        backends: {torch: {}}
+    """))
+    scaled, from_weights, stated = (m.preprocessing() for m in spec.models)
+    assert (scaled.resize, scaled.crop) == (128, 112)
+    assert (from_weights.resize, from_weights.crop, from_weights.mean) == (256, 224, (0.485, 0.456, 0.406))
+    assert (stated.resize, stated.crop, stated.std) == (40, 32, (0.25, 0.25, 0.25))

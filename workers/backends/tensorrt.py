@@ -191,6 +191,16 @@ def installed_version(flavour: str) -> str | None:
         return None
 
 
+def runtime_status() -> str:
+    """Whether engines can run here: cuda-python and a CUDA GPU (builds need neither on RTX)."""
+    try:
+        device = cuda.describe_device()
+    except cuda.CudaError as exc:
+        reason = "cuda-python missing" if "not installed" in str(exc) else "no CUDA GPU"
+        return f"none ({reason}: builds only)"
+    return f"{device['name']} sm_{device['compute_capability'].replace('.', '')}"
+
+
 def import_flavour(flavour: str) -> ModuleType:
     """The flavour's TensorRT module, or BackendUnavailable with the line that installs it."""
     missing = f"tensorrt flavour {flavour}: module {MODULES[flavour]} is not installed ({INSTALL[flavour]})"
@@ -340,7 +350,7 @@ class TensorRTBackend:
             f"{flavour}: {MODULES[flavour]} {version}" if version else f"{flavour}: missing ({INSTALL[flavour]})"
             for flavour, version in found.items()
         )
-        return Availability(self.name, ", ".join(present), detail)
+        return Availability(self.name, ", ".join(present), f"{detail}; runtime: {runtime_status()}")
 
     def versions(self) -> dict[str, str]:
         found = {key: installed_version(flavour) for key, flavour in (("tensorrt", "datacenter"), ("tensorrt-rtx", "rtx"))}
