@@ -1,9 +1,10 @@
 """The Ray fan-out: the pipeline of DESIGN.md, one stage at a time as jobs become ready.
 
     spec --expand--> jobs
-    export (per model) -> variant (per precision) -> build (per backend x options x target)
-                       -> reference (fp32 outputs)     -> benchmark (per batch size, exclusive)
-                                                         -> fidelity (against the reference)
+    export (per model) -> reference (fp32 outputs on the held-out rows)
+                       -> calibrate (per method, on the calibration rows) -> variant (per precision x method)
+                       -> build (per variant x backend x options x target)
+                       -> benchmark (per batch size, exclusive use of the device), fidelity (against the reference)
 
 The driver is the only writer: each result is recorded the moment it arrives. A job whose
 key already finished is not redone (unless forced); a failed job is recorded with its error
