@@ -44,8 +44,8 @@ from farm.plan import (
 from farm.spec import SpecError, SweepSpec
 from farm.store.db import Store
 from farm.store.record import Produced, Recorder
-from workers.calibration import CalibrationDataError, load_inputs, load_labels
-from workers.records import Manifest
+from workers.calibration import CalibrationDataError, Samples, load_inputs, load_labels
+from workers.records import Manifest, Preprocess
 
 # Events the driver reports while it runs: (stage, state, job, error); state is done|cached|failed|blocked.
 Listener = Callable[[str, str, Job, str | None], None]
@@ -145,6 +145,7 @@ class _SweepRun:
         self.inflight: dict[ray.ObjectRef, tuple[Job, float]] = {}
         self.blob_refs: dict[str, ray.ObjectRef] = {}
         self.input_refs: dict[str, tuple[ray.ObjectRef, ray.ObjectRef | None]] = {}
+        self.loaded: dict[tuple[Path, Preprocess, tuple[int, ...]], Samples] = {}
         # Submit no more than the cluster can run at once, so a job's timeout clock starts near its start.
         self.max_inflight = max(1, int(sum(n.cpus for n in nodes.values())))
 
@@ -169,6 +170,7 @@ class _SweepRun:
             self._expire()
         self.blob_refs.clear()
         self.input_refs.clear()
+        self.loaded.clear()
         if self.progress_queue is not None:
             self.progress_queue.shutdown()
 
@@ -328,14 +330,17 @@ class _SweepRun:
     def _inputs(self, data: DataRef) -> tuple[ray.ObjectRef, ray.ObjectRef | None]:
         """The rows a stage uses, loaded once per sweep: (inputs, labels or None)."""
         if data.digest not in self.input_refs:
-            array, labels = load_rows(data)
+            source = (data.path, data.preprocess, data.input_shape)
+            if source not in self.loaded:  # calibration and held-out rows often come from one folder
+                self.loaded[source] = load_inputs(*source)
+            array, labels = load_rows(data, self.loaded[source])
             self.input_refs[data.digest] = (ray.put(array), ray.put(labels) if labels is not None else None)
         return self.input_refs[data.digest]
 
 
-def load_rows(data: DataRef) -> tuple[np.ndarray, np.ndarray | None]:
+def load_rows(data: DataRef, samples: Samples | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Calibration rows from the front of the data, held-out rows from its end: never the same rows."""
-    samples = load_inputs(data.path, data.preprocess, data.input_shape)
+    samples = samples if samples is not None else load_inputs(data.path, data.preprocess, data.input_shape)
     if len(samples) < data.count + data.reserved:
         raise CalibrationDataError(
             f"{data.path}: {len(samples)} usable samples, {data.count + data.reserved} needed "

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from farm.spec import ModelSpec, SweepSpec, data_digest, option_grid
+from farm.spec import ModelSpec, SweepSpec, content_digest, option_grid
 from farm.store.schema import STAGES
 from workers.backends import BACKENDS
 from workers.backends.base import version_key
@@ -147,8 +147,18 @@ def matches(target: Target, patterns: list[str]) -> bool:
     return any(p == target.kind or p.lower() in target.id.lower() for p in patterns)
 
 
-def data_refs(spec: SweepSpec, base: Path, model: ModelSpec) -> tuple[DataRef, DataRef]:
-    """The calibration rows and the held-out rows for one model's preprocessing."""
+def data_refs(spec: SweepSpec, base: Path, model: ModelSpec, contents: dict[Path, str] | None = None) -> tuple[DataRef, DataRef]:
+    """The calibration rows and the held-out rows for one model's preprocessing.
+
+    `contents` caches each path's content hash, so a sweep of many models reads its data once.
+    """
+    contents = {} if contents is None else contents
+
+    def data_digest(path: Path, *parts: object) -> str:
+        if path not in contents:
+            contents[path] = content_digest(path)
+        return content_key("data", content=contents[path], parts=repr(parts))
+
     calibration_path = spec.calibration.folder(base)
     fidelity_path = spec.fidelity.folder(base, spec.calibration)
     shared = spec.needs_calibration() and calibration_path.resolve() == fidelity_path.resolve()
@@ -166,6 +176,7 @@ def data_refs(spec: SweepSpec, base: Path, model: ModelSpec) -> tuple[DataRef, D
 def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     jobs: list[Job] = []
     notes: list[str] = []
+    contents: dict[Path, str] = {}
     settings = spec.benchmark.settings()
     targets = [g for g in groups if matches(g.target, spec.targets)]
     if any(g.target.kind == "rtx" for g in targets):
@@ -177,7 +188,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
         model = model_spec.ref(base)
         extra = {"onnx_sha256": _file_sha256(Path(model.source))} if model.kind == "onnx" else {}
         export = ExportJob(content_key("export", model=model, **extra), f"{model.name}", (), model)
-        calibration_data, heldout = data_refs(spec, base, model_spec)
+        calibration_data, heldout = data_refs(spec, base, model_spec, contents)
         reference = ReferenceJob(
             content_key("reference", export=export.key, data=heldout.digest),
             f"{model.name} fp32 reference",

@@ -317,10 +317,10 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def data_digest(path: Path, *parts: object) -> str:
-    """A content hash of input data (a folder's files or one file) and how it is used: a changed
-    image means new calibration ranges, references and fidelity."""
-    digest = hashlib.sha256(repr(parts).encode())
+def content_digest(path: Path) -> str:
+    """A content hash of input data (a folder's files or one file): a changed image means new
+    calibration ranges, references and fidelity."""
+    digest = hashlib.sha256()
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
     for file in files:
         digest.update(file.name.encode())

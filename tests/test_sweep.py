@@ -120,9 +120,16 @@ def test_broken_inputs_fail_alone(first_run) -> None:  # type: ignore[no-untyped
 def test_winners_of_the_sweep(first_run) -> None:  # type: ignore[no-untyped-def]
     store, spec, _base, result, _events = first_run
     with store.session() as s:
-        rows = winners(candidates(s, sweep_id=result.sweep_id), "p50", spec.fidelity.min_top1_agreement)
+        found = candidates(s, sweep_id=result.sweep_id)
+    rows = winners(found, "p50", spec.fidelity.min_top1_agreement)
     assert {(r.model, r.batch_size) for r in rows} == {("mobilenet", 1), ("mobilenet", 2), ("tiny", 1), ("tiny", 2)}
-    assert all(r.speedup_vs_torch is not None and r.speedup_vs_torch >= 1.0 for r in rows)
+    for row in rows:
+        group = [c for c in found if (c.model, c.target, c.batch_size) == (row.model, row.target, row.batch_size)]
+        assert row.p50_ms == min(c.p50_ms for c in group)  # every build here passes the floor
+        torch = next(c for c in group if c.backend == "torch")
+        assert row.speedup_vs_torch == pytest.approx(torch.p50_ms / row.p50_ms)
+    # a floor nothing reaches leaves no winner
+    assert winners(found, "p50", 1.01) == []
 
 
 def test_second_run_resumes_and_builds_nothing(first_run) -> None:  # type: ignore[no-untyped-def]
