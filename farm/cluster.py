@@ -104,5 +104,7 @@ def group_targets(nodes: list[Node], rtx_targets: list[str] = ()) -> list[Target
             found = {n.device.backends.get(key) for n in group_nodes}
             if len(found) == 1 and None not in found:
                 versions[key] = found.pop()
-        groups.append(TargetGroup(targets[target_id], tuple(n.node_id for n in group_nodes), versions))
+        cpus = [n.device.cpu for n in group_nodes]
+        groups.append(TargetGroup(targets[target_id], tuple(n.node_id for n in group_nodes), versions,
+                                  cpu_arch=cpus[0].arch, int8_dot_32bit=all(c.int8_dot_32bit for c in cpus)))
     return groups

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -267,8 +267,9 @@ class _SweepRun:
             checkpoint = self.produced[job.needs[1]].blobs.get("checkpoint")
             task = tasks.isolated_build_task if self.spec.limits.isolate_builds else tasks.build_task
             context = tasks.build_context(job.key, self._timing_caches(job), self.progress_queue)
+            request = replace(job.request, variant=variant_summary(self.produced[job.needs[0]].details))
             return task.options(max_retries=retries, **self._place(job.request.target.id)).remote(
-                job.request, self._blob(variant_blobs["onnx"]), self._blob(checkpoint) if checkpoint else None, context
+                request, self._blob(variant_blobs["onnx"]), self._blob(checkpoint) if checkpoint else None, context
             )
         if isinstance(job, BenchmarkJob):
             plan, manifest = self._engine(job.needs[0])
@@ -302,7 +303,8 @@ class _SweepRun:
     def _submit_variant(self, job: VariantJob) -> ray.ObjectRef:
         fp32 = self._blob(self.produced[job.needs[0]].blobs["onnx"])
         settings: dict[str, Any] = {"fp16": job.fp16} if job.precision == "fp16" else {
-            "min_top1_agreement": job.min_top1_agreement, "fallback_tries": job.fallback_tries}
+            "min_top1_agreement": job.min_top1_agreement, "fallback_tries": job.fallback_tries,
+            "layout": job.layout, "max_float_fraction": job.max_float_fraction}
         ranges = heldout = reference = labels = None
         if job.precision in ("int8", "fp8"):
             ranges = self._blob(self.produced[job.needs[1]].blobs["ranges"])
@@ -336,6 +338,11 @@ class _SweepRun:
             array, labels = load_rows(data, self.loaded[source])
             self.input_refs[data.digest] = (ray.put(array), ray.put(labels) if labels is not None else None)
         return self.input_refs[data.digest]
+
+
+def variant_summary(details: dict[str, Any] | None) -> dict[str, Any]:
+    """What a build's manifest says of its variant beyond the precision."""
+    return {k: details[k] for k in ("method", "layout", "quantized_fraction") if details and k in details}
 
 
 def load_rows(data: DataRef, samples: Samples | None = None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 from farm.spec import ModelSpec, SweepSpec, content_digest, option_grid
 from farm.store.schema import STAGES
 from workers.backends import BACKENDS
-from workers.backends.base import version_key
+from workers.backends.base import int8_layout, version_key
 from workers.bench import BenchSettings
+from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS
 from workers.records import BuildRequest, ModelRef, Preprocess, Target
 
 KEY_VERSION = 1  # bump to invalidate every cached result after a change in what a stage computes
@@ -43,6 +44,8 @@ class TargetGroup:
     target: Target
     nodes: tuple[str, ...]
     backends: dict[str, str] = field(default_factory=dict)  # name -> version on these nodes
+    cpu_arch: str = "x86_64"  # of the nodes: which int8 layout ONNX Runtime computes faithfully there
+    int8_dot_32bit: bool = True  # every node's int8 dot products accumulate in 32 bits (VNNI, AMX, Arm)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ class VariantJob(Job):
     min_top1_agreement: float = 0.99
     fallback_tries: int = 0  # 0: no fallback
     heldout: DataRef | None = None
+    layout: str = DEFAULT_LAYOUT  # int8: how the Q/DQ graph is written (workers.precision.INT8_LAYOUTS)
+    max_float_fraction: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -211,8 +216,15 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                     calibration_data,
                 )
                 jobs.append(calibrations[method])
-            variant = _variant_job(spec, model, precision, method, export, reference, calibrations.get(method or ""), heldout)
-            jobs.append(variant)
+            variants: dict[str, VariantJob] = {}  # by int8 layout: made when a build first needs one
+
+            def variant_for(layout: str) -> VariantJob:
+                if layout not in variants:
+                    variants[layout] = _variant_job(spec, model, precision, method, export, reference,
+                                                    calibrations.get(method or ""), heldout, layout)
+                    jobs.append(variants[layout])
+                return variants[layout]
+
             for backend_name, axes in spec.backends.enabled().items():
                 if backend_name == "torch" and model.kind == "onnx":
                     notes.append(f"model {model.name}: torch backend skipped (an ONNX-file source has no PyTorch module)")
@@ -227,8 +239,9 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                     continue
                 varying = {name for name, values in axes if len(values) > 1}
                 for group in usable:
+                    layout = int8_layout(backend_type, group.cpu_arch, group.int8_dot_32bit) if precision == "int8" else DEFAULT_LAYOUT
                     for options in option_grid(axes):
-                        jobs += _build_jobs(variant, backend_name, options, varying, group, spec, settings, reference, export)
+                        jobs += _build_jobs(variant_for(layout), backend_name, options, varying, group, spec, settings, reference, export)
     return Plan(jobs=jobs, notes=list(dict.fromkeys(notes)))
 
 
@@ -259,6 +272,7 @@ def _variant_job(
     reference: ReferenceJob,
     calibration: CalibrateJob | None,
     heldout: DataRef,
+    layout: str = DEFAULT_LAYOUT,
 ) -> VariantJob:
     if precision == "fp32":
         return VariantJob(content_key("variant", export=export.key, precision=precision), f"{model.name} fp32", (export.key,), model, precision)
@@ -267,12 +281,18 @@ def _variant_job(
         return VariantJob(content_key("variant", export=export.key, precision=precision, fp16=options),
                           f"{model.name} fp16", (export.key,), model, precision, fp16=options)
     assert calibration is not None
-    tries = spec.fidelity.fallback.max_tries if spec.fidelity.fallback.enabled and model.task == "classification" else 0
+    fallback = spec.fidelity.fallback
+    tries = fallback.max_tries if fallback.enabled and model.task == "classification" else 0
     floor = spec.fidelity.min_top1_agreement
+    # Fallbacks judged by fake-quant arithmetic ("evaluation") replaced ones judged by the worker CPU's kernels.
     key = content_key("variant", export=export.key, precision=precision, calibration=calibration.key,
-                      fallback={"tries": tries, "floor": floor, "reference": reference.key} if tries else None)
-    return VariantJob(key, f"{model.name} {precision} {method}", (export.key, calibration.key, reference.key), model,
-                      precision, method, min_top1_agreement=floor, fallback_tries=tries, heldout=heldout)
+                      layout=layout if layout != DEFAULT_LAYOUT else None,
+                      fallback={"tries": tries, "floor": floor, "reference": reference.key, "evaluation": "fake_quant",
+                                "max_float_fraction": fallback.max_float_fraction} if tries else None)
+    label = " ".join(filter(None, (model.name, precision, method, INT8_LAYOUTS[layout].label)))
+    return VariantJob(key, label, (export.key, calibration.key, reference.key), model, precision, method,
+                      min_top1_agreement=floor, fallback_tries=tries, heldout=heldout, layout=layout,
+                      max_float_fraction=fallback.max_float_fraction)
 
 
 def _build_jobs(

@@ -73,12 +73,11 @@ def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Ta
     for column in ("model", "target", "batch", "engine", "p50 ms", "p99 ms", "samples/s", "cv", "top-1 agr.", "vs torch"):
         table.add_column(column, justify="left" if column in ("model", "target", "engine") else "right", overflow="fold")
     for c in rows:
-        options = " ".join(f"{k}={v}" for k, v in c.options.items())
         table.add_row(
             c.model,
             escape(c.target),
             str(c.batch_size),
-            escape(f"{c.backend} {c.precision} {options}"),
+            escape(c.engine),
             f"{c.p50_ms:.2f}",
             f"{c.p99_ms:.2f}",
             f"{c.throughput:.1f}",
@@ -92,4 +91,4 @@ def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Ta
 def candidate_json(c: Candidate) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return asdict(c)
+    return asdict(c) | {"engine": c.engine}

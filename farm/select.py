@@ -35,6 +35,20 @@ class Candidate:
     engine_sha256: str | None
     speedup_vs_torch: float | None = None
     speedup_vs_fp32: float | None = None
+    method: str | None = None  # int8 / fp8 calibration method
+    layout: str | None = None  # int8 Q/DQ layout (workers.precision.INT8_LAYOUTS)
+    quantized_fraction: float | None = None  # int8 / fp8: share of quantizable activations still quantized
+    kernel_note: str | None = None  # the build's own fidelity far below its variant's fake-quant arithmetic
+
+    @property
+    def engine(self) -> str:
+        """What a person reads: backend, precision with what makes it that precision, and the options."""
+        from workers.precision import INT8_LAYOUTS
+
+        layout = INT8_LAYOUTS[self.layout].label if self.layout in INT8_LAYOUTS else ""
+        share = f"({self.quantized_fraction:.0%} {self.precision})" if self.quantized_fraction is not None and self.quantized_fraction < 1 else ""
+        options = " ".join(f"{k}={v}" for k, v in self.options.items())
+        return " ".join(filter(None, (self.backend, self.precision, self.method, layout, share, options)))
 
     def score(self, objective: Objective) -> float:
         """Lower is better for every objective."""
@@ -87,9 +101,24 @@ def candidates(
                 top1_agreement=(fid.top1_agreement if fid.top1_agreement is not None else fid.box_recall) if fid else None,
                 cosine_mean=fid.cosine_mean if fid else None,
                 engine_sha256=build.engine_sha256,
+                method=variant.method,
+                layout=(variant.details or {}).get("layout") if variant.precision == "int8" else None,
+                quantized_fraction=(variant.details or {}).get("quantized_fraction") if variant.method else None,
+                kernel_note=kernel_note(variant.details, fid.cosine_mean if fid else None),
             )
         )
     return found
+
+
+def kernel_note(details: dict[str, Any] | None, cosine_mean: float | None) -> str | None:
+    """Why a quantized build falls short of its variant's fake-quant fidelity, when it does."""
+    from workers.fidelity import KERNEL_GAP
+
+    fake = (details or {}).get("fake_quant")
+    if not fake or cosine_mean is None or cosine_mean >= fake["cosine_mean"] - KERNEL_GAP:
+        return None
+    return (f"kernel at fault: mean cosine {cosine_mean:.4f} on this target where fake-quant of the same graph gives "
+            f"{fake['cosine_mean']:.4f}")
 
 
 def _speedup(winner: Candidate, other: Candidate | None, objective: Objective) -> float | None:

@@ -194,6 +194,8 @@ class FallbackSpec(Strict):
 
     enabled: bool = True
     max_tries: int = Field(8, ge=1, le=50)
+    # More than this share of the quantizable activations kept in float is not a rescue: the variant fails.
+    max_float_fraction: float = Field(0.25, gt=0, le=1)
 
 
 class FidelitySpec(Strict):

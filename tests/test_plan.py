@@ -98,3 +98,33 @@ def test_benchmark_jobs_carry_batch_and_target(tmp_path: Path) -> None:
     benches = [j for j in plan.by_stage("benchmark") if isinstance(j, BenchmarkJob)]
     assert {b.batch_size for b in benches} == {1, 8}
     assert {b.target.kind for b in benches} == {"cpu", "gpu"}
+
+
+def test_int8_layout_follows_each_target_and_shares_one_calibration(tmp_path: Path) -> None:
+    from farm.plan import CalibrateJob, VariantJob
+
+    avx2 = TargetGroup(Target("cpu", "AMD EPYC (x86_64, avx2)"), ("n1",), {"onnxruntime": "1.0", "tensorrt-rtx": "1.7"},
+                       cpu_arch="x86_64", int8_dot_32bit=False)
+    amx = TargetGroup(Target("cpu", "Intel Xeon (x86_64, amx)"), ("n2",), {"onnxruntime": "1.0"}, cpu_arch="x86_64", int8_dot_32bit=True)
+    rtx = TargetGroup(Target("rtx", "sm_89", "8.9"), ("n1",), {"tensorrt-rtx": "1.7"}, cpu_arch="x86_64", int8_dot_32bit=False)
+    body = """
+name: t
+models: [{name: a, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}]
+precisions: [fp32, int8]
+backends: {onnxruntime: {}, tensorrt: {}}
+targets: [cpu, "rtx:sm_89"]
+calibration: {methods: [minmax]}
+"""
+    plan = _plan(tmp_path, body, groups=[avx2, amx, rtx])
+    variants = {j.key: j for j in plan.by_stage("variant") if isinstance(j, VariantJob)}
+    layout_of = {b.request.target.id: variants[b.needs[0]] for b in plan.by_stage("build")
+                 if isinstance(b, BuildJob) and b.request.precision == "int8"}
+    # ORT on a CPU without VNNI gets 7-bit weights, ORT with AMX full-range u8s8, TensorRT its own layout.
+    assert layout_of[avx2.target.id].layout == "u8s8_7bit" and layout_of[avx2.target.id].label == "a int8 minmax u8s8 7-bit"
+    assert layout_of[amx.target.id].layout == "u8s8"
+    assert layout_of[rtx.target.id].layout == "tensorrt" and layout_of[rtx.target.id].label == "a int8 minmax"
+    # three int8 variants from one calibration: no layout calibrates again
+    calibrations = [j for j in plan.by_stage("calibrate") if isinstance(j, CalibrateJob)]
+    int8 = [v for v in variants.values() if v.precision == "int8"]
+    assert len(calibrations) == 1 and len(int8) == 3 and {v.needs[1] for v in int8} == {calibrations[0].key}
+    assert len({v.key for v in int8}) == 3

@@ -291,3 +291,51 @@ def test_cuda_helpers_fail_with_the_call_and_the_error() -> None:
     else:
         pytest.skip("a CUDA device is visible here: run `python -m workers.cuda` instead")
     assert cuda.main(["--mib", "1", "--iterations", "1"]) == 1
+
+
+GARBAGE_BUILDER = """
+import gc
+from onnx import TensorProto, helper
+from tests.test_tensorrt_backend import SM89, TINY, request
+from workers.backends import tensorrt
+from workers.models import export
+
+tiny = export(TINY)
+graph = helper.make_graph([helper.make_node("NonZero", ["x"], ["y"], name="nz")], "nz",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT64, [2, None])])
+bad = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+gc.disable()  # nothing collects the cycle below before the next build starts
+try:
+    tensorrt.TensorRTBackend().build(request(TINY, SM89), bad, None)
+except tensorrt.OnnxParseError as exc:
+    kept = [exc]
+    kept.append(kept)  # the failed build's builder, through its traceback, now lives in a reference cycle
+del kept
+
+
+class CollectingMessages(list):
+    def append(self, item):  # a collection that happens to run inside TensorRT's first logger callback
+        if not self:
+            gc.collect()
+        super().append(item)
+
+
+record = tensorrt.BuildRecord
+tensorrt.BuildRecord = lambda: (lambda r: (setattr(r, "messages", CollectingMessages()), r)[1])(record())
+tensorrt.TensorRTBackend().build(request(TINY, SM89), tiny.onnx_bytes, None)
+print("built")
+"""
+
+
+def test_garbage_from_a_failed_build_never_deadlocks_the_next_one() -> None:
+    """A builder left in a reference cycle, freed by a collection inside TensorRT's logger callback,
+    takes the lock TensorRT holds there: the process hung (seen in a test run) until builds collect
+    garbage before TensorRT runs and never while it does."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", GARBAGE_BUILDER], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "built" in done.stdout, done.stderr[-2000:]

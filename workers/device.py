@@ -11,8 +11,22 @@ from pathlib import Path
 
 from workers.records import Target
 
-# Instruction sets that change which kernels ONNX Runtime and PyTorch pick, best first.
-ISA_LEVELS = (("amx", ("amx_int8", "amx_bf16")), ("avx512", ("avx512f",)), ("avx2", ("avx2",)), ("neon", ("asimd", "neon")))
+# Instruction sets that change which kernels ONNX Runtime and PyTorch pick, best first. VNNI is a
+# level of its own: with it, x86 int8 dot products accumulate in 32 bits; without it they saturate
+# (INT8_DOT_FLAGS), so two CPUs that differ only there must never share a target.
+ISA_LEVELS = (
+    ("amx", ("amx_int8", "amx_bf16")),
+    ("avx512_vnni", ("avx512_vnni",)),
+    ("avx512", ("avx512f",)),
+    ("avx_vnni", ("avx_vnni",)),
+    ("avx2", ("avx2",)),
+    ("neon", ("asimd", "neon")),
+)
+# x86 instructions that multiply u8 x s8 and add the products in 32 bits. Without one of them ONNX
+# Runtime's int8 kernels add pairs of products in 16 bits (VPMADDUBSW), which saturates at full
+# 8-bit weight range: the int8 variant must then use 7-bit weights (workers/precision.py).
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+X86 = ("x86_64", "amd64", "i386", "i686")
 REPORTED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_int8", "amx_bf16", "asimd", "sve")
 
 
@@ -30,6 +44,11 @@ class CpuInfo:
             if any(f in self.isa for f in flags):
                 return level
         return "baseline"
+
+    @property
+    def int8_dot_32bit(self) -> bool:
+        """Whether int8 dot products here accumulate in 32 bits (every non-x86 CPU farm knows does)."""
+        return self.arch.lower() not in X86 or any(f in self.isa for f in INT8_DOT_FLAGS)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 back above a fidelity threshold, re-quantizing from stored ranges (never calibrating again).
 
 1. Quantize with no exclusions and measure fidelity on the held-out inputs; done if it passes.
+   Every measurement is fake-quant arithmetic (Q/DQ ops around float kernels), the same on every CPU
+   and what TensorRT computes; one CPU's int8 kernels are judged later, by the fidelity of the
+   builds on it.
 2. Rank every quantized activation by the noise its own Q/DQ adds: run the fp32 model once over
    the held-out inputs, put each activation through its Q/DQ grid (scale and zero point read from
    the quantized model) alone, and take the signal-to-quantization-noise ratio (SQNR, dB; lower is
@@ -16,6 +19,8 @@ back above a fidelity threshold, re-quantizing from stored ranges (never calibra
    between the last failing and the first passing k. Each try re-quantizes from the stored ranges and
    measures real fidelity, so the ranking only orders the search; the answer is always a variant
    that was measured to pass. `max_tries` bounds the re-quantizations after the plain one.
+5. A variant that passes only with more than `max_float_fraction` of its quantized activations back
+   in float is refused, not rescued: it would be an fp32 engine sold as int8.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 import onnx
 
 from workers import fidelity as fidelity_
-from workers.precision import CalibrationRanges, QuantPrecision, apply_quantization, cpu_session
+from workers.precision import DEFAULT_LAYOUT, CalibrationRanges, QuantPrecision, apply_quantization, cpu_session, fake_quant_session
 
 
 @dataclass(frozen=True)
@@ -77,19 +82,30 @@ class Step:
     fidelity: fidelity_.Fidelity
     passed: bool
     seconds: float
+    quantized: int = 0  # activations this try's variant still quantizes
 
 
 @dataclass
 class FallbackResult:
-    onnx_bytes: bytes | None  # the passing variant; None when no try within max_tries passed
+    onnx_bytes: bytes | None  # the passing variant; None when none passed, or only by keeping too much in float
     excluded: list[ExcludedNode]
     steps: list[Step]
     ranking: list[TensorSensitivity] = field(default_factory=list)  # most sensitive first; empty if the plain variant passed
     reason: str = ""
+    refused: bool = False  # a try passed, but only with more than max_float_fraction kept in float: not a rescue
+    quantizable: int = 0  # activations the plain variant quantizes
 
     @property
     def passed(self) -> bool:
         return self.onnx_bytes is not None
+
+    @property
+    def quantized_fraction(self) -> float:
+        """Share of the quantizable activations still quantized by the passing variant (refused ones
+        included), else by the plain one."""
+        passing = [s for s in self.steps if s.passed]
+        chosen = min(passing, key=lambda s: s.kept_float) if passing else self.steps[0]
+        return chosen.quantized / self.quantizable if self.quantizable else 1.0
 
 
 def find_fallback(
@@ -99,14 +115,22 @@ def find_fallback(
     reference: np.ndarray,
     *,
     precision: QuantPrecision = "int8",
+    layout: str = DEFAULT_LAYOUT,
     threshold: Threshold = Threshold(),
     max_tries: int = 10,
+    max_float_fraction: float = 0.25,
     labels: np.ndarray | None = None,
     batch_size: int = 16,
 ) -> FallbackResult:
     """Find which nodes of the fp32 model `onnx_bytes` to keep in float so that the `precision`
     variant meets `threshold` on held-out `inputs` (never calibration samples), whose fp32 outputs
     are `reference`.
+
+    Every try is judged by fake-quant arithmetic (`fake_quant_session`): what TensorRT computes, the
+    same on every CPU. Judged by one CPU's int8 kernels instead, a kernel that saturates there (x86
+    without VNNI) looks like sensitive ranges, and the search keeps nearly everything in float.
+    A variant that passes only with more than `max_float_fraction` of its quantizable activations in
+    float is refused: it would be an fp32 engine under an int8 name.
     """
     model = onnx.load_from_string(onnx_bytes)
     input_name = _input_name(model)
@@ -114,18 +138,24 @@ def find_fallback(
 
     def attempt(kept: int, nodes: Sequence[str]) -> tuple[Step, bytes]:
         started = time.perf_counter()
-        variant = apply_quantization(onnx_bytes, ranges, precision, nodes)
-        session = cpu_session(variant, precision)
+        variant = apply_quantization(onnx_bytes, ranges, precision, nodes, layout)
+        session = fake_quant_session(variant)
         outputs = fidelity_.run_batched(lambda x: session.run(None, {input_name: x})[0], inputs, batch_size)
         result = fidelity_.compare(reference, outputs, labels)
-        return Step(kept, tuple(sorted(nodes)), result, threshold.passes(result), time.perf_counter() - started), variant
+        quantized = len(_activation_grids(onnx.load_from_string(variant)))
+        return Step(kept, tuple(sorted(nodes)), result, threshold.passes(result), time.perf_counter() - started, quantized), variant
 
     plain, variant = attempt(0, ())
+    total = plain.quantized
+
+    def float_fraction(step: Step) -> float:
+        return 1 - step.quantized / total if total else 0.0
+
     if plain.passed:
-        return FallbackResult(variant, [], [plain], reason=f"the plain {precision} variant meets {threshold.describe()}")
+        return FallbackResult(variant, [], [plain], reason=f"the plain {precision} variant meets {threshold.describe()}", quantizable=total)
     ranking = rank_tensors(model, variant, inputs, input_name, batch_size=min(batch_size, 8))
     if not ranking:
-        return FallbackResult(None, [], [plain], reason=f"no quantized activation to keep in float in the {precision} variant")
+        return FallbackResult(None, [], [plain], reason=f"no quantized activation to keep in float in the {precision} variant", quantizable=total)
     steps = [plain]
     low, high, best = 0, 0, b""  # largest failing and smallest passing prefix length (0: none yet)
     for _ in range(max_tries):
@@ -133,8 +163,8 @@ def find_fallback(
             if high - low <= 1:
                 break
             kept = (low + high) // 2
-        elif low >= len(ranking):
-            break
+        elif low >= len(ranking) or (low and float_fraction(steps[-1]) > max_float_fraction):
+            break  # doubling further only keeps more in float than a rescue may
         else:
             kept = min(len(ranking), max(1, 2 * low))
         step, candidate = attempt(kept, _nodes(ranking[:kept]))
@@ -144,10 +174,17 @@ def find_fallback(
         else:
             low = kept
     if not high:
-        return FallbackResult(None, [], steps, ranking,
+        return FallbackResult(None, [], steps, ranking, quantizable=total,
                               reason=f"no variant met {threshold.describe()} within {max_tries} tries (up to {low} of {len(ranking)} ranked tensors kept in float)")
+    passing = next(s for s in reversed(steps) if s.passed and s.kept_float == high)
     excluded = _explain(ranking[:high], op_types, ranges, precision)
-    return FallbackResult(best, excluded, steps, ranking,
+    if float_fraction(passing) > max_float_fraction:
+        return FallbackResult(None, excluded, steps, ranking, refused=True, quantizable=total, reason=(
+            f"{precision} is not viable for this model with {ranges.method} ranges: meeting {threshold.describe()} needs "
+            f"{total - passing.quantized} of {total} quantized activations ({float_fraction(passing):.0%}) kept in float, "
+            f"above max_float_fraction {max_float_fraction:g}; the plain variant's fake-quant top-1 agreement is "
+            f"{plain.fidelity.top1_agreement:.3f} (cosine {plain.fidelity.cosine_mean:.4f}), so its ranges, not a kernel, fall short"))
+    return FallbackResult(best, excluded, steps, ranking, quantizable=total,
                           reason=f"keeping the {high} most sensitive of {len(ranking)} quantized tensors in float meets {threshold.describe()}")
 
 
@@ -180,7 +217,7 @@ def rank_tensors(
             x = values[tensor].astype(np.float64)
             signal[tensor] = signal.get(tensor, 0.0) + _per_channel(x * x)
             noise[tensor] = noise.get(tensor, 0.0) + _per_channel((x - grid.apply(values[tensor])) ** 2)
-    owners = _owners(model)
+    owners = _owners(model, set(grids))
     ranked = [TensorSensitivity(t, _channel_sqnr_db(signal[t], noise[t]), owners[t]) for t in grids if owners.get(t)]
     return sorted(ranked, key=lambda s: (s.sqnr_db, s.tensor))
 
@@ -228,14 +265,28 @@ def _activation_grids(qmodel: onnx.ModelProto) -> dict[str, _Grid]:
     return grids
 
 
-def _owners(model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
-    """fp32 tensor name -> the named nodes that produce or consume it."""
+# Activations ONNX Runtime folds into the node before them when activations are asymmetric (u8): the
+# Relu's input gets no Q/DQ of its own and shares the Relu output's grid.
+FOLDED_ACTIVATIONS = ("Relu", "Clip")
+
+
+def _owners(model: onnx.ModelProto, quantized: set[str]) -> dict[str, tuple[str, ...]]:
+    """fp32 tensor name -> the named nodes to exclude so that it stays in float: its producer and
+    consumers, and, where the producer is an activation ORT folded (its input not among the
+    `quantized` tensors), the node before it, which would otherwise quantize that input instead."""
     owners: dict[str, set[str]] = {}
+    producer = {out: node for node in model.graph.node for out in node.output}
     for node in model.graph.node:
         if not node.name:
             continue  # ORT excludes by node name; an unnamed node cannot be kept in float
         for name in [*node.input, *node.output]:
             owners.setdefault(name, set()).add(node.name)
+    for name, nodes in owners.items():
+        made_by = producer.get(name)
+        if made_by is not None and made_by.op_type in FOLDED_ACTIVATIONS and made_by.input[0] not in quantized:
+            before = producer.get(made_by.input[0])
+            if before is not None and before.name:
+                nodes.add(before.name)
     return {name: tuple(sorted(nodes)) for name, nodes in owners.items()}
 
 

@@ -55,6 +55,45 @@ QDQ_EXTRA_OPTIONS: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class Int8Layout:
+    """How an int8 Q/DQ graph is written from one set of ranges: the activations' integer type and
+    whether weights keep all 8 bits. The ranges are the same for every layout; no layout calibrates."""
+
+    name: str
+    activations: Literal["s8", "u8"]  # s8: symmetric, zero point 0; u8: asymmetric
+    reduce_range: bool  # 7-bit weights
+    label: str  # what engine labels add ("" for the default)
+    description: str
+
+
+INT8_LAYOUTS: dict[str, Int8Layout] = {
+    layout.name: layout
+    for layout in (
+        Int8Layout("tensorrt", "s8", False, "", "s8 symmetric activations, 8-bit per-channel weights: the form TensorRT parses"),
+        Int8Layout("u8s8", "u8", False, "u8s8",
+                   "u8 asymmetric activations, 8-bit per-channel weights: ONNX Runtime's x86 kernels with VNNI or AMX"),
+        Int8Layout("u8s8_7bit", "u8", True, "u8s8 7-bit",
+                   "u8 asymmetric activations, 7-bit per-channel weights: ONNX Runtime's x86 kernels without VNNI, "
+                   "whose 16-bit sums of u8 x s8 pairs saturate at full weight range"),
+    )
+}
+DEFAULT_LAYOUT = "tensorrt"
+
+
+def onnxruntime_int8_layout(arch: str, int8_dot_32bit: bool) -> str:
+    """The int8 layout ONNX Runtime's CPU kernels compute faithfully, and fastest, on this CPU.
+
+    Measured (docs/precision.md, benchmarks/int8_cpu.py): on x86 the TensorRT layout runs ORT's
+    S8S8 path, which is no faster than fp32 and, without VNNI, saturates (resnet18 top-1 agreement
+    0.19); u8 activations take ORT's U8S8 kernels, and 7-bit weights keep their sums in range.
+    Elsewhere (Arm's dot-product instructions accumulate in 32 bits) the TensorRT layout is kept.
+    """
+    if arch.lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return DEFAULT_LAYOUT
+    return "u8s8" if int8_dot_32bit else "u8s8_7bit"
+
+
 class QuantizationError(ValueError):
     """The requested precision, method or ranges do not fit together, or calibration failed."""
 
@@ -203,13 +242,24 @@ def apply_quantization(
     ranges: CalibrationRanges,
     precision: QuantPrecision = "int8",
     nodes_to_exclude: Iterable[str] = (),
+    layout: str = DEFAULT_LAYOUT,
 ) -> bytes:
-    """Write the Q/DQ model for `precision` from stored ranges; the nodes in `nodes_to_exclude` stay float."""
-    from onnxruntime.quantization import QuantFormat, quantize_static
+    """Write the Q/DQ model for `precision` from stored ranges; the nodes in `nodes_to_exclude` stay float.
+
+    `layout` (INT8_LAYOUTS) says how int8 is written; fp8 has one layout, the TensorRT one.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     _check_method(precision, ranges.method)
+    if layout not in INT8_LAYOUTS:
+        raise QuantizationError(f"int8 layout {layout!r}: expected one of {', '.join(INT8_LAYOUTS)}")
+    if precision == "fp8" and layout != DEFAULT_LAYOUT:
+        raise QuantizationError(f"fp8 has one layout ({DEFAULT_LAYOUT}), not {layout!r}")
+    form = INT8_LAYOUTS[layout]
     quant_type = _quant_type(precision)
+    activation_type = QuantType.QUInt8 if form.activations == "u8" else quant_type
+    extra_options = dict(QDQ_EXTRA_OPTIONS, ActivationSymmetric=form.activations == "s8")
     with tempfile.TemporaryDirectory(prefix="farm-quant-") as tmp:
         model_path = Path(tmp) / "model.onnx"
         cache_path = Path(tmp) / "ranges.json"
@@ -223,11 +273,12 @@ def apply_quantization(
             calibration_data_reader=None,
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=quant_type,
+            reduce_range=form.reduce_range,
+            activation_type=activation_type,
             weight_type=quant_type,
             nodes_to_exclude=sorted(set(nodes_to_exclude)),
             calibrate_method=_ort_method("distribution" if precision == "fp8" else ranges.method),
-            extra_options=dict(QDQ_EXTRA_OPTIONS),
+            extra_options=extra_options,
             calibration_cache_path=cache_path,
         )
         return _repair_zero_scales(output_path.read_bytes())
@@ -241,12 +292,13 @@ def quantize(
     method: Method = "minmax",
     percentile: float = 99.999,
     nodes_to_exclude: Iterable[str] = (),
+    layout: str = DEFAULT_LAYOUT,
 ) -> Quantized:
-    """Calibrate once with `method`, then write the `precision` Q/DQ model."""
+    """Calibrate once with `method`, then write the `precision` Q/DQ model in `layout`."""
     _check_method(precision, method)
     started = time.perf_counter()
     ranges = calibrate(onnx_bytes, reader, method, percentile)
-    data = apply_quantization(onnx_bytes, ranges, precision, nodes_to_exclude)
+    data = apply_quantization(onnx_bytes, ranges, precision, nodes_to_exclude, layout)
     return Quantized(
         onnx_bytes=data,
         ranges=ranges.as_tuples(),
@@ -276,6 +328,17 @@ def cpu_graph_optimization(precision: str) -> str:
     survive and a ResNet-18 fp8 variant's top-1 agreement with fp32 falls to zero. "basic" keeps them.
     """
     return "basic" if precision == "fp8" else "all"
+
+
+def fake_quant_session(onnx_bytes: bytes, *, threads: int = 0) -> Any:
+    """A session that computes a Q/DQ graph exactly as written: every Quantize/DequantizeLinear runs
+    as an op around float kernels, with no int8 kernel fused in (graph optimisation off).
+
+    This is the arithmetic TensorRT and any CPU whose int8 dot products accumulate in 32 bits carry
+    out, on every CPU alike: what the precision fallback judges a variant by, so that a kernel that
+    saturates on one CPU never makes a variant look bad everywhere.
+    """
+    return cpu_session(onnx_bytes, "fp32", threads=threads, level="disable")
 
 
 def cpu_session(onnx_bytes: bytes, precision: str, *, threads: int = 0, level: str | None = None) -> Any:

@@ -93,6 +93,9 @@ class BuildRequest:
     options: dict[str, Any]
     target: Target
     batch_sizes: tuple[int, ...]  # the engine must run every one of these
+    # What the variant is beyond its precision (calibration method, int8 layout, share of activations
+    # still quantized); known once the variant job ran, recorded in the manifest.
+    variant: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

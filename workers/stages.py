@@ -70,17 +70,21 @@ def make_variant(
     *,
     fp16: dict[str, Any] | None = None,
     ranges: bytes | None = None,
+    layout: str = precision_.DEFAULT_LAYOUT,
     heldout: np.ndarray | None = None,
     reference: bytes | None = None,
     labels: np.ndarray | None = None,
     min_top1_agreement: float = 0.99,
     fallback_tries: int = 0,
+    max_float_fraction: float = 0.25,
 ) -> Variant:
-    """fp16 by graph conversion; int8 / fp8 as explicit Q/DQ from stored calibration ranges.
+    """fp16 by graph conversion; int8 / fp8 as explicit Q/DQ in `layout` from stored calibration ranges.
 
-    With `fallback_tries`, a quantized variant whose CPU fidelity on the held-out rows misses
+    With `fallback_tries`, a quantized variant whose fake-quant fidelity on the held-out rows misses
     `min_top1_agreement` keeps its most sensitive tensors in float until it passes (workers.fallback);
-    `details` records the plain variant's fidelity, every try, and what was kept in float and why.
+    `details` records the plain variant's fidelity, every try, what was kept in float and why, and
+    the share of activations still quantized. A variant that passes only with more than
+    `max_float_fraction` kept in float is refused: a QuantizationError with the reason.
     """
     if precision == "fp16":
         options = fp16 or {}
@@ -91,29 +95,59 @@ def make_variant(
     if ranges is None:
         raise ValueError(f"{precision} needs calibration ranges")
     calibration = precision_.CalibrationRanges.from_bytes(ranges)
-    details: dict[str, Any] = {"method": calibration.method, "calibration_samples": calibration.samples}
+    form = precision_.INT8_LAYOUTS[layout]
+    details: dict[str, Any] = {"method": calibration.method, "calibration_samples": calibration.samples,
+                               "layout": form.name, "layout_description": form.description, "quantized_fraction": 1.0}
     if not fallback_tries or heldout is None or reference is None:
-        return Variant(precision_.apply_quantization(fp32, calibration, precision), details)  # type: ignore[arg-type]
+        return Variant(precision_.apply_quantization(fp32, calibration, precision, layout=layout), details)  # type: ignore[arg-type]
+    expected = unpack(reference)["outputs"]
     result = find_fallback(
-        fp32, calibration, heldout, unpack(reference)["outputs"], precision=precision,  # type: ignore[arg-type]
-        threshold=Threshold(top1_agreement=min_top1_agreement), max_tries=fallback_tries, labels=labels,
+        fp32, calibration, heldout, expected, precision=precision, layout=layout,  # type: ignore[arg-type]
+        threshold=Threshold(top1_agreement=min_top1_agreement), max_tries=fallback_tries,
+        max_float_fraction=max_float_fraction, labels=labels,
     )
+    details["quantized_fraction"] = round(result.quantized_fraction, 4)
     details["fallback"] = {
         "passed": result.passed,
+        "refused": result.refused,
         "reason": result.reason,
+        "quantizable": result.quantizable,
         "plain": asdict(result.steps[0].fidelity),
         "kept_in_float": [asdict(node) for node in result.excluded],
-        "tries": [{"kept_float": s.kept_float, "excluded": len(s.excluded), "passed": s.passed,
+        "tries": [{"kept_float": s.kept_float, "excluded": len(s.excluded), "quantized": s.quantized, "passed": s.passed,
                    "top1_agreement": s.fidelity.top1_agreement, "cosine_mean": s.fidelity.cosine_mean,
                    "seconds": s.seconds} for s in result.steps],
     }
-    if result.onnx_bytes is None:  # no try passed: keep the plain variant; its builds will show the shortfall
-        return Variant(precision_.apply_quantization(fp32, calibration, precision), details)  # type: ignore[arg-type]
-    return Variant(result.onnx_bytes, details)
+    if result.refused:
+        raise precision_.QuantizationError(result.reason)
+    onnx_bytes = result.onnx_bytes or precision_.apply_quantization(fp32, calibration, precision, layout=layout)  # type: ignore[arg-type]
+    final = next((s for s in reversed(result.steps) if s.passed), result.steps[0])
+    details["fake_quant"] = {"top1_agreement": final.fidelity.top1_agreement, "cosine_mean": final.fidelity.cosine_mean}
+    if precision == "int8":
+        details["kernel_check"] = kernel_check(onnx_bytes, heldout, expected, final.fidelity)
+    return Variant(onnx_bytes, details)
+
+
+def kernel_check(variant: bytes, inputs: np.ndarray, reference: np.ndarray, fake_quant: fidelity_.Fidelity) -> dict[str, Any]:
+    """The variant through this CPU's ONNX Runtime int8 kernels, against its fake-quant arithmetic."""
+    from workers.device import describe
+
+    session = precision_.cpu_session(variant, "int8")
+    name = session.get_inputs()[0].name
+    found = fidelity_.compare(reference, fidelity_.run_batched(lambda x: session.run(None, {name: x})[0], inputs, 16))
+    cpu = describe().cpu
+    check: dict[str, Any] = {"cpu": f"{cpu.model} ({cpu.arch}, {cpu.isa_level})", "int8_dot_32bit": cpu.int8_dot_32bit,
+                             "top1_agreement": found.top1_agreement, "cosine_mean": found.cosine_mean, "note": None}
+    if found.cosine_mean < fake_quant.cosine_mean - fidelity_.KERNEL_GAP:
+        check["note"] = (f"ONNX Runtime's int8 kernels on {check['cpu']} give mean cosine {found.cosine_mean:.4f} where "
+                         f"fake-quant of the same graph gives {fake_quant.cosine_mean:.4f}: the kernel, not the ranges, is at fault")
+    return check
 
 
 def build_engine(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
     engine = get_backend(request.backend).build(request, variant, checkpoint, context)
+    if request.variant:
+        engine.manifest.extra["variant"] = dict(request.variant)
     engine.manifest.variant_sha256 = hashlib.sha256(variant).hexdigest()
     engine.manifest.engine_sha256 = hashlib.sha256(engine.plan).hexdigest()
     return engine

@@ -39,10 +39,10 @@ def _times(value: float | None) -> str:
 
 table = pd.DataFrame(
     [
-        {"model": c.model, "target": c.target, "batch": c.batch_size, "winner": f"{c.backend} {c.precision}",
+        {"model": c.model, "target": c.target, "batch": c.batch_size, "winner": c.engine,
          "p50 ms": c.p50_ms, "p99 ms": c.p99_ms, "samples/s": c.throughput, "top-1 agr.": c.top1_agreement,
          "vs torch": _times(c.speedup_vs_torch), "vs fp32": _times(c.speedup_vs_fp32),
-         "options": " ".join(f"{k}={v}" for k, v in c.options.items()), "build": c.label}
+         "quantized": "-" if c.quantized_fraction is None else f"{c.quantized_fraction:.0%}", "build": c.label}
         for c in best
     ]
 )

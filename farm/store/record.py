@@ -28,6 +28,7 @@ class Produced:
 
     blobs: dict[str, str] = field(default_factory=dict)  # role -> artifact sha256
     manifest: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None  # a variant's: what its builds record in their manifests
 
 
 class Recorder:
@@ -185,7 +186,7 @@ def _produced(row: schema.JobColumns) -> Produced:
     if isinstance(row, schema.Model):
         blobs = {"onnx": row.onnx_sha256, "checkpoint": row.checkpoint_sha256}
     elif isinstance(row, schema.Variant):
-        blobs = {"onnx": row.onnx_sha256}
+        return Produced({"onnx": row.onnx_sha256} if row.onnx_sha256 else {}, details=row.details)
     elif isinstance(row, schema.Reference):
         blobs = {"reference": row.outputs_sha256}
     elif isinstance(row, schema.Calibration):

@@ -101,3 +101,12 @@ def supports(backend: Backend, target: Target) -> bool:
 def version_key(backend: type, target_kind: str) -> str:
     """Which entry of versions() serves a target kind: the backend's name unless it has flavours per kind."""
     return str(getattr(backend, "version_keys", {}).get(target_kind, backend.name))  # type: ignore[attr-defined]
+
+
+def int8_layout(backend: type, cpu_arch: str, int8_dot_32bit: bool) -> str:
+    """The int8 Q/DQ layout a backend builds from on a target (workers.precision.INT8_LAYOUTS):
+    the TensorRT one unless the backend says otherwise for the target's CPU."""
+    from workers.precision import DEFAULT_LAYOUT
+
+    choose = getattr(backend, "int8_layout", None)
+    return str(choose(cpu_arch, int8_dot_32bit)) if choose is not None else DEFAULT_LAYOUT

@@ -14,7 +14,7 @@ import numpy as np
 
 from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext
 from workers.bench import GpuTimer
-from workers.precision import cpu_graph_optimization
+from workers.precision import cpu_graph_optimization, onnxruntime_int8_layout
 from workers.records import BuildRequest, Engine, Manifest, TensorSpec
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -47,6 +47,11 @@ class OnnxRuntimeBackend:
         except metadata.PackageNotFoundError:
             return Availability(self.name, None, "pip install onnxruntime")
         return Availability(self.name, version, "CPUExecutionProvider")
+
+    @staticmethod
+    def int8_layout(cpu_arch: str, int8_dot_32bit: bool) -> str:
+        """u8 activations (and 7-bit weights without VNNI) on x86: the form ORT's int8 kernels compute faithfully."""
+        return onnxruntime_int8_layout(cpu_arch, int8_dot_32bit)
 
     def versions(self) -> dict[str, str]:
         version = self.availability().version

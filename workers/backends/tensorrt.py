@@ -12,13 +12,15 @@ mypy sees the stubs. Names only one flavour has are reached through `getattr`.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import importlib
 import importlib.util
 import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -366,12 +368,12 @@ class TensorRTBackend:
         module = import_flavour(options.flavour)
         record = BuildRecord()
         started = time.perf_counter()
-        with PeakMemory() as memory:
+        with PeakMemory() as memory, _collected_outside_callbacks():
             built = _build(module, request, variant, options, record, self.log_severity, context)
-        seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            # An RTX plan is for other GPUs and cannot load without one; a datacenter build has its GPU right here.
+            layers = _layer_information(module, record, built.plan) if options.flavour == "datacenter" else None
         peak_growth = memory.growth_bytes
-        # An RTX plan is for other GPUs and cannot load without one; a datacenter build has its GPU right here.
-        layers = _layer_information(module, record, built.plan) if options.flavour == "datacenter" else None
         extra: dict[str, Any] = {
             "flavour": options.flavour,
             "tensorrt_version": module.__version__,
@@ -417,6 +419,25 @@ class TensorRTBackend:
 
     def open(self, plan: bytes, manifest: Manifest) -> TensorRTRunner:
         return TensorRTRunner(plan, manifest)
+
+
+@contextlib.contextmanager
+def _collected_outside_callbacks() -> Iterator[None]:
+    """Free garbage TensorRT objects now, and collect no garbage while TensorRT runs.
+
+    TensorRT calls the Python logger while it holds its own lock (creating a builder does). A garbage
+    collection that runs inside that callback and frees an earlier builder (one a failed build's
+    traceback kept in a reference cycle) takes the same lock in the builder's destructor: the
+    process deadlocks (seen here with TensorRT-RTX 1.7 in the test run).
+    """
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass
@@ -642,8 +663,9 @@ class TensorRTRunner:
         else:
             trt = module
         logger, _ = _listeners(module, self._record, "warning", None)
-        runtime = trt.Runtime(logger)
-        engine = runtime.deserialize_cuda_engine(self._plan)
+        with _collected_outside_callbacks():
+            runtime = trt.Runtime(logger)
+            engine = runtime.deserialize_cuda_engine(self._plan)
         if engine is None:
             reason = "; ".join(self._record.errors()) or "no error was logged"
             raise BackendUnavailable(f"TensorRT ({self._flavour}) {module.__version__} cannot load this engine here: {reason}")
