@@ -171,7 +171,7 @@ def test_winners_follow_the_objective_and_the_floor(app: AppTest, seeded: Seeded
     assert int8 in text(at)
 
     at.slider(key="floor").set_value(1.0).run()
-    assert {frame(at)["winner"].iloc[i] for i in range(len(frame(at)))} <= {"torch fp32", "onnxruntime fp32"}
+    assert {" ".join(frame(at)["winner"].iloc[i].split()[:2]) for i in range(len(frame(at)))} <= {"torch fp32", "onnxruntime fp32"}
 
 
 def test_winners_page_draws_a_pareto_chart_per_target_and_offers_downloads(app: AppTest, seeded: Seeded) -> None:
