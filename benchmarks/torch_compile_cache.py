@@ -41,7 +41,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from workers.models import load_module
     from workers.records import ModelRef
-    from workers.torch_engines import TorchEngineOptions, export_compile_caches, import_compile_caches, open_engine
+    from workers.torch_compile_cache import export_compile_caches, import_compile_caches
+    from workers.torch_engines import TorchEngineOptions, open_engine
 
     report: dict[str, Any] = {"phase": args.child, "import_s": time.perf_counter() - STARTED, "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
     if args.child == "warm":

@@ -39,14 +39,9 @@ from workers.bench import BenchSettings, measure  # noqa: E402
 from workers.models import load_module  # noqa: E402
 from workers.records import ModelRef  # noqa: E402
 from workers.torch_aoti import build_aoti_package, check_aoti_package  # noqa: E402
-from workers.torch_engines import (  # noqa: E402
-    KINDS,
-    TorchEngineOptions,
-    export_compile_caches,
-    gpu_clocks,
-    import_compile_caches,
-    open_engine,
-)
+from workers.device import gpu_clocks  # noqa: E402
+from workers.torch_compile_cache import export_compile_caches, import_compile_caches  # noqa: E402
+from workers.torch_engines import KINDS, TorchEngineOptions, open_engine  # noqa: E402
 
 QUICK = BenchSettings(warmup_s=0.05, duration_s=0.2, min_iterations=5)
 FULL = BenchSettings(warmup_s=0.5, duration_s=3.0, min_iterations=50)
@@ -82,7 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    settings = QUICK if args.quick else FULL
+    settings = QUICK if args.quick else BenchSettings(FULL.warmup_s, args.duration, FULL.min_iterations)
     ref = model_ref(args.model, args.input_shape)
     base = load_module(ref)  # random weights (seeded): the speed does not depend on them
     rng = np.random.default_rng(args.seed)
@@ -213,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="load each aoti package in a fresh process before loading it here")
     parser.add_argument("--compile-cache-in", type=Path, help="import torch.compile caches from this blob first")
     parser.add_argument("--compile-cache-out", type=Path, help="export this process's torch.compile caches here at the end")
+    parser.add_argument("--duration", type=float, default=FULL.duration_s, help="seconds of timed steps per engine and batch (after 0.5 s of warm-up)")
     parser.add_argument("--quick", action="store_true", help=f"short timing ({QUICK.duration_s} s per engine and batch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="JSON results (written after every engine)")

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from workers.bench import BenchSettings, Timings, measure
-from workers.torch_engines import TorchEngineOptions, TorchEngineRunner, gpu_clocks, open_engine
+from workers.device import gpu_clocks
+from workers.torch_engines import TorchEngineOptions, TorchEngineRunner, open_engine
 
 pytestmark = pytest.mark.gpu
 
@@ -177,7 +178,7 @@ def test_gpu_clocks_are_read_through_nvml() -> None:
 def test_compile_cache_key_names_the_gpu() -> None:
     import torch
 
-    from workers.torch_engines import compile_cache_key
+    from workers.torch_compile_cache import compile_cache_key
 
     key = compile_cache_key(DEVICE)
     major, minor = torch.cuda.get_device_capability()

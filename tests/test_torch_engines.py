@@ -25,7 +25,8 @@ import pytest
 from tests.conftest import REPO
 from workers.bench import BenchSettings, measure
 from workers.torch_aoti import AotiPackage, AotiRunner, build_aoti_package, check_aoti_package, read_package_metadata
-from workers.torch_engines import TorchEngineOptions, flatten_outputs, gpu_clocks, open_engine, prepare_module
+from workers.device import gpu_clocks
+from workers.torch_engines import TorchEngineOptions, flatten_outputs, open_engine, prepare_module
 
 SHAPE = (3, 32, 32)
 X = np.random.default_rng(0).standard_normal((4, *SHAPE)).astype(np.float32)
@@ -127,7 +128,8 @@ def test_options_round_trip_and_label() -> None:
 
 
 def test_importing_the_modules_does_not_import_torch() -> None:
-    code = "import sys, workers.torch_engines, workers.torch_aoti; assert 'torch' not in sys.modules, 'torch imported'"
+    code = ("import sys, workers.torch_engines, workers.torch_aoti, workers.torch_compile_cache, workers.device; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 

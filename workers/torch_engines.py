@@ -1,10 +1,14 @@
-"""PyTorch engine kinds: eager, CUDA graph replay, torch.compile and AOTInductor, as plain functions.
+"""PyTorch engine kinds for the torch backend: eager, CUDA graph replay, torch.compile and AOTInductor.
 
 An engine here is a module prepared for one precision and memory format (or, for `aoti`, a
 package built by workers.torch_aoti), opened as a runner that times it the way trtexec times
 TensorRT: the input is bound once; a step copies it to the device, runs, and copies the
 outputs back (or, with `data_transfers=False`, only runs); CUDA events bracket the compute
 alone. The same code runs on a CPU (no events, no copies) so CI exercises it.
+
+Beside it: workers.torch_aoti (AOTInductor packages: build, load, check in a fresh process),
+workers.torch_compile_cache (torch.compile's caches as a portable blob) and
+workers.device.gpu_clocks (SM clocks before and after a benchmark).
 
 torch is imported inside functions: `import workers` must work on a machine without it.
 """
@@ -423,75 +427,3 @@ def open_engine(engine: torch.nn.Module | bytes, options: TorchEngineOptions, de
     runner_type = runners[options.kind]
     options.check_device(device)
     return runner_type(prepare_module(engine, options, device), options, device)
-
-
-def export_compile_caches() -> bytes | None:
-    """Everything torch.compile cached in this process (Inductor graphs, autotuning, Triton kernels), as one blob.
-
-    Keep it per (GPU kind, torch version), like a TensorRT timing cache: a later process that
-    imports it skips the codegen and the max-autotune benchmarking it covers. None when this
-    process compiled nothing.
-    """
-    import torch
-
-    saved = torch.compiler.save_cache_artifacts()
-    return None if saved is None else saved[0]
-
-
-def import_compile_caches(blob: bytes) -> dict[str, int]:
-    """Load a blob from export_compile_caches into this process's compile caches; artifacts per cache kind."""
-    import torch
-
-    info = torch.compiler.load_cache_artifacts(blob)
-    return {} if info is None else {kind: len(keys) for kind, keys in info.artifacts.items()}
-
-
-def compile_cache_key(device: str) -> dict[str, str]:
-    """What a compile-cache blob depends on: torch and Triton versions, and the GPU model for CUDA."""
-    import torch
-
-    key = {"torch": torch.__version__, "device": device_type(device)}
-    if key["device"] == "cuda":
-        index = torch.device(device).index
-        props = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)
-        key |= {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
-        try:
-            import triton
-
-            key["triton"] = triton.__version__
-        except ImportError:
-            pass
-    return key
-
-
-@dataclass(frozen=True)
-class GpuClocks:
-    sm_mhz: int | None = None
-    memory_mhz: int | None = None
-    sm_max_mhz: int | None = None
-    error: str | None = None
-
-
-def gpu_clocks(index: int = 0) -> dict[str, Any]:
-    """SM and memory clocks (MHz) of NVML device `index` now, with the SM maximum; None values without a GPU.
-
-    Read at the start and end of a benchmark: a run whose SM clock fell has throttled.
-    NVML counts every GPU of the machine, whatever CUDA_VISIBLE_DEVICES says.
-    """
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as exc:  # no library, no driver, no GPU: a CPU machine
-        return asdict(GpuClocks(error=f"{type(exc).__name__}: {exc}"))
-    try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return asdict(GpuClocks(
-            sm_mhz=int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)),
-            memory_mhz=int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM)),
-            sm_max_mhz=int(pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)),
-        ))
-    except Exception as exc:
-        return asdict(GpuClocks(error=f"{type(exc).__name__}: {exc}"))
-    finally:
-        pynvml.nvmlShutdown()
