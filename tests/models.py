@@ -29,3 +29,20 @@ def crashes_when_built() -> nn.Module:
     if any(frame.function == "build_engine" for frame in inspect.stack()):
         ctypes.string_at(0)  # reads address 0: SIGSEGV, like a crashing native builder
     return tiny_cnn()
+
+
+def small_convnet() -> nn.Module:
+    """Three convolutions with batch norm over 3x32x32 inputs: enough layers for channels_last and fusion to matter."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )

@@ -146,5 +146,30 @@ def _gpus() -> tuple[tuple[GpuInfo, ...], str | None]:
         pynvml.nvmlShutdown()
 
 
+def gpu_clocks(index: int = 0) -> dict[str, int | str | None]:
+    """SM and memory clocks (MHz) of NVML device `index` now, and the SM maximum; None values (and why) without one.
+
+    Cheap enough to read at the start and end of every GPU benchmark: a run whose SM clock
+    fell has throttled. NVML counts every GPU of the machine, whatever CUDA_VISIBLE_DEVICES says.
+    """
+    clocks: dict[str, int | str | None] = {"sm_mhz": None, "memory_mhz": None, "sm_max_mhz": None, "error": None}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:  # no package, no driver library, no GPU: a CPU machine
+        return clocks | {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        clocks["sm_mhz"] = int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+        clocks["memory_mhz"] = int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM))
+        clocks["sm_max_mhz"] = int(pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM))
+    except pynvml.NVMLError as exc:
+        clocks["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        pynvml.nvmlShutdown()
+    return clocks
+
+
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value

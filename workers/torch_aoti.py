@@ -1,0 +1,315 @@
+"""AOTInductor packages: a module compiled ahead of time into one .pt2 that runs without its Python code.
+
+build_aoti_package exports the prepared module with a dynamic batch axis and compiles it with
+Inductor. The package carries its own settings (engine options, batch range, input shape) as
+AOTInductor metadata, readable without loading it, so a loader needs nothing but the bytes.
+
+Loading is native code, and it can kill the process: aoti_load_package segfaulted on the
+H200 with torch 2.11 (PLATFORM.md). check_aoti_package therefore loads and runs a package in a
+fresh interpreter first; `python -m workers.torch_aoti PACKAGE --device DEVICE` is that
+interpreter's entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from workers.torch_engines import Compute, TorchEngineOptions, TorchEngineRunner, device_type, flatten_outputs, prepare_module, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+META_OPTIONS = "farm.options"  # JSON of TorchEngineOptions
+META_BATCH = "farm.batch"  # "min,max"
+META_INPUT_SHAPE = "farm.input_shape"  # one sample, without the batch axis: "3,224,224"
+META_DEVICE = "farm.device"  # "cpu" | "cuda"
+META_TORCH = "farm.torch"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class AotiPackage:
+    data: bytes  # the .pt2 file
+    batch_min: int
+    batch_max: int
+    export_seconds: float  # torch.export
+    compile_seconds: float  # aoti_compile_and_package: Inductor codegen and the C++ / CUDA compile
+    peak_rss_bytes: int  # this process, sampled during export and compile
+    peak_children_rss_bytes: int  # the compiler processes Inductor started, summed, at their peak
+    metadata: dict[str, str]
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
+
+
+class PeakRss:
+    """Peak resident memory of this process and, apart, of its child processes, sampled inside `with`.
+
+    Inductor compiles in g++ / nvcc subprocesses and worker pools, which this process's own
+    figure would miss.
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.peak_self = 0
+        self.peak_children = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while True:
+            self.peak_self = max(self.peak_self, process.memory_info().rss)
+            children = 0
+            for child in process.children(recursive=True):
+                try:
+                    children += child.memory_info().rss
+                except psutil.Error:  # it ended between listing and reading
+                    pass
+            self.peak_children = max(self.peak_children, children)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> PeakRss:
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _batch_axis_range(program: Any) -> tuple[int, int]:
+    """The batch range torch.export actually kept for the first user input (it may narrow what was asked)."""
+    import torch
+
+    names = set(program.graph_signature.user_inputs)
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name in names)
+    batch = node.meta["val"].shape[0]
+    if not isinstance(batch, torch.SymInt):
+        return int(batch), int(batch)
+    bounds = program.range_constraints[batch.node.expr]
+    return int(bounds.lower), int(bounds.upper)
+
+
+def build_aoti_package(
+    module: torch.nn.Module,
+    input_shape: tuple[int, ...],
+    batch_sizes: tuple[int, ...] | list[int],
+    options: TorchEngineOptions,
+    device: str,
+    inductor_configs: dict[str, Any] | None = None,
+) -> AotiPackage:
+    """Export `module` (prepared here, in place) for batches min..max of `batch_sizes` and compile it to a .pt2.
+
+    torch.export specialises a dimension whose example size is 0 or 1, so the example input
+    has batch max(2, min): a batch-1 example would bake batch 1 into the package. The range
+    itself may start at 1. A single batch size gives a static package.
+    """
+    import torch
+
+    if options.kind != "aoti":
+        raise ValueError(f"build_aoti_package builds kind aoti, not {options.kind}")
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes {list(batch_sizes)!r}: expected one or more sizes of at least 1")
+    low, high = min(batch_sizes), max(batch_sizes)
+    module = prepare_module(module, options, device)
+    example_batch = low if low == high else max(2, low)
+    example = torch.randn(example_batch, *input_shape, device=device).to(torch_dtype(options.precision))
+    if options.channels_last and example.dim() == 4:
+        example = example.contiguous(memory_format=torch.channels_last)
+    dynamic = None if low == high else ({0: torch.export.Dim("batch", min=low, max=high)},)
+    metadata = {
+        META_OPTIONS: json.dumps(options.to_dict(), sort_keys=True),
+        META_BATCH: f"{low},{high}",
+        META_INPUT_SHAPE: ",".join(str(d) for d in input_shape),
+        META_DEVICE: device_type(device),
+        META_TORCH: torch.__version__,
+    }
+    configs = dict(inductor_configs or {}) | {"aot_inductor.metadata": metadata}
+    # no_grad as AOTInductor's own tutorial does: an inference graph, with no autograd state to save
+    with PeakRss() as memory, tempfile.TemporaryDirectory(prefix="farm-aoti-") as folder, torch.no_grad():
+        started = time.perf_counter()
+        program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
+        exported = time.perf_counter()
+        kept = _batch_axis_range(program)
+        if kept[0] > low or kept[1] < high:
+            raise ValueError(f"torch.export kept batch {kept[0]}..{kept[1]} of the {low}..{high} asked for")
+        path = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "model.pt2"), inductor_configs=configs)
+        data = Path(path).read_bytes()
+        compiled = time.perf_counter()
+    return AotiPackage(
+        data=data, batch_min=low, batch_max=high, export_seconds=exported - started, compile_seconds=compiled - exported,
+        peak_rss_bytes=memory.peak_self, peak_children_rss_bytes=memory.peak_children, metadata=metadata,
+    )
+
+
+def read_package_metadata(data: bytes) -> dict[str, str]:
+    """The AOTInductor metadata of a .pt2 without loading its native code ({} when there is none)."""
+    import io
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = sorted(n for n in archive.namelist() if n.endswith("_metadata.json") and "/aotinductor/" in n)
+            names.sort(key=lambda n: not n.endswith("wrapper_metadata.json"))  # the model's own entry first
+            return {str(k): str(v) for k, v in json.loads(archive.read(names[0])).items()} if names else {}
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"not an AOTInductor package (.pt2 is a zip archive): {exc}") from None
+
+
+def load_aoti_package(data: bytes, device: str) -> Any:
+    """Load a .pt2 into this process: a callable taking and returning tensors on `device`.
+
+    The loader unpacks the archive into its own folder while loading, so the temporary file
+    is gone when this returns.
+    """
+    import torch
+
+    index = torch.device(device).index
+    with tempfile.NamedTemporaryFile(prefix="farm-aoti-", suffix=".pt2") as handle:
+        handle.write(data)
+        handle.flush()
+        return torch._inductor.aoti_load_package(handle.name, device_index=-1 if index is None else index)
+
+
+class AotiRunner(TorchEngineRunner):
+    """Runs an AOTInductor package; its options and batch range come from the package itself."""
+
+    kind = "aoti"
+
+    def __init__(self, data: bytes, device: str, options: TorchEngineOptions | None = None) -> None:
+        metadata = read_package_metadata(data)
+        packed = TorchEngineOptions.from_dict(json.loads(metadata[META_OPTIONS])) if META_OPTIONS in metadata else None
+        if options is None:
+            if packed is None:
+                raise ValueError("this .pt2 carries no farm options (not built by build_aoti_package): pass options")
+            options = packed
+        elif packed is not None and packed != options:
+            raise ValueError(f"options {options.label} differ from the package's own: {packed.label}")
+        built_for = metadata.get(META_DEVICE)
+        if built_for and built_for != device_type(device):
+            raise ValueError(f"this aoti package was built for {built_for} and cannot run on {device}")
+        super().__init__(options, device)
+        self.data = data
+        self.metadata = metadata
+        low, _, high = metadata.get(META_BATCH, "").partition(",")
+        self.batch_range: tuple[int, int] | None = (int(low), int(high)) if high else None
+        self._model: Any = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        text = self.metadata.get(META_INPUT_SHAPE)
+        return tuple(int(d) for d in text.split(",")) if text else None
+
+    def _open(self) -> None:
+        self._model = load_aoti_package(self.data, self.device)
+
+    def _close(self) -> None:
+        self._model = None
+
+    def _compute(self, device_input: torch.Tensor) -> Compute:
+        import torch
+
+        batch = int(device_input.shape[0])
+        if self.batch_range and not self.batch_range[0] <= batch <= self.batch_range[1]:
+            # AOTInductor does not check: out of range it runs and may return garbage
+            raise ValueError(f"batch {batch}: this aoti package runs batch {self.batch_range[0]}..{self.batch_range[1]}")
+        model = self._model
+
+        def compute() -> list[torch.Tensor]:
+            with torch.inference_mode():
+                return flatten_outputs(model(device_input))
+
+        compute()
+        return compute
+
+
+@dataclass
+class AotiCheck:
+    ok: bool
+    returncode: int
+    seconds: float
+    detail: str  # how it failed: the signal, or the end of the child's stderr
+    outputs: list[list[np.ndarray]] | None = None  # per input given, the package's outputs
+    setup_seconds: dict[int, float] | None = None  # the child's first call per batch size
+
+
+def check_aoti_package(
+    data: bytes, device: str, inputs: list[np.ndarray] | None = None, timeout_s: float = 600.0
+) -> AotiCheck:
+    """Load and run a package in a fresh interpreter that imports only `workers` and torch.
+
+    Without `inputs` it runs zeros at the package's smallest and largest batch. A crash (the
+    torch 2.11 segfault) comes back as ok=False with the signal named, not as a dead caller.
+    """
+    with tempfile.TemporaryDirectory(prefix="farm-aoti-check-") as folder:
+        package = Path(folder, "model.pt2")
+        package.write_bytes(data)
+        command = [sys.executable, "-m", "workers.torch_aoti", str(package), "--device", device]
+        if inputs is not None:
+            np.savez(Path(folder, "inputs.npz"), *inputs)
+            command += ["--inputs", str(Path(folder, "inputs.npz")), "--outputs", str(Path(folder, "outputs.npz"))]
+        # this checkout's workers, whatever else is installed; the cwd is empty, so nothing else leaks in
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+        started = time.perf_counter()
+        try:
+            done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return AotiCheck(False, -1, time.perf_counter() - started, f"no answer within {timeout_s:.0f} s")
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            how = f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0 else f"exit {done.returncode}"
+            return AotiCheck(False, done.returncode, seconds, f"{how}: {done.stderr[-2000:]}")
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        outputs = None
+        if inputs is not None:
+            with np.load(Path(folder, "outputs.npz")) as archive:
+                outputs = [[archive[f"{i}_{j}"] for j in range(count)] for i, count in enumerate(report["outputs_per_input"])]
+        setup = {int(k): float(v) for k, v in report["setup_seconds"].items()}
+        return AotiCheck(True, 0, seconds, "", outputs, setup)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Load an AOTInductor package and run it (check_aoti_package's child).")
+    parser.add_argument("package")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--inputs", help=".npz of arrays to run, in order (default: zeros at the smallest and largest batch)")
+    parser.add_argument("--outputs", help=".npz to write the outputs to, named INPUT_OUTPUT")
+    args = parser.parse_args(argv)
+    with AotiRunner(Path(args.package).read_bytes(), args.device) as runner:
+        if args.inputs:
+            with np.load(args.inputs) as archive:
+                arrays = [archive[f"arr_{i}"] for i in range(len(archive.files))]
+        else:
+            if runner.batch_range is None or runner.input_shape is None:
+                raise SystemExit("this package has no batch range / input shape metadata: pass --inputs")
+            arrays = [np.zeros((b, *runner.input_shape), np.float32) for b in sorted(set(runner.batch_range))]
+        results = [runner.infer(x) for x in arrays]
+    if args.outputs:
+        named: dict[str, Any] = {f"{i}_{j}": o for i, outs in enumerate(results) for j, o in enumerate(outs)}
+        np.savez(args.outputs, **named)
+    print(json.dumps({"outputs_per_input": [len(r) for r in results], "setup_seconds": runner.setup_seconds}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""PyTorch engine kinds for the torch backend: eager, CUDA graph replay, torch.compile and AOTInductor.
+
+An engine here is a module prepared for one precision and memory format (or, for `aoti`, a
+package built by workers.torch_aoti), opened as a runner that times it the way trtexec times
+TensorRT: the input is bound once; a step copies it to the device, runs, and copies the
+outputs back (or, with `data_transfers=False`, only runs); CUDA events bracket the compute
+alone. The same code runs on a CPU (no events, no copies) so CI exercises it.
+
+Beside it: workers.torch_aoti (AOTInductor packages: build, load, check in a fresh process),
+workers.torch_compile_cache (torch.compile's caches as a portable blob) and
+workers.device.gpu_clocks (SM clocks before and after a benchmark).
+
+torch is imported inside functions: `import workers` must work on a machine without it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import numpy as np
+
+from workers.bench import GpuTimer
+
+if TYPE_CHECKING:
+    import torch
+
+KINDS = ("eager", "cuda_graph", "compile", "aoti")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PRECISIONS = ("fp32", "fp16", "bf16")
+CUDA_GRAPH_WARMUP_ITERATIONS = 3  # PyTorch's CUDA graph notes warm up a few iterations on a side stream
+COMPILE_WARMUP_CALLS = 3  # cudagraph trees warm up on call 1, record on call 2, replay from call 3
+RECOMPILE_LIMIT = 64  # dynamo's default (8) silently falls back to eager after 8 shapes of one forward
+
+
+def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} {value!r}: expected one of {', '.join(allowed)}")
+
+
+def device_type(device: str) -> str:
+    """'cuda' for 'cuda' / 'cuda:1', 'cpu' for 'cpu'; without importing torch."""
+    kind = device.split(":", 1)[0]
+    _one_of("device", kind, ("cpu", "cuda"))
+    return kind
+
+
+@dataclass(frozen=True)
+class TorchEngineOptions:
+    """How one PyTorch engine is made; stored in the engine's manifest, so every field is plain data."""
+
+    kind: str = "eager"
+    precision: str = "fp32"  # the module and its inputs are cast; outputs come back as float32
+    compile_mode: str | None = None  # kind compile only; None means torch.compile's "default"
+    channels_last: bool = False  # NHWC for 4-D weights and inputs: what tensor-core convolutions want
+    tf32: bool = False  # fp32 on CUDA only; False also turns off cuDNN's TF32 convolutions (torch's default is on)
+    cudnn_benchmark: bool = True  # CUDA: time cuDNN's algorithms per shape on the first call, as TensorRT does
+
+    def __post_init__(self) -> None:
+        _one_of("kind", self.kind, KINDS)
+        _one_of("precision", self.precision, PRECISIONS)
+        if self.compile_mode is not None:
+            if self.kind != "compile":
+                raise ValueError(f"compile_mode is only for kind compile, not {self.kind}")
+            _one_of("compile_mode", self.compile_mode, COMPILE_MODES)
+        if self.tf32 and self.precision != "fp32":
+            raise ValueError(f"tf32 applies to fp32 only, not {self.precision}")
+        for name in ("channels_last", "tf32", "cudnn_benchmark"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} {getattr(self, name)!r}: expected true or false")
+
+    @property
+    def mode(self) -> str:
+        return self.compile_mode or "default"
+
+    @property
+    def label(self) -> str:
+        """Short text for tables: 'compile:max-autotune fp16 channels_last'."""
+        kind = f"compile:{self.mode}" if self.kind == "compile" else self.kind
+        flags = [f for f, on in (("channels_last", self.channels_last), ("tf32", self.tf32)) if on]
+        return " ".join([kind, self.precision, *flags])
+
+    def check_device(self, device: str) -> None:
+        """Options that cannot run on `device` are an error before anything is built."""
+        if device_type(device) != "cuda":
+            if self.kind == "cuda_graph":
+                raise ValueError(f"kind cuda_graph needs a CUDA device, not {device}")
+            if self.tf32:
+                raise ValueError(f"tf32 needs a CUDA device, not {device}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> TorchEngineOptions:
+        known = set(TorchEngineOptions.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"torch engine option {unknown[0]!r}: expected one of {', '.join(sorted(known))}")
+        return TorchEngineOptions(**dict(data))
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    import torch
+
+    _one_of("precision", precision, PRECISIONS)
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def apply_backend_flags(options: TorchEngineOptions, device: str) -> None:
+    """Set the process-wide cuDNN / cuBLAS flags an engine was made with.
+
+    They are global, so each runner sets them again on entry: otherwise the last engine
+    prepared decides how an earlier one runs.
+    """
+    if device_type(device) != "cuda":
+        return
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = options.tf32
+    torch.backends.cudnn.allow_tf32 = options.tf32
+    torch.backends.cudnn.benchmark = options.cudnn_benchmark
+
+
+def prepare_module(module: torch.nn.Module, options: TorchEngineOptions, device: str) -> torch.nn.Module:
+    """Eval mode, the engine's dtype and memory format on `device`, and the backend flags.
+
+    nn.Module.to() works in place: pass a copy to keep an fp32 original (a cast back from
+    fp16 does not restore the lost bits). Preparing twice with the same options is harmless.
+    """
+    import torch
+
+    options.check_device(device)
+    apply_backend_flags(options, device)
+    module = module.eval().to(device=device, dtype=torch_dtype(options.precision))
+    if options.channels_last:
+        module = module.to(memory_format=torch.channels_last)  # only 4-D parameters change
+    return module
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    """A forward's tensors in order: a tensor, or nested tuples / lists / dicts of them."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for value in out.values() for t in flatten_outputs(value)]
+    if isinstance(out, list | tuple):
+        return [t for value in out for t in flatten_outputs(value)]
+    raise TypeError(f"a forward returned {type(out).__name__}, not tensors")
+
+
+Compute = Callable[[], list["torch.Tensor"]]
+
+
+@dataclass
+class _Binding:
+    device_input: torch.Tensor  # where a step's input lives on the device (a CUDA graph's static input)
+    compute: Compute  # one forward over device_input, returning its outputs on the device
+
+
+class TorchEngineRunner:
+    """Runs one engine on one device at any batch size; resources live inside `with runner:`.
+
+    Each input shape is bound once (buffer, compile or graph capture); `setup_seconds[batch]`
+    keeps what that cost: the compile for kind compile, warm-up + capture for cuda_graph, the
+    first call (cuDNN autotuning) for eager and aoti.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, options: TorchEngineOptions, device: str) -> None:
+        if options.kind != self.kind:
+            raise ValueError(f"a {type(self).__name__} runs kind {self.kind}, not {options.kind}")
+        options.check_device(device)
+        self.options = options
+        self.device = device
+        self.is_cuda = device_type(device) == "cuda"
+        self.setup_seconds: dict[int, float] = {}
+        self._bindings: dict[tuple[int, ...], _Binding] = {}
+        self._events: tuple[Any, Any] | None = None
+
+    def __enter__(self) -> Self:
+        import torch
+
+        if self.is_cuda and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.device}: CUDA is not available here")
+        apply_backend_flags(self.options, self.device)
+        if self.is_cuda:
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))  # type: ignore[no-untyped-call]
+        self._open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bindings.clear()
+        self._close()
+        self._events = None
+        if self.is_cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+
+    # What each kind adds: opening / closing its resources, and one forward over a bound buffer.
+    def _open(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        pass
+
+    def _compute(self, device_input: torch.Tensor) -> Compute:
+        raise NotImplementedError
+
+    def _host_tensor(self, x: np.ndarray) -> torch.Tensor:
+        """The input in the engine's dtype and memory format, in pinned memory on a CUDA host."""
+        import torch
+
+        host = torch.from_numpy(np.ascontiguousarray(x)).to(torch_dtype(self.options.precision))
+        if self.options.channels_last and host.dim() == 4:
+            host = host.contiguous(memory_format=torch.channels_last)
+        if self.is_cuda:
+            # empty_strided keeps the NHWC strides, so the copy to the device is one plain memcpy
+            pinned = torch.empty_strided(host.size(), host.stride(), dtype=host.dtype, pin_memory=True)
+            host = pinned.copy_(host)
+        return host
+
+    def _bind(self, host: torch.Tensor) -> _Binding:
+        import torch
+
+        shape = tuple(host.shape)
+        binding = self._bindings.get(shape)
+        if binding is None:
+            # created outside inference_mode: copy_() into an inference tensor would be refused later
+            device_input = torch.empty_strided(host.size(), host.stride(), dtype=host.dtype, device=self.device)
+            device_input.copy_(host)
+            started = time.perf_counter()
+            binding = _Binding(device_input, self._compute(device_input))
+            self.synchronize()
+            self.setup_seconds[shape[0]] = time.perf_counter() - started
+            self._bindings[shape] = binding
+        return binding
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        """One forward over `x`; every output on the host as float32 (integer outputs keep their type)."""
+        host = self._host_tensor(x)
+        binding = self._bind(host)
+        binding.device_input.copy_(host)
+        outputs = binding.compute()
+        # copies: a CUDA graph's or cudagraph tree's outputs are overwritten by the next replay
+        return [np.array((o.float() if o.is_floating_point() else o).cpu().numpy(), copy=True) for o in outputs]
+
+    def prepare(self, x: np.ndarray, data_transfers: bool = True) -> Callable[[], None]:
+        """Bind `x` once and return a step that runs one complete inference.
+
+        On CUDA, with `data_transfers` the step copies the pinned input to the device and the
+        outputs back (trtexec's default); without, it only runs (trtexec --noDataTransfers).
+        Either way the events bracket the forward alone.
+        """
+        import torch
+
+        host = self._host_tensor(x)
+        binding = self._bind(host)
+        device_input, compute = binding.device_input, binding.compute
+        device_input.copy_(host)
+        if not self.is_cuda or self._events is None:
+
+            def run_on_cpu() -> None:
+                compute()
+
+            return run_on_cpu
+        start, end = self._events
+        if not data_transfers:
+
+            def run_only() -> None:
+                start.record()
+                compute()
+                end.record()
+
+            return run_only
+        host_outputs = [torch.empty(o.shape, dtype=o.dtype, pin_memory=True) for o in compute()]
+
+        def step() -> None:
+            device_input.copy_(host, non_blocking=True)
+            start.record()
+            outputs = compute()
+            end.record()
+            for target, output in zip(host_outputs, outputs, strict=True):
+                target.copy_(output, non_blocking=True)
+
+        return step
+
+    def synchronize(self) -> None:
+        if self.is_cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def gpu_timer(self) -> GpuTimer | None:
+        """Device milliseconds between the last step's events; read after synchronize(). None on a CPU."""
+        if self._events is None:
+            return None
+        start, end = self._events
+        return lambda: float(start.elapsed_time(end))
+
+
+class EagerRunner(TorchEngineRunner):
+    kind = "eager"
+
+    def __init__(self, module: torch.nn.Module, options: TorchEngineOptions, device: str) -> None:
+        super().__init__(options, device)
+        self.module = module
+
+    def _compute(self, device_input: torch.Tensor) -> Compute:
+        import torch
+
+        module = self.module
+
+        def compute() -> list[torch.Tensor]:
+            with torch.inference_mode():
+                return flatten_outputs(module(device_input))
+
+        compute()  # the first call picks cuDNN algorithms for this shape
+        return compute
+
+
+class CudaGraphRunner(TorchEngineRunner):
+    """One CUDA graph per input shape, captured on first use and replayed for every step."""
+
+    kind = "cuda_graph"
+
+    def __init__(self, module: torch.nn.Module, options: TorchEngineOptions, device: str) -> None:
+        super().__init__(options, device)
+        self.module = module
+        self._graphs: list[Any] = []
+
+    def _close(self) -> None:
+        self._graphs.clear()
+
+    def _compute(self, device_input: torch.Tensor) -> Compute:
+        import torch
+
+        module = self.module
+        side = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
+        # Warm-up runs off the capturing stream (PyTorch's CUDA graph notes): cuDNN autotuning
+        # and lazy initialisation must not be captured.
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(CUDA_GRAPH_WARMUP_ITERATIONS):
+                module(device_input)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # A private memory pool per graph: graphs sharing one may overwrite each other's outputs
+        # unless they replay in capture order, and a benchmark replays them in any order.
+        with torch.cuda.graph(graph), torch.inference_mode():
+            static_outputs = flatten_outputs(module(device_input))
+        self._graphs.append(graph)
+
+        def replay() -> list[torch.Tensor]:
+            graph.replay()
+            return static_outputs
+
+        return replay
+
+
+class CompileRunner(TorchEngineRunner):
+    """torch.compile with static shapes: one compile per input shape, on its first call."""
+
+    kind = "compile"
+
+    def __init__(self, module: torch.nn.Module, options: TorchEngineOptions, device: str) -> None:
+        super().__init__(options, device)
+        self.module = module
+        self._compiled: Any = None
+
+    def _open(self) -> None:
+        import torch
+
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
+        setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+        self._compiled = torch.compile(self.module, mode=self.options.mode, dynamic=False)
+
+    def _close(self) -> None:
+        self._compiled = None
+
+    def _compute(self, device_input: torch.Tensor) -> Compute:
+        import torch
+
+        compiled = self._compiled
+        # reduce-overhead and max-autotune replay CUDA graphs (cudagraph trees); marking each
+        # step lets a replay reuse the previous step's output memory, as an inference loop does.
+        mark_step = self.is_cuda and self.options.mode in ("reduce-overhead", "max-autotune")
+
+        def compute() -> list[torch.Tensor]:
+            if mark_step:
+                torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+            with torch.inference_mode():
+                return flatten_outputs(compiled(device_input))
+
+        for _ in range(COMPILE_WARMUP_CALLS):  # the first call compiles; later ones record the graph
+            compute()
+        return compute
+
+
+def open_engine(engine: torch.nn.Module | bytes, options: TorchEngineOptions, device: str) -> TorchEngineRunner:
+    """A runner for `engine`: a module for eager / cuda_graph / compile, package bytes for aoti.
+
+    Modules go through prepare_module here (in place), so a runner never runs a module in
+    other settings than its options say.
+    """
+    if options.kind == "aoti":
+        if not isinstance(engine, bytes | bytearray):
+            raise TypeError("kind aoti runs a package (AotiPackage.data from build_aoti_package), not a module")
+        from workers.torch_aoti import AotiRunner
+
+        return AotiRunner(bytes(engine), device, options)
+    if isinstance(engine, bytes | bytearray):
+        raise TypeError(f"kind {options.kind} runs a torch.nn.Module, not package bytes")
+    runners: dict[str, type[EagerRunner] | type[CudaGraphRunner] | type[CompileRunner]] = {
+        "eager": EagerRunner,
+        "cuda_graph": CudaGraphRunner,
+        "compile": CompileRunner,
+    }
+    runner_type = runners[options.kind]
+    options.check_device(device)
+    return runner_type(prepare_module(engine, options, device), options, device)
