@@ -32,7 +32,7 @@ from workers import fidelity, precision
 from workers.bench import BenchSettings, measure
 from workers.calibration import Samples, SamplesReader, load_images, split
 from workers.models import export
-from workers.records import ModelRef, Preprocess
+from workers.structs import ModelRef, Preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = 5

@@ -31,7 +31,7 @@ from workers import stages  # noqa: E402
 from farm.driver import load_rows  # noqa: E402
 from farm.plan import data_refs  # noqa: E402
 from workers.device import describe  # noqa: E402
-from workers.records import BuildRequest  # noqa: E402
+from workers.structs import BuildRequest  # noqa: E402
 
 MODELS = {
     # seconds of farm bookkeeping against milliseconds of work: the worst case for the farm
@@ -62,8 +62,8 @@ def direct(spec: SweepSpec) -> float:
 
     for options in option_grid(spec.backends.onnxruntime):  # type: ignore[arg-type]
         engine = stages.build_engine(BuildRequest(model, "fp32", "onnxruntime", options, target, (1,)), exported.onnx_bytes, None)
-        stages.benchmark_engine(engine.plan, engine.manifest, 1, spec.benchmark.settings())
-        stages.engine_fidelity(engine.plan, engine.manifest, inputs, reference, 1)
+        stages.benchmark_engine(engine.data, engine.manifest, 1, spec.benchmark.settings())
+        stages.engine_fidelity(engine.data, engine.manifest, inputs, reference, 1)
     return time.perf_counter() - started
 
 

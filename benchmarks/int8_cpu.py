@@ -36,7 +36,7 @@ from workers.bench import BenchSettings, measure
 from workers.calibration import SamplesReader, load_images
 from workers.device import describe
 from workers.models import export
-from workers.records import ModelRef, Preprocess
+from workers.structs import ModelRef, Preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.digits_model

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workers.backends.tensorrt import BuildError, TensorRTBackend  # noqa: E402
 from workers.models import export  # noqa: E402
-from workers.records import BuildRequest, ModelRef, Target  # noqa: E402
+from workers.structs import BuildRequest, ModelRef, Target  # noqa: E402
 
 MODELS = (
     ModelRef("resnet18", "torchvision:resnet18", None, (3, 224, 224)),

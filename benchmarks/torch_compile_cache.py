@@ -40,7 +40,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from torch._dynamo.utils import counters
 
     from workers.models import load_module
-    from workers.records import ModelRef
+    from workers.structs import ModelRef
     from workers.torch_compile_cache import export_compile_caches, import_compile_caches
     from workers.torch_engines import TorchEngineOptions, open_engine
 

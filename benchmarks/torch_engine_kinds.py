@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workers.bench import BenchSettings, measure  # noqa: E402
 from workers.models import load_module  # noqa: E402
-from workers.records import ModelRef  # noqa: E402
+from workers.structs import ModelRef  # noqa: E402
 from workers.torch_aoti import build_aoti_package, check_aoti_package  # noqa: E402
 from workers.device import gpu_clocks  # noqa: E402
 from workers.torch_compile_cache import export_compile_caches, import_compile_caches  # noqa: E402

@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from dashboard import queries
-from farm.export import engine_bundle, engine_bytes
+from farm.delivery import engine_bundle, engine_bytes
 from farm.select import Candidate, candidates
 from farm.store import Store, StoreLocation, open_store
 

@@ -41,7 +41,7 @@ def one_line_errors() -> Iterator[None]:
     from sqlalchemy.exc import OperationalError
 
     from farm.cluster import ClusterError
-    from farm.export import ExportError
+    from farm.delivery import ExportError
     from farm.spec import SpecError
     from workers.calibration import CalibrationDataError
 

@@ -16,7 +16,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from farm.plan import TargetGroup
 from workers.backends import BACKENDS
 from workers.device import DeviceInfo, describe
-from workers.records import Target
+from workers.structs import Target
 
 
 RTX_VERSION_KEY = "tensorrt-rtx"

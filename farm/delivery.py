@@ -1,95 +1,445 @@
-"""`farm dashboard`, `farm pull` and `farm export triton`: the commands that hand results to people and servers.
+"""Deliver engines: a bundle (engine + manifest.json), a verified copy on disk, a Triton model repository.
 
-farm.cli calls `register(app)`; this module does not import farm.cli, so either can be
-imported first.
+Every path out of the store checks the engine's sha256 while it streams, so a corrupt or
+missing artifact is an error, never a silently broken deployment. Nothing here imports
+`workers`: the dashboard builds its downloads with these functions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
-import sys
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Any
 
-import typer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from farm.cli_common import DataDir, DbUrl, FloorOption, ObjectiveOption, checked_objective, err, fail, one_line_errors, out, results_store
-from farm.store import StoreLocation
+from farm.select import Candidate, Objective, candidates, winners
+from farm.store import Store, schema
 
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-
-def dashboard(
-    host: Annotated[str, typer.Option(help="Address to listen on; loopback unless you mean to share it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
-    data_dir: DataDir = None,
-    db_url: DbUrl = None,
-) -> None:
-    """Open the results in a browser: sweeps, results, winners, engines (Streamlit, read-only)."""
-    location = StoreLocation.resolve(data_dir, db_url)
-    env = os.environ | {"FARM_DATA_DIR": str(location.data_dir), "FARM_DB_URL": location.url}
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.headless=true", f"--server.address={host}", f"--server.port={port}",
-        "--browser.gatherUsageStats=false", "--server.fileWatcherType=none", "--client.toolbarMode=viewer",
-    ]
-    err.print(f"farm dashboard on http://{host}:{port} reading {location.url}", highlight=False, markup=False)
-    # Become the Streamlit server (same pid), so stopping `farm dashboard` stops it.
-    os.execvpe(command[0], command, env)
+ENGINE_SUFFIX = {"tensorrt": ".plan", "onnxruntime": ".onnx", "torch": ".pt"}
+CHUNK = 1 << 20
+TRITON_DTYPES = {
+    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32",
+    "uint64": "TYPE_UINT64", "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
+    "bfloat16": "TYPE_BF16", "string": "TYPE_STRING",
+}
 
 
-def pull(
-    model: Annotated[str, typer.Argument(help="Model name, as in the sweep spec.")],
-    target: Annotated[str, typer.Option(help="Target id, or a unique part of one: 'NVIDIA H200', 'sm_89', 'cpu'.")],
-    objective: ObjectiveOption = "p50",
-    min_top1_agreement: FloorOption = 0.99,
-    batch: Annotated[int | None, typer.Option(help="Batch size the winner is chosen at; default the smallest (largest for throughput).")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the engine and manifest.json; default ./<bundle name>.")] = None,
-    data_dir: DataDir = None,
-    db_url: DbUrl = None,
-) -> None:
-    """Write the winning engine of MODEL on a target and its manifest.json, checking the engine's sha256."""
-    from farm.export import load_engine, pick_winner, write_engine
-
-    with one_line_errors():
-        store = results_store(data_dir, db_url)
-        with store.session() as s:
-            winner = pick_winner(s, model, target, checked_objective(objective), min_top1_agreement, batch)
-            record = load_engine(s, winner.build_key)
-        engine_path, manifest_path = write_engine(store, winner.build_key, out_dir or Path(record.bundle_name))
-    out.print(f"{winner.label}: batch {winner.batch_size}, p50 {winner.p50_ms:.3f} ms, p99 {winner.p99_ms:.3f} ms, "
-              f"{winner.throughput:.1f} samples/s, top-1 agreement {winner.top1_agreement}", highlight=False, soft_wrap=True, markup=False)
-    out.print(f"engine    {engine_path} (sha256 {record.engine_sha256} verified)", highlight=False, soft_wrap=True, markup=False)
-    out.print(f"manifest  {manifest_path}", highlight=False, soft_wrap=True, markup=False)
+class ExportError(Exception):
+    """A delivery that cannot be made; the message is one line for the terminal or the page."""
 
 
-def export_triton(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder of the Triton model repository (created).")],
-    objective: ObjectiveOption = "p50",
-    min_top1_agreement: FloorOption = 0.99,
-    batch: Annotated[int | None, typer.Option(help="Batch size winners are chosen at; default the smallest (largest for throughput).")] = None,
-    data_dir: DataDir = None,
-    db_url: DbUrl = None,
-) -> None:
-    """Write a Triton model repository: per model, the winning TensorRT engine of every GPU (cc_model_filenames)."""
-    from farm.export import triton_repository
+@dataclass(frozen=True)
+class StoredEngine:
+    """What delivery needs to know about one build."""
 
-    with one_line_errors():
-        store = results_store(data_dir, db_url)
-        repo = triton_repository(store, out_dir, objective=checked_objective(objective), min_top1_agreement=min_top1_agreement,
-                                 batch_size=batch)
-    for model in repo.models:
-        files = ", ".join(f"{cc or 'default'} -> {name}" for cc, name in sorted(model.files.items()))
-        out.print(f"{model.name:<28} {model.platform:<17} max_batch_size {model.max_batch_size:<4} {files}", highlight=False, soft_wrap=True, markup=False)
-    for note in repo.notes:
-        err.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True, markup=False)
-    if not repo.models:
-        raise fail("no model could be exported (see the notes above)", 1)
-    out.print(f"Triton model repository in {out_dir}", highlight=False, markup=False)
+    build_key: str
+    label: str
+    model: str
+    precision: str
+    backend: str
+    backend_version: str | None
+    target: str
+    target_kind: str
+    compute_capability: str | None
+    options: dict[str, Any]
+    manifest: dict[str, Any]
+    engine_sha256: str
+    engine_bytes: int | None
+    batch_sizes: tuple[int, ...]
+    fidelity: dict[str, Any] | None
+    benchmarks: tuple[dict[str, Any], ...]
+
+    @property
+    def engine_file(self) -> str:
+        return "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")
+
+    @property
+    def bundle_name(self) -> str:
+        return f"{self.model}-{self.backend}-{self.precision}-{slug(self.target)}-{self.build_key[:8]}"
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(dashboard)
-    app.command()(pull)
-    export = typer.Typer(no_args_is_help=True, help="Write winners in a serving format.")
-    export.command("triton")(export_triton)
-    app.add_typer(export, name="export")
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def load_engine(session: Session, build_key: str) -> StoredEngine:
+    build = session.get(schema.Build, build_key)
+    if build is None:
+        raise ExportError(f"no build {build_key}")
+    if build.status != "ok" or not build.engine_sha256:
+        raise ExportError(f"build {build.label} has no engine (status {build.status})")
+    benches = session.scalars(
+        select(schema.Benchmark)
+        .where(schema.Benchmark.build_key == build_key, schema.Benchmark.status == "ok")
+        .order_by(schema.Benchmark.batch_size)
+    ).all()
+    fid = session.scalars(select(schema.Fidelity).where(schema.Fidelity.build_key == build_key, schema.Fidelity.status == "ok")).first()
+    return StoredEngine(
+        build_key=build.key,
+        label=build.label,
+        model=build.variant.model.name,
+        precision=build.variant.precision,
+        backend=build.backend,
+        backend_version=build.backend_version,
+        target=build.target_id,
+        target_kind=build.target.kind,
+        compute_capability=compute_capability(build.target),
+        options=dict(build.options),
+        manifest=dict(build.manifest or {}),
+        engine_sha256=build.engine_sha256,
+        engine_bytes=build.engine_bytes,
+        batch_sizes=tuple(b.batch_size for b in benches),
+        fidelity=None if fid is None else {
+            "samples": fid.samples, "top1_agreement": fid.top1_agreement, "top5_agreement": fid.top5_agreement,
+            "cosine_mean": fid.cosine_mean, "cosine_min": fid.cosine_min, "max_abs_error": fid.max_abs_error,
+        },
+        benchmarks=tuple(
+            {"batch_size": b.batch_size, "latency_p50_ms": b.latency_p50, "latency_p99_ms": b.latency_p99,
+             "throughput": b.throughput, "latency_cv": b.latency_cv}
+            for b in benches
+        ),
+    )
+
+
+def compute_capability(target: schema.Target) -> str | None:
+    """The capability as Triton names it: "9.0" for `NVIDIA H200 / sm_90` and `rtx:sm_90`; None for CPUs."""
+    if target.kind == "cpu":
+        return None
+    if target.compute_capability:
+        return target.compute_capability
+    found = re.search(r"sm_(\d+)(\d)\b", target.id)
+    return f"{found.group(1)}.{found.group(2)}" if found else None
+
+
+def bundle_manifest(record: StoredEngine) -> dict[str, Any]:
+    """The engine's own manifest plus what the farm knows: identity, checksum, measurements."""
+    return record.manifest | {
+        "model": record.model,
+        "backend": record.backend,
+        "backend_version": record.backend_version or record.manifest.get("backend_version"),
+        "target": record.target,
+        "compute_capability": record.compute_capability,
+        "precision": record.precision,
+        "options": record.options,
+        "engine_file": record.engine_file,
+        "engine_sha256": record.engine_sha256,
+        "engine_bytes": record.engine_bytes,
+        "build_key": record.build_key,
+        "label": record.label,
+        "benchmarks": list(record.benchmarks),
+        "fidelity": record.fidelity,
+    }
+
+
+def _verified_chunks(store: Store, sha256: str) -> Iterator[bytes]:
+    """The artifact's bytes in chunks; raises ExportError at the end if they do not hash to sha256."""
+    path = store.artifacts.path(sha256)
+    digest = hashlib.sha256()
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise ExportError(f"engine artifact {sha256} is missing from {store.artifacts.root}") from None
+    with handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+            yield block
+    if digest.hexdigest() != sha256:
+        raise ExportError(f"engine artifact {sha256} is corrupt: its bytes hash to {digest.hexdigest()}")
+
+
+def _copy_verified(store: Store, sha256: str, out: IO[bytes]) -> None:
+    for block in _verified_chunks(store, sha256):
+        out.write(block)
+
+
+def engine_bundle(store: Store, build_key: str) -> bytes:
+    """A ZIP of `<bundle_name>/engine.<ext>` and `<bundle_name>/manifest.json`, checked against sha256.
+
+    Called only when someone downloads (st.download_button's callable), so an engine is read
+    from disk on demand instead of being held in the server's memory on every rerun.
+    """
+    with store.session() as s:
+        record = load_engine(s, build_key)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        # Engines hardly compress; storing them keeps a download as fast as a disk read.
+        info = zipfile.ZipInfo(f"{record.bundle_name}/{record.engine_file}")
+        info.compress_type = zipfile.ZIP_STORED
+        with archive.open(info, "w", force_zip64=(record.engine_bytes or 0) >= 2**31) as entry:
+            _copy_verified(store, record.engine_sha256, entry)
+        archive.writestr(f"{record.bundle_name}/manifest.json", json.dumps(bundle_manifest(record), indent=2),
+                         compress_type=zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+def engine_bytes(store: Store, build_key: str) -> bytes:
+    """The bare engine file, checked against its sha256."""
+    with store.session() as s:
+        record = load_engine(s, build_key)
+    return b"".join(_verified_chunks(store, record.engine_sha256))
+
+
+def _write_verified(store: Store, sha256: str, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=".partial-", delete=False) as tmp:
+        try:
+            _copy_verified(store, sha256, tmp)
+        except BaseException:
+            tmp.close()
+            os.unlink(tmp.name)
+            raise
+    os.chmod(tmp.name, 0o644)  # temporary files are private; a delivered engine is an ordinary file
+    os.replace(tmp.name, destination)
+
+
+def write_engine(store: Store, build_key: str, out_dir: Path) -> tuple[Path, Path]:
+    """Write the engine file and manifest.json into out_dir (the bundle's layout, unzipped)."""
+    with store.session() as s:
+        record = load_engine(s, build_key)
+    engine_path = out_dir / record.engine_file
+    manifest_path = out_dir / "manifest.json"
+    _write_verified(store, record.engine_sha256, engine_path)
+    manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
+    return engine_path, manifest_path
+
+
+def default_batch(batch_sizes: list[int], objective: Objective) -> int:
+    """Latency is read at the smallest batch, throughput at the largest."""
+    return max(batch_sizes) if objective == "throughput" else min(batch_sizes)
+
+
+def pick_winner(
+    session: Session,
+    model: str,
+    target: str,
+    objective: Objective = "p50",
+    min_top1_agreement: float = 0.99,
+    batch_size: int | None = None,
+) -> Candidate:
+    """The winner of one model on one target: `target` is a target id or a unique part of one."""
+    found = candidates(session, model=model)
+    if not found:
+        raise ExportError(f"no benchmarked build of model {model!r}")
+    ids = sorted({c.target for c in found})
+    matched = [t for t in ids if t == target] or [t for t in ids if target.lower() in t.lower()]
+    if not matched:
+        raise ExportError(f"no target matching {target!r} for {model}; known: {', '.join(ids)}")
+    if len(matched) > 1:
+        raise ExportError(f"--target {target!r} matches {len(matched)} targets ({'; '.join(matched)}): be more specific")
+    found = [c for c in found if c.target == matched[0]]
+    sizes = sorted({c.batch_size for c in found})
+    batch = default_batch(sizes, objective) if batch_size is None else batch_size
+    if batch not in sizes:
+        raise ExportError(f"{model} on {matched[0]} was benchmarked at batch sizes {sizes}, not {batch}")
+    best = winners([c for c in found if c.batch_size == batch], objective, min_top1_agreement)
+    if not best:
+        raise ExportError(f"no build of {model} on {matched[0]} reaches top-1 agreement {min_top1_agreement}: lower --min-top1-agreement")
+    return best[0]
+
+
+# --- Triton ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    name: str
+    platform: str
+    kind: str  # KIND_GPU | KIND_CPU
+    max_batch_size: int
+    files: dict[str, str]  # compute capability ("9.0") -> file name in 1/; "" for the default file
+    builds: dict[str, str]  # file name -> build label
+    config: str
+
+
+@dataclass
+class TritonRepository:
+    root: Path
+    models: list[TritonModel] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def triton_repository(
+    store: Store,
+    out_dir: Path,
+    *,
+    objective: Objective = "p50",
+    min_top1_agreement: float = 0.99,
+    batch_size: int | None = None,
+) -> TritonRepository:
+    """Write a Triton model repository of the winners.
+
+    `<model>/`: tensorrt_plan, the fastest eligible TensorRT engine of every GPU target,
+    selected per GPU by `cc_model_filenames`. `<model>_onnxruntime/`: onnxruntime_onnx, the
+    fastest eligible ONNX Runtime build of the CPU target. One Triton model has one platform,
+    so a GPU target whose overall winner is another backend gets its best TensorRT engine and
+    a note; TensorRT-RTX (`rtx:`) engines need the TensorRT-RTX runtime, which Triton's
+    TensorRT backend is not, so they are skipped with a note.
+    """
+    repo = TritonRepository(out_dir)
+    with store.session() as s:
+        found = candidates(s)
+        targets = {t.id: t for t in s.scalars(select(schema.Target))}
+    if not found:
+        raise ExportError("no benchmarked builds: run `farm sweep SPEC` first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for model in sorted({c.model for c in found}):
+        mine = [c for c in found if c.model == model]
+        chosen = _choose(mine, targets, objective, min_top1_agreement, batch_size, repo.notes)
+        gpu = {t: c for t, c in chosen.items() if targets[t].kind == "gpu" and c.backend == "tensorrt"}
+        cpu = {t: c for t, c in chosen.items() if targets[t].kind == "cpu" and c.backend == "onnxruntime"}
+        if gpu:
+            repo.models.append(_write_gpu_model(store, out_dir, model, gpu, targets, repo.notes))
+        if cpu:
+            repo.models.append(_write_cpu_model(store, out_dir, f"{model}_onnxruntime", cpu, repo.notes))
+        if not gpu and not cpu:
+            repo.notes.append(f"{model}: no eligible TensorRT (GPU) or ONNX Runtime (CPU) build; nothing written")
+    return repo
+
+
+def _choose(
+    mine: list[Candidate],
+    targets: dict[str, schema.Target],
+    objective: Objective,
+    floor: float,
+    batch_size: int | None,
+    notes: list[str],
+) -> dict[str, Candidate]:
+    """Per target: the eligible winner among the backends Triton can serve there."""
+    chosen: dict[str, Candidate] = {}
+    for target_id in sorted({c.target for c in mine}):
+        kind = targets[target_id].kind
+        here = [c for c in mine if c.target == target_id]
+        model = here[0].model
+        if kind == "rtx":
+            notes.append(f"{model} @ {target_id}: TensorRT-RTX engines need the TensorRT-RTX runtime; Triton's tensorrt backend cannot load them (skipped)")
+            continue
+        sizes = sorted({c.batch_size for c in here})
+        batch = default_batch(sizes, objective) if batch_size is None else batch_size
+        at_batch = [c for c in here if c.batch_size == batch]
+        if not at_batch:
+            notes.append(f"{model} @ {target_id}: not benchmarked at batch {batch} (skipped)")
+            continue
+        served = "tensorrt" if kind == "gpu" else "onnxruntime"
+        overall = winners(at_batch, objective, floor)
+        best = winners([c for c in at_batch if c.backend == served], objective, floor)
+        if not best:
+            notes.append(f"{model} @ {target_id}: no {served} build reaches top-1 agreement {floor} (skipped)")
+            continue
+        if overall and overall[0].backend != served:
+            notes.append(f"{model} @ {target_id}: the overall winner is {overall[0].backend}; Triton gets the best {served} build ({best[0].label})")
+        chosen[target_id] = best[0]
+    return chosen
+
+
+def _write_gpu_model(
+    store: Store, out_dir: Path, name: str, chosen: dict[str, Candidate], targets: dict[str, schema.Target], notes: list[str]
+) -> TritonModel:
+    by_cc: dict[str, Candidate] = {}
+    for target_id, c in sorted(chosen.items()):
+        cc = compute_capability(targets[target_id])
+        if cc is None:
+            notes.append(f"{name} @ {target_id}: unknown compute capability (skipped)")
+        elif cc in by_cc:
+            notes.append(f"{name}: {target_id} and {by_cc[cc].target} share compute capability {cc}; Triton picks by capability, so {by_cc[cc].target} is used")
+        else:
+            by_cc[cc] = c
+    files = {cc: f"model_sm{cc.replace('.', '')}.plan" for cc in by_cc}
+    return _write_model(store, out_dir, name, "tensorrt_plan", "KIND_GPU", {files[cc]: c for cc, c in by_cc.items()}, files, notes)
+
+
+def _write_cpu_model(store: Store, out_dir: Path, name: str, chosen: dict[str, Candidate], notes: list[str]) -> TritonModel:
+    target_id = sorted(chosen)[0]
+    if len(chosen) > 1:
+        notes.append(f"{name}: {len(chosen)} CPU targets; the winner of {target_id} is used")
+    return _write_model(store, out_dir, name, "onnxruntime_onnx", "KIND_CPU", {"model.onnx": chosen[target_id]}, {"": "model.onnx"}, notes)
+
+
+def _write_model(
+    store: Store,
+    out_dir: Path,
+    name: str,
+    platform: str,
+    kind: str,
+    by_file: dict[str, Candidate],
+    files: dict[str, str],
+    notes: list[str],
+) -> TritonModel:
+    model_dir = out_dir / name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    records = {}
+    with store.session() as s:
+        for file_name, c in by_file.items():
+            records[file_name] = load_engine(s, c.build_key)
+    for file_name, record in records.items():
+        _write_verified(store, record.engine_sha256, model_dir / "1" / file_name)
+        # Non-numeric folders are not versions to Triton, so the manifests can live beside 1/.
+        manifest_path = model_dir / "manifests" / f"{file_name}.json"
+        manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
+    first = records[sorted(records)[0]]
+    signatures = {json.dumps([r.manifest.get("inputs"), r.manifest.get("outputs")], sort_keys=True) for r in records.values()}
+    if len(signatures) > 1:
+        notes.append(f"{name}: the engines' inputs/outputs differ; config.pbtxt follows {first.label}")
+    max_batch = min(max_batch_size(r) for r in records.values())
+    config = config_pbtxt(name, platform, kind, max_batch, first.manifest, files)
+    (model_dir / "config.pbtxt").write_text(config)
+    return TritonModel(name, platform, kind, max_batch, files, {f: r.label for f, r in records.items()}, config)
+
+
+def max_batch_size(record: StoredEngine) -> int:
+    """The engine's batch profile maximum, else a static batch dimension, else its largest benchmarked batch.
+
+    TensorRT manifests carry the profile as extra "profile": {input name: [min, opt, max] batch}.
+    """
+    profile = (record.manifest.get("extra") or {}).get("profile") or {}
+    maxima = [int(shape[2]) for shape in profile.values() if isinstance(shape, list) and len(shape) == 3]
+    if maxima:
+        return min(maxima)
+    inputs = record.manifest.get("inputs") or []
+    if inputs and inputs[0]["shape"] and isinstance(inputs[0]["shape"][0], int):
+        return int(inputs[0]["shape"][0])
+    return max(record.batch_sizes, default=1)
+
+
+def _tensors(section: str, tensors: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{section} ["]
+    for i, tensor in enumerate(tensors):
+        dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in tensor["shape"][1:])
+        dtype = TRITON_DTYPES.get(tensor["dtype"])
+        if dtype is None:
+            raise ExportError(f"tensor {tensor['name']}: no Triton data type for {tensor['dtype']}")
+        lines += ["  {", f"    name: {_quote(tensor['name'])}", f"    data_type: {dtype}", f"    dims: [ {dims} ]",
+                  "  }" + ("," if i < len(tensors) - 1 else "")]
+    return lines + ["]"]
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def config_pbtxt(name: str, platform: str, kind: str, max_batch: int, manifest: dict[str, Any], files: dict[str, str]) -> str:
+    """Triton's ModelConfig in protobuf text format; dims leave out the batch axis (max_batch_size > 0)."""
+    if not manifest.get("inputs") or not manifest.get("outputs"):
+        raise ExportError(f"{name}: the engine's manifest does not describe its inputs and outputs")
+    lines = [f"name: {_quote(name)}", f"platform: {_quote(platform)}", f"max_batch_size: {max_batch}"]
+    lines += _tensors("input", manifest["inputs"]) + _tensors("output", manifest["outputs"])
+    lines += ["instance_group [", "  {", "    count: 1", f"    kind: {kind}", "  }", "]"]
+    for cc, file_name in sorted(files.items()):
+        if cc:
+            lines.append(f"cc_model_filenames {{ key: {_quote(cc)} value: {_quote(file_name)} }}")
+        else:
+            lines.append(f"default_model_filename: {_quote(file_name)}")
+    return "\n".join(lines) + "\n"

@@ -45,7 +45,7 @@ from farm.spec import SpecError, SweepSpec
 from farm.store.db import Store
 from farm.store.record import Produced, Recorder
 from workers.calibration import CalibrationDataError, Samples, load_inputs, load_labels
-from workers.records import Manifest, Preprocess
+from workers.structs import Manifest, Preprocess
 
 # Events the driver reports while it runs: (stage, state, job, error); state is done|cached|failed|blocked.
 Listener = Callable[[str, str, Job, str | None], None]

@@ -19,7 +19,7 @@ from workers.backends import BACKENDS
 from workers.backends.base import int8_layout, version_key
 from workers.bench import BenchSettings
 from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS
-from workers.records import BuildRequest, ModelRef, Preprocess, Target
+from workers.structs import BuildRequest, ModelRef, Preprocess, Target
 
 KEY_VERSION = 1  # bump to invalidate every cached result after a change in what a stage computes
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workers.bench import BenchSettings
-from workers.records import ModelRef, Preprocess
+from workers.structs import ModelRef, Preprocess
 
 
 class SpecError(ValueError):

@@ -26,7 +26,7 @@ import ray
 from workers import stages
 from workers.backends.base import BuildContext
 from workers.bench import BenchSettings
-from workers.records import BuildRequest, Manifest, ModelRef
+from workers.structs import BuildRequest, Manifest, ModelRef
 
 LOG_LIMIT = 200_000  # characters of log kept per job
 
@@ -92,12 +92,12 @@ def _export(model: ModelRef) -> tuple[Any, dict[str, bytes]]:
     return exported.info, blobs
 
 
-def _reference(variant: bytes, inputs: np.ndarray, batch_size: int, task: str) -> tuple[Any, dict[str, bytes]]:
-    return {"samples": len(inputs)}, {"reference": stages.reference_outputs(variant, inputs, batch_size, task)}
+def _reference(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str) -> tuple[Any, dict[str, bytes]]:
+    return {"samples": len(inputs)}, {"reference": stages.reference_outputs(fp32, inputs, batch_size, task)}
 
 
-def _calibrate(variant: bytes, inputs: np.ndarray, method: str, percentile: float) -> tuple[Any, dict[str, bytes]]:
-    ranges = stages.calibrate_model(variant, inputs, method, percentile)
+def _calibrate(fp32: bytes, inputs: np.ndarray, method: str, percentile: float) -> tuple[Any, dict[str, bytes]]:
+    ranges = stages.calibrate_model(fp32, inputs, method, percentile)
     return {"samples": ranges.samples, "tensors": len(ranges.tensors), "seconds": ranges.seconds}, {"ranges": ranges.to_bytes()}
 
 
@@ -108,8 +108,8 @@ def _variant(fp32: bytes, precision: str, data: dict[str, Any], settings: dict[s
 
 def _build(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext) -> tuple[Any, dict[str, bytes]]:
     engine = stages.build_engine(request, variant, checkpoint, context)
-    blobs = {"engine": engine.plan}
-    engine.plan = b""  # the bytes travel once, as a blob
+    blobs = {"engine": engine.data}
+    engine.data = b""  # the bytes travel once, as a blob
     if cache := getattr(engine, "timing_cache", None):
         blobs["timing_cache"] = cache
         engine.timing_cache = None  # type: ignore[attr-defined]
@@ -145,13 +145,13 @@ def export_task(model: ModelRef) -> Outcome:
 
 
 @ray.remote(num_cpus=1)
-def reference_task(variant: bytes, inputs: np.ndarray, batch_size: int, task: str) -> Outcome:
-    return run_stage(_reference, variant, inputs, batch_size, task)
+def reference_task(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str) -> Outcome:
+    return run_stage(_reference, fp32, inputs, batch_size, task)
 
 
 @ray.remote(num_cpus=1)
-def calibrate_task(variant: bytes, inputs: np.ndarray, method: str, percentile: float) -> Outcome:
-    return run_stage(_calibrate, variant, inputs, method, percentile)
+def calibrate_task(fp32: bytes, inputs: np.ndarray, method: str, percentile: float) -> Outcome:
+    return run_stage(_calibrate, fp32, inputs, method, percentile)
 
 
 @ray.remote(num_cpus=1)
@@ -181,13 +181,13 @@ def build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None, 
 
 
 @ray.remote
-def benchmark_task(plan: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings) -> Outcome:
-    return run_stage(stages.benchmark_engine, plan, manifest, batch_size, settings)
+def benchmark_task(engine: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings) -> Outcome:
+    return run_stage(stages.benchmark_engine, engine, manifest, batch_size, settings)
 
 
 @ray.remote(num_cpus=1)
 def fidelity_task(
-    plan: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int, labels: np.ndarray | None,
+    engine: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int, labels: np.ndarray | None,
     task: str, box_score_threshold: float,
 ) -> Outcome:
-    return run_stage(stages.engine_fidelity, plan, manifest, inputs, reference, batch_size, labels, task, box_score_threshold)
+    return run_stage(stages.engine_fidelity, engine, manifest, inputs, reference, batch_size, labels, task, box_score_threshold)

@@ -138,7 +138,7 @@ def outlier_digits_cnn() -> nn.Module:
 def export_onnx(factory: str = "trained_digits_cnn") -> bytes:
     """The ONNX the farm's export stage makes from one of this module's factories."""
     from workers.models import export
-    from workers.records import ModelRef
+    from workers.structs import ModelRef
 
     return export(ModelRef("digits", f"{__name__}:{factory}", None, INPUT_SHAPE)).onnx_bytes
 

@@ -1,6 +1,6 @@
 """A realistic farm store for dashboard and delivery tests: real SQLite through farm.store, real artifact files.
 
-The rows look like what the driver writes (labels, manifests from workers.records.Manifest,
+The rows look like what the driver writes (labels, manifests from workers.structs.Manifest,
 raw timings, fidelity against fp32, sweeps with their jobs), and the numbers are designed so
 tests can predict the winners. In every (model, target, batch size) group:
 
@@ -27,7 +27,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from farm.store import Store, StoreLocation, open_store, schema
-from workers.records import Manifest, TensorSpec
+from workers.structs import Manifest, TensorSpec
 
 H200 = "NVIDIA H200 / sm_90"
 L4 = "NVIDIA L4 / sm_89"

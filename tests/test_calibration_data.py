@@ -18,7 +18,7 @@ from workers.calibration import (
     load_labels,
     split,
 )
-from workers.records import Preprocess
+from workers.structs import Preprocess
 
 PHOTOS = Path(__file__).resolve().parent.parent / "calibration_data"
 SMALL = Preprocess(resize=40, crop=32)

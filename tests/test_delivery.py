@@ -1,4 +1,4 @@
-"""Delivery on a seeded store: the engine bundle, `farm pull`, `farm export triton` and the Pareto front."""
+"""Delivery on a seeded store: the engine bundle, `farm pull`, `farm deliver triton` and the Pareto front."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from typer.testing import CliRunner
 
 from farm.cli import app
-from farm.export import ExportError, engine_bundle, write_engine
+from farm.delivery import ExportError, engine_bundle, write_engine
 from farm.select import candidates, pareto_front, winners
 from farm.store import Store, open_store
 from tests.seed import CPU, H200, L4, TRT_O3, TRT_O5, Seeded, seed
@@ -201,7 +201,7 @@ def test_the_config_checker_is_strict() -> None:
 
 def test_export_triton(seeded: Seeded, tmp_path: Path) -> None:
     out = tmp_path / "repo"
-    result = runner.invoke(app, ["export", "triton", "--out", str(out), "--data-dir", str(seeded.location.data_dir)])
+    result = runner.invoke(app, ["deliver", "triton", "--out", str(out), "--data-dir", str(seeded.location.data_dir)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [
         "efficientnet_b0", "efficientnet_b0_onnxruntime", "mobilenet_v3_large", "mobilenet_v3_large_onnxruntime",
@@ -230,6 +230,7 @@ def test_export_triton(seeded: Seeded, tmp_path: Path) -> None:
 
 
 def test_export_triton_follows_the_objective(seeded: Seeded, tmp_path: Path) -> None:
+    """Through `farm export triton`, the first name of `farm deliver triton`: scripts written for it still run."""
     out = tmp_path / "repo"
     result = runner.invoke(app, ["export", "triton", "--out", str(out), "--objective", "throughput",
                                  "--min-top1-agreement", "0.98", "--data-dir", str(seeded.location.data_dir)])

@@ -7,7 +7,7 @@ from pathlib import Path
 from farm.plan import BenchmarkJob, BuildJob, FidelityJob, TargetGroup, expand
 from farm.spec import load_spec
 from tests.conftest import write_spec
-from workers.records import Target
+from workers.structs import Target
 
 CPU = TargetGroup(Target("cpu", "Test CPU (x86_64, avx2)"), ("node-a",), {"onnxruntime": "1.0", "torch": "2.0"})
 GPU = TargetGroup(Target("gpu", "NVIDIA H200", "9.0"), ("node-b",), {"torch": "2.0"})

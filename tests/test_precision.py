@@ -18,7 +18,7 @@ from workers import fidelity, precision
 from workers.calibration import SamplesReader
 from workers.device import CpuInfo, describe
 from workers.models import export
-from workers.records import ModelRef
+from workers.structs import ModelRef
 
 from tests import digits_model
 

@@ -13,7 +13,7 @@ from farm.plan import ExportJob, content_key
 from farm.store import StoreLocation, open_store, schema
 from farm.store.record import Recorder
 from farm.tasks import Outcome
-from workers.records import ExportInfo, ModelRef, TensorSpec
+from workers.structs import ExportInfo, ModelRef, TensorSpec
 
 
 def test_migrations_match_the_orm(store) -> None:  # type: ignore[no-untyped-def]

@@ -29,7 +29,7 @@ from workers.backends.tensorrt import (
     plan_flavour,
 )
 from workers.models import Exported, export
-from workers.records import BuildRequest, ModelRef, Target, TensorSpec
+from workers.structs import BuildRequest, ModelRef, Target, TensorSpec
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'farm[rtx]')")
 
@@ -78,8 +78,8 @@ def test_registry_and_availability() -> None:
 
 def test_rtx_fp32_engines_for_two_targets(resnet: Exported, resnet_engines: dict[str, TensorRTEngine]) -> None:
     for name, engine in resnet_engines.items():
-        assert engine.plan[:4] == RTX_PLAN_MAGIC == b"vtrt"
-        assert plan_flavour(engine.plan) == "rtx"
+        assert engine.data[:4] == RTX_PLAN_MAGIC == b"vtrt"
+        assert plan_flavour(engine.data) == "rtx"
         m = engine.manifest
         assert (m.backend, m.backend_version, m.target, m.precision, m.model) == (
             "tensorrt", f"rtx {trt.__version__}", f"rtx:{name}", "fp32", "resnet18"
@@ -88,18 +88,18 @@ def test_rtx_fp32_engines_for_two_targets(resnet: Exported, resnet_engines: dict
         assert m.inputs == [TensorSpec("input", ("batch", 3, 224, 224), "float32")]
         assert m.outputs == [TensorSpec("output", ("batch", 1000), "float32")]
         assert m.variant_sha256 == hashlib.sha256(resnet.onnx_bytes).hexdigest()
-        assert m.engine_sha256 == hashlib.sha256(engine.plan).hexdigest()
+        assert m.engine_sha256 == hashlib.sha256(engine.data).hexdigest()
         extra = m.extra
         assert extra["flavour"] == "rtx" and extra["tensorrt_version"] == trt.__version__
         assert extra["compute_capabilities"] == [name]
         assert extra["profile"] == {"input": [1, 8, 8]}
         assert extra["optimization_level"] == 3 and extra["workspace_bytes"] is None
-        assert extra["plan_bytes"] == len(engine.plan) > 10_000_000  # resnet18's fp32 weights alone are 46 MB
+        assert extra["plan_bytes"] == len(engine.data) > 10_000_000  # resnet18's fp32 weights alone are 46 MB
         assert extra["network_layers"] > 40
         assert "Building engine" in [p["phase"] for p in extra["progress"]]
         assert engine.timing_cache is None
         assert engine.seconds > 0
-        assert (engine.peak_host_memory_bytes or 0) > len(engine.plan)  # the builder holds the plan, then farm copies it
+        assert (engine.peak_host_memory_bytes or 0) > len(engine.data)  # the builder holds the plan, then farm copies it
         assert "[INFO] Engine generation completed" in engine.log and "[VERBOSE]" in engine.log
         assert "Number of target compute capabilities: 1" in engine.log
 
@@ -110,7 +110,7 @@ def test_one_engine_for_several_compute_capabilities(tiny: Exported) -> None:
     assert engine.manifest.extra["compute_capabilities"] == ["sm_86", "sm_89", "sm_120"]
     assert "Number of target compute capabilities: 3" in engine.log
     single = TensorRTBackend().build(request(TINY, SM89), tiny.onnx_bytes, None)
-    assert len(engine.plan) > len(single.plan)  # each capability adds its own code for a small net
+    assert len(engine.data) > len(single.data)  # each capability adds its own code for a small net
 
 
 def test_unsupported_compute_capability_names_the_supported_ones(tiny: Exported) -> None:
@@ -126,7 +126,7 @@ def test_workspace_and_optimization_level_on_rtx(tiny: Exported) -> None:
     # RTX acts on level 0 (one tactic, no gemm fusions) and says so, yet the plan keeps its size.
     assert "Set number of tactics to 1 at optimization level 0" in level0.log
     assert "at optimization level" not in level3.log
-    assert len(level0.plan) == len(level3.plan)
+    assert len(level0.data) == len(level3.data)
 
     roomy = backend.build(request(TINY, SM89, {"workspace": "64MiB"}), tiny.onnx_bytes, None)
     assert roomy.manifest.extra["workspace_bytes"] == 64 << 20
@@ -224,13 +224,13 @@ def test_fp16_and_int8_variants_build_smaller(resnet: Exported, resnet_engines: 
 
     fp16 = float16.convert_float_to_float16(onnx.load_from_string(resnet.onnx_bytes), keep_io_types=True).SerializeToString()
     int8 = _int8_variant(resnet.onnx_bytes, tmp_path)
-    sizes = {"fp32": len(resnet_engines["sm_89"].plan)}
+    sizes = {"fp32": len(resnet_engines["sm_89"].data)}
     for precision, variant in (("fp16", fp16), ("int8", int8)):
         engine = TensorRTBackend().build(request(RESNET, SM89, precision=precision), variant, None)
-        assert plan_flavour(engine.plan) == "rtx"
+        assert plan_flavour(engine.data) == "rtx"
         assert engine.manifest.precision == precision
         assert engine.manifest.inputs == [TensorSpec("input", ("batch", 3, 224, 224), "float32")]  # keep_io_types / Q/DQ inside
-        sizes[precision] = len(engine.plan)
+        sizes[precision] = len(engine.data)
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
     assert sizes["fp16"] < 0.6 * sizes["fp32"] and sizes["int8"] < 0.4 * sizes["fp32"]
 
@@ -278,7 +278,7 @@ def test_runner_needs_a_gpu_and_says_why(resnet_engines: dict[str, TensorRTEngin
         pytest.skip("a CUDA device is visible here; this test covers CPU-only machines")
     engine = resnet_engines["sm_89"]
     with pytest.raises(BackendUnavailable, match=r"TensorRT \(rtx\) .* cannot load this engine here: .*CUDA"):
-        with TensorRTBackend().open(engine.plan, engine.manifest):
+        with TensorRTBackend().open(engine.data, engine.manifest):
             pass
 
 
@@ -321,8 +321,8 @@ class CollectingMessages(list):
         super().append(item)
 
 
-record = tensorrt.BuildRecord
-tensorrt.BuildRecord = lambda: (lambda r: (setattr(r, "messages", CollectingMessages()), r)[1])(record())
+record = tensorrt.BuildLog
+tensorrt.BuildLog = lambda: (lambda r: (setattr(r, "messages", CollectingMessages()), r)[1])(record())
 tensorrt.TensorRTBackend().build(request(TINY, SM89), tiny.onnx_bytes, None)
 print("built")
 """

@@ -15,7 +15,7 @@ from workers.calibration import CalibrationDataError, load_images
 from workers.device import describe
 from workers.fidelity import compare
 from workers.models import ModelSourceError, export
-from workers.records import BuildRequest, ModelRef, Preprocess
+from workers.structs import BuildRequest, ModelRef, Preprocess
 from tests.conftest import CALIBRATION_DATA
 
 RESNET = ModelRef("resnet18", "torchvision:resnet18", None, (3, 224, 224))
@@ -91,14 +91,14 @@ def test_build_benchmark_fidelity(exported, images: np.ndarray, backend: str, op
     assert len(engine.manifest.engine_sha256) == 64
     assert engine.manifest.inputs[0].shape[1:] == (3, 224, 224)
 
-    timings = stages.benchmark_engine(engine.plan, engine.manifest, 4, FAST)
+    timings = stages.benchmark_engine(engine.data, engine.manifest, 4, FAST)
     assert timings.iterations >= 3 == FAST.min_iterations
     assert len(timings.raw_ms) == timings.iterations
     assert timings.latency.min <= timings.latency.median <= timings.latency.p99 <= timings.latency.max
     assert timings.throughput == pytest.approx(4 * timings.iterations / timings.wall_s)
 
     reference = stages.reference_outputs(exported.onnx_bytes, images, 4)
-    fidelity = stages.engine_fidelity(engine.plan, engine.manifest, images, reference, 4)
+    fidelity = stages.engine_fidelity(engine.data, engine.manifest, images, reference, 4)
     assert fidelity.samples == len(images)
     assert fidelity.top1_agreement == 1.0
     assert fidelity.cosine_min > 0.9999

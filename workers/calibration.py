@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from workers.records import Preprocess
+from workers.structs import Preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 ARRAY_SUFFIXES = {".npy", ".npz"}

@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.records import Target
+from workers.structs import Target
 
 # Instruction sets that change which kernels ONNX Runtime and PyTorch pick, best first. VNNI is a
 # level of its own: with it, x86 int8 dot products accumulate in 32 bits; without it they saturate

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from workers.records import ExportInfo, ModelRef, TensorSpec
+from workers.structs import ExportInfo, ModelRef, TensorSpec
 
 BATCH_AXIS = "batch"
 

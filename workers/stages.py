@@ -23,7 +23,7 @@ from workers.calibration import SamplesReader
 from workers.detection import DetectionFidelity, Detections, compare_detections
 from workers.fallback import Threshold, find_fallback
 from workers.models import Exported, export
-from workers.records import BuildRequest, Engine, Manifest, ModelRef
+from workers.structs import BuildRequest, Engine, Manifest, ModelRef
 
 __all__ = [
     "export_model",
@@ -40,11 +40,11 @@ def export_model(model: ModelRef, onnx_file: bytes | None = None) -> Exported:
     return export(model, onnx_file)
 
 
-def reference_outputs(variant: bytes, inputs: np.ndarray, batch_size: int, task: str = "classification") -> bytes:
+def reference_outputs(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str = "classification") -> bytes:
     """The fp32 model's outputs on `inputs` from ONNX Runtime's CPU provider (the reference), as .npz bytes."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(variant, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     if task == "detection":
         return pack_detections([_detections(session.run(None, {name: x[None]})) for x in inputs])
@@ -52,10 +52,10 @@ def reference_outputs(variant: bytes, inputs: np.ndarray, batch_size: int, task:
     return _npz(outputs=outputs)
 
 
-def calibrate_model(variant: bytes, inputs: np.ndarray, method: str, percentile: float) -> precision_.CalibrationRanges:
+def calibrate_model(fp32: bytes, inputs: np.ndarray, method: str, percentile: float) -> precision_.CalibrationRanges:
     """Activation ranges over the calibration rows: the only stage that runs a calibrator."""
-    name, batch = _input(variant)
-    return precision_.calibrate(variant, SamplesReader(inputs, name, batch_size=batch or 8), method, percentile)  # type: ignore[arg-type]
+    name, batch = _input(fp32)
+    return precision_.calibrate(fp32, SamplesReader(inputs, name, batch_size=batch or 8), method, percentile)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -149,21 +149,21 @@ def build_engine(request: BuildRequest, variant: bytes, checkpoint: bytes | None
     if request.variant:
         engine.manifest.extra["variant"] = dict(request.variant)
     engine.manifest.variant_sha256 = hashlib.sha256(variant).hexdigest()
-    engine.manifest.engine_sha256 = hashlib.sha256(engine.plan).hexdigest()
+    engine.manifest.engine_sha256 = hashlib.sha256(engine.data).hexdigest()
     return engine
 
 
-def benchmark_engine(plan: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings) -> Timings:
-    with get_backend(manifest.backend).open(plan, manifest) as runner:
+def benchmark_engine(engine: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings) -> Timings:
+    with get_backend(manifest.backend).open(engine, manifest) as runner:
         step = runner.prepare(random_feeds(runner.inputs, batch_size))
         return measure(step, batch_size, settings, synchronize=runner.synchronize, gpu_timer=runner.gpu_timer())
 
 
 def engine_fidelity(
-    plan: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int,
+    engine: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int,
     labels: np.ndarray | None = None, task: str = "classification", box_score_threshold: float = 0.5,
 ) -> fidelity_.Fidelity | DetectionFidelity:
-    with get_backend(manifest.backend).open(plan, manifest) as runner:
+    with get_backend(manifest.backend).open(engine, manifest) as runner:
         name = runner.inputs[0].name
         dtype = runner.inputs[0].dtype
         if task == "detection":

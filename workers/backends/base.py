@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from workers.bench import GpuTimer
-from workers.records import BuildRequest, Engine, Manifest, Target, TensorSpec
+from workers.structs import BuildRequest, Engine, Manifest, Target, TensorSpec
 
 
 class BackendUnavailable(RuntimeError):
@@ -81,7 +81,7 @@ class Backend(Protocol):
 
     def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine: ...
 
-    def open(self, plan: bytes, manifest: Manifest) -> Runner: ...
+    def open(self, engine: bytes, manifest: Manifest) -> Runner: ...
 
 
 def random_feeds(inputs: list[TensorSpec], batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:

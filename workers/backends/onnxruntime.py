@@ -15,7 +15,7 @@ import numpy as np
 from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext
 from workers.bench import GpuTimer
 from workers.precision import cpu_graph_optimization, onnxruntime_int8_layout
-from workers.records import BuildRequest, Engine, Manifest, TensorSpec
+from workers.structs import BuildRequest, Engine, Manifest, TensorSpec
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -78,7 +78,7 @@ class OnnxRuntimeBackend:
             so = _session_options(request.options, level)
             so.optimized_model_filepath = os.fspath(optimized)
             session = ort.InferenceSession(variant, so, providers=["CPUExecutionProvider"])
-            plan = optimized.read_bytes()
+            optimized_model = optimized.read_bytes()
         manifest = Manifest(
             backend=self.name,
             backend_version=ort.__version__,
@@ -91,15 +91,15 @@ class OnnxRuntimeBackend:
             variant_sha256="",
             extra={"providers": session.get_providers(), **notes},
         )
-        return Engine(plan=plan, manifest=manifest, seconds=time.perf_counter() - started)
+        return Engine(data=optimized_model, manifest=manifest, seconds=time.perf_counter() - started)
 
-    def open(self, plan: bytes, manifest: Manifest) -> OnnxRuntimeRunner:
-        return OnnxRuntimeRunner(plan, manifest)
+    def open(self, engine: bytes, manifest: Manifest) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(engine, manifest)
 
 
 class OnnxRuntimeRunner:
-    def __init__(self, plan: bytes, manifest: Manifest) -> None:
-        self._plan = plan
+    def __init__(self, engine: bytes, manifest: Manifest) -> None:
+        self._engine = engine
         self._options = manifest.options
         self.inputs = manifest.inputs
         self.outputs = manifest.outputs
@@ -108,9 +108,9 @@ class OnnxRuntimeRunner:
     def __enter__(self) -> OnnxRuntimeRunner:
         import onnxruntime as ort
 
-        # The plan is already optimised at the build's level; optimising again would only cost load time.
+        # The model is already optimised at the build's level; optimising again would only cost load time.
         so = _session_options(self._options, "disable")
-        self._session = ort.InferenceSession(self._plan, so, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(self._engine, so, providers=["CPUExecutionProvider"])
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 from workers import cuda
 from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext, ProgressCallback
 from workers.bench import GpuTimer
-from workers.records import BuildRequest, Engine, Manifest, Target, TensorSpec
+from workers.structs import BuildRequest, Engine, Manifest, Target, TensorSpec
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -230,7 +230,7 @@ class Phase:
 
 
 @dataclass
-class BuildRecord:
+class BuildLog:
     """What the builder said (severity, text) and the phases its progress monitor went through."""
 
     messages: list[tuple[str, str]] = field(default_factory=list)
@@ -245,7 +245,7 @@ class BuildRecord:
 
 
 def _listeners(
-    module: ModuleType, record: BuildRecord, min_severity: str, progress: ProgressCallback | None
+    module: ModuleType, record: BuildLog, min_severity: str, progress: ProgressCallback | None
 ) -> tuple[trt.ILogger, trt.IProgressMonitor]:
     """A logger and a progress monitor of the chosen module that write into `record`."""
     if TYPE_CHECKING:
@@ -366,7 +366,7 @@ class TensorRTBackend:
         if not request.batch_sizes or min(request.batch_sizes) < 1:
             raise ValueError(f"batch sizes {request.batch_sizes}: expected at least one positive size")
         module = import_flavour(options.flavour)
-        record = BuildRecord()
+        record = BuildLog()
         started = time.perf_counter()
         with PeakMemory() as memory, _collected_outside_callbacks():
             built = _build(module, request, variant, options, record, self.log_severity, context)
@@ -409,7 +409,7 @@ class TensorRTBackend:
             extra=extra,
         )
         return TensorRTEngine(
-            plan=built.plan,
+            data=built.plan,
             manifest=manifest,
             log=record.text(),
             seconds=seconds,
@@ -417,8 +417,8 @@ class TensorRTBackend:
             timing_cache=built.timing_cache,
         )
 
-    def open(self, plan: bytes, manifest: Manifest) -> TensorRTRunner:
-        return TensorRTRunner(plan, manifest)
+    def open(self, engine: bytes, manifest: Manifest) -> TensorRTRunner:
+        return TensorRTRunner(engine, manifest)
 
 
 @contextlib.contextmanager
@@ -455,7 +455,7 @@ def _build(
     request: BuildRequest,
     variant: bytes,
     options: BuildOptions,
-    record: BuildRecord,
+    record: BuildLog,
     log_severity: str,
     context: BuildContext,
 ) -> _Built:
@@ -522,7 +522,7 @@ def _build(
     )
 
 
-def _combined_timing_cache(config: trt.IBuilderConfig, blobs: tuple[bytes, ...], record: BuildRecord) -> trt.ITimingCache:
+def _combined_timing_cache(config: trt.IBuilderConfig, blobs: tuple[bytes, ...], record: BuildLog) -> trt.ITimingCache:
     """One cache from every blob the driver sent: the driver cannot combine them, having no TensorRT."""
     cache = config.create_timing_cache(blobs[0] if blobs else b"")
     for blob in blobs[1:]:
@@ -596,7 +596,7 @@ def _set_compute_capabilities(module: ModuleType, config: Any, names: tuple[str,
             raise ValueError(f"TensorRT-RTX refused compute capability {names[index]}")
 
 
-def _layer_information(module: ModuleType, record: BuildRecord, plan: bytes) -> dict[str, Any] | None:
+def _layer_information(module: ModuleType, record: BuildLog, plan: bytes) -> dict[str, Any] | None:
     """The engine inspector's JSON (per-layer tactics, formats, precisions), where this machine can load the plan."""
     if TYPE_CHECKING:
         import tensorrt as trt
@@ -644,7 +644,7 @@ class TensorRTRunner:
         self.outputs = manifest.outputs
         self._flavour = str(manifest.extra.get("flavour") or plan_flavour(plan) or "datacenter")
         self._graph_replay = bool(manifest.options.get("cuda_graph", False))
-        self._record = BuildRecord()
+        self._record = BuildLog()
         self._module: ModuleType | None = None
         self._stack: ExitStack | None = None
         self._keep: tuple[Any, ...] = ()  # the logger and runtime must outlive the engine

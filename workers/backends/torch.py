@@ -19,7 +19,7 @@ import numpy as np
 from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext
 from workers.bench import GpuTimer
 from workers.models import BATCH_AXIS, load_module
-from workers.records import BuildRequest, Engine, Manifest, ModelRef, TensorSpec
+from workers.structs import BuildRequest, Engine, Manifest, ModelRef, TensorSpec
 
 MODES = ("eager",)
 
@@ -65,15 +65,15 @@ class TorchBackend:
             variant_sha256="",
             extra={"model_ref": asdict(request.model), "device": "cuda" if request.target.kind == "gpu" else "cpu"},
         )
-        return Engine(plan=checkpoint, manifest=manifest, seconds=time.perf_counter() - started)
+        return Engine(data=checkpoint, manifest=manifest, seconds=time.perf_counter() - started)
 
-    def open(self, plan: bytes, manifest: Manifest) -> TorchRunner:
-        return TorchRunner(plan, manifest)
+    def open(self, engine: bytes, manifest: Manifest) -> TorchRunner:
+        return TorchRunner(engine, manifest)
 
 
 class TorchRunner:
-    def __init__(self, plan: bytes, manifest: Manifest) -> None:
-        self._plan = plan
+    def __init__(self, engine: bytes, manifest: Manifest) -> None:
+        self._engine = engine
         self._manifest = manifest
         self.inputs = manifest.inputs
         self.outputs = manifest.outputs
@@ -89,7 +89,7 @@ class TorchRunner:
         ref = dict(self._manifest.extra["model_ref"])
         ref["input_shape"] = tuple(ref["input_shape"])
         module = load_module(ModelRef(**ref))
-        module.load_state_dict(torch.load(io.BytesIO(self._plan), weights_only=True))
+        module.load_state_dict(torch.load(io.BytesIO(self._engine), weights_only=True))
         dtype = torch.float16 if self._manifest.precision == "fp16" else torch.float32
         self._module = module.to(self._device, dtype)
         if self._device == "cuda":

@@ -132,7 +132,7 @@ class Manifest:
 class Engine:
     """A built engine: the bytes a runner opens, its manifest and the builder's log."""
 
-    plan: bytes
+    data: bytes
     manifest: Manifest
     log: str = ""
     seconds: float = 0.0
