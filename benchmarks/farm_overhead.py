@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from farm.driver import run_sweep  # noqa: E402
-from farm.plan import BuildJob  # noqa: E402
+from farm.jobs import BuildJob  # noqa: E402
 from farm.spec import SweepSpec  # noqa: E402
 from farm.store import StoreLocation, open_store  # noqa: E402
 from workers import stages  # noqa: E402

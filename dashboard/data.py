@@ -7,16 +7,18 @@ changed FARM_DATA_DIR) never share a cache entry, and nothing unhashable reaches
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from dashboard import queries
+from farm import queries
 from farm.delivery import engine_bundle, engine_bytes
+from farm.metrics import METRICS
 from farm.select import Candidate, candidates
 from farm.store import Store, StoreLocation, open_store
 
@@ -70,12 +72,18 @@ def require(at: Where, table: str = "builds") -> dict[str, int]:
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def sweeps(at: Where) -> pd.DataFrame:
-    return _read(at, queries.sweeps)
+    rows = [asdict(summary) for summary in _read(at, queries.sweeps)]
+    return pd.DataFrame(rows, columns=[f.name for f in fields(queries.SweepSummary)])
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def stage_progress(at: Where, sweep_id: int) -> pd.DataFrame:
-    return _read(at, lambda s: queries.stage_progress(s, sweep_id))
+    """One row per stage with its count per state, the total and the share no longer pending."""
+    counts = _read(at, lambda s: queries.stage_progress(s, sweep_id))
+    frame = pd.DataFrame([{"stage": stage, **states} for stage, states in counts.items()], columns=["stage", *queries.STATES])
+    frame["total"] = frame[list(queries.STATES)].sum(axis=1)
+    frame["progress"] = (frame["total"] - frame["pending"]) / frame["total"].where(frame["total"] > 0, 1)
+    return frame
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -90,7 +98,18 @@ def filter_options(at: Where) -> queries.FilterOptions:
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def results(at: Where, filters: queries.Filters, limit: int, offset: int) -> tuple[pd.DataFrame, int]:
-    return _read(at, lambda s: queries.results(s, filters, limit, offset))
+    rows, total = _read(at, lambda s: queries.results(s, filters, limit, offset))
+    frame = pd.DataFrame(rows, columns=queries.RESULT_COLUMNS)
+    frame["options"] = frame["options"].map(lambda o: " ".join(f"{k}={v}" for k, v in (o or {}).items()))
+    frame["engine_MB"] = pd.to_numeric(frame.pop("engine_bytes")) / 1e6  # a page of failed builds is all None
+    return frame, total
+
+
+def column(metric: str) -> Any:
+    """A table column for a metric of farm.metrics: its header and its number format."""
+    m = METRICS[metric]
+    percent = m.fmt.endswith("%}")
+    return st.column_config.NumberColumn(m.header, format="percent" if percent else m.fmt.replace("{:", "%").replace("}", ""))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -79,42 +79,27 @@ def status(
     as_json: AsJson = False,
 ) -> None:
     """Show a sweep's progress per stage and its failures."""
-    from sqlalchemy import func, select
-
-    from farm.plan import STAGES
-    from farm.store import schema
+    from farm import queries
 
     with one_line_errors():
         store = results_store(data_dir, db_url)
         with store.session() as s:
-            query = select(schema.Sweep).order_by(schema.Sweep.id.desc())
-            found = s.get(schema.Sweep, sweep_id) if sweep_id is not None else s.scalars(query.limit(1)).first()
+            found = queries.sweep(s, sweep_id)
             if found is None:
                 raise fail(f"no sweep {sweep_id if sweep_id is not None else 'recorded yet'}")
-            counts = s.execute(
-                select(schema.SweepJob.stage, schema.SweepJob.state, func.count())
-                .where(schema.SweepJob.sweep_id == found.id)
-                .group_by(schema.SweepJob.stage, schema.SweepJob.state)
-            ).all()
-            failures = s.execute(
-                select(schema.SweepJob.stage, schema.SweepJob.label, schema.SweepJob.error)
-                .where(schema.SweepJob.sweep_id == found.id, schema.SweepJob.state == "failed")
-            ).all()
-        by_stage: dict[str, dict[str, int]] = {}
-        for stage, state, n in counts:
-            by_stage.setdefault(stage, {})[state] = n
+            by_stage = queries.stage_progress(s, found.id)
+            failures = queries.failures(s, found.id)
         if as_json:
             print(json.dumps({"sweep": found.id, "name": found.name, "status": found.status, "stages": by_stage,
-                              "failures": [{"stage": f[0], "job": f[1], "error": f[2]} for f in failures]}))
+                              "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures]}))
             return
         console.print(f"sweep {found.id} ({found.name}): {found.status}, started {found.started_at:%Y-%m-%d %H:%M:%S}")
-        table = Table("stage", "done", "cached", "failed", "blocked", "pending")
-        for stage in sorted(by_stage, key=STAGES.index):
-            states = by_stage[stage]
-            table.add_row(stage, *(str(states.get(k, 0)) for k in ("done", "cached", "failed", "blocked", "pending")))
+        table = Table("stage", *queries.STATES)
+        for stage, states in by_stage.items():
+            table.add_row(stage, *(str(states[state]) for state in queries.STATES))
         console.print(table)
-        for stage, label, error in failures:
-            console.print(f"[red]failed[/] {stage} {label}: {error}", highlight=False)
+        for failure in failures:
+            console.print(f"[red]failed[/] {failure.stage} {failure.label}: {failure.error}", highlight=False)
 
 
 @app.command()

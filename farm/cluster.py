@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from farm.plan import TargetGroup
+from farm.jobs import TargetGroup
 from workers.backends import BACKENDS
 from workers.device import DeviceInfo, describe
 from workers.structs import Target

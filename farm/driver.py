@@ -6,17 +6,17 @@
                        -> build (per variant x backend x options x target)
                        -> benchmark (per batch size, exclusive use of the device), fidelity (against the reference)
 
-The driver is the only writer: each result is recorded the moment it arrives. A job whose
-key already finished is not redone (unless forced); a failed job is recorded with its error
-and log, its dependants are marked blocked, and everything else goes on.
+`run_sweep` probes the cluster, expands the spec, and runs the jobs: farm.schedule says which
+job is ready, farm.stages how each stage submits its job and turns the result into a row, and
+the store records each result the moment it arrives (the driver is the only writer). A job whose
+key already finished is not redone (unless forced); a failed job is recorded with its error and
+log, its dependants are marked blocked, and everything else goes on.
 """
 
 from __future__ import annotations
 
-import itertools
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +27,16 @@ from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from farm import cluster, tasks
-from farm.plan import (
-    BenchmarkJob,
-    BuildJob,
-    CalibrateJob,
-    DataRef,
-    ExportJob,
-    FidelityJob,
-    Job,
-    Plan,
-    ReferenceJob,
-    TargetGroup,
-    VariantJob,
-    expand,
-)
+from farm.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
+from farm.plan import expand
+from farm.schedule import Event, Placement, Schedule
 from farm.spec import SpecError, SweepSpec
+from farm.stages import Produced, Stage, registry
+from farm.store import schema
 from farm.store.db import Store
-from farm.store.record import Produced, Recorder
+from farm.store.record import Recorder
 from workers.calibration import CalibrationDataError, Samples, load_inputs, load_labels
-from workers.structs import Manifest, Preprocess
+from workers.structs import Preprocess
 
 # Events the driver reports while it runs: (stage, state, job, error); state is done|cached|failed|blocked.
 Listener = Callable[[str, str, Job, str | None], None]
@@ -62,6 +53,10 @@ class SweepResult:
 
     def count(self, stage: str, state: str) -> int:
         return sum(1 for j in self.plan.by_stage(stage) if self.states.get(j.key) == state)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for state in self.states.values() if state == "failed")
 
 
 def run_sweep(
@@ -84,16 +79,23 @@ def run_sweep(
     if on_plan:
         on_plan(plan, groups)
     recorder = Recorder(store)
-    recorder.save_targets(groups, {g.target.id: asdict(next(n.device for n in nodes if n.node_id == g.nodes[0])) for g in groups})
-    sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), plan.jobs)
-    run = _SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, force, listener, on_build_progress)
+    recorder.save_targets(_target_rows(groups, nodes))
+    sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), ((j.stage, j.key, j.label) for j in plan.jobs))
+    run = SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, listener, on_build_progress)
     try:
-        run.execute()
+        run.execute(force)
     except BaseException:
         recorder.finish_sweep(sweep_id, "interrupted")
         raise
     recorder.finish_sweep(sweep_id, "finished")
-    return SweepResult(sweep_id, plan, run.states, run.errors)
+    return SweepResult(sweep_id, plan, run.schedule.states, run.schedule.errors)
+
+
+def _target_rows(groups: list[TargetGroup], nodes: list[cluster.Node]) -> list[schema.Target]:
+    """One row per target, with the probe of its first node as the description."""
+    devices = {n.node_id: n.device for n in nodes}
+    return [schema.Target(id=g.target.id, kind=g.target.kind, name=g.target.name, compute_capability=g.target.compute_capability,
+                          description=asdict(devices[g.nodes[0]])) for g in groups]
 
 
 def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
@@ -109,7 +111,9 @@ def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
         raise SpecError(f"{spec_path}: fidelity.labels: {labels} is not a file")
 
 
-class _SweepRun:
+class SweepRun:
+    """One sweep's jobs through Ray: what farm.stages asks of a running sweep (the `Context`)."""
+
     def __init__(
         self,
         spec: SweepSpec,
@@ -118,94 +122,68 @@ class _SweepRun:
         nodes: dict[str, cluster.Node],
         recorder: Recorder,
         sweep_id: int,
-        force: bool,
-        listener: Listener | None,
+        listener: Listener | None = None,
         on_build_progress: BuildProgress | None = None,
     ) -> None:
         self.spec = spec
-        self.jobs = {job.key: job for job in plan.jobs}
-        self.order = list(self.jobs)
-        self.groups = {g.target.id: g for g in groups}
-        self.nodes = nodes
-        self.round_robin = {tid: itertools.cycle(g.nodes) for tid, g in self.groups.items()}
         self.recorder = recorder
         self.sweep_id = sweep_id
-        self.force = force
         self.listener = listener
         self.on_build_progress = on_build_progress
+        self.nodes = nodes
+        self.stages: dict[str, Stage] = registry()
+        # Submit no more than the cluster can run at once, so a job's timeout clock starts near its start.
+        self.schedule = Schedule(plan.jobs, max_inflight=int(sum(n.cpus for n in nodes.values())), timeout_s=spec.limits.job_timeout_s)
+        self.placement = Placement(groups)
         # Builders that report progress (TensorRT) send it here; the driver drains it while it waits.
         reports_progress = on_build_progress is not None and any(
             isinstance(j, BuildJob) and j.request.backend == "tensorrt" for j in plan.jobs
         )
         self.progress_queue: Queue | None = Queue(maxsize=1000) if reports_progress else None
-        self.timing_caches_given: dict[str, list[str]] = {}  # build key -> cache shas it started from
-        self.produced: dict[str, Produced] = {}
-        self.states: dict[str, str] = {}
-        self.errors: dict[str, str] = {}
-        self.inflight: dict[ray.ObjectRef, tuple[Job, float]] = {}
-        self.blob_refs: dict[str, ray.ObjectRef] = {}
-        self.input_refs: dict[str, tuple[ray.ObjectRef, ray.ObjectRef | None]] = {}
-        self.loaded: dict[tuple[Path, Preprocess, tuple[int, ...]], Samples] = {}
-        # Submit no more than the cluster can run at once, so a job's timeout clock starts near its start.
-        self.max_inflight = max(1, int(sum(n.cpus for n in nodes.values())))
+        self._produced: dict[str, Produced] = {}
+        self._inflight: dict[ray.ObjectRef, Job] = {}
+        self._blob_refs: dict[str, ray.ObjectRef] = {}
+        self._row_refs: dict[str, tuple[ray.ObjectRef, ray.ObjectRef | None]] = {}
+        self._loaded: dict[tuple[Path, Preprocess, tuple[int, ...]], Samples] = {}
 
     # --- the loop -----------------------------------------------------------------------
 
-    def execute(self) -> None:
-        for key in self.order:
-            job = self.jobs[key]
-            if not self.force and (found := self.recorder.produced(job)) is not None:
-                self.produced[key] = found
-                self._finish(job, "cached")
-        pending = [k for k in self.order if k not in self.states]
-        while pending or self.inflight:
-            pending = self._submit_ready(pending)
-            if not self.inflight:
+    def execute(self, force: bool = False) -> None:
+        for key, job in self.schedule.jobs.items():
+            if not force and (row := self.recorder.finished(job.stage, key)) is not None:
+                self._produced[key] = self.stages[job.stage].produced(row)
+                self._report(self.schedule.finish(key, "cached"))
+        while not self.schedule.finished:
+            start, blocked = self.schedule.advance()
+            for event in blocked:
+                self._report(event)
+            for job in start:
+                self._start(job)
+            if not self._inflight:
                 continue
-            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=0.5)
+            done, _ = ray.wait(list(self._inflight), num_returns=1, timeout=0.5)
             self._drain_progress()
             for ref in done:
-                job, _started = self.inflight.pop(ref)
-                self._collect(job, ref)
-            self._expire()
-        self.blob_refs.clear()
-        self.input_refs.clear()
-        self.loaded.clear()
+                self._collect(self._inflight.pop(ref), ref)
+            overdue = set(self.schedule.overdue())
+            for ref, job in self._inflight.items():
+                if job.key in overdue:
+                    ray.cancel(ref, force=True)
+        self._blob_refs.clear()
+        self._row_refs.clear()
+        self._loaded.clear()
         if self.progress_queue is not None:
             self.progress_queue.shutdown()
 
-    def _drain_progress(self) -> None:
-        if self.progress_queue is None or self.on_build_progress is None:
-            return
-        while not self.progress_queue.empty():
-            key, phase, done, total = self.progress_queue.get_nowait()
-            if key in self.jobs:
-                self.on_build_progress(self.jobs[key], phase, done, total)
-
-    def _submit_ready(self, pending: list[str]) -> list[str]:
-        still = []
-        for key in pending:
-            job = self.jobs[key]
-            upstream = [self.states.get(n) for n in job.needs]
-            if any(state in ("failed", "blocked") for state in upstream):
-                self._finish(job, "blocked", "an upstream job failed")
-            elif all(state in ("done", "cached") for state in upstream) and len(self.inflight) < self.max_inflight:
-                self._start(job)
-            else:
-                still.append(key)
-        return still
-
     def _start(self, job: Job) -> None:
-        if isinstance(job, VariantJob) and job.precision == "fp32":
-            # fp32 is the export itself: nothing to compute, but a row to record.
-            self._record(job, tasks.Outcome(True), inherited={"onnx": self.produced[job.needs[0]].blobs["onnx"]})
-            return
         try:
-            ref = self._submit(job)
+            submitted = self.stages[job.stage].submit(self, job)
         except Exception as exc:  # e.g. input data that cannot be read: the job fails, the sweep goes on
-            self._record(job, tasks.Outcome(False, error=f"{type(exc).__name__}: {exc}"))
-            return
-        self.inflight[ref] = (job, time.monotonic())
+            submitted = tasks.Outcome(False, error=f"{type(exc).__name__}: {exc}")
+        if isinstance(submitted, tasks.Outcome):
+            self._record(job, submitted)
+        else:
+            self._inflight[submitted] = job
 
     def _collect(self, job: Job, ref: ray.ObjectRef) -> None:
         try:
@@ -216,133 +194,59 @@ class _SweepRun:
             outcome = tasks.Outcome(False, error=f"{type(exc).__name__}: worker failed after retries", log=str(exc))
         self._record(job, outcome)
 
-    def _expire(self) -> None:
-        limit = self.spec.limits.job_timeout_s
-        now = time.monotonic()
-        for ref, (_job, started) in list(self.inflight.items()):
-            if now - started > limit:
-                ray.cancel(ref, force=True)
-
-    def _record(self, job: Job, outcome: tasks.Outcome, inherited: dict[str, str] | None = None) -> None:
-        cache = outcome.blobs.pop("timing_cache", None)
-        if cache is not None and isinstance(job, BuildJob):
-            given = self.timing_caches_given.pop(job.key, [])
-            self.recorder.update_timing_cache(job.request.target.id, job.backend_version, given, cache)
-        produced = self.recorder.record(self.sweep_id, job, outcome, inherited)
+    def _record(self, job: Job, outcome: tasks.Outcome) -> None:
+        stage = self.stages[job.stage]
+        stage.after(self, job, outcome)
+        blobs = self.recorder.put_blobs(outcome.blobs, stage.kinds())
+        row = self.recorder.record(self.sweep_id, stage.row(job, outcome, blobs), blobs.values())
         if outcome.ok:
-            self.produced[job.key] = produced
-            self._finish(job, "done")
+            self._produced[job.key] = stage.produced(row)
+            self._report(self.schedule.finish(job.key, "done"))
         else:
-            self._finish(job, "failed", outcome.error)
+            self._report(self.schedule.finish(job.key, "failed", outcome.error))
 
-    def _finish(self, job: Job, state: str, error: str | None = None) -> None:
-        self.states[job.key] = state
-        if error:
-            self.errors[job.key] = error
-        if state == "blocked":
-            self.recorder.mark(self.sweep_id, job, state, error)
-        elif state == "cached":
-            self.recorder.mark(self.sweep_id, job, state)
+    def _report(self, event: Event) -> None:
+        if event.state in ("blocked", "cached"):  # done and failed were marked with their row
+            self.recorder.mark(self.sweep_id, event.job.stage, event.job.key, event.state, event.error)
         if self.listener:
-            self.listener(job.stage, state, job, error)
+            self.listener(event.job.stage, event.state, event.job, event.error)
 
-    # --- what each stage needs ----------------------------------------------------------
+    def _drain_progress(self) -> None:
+        if self.progress_queue is None or self.on_build_progress is None:
+            return
+        while not self.progress_queue.empty():
+            key, phase, done, total = self.progress_queue.get_nowait()
+            if key in self.schedule.jobs:
+                self.on_build_progress(self.schedule.jobs[key], phase, done, total)
 
-    def _submit(self, job: Job) -> ray.ObjectRef:
-        retries = self.spec.limits.retries
-        if isinstance(job, ExportJob):
-            return tasks.export_task.options(max_retries=retries).remote(job.model)
-        if isinstance(job, ReferenceJob):
-            fp32 = self._blob(self.produced[job.needs[0]].blobs["onnx"])
-            inputs, _labels = self._inputs(job.data)
-            return tasks.reference_task.options(max_retries=retries).remote(fp32, inputs, max(self.spec.batch_sizes), job.model.task)
-        if isinstance(job, CalibrateJob):
-            fp32 = self._blob(self.produced[job.needs[0]].blobs["onnx"])
-            inputs, _labels = self._inputs(job.data)
-            return tasks.calibrate_task.options(max_retries=retries).remote(fp32, inputs, job.method, job.percentile)
-        if isinstance(job, VariantJob):
-            return self._submit_variant(job)
-        if isinstance(job, BuildJob):
-            variant_blobs = self.produced[job.needs[0]].blobs
-            checkpoint = self.produced[job.needs[1]].blobs.get("checkpoint")
-            task = tasks.isolated_build_task if self.spec.limits.isolate_builds else tasks.build_task
-            context = tasks.build_context(job.key, self._timing_caches(job), self.progress_queue)
-            request = replace(job.request, variant=variant_summary(self.produced[job.needs[0]].details))
-            return task.options(max_retries=retries, **self._place(job.request.target.id)).remote(
-                request, self._blob(variant_blobs["onnx"]), self._blob(checkpoint) if checkpoint else None, context
-            )
-        if isinstance(job, BenchmarkJob):
-            plan, manifest = self._engine(job.needs[0])
-            placement = self._place(job.target.id)
-            node = self.nodes[placement["scheduling_strategy"].node_id]
-            # A CPU timing takes every CPU of its node: nothing else runs there while it measures.
-            resources = {"num_gpus": 1, "num_cpus": 1} if job.target.kind == "gpu" else {"num_cpus": max(1.0, node.cpus)}
-            return tasks.benchmark_task.options(max_retries=retries, **placement, **resources).remote(
-                plan, manifest, job.batch_size, job.settings
-            )
-        if isinstance(job, FidelityJob):
-            plan, manifest = self._engine(job.needs[0])
-            reference_job = self.jobs[job.needs[1]]
-            assert isinstance(reference_job, ReferenceJob)
-            reference = self._blob(self.produced[reference_job.key].blobs["reference"])
-            inputs, labels = self._inputs(reference_job.data)
-            gpu = {"num_gpus": 1} if job.target.kind == "gpu" else {}
-            return tasks.fidelity_task.options(max_retries=retries, **self._place(job.target.id), **gpu).remote(
-                plan, manifest, inputs, reference, job.batch_size, labels, reference_job.model.task, job.box_score_threshold
-            )
-        raise TypeError(f"no task for stage {job.stage}")
+    # --- what stages ask for (farm.stages.Context) --------------------------------------
 
-    def _timing_caches(self, job: BuildJob) -> tuple[bytes, ...]:
-        """Datacenter TensorRT builds on GPU targets start from the caches of earlier builds there."""
-        if job.request.backend != "tensorrt" or job.request.target.kind != "gpu":
-            return ()
-        given = self.recorder.timing_caches(job.request.target.id, job.backend_version)
-        self.timing_caches_given[job.key] = given
-        return tuple(self.recorder.store.artifacts.get(sha) for sha in given)
+    def job(self, key: str) -> Job:
+        return self.schedule.jobs[key]
 
-    def _submit_variant(self, job: VariantJob) -> ray.ObjectRef:
-        fp32 = self._blob(self.produced[job.needs[0]].blobs["onnx"])
-        settings: dict[str, Any] = {"fp16": job.fp16} if job.precision == "fp16" else {
-            "min_top1_agreement": job.min_top1_agreement, "fallback_tries": job.fallback_tries,
-            "layout": job.layout, "max_float_fraction": job.max_float_fraction}
-        ranges = heldout = reference = labels = None
-        if job.precision in ("int8", "fp8"):
-            ranges = self._blob(self.produced[job.needs[1]].blobs["ranges"])
-            if job.fallback_tries and job.heldout is not None:
-                heldout, labels = self._inputs(job.heldout)
-                reference = self._blob(self.produced[job.needs[2]].blobs["reference"])
-        return tasks.variant_task.options(max_retries=self.spec.limits.retries).remote(
-            fp32, job.precision, ranges, heldout, reference, labels, settings
-        )
+    def produced(self, key: str) -> Produced:
+        return self._produced[key]
 
-    def _place(self, target_id: str) -> dict[str, Any]:
-        node_id = next(self.round_robin[target_id])
-        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
+    def place(self, target_id: str) -> dict[str, Any]:
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(self.placement.next_node(target_id), soft=False)}
 
-    def _engine(self, build_key: str) -> tuple[ray.ObjectRef, Manifest]:
-        produced = self.produced[build_key]
-        assert produced.manifest is not None
-        return self._blob(produced.blobs["engine"]), Manifest.from_json(produced.manifest)
+    def node_cpus(self, target_id: str, options: dict[str, Any]) -> float:
+        return max(1.0, self.nodes[options["scheduling_strategy"].node_id].cpus)
 
-    def _blob(self, sha256: str) -> ray.ObjectRef:
-        if sha256 not in self.blob_refs:
-            self.blob_refs[sha256] = ray.put(self.recorder.store.artifacts.get(sha256))
-        return self.blob_refs[sha256]
+    def blob(self, sha256: str) -> ray.ObjectRef:
+        if sha256 not in self._blob_refs:
+            self._blob_refs[sha256] = ray.put(self.recorder.store.artifacts.get(sha256))
+        return self._blob_refs[sha256]
 
-    def _inputs(self, data: DataRef) -> tuple[ray.ObjectRef, ray.ObjectRef | None]:
+    def rows(self, data: DataRef) -> tuple[ray.ObjectRef, ray.ObjectRef | None]:
         """The rows a stage uses, loaded once per sweep: (inputs, labels or None)."""
-        if data.digest not in self.input_refs:
+        if data.digest not in self._row_refs:
             source = (data.path, data.preprocess, data.input_shape)
-            if source not in self.loaded:  # calibration and held-out rows often come from one folder
-                self.loaded[source] = load_inputs(*source)
-            array, labels = load_rows(data, self.loaded[source])
-            self.input_refs[data.digest] = (ray.put(array), ray.put(labels) if labels is not None else None)
-        return self.input_refs[data.digest]
-
-
-def variant_summary(details: dict[str, Any] | None) -> dict[str, Any]:
-    """What a build's manifest says of its variant beyond the precision."""
-    return {k: details[k] for k in ("method", "layout", "quantized_fraction") if details and k in details}
+            if source not in self._loaded:  # calibration and held-out rows often come from one folder
+                self._loaded[source] = load_inputs(*source)
+            array, labels = load_rows(data, self._loaded[source])
+            self._row_refs[data.digest] = (ray.put(array), ray.put(labels) if labels is not None else None)
+        return self._row_refs[data.digest]
 
 
 def load_rows(data: DataRef, samples: Samples | None = None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,149 +1,35 @@
-"""expand(): a validated spec and the cluster's targets become jobs with content keys.
+"""expand(): a validated spec and the cluster's targets become jobs (farm.jobs) with content keys.
 
-A job's key is a hash of everything that determines its result: its parents' keys, the
-backend and its version, the options and the target. The same spec on the same fleet
-always yields the same keys, which is what makes resume and caching free.
+What the spec asks for and the fleet cannot do becomes a note, never an error: a backend
+installed on no selected target, the PyTorch baseline of an ONNX-file model.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
+from farm.jobs import (
+    BenchmarkJob,
+    BuildJob,
+    CalibrateJob,
+    DataRef,
+    ExportJob,
+    FidelityJob,
+    Job,
+    Plan,
+    ReferenceJob,
+    TargetGroup,
+    VariantJob,
+    content_key,
+)
 from farm.spec import ModelSpec, SweepSpec, content_digest, option_grid
-from farm.store.schema import STAGES
 from workers.backends import BACKENDS
 from workers.backends.base import int8_layout, version_key
 from workers.bench import BenchSettings
 from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS
-from workers.structs import BuildRequest, ModelRef, Preprocess, Target
-
-KEY_VERSION = 1  # bump to invalidate every cached result after a change in what a stage computes
-
-
-def content_key(stage: str, **parts: Any) -> str:
-    payload = json.dumps({"stage": stage, "v": KEY_VERSION, **parts}, sort_keys=True, default=_plain)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot hash {type(value).__name__}")
-
-
-@dataclass(frozen=True)
-class TargetGroup:
-    """A target and what the cluster offers for it: the node ids and backend versions there."""
-
-    target: Target
-    nodes: tuple[str, ...]
-    backends: dict[str, str] = field(default_factory=dict)  # name -> version on these nodes
-    cpu_arch: str = "x86_64"  # of the nodes: which int8 layout ONNX Runtime computes faithfully there
-    int8_dot_32bit: bool = True  # every node's int8 dot products accumulate in 32 bits (VNNI, AMX, Arm)
-
-
-@dataclass(frozen=True)
-class Job:
-    stage: ClassVar[str]
-    key: str
-    label: str
-    needs: tuple[str, ...]  # keys of the jobs whose results this one consumes
-
-
-@dataclass(frozen=True)
-class ExportJob(Job):
-    stage: ClassVar[str] = "export"
-    model: ModelRef
-
-
-@dataclass(frozen=True)
-class DataRef:
-    """Which real inputs a stage uses: the driver loads them (workers never read files), then takes
-    the first `count` rows for calibration or the last `count` for fidelity, so they never overlap."""
-
-    path: Path
-    preprocess: Preprocess
-    input_shape: tuple[int, ...]
-    part: str  # "calibration" | "heldout"
-    count: int
-    reserved: int  # rows the other part takes from the same data (0 when it uses other data)
-    labels: Path | None
-    digest: str
-
-
-@dataclass(frozen=True)
-class CalibrateJob(Job):
-    """Activation ranges of the fp32 model over the calibration rows, once per method."""
-
-    stage: ClassVar[str] = "calibrate"
-    model: ModelRef
-    method: str
-    percentile: float
-    data: DataRef
-
-
-@dataclass(frozen=True)
-class VariantJob(Job):
-    """needs: export, then for int8/fp8 the calibration and the reference (the fallback measures against it)."""
-
-    stage: ClassVar[str] = "variant"
-    model: ModelRef
-    precision: str
-    method: str | None = None
-    fp16: dict[str, Any] = field(default_factory=dict)
-    min_top1_agreement: float = 0.99
-    fallback_tries: int = 0  # 0: no fallback
-    heldout: DataRef | None = None
-    layout: str = DEFAULT_LAYOUT  # int8: how the Q/DQ graph is written (workers.precision.INT8_LAYOUTS)
-    max_float_fraction: float = 0.25
-
-
-@dataclass(frozen=True)
-class ReferenceJob(Job):
-    stage: ClassVar[str] = "reference"
-    model: ModelRef
-    data: DataRef
-
-
-@dataclass(frozen=True)
-class BuildJob(Job):
-    stage: ClassVar[str] = "build"
-    request: BuildRequest
-    backend_version: str
-
-
-@dataclass(frozen=True)
-class BenchmarkJob(Job):
-    stage: ClassVar[str] = "benchmark"
-    target: Target
-    batch_size: int
-    settings: BenchSettings
-
-
-@dataclass(frozen=True)
-class FidelityJob(Job):
-    stage: ClassVar[str] = "fidelity"
-    target: Target
-    batch_size: int  # largest batch the engine accepts; inputs run in chunks of it
-    box_score_threshold: float = 0.5  # detectors only
-
-
-
-
-@dataclass
-class Plan:
-    jobs: list[Job]
-    notes: list[str]  # what the spec asked for that this fleet cannot do, one line each
-
-    def by_stage(self, stage: str) -> list[Job]:
-        return [job for job in self.jobs if job.stage == stage]
-
+from workers.structs import BuildRequest, ModelRef, Target
 
 def matches(target: Target, patterns: list[str]) -> bool:
     """A target is selected by its id, its kind ("cpu", "gpu", "rtx") or a case-insensitive part of its id."""
@@ -192,15 +78,10 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     for model_spec in spec.models:
         model = model_spec.ref(base)
         extra = {"onnx_sha256": _file_sha256(Path(model.source))} if model.kind == "onnx" else {}
-        export = ExportJob(content_key("export", model=model, **extra), f"{model.name}", (), model)
+        export = ExportJob(content_key("export", model=model, **extra), f"{model.name}", model)
         calibration_data, heldout = data_refs(spec, base, model_spec, contents)
-        reference = ReferenceJob(
-            content_key("reference", export=export.key, data=heldout.digest),
-            f"{model.name} fp32 reference",
-            (export.key,),
-            model,
-            heldout,
-        )
+        reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest),
+                                 f"{model.name} fp32 reference", export.key, model, heldout)
         jobs += [export, reference]
         calibrations: dict[str, CalibrateJob] = {}
         for precision, method in _variant_axes(spec, notes):
@@ -209,7 +90,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                 calibrations[method] = CalibrateJob(
                     content_key("calibrate", export=export.key, method=method, percentile=percentile, data=calibration_data.digest),
                     f"{model.name} calibration {method}" + (f" {percentile}" if percentile else ""),
-                    (export.key,),
+                    export.key,
                     model,
                     method,
                     percentile,
@@ -275,11 +156,11 @@ def _variant_job(
     layout: str = DEFAULT_LAYOUT,
 ) -> VariantJob:
     if precision == "fp32":
-        return VariantJob(content_key("variant", export=export.key, precision=precision), f"{model.name} fp32", (export.key,), model, precision)
+        return VariantJob(content_key("variant", export=export.key, precision=precision), f"{model.name} fp32", export.key, model, precision)
     if precision == "fp16":
         options = spec.fp16.model_dump()
         return VariantJob(content_key("variant", export=export.key, precision=precision, fp16=options),
-                          f"{model.name} fp16", (export.key,), model, precision, fp16=options)
+                          f"{model.name} fp16", export.key, model, precision, fp16=options)
     assert calibration is not None
     fallback = spec.fidelity.fallback
     tries = fallback.max_tries if fallback.enabled and model.task == "classification" else 0
@@ -290,7 +171,7 @@ def _variant_job(
                       fallback={"tries": tries, "floor": floor, "reference": reference.key, "evaluation": "fake_quant",
                                 "max_float_fraction": fallback.max_float_fraction} if tries else None)
     label = " ".join(filter(None, (model.name, precision, method, INT8_LAYOUTS[layout].label)))
-    return VariantJob(key, label, (export.key, calibration.key, reference.key), model, precision, method,
+    return VariantJob(key, label, export.key, model, precision, calibration.key, reference.key, method,
                       min_top1_agreement=floor, fallback_tries=tries, heldout=heldout, layout=layout,
                       max_float_fraction=fallback.max_float_fraction)
 
@@ -313,7 +194,8 @@ def _build_jobs(
     build = BuildJob(
         content_key("build", variant=variant.key, backend=backend, version=version, options=options, target=group.target.id, profile=profile),
         f"{variant.label} {backend}{_options_label({k: v for k, v in options.items() if k in varying})} @ {group.target.id}",
-        (variant.key, export.key),
+        variant.key,
+        export.key,
         request,
         version,
     )
@@ -325,7 +207,7 @@ def _build_jobs(
             BenchmarkJob(
                 content_key("benchmark", build=build.key, batch=batch, settings=settings),
                 f"{build.label} batch {batch}",
-                (build.key,),
+                build.key,
                 group.target,
                 batch,
                 settings,
@@ -336,7 +218,8 @@ def _build_jobs(
             content_key("fidelity", build=build.key, reference=reference.key,
                         boxes=spec.fidelity.box_score_threshold if variant.model.task == "detection" else None),
             f"{build.label} fidelity",
-            (build.key, reference.key),
+            build.key,
+            reference.key,
             group.target,
             max(batch_sizes),
             spec.fidelity.box_score_threshold,

@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from farm.plan import STAGES, Job, Plan, TargetGroup
+from farm.jobs import Job, Plan, TargetGroup
+from farm.stages import STAGES
 from farm.select import Candidate, Objective
 from workers.backends import BACKENDS
 from workers.backends.base import version_key
@@ -91,4 +92,5 @@ def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Ta
 def candidate_json(c: Candidate) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return asdict(c) | {"engine": c.engine}
+    return asdict(c) | {"engine": c.engine, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "throughput": c.throughput,
+                        "cv": c.cv, "top1_agreement": c.top1_agreement, "cosine_mean": c.cosine_mean}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -9,6 +10,7 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from farm.metrics import METRICS, values
 from farm.store import schema
 
 Objective = Literal["p50", "p99", "throughput"]
@@ -18,6 +20,8 @@ BASELINE_BACKEND = "torch"
 
 @dataclass(frozen=True)
 class Candidate:
+    """One benchmarked build at one batch size, with every metric farm.metrics defines."""
+
     build_key: str
     label: str
     model: str
@@ -26,33 +30,56 @@ class Candidate:
     options: dict[str, Any]
     target: str
     batch_size: int
-    p50_ms: float
-    p99_ms: float
-    throughput: float
-    cv: float
-    top1_agreement: float | None
-    cosine_mean: float | None
     engine_sha256: str | None
+    metrics: dict[str, float | None]  # metric name (farm.metrics) -> value; None where not measured
     speedup_vs_torch: float | None = None
     speedup_vs_fp32: float | None = None
     method: str | None = None  # int8 / fp8 calibration method
     layout: str | None = None  # int8 Q/DQ layout (workers.precision.INT8_LAYOUTS)
+    layout_label: str = ""  # what engine labels show of it ("u8s8 7-bit"; "" for TensorRT's)
     quantized_fraction: float | None = None  # int8 / fp8: share of quantizable activations still quantized
     kernel_note: str | None = None  # the build's own fidelity far below its variant's fake-quant arithmetic
+
+    def value(self, metric: str) -> float | None:
+        return self.metrics.get(metric)
+
+    @property
+    def p50_ms(self) -> float:
+        return self.value("p50") or 0.0
+
+    @property
+    def p99_ms(self) -> float:
+        return self.value("p99") or 0.0
+
+    @property
+    def throughput(self) -> float:
+        return self.value("throughput") or 0.0
+
+    @property
+    def cv(self) -> float:
+        return self.value("cv") or 0.0
+
+    @property
+    def top1_agreement(self) -> float | None:
+        """Top-1 agreement with fp32; for detectors, which have no classes to agree on, box recall."""
+        top1 = self.value("top1_agreement")
+        return top1 if top1 is not None else self.value("box_recall")
+
+    @property
+    def cosine_mean(self) -> float | None:
+        return self.value("cosine")
 
     @property
     def engine(self) -> str:
         """What a person reads: backend, precision with what makes it that precision, and the options."""
-        from workers.precision import INT8_LAYOUTS
-
-        layout = INT8_LAYOUTS[self.layout].label if self.layout in INT8_LAYOUTS else ""
         share = f"({self.quantized_fraction:.0%} {self.precision})" if self.quantized_fraction is not None and self.quantized_fraction < 1 else ""
         options = " ".join(f"{k}={v}" for k, v in self.options.items())
-        return " ".join(filter(None, (self.backend, self.precision, self.method, layout, share, options)))
+        return " ".join(filter(None, (self.backend, self.precision, self.method, self.layout_label, share, options)))
 
     def score(self, objective: Objective) -> float:
         """Lower is better for every objective."""
-        return -self.throughput if objective == "throughput" else (self.p50_ms if objective == "p50" else self.p99_ms)
+        value = self.value(objective)
+        return METRICS[objective].score(value) if value is not None else math.inf
 
     def eligible(self, min_top1_agreement: float) -> bool:
         return self.top1_agreement is not None and self.top1_agreement >= min_top1_agreement
@@ -93,16 +120,11 @@ def candidates(
                 options=build.options,
                 target=build.target_id,
                 batch_size=bench.batch_size,
-                p50_ms=bench.latency_p50 or 0.0,
-                p99_ms=bench.latency_p99 or 0.0,
-                throughput=bench.throughput or 0.0,
-                cv=bench.latency_cv or 0.0,
-                # detectors have no classes to agree on: their floor applies to box recall
-                top1_agreement=(fid.top1_agreement if fid.top1_agreement is not None else fid.box_recall) if fid else None,
-                cosine_mean=fid.cosine_mean if fid else None,
                 engine_sha256=build.engine_sha256,
+                metrics=values(bench, "benchmark") | values(fid, "fidelity"),
                 method=variant.method,
                 layout=(variant.details or {}).get("layout") if variant.precision == "int8" else None,
+                layout_label=(variant.details or {}).get("layout_label", "") if variant.precision == "int8" else "",
                 quantized_fraction=(variant.details or {}).get("quantized_fraction") if variant.method else None,
                 kernel_note=kernel_note(variant.details, fid.cosine_mean if fid else None),
             )
@@ -111,23 +133,21 @@ def candidates(
 
 
 def kernel_note(details: dict[str, Any] | None, cosine_mean: float | None) -> str | None:
-    """Why a quantized build falls short of its variant's fake-quant fidelity, when it does."""
-    from workers.fidelity import KERNEL_GAP
-
+    """Why a quantized build falls short of its variant's fake-quant fidelity, when it does (by more
+    than the tolerance the variant recorded with it)."""
     fake = (details or {}).get("fake_quant")
-    if not fake or cosine_mean is None or cosine_mean >= fake["cosine_mean"] - KERNEL_GAP:
+    if not fake or cosine_mean is None or cosine_mean >= fake["cosine_mean"] - fake.get("kernel_gap", 0.01):
         return None
     return (f"kernel at fault: mean cosine {cosine_mean:.4f} on this target where fake-quant of the same graph gives "
             f"{fake['cosine_mean']:.4f}")
 
 
 def _speedup(winner: Candidate, other: Candidate | None, objective: Objective) -> float | None:
-    if other is None:
+    """How many times better the winner is on the objective: a ratio above 1 whichever way the metric points."""
+    ours, theirs = winner.value(objective), other.value(objective) if other is not None else None
+    if not ours or not theirs:
         return None
-    if objective == "throughput":
-        return winner.throughput / other.throughput if other.throughput else None
-    ours, theirs = (winner.p50_ms, other.p50_ms) if objective == "p50" else (winner.p99_ms, other.p99_ms)
-    return theirs / ours if ours else None
+    return ours / theirs if METRICS[objective].better == "higher" else theirs / ours
 
 
 def winners(found: Iterable[Candidate], objective: Objective = "p50", min_top1_agreement: float = 0.99) -> list[Candidate]:

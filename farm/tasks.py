@@ -40,6 +40,7 @@ class Outcome:
     log: str = ""
     seconds: float = 0.0
     node: str = ""
+    inherited: dict[str, str] = field(default_factory=dict)  # artifacts reused from a parent: role -> sha256
 
 
 @dataclass

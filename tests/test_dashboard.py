@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from dashboard import queries
+from farm import queries
 from farm.store import StoreLocation, open_store, schema
 from tests.seed import H200, L4, TRT_O3, TRT_O5, Seeded, seed, seed_bulk
 
@@ -58,7 +58,7 @@ def test_dashboard_reads_through_farm_only() -> None:
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not {m for m in imported if m.split(".")[0] == "workers"}, script
-    code = "import sys, dashboard.data, dashboard.queries; print(sorted(m for m in sys.modules if m.split('.')[0] == 'workers'))"
+    code = "import sys, dashboard.data, farm.queries; print(sorted(m for m in sys.modules if m.split('.')[0] == 'workers'))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
@@ -113,7 +113,7 @@ def test_results_filters(app: AppTest) -> None:
         at.multiselect(key=key).set_value([])
     at.multiselect(key="f_status").set_value(["failed"]).run()
     [failed] = frame(at).to_dict("records")
-    assert failed["model"] == "mobilenet_v3_large" and failed["precision"] == "int8" and pd.isna(failed["p50_ms"])
+    assert failed["model"] == "mobilenet_v3_large" and failed["precision"] == "int8" and pd.isna(failed["p50"])
     assert "no implementation" in failed["error"]
 
 
@@ -225,7 +225,7 @@ def test_compare_page(app: AppTest, seeded: Seeded) -> None:
     assert not summary.set_index("field").loc["precision", "differs"]
     level = options.set_index("field").loc["optimization_level"]
     assert (level["A"], level["B"], level["differs"]) == ("3", "5", True)
-    p99 = timings[(timings["batch"] == 1) & (timings["metric"] == "p99_ms")].iloc[0]
+    p99 = timings[(timings["batch"] == 1) & (timings["metric"] == "p99 ms")].iloc[0]
     assert p99["B / A"] < 0.5  # level 5 has no tail
     assert "options.optimization_level" in set(manifest["field"]) and manifest["differs"].all()
     assert "optimization_level" in at.code[0].value  # the unified diff

@@ -8,7 +8,6 @@ tensor, keep it in float and pass, from the stored ranges alone.
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import onnx
@@ -20,18 +19,10 @@ from workers.fallback import Threshold, find_fallback
 
 from tests import digits_model
 
+pytestmark = pytest.mark.usefixtures("quiet_ort")
+
 HELD_OUT = 250  # test digits used for fidelity; calibration uses training digits only
 OUTLIER_TENSORS = {"/features/features.0/Conv_output_0", "/features/features.1/Relu_output_0"}
-
-
-@pytest.fixture(autouse=True)
-def _quiet_ort(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR)
-
-
-@pytest.fixture(scope="module")
-def digits() -> digits_model.DigitsData:
-    return digits_model.digits_data()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farm.plan import BenchmarkJob, BuildJob, FidelityJob, TargetGroup, expand
+from farm.jobs import BenchmarkJob, BuildJob, FidelityJob, Plan, TargetGroup
+from farm.plan import expand
 from farm.spec import load_spec
 from tests.conftest import write_spec
 from workers.structs import Target
@@ -24,7 +25,7 @@ backends:
 """
 
 
-def _plan(tmp_path: Path, body: str = SPEC, groups: list[TargetGroup] | None = None):  # type: ignore[no-untyped-def]
+def _plan(tmp_path: Path, body: str = SPEC, groups: list[TargetGroup] | None = None) -> Plan:
     spec, base = load_spec(write_spec(tmp_path, body))
     return expand(spec, base, groups if groups is not None else [CPU, GPU])
 
@@ -101,7 +102,7 @@ def test_benchmark_jobs_carry_batch_and_target(tmp_path: Path) -> None:
 
 
 def test_int8_layout_follows_each_target_and_shares_one_calibration(tmp_path: Path) -> None:
-    from farm.plan import CalibrateJob, VariantJob
+    from farm.jobs import CalibrateJob, VariantJob
 
     avx2 = TargetGroup(Target("cpu", "AMD EPYC (x86_64, avx2)"), ("n1",), {"onnxruntime": "1.0", "tensorrt-rtx": "1.7"},
                        cpu_arch="x86_64", int8_dot_32bit=False)
@@ -117,7 +118,7 @@ calibration: {methods: [minmax]}
 """
     plan = _plan(tmp_path, body, groups=[avx2, amx, rtx])
     variants = {j.key: j for j in plan.by_stage("variant") if isinstance(j, VariantJob)}
-    layout_of = {b.request.target.id: variants[b.needs[0]] for b in plan.by_stage("build")
+    layout_of = {b.request.target.id: variants[b.variant_key] for b in plan.by_stage("build")
                  if isinstance(b, BuildJob) and b.request.precision == "int8"}
     # ORT on a CPU without VNNI gets 7-bit weights, ORT with AMX full-range u8s8, TensorRT its own layout.
     assert layout_of[avx2.target.id].layout == "u8s8_7bit" and layout_of[avx2.target.id].label == "a int8 minmax u8s8 7-bit"
@@ -126,5 +127,5 @@ calibration: {methods: [minmax]}
     # three int8 variants from one calibration: no layout calibrates again
     calibrations = [j for j in plan.by_stage("calibrate") if isinstance(j, CalibrateJob)]
     int8 = [v for v in variants.values() if v.precision == "int8"]
-    assert len(calibrations) == 1 and len(int8) == 3 and {v.needs[1] for v in int8} == {calibrations[0].key}
+    assert len(calibrations) == 1 and len(int8) == 3 and {v.calibration_key for v in int8} == {calibrations[0].key}
     assert len({v.key for v in int8}) == 3

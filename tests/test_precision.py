@@ -6,7 +6,6 @@ measured on real labelled inputs that the calibrator never saw.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
@@ -22,17 +21,9 @@ from workers.structs import ModelRef
 
 from tests import digits_model
 
+pytestmark = pytest.mark.usefixtures("quiet_ort")
+
 QUANT_CASES = [("int8", "minmax"), ("int8", "entropy"), ("int8", "percentile"), ("fp8", "minmax"), ("fp8", "distribution")]
-
-
-@pytest.fixture(autouse=True)
-def _quiet_ort(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR)  # quantize_static's "consider pre-processing" warning, once per call
-
-
-@pytest.fixture(scope="module")
-def digits() -> digits_model.DigitsData:
-    return digits_model.digits_data()
 
 
 @pytest.fixture(scope="module")

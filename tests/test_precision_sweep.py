@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from farm.driver import run_sweep
+from farm.driver import SweepResult, run_sweep
 from farm.select import candidates
 from workers.device import describe
 from workers.precision import onnxruntime_int8_layout
 from farm.spec import load_spec
-from farm.store import StoreLocation, open_store, schema
+from farm.store import Store, StoreLocation, open_store, schema
 from tests import digits_model
 from tests.conftest import CALIBRATION_DATA, write_spec
 
 pytestmark = pytest.mark.slow
+DigitsSweep = tuple[Path, Store, SweepResult]  # the folder, the store, the first sweep's result
 
 
 def _digits_spec(folder: Path, precisions: str) -> Path:
@@ -38,14 +39,14 @@ def _digits_spec(folder: Path, precisions: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def digits_sweep(ray_cluster, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def digits_sweep(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> DigitsSweep:
     folder = tmp_path_factory.mktemp("digits")
     spec, base = load_spec(_digits_spec(folder, "[fp32, int8]"))
     store = open_store(StoreLocation.resolve(folder / "data"))
     return folder, store, run_sweep(spec, base, "digits", store)
 
 
-def test_the_fallback_rescues_int8_inside_a_sweep(digits_sweep) -> None:  # type: ignore[no-untyped-def]
+def test_the_fallback_rescues_int8_inside_a_sweep(digits_sweep: DigitsSweep) -> None:
     _folder, store, _result = digits_sweep
     with store.session() as s:
         variant = s.scalars(select(schema.Variant).where(schema.Variant.precision == "int8")).one()
@@ -74,7 +75,7 @@ def test_the_fallback_rescues_int8_inside_a_sweep(digits_sweep) -> None:  # type
         assert fidelity.accuracy > 0.9 and abs(fidelity.accuracy - fidelity.reference_accuracy) < 0.02
 
 
-def test_calibration_runs_once_and_is_reused(digits_sweep) -> None:  # type: ignore[no-untyped-def]
+def test_calibration_runs_once_and_is_reused(digits_sweep: DigitsSweep) -> None:
     folder, store, first = digits_sweep
     assert first.count("calibrate", "done") == 1
     with store.session() as s:
@@ -93,7 +94,7 @@ def test_calibration_runs_once_and_is_reused(digits_sweep) -> None:  # type: ign
         assert fp8.status == "ok" and fp8.calibration_key == calibration.key
 
 
-def test_a_detector_is_judged_by_box_agreement(ray_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_detector_is_judged_by_box_agreement(ray_cluster: None, tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path, f"""
         name: detector
         models:

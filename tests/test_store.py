@@ -9,14 +9,13 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
-from farm.plan import ExportJob, content_key
-from farm.store import StoreLocation, open_store, schema
-from farm.store.record import Recorder
-from farm.tasks import Outcome
+from farm.jobs import ExportJob, content_key
+from farm.store import Store, StoreLocation, open_store, schema
+from farm.store.record import Blob, JobRow, Recorder
 from workers.structs import ExportInfo, ModelRef, TensorSpec
 
 
-def test_migrations_match_the_orm(store) -> None:  # type: ignore[no-untyped-def]
+def test_migrations_match_the_orm(store: Store) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
@@ -80,7 +79,7 @@ def test_location_defaults_and_environment(tmp_path: Path, monkeypatch: pytest.M
     assert StoreLocation.resolve().url == "postgresql://db/farm"
 
 
-def test_artifacts_are_content_addressed(store) -> None:  # type: ignore[no-untyped-def]
+def test_artifacts_are_content_addressed(store: Store) -> None:
     sha = store.artifacts.put(b"engine bytes")
     assert sha == hashlib.sha256(b"engine bytes").hexdigest()
     assert store.artifacts.path(sha).relative_to(store.artifacts.root).as_posix() == f"{sha[:2]}/{sha}"
@@ -93,36 +92,55 @@ def test_artifacts_are_content_addressed(store) -> None:  # type: ignore[no-unty
 
 def _export_job() -> ExportJob:
     model = ModelRef("m", "torchvision:resnet18", None, (3, 224, 224))
-    return ExportJob(content_key("export", model=model), "m", (), model)
+    return ExportJob(content_key("export", model=model), "m", model)
 
 
-def test_recorder_round_trip(store) -> None:  # type: ignore[no-untyped-def]
+EXPORT_COLUMNS = {"name": "m", "source": "torchvision:resnet18", "weights": None, "input_shape": [3, 224, 224]}
+
+
+def test_recorder_round_trip(store: Store) -> None:
+    """The store knows rows: a stage, a key, columns and artifacts; never a job."""
     recorder = Recorder(store)
-    job = _export_job()
-    sweep_id = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [job])
-    assert recorder.produced(job) is None
+    key = "k" * 32
+    sweep_id = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [("export", key, "m")])
+    assert recorder.finished("export", key) is None
 
-    failed = recorder.record(sweep_id, job, Outcome(False, error="ValueError: boom", log="Traceback ..."))
-    assert failed.blobs == {}
-    assert recorder.produced(job) is None  # a failure is not a cached result
+    recorder.record(sweep_id, JobRow("export", key, False, EXPORT_COLUMNS, error="ValueError: boom", log="Traceback ..."))
+    assert recorder.finished("export", key) is None  # a failure is not a cached result
 
-    info = ExportInfo(17, (TensorSpec("input", ("batch", 3, 224, 224), "float32"),), (TensorSpec("output", ("batch", 1000), "float32"),), 60, 1.5, "2.x")
-    produced = recorder.record(sweep_id, job, Outcome(True, info, {"onnx": b"onnx", "checkpoint": b"ckpt"}, seconds=1.5, node="n1"))
-    assert produced.blobs == {"onnx": hashlib.sha256(b"onnx").hexdigest(), "checkpoint": hashlib.sha256(b"ckpt").hexdigest()}
-    assert recorder.produced(job) == produced
+    blobs = recorder.put_blobs({"onnx": b"onnx", "checkpoint": b"ckpt"}, {"onnx": "onnx", "checkpoint": "checkpoint"})
+    assert blobs["onnx"] == Blob(hashlib.sha256(b"onnx").hexdigest(), "onnx", 4)
+    columns = EXPORT_COLUMNS | {"onnx_sha256": blobs["onnx"].sha256, "checkpoint_sha256": blobs["checkpoint"].sha256}
+    recorder.record(sweep_id, JobRow("export", key, True, columns, seconds=1.5, node="n1"), blobs.values())
     recorder.finish_sweep(sweep_id, "finished")
 
+    row = recorder.finished("export", key)
+    assert row is not None and row.status == "ok" and row.error is None and row.node == "n1"
     with store.session() as s:
-        row = s.get(schema.Model, job.key)
-        assert row.status == "ok" and row.error is None and row.node == "n1"
-        assert row.inputs == [{"name": "input", "shape": ["batch", 3, 224, 224], "dtype": "float32"}]
         assert {a.kind for a in s.scalars(select(schema.Artifact))} == {"onnx", "checkpoint"}
         sweep_job = s.scalars(select(schema.SweepJob)).one()
         assert (sweep_job.state, sweep_job.stage) == ("done", "export")
         assert s.get(schema.Sweep, sweep_id).status == "finished"
 
 
-def test_readonly_store_cannot_write(store) -> None:  # type: ignore[no-untyped-def]
+def test_a_stage_turns_a_job_into_a_row_and_back(store: Store) -> None:
+    from farm.stages import Produced, registry
+    from farm.tasks import Outcome
+
+    stage, job, recorder = registry()["export"], _export_job(), Recorder(store)
+    sweep_id = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [(job.stage, job.key, job.label)])
+    info = ExportInfo(17, (TensorSpec("input", ("batch", 3, 224, 224), "float32"),), (TensorSpec("output", ("batch", 1000), "float32"),), 60, 1.5, "2.x")
+    outcome = Outcome(True, info, {"onnx": b"onnx", "checkpoint": b"ckpt"}, seconds=1.5, node="n1")
+    blobs = recorder.put_blobs(outcome.blobs, stage.kinds())
+    written = recorder.record(sweep_id, stage.row(job, outcome, blobs), blobs.values())
+    expected = Produced({"onnx": hashlib.sha256(b"onnx").hexdigest(), "checkpoint": hashlib.sha256(b"ckpt").hexdigest()})
+    assert stage.produced(written) == expected
+    stored = recorder.finished("export", job.key)
+    assert stored is not None and stage.produced(stored) == expected  # what resume hands the children
+    assert stored.inputs == [{"name": "input", "shape": ["batch", 3, 224, 224], "dtype": "float32"}] and stored.node_count == 60
+
+
+def test_readonly_store_cannot_write(store: Store) -> None:
     reader = open_store(store.location, readonly=True)
     with reader.session() as s:
         assert s.scalars(select(schema.Sweep)).all() == []

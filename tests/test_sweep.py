@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import onnx
@@ -12,11 +13,14 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from farm.cli import app
-from farm.driver import run_sweep
+from farm.driver import SweepResult, run_sweep
 from farm.select import candidates, winners
-from farm.spec import load_spec
-from farm.store import schema
+from farm.spec import SweepSpec, load_spec
+from farm.store import Store, schema
 from tests.conftest import CALIBRATION_DATA, write_spec
+
+# the store, the spec and its folder, the result and the (stage, state) events of the first sweep
+FirstRun = tuple[Store, SweepSpec, Path, SweepResult, list[tuple[str, str]]]
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +63,7 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def first_run(ray_cluster, sweep_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def first_run(ray_cluster: None, sweep_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
     from farm.store import StoreLocation, open_store
 
     store = open_store(StoreLocation.resolve(tmp_path_factory.mktemp("data")))
@@ -69,7 +73,7 @@ def first_run(ray_cluster, sweep_dir: Path, tmp_path_factory: pytest.TempPathFac
     return store, spec, base, result, events
 
 
-def test_sweep_records_every_job(first_run) -> None:  # type: ignore[no-untyped-def]
+def test_sweep_records_every_job(first_run: FirstRun) -> None:
     store, _spec, _base, result, events = first_run
     with store.session() as s:
         builds = s.scalars(select(schema.Build)).all()
@@ -88,7 +92,7 @@ def test_sweep_records_every_job(first_run) -> None:  # type: ignore[no-untyped-
     assert len(events) == len(result.plan.jobs)
 
 
-def test_artifact_files_match_their_sha256(first_run) -> None:  # type: ignore[no-untyped-def]
+def test_artifact_files_match_their_sha256(first_run: FirstRun) -> None:
     store = first_run[0]
     with store.session() as s:
         artifacts = s.scalars(select(schema.Artifact)).all()
@@ -101,7 +105,7 @@ def test_artifact_files_match_their_sha256(first_run) -> None:  # type: ignore[n
             assert build.manifest["engine_sha256"] == build.engine_sha256
 
 
-def test_broken_inputs_fail_alone(first_run) -> None:  # type: ignore[no-untyped-def]
+def test_broken_inputs_fail_alone(first_run: FirstRun) -> None:
     store, _spec, _base, result, _events = first_run
     with store.session() as s:
         garbage = s.scalars(select(schema.Model).where(schema.Model.name == "garbage")).one()
@@ -117,7 +121,7 @@ def test_broken_inputs_fail_alone(first_run) -> None:  # type: ignore[no-untyped
     assert result.count("build", "done") == 4
 
 
-def test_winners_of_the_sweep(first_run) -> None:  # type: ignore[no-untyped-def]
+def test_winners_of_the_sweep(first_run: FirstRun) -> None:
     store, spec, _base, result, _events = first_run
     with store.session() as s:
         found = candidates(s, sweep_id=result.sweep_id)
@@ -132,7 +136,7 @@ def test_winners_of_the_sweep(first_run) -> None:  # type: ignore[no-untyped-def
     assert winners(found, "p50", 1.01) == []
 
 
-def test_second_run_resumes_and_builds_nothing(first_run) -> None:  # type: ignore[no-untyped-def]
+def test_second_run_resumes_and_builds_nothing(first_run: FirstRun) -> None:
     store, spec, base, first, _events = first_run
     with store.session() as s:
         builds_before = {(b.key, b.created_at) for b in s.scalars(select(schema.Build))}
@@ -148,7 +152,7 @@ def test_second_run_resumes_and_builds_nothing(first_run) -> None:  # type: igno
     assert after <= builds_before
 
 
-def test_cli_sweep_prints_winners_and_status(first_run, sweep_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_sweep_prints_winners_and_status(first_run: FirstRun, sweep_dir: Path) -> None:
     store = first_run[0]
     runner = CliRunner()
     result = runner.invoke(app, ["sweep", str(sweep_dir / "spec.yaml"), "--data-dir", str(store.location.data_dir)])
@@ -156,12 +160,15 @@ def test_cli_sweep_prints_winners_and_status(first_run, sweep_dir: Path) -> None
     assert "Winners of sweep" in result.output and "mobilenet" in result.output
     status = runner.invoke(app, ["status", "--data-dir", str(store.location.data_dir), "--json"])
     assert status.exit_code == 0
-    assert '"cached"' in status.stdout
+    stages = json.loads(status.stdout)["stages"]
+    # the CLI's sweep found what the first one finished: cached, nothing redone (only failures are tried again)
+    assert stages and not any(states["done"] or states["pending"] for states in stages.values()), stages
+    assert all(states["cached"] for states in stages.values()), stages
     best = runner.invoke(app, ["best", "--model", "tiny", "--data-dir", str(store.location.data_dir), "--json"])
     assert best.exit_code == 0 and '"model": "tiny"' in best.stdout
 
 
-def test_a_native_crash_costs_only_its_job(ray_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_native_crash_costs_only_its_job(ray_cluster: None, tmp_path: Path) -> None:
     from farm.store import StoreLocation, open_store
 
     spec_path = write_spec(tmp_path, f"""

@@ -9,10 +9,12 @@ import pytest
 from onnx import TensorProto, helper
 from sqlalchemy import select
 
-from farm.driver import run_sweep
+from farm.driver import SweepResult, run_sweep
 from farm.spec import load_spec
-from farm.store import StoreLocation, open_store, schema
+from farm.store import Store, StoreLocation, open_store, schema
 from tests.conftest import CALIBRATION_DATA, write_spec
+
+RtxSweep = tuple[Store, SweepResult, list[tuple[str, str]]]  # the store, the result, (build key, phase) progress
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +33,7 @@ def _nonzero_model() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def rtx_sweep(ray_cluster, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def rtx_sweep(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> RtxSweep:
     folder = tmp_path_factory.mktemp("rtx")
     (folder / "nonzero.onnx").write_bytes(_nonzero_model())
     spec_path = write_spec(folder, f"""
@@ -55,7 +57,7 @@ def rtx_sweep(ray_cluster, tmp_path_factory: pytest.TempPathFactory):  # type: i
     return store, result, progress
 
 
-def test_rtx_engines_for_each_target_and_workspace(rtx_sweep) -> None:  # type: ignore[no-untyped-def]
+def test_rtx_engines_for_each_target_and_workspace(rtx_sweep: RtxSweep) -> None:
     store, result, _progress = rtx_sweep
     with store.session() as s:
         builds = s.scalars(select(schema.Build).where(schema.Build.backend == "tensorrt")).all()
@@ -82,7 +84,7 @@ def test_rtx_engines_for_each_target_and_workspace(rtx_sweep) -> None:  # type: 
     assert benched == {"onnxruntime"}
 
 
-def test_parser_failure_names_node_and_op(rtx_sweep) -> None:  # type: ignore[no-untyped-def]
+def test_parser_failure_names_node_and_op(rtx_sweep: RtxSweep) -> None:
     store = rtx_sweep[0]
     with store.session() as s:
         failed = s.scalars(select(schema.Build).where(schema.Build.backend == "tensorrt", schema.Build.status == "failed")).all()
@@ -90,13 +92,13 @@ def test_parser_failure_names_node_and_op(rtx_sweep) -> None:  # type: ignore[no
     assert all("'find_boxes' (NonZero)" in b.error for b in failed)
 
 
-def test_build_progress_reaches_the_driver(rtx_sweep) -> None:  # type: ignore[no-untyped-def]
+def test_build_progress_reaches_the_driver(rtx_sweep: RtxSweep) -> None:
     progress = rtx_sweep[2]
     assert {"Building engine"} <= {phase for _key, phase in progress}
     assert len({key for key, _phase in progress}) >= 4
 
 
-def test_absent_flavour_is_a_note_and_the_rest_runs(ray_cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_absent_flavour_is_a_note_and_the_rest_runs(ray_cluster: None, tmp_path: Path) -> None:
     spec_path = write_spec(tmp_path, f"""
         name: absent
         models: [{{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}]

@@ -14,7 +14,7 @@ from workers.bench import BenchSettings, Stats, measure, nearest_rank
 from workers.calibration import CalibrationDataError, load_images
 from workers.device import describe
 from workers.fidelity import compare
-from workers.models import ModelSourceError, export
+from workers.models import Exported, ModelSourceError, export
 from workers.structs import BuildRequest, ModelRef, Preprocess
 from tests.conftest import CALIBRATION_DATA
 
@@ -23,7 +23,7 @@ FAST = BenchSettings(warmup_s=0.0, duration_s=0.05, min_iterations=3)
 
 
 @pytest.fixture(scope="module")
-def exported():  # type: ignore[no-untyped-def]
+def exported() -> Exported:
     return export(RESNET)
 
 
@@ -32,7 +32,7 @@ def images() -> np.ndarray:
     return load_images(CALIBRATION_DATA, Preprocess(), limit=6).array
 
 
-def test_torchvision_export_has_a_dynamic_batch_axis(exported) -> None:  # type: ignore[no-untyped-def]
+def test_torchvision_export_has_a_dynamic_batch_axis(exported: Exported) -> None:
     proto = onnx.load_from_string(exported.onnx_bytes)
     onnx.checker.check_model(proto)
     assert exported.info.opset == 17
@@ -83,7 +83,7 @@ def test_onnx_file_that_does_not_parse(tmp_path: Path) -> None:
     ("backend", "options"),
     [("onnxruntime", {"intra_op_threads": 1, "graph_optimization_level": "all"}), ("torch", {"mode": "eager"})],
 )
-def test_build_benchmark_fidelity(exported, images: np.ndarray, backend: str, options: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+def test_build_benchmark_fidelity(exported: Exported, images: np.ndarray, backend: str, options: dict[str, object]) -> None:
     target = describe().targets()[0]
     engine = stages.build_engine(BuildRequest(RESNET, "fp32", backend, options, target, (1, 4)), exported.onnx_bytes, exported.checkpoint)
     assert engine.manifest.backend == backend
@@ -105,7 +105,7 @@ def test_build_benchmark_fidelity(exported, images: np.ndarray, backend: str, op
     assert fidelity.max_abs_error < 1e-3
 
 
-def test_onnxruntime_rejects_unknown_level(exported) -> None:  # type: ignore[no-untyped-def]
+def test_onnxruntime_rejects_unknown_level(exported: Exported) -> None:
     request = BuildRequest(RESNET, "fp32", "onnxruntime", {"graph_optimization_level": "max"}, describe().targets()[0], (1,))
     with pytest.raises(ValueError, match="graph_optimization_level 'max'"):
         stages.build_engine(request, exported.onnx_bytes, None)

@@ -96,8 +96,8 @@ def make_variant(
         raise ValueError(f"{precision} needs calibration ranges")
     calibration = precision_.CalibrationRanges.from_bytes(ranges)
     form = precision_.INT8_LAYOUTS[layout]
-    details: dict[str, Any] = {"method": calibration.method, "calibration_samples": calibration.samples,
-                               "layout": form.name, "layout_description": form.description, "quantized_fraction": 1.0}
+    details: dict[str, Any] = {"method": calibration.method, "calibration_samples": calibration.samples, "layout": form.name,
+                               "layout_label": form.label, "layout_description": form.description, "quantized_fraction": 1.0}
     if not fallback_tries or heldout is None or reference is None:
         return Variant(precision_.apply_quantization(fp32, calibration, precision, layout=layout), details)  # type: ignore[arg-type]
     expected = unpack(reference)["outputs"]
@@ -122,7 +122,9 @@ def make_variant(
         raise precision_.QuantizationError(result.reason)
     onnx_bytes = result.onnx_bytes or precision_.apply_quantization(fp32, calibration, precision, layout=layout)  # type: ignore[arg-type]
     final = next((s for s in reversed(result.steps) if s.passed), result.steps[0])
-    details["fake_quant"] = {"top1_agreement": final.fidelity.top1_agreement, "cosine_mean": final.fidelity.cosine_mean}
+    # kernel_gap: how far below this a build's own cosine must fall for its kernels to be at fault
+    details["fake_quant"] = {"top1_agreement": final.fidelity.top1_agreement, "cosine_mean": final.fidelity.cosine_mean,
+                             "kernel_gap": fidelity_.KERNEL_GAP}
     if precision == "int8":
         details["kernel_check"] = kernel_check(onnx_bytes, heldout, expected, final.fidelity)
     return Variant(onnx_bytes, details)

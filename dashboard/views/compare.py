@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import data
-from dashboard.queries import BuildDetail
+from farm.metrics import METRICS
+from farm.queries import BuildDetail
 
 st.title("Compare")
 at = data.where()
@@ -62,8 +63,7 @@ def summary(build: BuildDetail) -> dict[str, Any]:
                               "engine MB": None if build.engine_bytes is None else round(build.engine_bytes / 1e6, 3),
                               "build s": None if build.seconds is None else round(build.seconds, 3)}
     if build.fidelity:
-        fields["top-1 agreement"] = build.fidelity["top1_agreement"]
-        fields["cosine mean"] = build.fidelity["cosine_mean"]
+        fields |= {METRICS[m].header: build.fidelity[m] for m in ("top1_agreement", "cosine")}
     return fields
 
 
@@ -79,9 +79,9 @@ right.subheader("Timings")
 timed_a, timed_b = timings(a), timings(b)
 rows = []
 for batch in sorted(set(timed_a) | set(timed_b)):
-    for metric in ("p50_ms", "p99_ms", "throughput", "cv"):
+    for metric in ("p50", "p99", "throughput", "cv"):
         va, vb = timed_a.get(batch, {}).get(metric), timed_b.get(batch, {}).get(metric)
-        rows.append({"batch": batch, "metric": metric, "A": va, "B": vb, "B / A": vb / va if va and vb else None})
+        rows.append({"batch": batch, "metric": METRICS[metric].header, "A": va, "B": vb, "B / A": vb / va if va and vb else None})
 if rows:
     right.dataframe(pd.DataFrame(rows), hide_index=True,
                     column_config={"A": st.column_config.NumberColumn(format="%.4f"), "B": st.column_config.NumberColumn(format="%.4f"),

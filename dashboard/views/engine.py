@@ -70,9 +70,9 @@ with tabs[0]:
             batch = st.radio("Batch size", [b["batch"] for b in timed], horizontal=True, key="histogram_batch")
             chosen = next(b for b in timed if b["batch"] == batch)
             figure = go.Figure(go.Histogram(x=chosen["raw_ms"], nbinsx=60, name="latency"))
-            for name, colour in (("p50_ms", "green"), ("p99_ms", "red")):
+            for name, colour in (("p50", "green"), ("p99", "red")):
                 if chosen[name] is not None:
-                    figure.add_vline(x=chosen[name], line_dash="dash", line_color=colour, annotation_text=name.removesuffix("_ms"))
+                    figure.add_vline(x=chosen[name], line_dash="dash", line_color=colour, annotation_text=name)
             figure.update_layout(xaxis_title="latency per iteration (ms)", yaxis_title="iterations", height=360,
                                  margin={"l": 10, "r": 10, "t": 30, "b": 10})
             st.plotly_chart(figure, key="histogram")

@@ -6,7 +6,8 @@ import math
 
 import streamlit as st
 
-from dashboard import data, queries
+from dashboard import data
+from farm import queries
 
 PAGE_SIZES = (50, 100, 250)
 
@@ -49,15 +50,9 @@ event = st.dataframe(
     on_select="rerun",
     selection_mode="single-row",
     hide_index=True,
-    column_order=["model", "target", "backend", "precision", "batch", "status", "p50_ms", "p99_ms", "throughput", "cv",
-                  "top1", "cosine", "engine_MB", "options", "error"],
+    column_order=["model", "target", "backend", "precision", "batch", "status", *queries.RESULT_METRICS, "engine_MB", "options", "error"],
     column_config={
-        "p50_ms": st.column_config.NumberColumn("p50 ms", format="%.3f"),
-        "p99_ms": st.column_config.NumberColumn("p99 ms", format="%.3f"),
-        "throughput": st.column_config.NumberColumn("samples/s", format="%.1f"),
-        "cv": st.column_config.NumberColumn("cv", format="percent"),
-        "top1": st.column_config.NumberColumn("top-1 agr.", format="%.4f"),
-        "cosine": st.column_config.NumberColumn("cosine", format="%.5f"),
+        **{metric: data.column(metric) for metric in queries.RESULT_METRICS},
         "engine_MB": st.column_config.NumberColumn("engine MB", format="%.2f"),
     },
 )

@@ -1,4 +1,5 @@
-"""The dashboard's reads: plain functions over a SQLAlchemy session, no Streamlit.
+"""The store's read side for people: plain functions over a SQLAlchemy session, shared by
+`farm status` and the dashboard (which turns their results into frames). No pandas, no Streamlit.
 
 Filtering and paging happen in SQL (WHERE, LIMIT/OFFSET) so a store of 10,000 builds costs
 one page of rows per rerun, never the whole table.
@@ -11,13 +12,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import pandas as pd
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
+from farm.metrics import METRICS
 from farm.store import schema
 
 STATES = ("done", "cached", "failed", "blocked", "pending")
+# The metrics of a results row and of an engine's benchmark table, in column order.
+RESULT_METRICS = ("p50", "p99", "throughput", "cv", "top1_agreement", "cosine")
+BENCHMARK_METRICS = ("p50", "p90", "p99", "mean", "min", "max", "cv", "throughput", "iterations", "gpu_p50")
+FIDELITY_METRICS = ("top1_agreement", "top5_agreement", "cosine", "cosine_min", "max_abs_error", "accuracy",
+                    "reference_accuracy", "box_recall", "box_precision")
 STAGES = schema.STAGES
 ROWS = schema.STAGE_TABLES
 
@@ -98,7 +104,20 @@ def _cell(value: Any) -> str:
     return json.dumps(value)
 
 
-def sweeps(s: Session) -> pd.DataFrame:
+@dataclass(frozen=True)
+class SweepSummary:
+    id: int
+    name: str
+    status: str
+    spec: str
+    started: datetime
+    finished: datetime | None
+    jobs: int
+    done: int
+    failed: int
+
+
+def sweeps(s: Session) -> list[SweepSummary]:
     """Every sweep, newest first, with its job counts."""
     jobs = (
         select(
@@ -116,12 +135,18 @@ def sweeps(s: Session) -> pd.DataFrame:
         .outerjoin(jobs, jobs.c.sweep_id == schema.Sweep.id)
         .order_by(schema.Sweep.id.desc())
     ).all()
-    frame = pd.DataFrame(rows, columns=["id", "name", "status", "spec", "started", "finished", "jobs", "done", "failed"])
-    return frame.fillna({"jobs": 0, "done": 0, "failed": 0}).astype({"jobs": int, "done": int, "failed": int})
+    return [SweepSummary(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6] or 0), int(r[7] or 0), int(r[8] or 0)) for r in rows]
 
 
-def stage_progress(s: Session, sweep_id: int) -> pd.DataFrame:
-    """One row per stage: how many of its jobs are in each state."""
+def sweep(s: Session, sweep_id: int | None = None) -> schema.Sweep | None:
+    """One sweep, or the newest when no id is given."""
+    if sweep_id is not None:
+        return s.get(schema.Sweep, sweep_id)
+    return s.scalars(select(schema.Sweep).order_by(schema.Sweep.id.desc()).limit(1)).first()
+
+
+def stage_progress(s: Session, sweep_id: int) -> dict[str, dict[str, int]]:
+    """Per stage, in pipeline order: how many of its jobs are in each state (every state present)."""
     rows = s.execute(
         select(schema.SweepJob.stage, schema.SweepJob.state, func.count())
         .where(schema.SweepJob.sweep_id == sweep_id)
@@ -131,11 +156,7 @@ def stage_progress(s: Session, sweep_id: int) -> pd.DataFrame:
     for stage, state, n in rows:
         counts.setdefault(stage, {})[state] = n
     order = [st for st in STAGES if st in counts] + sorted(set(counts) - set(STAGES))
-    frame = pd.DataFrame([{"stage": st, **{state: counts[st].get(state, 0) for state in STATES}} for st in order],
-                         columns=["stage", *STATES])
-    frame["total"] = frame[list(STATES)].sum(axis=1)
-    frame["progress"] = (frame["total"] - frame["pending"]) / frame["total"].where(frame["total"] > 0, 1)
-    return frame
+    return {st: {state: counts[st].get(state, 0) for state in STATES} for st in order}
 
 
 def failures(s: Session, sweep_id: int) -> list[Failure]:
@@ -177,12 +198,7 @@ def _results_query(filters: Filters) -> Select[Any]:
             schema.Build.options.label("options"),
             schema.Build.status.label("status"),
             bench.batch_size.label("batch"),
-            bench.latency_p50.label("p50_ms"),
-            bench.latency_p99.label("p99_ms"),
-            bench.throughput.label("throughput"),
-            bench.latency_cv.label("cv"),
-            fid.top1_agreement.label("top1"),
-            fid.cosine_mean.label("cosine"),
+            *(getattr(bench if METRICS[m].table == "benchmark" else fid, METRICS[m].column).label(m) for m in RESULT_METRICS),
             schema.Build.engine_bytes.label("engine_bytes"),
             func.coalesce(schema.Build.error, bench.error, fid.error).label("error"),
             schema.Build.label.label("label"),
@@ -208,16 +224,15 @@ def _results_query(filters: Filters) -> Select[Any]:
     return query
 
 
-def results(s: Session, filters: Filters, limit: int, offset: int) -> tuple[pd.DataFrame, int]:
+RESULT_COLUMNS: list[str] = list(_results_query(Filters()).selected_columns.keys())
+
+
+def results(s: Session, filters: Filters, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
     """One page of builds x benchmarks (a failed build is one row without timings) and the total count."""
     query = _results_query(filters)
     total = s.scalar(select(func.count()).select_from(query.subquery())) or 0
     page = query.order_by(schema.Model.name, schema.Build.target_id, schema.Build.label, schema.Benchmark.batch_size)
-    rows = s.execute(page.limit(limit).offset(offset)).all()
-    frame = pd.DataFrame(rows, columns=list(query.selected_columns.keys()))
-    frame["options"] = frame["options"].map(lambda o: " ".join(f"{k}={v}" for k, v in (o or {}).items()))
-    frame["engine_MB"] = pd.to_numeric(frame.pop("engine_bytes")) / 1e6  # a page of failed builds is all None
-    return frame, total
+    return [dict(zip(RESULT_COLUMNS, row, strict=True)) for row in s.execute(page.limit(limit).offset(offset))], total
 
 
 def build_detail(s: Session, key: str) -> BuildDetail | None:
@@ -235,16 +250,13 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
         options=dict(build.options), manifest=build.manifest, engine_sha256=build.engine_sha256,
         engine_bytes=build.engine_bytes, seconds=build.seconds, node=build.node, created_at=build.created_at,
         benchmarks=[
-            {"batch": b.batch_size, "status": b.status, "p50_ms": b.latency_p50, "p90_ms": b.latency_p90,
-             "p99_ms": b.latency_p99, "mean_ms": b.latency_mean, "min_ms": b.latency_min, "max_ms": b.latency_max,
-             "cv": b.latency_cv, "throughput": b.throughput, "iterations": b.iterations, "gpu_p50_ms": b.gpu_compute_p50,
+            {"batch": b.batch_size, "status": b.status, **{m: getattr(b, METRICS[m].column) for m in BENCHMARK_METRICS},
              "noisy": b.noisy, "raw_ms": b.raw_ms or [], "error": b.error}
             for b in benches
         ],
         fidelity=None if fid is None else {
-            "status": fid.status, "samples": fid.samples, "top1_agreement": fid.top1_agreement,
-            "top5_agreement": fid.top5_agreement, "cosine_mean": fid.cosine_mean, "cosine_min": fid.cosine_min,
-            "max_abs_error": fid.max_abs_error, "error": fid.error,
+            "status": fid.status, "samples": fid.samples, **{m: getattr(fid, METRICS[m].column) for m in FIDELITY_METRICS},
+            "error": fid.error,
         },
     )
 

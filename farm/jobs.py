@@ -1,0 +1,164 @@
+"""What a sweep is made of: jobs with content keys, and the targets they run on.
+
+A job's key is a hash of everything that determines its result: its parents' keys, the
+backend and its version, the options and the target. The same spec on the same fleet
+always yields the same keys, which is what makes resume and caching free. A job names its
+parents by field (`BuildJob.variant_key`), never by position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from workers.bench import BenchSettings
+from workers.precision import DEFAULT_LAYOUT
+from workers.structs import BuildRequest, ModelRef, Preprocess, Target
+
+KEY_VERSION = 1  # bump to invalidate every cached result after a change in what a stage computes
+
+
+def content_key(stage: str, **parts: Any) -> str:
+    payload = json.dumps({"stage": stage, "v": KEY_VERSION, **parts}, sort_keys=True, default=_plain)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot hash {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class TargetGroup:
+    """A target and what the cluster offers for it: the node ids and backend versions there."""
+
+    target: Target
+    nodes: tuple[str, ...]
+    backends: dict[str, str] = field(default_factory=dict)  # name -> version on these nodes
+    cpu_arch: str = "x86_64"  # of the nodes: which int8 layout ONNX Runtime computes faithfully there
+    int8_dot_32bit: bool = True  # every node's int8 dot products accumulate in 32 bits (VNNI, AMX, Arm)
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Which real inputs a stage uses: the driver loads them (workers never read files), then takes
+    the first `count` rows for calibration or the last `count` for fidelity, so they never overlap."""
+
+    path: Path
+    preprocess: Preprocess
+    input_shape: tuple[int, ...]
+    part: str  # "calibration" | "heldout"
+    count: int
+    reserved: int  # rows the other part takes from the same data (0 when it uses other data)
+    labels: Path | None
+    digest: str
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: ClassVar[str]
+    parents: ClassVar[tuple[str, ...]] = ()  # the fields that hold the keys of the jobs this one consumes
+    key: str
+    label: str
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The keys of the jobs whose results this one consumes."""
+        return tuple(key for key in (getattr(self, name) for name in self.parents) if key)
+
+
+@dataclass(frozen=True)
+class ExportJob(Job):
+    stage: ClassVar[str] = "export"
+    model: ModelRef
+
+
+@dataclass(frozen=True)
+class ReferenceJob(Job):
+    """The fp32 model's outputs on the held-out rows: what every build is judged against."""
+
+    stage: ClassVar[str] = "reference"
+    parents: ClassVar[tuple[str, ...]] = ("export_key",)
+    export_key: str
+    model: ModelRef
+    data: DataRef
+
+
+@dataclass(frozen=True)
+class CalibrateJob(Job):
+    """Activation ranges of the fp32 model over the calibration rows, once per method."""
+
+    stage: ClassVar[str] = "calibrate"
+    parents: ClassVar[tuple[str, ...]] = ("export_key",)
+    export_key: str
+    model: ModelRef
+    method: str
+    percentile: float
+    data: DataRef
+
+
+@dataclass(frozen=True)
+class VariantJob(Job):
+    """The model's ONNX after a precision transform; int8 / fp8 from a calibration, judged (by the
+    fallback) against the reference."""
+
+    stage: ClassVar[str] = "variant"
+    parents: ClassVar[tuple[str, ...]] = ("export_key", "calibration_key", "reference_key")
+    export_key: str
+    model: ModelRef
+    precision: str
+    calibration_key: str | None = None
+    reference_key: str | None = None
+    method: str | None = None
+    fp16: dict[str, Any] = field(default_factory=dict)
+    min_top1_agreement: float = 0.99
+    fallback_tries: int = 0  # 0: no fallback
+    heldout: DataRef | None = None
+    layout: str = DEFAULT_LAYOUT  # int8: how the Q/DQ graph is written (workers.precision.INT8_LAYOUTS)
+    max_float_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
+class BuildJob(Job):
+    stage: ClassVar[str] = "build"
+    parents: ClassVar[tuple[str, ...]] = ("variant_key", "export_key")
+    variant_key: str
+    export_key: str  # the export's checkpoint: what the PyTorch backends build from
+    request: BuildRequest
+    backend_version: str
+
+
+@dataclass(frozen=True)
+class BenchmarkJob(Job):
+    stage: ClassVar[str] = "benchmark"
+    parents: ClassVar[tuple[str, ...]] = ("build_key",)
+    build_key: str
+    target: Target
+    batch_size: int
+    settings: BenchSettings
+
+
+@dataclass(frozen=True)
+class FidelityJob(Job):
+    stage: ClassVar[str] = "fidelity"
+    parents: ClassVar[tuple[str, ...]] = ("build_key", "reference_key")
+    build_key: str
+    reference_key: str
+    target: Target
+    batch_size: int  # largest batch the engine accepts; inputs run in chunks of it
+    box_score_threshold: float = 0.5  # detectors only
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    notes: list[str]  # what the spec asked for that this fleet cannot do, one line each
+
+    def by_stage(self, stage: str) -> list[Job]:
+        return [job for job in self.jobs if job.stage == stage]

@@ -1,0 +1,102 @@
+"""Every measure farm records, defined once: its column, header, unit and which way is better.
+
+Tables (terminal, dashboard), JSON output, winners selection and the recorder read this table;
+a new metric is one entry here (and a column in farm.store.schema where it is stored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the dashboard reads this table and must not import workers
+    from workers.bench import Timings
+    from workers.detection import DetectionFidelity
+    from workers.fidelity import Fidelity
+
+Table = Literal["benchmark", "fidelity"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # what a user types: --objective p50, min_cosine
+    table: Table
+    column: str  # the stage table's column
+    header: str  # a table's column heading
+    unit: str  # "ms", "samples/s", "" (a ratio)
+    better: Literal["lower", "higher"] | None  # None: descriptive, never ranked on
+    fmt: str = "{:.3f}"
+    of: Callable[[Any], Any] | None = None  # the value from the worker's result (benchmarks: Timings)
+
+    def format(self, value: float | None) -> str:
+        return "-" if value is None else self.fmt.format(value)
+
+    def score(self, value: float) -> float:
+        """Lower is better, whichever way the metric points."""
+        return -value if self.better == "higher" else value
+
+
+def _latency(stat: str) -> Callable[[Timings], float]:
+    return lambda t: float(getattr(t.latency, stat))
+
+
+def _gpu(stat: str) -> Callable[[Timings], float | None]:
+    return lambda t: float(getattr(t.gpu_compute, stat)) if t.gpu_compute is not None else None
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("p50", "benchmark", "latency_p50", "p50 ms", "ms", "lower", "{:.2f}", _latency("median")),
+        Metric("p90", "benchmark", "latency_p90", "p90 ms", "ms", "lower", "{:.2f}", _latency("p90")),
+        Metric("p95", "benchmark", "latency_p95", "p95 ms", "ms", "lower", "{:.2f}", _latency("p95")),
+        Metric("p99", "benchmark", "latency_p99", "p99 ms", "ms", "lower", "{:.2f}", _latency("p99")),
+        Metric("mean", "benchmark", "latency_mean", "mean ms", "ms", "lower", "{:.2f}", _latency("mean")),
+        Metric("min", "benchmark", "latency_min", "min ms", "ms", None, "{:.2f}", _latency("min")),
+        Metric("max", "benchmark", "latency_max", "max ms", "ms", None, "{:.2f}", _latency("max")),
+        Metric("cv", "benchmark", "latency_cv", "cv", "", None, "{:.1%}", _latency("cv")),
+        Metric("throughput", "benchmark", "throughput", "samples/s", "samples/s", "higher", "{:.1f}", lambda t: t.throughput),
+        Metric("gpu_p50", "benchmark", "gpu_compute_p50", "GPU p50 ms", "ms", "lower", "{:.3f}", _gpu("median")),
+        Metric("gpu_mean", "benchmark", "gpu_compute_mean", "GPU mean ms", "ms", None, "{:.3f}", _gpu("mean")),
+        Metric("gpu_cv", "benchmark", "gpu_compute_cv", "GPU cv", "", None, "{:.1%}", _gpu("cv")),
+        Metric("iterations", "benchmark", "iterations", "iterations", "", None, "{:d}", lambda t: t.iterations),
+        Metric("wall_s", "benchmark", "wall_s", "timed s", "s", None, "{:.2f}", lambda t: t.wall_s),
+        Metric("top1_agreement", "fidelity", "top1_agreement", "top-1 agr.", "", "higher"),
+        Metric("top5_agreement", "fidelity", "top5_agreement", "top-5 agr.", "", "higher"),
+        Metric("cosine", "fidelity", "cosine_mean", "cosine", "", "higher", "{:.4f}"),
+        Metric("cosine_min", "fidelity", "cosine_min", "min cosine", "", "higher", "{:.4f}"),
+        Metric("max_abs_error", "fidelity", "max_abs_error", "max |err|", "", "lower", "{:.3g}"),
+        Metric("accuracy", "fidelity", "accuracy", "accuracy", "", "higher"),
+        Metric("reference_accuracy", "fidelity", "reference_accuracy", "fp32 accuracy", "", None),
+        Metric("box_recall", "fidelity", "box_recall", "box recall", "", "higher"),
+        Metric("box_precision", "fidelity", "box_precision", "box precision", "", "higher"),
+    )
+}
+OBJECTIVES: tuple[str, ...] = ("p50", "p99", "throughput")  # what winners are chosen by
+
+
+def of_table(table: Table) -> list[Metric]:
+    return [m for m in METRICS.values() if m.table == table]
+
+
+def benchmark_columns(timings: Timings) -> dict[str, Any]:
+    """A benchmark row's measured columns: every benchmark metric, the noise flag and the raw times."""
+    found = {m.column: m.of(timings) for m in of_table("benchmark") if m.of is not None}
+    return found | {"noisy": timings.noisy, "raw_ms": timings.raw_ms, "raw_gpu_ms": timings.raw_gpu_ms}
+
+
+def fidelity_columns(result: Fidelity | DetectionFidelity) -> dict[str, Any]:
+    """A fidelity row's measured columns: a classifier's agreement, or a detector's box agreement."""
+    from workers.detection import DetectionFidelity
+
+    if isinstance(result, DetectionFidelity):
+        return {"samples": result.images, "reference_boxes": result.reference_boxes, "candidate_boxes": result.candidate_boxes,
+                "box_recall": result.recall, "box_precision": result.precision, "score_diff_mean": result.score_diff_mean,
+                "score_diff_max": result.score_diff_max, "iou_mean": result.iou_mean}
+    return asdict(result)
+
+
+def values(row: Any, table: Table) -> dict[str, float | None]:
+    """Every metric of `table` read off a stored row (None for a missing row)."""
+    return {m.name: (getattr(row, m.column) if row is not None else None) for m in of_table(table)}

@@ -1,0 +1,297 @@
+"""The pipeline's stages, one entry each: what a job of the stage needs, which Ray task runs it,
+how its result becomes a row, and which artifacts it leaves for its children.
+
+    export -> reference -> calibrate -> variant -> build -> benchmark, fidelity
+
+The driver walks this registry to submit and record jobs, resume reads it to turn a stored row
+back into what children need, and nothing else dispatches on a job's type. A new stage is one
+`Stage` subclass here, a job type in farm.jobs, a table in farm.store.schema and a function in
+workers.stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar, Protocol
+
+import ray
+
+from farm import tasks
+from farm.jobs import (
+    BenchmarkJob,
+    BuildJob,
+    CalibrateJob,
+    DataRef,
+    ExportJob,
+    FidelityJob,
+    Job,
+    ReferenceJob,
+    VariantJob,
+)
+from farm.metrics import benchmark_columns, fidelity_columns
+from farm.spec import SweepSpec
+from farm.store.record import Blob, JobRow, Recorder
+from farm.store.schema import JobColumns
+from workers.structs import Manifest
+
+
+@dataclass(frozen=True)
+class Produced:
+    """What a finished job hands to its children."""
+
+    blobs: dict[str, str] = field(default_factory=dict)  # role -> artifact sha256
+    manifest: dict[str, Any] | None = None  # a build's
+    details: dict[str, Any] | None = None  # a variant's: what its builds record in their manifests
+
+
+class Context(Protocol):
+    """What a stage may ask of the running sweep while it submits a job (the driver provides it)."""
+
+    spec: SweepSpec
+    recorder: Recorder
+    progress_queue: Any
+
+    def job(self, key: str) -> Job: ...
+
+    def produced(self, key: str) -> Produced: ...
+
+    def blob(self, sha256: str) -> ray.ObjectRef:
+        """The artifact in Ray's object store, put there once per sweep."""
+        ...
+
+    def rows(self, data: DataRef) -> tuple[ray.ObjectRef, ray.ObjectRef | None]:
+        """The inputs (and labels) a DataRef names, loaded once per sweep."""
+        ...
+
+    def place(self, target_id: str) -> dict[str, Any]:
+        """Ray options that pin a task to a node of the target: scheduling strategy and resources."""
+        ...
+
+    def node_cpus(self, target_id: str, options: dict[str, Any]) -> float: ...
+
+
+class Stage:
+    """One pipeline stage. `artifacts`: role -> (row column, artifact kind)."""
+
+    name: ClassVar[str]
+    job_type: ClassVar[type[Job]]
+    artifacts: ClassVar[dict[str, tuple[str, str]]] = {}
+
+    def submit(self, ctx: Context, job: Any) -> ray.ObjectRef | tasks.Outcome:
+        """Start the job's task (or finish it here, returning its Outcome, when there is nothing to run)."""
+        raise NotImplementedError
+
+    def columns(self, job: Any, value: Any) -> dict[str, Any]:
+        """The stage table's own columns, from the job and (when it succeeded) the worker's value."""
+        return {}
+
+    def after(self, ctx: Context, job: Any, outcome: tasks.Outcome) -> None:
+        """Anything to store beside the row before it is written (a build's timing cache)."""
+
+    def row(self, job: Any, outcome: tasks.Outcome, blobs: dict[str, Blob]) -> JobRow:
+        shas = {role: blob.sha256 for role, blob in blobs.items()} | outcome.inherited
+        columns = self.columns(job, outcome.value if outcome.ok else None)
+        columns |= {column: shas.get(role) for role, (column, _kind) in self.artifacts.items()}
+        return JobRow(self.name, job.key, outcome.ok, columns, outcome.error, outcome.log, outcome.seconds, outcome.node)
+
+    def produced(self, row: Any) -> Produced:
+        return Produced({role: sha for role, (column, _kind) in self.artifacts.items() if (sha := getattr(row, column))})
+
+    def kinds(self) -> dict[str, str]:
+        return {role: kind for role, (_column, kind) in self.artifacts.items()}
+
+    def retries(self, ctx: Context) -> dict[str, Any]:
+        return {"max_retries": ctx.spec.limits.retries}
+
+
+class ExportStage(Stage):
+    name = "export"
+    job_type = ExportJob
+    artifacts = {"onnx": ("onnx_sha256", "onnx"), "checkpoint": ("checkpoint_sha256", "checkpoint")}
+
+    def submit(self, ctx: Context, job: ExportJob) -> ray.ObjectRef:
+        return tasks.export_task.options(**self.retries(ctx)).remote(job.model)
+
+    def columns(self, job: ExportJob, value: Any) -> dict[str, Any]:
+        m = job.model
+        found: dict[str, Any] = {"name": m.name, "source": m.source, "weights": m.weights, "input_shape": list(m.input_shape)}
+        if value is not None:
+            found |= {"opset": value.opset, "inputs": [t.to_json() for t in value.inputs],
+                      "outputs": [t.to_json() for t in value.outputs], "node_count": value.node_count}
+        return found
+
+
+class ReferenceStage(Stage):
+    name = "reference"
+    job_type = ReferenceJob
+    artifacts = {"reference": ("outputs_sha256", "reference")}
+
+    def submit(self, ctx: Context, job: ReferenceJob) -> ray.ObjectRef:
+        fp32 = ctx.blob(ctx.produced(job.export_key).blobs["onnx"])
+        inputs, _labels = ctx.rows(job.data)
+        return tasks.reference_task.options(**self.retries(ctx)).remote(fp32, inputs, max(ctx.spec.batch_sizes), job.model.task)
+
+    def columns(self, job: ReferenceJob, value: Any) -> dict[str, Any]:
+        return {"model_key": job.export_key, "data_digest": job.data.digest, "samples": value["samples"] if value else None}
+
+
+class CalibrateStage(Stage):
+    name = "calibrate"
+    job_type = CalibrateJob
+    artifacts = {"ranges": ("ranges_sha256", "calibration")}
+
+    def submit(self, ctx: Context, job: CalibrateJob) -> ray.ObjectRef:
+        fp32 = ctx.blob(ctx.produced(job.export_key).blobs["onnx"])
+        inputs, _labels = ctx.rows(job.data)
+        return tasks.calibrate_task.options(**self.retries(ctx)).remote(fp32, inputs, job.method, job.percentile)
+
+    def columns(self, job: CalibrateJob, value: Any) -> dict[str, Any]:
+        return {"model_key": job.export_key, "method": job.method, "percentile": job.percentile or None,
+                "data_digest": job.data.digest, "samples": value["samples"] if value else None,
+                "tensors": value["tensors"] if value else None}
+
+
+class VariantStage(Stage):
+    name = "variant"
+    job_type = VariantJob
+    artifacts = {"onnx": ("onnx_sha256", "onnx")}
+
+    def submit(self, ctx: Context, job: VariantJob) -> ray.ObjectRef | tasks.Outcome:
+        fp32_sha = ctx.produced(job.export_key).blobs["onnx"]
+        if job.precision == "fp32":  # the export itself: nothing to compute, but a row to record
+            return tasks.Outcome(True, inherited={"onnx": fp32_sha})
+        settings: dict[str, Any] = {"fp16": job.fp16} if job.precision == "fp16" else {
+            "min_top1_agreement": job.min_top1_agreement, "fallback_tries": job.fallback_tries,
+            "layout": job.layout, "max_float_fraction": job.max_float_fraction}
+        ranges = heldout = reference = labels = None
+        if job.calibration_key is not None:
+            ranges = ctx.blob(ctx.produced(job.calibration_key).blobs["ranges"])
+            if job.fallback_tries and job.heldout is not None and job.reference_key is not None:
+                heldout, labels = ctx.rows(job.heldout)
+                reference = ctx.blob(ctx.produced(job.reference_key).blobs["reference"])
+        return tasks.variant_task.options(**self.retries(ctx)).remote(
+            ctx.blob(fp32_sha), job.precision, ranges, heldout, reference, labels, settings
+        )
+
+    def columns(self, job: VariantJob, value: Any) -> dict[str, Any]:
+        details = value if isinstance(value, dict) else ({"fp16": job.fp16} if job.fp16 else None)
+        return {"model_key": job.export_key, "precision": job.precision, "method": job.method,
+                "calibration_key": job.calibration_key, "details": details}
+
+    def produced(self, row: Any) -> Produced:
+        return replace(super().produced(row), details=row.details)
+
+
+def variant_summary(details: dict[str, Any] | None) -> dict[str, Any]:
+    """What a build's manifest says of its variant beyond the precision."""
+    return {k: details[k] for k in ("method", "layout", "quantized_fraction") if details and k in details}
+
+
+class BuildStage(Stage):
+    name = "build"
+    job_type = BuildJob
+    artifacts = {"engine": ("engine_sha256", "engine")}
+
+    def __init__(self) -> None:
+        self.timing_caches_given: dict[str, list[str]] = {}  # build key -> the cache shas it started from
+
+    def submit(self, ctx: Context, job: BuildJob) -> ray.ObjectRef:
+        variant = ctx.produced(job.variant_key)
+        checkpoint = ctx.produced(job.export_key).blobs.get("checkpoint")
+        task = tasks.isolated_build_task if ctx.spec.limits.isolate_builds else tasks.build_task
+        context = tasks.build_context(job.key, self._timing_caches(ctx, job), ctx.progress_queue)
+        request = replace(job.request, variant=variant_summary(variant.details))
+        return task.options(**self.retries(ctx), **ctx.place(job.request.target.id)).remote(
+            request, ctx.blob(variant.blobs["onnx"]), ctx.blob(checkpoint) if checkpoint else None, context
+        )
+
+    def _timing_caches(self, ctx: Context, job: BuildJob) -> tuple[bytes, ...]:
+        """Datacenter TensorRT builds on GPU targets start from the caches of earlier builds there."""
+        if job.request.backend != "tensorrt" or job.request.target.kind != "gpu":
+            return ()
+        given = ctx.recorder.timing_caches(job.request.target.id, job.backend_version)
+        self.timing_caches_given[job.key] = given
+        return tuple(ctx.recorder.store.artifacts.get(sha) for sha in given)
+
+    def after(self, ctx: Context, job: BuildJob, outcome: tasks.Outcome) -> None:
+        cache = outcome.blobs.pop("timing_cache", None)
+        if cache is not None:
+            given = self.timing_caches_given.pop(job.key, [])
+            ctx.recorder.update_timing_cache(job.request.target.id, job.backend_version, given, cache)
+
+    def columns(self, job: BuildJob, value: Any) -> dict[str, Any]:
+        r = job.request
+        found: dict[str, Any] = {"variant_key": job.variant_key, "target_id": r.target.id, "backend": r.backend,
+                                 "backend_version": job.backend_version, "options": r.options, "label": job.label[:256]}
+        if value is not None:
+            found |= {"manifest": value.manifest.to_json(), "peak_host_memory_bytes": value.peak_host_memory_bytes}
+        return found
+
+    def row(self, job: BuildJob, outcome: tasks.Outcome, blobs: dict[str, Blob]) -> JobRow:
+        found = super().row(job, outcome, blobs)
+        if not outcome.ok:
+            return found
+        engine = outcome.value
+        columns = found.columns | {"engine_bytes": blobs["engine"].size if "engine" in blobs else None}
+        log = (engine.log + ("\n" + outcome.log if outcome.log else "")) if engine.log else found.log
+        return replace(found, columns=columns, seconds=engine.seconds or outcome.seconds, log=log)
+
+    def produced(self, row: Any) -> Produced:
+        return replace(super().produced(row), manifest=row.manifest)
+
+
+def _engine(ctx: Context, build_key: str) -> tuple[ray.ObjectRef, Manifest]:
+    produced = ctx.produced(build_key)
+    assert produced.manifest is not None
+    return ctx.blob(produced.blobs["engine"]), Manifest.from_json(produced.manifest)
+
+
+class BenchmarkStage(Stage):
+    name = "benchmark"
+    job_type = BenchmarkJob
+
+    def submit(self, ctx: Context, job: BenchmarkJob) -> ray.ObjectRef:
+        engine, manifest = _engine(ctx, job.build_key)
+        placement = ctx.place(job.target.id)
+        # A CPU timing takes every CPU of its node: nothing else runs there while it measures.
+        resources = {"num_gpus": 1, "num_cpus": 1} if job.target.kind == "gpu" else {"num_cpus": ctx.node_cpus(job.target.id, placement)}
+        return tasks.benchmark_task.options(**self.retries(ctx), **placement, **resources).remote(
+            engine, manifest, job.batch_size, job.settings
+        )
+
+    def columns(self, job: BenchmarkJob, value: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {"build_key": job.build_key, "batch_size": job.batch_size, "settings": asdict(job.settings)}
+        if value is not None:
+            found |= benchmark_columns(value)
+        return found
+
+
+class FidelityStage(Stage):
+    name = "fidelity"
+    job_type = FidelityJob
+
+    def submit(self, ctx: Context, job: FidelityJob) -> ray.ObjectRef:
+        engine, manifest = _engine(ctx, job.build_key)
+        reference_job = ctx.job(job.reference_key)
+        assert isinstance(reference_job, ReferenceJob)
+        reference = ctx.blob(ctx.produced(job.reference_key).blobs["reference"])
+        inputs, labels = ctx.rows(reference_job.data)
+        gpu = {"num_gpus": 1} if job.target.kind == "gpu" else {}
+        return tasks.fidelity_task.options(**self.retries(ctx), **ctx.place(job.target.id), **gpu).remote(
+            engine, manifest, inputs, reference, job.batch_size, labels, reference_job.model.task, job.box_score_threshold
+        )
+
+    def columns(self, job: FidelityJob, value: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {"build_key": job.build_key, "reference_key": job.reference_key}
+        if value is not None:
+            found |= fidelity_columns(value)
+        return found
+
+
+def registry() -> dict[str, Stage]:
+    """A fresh registry per sweep (the build stage remembers which timing caches it handed out)."""
+    stages: list[Stage] = [ExportStage(), ReferenceStage(), CalibrateStage(), VariantStage(), BuildStage(), BenchmarkStage(), FidelityStage()]
+    return {stage.name: stage for stage in stages}
+
+
+STAGES: tuple[str, ...] = tuple(registry())
