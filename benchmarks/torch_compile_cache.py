@@ -42,7 +42,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from workers.models import load_module
     from workers.structs import ModelRef
     from workers.torch_compile_cache import export_compile_caches, import_compile_caches
-    from workers.torch_engines import TorchEngineOptions, open_engine
+    from workers.torch_engines import INPUT, TorchEngineOptions, open_engine
 
     report: dict[str, Any] = {"phase": args.child, "import_s": time.perf_counter() - STARTED, "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
     if args.child == "warm":
@@ -53,13 +53,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     module = load_module(ModelRef(args.model, source, None, args.input_shape))
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, *args.input_shape)).astype(np.float32) for b in args.batches}
-    with open_engine(copy.deepcopy(module), TorchEngineOptions(), args.device) as eager:
-        reference = {b: eager.infer(x)[0] for b, x in inputs.items()}
+    with open_engine(copy.deepcopy(module), TorchEngineOptions(), args.device, args.input_shape) as eager:
+        reference = {b: eager.infer({INPUT: x})[0] for b, x in inputs.items()}
     options = TorchEngineOptions(kind="compile", compile_mode=args.mode, precision=args.precision, channels_last=args.channels_last)
     errors = {}
-    with open_engine(module, options, args.device) as runner:
+    with open_engine(module, options, args.device, args.input_shape) as runner:
         for batch, x in inputs.items():
-            errors[batch] = float(np.abs(runner.infer(x)[0] - reference[batch]).max())
+            errors[batch] = float(np.abs(runner.infer({INPUT: x})[0] - reference[batch]).max())
         report["compile_s"] = dict(runner.setup_seconds)
     report["max_abs_error"] = errors
     report["counters"] = {group: {k: v for k, v in counters[group].items() if "cache" in k} for group in ("inductor", "aot_autograd")}

@@ -41,7 +41,7 @@ from workers.structs import ModelRef  # noqa: E402
 from workers.torch_aoti import build_aoti_package, check_aoti_package  # noqa: E402
 from workers.device import gpu_clocks  # noqa: E402
 from workers.torch_compile_cache import export_compile_caches, import_compile_caches  # noqa: E402
-from workers.torch_engines import KINDS, TorchEngineOptions, open_engine  # noqa: E402
+from workers.torch_engines import INPUT, KINDS, TorchEngineOptions, open_engine  # noqa: E402
 
 QUICK = BenchSettings(warmup_s=0.05, duration_s=0.2, min_iterations=5)
 FULL = BenchSettings(warmup_s=0.5, duration_s=3.0, min_iterations=50)
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["meta"]["compile_cache_imported"] = import_compile_caches(args.compile_cache_in.read_bytes())
 
     # eager fp32 (TF32 off) on the same inputs: the reference every other engine is compared with
-    with open_engine(copy.deepcopy(base), TorchEngineOptions(), device) as eager:
-        reference = {b: eager.infer(x)[0] for b, x in inputs.items()}
+    with open_engine(copy.deepcopy(base), TorchEngineOptions(), device, args.input_shape) as eager:
+        reference = {b: eager.infer({INPUT: x})[0] for b, x in inputs.items()}
 
     def save() -> None:
         if args.out:
@@ -124,11 +124,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     result["errors"].append({"engine": options.label, **built})
                     save()
                     continue
-                with open_engine(engine, options, device) as runner:
+                with open_engine(engine, options, device, args.input_shape) as runner:
                     for batch in args.batches:
                         x = inputs[batch]
                         before = gpu_clocks(gpu_index(device))
-                        step = runner.prepare(x, data_transfers=args.data_transfers)
+                        step = runner.prepare({INPUT: x}, data_transfers=args.data_transfers)
                         timings = measure(step, batch, settings, synchronize=runner.synchronize, gpu_timer=runner.gpu_timer())
                         after = gpu_clocks(gpu_index(device))
                         row = {
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "images_per_s": timings.throughput, "iterations": timings.iterations,
                             "setup_s": runner.setup_seconds.get(batch), "build": built,
                             "clocks_start": before, "clocks_end": after,
-                            **compare(reference[batch], runner.infer(x)[0]),
+                            **compare(reference[batch], runner.infer({INPUT: x})[0]),
                         }
                         result["rows"].append(row)
                         print_row(row)

@@ -20,7 +20,7 @@ import pytest
 
 from workers.bench import BenchSettings, Timings, measure
 from workers.device import gpu_clocks
-from workers.torch_engines import TorchEngineOptions, TorchEngineRunner, open_engine
+from workers.torch_engines import INPUT, TorchEngineOptions, TorchEngineRunner, open_engine
 
 pytestmark = pytest.mark.gpu
 
@@ -60,13 +60,17 @@ def resnet18() -> Any:
     return torchvision.models.resnet18(weights=None).eval()
 
 
+def _feeds(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {INPUT: x}
+
+
 def _eager(module: Any, x: np.ndarray, **options: Any) -> np.ndarray:
-    with open_engine(copy.deepcopy(module), TorchEngineOptions(**options), DEVICE) as runner:
-        return runner.infer(x)[0]
+    with open_engine(copy.deepcopy(module), TorchEngineOptions(**options), DEVICE, x.shape[1:]) as runner:
+        return runner.infer(_feeds(x))[0]
 
 
 def _time(runner: TorchEngineRunner, x: np.ndarray, data_transfers: bool = True) -> Timings:
-    step = runner.prepare(x, data_transfers=data_transfers)
+    step = runner.prepare(_feeds(x), data_transfers=data_transfers)
     return measure(step, len(x), SHORT, synchronize=runner.synchronize, gpu_timer=runner.gpu_timer())
 
 
@@ -80,24 +84,24 @@ def _summary(timings: Timings) -> dict[str, Any]:
 def test_cuda_graph_replay_matches_eager_at_every_batch_size(convnet: Any) -> None:
     x1, x8 = _inputs(1), _inputs(8, seed=1)
     expected = {1: _eager(convnet, x1), 8: _eager(convnet, x8)}
-    with open_engine(copy.deepcopy(convnet), TorchEngineOptions(kind="cuda_graph"), DEVICE) as runner:
-        np.testing.assert_allclose(runner.infer(x1)[0], expected[1], atol=1e-4, rtol=1e-4)
-        np.testing.assert_allclose(runner.infer(x8)[0], expected[8], atol=1e-4, rtol=1e-4)
+    with open_engine(copy.deepcopy(convnet), TorchEngineOptions(kind="cuda_graph"), DEVICE, SHAPE) as runner:
+        np.testing.assert_allclose(runner.infer(_feeds(x1))[0], expected[1], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(runner.infer(_feeds(x8))[0], expected[8], atol=1e-4, rtol=1e-4)
         # replaying the first graph after capturing the second: each graph has its own memory pool
-        np.testing.assert_allclose(runner.infer(x1)[0], expected[1], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(runner.infer(_feeds(x1))[0], expected[1], atol=1e-4, rtol=1e-4)
         # new data through the same static buffer, not the data seen at capture
         x1b = _inputs(1, seed=2)
-        np.testing.assert_allclose(runner.infer(x1b)[0], _eager(convnet, x1b), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(runner.infer(_feeds(x1b))[0], _eager(convnet, x1b), atol=1e-4, rtol=1e-4)
         assert set(runner.setup_seconds) == {1, 8}  # one capture per batch size
 
 
 def test_step_without_data_transfers_only_replays(resnet18: Any) -> None:
     x = _inputs(64, (3, 224, 224))  # 38.5 MB in: the copy is worth a clear share of the step
     options = TorchEngineOptions(kind="cuda_graph", precision="fp16", channels_last=True)
-    with open_engine(copy.deepcopy(resnet18), options, DEVICE) as runner:
+    with open_engine(copy.deepcopy(resnet18), options, DEVICE, (3, 224, 224)) as runner:
         with_copies = _time(runner, x, data_transfers=True)
         replay_only = _time(runner, x, data_transfers=False)
-        out = runner.infer(x)[0]
+        out = runner.infer(_feeds(x))[0]
     assert with_copies.gpu_compute is not None and replay_only.gpu_compute is not None
     assert replay_only.latency.median < with_copies.latency.median
     # the compute is the same graph either way; only the copies around it differ
@@ -120,9 +124,9 @@ def test_step_without_data_transfers_only_replays(resnet18: Any) -> None:
 )
 def test_event_time_is_within_host_time_and_outputs_match_eager(convnet: Any, options: TorchEngineOptions) -> None:
     x = _inputs(32)
-    with open_engine(copy.deepcopy(convnet), options, DEVICE) as runner:
+    with open_engine(copy.deepcopy(convnet), options, DEVICE, SHAPE) as runner:
         timings = _time(runner, x)
-        out = runner.infer(x)[0]
+        out = runner.infer(_feeds(x))[0]
     assert timings.gpu_compute is not None and timings.raw_gpu_ms is not None
     assert len(timings.raw_gpu_ms) == timings.iterations and min(timings.raw_gpu_ms) > 0
     assert timings.gpu_compute.median <= timings.latency.median
@@ -137,8 +141,8 @@ def test_backend_flags_follow_each_runner() -> None:
     from torch import nn
 
     module = nn.Linear(8, 8)
-    tf32 = open_engine(copy.deepcopy(module), TorchEngineOptions(tf32=True), DEVICE)
-    strict = open_engine(copy.deepcopy(module), TorchEngineOptions(tf32=False, cudnn_benchmark=False), DEVICE)
+    tf32 = open_engine(copy.deepcopy(module), TorchEngineOptions(tf32=True), DEVICE, (8,))
+    strict = open_engine(copy.deepcopy(module), TorchEngineOptions(tf32=False, cudnn_benchmark=False), DEVICE, (8,))
     with tf32:
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
     with strict:

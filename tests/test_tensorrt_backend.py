@@ -298,6 +298,7 @@ import gc
 from onnx import TensorProto, helper
 from tests.test_tensorrt_backend import SM89, TINY, request
 from workers.backends import tensorrt
+from workers.backends.tensorrt import build as tensorrt_build  # where build_engine looks BuildLog up
 from workers.models import export
 
 tiny = export(TINY)
@@ -321,8 +322,8 @@ class CollectingMessages(list):
         super().append(item)
 
 
-record = tensorrt.BuildLog
-tensorrt.BuildLog = lambda: (lambda r: (setattr(r, "messages", CollectingMessages()), r)[1])(record())
+record = tensorrt_build.BuildLog
+tensorrt_build.BuildLog = lambda: (lambda r: (setattr(r, "messages", CollectingMessages()), r)[1])(record())
 tensorrt.TensorRTBackend().build(request(TINY, SM89), tiny.onnx_bytes, None)
 print("built")
 """

@@ -26,10 +26,16 @@ from tests.conftest import REPO
 from workers.bench import BenchSettings, measure
 from workers.torch_aoti import AotiPackage, AotiRunner, build_aoti_package, check_aoti_package, read_package_metadata
 from workers.device import gpu_clocks
-from workers.torch_engines import TorchEngineOptions, flatten_outputs, open_engine, prepare_module
+from workers.torch_engines import INPUT, TorchEngineOptions, flatten_outputs, open_engine, prepare_module
 
 SHAPE = (3, 32, 32)
 X = np.random.default_rng(0).standard_normal((4, *SHAPE)).astype(np.float32)
+
+
+def feeds(x: np.ndarray) -> dict[str, np.ndarray]:
+    """A torch engine runner's feeds: its one input, by name."""
+    return {INPUT: x}
+
 
 # The model for the AOTInductor package lives in a file outside the repository, under a name
 # no other process can import: a loader that needed the model's Python code would fail.
@@ -113,11 +119,11 @@ def test_bad_options_are_one_line_errors(make: Callable[[], object], message: st
 def test_cuda_graph_on_cpu_fails_before_touching_the_module() -> None:
     module = small_convnet()
     with pytest.raises(ValueError, match="kind cuda_graph needs a CUDA device, not cpu"):
-        open_engine(module, TorchEngineOptions(kind="cuda_graph"), "cpu")
+        open_engine(module, TorchEngineOptions(kind="cuda_graph"), "cpu", SHAPE)
     with pytest.raises(TypeError, match="kind aoti runs a package"):
-        open_engine(module, TorchEngineOptions(kind="aoti"), "cpu")
+        open_engine(module, TorchEngineOptions(kind="aoti"), "cpu", SHAPE)
     with pytest.raises(TypeError, match="kind eager runs a torch.nn.Module, not package bytes"):
-        open_engine(b"pt2", TorchEngineOptions(), "cpu")
+        open_engine(b"pt2", TorchEngineOptions(), "cpu", SHAPE)
 
 
 def test_options_round_trip_and_label() -> None:
@@ -137,23 +143,30 @@ def test_importing_the_modules_does_not_import_torch() -> None:
 def test_eager_runner_on_cpu_matches_the_module_and_times_steps() -> None:
     module = small_convnet()
     expected = plain_forward(module, X)
-    with open_engine(copy.deepcopy(module), TorchEngineOptions(), "cpu") as runner:
-        (out,) = runner.infer(X)
+    with open_engine(copy.deepcopy(module), TorchEngineOptions(), "cpu", SHAPE) as runner:
+        (out,) = runner.infer(feeds(X))
         assert out.dtype == np.float32 and out.shape == (4, 10)
         np.testing.assert_allclose(out, expected, atol=1e-5)
         assert runner.gpu_timer() is None
-        step = runner.prepare(X[:2], data_transfers=False)
+        step = runner.prepare(feeds(X[:2]), data_transfers=False)
         timings = measure(step, 2, BenchSettings(warmup_s=0, duration_s=0, min_iterations=3), synchronize=runner.synchronize)
         assert timings.iterations == 3 and timings.gpu_compute is None
         assert set(runner.setup_seconds) == {4, 2}  # each batch size bound once
+        # the Runner base checks the feed: one float32 input of (batch, *input_shape), whatever the engine's precision
+        with pytest.raises(ValueError, match=r"^EagerRunner: input 'input' has shape \(4, 3, 16, 16\): axis 2 must be 32"):
+            runner.infer(feeds(np.zeros((4, 3, 16, 16), np.float32)))
+        with pytest.raises(ValueError, match=r"^EagerRunner: input 'input' is float16; the engine takes float32$"):
+            runner.infer(feeds(X.astype(np.float16)))
+    with pytest.raises(RuntimeError, match=r"^EagerRunner\.infer\(\) called outside `with runner:`"):
+        runner.infer(feeds(X))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_is_applied_and_close_to_fp32(precision: str) -> None:
     module = small_convnet()
     expected = plain_forward(module, X)
-    with open_engine(copy.deepcopy(module), TorchEngineOptions(precision=precision), "cpu") as runner:
-        (out,) = runner.infer(X)
+    with open_engine(copy.deepcopy(module), TorchEngineOptions(precision=precision), "cpu", SHAPE) as runner:
+        (out,) = runner.infer(feeds(X))
     assert out.dtype == np.float32
     assert not np.array_equal(out, expected)  # the cast happened: 8 or 11 mantissa bits change the logits
     scale = np.abs(expected).max()
@@ -169,8 +182,8 @@ def test_channels_last_gives_the_same_outputs() -> None:
     options = TorchEngineOptions(channels_last=True)
     prepared: Any = prepare_module(copy.deepcopy(module), options, "cpu")
     assert prepared[0].weight.is_contiguous(memory_format=torch.channels_last)
-    with open_engine(prepared, options, "cpu") as runner:
-        np.testing.assert_allclose(runner.infer(X)[0], expected, atol=1e-5)
+    with open_engine(prepared, options, "cpu", SHAPE) as runner:
+        np.testing.assert_allclose(runner.infer(feeds(X))[0], expected, atol=1e-5)
 
 
 def test_flatten_outputs_and_clocks_without_a_gpu() -> None:
@@ -230,12 +243,14 @@ def test_aoti_package_runs_in_a_fresh_process_without_the_model_code(aoti_model:
 
 def test_aoti_runner_refuses_what_the_package_cannot_run(aoti_model: tuple[Any, str], aoti_package: AotiPackage) -> None:
     module, _ = aoti_model
-    with open_engine(aoti_package.data, TorchEngineOptions(kind="aoti"), "cpu") as runner:
-        np.testing.assert_allclose(runner.infer(X[:2])[0], plain_forward(module, X[:2]), atol=1e-5)
+    with open_engine(aoti_package.data, TorchEngineOptions(kind="aoti"), "cpu", SHAPE) as runner:
+        np.testing.assert_allclose(runner.infer(feeds(X[:2]))[0], plain_forward(module, X[:2]), atol=1e-5)
         with pytest.raises(ValueError, match=r"batch 5: this aoti package runs batch 1\.\.4"):
-            runner.infer(np.zeros((5, *SHAPE), np.float32))  # AOTInductor itself would run it, unchecked
+            runner.infer(feeds(np.zeros((5, *SHAPE), np.float32)))  # AOTInductor itself would run it, unchecked
     with pytest.raises(ValueError, match="options aoti fp16 differ from the package's own: aoti fp32"):
         AotiRunner(aoti_package.data, "cpu", TorchEngineOptions(kind="aoti", precision="fp16"))
+    with pytest.raises(ValueError, match=r"input_shape \(3, 64, 64\) differs from the package's own: \(3, 32, 32\)"):
+        AotiRunner(aoti_package.data, "cpu", input_shape=(3, 64, 64))
     with pytest.raises(ValueError, match="was built for cpu and cannot run on cuda"):
         AotiRunner(aoti_package.data, "cuda")
     with pytest.raises(ValueError, match="not an AOTInductor package"):

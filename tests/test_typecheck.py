@@ -33,7 +33,7 @@ def _shadowed_stubs(folder: Path) -> list[str]:
 
 def test_tensorrt_backend_type_checks_against_the_stubs(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "workers/backends/tensorrt.py", "workers/cuda.py", "--strict",
+        [sys.executable, "-m", "mypy", "workers/backends/tensorrt/", "workers/cuda.py", "--strict",
          "--ignore-missing-imports", *_shadowed_stubs(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )

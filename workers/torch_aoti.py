@@ -22,13 +22,23 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from workers.torch_engines import Compute, TorchEngineOptions, TorchEngineRunner, device_type, flatten_outputs, prepare_module, torch_dtype
+from workers.torch_engines import (
+    INPUT,
+    Compute,
+    TorchEngineOptions,
+    TorchEngineRunner,
+    device_type,
+    flatten_outputs,
+    prepare_module,
+    torch_dtype,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +49,7 @@ META_INPUT_SHAPE = "farm.input_shape"  # one sample, without the batch axis: "3,
 META_DEVICE = "farm.device"  # "cpu" | "cuda"
 META_TORCH = "farm.torch"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -191,40 +202,49 @@ def load_aoti_package(data: bytes, device: str) -> Any:
         return torch._inductor.aoti_load_package(handle.name, device_index=-1 if index is None else index)
 
 
+def _given_or_packed(what: str, given: T | None, packed: T | None, show: Callable[[T], str]) -> T:
+    """What the caller gave, where the package says the same or nothing; else the package's own."""
+    if given is None:
+        if packed is None:
+            raise ValueError(f"this .pt2 carries no farm {what} (not built by build_aoti_package): pass {what}")
+        return packed
+    if packed is not None and packed != given:
+        verb = "differ" if what.endswith("s") else "differs"
+        raise ValueError(f"{what} {show(given)} {verb} from the package's own: {show(packed)}")
+    return given
+
+
 class AotiRunner(TorchEngineRunner):
-    """Runs an AOTInductor package; its options and batch range come from the package itself."""
+    """Runs an AOTInductor package; its options, input shape and batch range come from the package itself."""
 
     kind = "aoti"
 
-    def __init__(self, data: bytes, device: str, options: TorchEngineOptions | None = None) -> None:
+    def __init__(
+        self, data: bytes, device: str, options: TorchEngineOptions | None = None, input_shape: tuple[int, ...] | None = None
+    ) -> None:
         metadata = read_package_metadata(data)
         packed = TorchEngineOptions.from_dict(json.loads(metadata[META_OPTIONS])) if META_OPTIONS in metadata else None
-        if options is None:
-            if packed is None:
-                raise ValueError("this .pt2 carries no farm options (not built by build_aoti_package): pass options")
-            options = packed
-        elif packed is not None and packed != options:
-            raise ValueError(f"options {options.label} differ from the package's own: {packed.label}")
+        options = _given_or_packed("options", options, packed, lambda o: o.label)
+        text = metadata.get(META_INPUT_SHAPE)
+        packed_shape = tuple(int(d) for d in text.split(",")) if text else None
+        input_shape = _given_or_packed("input_shape", None if input_shape is None else tuple(input_shape), packed_shape, str)
         built_for = metadata.get(META_DEVICE)
         if built_for and built_for != device_type(device):
             raise ValueError(f"this aoti package was built for {built_for} and cannot run on {device}")
-        super().__init__(options, device)
+        super().__init__(options, device, input_shape)
         self.data = data
         self.metadata = metadata
         low, _, high = metadata.get(META_BATCH, "").partition(",")
         self.batch_range: tuple[int, int] | None = (int(low), int(high)) if high else None
         self._model: Any = None
 
-    @property
-    def input_shape(self) -> tuple[int, ...] | None:
-        text = self.metadata.get(META_INPUT_SHAPE)
-        return tuple(int(d) for d in text.split(",")) if text else None
-
-    def _open(self) -> None:
+    def _activate(self) -> None:
+        super()._activate()
         self._model = load_aoti_package(self.data, self.device)
 
-    def _close(self) -> None:
+    def _deactivate(self) -> None:
         self._model = None
+        super()._deactivate()
 
     def _compute(self, device_input: torch.Tensor) -> Compute:
         import torch
@@ -300,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
             with np.load(args.inputs) as archive:
                 arrays = [archive[f"arr_{i}"] for i in range(len(archive.files))]
         else:
-            if runner.batch_range is None or runner.input_shape is None:
-                raise SystemExit("this package has no batch range / input shape metadata: pass --inputs")
+            if runner.batch_range is None:
+                raise SystemExit("this package has no batch range metadata: pass --inputs")
             arrays = [np.zeros((b, *runner.input_shape), np.float32) for b in sorted(set(runner.batch_range))]
-        results = [runner.infer(x) for x in arrays]
+        results = [runner.infer({INPUT: x}) for x in arrays]
     if args.outputs:
         named: dict[str, Any] = {f"{i}_{j}": o for i, outs in enumerate(results) for j, o in enumerate(outs)}
         np.savez(args.outputs, **named)

@@ -16,13 +16,17 @@ torch is imported inside functions: `import workers` must work on a machine with
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from workers.backends.base import Feeds, Runner, Step
 from workers.bench import GpuTimer
+from workers.models import BATCH_AXIS
+from workers.structs import TensorSpec
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +37,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 CUDA_GRAPH_WARMUP_ITERATIONS = 3  # PyTorch's CUDA graph notes warm up a few iterations on a side stream
 COMPILE_WARMUP_CALLS = 3  # cudagraph trees warm up on call 1, record on call 2, replay from call 3
 RECOMPILE_LIMIT = 64  # dynamo's default (8) silently falls back to eager after 8 shapes of one forward
+INPUT = "input"  # the input's name in every runner's feeds: the name workers.models exports it under
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -162,20 +167,26 @@ class _Binding:
     compute: Compute  # one forward over device_input, returning its outputs on the device
 
 
-class TorchEngineRunner:
+class TorchEngineRunner(Runner):
     """Runs one engine on one device at any batch size; resources live inside `with runner:`.
 
-    Each input shape is bound once (buffer, compile or graph capture); `setup_seconds[batch]`
-    keeps what that cost: the compile for kind compile, warm-up + capture for cuda_graph, the
-    first call (cuDNN autotuning) for eager and aoti.
+    The feed is one float32 array named "input", shaped (batch, *input_shape) as the ONNX
+    export names it; the runner casts it to the engine's precision and memory format. Each
+    input shape is bound once (buffer, compile or graph capture); `setup_seconds[batch]` keeps
+    what that cost: the compile for kind compile, warm-up + capture for cuda_graph, the first
+    call (cuDNN autotuning) for eager and aoti.
+
+    Each kind adds to `_activate` / `_deactivate` (through super()) what it opens and closes,
+    and `_compute`: one forward over a bound device buffer.
     """
 
     kind: ClassVar[str]
 
-    def __init__(self, options: TorchEngineOptions, device: str) -> None:
+    def __init__(self, options: TorchEngineOptions, device: str, input_shape: tuple[int, ...]) -> None:
         if options.kind != self.kind:
             raise ValueError(f"a {type(self).__name__} runs kind {self.kind}, not {options.kind}")
         options.check_device(device)
+        super().__init__([TensorSpec(INPUT, (BATCH_AXIS, *input_shape), "float32")], [])
         self.options = options
         self.device = device
         self.is_cuda = device_type(device) == "cuda"
@@ -183,7 +194,12 @@ class TorchEngineRunner:
         self._bindings: dict[tuple[int, ...], _Binding] = {}
         self._events: tuple[Any, Any] | None = None
 
-    def __enter__(self) -> Self:
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape, without the batch axis."""
+        return tuple(int(d) for d in self.inputs[0].shape[1:])
+
+    def _activate(self) -> None:
         import torch
 
         if self.is_cuda and not torch.cuda.is_available():
@@ -191,33 +207,28 @@ class TorchEngineRunner:
         apply_backend_flags(self.options, self.device)
         if self.is_cuda:
             self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))  # type: ignore[no-untyped-call]
-        self._open()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def _deactivate(self) -> None:
         self._bindings.clear()
-        self._close()
-        self._events = None
-        if self.is_cuda:
+        if self._events is not None:  # CUDA is up: wait for the last steps before their memory goes back
             import torch
 
+            self._events = None
             torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
 
-    # What each kind adds: opening / closing its resources, and one forward over a bound buffer.
-    def _open(self) -> None:
-        pass
-
-    def _close(self) -> None:
-        pass
-
+    @abstractmethod
     def _compute(self, device_input: torch.Tensor) -> Compute:
-        raise NotImplementedError
+        """Set up a forward over `device_input` for its shape (autotune, capture or compile) and return it.
 
-    def _host_tensor(self, x: np.ndarray) -> torch.Tensor:
+        The returned callable runs one forward and returns the outputs on the device.
+        """
+
+    def _host_tensor(self, feeds: Feeds) -> torch.Tensor:
         """The input in the engine's dtype and memory format, in pinned memory on a CUDA host."""
         import torch
 
+        x = feeds[INPUT]
         host = torch.from_numpy(np.ascontiguousarray(x)).to(torch_dtype(self.options.precision))
         if self.options.channels_last and host.dim() == 4:
             host = host.contiguous(memory_format=torch.channels_last)
@@ -243,25 +254,23 @@ class TorchEngineRunner:
             self._bindings[shape] = binding
         return binding
 
-    def infer(self, x: np.ndarray) -> list[np.ndarray]:
-        """One forward over `x`; every output on the host as float32 (integer outputs keep their type)."""
-        host = self._host_tensor(x)
+    def _infer(self, feeds: Feeds) -> list[np.ndarray]:
+        """One forward; every output on the host as float32 (integer outputs keep their type)."""
+        host = self._host_tensor(feeds)
         binding = self._bind(host)
         binding.device_input.copy_(host)
         outputs = binding.compute()
         # copies: a CUDA graph's or cudagraph tree's outputs are overwritten by the next replay
         return [np.array((o.float() if o.is_floating_point() else o).cpu().numpy(), copy=True) for o in outputs]
 
-    def prepare(self, x: np.ndarray, data_transfers: bool = True) -> Callable[[], None]:
-        """Bind `x` once and return a step that runs one complete inference.
-
-        On CUDA, with `data_transfers` the step copies the pinned input to the device and the
+    def _prepare(self, feeds: Feeds, data_transfers: bool) -> Step:
+        """On CUDA, with `data_transfers` the step copies the pinned input to the device and the
         outputs back (trtexec's default); without, it only runs (trtexec --noDataTransfers).
         Either way the events bracket the forward alone.
         """
         import torch
 
-        host = self._host_tensor(x)
+        host = self._host_tensor(feeds)
         binding = self._bind(host)
         device_input, compute = binding.device_input, binding.compute
         device_input.copy_(host)
@@ -306,12 +315,16 @@ class TorchEngineRunner:
         return lambda: float(start.elapsed_time(end))
 
 
-class EagerRunner(TorchEngineRunner):
-    kind = "eager"
+class ModuleRunner(TorchEngineRunner):
+    """A runner over a torch.nn.Module already prepared for its options (open_engine does that)."""
 
-    def __init__(self, module: torch.nn.Module, options: TorchEngineOptions, device: str) -> None:
-        super().__init__(options, device)
+    def __init__(self, module: torch.nn.Module, options: TorchEngineOptions, device: str, input_shape: tuple[int, ...]) -> None:
+        super().__init__(options, device, input_shape)
         self.module = module
+
+
+class EagerRunner(ModuleRunner):
+    kind = "eager"
 
     def _compute(self, device_input: torch.Tensor) -> Compute:
         import torch
@@ -326,18 +339,19 @@ class EagerRunner(TorchEngineRunner):
         return compute
 
 
-class CudaGraphRunner(TorchEngineRunner):
+class CudaGraphRunner(ModuleRunner):
     """One CUDA graph per input shape, captured on first use and replayed for every step."""
 
     kind = "cuda_graph"
+    _graphs: list[Any]  # every captured graph, alive while the runner is open
 
-    def __init__(self, module: torch.nn.Module, options: TorchEngineOptions, device: str) -> None:
-        super().__init__(options, device)
-        self.module = module
-        self._graphs: list[Any] = []
+    def _activate(self) -> None:
+        super()._activate()
+        self._graphs = []
 
-    def _close(self) -> None:
-        self._graphs.clear()
+    def _deactivate(self) -> None:
+        self._graphs = []
+        super()._deactivate()
 
     def _compute(self, device_input: torch.Tensor) -> Compute:
         import torch
@@ -365,26 +379,24 @@ class CudaGraphRunner(TorchEngineRunner):
         return replay
 
 
-class CompileRunner(TorchEngineRunner):
+class CompileRunner(ModuleRunner):
     """torch.compile with static shapes: one compile per input shape, on its first call."""
 
     kind = "compile"
+    _compiled: Any = None  # the compiled module, while the runner is open
 
-    def __init__(self, module: torch.nn.Module, options: TorchEngineOptions, device: str) -> None:
-        super().__init__(options, device)
-        self.module = module
-        self._compiled: Any = None
-
-    def _open(self) -> None:
+    def _activate(self) -> None:
         import torch
 
+        super()._activate()
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
         setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
         self._compiled = torch.compile(self.module, mode=self.options.mode, dynamic=False)
 
-    def _close(self) -> None:
+    def _deactivate(self) -> None:
         self._compiled = None
+        super()._deactivate()
 
     def _compute(self, device_input: torch.Tensor) -> Compute:
         import torch
@@ -405,25 +417,28 @@ class CompileRunner(TorchEngineRunner):
         return compute
 
 
-def open_engine(engine: torch.nn.Module | bytes, options: TorchEngineOptions, device: str) -> TorchEngineRunner:
+def open_engine(
+    engine: torch.nn.Module | bytes, options: TorchEngineOptions, device: str, input_shape: tuple[int, ...]
+) -> TorchEngineRunner:
     """A runner for `engine`: a module for eager / cuda_graph / compile, package bytes for aoti.
 
-    Modules go through prepare_module here (in place), so a runner never runs a module in
-    other settings than its options say.
+    `input_shape` is one sample's, without the batch axis: the runner's feed is
+    {"input": array of (batch, *input_shape)}. Modules go through prepare_module here (in
+    place), so a runner never runs a module in other settings than its options say.
     """
     if options.kind == "aoti":
         if not isinstance(engine, bytes | bytearray):
             raise TypeError("kind aoti runs a package (AotiPackage.data from build_aoti_package), not a module")
         from workers.torch_aoti import AotiRunner
 
-        return AotiRunner(bytes(engine), device, options)
+        return AotiRunner(bytes(engine), device, options, input_shape)
     if isinstance(engine, bytes | bytearray):
         raise TypeError(f"kind {options.kind} runs a torch.nn.Module, not package bytes")
-    runners: dict[str, type[EagerRunner] | type[CudaGraphRunner] | type[CompileRunner]] = {
+    runners: dict[str, type[ModuleRunner]] = {
         "eager": EagerRunner,
         "cuda_graph": CudaGraphRunner,
         "compile": CompileRunner,
     }
     runner_type = runners[options.kind]
     options.check_device(device)
-    return runner_type(prepare_module(engine, options, device), options, device)
+    return runner_type(prepare_module(engine, options, device), options, device, input_shape)

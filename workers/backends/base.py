@@ -2,15 +2,17 @@
 
 `build()` turns a variant (ONNX bytes, plus the checkpoint for the PyTorch baseline) into an
 Engine for one target; `open()` returns a Runner whose resources live inside `with runner:`,
-so nothing leaks when a benchmark throws. Backends import their library only when used:
-`import workers` works on a machine that has none of them.
+so nothing leaks when a benchmark throws. Every runner subclasses the Runner base here, which
+owns activation, the guard against use outside `with`, and the checks of its feeds. Backends
+import their library only when used: `import workers` works on a machine that has none of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 
@@ -47,25 +49,129 @@ class BuildContext:
 NO_CONTEXT = BuildContext()
 
 
-class Runner(Protocol):
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+Feeds = Mapping[str, np.ndarray]  # input name -> array on the host
+Step = Callable[[], None]  # one complete inference; see Runner.prepare
 
-    def __enter__(self) -> Runner: ...
 
-    def __exit__(self, *exc: object) -> None: ...
+class Runner(ABC):
+    """An opened engine. Resources live inside `with runner:`; what every runner shares lives here, once.
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    The base owns activation (as Polygraphy's BaseRunner does): `__enter__` calls `_activate()`
+    and `__exit__` always calls `_deactivate()`, also when `_activate()` failed half-way, so a
+    subclass allocates as it goes and frees whatever exists, with no try/except of its own.
+    The base also refuses use outside `with` and checks feeds against `inputs` before a
+    subclass sees them, so a wrong name, dtype or shape is one line that names the tensor
+    instead of an error from deep inside ONNX Runtime, TensorRT or CUDA.
+
+    Subclasses implement `_activate`, `_deactivate`, `_infer` and `_prepare`; GPU runners also
+    override `synchronize` and `gpu_timer`.
+    """
+
+    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+        self.inputs = inputs
+        self.outputs = outputs  # [] where the engine's outputs are known only once it runs
+        self.is_active = False
+
+    @property
+    def name(self) -> str:
+        """How errors name this runner."""
+        return type(self).__name__
+
+    def __enter__(self) -> Self:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def activate(self) -> None:
+        """Open the engine; prefer `with runner:`, which cannot forget to close it."""
+        if self.is_active:
+            raise RuntimeError(f"{self.name} is already active: leave its `with` before entering it again")
+        try:
+            self._activate()
+        except BaseException as exc:
+            # Free what _activate made before it failed; the failure itself is what the caller must see.
+            try:
+                self._deactivate()
+            except Exception as cleanup:
+                exc.add_note(f"{self.name}: closing it after the failure also failed: {cleanup!r}")
+            raise
+        self.is_active = True
+
+    def deactivate(self) -> None:
+        try:
+            self._deactivate()
+        finally:
+            self.is_active = False
+
+    def infer(self, feeds: Feeds) -> list[np.ndarray]:
         """Run once and return every output on the host, in manifest order."""
-        ...
+        self._check("infer", feeds)
+        return self._infer(feeds)
 
-    def prepare(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
-        """Bind `feeds` once and return a step that runs one complete inference (copies included)."""
-        ...
+    def prepare(self, feeds: Feeds, *, data_transfers: bool = True) -> Step:
+        """Bind `feeds` once and return a step that runs one complete inference.
 
-    def synchronize(self) -> None: ...
+        With `data_transfers` (trtexec's default) a step copies the inputs to the device and the
+        outputs back; without (trtexec --noDataTransfers) it only runs the engine on inputs
+        already on the device. Runners with no device (CPU) have nothing to copy either way.
+        """
+        self._check("prepare", feeds)
+        return self._prepare(feeds, data_transfers)
 
-    def gpu_timer(self) -> GpuTimer | None: ...
+    def synchronize(self) -> None:
+        """Wait for all work a step queued; a no-op where steps run synchronously (CPU)."""
+        return None
+
+    def gpu_timer(self) -> GpuTimer | None:
+        """Device milliseconds of the last step's compute, read after synchronize(); None without a GPU."""
+        return None
+
+    @abstractmethod
+    def _activate(self) -> None:
+        """Open the engine. May fail half-way: `_deactivate` then frees what was made."""
+
+    @abstractmethod
+    def _deactivate(self) -> None:
+        """Free everything; safe after a half-failed `_activate` and after a completed one."""
+
+    @abstractmethod
+    def _infer(self, feeds: Feeds) -> list[np.ndarray]: ...
+
+    @abstractmethod
+    def _prepare(self, feeds: Feeds, data_transfers: bool) -> Step: ...
+
+    def _check(self, call: str, feeds: Feeds) -> None:
+        if not self.is_active:
+            raise RuntimeError(f"{self.name}.{call}() called outside `with runner:`: the engine is not open")
+        check_feeds(self.inputs, feeds, self.name)
+
+
+def check_feeds(inputs: list[TensorSpec], feeds: Feeds, owner: str) -> None:
+    """One-line ValueError unless `feeds` holds exactly `inputs`, each of its dtype, rank and fixed non-batch sizes.
+
+    Axis 0 is the batch and its size is the runner's business (a profile's range, a package's
+    range); other axes named by a string (dynamic in the engine) take any size.
+    """
+    names = [spec.name for spec in inputs]
+    expected = ", ".join(repr(name) for name in names) or "none"
+    unknown = [name for name in feeds if name not in names]
+    if unknown:
+        raise ValueError(f"{owner}: no input named {unknown[0]!r}; the engine's inputs: {expected}")
+    missing = [name for name in names if name not in feeds]
+    if missing:
+        raise ValueError(f"{owner}: input {missing[0]!r} is missing; the engine's inputs: {expected}")
+    for spec in inputs:
+        array = feeds[spec.name]
+        if str(array.dtype) != spec.dtype:
+            raise ValueError(f"{owner}: input {spec.name!r} is {array.dtype}; the engine takes {spec.dtype}")
+        shape, wanted = tuple(array.shape), tuple(spec.shape)
+        if len(shape) != len(wanted):
+            raise ValueError(f"{owner}: input {spec.name!r} has shape {shape}, {len(shape)} axes; the engine takes {wanted}")
+        for axis, size in enumerate(wanted[1:], start=1):
+            if isinstance(size, int) and shape[axis] != size:
+                raise ValueError(f"{owner}: input {spec.name!r} has shape {shape}: axis {axis} must be {size} (the engine takes {wanted})")
 
 
 class Backend(Protocol):

@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext
-from workers.bench import GpuTimer
+from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext, Feeds, Runner, Step
 from workers.precision import cpu_graph_optimization, onnxruntime_int8_layout
 from workers.structs import BuildRequest, Engine, Manifest, TensorSpec
 
@@ -97,41 +95,35 @@ class OnnxRuntimeBackend:
         return OnnxRuntimeRunner(engine, manifest)
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
+    """One InferenceSession on the CPU provider; a step is one `session.run` (no device, nothing to copy)."""
+
     def __init__(self, engine: bytes, manifest: Manifest) -> None:
+        super().__init__(manifest.inputs, manifest.outputs)
         self._engine = engine
         self._options = manifest.options
-        self.inputs = manifest.inputs
-        self.outputs = manifest.outputs
         self._session: Any = None
 
-    def __enter__(self) -> OnnxRuntimeRunner:
+    def _activate(self) -> None:
         import onnxruntime as ort
 
         # The model is already optimised at the build's level; optimising again would only cost load time.
         so = _session_options(self._options, "disable")
         self._session = ort.InferenceSession(self._engine, so, providers=["CPUExecutionProvider"])
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def _deactivate(self) -> None:
         self._session = None
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return list(self._session.run(None, feeds))
+    def _infer(self, feeds: Feeds) -> list[np.ndarray]:
+        return list(self._session.run(None, dict(feeds)))
 
-    def prepare(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
-        session = self._session
+    def _prepare(self, feeds: Feeds, data_transfers: bool) -> Step:
+        session, bound = self._session, dict(feeds)
 
         def step() -> None:
-            session.run(None, feeds)
+            session.run(None, bound)
 
         return step
-
-    def synchronize(self) -> None:
-        return None
-
-    def gpu_timer(self) -> GpuTimer | None:
-        return None
 
 
 def _specs(values: Any) -> list[TensorSpec]:

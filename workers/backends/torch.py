@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from importlib import metadata
 from typing import Any, ClassVar
 
 import numpy as np
 
-from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext
+from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext, Feeds, Runner, Step
 from workers.bench import GpuTimer
 from workers.models import BATCH_AXIS, load_module
 from workers.structs import BuildRequest, Engine, Manifest, ModelRef, TensorSpec
@@ -71,17 +70,18 @@ class TorchBackend:
         return TorchRunner(engine, manifest)
 
 
-class TorchRunner:
+class TorchRunner(Runner):
+    """The eager module on the CPU or one GPU; on a GPU, CUDA events bracket the forward alone."""
+
     def __init__(self, engine: bytes, manifest: Manifest) -> None:
+        super().__init__(manifest.inputs, manifest.outputs)
         self._engine = engine
         self._manifest = manifest
-        self.inputs = manifest.inputs
-        self.outputs = manifest.outputs
         self._module: Any = None
         self._device = manifest.extra.get("device", "cpu")
         self._events: tuple[Any, Any] | None = None
 
-    def __enter__(self) -> TorchRunner:
+    def _activate(self) -> None:
         import torch
 
         if self._device == "cuda" and not torch.cuda.is_available():
@@ -93,50 +93,67 @@ class TorchRunner:
         dtype = torch.float16 if self._manifest.precision == "fp16" else torch.float32
         self._module = module.to(self._device, dtype)
         if self._device == "cuda":
-            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-        return self
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))  # type: ignore[no-untyped-call]
 
-    def __exit__(self, *exc: object) -> None:
+    def _deactivate(self) -> None:
         self._module = None
         self._events = None
         import torch
 
         if self._device == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # a no-op where CUDA never initialised (activation failed before it)
+
+    def _host(self, feeds: Feeds) -> Any:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(feeds[self.inputs[0].name]))
+
+    def _to_device(self, host: Any) -> Any:
+        return host.to(self._device, non_blocking=True).to(next(self._module.parameters()).dtype)
+
+    def _compute(self, x: Any) -> list[Any]:
+        """The forward alone, between the events: every output tensor, still on the device."""
+        import torch
+
+        if self._events:
+            self._events[0].record()
+        out = self._module(x)
+        if self._events:
+            self._events[1].record()
+        if isinstance(out, list | tuple) and out and isinstance(out[0], dict):
+            out = list(out[0].values())  # a torchvision detector, one image: boxes, labels, scores
+        return [out] if isinstance(out, torch.Tensor) else list(out)
 
     def _forward(self, host: Any) -> list[np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            x = host.to(self._device, non_blocking=True).to(next(self._module.parameters()).dtype)
-            if self._events:
-                self._events[0].record()
-            out = self._module(x)
-            if self._events:
-                self._events[1].record()
-            if isinstance(out, list | tuple) and out and isinstance(out[0], dict):
-                out = list(out[0].values())  # a torchvision detector, one image: boxes, labels, scores
-            outs = [out] if isinstance(out, torch.Tensor) else list(out)
+            outs = self._compute(self._to_device(host))
             return [(o.float() if o.is_floating_point() else o).cpu().numpy() for o in outs]
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _infer(self, feeds: Feeds) -> list[np.ndarray]:
+        return self._forward(self._host(feeds))
+
+    def _prepare(self, feeds: Feeds, data_transfers: bool) -> Step:
         import torch
 
-        (array,) = feeds.values()
-        return self._forward(torch.from_numpy(np.ascontiguousarray(array)))
-
-    def prepare(self, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
-        import torch
-
-        (array,) = feeds.values()
-        host = torch.from_numpy(np.ascontiguousarray(array))
+        host = self._host(feeds)
         if self._device == "cuda":
             host = host.pin_memory()
+        if data_transfers:
 
-        def step() -> None:
-            self._forward(host)
+            def step() -> None:
+                self._forward(host)
 
-        return step
+            return step
+        with torch.inference_mode():
+            device_input = self._to_device(host)
+
+        def run_only() -> None:
+            with torch.inference_mode():
+                self._compute(device_input)
+
+        return run_only
 
     def synchronize(self) -> None:
         if self._device == "cuda":
