@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from workers.memory import PeakMemory
 from workers.torch_engines import (
     INPUT,
     Compute,
@@ -66,47 +66,6 @@ class AotiPackage:
     @property
     def size_bytes(self) -> int:
         return len(self.data)
-
-
-class PeakRss:
-    """Peak resident memory of this process and, apart, of its child processes, sampled inside `with`.
-
-    Inductor compiles in g++ / nvcc subprocesses and worker pools, which this process's own
-    figure would miss.
-    """
-
-    def __init__(self, interval_s: float = 0.05) -> None:
-        self.interval_s = interval_s
-        self.peak_self = 0
-        self.peak_children = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _sample(self) -> None:
-        import psutil
-
-        process = psutil.Process()
-        while True:
-            self.peak_self = max(self.peak_self, process.memory_info().rss)
-            children = 0
-            for child in process.children(recursive=True):
-                try:
-                    children += child.memory_info().rss
-                except psutil.Error:  # it ended between listing and reading
-                    pass
-            self.peak_children = max(self.peak_children, children)
-            if self._stop.wait(self.interval_s):
-                return
-
-    def __enter__(self) -> PeakRss:
-        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
 
 def _batch_axis_range(program: Any) -> tuple[int, int]:
@@ -158,7 +117,7 @@ def build_aoti_package(
     }
     configs = dict(inductor_configs or {}) | {"aot_inductor.metadata": metadata}
     # no_grad as AOTInductor's own tutorial does: an inference graph, with no autograd state to save
-    with PeakRss() as memory, tempfile.TemporaryDirectory(prefix="farm-aoti-") as folder, torch.no_grad():
+    with PeakMemory(0.05, children=True) as memory, tempfile.TemporaryDirectory(prefix="farm-aoti-") as folder, torch.no_grad():
         started = time.perf_counter()
         program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
         exported = time.perf_counter()
@@ -170,7 +129,7 @@ def build_aoti_package(
         compiled = time.perf_counter()
     return AotiPackage(
         data=data, batch_min=low, batch_max=high, export_seconds=exported - started, compile_seconds=compiled - exported,
-        peak_rss_bytes=memory.peak_self, peak_children_rss_bytes=memory.peak_children, metadata=metadata,
+        peak_rss_bytes=memory.peak_bytes, peak_children_rss_bytes=memory.peak_children_bytes, metadata=metadata,
     )
 
 

@@ -26,7 +26,6 @@ from workers.backends.tensorrt.build import (
     BuildLog,
     OnnxParseError,
     ParserIssue,
-    PeakMemory,
     Phase,
     TensorRTEngine,
     build_engine,
@@ -50,6 +49,7 @@ from workers.backends.tensorrt.options import (
     version_label,
 )
 from workers.backends.tensorrt.runner import TensorRTRunner
+from workers.memory import PeakMemory
 from workers.structs import BuildRequest, Manifest
 
 

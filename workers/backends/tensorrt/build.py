@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from workers.backends.base import BuildContext, ProgressCallback
 from workers.backends.tensorrt.options import NAME, BuildOptions, import_flavour, version_label
+from workers.memory import PeakMemory
 from workers.structs import BuildRequest, Engine, Manifest, TensorSpec
 
 if TYPE_CHECKING:
@@ -137,44 +137,6 @@ def _listeners(
             self.open.pop(phase_name, None)
 
     return Logger(), Monitor()
-
-
-class PeakMemory:
-    """Peak resident memory of this process inside `with`, above what it held on entry, sampled every 10 ms.
-
-    The kernel's own high-water mark (ru_maxrss) cannot be reset, so in a worker that already
-    exported a model it reports no growth for most builds; sampling sees the build's own peak,
-    at the price of missing spikes shorter than the interval.
-    """
-
-    def __init__(self, interval_s: float = 0.01) -> None:
-        self.interval_s = interval_s
-        self.growth_bytes = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PeakMemory:
-        import psutil
-
-        process = psutil.Process()  # type: ignore[no-untyped-call]
-        start = process.memory_info().rss
-
-        def sample() -> None:
-            while True:
-                self.samples += 1
-                self.growth_bytes = max(self.growth_bytes, process.memory_info().rss - start)
-                if self._stop.wait(self.interval_s):
-                    return
-
-        self._thread = threading.Thread(target=sample, name="peak-memory", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
 
 def build_engine(request: BuildRequest, variant: bytes, log_severity: str, context: BuildContext) -> TensorRTEngine:
