@@ -23,6 +23,7 @@ from typing import IO, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from farm.queries import build_detail
 from farm.select import Candidate, Objective, candidates, winners
 from farm.store import Store, schema
 
@@ -75,47 +76,37 @@ def slug(text: str) -> str:
 
 
 def load_engine(session: Session, build_key: str) -> StoredEngine:
-    build = session.get(schema.Build, build_key)
-    if build is None:
+    detail = build_detail(session, build_key)
+    if detail is None:
         raise ExportError(f"no build {build_key}")
-    if build.status != "ok" or not build.engine_sha256:
-        raise ExportError(f"build {build.label} has no engine (status {build.status})")
-    benches = session.scalars(
-        select(schema.Benchmark)
-        .where(schema.Benchmark.build_key == build_key, schema.Benchmark.status == "ok")
-        .order_by(schema.Benchmark.batch_size)
-    ).all()
-    fid = session.scalars(select(schema.Fidelity).where(schema.Fidelity.build_key == build_key, schema.Fidelity.status == "ok")).first()
+    if detail.status != "ok" or not detail.engine_sha256:
+        raise ExportError(f"build {detail.label} has no engine (status {detail.status})")
+    # What a bundle carries of its measurements: the metrics that succeeded, by their farm.metrics names.
+    timed = [{k: v for k, v in b.items() if k not in ("status", "raw_ms", "error")} for b in detail.benchmarks if b["status"] == "ok"]
+    fidelity = detail.fidelity if detail.fidelity and detail.fidelity["status"] == "ok" else None
     return StoredEngine(
-        build_key=build.key,
-        label=build.label,
-        model=build.variant.model.name,
-        precision=build.variant.precision,
-        backend=build.backend,
-        backend_version=build.backend_version,
-        target=build.target_id,
-        target_kind=build.target.kind,
-        compute_capability=compute_capability(build.target),
-        options=dict(build.options),
-        manifest=dict(build.manifest or {}),
-        engine_sha256=build.engine_sha256,
-        engine_bytes=build.engine_bytes,
-        batch_sizes=tuple(b.batch_size for b in benches),
-        fidelity=None if fid is None else {
-            "samples": fid.samples, "top1_agreement": fid.top1_agreement, "top5_agreement": fid.top5_agreement,
-            "cosine_mean": fid.cosine_mean, "cosine_min": fid.cosine_min, "max_abs_error": fid.max_abs_error,
-        },
-        benchmarks=tuple(
-            {"batch_size": b.batch_size, "latency_p50_ms": b.latency_p50, "latency_p99_ms": b.latency_p99,
-             "throughput": b.throughput, "latency_cv": b.latency_cv}
-            for b in benches
-        ),
+        build_key=detail.key,
+        label=detail.label,
+        model=detail.model,
+        precision=detail.precision,
+        backend=detail.backend,
+        backend_version=detail.backend_version,
+        target=detail.target,
+        target_kind=detail.target_kind,
+        compute_capability=compute_capability(session.get(schema.Target, detail.target)),
+        options=detail.options,
+        manifest=dict(detail.manifest or {}),
+        engine_sha256=detail.engine_sha256,
+        engine_bytes=detail.engine_bytes,
+        batch_sizes=tuple(b["batch_size"] for b in timed),
+        fidelity=None if fidelity is None else {k: v for k, v in fidelity.items() if k not in ("status", "error")},
+        benchmarks=tuple(timed),
     )
 
 
-def compute_capability(target: schema.Target) -> str | None:
+def compute_capability(target: schema.Target | None) -> str | None:
     """The capability as Triton names it: "9.0" for `NVIDIA H200 / sm_90` and `rtx:sm_90`; None for CPUs."""
-    if target.kind == "cpu":
+    if target is None or target.kind == "cpu":
         return None
     if target.compute_capability:
         return target.compute_capability

@@ -250,7 +250,7 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
         options=dict(build.options), manifest=build.manifest, engine_sha256=build.engine_sha256,
         engine_bytes=build.engine_bytes, seconds=build.seconds, node=build.node, created_at=build.created_at,
         benchmarks=[
-            {"batch": b.batch_size, "status": b.status, **{m: getattr(b, METRICS[m].column) for m in BENCHMARK_METRICS},
+            {"batch_size": b.batch_size, "status": b.status, **{m: getattr(b, METRICS[m].column) for m in BENCHMARK_METRICS},
              "noisy": b.noisy, "raw_ms": b.raw_ms or [], "error": b.error}
             for b in benches
         ],

@@ -68,7 +68,7 @@ def summary(build: BuildDetail) -> dict[str, Any]:
 
 
 def timings(build: BuildDetail) -> dict[int, dict[str, Any]]:
-    return {bench["batch"]: bench for bench in build.benchmarks if bench["status"] == "ok"}
+    return {bench["batch_size"]: bench for bench in build.benchmarks if bench["status"] == "ok"}
 
 
 left, right = st.columns(2)

@@ -67,8 +67,8 @@ with tabs[0]:
         st.dataframe(table, hide_index=True)
         timed = [b for b in build.benchmarks if b["raw_ms"]]
         if timed:
-            batch = st.radio("Batch size", [b["batch"] for b in timed], horizontal=True, key="histogram_batch")
-            chosen = next(b for b in timed if b["batch"] == batch)
+            batch = st.radio("Batch size", [b["batch_size"] for b in timed], horizontal=True, key="histogram_batch")
+            chosen = next(b for b in timed if b["batch_size"] == batch)
             figure = go.Figure(go.Histogram(x=chosen["raw_ms"], nbinsx=60, name="latency"))
             for name, colour in (("p50", "green"), ("p99", "red")):
                 if chosen[name] is not None:
