@@ -14,6 +14,7 @@ from rich.table import Table
 
 from farm.jobs import Job, Plan, TargetGroup
 from farm.stages import STAGES
+from farm.metrics import METRICS
 from farm.select import Candidate, Objective
 from workers.backends import BACKENDS
 from workers.backends.base import version_key
@@ -69,9 +70,12 @@ class SweepProgress:
             yield self
 
 
+WINNER_METRICS = ("p50", "p99", "throughput", "cv", "top1_agreement")
+
+
 def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("model", "target", "batch", "engine", "p50 ms", "p99 ms", "samples/s", "cv", "top-1 agr.", "vs torch"):
+    for column in ("model", "target", "batch", "engine", *(METRICS[m].header for m in WINNER_METRICS), "vs torch"):
         table.add_column(column, justify="left" if column in ("model", "target", "engine") else "right", overflow="fold")
     for c in rows:
         table.add_row(
@@ -79,11 +83,7 @@ def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Ta
             escape(c.target),
             str(c.batch_size),
             escape(c.engine),
-            f"{c.p50_ms:.2f}",
-            f"{c.p99_ms:.2f}",
-            f"{c.throughput:.1f}",
-            f"{c.cv:.1%}",
-            "-" if c.top1_agreement is None else f"{c.top1_agreement:.3f}",
+            *(METRICS[m].format(c.top1_agreement if m == "top1_agreement" else c.value(m)) for m in WINNER_METRICS),
             "-" if c.speedup_vs_torch is None else f"{c.speedup_vs_torch:.2f}x",
         )
     return table
