@@ -16,14 +16,14 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.queries import build_detail
+from farm.queries import BuildDetail, build_detail
 from farm.select import Candidate, Objective, candidates, winners
 from farm.store import Store, schema
 
@@ -42,25 +42,16 @@ class ExportError(Exception):
 
 
 @dataclass(frozen=True)
-class StoredEngine:
-    """What delivery needs to know about one build."""
+class StoredEngine(BuildDetail):
+    """One build as delivery sees it: its detail (benchmarks and fidelity that succeeded only),
+    the compute capability Triton names it by, and the batch sizes it was timed at."""
 
-    build_key: str
-    label: str
-    model: str
-    precision: str
-    backend: str
-    backend_version: str | None
-    target: str
-    target_kind: str
-    compute_capability: str | None
-    options: dict[str, Any]
-    manifest: dict[str, Any]
-    engine_sha256: str
-    engine_bytes: int | None
-    batch_sizes: tuple[int, ...]
-    fidelity: dict[str, Any] | None
-    benchmarks: tuple[dict[str, Any], ...]
+    compute_capability: str | None = None
+    batch_sizes: tuple[int, ...] = ()
+
+    @property
+    def build_key(self) -> str:
+        return self.key
 
     @property
     def engine_file(self) -> str:
@@ -84,20 +75,10 @@ def load_engine(session: Session, build_key: str) -> StoredEngine:
     # What a bundle carries of its measurements: the metrics that succeeded, by their farm.metrics names.
     timed = [{k: v for k, v in b.items() if k not in ("status", "raw_ms", "error")} for b in detail.benchmarks if b["status"] == "ok"]
     fidelity = detail.fidelity if detail.fidelity and detail.fidelity["status"] == "ok" else None
-    return StoredEngine(
-        build_key=detail.key,
-        label=detail.label,
-        model=detail.model,
-        precision=detail.precision,
-        backend=detail.backend,
-        backend_version=detail.backend_version,
-        target=detail.target,
-        target_kind=detail.target_kind,
-        compute_capability=compute_capability(session.get(schema.Target, detail.target)),
-        options=detail.options,
+    return replace(
+        StoredEngine(**{f.name: getattr(detail, f.name) for f in fields(detail)}),
         manifest=dict(detail.manifest or {}),
-        engine_sha256=detail.engine_sha256,
-        engine_bytes=detail.engine_bytes,
+        compute_capability=compute_capability(session.get(schema.Target, detail.target)),
         batch_sizes=tuple(b["batch_size"] for b in timed),
         fidelity=None if fidelity is None else {k: v for k, v in fidelity.items() if k not in ("status", "error")},
         benchmarks=tuple(timed),
