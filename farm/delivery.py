@@ -54,6 +54,16 @@ class StoredEngine(BuildDetail):
         return self.key
 
     @property
+    def sha256(self) -> str:
+        """The engine's sha256 (load_engine refuses a build without an engine)."""
+        assert self.engine_sha256
+        return self.engine_sha256
+
+    @property
+    def engine_manifest(self) -> dict[str, Any]:
+        return self.manifest or {}
+
+    @property
     def engine_file(self) -> str:
         return "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")
 
@@ -81,7 +91,7 @@ def load_engine(session: Session, build_key: str) -> StoredEngine:
         compute_capability=compute_capability(session.get(schema.Target, detail.target)),
         batch_sizes=tuple(b["batch_size"] for b in timed),
         fidelity=None if fidelity is None else {k: v for k, v in fidelity.items() if k not in ("status", "error")},
-        benchmarks=tuple(timed),
+        benchmarks=timed,
     )
 
 
@@ -97,16 +107,16 @@ def compute_capability(target: schema.Target | None) -> str | None:
 
 def bundle_manifest(record: StoredEngine) -> dict[str, Any]:
     """The engine's own manifest plus what the farm knows: identity, checksum, measurements."""
-    return record.manifest | {
+    return record.engine_manifest | {
         "model": record.model,
         "backend": record.backend,
-        "backend_version": record.backend_version or record.manifest.get("backend_version"),
+        "backend_version": record.backend_version or record.engine_manifest.get("backend_version"),
         "target": record.target,
         "compute_capability": record.compute_capability,
         "precision": record.precision,
         "options": record.options,
         "engine_file": record.engine_file,
-        "engine_sha256": record.engine_sha256,
+        "engine_sha256": record.sha256,
         "engine_bytes": record.engine_bytes,
         "build_key": record.build_key,
         "label": record.label,
@@ -150,7 +160,7 @@ def engine_bundle(store: Store, build_key: str) -> bytes:
         info = zipfile.ZipInfo(f"{record.bundle_name}/{record.engine_file}")
         info.compress_type = zipfile.ZIP_STORED
         with archive.open(info, "w", force_zip64=(record.engine_bytes or 0) >= 2**31) as entry:
-            _copy_verified(store, record.engine_sha256, entry)
+            _copy_verified(store, record.sha256, entry)
         archive.writestr(f"{record.bundle_name}/manifest.json", json.dumps(bundle_manifest(record), indent=2),
                          compress_type=zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
@@ -160,7 +170,7 @@ def engine_bytes(store: Store, build_key: str) -> bytes:
     """The bare engine file, checked against its sha256."""
     with store.session() as s:
         record = load_engine(s, build_key)
-    return b"".join(_verified_chunks(store, record.engine_sha256))
+    return b"".join(_verified_chunks(store, record.sha256))
 
 
 def _write_verified(store: Store, sha256: str, destination: Path) -> None:
@@ -182,7 +192,7 @@ def write_engine(store: Store, build_key: str, out_dir: Path) -> tuple[Path, Pat
         record = load_engine(s, build_key)
     engine_path = out_dir / record.engine_file
     manifest_path = out_dir / "manifest.json"
-    _write_verified(store, record.engine_sha256, engine_path)
+    _write_verified(store, record.sha256, engine_path)
     manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
     return engine_path, manifest_path
 
@@ -356,7 +366,7 @@ def _write_model(
         for file_name, c in by_file.items():
             records[file_name] = load_engine(s, c.build_key)
     for file_name, record in records.items():
-        _write_verified(store, record.engine_sha256, model_dir / "1" / file_name)
+        _write_verified(store, record.sha256, model_dir / "1" / file_name)
         # Non-numeric folders are not versions to Triton, so the manifests can live beside 1/.
         manifest_path = model_dir / "manifests" / f"{file_name}.json"
         manifest_path.parent.mkdir(parents=True, exist_ok=True)
@@ -376,11 +386,11 @@ def max_batch_size(record: StoredEngine) -> int:
 
     TensorRT manifests carry the profile as extra "profile": {input name: [min, opt, max] batch}.
     """
-    profile = (record.manifest.get("extra") or {}).get("profile") or {}
+    profile = (record.engine_manifest.get("extra") or {}).get("profile") or {}
     maxima = [int(shape[2]) for shape in profile.values() if isinstance(shape, list) and len(shape) == 3]
     if maxima:
         return min(maxima)
-    inputs = record.manifest.get("inputs") or []
+    inputs = record.engine_manifest.get("inputs") or []
     if inputs and inputs[0]["shape"] and isinstance(inputs[0]["shape"][0], int):
         return int(inputs[0]["shape"][0])
     return max(record.batch_sizes, default=1)
