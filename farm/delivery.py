@@ -372,11 +372,11 @@ def _write_model(
         manifest_path.parent.mkdir(parents=True, exist_ok=True)
         manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
     first = records[sorted(records)[0]]
-    signatures = {json.dumps([r.manifest.get("inputs"), r.manifest.get("outputs")], sort_keys=True) for r in records.values()}
+    signatures = {json.dumps([r.engine_manifest.get("inputs"), r.engine_manifest.get("outputs")], sort_keys=True) for r in records.values()}
     if len(signatures) > 1:
         notes.append(f"{name}: the engines' inputs/outputs differ; config.pbtxt follows {first.label}")
     max_batch = min(max_batch_size(r) for r in records.values())
-    config = config_pbtxt(name, platform, kind, max_batch, first.manifest, files)
+    config = config_pbtxt(name, platform, kind, max_batch, first.engine_manifest, files)
     (model_dir / "config.pbtxt").write_text(config)
     return TritonModel(name, platform, kind, max_batch, files, {f: r.label for f, r in records.items()}, config)
 
