@@ -37,7 +37,7 @@ from workers.structs import ModelRef, Preprocess
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = 5
 METHODS = ("minmax", "entropy", "percentile", "distribution")
-SETTINGS = BenchSettings(warmup_s=0.3, duration_s=1.0, min_iterations=5)
+SETTINGS = BenchSettings(warmup_s=0.3, duration_s=1.0, min_iterations=5, max_duration_s=1.0)
 REPEATS = 3
 
 

@@ -40,7 +40,7 @@ from workers.structs import ModelRef, Preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.digits_model
-WINDOW = BenchSettings(warmup_s=0.2, duration_s=0.6, min_iterations=5)
+WINDOW = BenchSettings(warmup_s=0.2, duration_s=0.6, min_iterations=5, max_duration_s=0.6)  # one fixed window per round
 
 
 @dataclass

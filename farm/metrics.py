@@ -49,6 +49,10 @@ METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
         Metric("p50", "benchmark", "latency_p50", "p50 ms", "ms", "lower", "{:.2f}", _latency("median")),
+        Metric("p50_low", "benchmark", "latency_p50_low", "p50 low ms", "ms", None, "{:.2f}",
+               lambda t: t.p50_interval[0] if t.p50_interval else None),
+        Metric("p50_high", "benchmark", "latency_p50_high", "p50 high ms", "ms", None, "{:.2f}",
+               lambda t: t.p50_interval[1] if t.p50_interval else None),
         Metric("p90", "benchmark", "latency_p90", "p90 ms", "ms", "lower", "{:.2f}", _latency("p90")),
         Metric("p95", "benchmark", "latency_p95", "p95 ms", "ms", "lower", "{:.2f}", _latency("p95")),
         Metric("p99", "benchmark", "latency_p99", "p99 ms", "ms", "lower", "{:.2f}", _latency("p99")),
@@ -83,7 +87,9 @@ def of_table(table: Table) -> list[Metric]:
 def benchmark_columns(timings: Timings) -> dict[str, Any]:
     """A benchmark row's measured columns: every benchmark metric, the noise flag and the raw times."""
     found = {m.column: m.of(timings) for m in of_table("benchmark") if m.of is not None}
-    return found | {"noisy": timings.noisy, "raw_ms": timings.raw_ms, "raw_gpu_ms": timings.raw_gpu_ms}
+    return found | {"noisy": timings.noisy, "raw_ms": timings.raw_ms, "raw_gpu_ms": timings.raw_gpu_ms,
+                    "converged": timings.converged, "window_medians": timings.window_medians,
+                    "data_transfers": timings.data_transfers, "clocks": timings.clocks or None}
 
 
 def fidelity_columns(result: Fidelity | DetectionFidelity) -> dict[str, Any]:

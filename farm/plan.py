@@ -7,6 +7,7 @@ installed on no selected target, the PyTorch baseline of an ONNX-file model.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from farm.jobs import (
     VariantJob,
     content_key,
 )
-from farm.spec import ModelSpec, SweepSpec, content_digest, option_grid
+from farm.spec import Axes, ModelSpec, SweepSpec, content_digest
 from workers.backends import BACKENDS
 from workers.backends.base import int8_layout, version_key
 from workers.bench import BenchSettings
@@ -97,33 +98,62 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                     calibration_data,
                 )
                 jobs.append(calibrations[method])
-            variants: dict[str, VariantJob] = {}  # by int8 layout: made when a build first needs one
+            variants: dict[str, VariantJob] = {}  # by form (an int8 layout, or "module"): made when a build first needs one
 
-            def variant_for(layout: str) -> VariantJob:
-                if layout not in variants:
-                    variants[layout] = _variant_job(spec, model, precision, method, export, reference,
-                                                    calibrations.get(method or ""), heldout, layout)
-                    jobs.append(variants[layout])
-                return variants[layout]
+            def variant_for(form: str) -> VariantJob:
+                if form not in variants:
+                    variants[form] = _variant_job(spec, model, precision, method, export, reference,
+                                                  calibrations.get(method or ""), heldout, form)
+                    jobs.append(variants[form])
+                return variants[form]
 
-            for backend_name, axes in spec.backends.enabled().items():
-                if backend_name == "torch" and model.kind == "onnx":
-                    notes.append(f"model {model.name}: torch backend skipped (an ONNX-file source has no PyTorch module)")
-                    continue
-                if precision not in BACKENDS[backend_name].precisions:
-                    continue  # the PyTorch baseline is fp32 only
+            for backend_name, blocks in spec.backends.enabled().items():
                 backend_type = BACKENDS[backend_name]
+                from_checkpoint = getattr(backend_type, "consumes", "onnx") == "checkpoint"
+                if from_checkpoint and model.kind == "onnx":
+                    notes.append(f"model {model.name}: {backend_name} backend skipped (an ONNX-file source has no PyTorch module)")
+                    continue
+                if precision not in backend_type.precisions:
+                    if precision == "bf16":
+                        notes.append(f"precision bf16: {backend_name} builds no bf16 engine (PyTorch engines do)")
+                    continue
                 usable = [g for g in targets if g.target.kind in backend_type.target_kinds
                           and version_key(backend_type, g.target.kind) in g.backends]
                 if not usable:
                     notes.append(f"backend {backend_name}: not installed on any selected target ({_install_hint(backend_name)})")
                     continue
-                varying = {name for name, values in axes if len(values) > 1}
+                varying = {name for block in blocks for name, values in block if name != "batch_sizes" and len(values) > 1}
                 for group in usable:
-                    layout = int8_layout(backend_type, group.cpu_arch, group.int8_dot_32bit) if precision == "int8" else DEFAULT_LAYOUT
-                    for options in option_grid(axes):
-                        jobs += _build_jobs(variant_for(layout), backend_name, options, varying, group, spec, settings, reference, export)
+                    form = _variant_form(backend_type, precision, group)
+                    for options, batch_sizes in _builds_of(backend_type, blocks, precision, group, spec.batch_sizes):
+                        jobs += _build_jobs(variant_for(form), backend_name, options, varying, group, spec, settings, reference,
+                                            export, batch_sizes)
     return Plan(jobs=jobs, notes=list(dict.fromkeys(notes)))
+
+
+def _variant_form(backend: type, precision: str, group: TargetGroup) -> str:
+    """Which variant a backend builds `precision` from on a target: an int8 layout, or a module cast."""
+    if getattr(backend, "consumes", "onnx") == "checkpoint":
+        return "module" if precision != "fp32" else DEFAULT_LAYOUT  # fp32: the export, shared with every backend
+    return int8_layout(backend, group.cpu_arch, group.int8_dot_32bit) if precision == "int8" else DEFAULT_LAYOUT
+
+
+def _builds_of(backend: type, blocks: list[Axes], precision: str, group: TargetGroup,
+               sweep_batch_sizes: list[int]) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
+    """One (options, batch sizes) per distinct build: each block's combinations, with what a backend
+    says does not apply dropped (`applies`), and one build for options that several blocks share,
+    timed at the union of their batch sizes."""
+    applies = getattr(backend, "applies", None)
+    found: dict[str, tuple[dict[str, Any], list[int]]] = {}
+    for block in blocks:
+        batch_sizes = block.batch_sizes or sweep_batch_sizes
+        for options in block.combinations():
+            used = applies(options, precision, group.target.kind) if applies is not None else options
+            if used is None:
+                continue
+            entry = found.setdefault(json.dumps(used, sort_keys=True), (used, []))
+            entry[1].extend(b for b in batch_sizes if b not in entry[1])
+    return [(options, tuple(sorted(batches))) for options, batches in found.values()]
 
 
 def _variant_axes(spec: SweepSpec, notes: list[str]) -> list[tuple[str, str | None]]:
@@ -132,7 +162,7 @@ def _variant_axes(spec: SweepSpec, notes: list[str]) -> list[tuple[str, str | No
 
     pairs: list[tuple[str, str | None]] = []
     for precision in spec.precisions:
-        if precision in ("fp32", "fp16"):
+        if precision in ("fp32", "fp16", "bf16"):
             pairs.append((precision, None))
             continue
         allowed = INT8_METHODS if precision == "int8" else FP8_METHODS
@@ -153,8 +183,12 @@ def _variant_job(
     reference: ReferenceJob,
     calibration: CalibrateJob | None,
     heldout: DataRef,
-    layout: str = DEFAULT_LAYOUT,
+    form: str = DEFAULT_LAYOUT,
 ) -> VariantJob:
+    if form == "module":  # fp16 / bf16 for backends that cast the PyTorch module themselves
+        return VariantJob(content_key("variant", export=export.key, precision=precision, form=form),
+                          f"{model.name} {precision} module", export.key, model, precision, form=form)
+    layout = form
     if precision == "fp32":
         return VariantJob(content_key("variant", export=export.key, precision=precision), f"{model.name} fp32", export.key, model, precision)
     if precision == "fp16":
@@ -186,8 +220,8 @@ def _build_jobs(
     settings: BenchSettings,
     reference: ReferenceJob,
     export: ExportJob,
+    batch_sizes: tuple[int, ...],
 ) -> list[Job]:
-    batch_sizes = tuple(spec.batch_sizes)
     request = BuildRequest(variant.model, variant.precision, backend, options, group.target, batch_sizes)
     profile = batch_sizes if getattr(BACKENDS[backend], "batch_profile", False) else ()
     version = group.backends[version_key(BACKENDS[backend], group.target.kind)]

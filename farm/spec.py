@@ -32,6 +32,11 @@ def _listify(value: Any) -> Any:
 Axis = Annotated[list[Any], BeforeValidator(_listify)]
 
 
+def _blocks(value: Any) -> Any:
+    """A backend is one block of option axes or a list of them; an empty mapping is one default block."""
+    return [value] if isinstance(value, dict) else value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -110,18 +115,52 @@ def _torchvision_preprocess(arch: str, weights: str) -> Preprocess | None:
         return None  # unknown weights are reported by the export stage, with the known names
 
 
-class OnnxRuntimeAxes(Strict):
+BatchSizes = Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify)]
+
+
+class Axes(Strict):
+    """A backend's option axes; every combination is a build. `batch_sizes` narrows this block to
+    some batch sizes (a slow engine kind only where it can matter); default the sweep's."""
+
+    batch_sizes: BatchSizes | None = None
+
+    def combinations(self) -> list[dict[str, Any]]:
+        """Every combination of the option axes, in a stable order."""
+        return option_grid(self)
+
+
+class OnnxRuntimeAxes(Axes):
     intra_op_threads: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_listify)] = [0]
     graph_optimization_level: Annotated[
         list[Literal["disable", "basic", "extended", "all"]], BeforeValidator(_listify)
     ] = ["all"]
 
 
-class TorchAxes(Strict):
-    mode: Annotated[list[Literal["eager"]], BeforeValidator(_listify)] = ["eager"]
+TorchKind = Literal["eager", "cuda_graph", "compile", "aoti"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
-class TensorRTAxes(Strict):
+class TorchAxes(Axes):
+    """PyTorch engine kinds (workers/torch_engines.py): eager, CUDA graph replay, torch.compile, AOTInductor."""
+
+    kind: Annotated[list[TorchKind], BeforeValidator(_listify)] = ["eager"]
+    compile_mode: Annotated[list[CompileMode], BeforeValidator(_listify)] = ["default"]  # kind compile only
+    channels_last: Annotated[list[bool], BeforeValidator(_listify)] = [False]
+    tf32: Annotated[list[bool], BeforeValidator(_listify)] = [False]  # fp32 on a GPU only
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_is_kind(cls, data: Any) -> Any:
+        """`mode` was the first name of `kind` (when eager was the only one): specs that say it still run."""
+        if isinstance(data, dict) and "mode" in data:
+            data = dict(data)
+            if "kind" in data:
+                raise ValueError("give kind, not both mode and kind (mode is its old name)")
+            data["kind"] = data.pop("mode")
+        return data
+
+
+class TensorRTAxes(Axes):
     flavour: Annotated[list[Literal["auto", "datacenter", "rtx"]], BeforeValidator(_listify)] = ["auto"]
     workspace: Annotated[list[int | str], BeforeValidator(_listify)] = ["unlimited"]  # bytes, "64MiB", "1GiB", "unlimited"
     optimization_level: Annotated[list[Annotated[int, Field(ge=0, le=5)]], BeforeValidator(_listify)] = [3]
@@ -141,12 +180,15 @@ class TensorRTAxes(Strict):
 
 
 class Backends(Strict):
-    onnxruntime: OnnxRuntimeAxes | None = None
-    torch: TorchAxes | None = None
-    tensorrt: TensorRTAxes | None = None
+    """Each backend: one block of option axes, or a list of blocks (say, cheap kinds at every batch
+    size and an expensive one at the largest)."""
 
-    def enabled(self) -> dict[str, Strict]:
-        return {name: axes for name in type(self).model_fields if (axes := getattr(self, name)) is not None}
+    onnxruntime: Annotated[list[OnnxRuntimeAxes], BeforeValidator(_blocks)] | None = None
+    torch: Annotated[list[TorchAxes], BeforeValidator(_blocks)] | None = None
+    tensorrt: Annotated[list[TensorRTAxes], BeforeValidator(_blocks)] | None = None
+
+    def enabled(self) -> dict[str, list[Axes]]:
+        return {name: list(blocks) for name in type(self).model_fields if (blocks := getattr(self, name)) is not None}
 
     @model_validator(mode="after")
     def _some(self) -> Backends:
@@ -156,13 +198,27 @@ class Backends(Strict):
 
 
 class BenchmarkSpec(Strict):
+    """trtexec's warm-up, minimum duration and count; perf_analyzer's stability windows; a time cap."""
+
     warmup_s: float = Field(0.2, ge=0)
-    duration_s: float = Field(3.0, ge=0)
+    duration_s: float = Field(1.0, ge=0)  # at least this long timed
     min_iterations: int = Field(10, ge=1)
     max_iterations: int | None = Field(None, ge=1)
+    window_s: float = Field(0.5, gt=0)  # one stability window
+    stable_windows: int = Field(3, ge=1)  # the last N windows' medians must agree...
+    stability: float = Field(0.05, gt=0, lt=1)  # ...within this fraction of their mean
+    max_duration_s: float = Field(10.0, gt=0)  # stop, unconverged, after this long
+    data_transfers: bool = True  # GPU: copy inputs in and outputs out every iteration; false = trtexec --noDataTransfers
+
+    @model_validator(mode="after")
+    def _cap_covers_the_minimum(self) -> BenchmarkSpec:
+        if self.max_duration_s < self.duration_s:
+            raise ValueError(f"max_duration_s {self.max_duration_s} is below duration_s {self.duration_s}")
+        return self
 
     def settings(self) -> BenchSettings:
-        return BenchSettings(self.warmup_s, self.duration_s, self.min_iterations, self.max_iterations)
+        return BenchSettings(self.warmup_s, self.duration_s, self.min_iterations, self.max_iterations, self.window_s,
+                             self.stable_windows, self.stability, self.max_duration_s, self.data_transfers)
 
 
 def _resolve(base: Path, path: str) -> Path:
@@ -224,8 +280,9 @@ class LimitsSpec(Strict):
 class SweepSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     models: list[ModelSpec] = Field(min_length=1)
-    precisions: Annotated[list[Literal["fp32", "fp16", "int8", "fp8"]], BeforeValidator(_listify)] = ["fp32"]
-    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify)] = [1]
+    # bf16: PyTorch engines only (the module is cast); fp16 reaches ONNX engines as a converted graph
+    precisions: Annotated[list[Literal["fp32", "fp16", "bf16", "int8", "fp8"]], BeforeValidator(_listify)] = ["fp32"]
+    batch_sizes: BatchSizes = [1]
     backends: Backends
     # Empty: every CPU and GPU target in the cluster. TensorRT-RTX targets are built ahead of time
     # on CPU workers and are only made when named: "rtx:sm_89", or "rtx:sm_86+sm_89" for one
@@ -266,8 +323,8 @@ class SweepSpec(Strict):
 
 
 def option_grid(axes: BaseModel) -> list[dict[str, Any]]:
-    """Every combination of a backend's option axes, in a stable order."""
-    names = list(type(axes).model_fields)
+    """Every combination of a backend's option axes, in a stable order (a block's batch sizes are not an option)."""
+    names = [n for n in type(axes).model_fields if n != "batch_sizes"]
     values = [getattr(axes, n) for n in names]
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
 
@@ -291,13 +348,13 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
     try:
         return SweepSpec.model_validate(data), file.absolute().parent
     except ValidationError as exc:
-        raise SpecError(f"{file}: {describe_error(exc)}") from None
+        raise SpecError(f"{file}: {describe_error(exc, data)}") from None
 
 
-def describe_error(exc: ValidationError) -> str:
+def describe_error(exc: ValidationError, data: Any = None) -> str:
     errors = exc.errors()
     first = errors[0]
-    where = _location(first["loc"]) or "(top level)"
+    where = _location(first["loc"], data) or "(top level)"
     message = first["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
     if first["type"] == "extra_forbidden":
         message = "unknown field"
@@ -309,9 +366,19 @@ def describe_error(exc: ValidationError) -> str:
     return f"{where}: {message}{more}"
 
 
-def _location(loc: tuple[Any, ...]) -> str:
+def _location(loc: tuple[Any, ...], data: Any = None) -> str:
+    """`a.b[0].c` for pydantic's ("a", "b", 0, "c"); an index the spec never wrote (a mapping read as a
+    one-block list) is left out, so the path is the one the user typed."""
     parts: list[str] = []
     for item in loc:
+        if isinstance(item, int) and isinstance(data, dict):
+            continue  # the validator wrapped this mapping in a list: the user wrote no index
+        if isinstance(data, dict):
+            data = data.get(item)
+        elif isinstance(data, list) and isinstance(item, int) and 0 <= item < len(data):
+            data = data[item]
+        else:
+            data = None
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
         else:

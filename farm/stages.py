@@ -32,6 +32,8 @@ from farm.metrics import benchmark_columns, fidelity_columns
 from farm.spec import SweepSpec
 from farm.store.record import Blob, JobRow, Recorder
 from farm.store.schema import JobColumns
+from workers.backends import BACKENDS
+from workers.backends.base import cache_key
 from workers.structs import Manifest
 
 
@@ -92,7 +94,7 @@ class Stage:
         shas = {role: blob.sha256 for role, blob in blobs.items()} | outcome.inherited
         columns = self.columns(job, outcome.value if outcome.ok else None)
         columns |= {column: shas.get(role) for role, (column, _kind) in self.artifacts.items()}
-        return JobRow(self.name, job.key, outcome.ok, columns, outcome.error, outcome.log, outcome.seconds, outcome.node)
+        return JobRow(self.name, job.key, outcome.ok, columns, outcome.error, outcome.log, outcome.seconds, outcome.node, outcome.device)
 
     def produced(self, row: Any) -> Produced:
         return Produced({role: sha for role, (column, _kind) in self.artifacts.items() if (sha := getattr(row, column))})
@@ -160,6 +162,8 @@ class VariantStage(Stage):
         fp32_sha = ctx.produced(job.export_key).blobs["onnx"]
         if job.precision == "fp32":  # the export itself: nothing to compute, but a row to record
             return tasks.Outcome(True, inherited={"onnx": fp32_sha})
+        if job.form == "module":  # cast where it is built, from the export's weights: nothing to make now
+            return tasks.Outcome(True, value={"form": "module", "precision": job.precision})
         settings: dict[str, Any] = {"fp16": job.fp16} if job.precision == "fp16" else {
             "min_top1_agreement": job.min_top1_agreement, "fallback_tries": job.fallback_tries,
             "layout": job.layout, "max_float_fraction": job.max_float_fraction}
@@ -193,31 +197,33 @@ class BuildStage(Stage):
     artifacts = {"engine": ("engine_sha256", "engine")}
 
     def __init__(self) -> None:
-        self.timing_caches_given: dict[str, list[str]] = {}  # build key -> the cache shas it started from
+        self.caches_given: dict[str, list[str]] = {}  # build key -> the builder cache shas it started from
 
     def submit(self, ctx: Context, job: BuildJob) -> ray.ObjectRef:
         variant = ctx.produced(job.variant_key)
         checkpoint = ctx.produced(job.export_key).blobs.get("checkpoint")
+        onnx = variant.blobs.get("onnx")  # none for a module variant: its backend builds from the checkpoint
         task = tasks.isolated_build_task if ctx.spec.limits.isolate_builds else tasks.build_task
-        context = tasks.build_context(job.key, self._timing_caches(ctx, job), ctx.progress_queue)
+        context = tasks.build_context(job.key, self._caches(ctx, job), ctx.progress_queue)
         request = replace(job.request, variant=variant_summary(variant.details))
-        return task.options(**self.retries(ctx), **ctx.place(job.request.target.id)).remote(
-            request, ctx.blob(variant.blobs["onnx"]), ctx.blob(checkpoint) if checkpoint else None, context
+        return task.options(**self.retries(ctx), **ctx.place(job.request.target.id), **gpu_for(job.request.target.kind)).remote(
+            request, ctx.blob(onnx) if onnx else None, ctx.blob(checkpoint) if checkpoint else None, context
         )
 
-    def _timing_caches(self, ctx: Context, job: BuildJob) -> tuple[bytes, ...]:
-        """Datacenter TensorRT builds on GPU targets start from the caches of earlier builds there."""
-        if job.request.backend != "tensorrt" or job.request.target.kind != "gpu":
+    def _caches(self, ctx: Context, job: BuildJob) -> tuple[bytes, ...]:
+        """What earlier builds on this target left for the next (TensorRT timing caches, Inductor's caches)."""
+        key = cache_key(BACKENDS[job.request.backend], job.request, job.backend_version)
+        if key is None:
             return ()
-        given = ctx.recorder.timing_caches(job.request.target.id, job.backend_version)
-        self.timing_caches_given[job.key] = given
+        given = ctx.recorder.builder_caches(job.request.target.id, key)
+        self.caches_given[job.key] = given
         return tuple(ctx.recorder.store.artifacts.get(sha) for sha in given)
 
     def after(self, ctx: Context, job: BuildJob, outcome: tasks.Outcome) -> None:
-        cache = outcome.blobs.pop("timing_cache", None)
-        if cache is not None:
-            given = self.timing_caches_given.pop(job.key, [])
-            ctx.recorder.update_timing_cache(job.request.target.id, job.backend_version, given, cache)
+        cache = outcome.blobs.pop("builder_cache", None)
+        key = cache_key(BACKENDS[job.request.backend], job.request, job.backend_version)
+        if cache is not None and key is not None:
+            ctx.recorder.update_builder_cache(job.request.target.id, key, self.caches_given.pop(job.key, []), cache)
 
     def columns(self, job: BuildJob, value: Any) -> dict[str, Any]:
         r = job.request
@@ -240,10 +246,19 @@ class BuildStage(Stage):
         return replace(super().produced(row), manifest=row.manifest)
 
 
-def _engine(ctx: Context, build_key: str) -> tuple[ray.ObjectRef, Manifest]:
+def gpu_for(target_kind: str) -> dict[str, Any]:
+    """A job on a GPU target holds one whole GPU (Ray sets CUDA_VISIBLE_DEVICES to it)."""
+    return {"num_gpus": 1} if target_kind == "gpu" else {}
+
+
+def _engine(ctx: Context, build_key: str) -> tuple[ray.ObjectRef, Manifest, tuple[bytes, ...]]:
+    """A built engine for a job that runs it: its bytes, its manifest and the builder caches it names."""
     produced = ctx.produced(build_key)
     assert produced.manifest is not None
-    return ctx.blob(produced.blobs["engine"]), Manifest.from_json(produced.manifest)
+    manifest = Manifest.from_json(produced.manifest)
+    key = manifest.extra.get("builder_cache_key")
+    shas = ctx.recorder.builder_caches(manifest.target, key) if key else []
+    return ctx.blob(produced.blobs["engine"]), manifest, tuple(ctx.recorder.store.artifacts.get(sha) for sha in shas)
 
 
 class BenchmarkStage(Stage):
@@ -251,12 +266,12 @@ class BenchmarkStage(Stage):
     job_type = BenchmarkJob
 
     def submit(self, ctx: Context, job: BenchmarkJob) -> ray.ObjectRef:
-        engine, manifest = _engine(ctx, job.build_key)
+        engine, manifest, caches = _engine(ctx, job.build_key)
         placement = ctx.place(job.target.id)
         # A CPU timing takes every CPU of its node: nothing else runs there while it measures.
         resources = {"num_gpus": 1, "num_cpus": 1} if job.target.kind == "gpu" else {"num_cpus": ctx.node_cpus(job.target.id, placement)}
         return tasks.benchmark_task.options(**self.retries(ctx), **placement, **resources).remote(
-            engine, manifest, job.batch_size, job.settings
+            engine, manifest, job.batch_size, job.settings, caches
         )
 
     def columns(self, job: BenchmarkJob, value: Any) -> dict[str, Any]:
@@ -271,14 +286,13 @@ class FidelityStage(Stage):
     job_type = FidelityJob
 
     def submit(self, ctx: Context, job: FidelityJob) -> ray.ObjectRef:
-        engine, manifest = _engine(ctx, job.build_key)
+        engine, manifest, caches = _engine(ctx, job.build_key)
         reference_job = ctx.job(job.reference_key)
         assert isinstance(reference_job, ReferenceJob)
         reference = ctx.blob(ctx.produced(job.reference_key).blobs["reference"])
         inputs, labels = ctx.rows(reference_job.data)
-        gpu = {"num_gpus": 1} if job.target.kind == "gpu" else {}
-        return tasks.fidelity_task.options(**self.retries(ctx), **ctx.place(job.target.id), **gpu).remote(
-            engine, manifest, inputs, reference, job.batch_size, labels, reference_job.model.task, job.box_score_threshold
+        return tasks.fidelity_task.options(**self.retries(ctx), **ctx.place(job.target.id), **gpu_for(job.target.kind)).remote(
+            engine, manifest, inputs, reference, job.batch_size, labels, reference_job.model.task, job.box_score_threshold, caches
         )
 
     def columns(self, job: FidelityJob, value: Any) -> dict[str, Any]:

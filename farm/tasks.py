@@ -41,6 +41,7 @@ class Outcome:
     seconds: float = 0.0
     node: str = ""
     inherited: dict[str, str] = field(default_factory=dict)  # artifacts reused from a parent: role -> sha256
+    device: dict[str, Any] | None = None  # where it ran: host, Ray node, the GPUs it held (UUIDs)
 
 
 @dataclass
@@ -70,9 +71,17 @@ def _captured_output(capture: _Capture) -> Iterator[None]:
             capture.text = sink.read()[-LOG_LIMIT:].decode(errors="replace")
 
 
+def where_this_runs() -> dict[str, Any]:
+    """The host, the Ray node and the GPUs this task holds (by UUID: indices differ per process)."""
+    from workers.device import assigned_gpus
+
+    held = [g.uuid for g in assigned_gpus()] if ray.get_gpu_ids() else []
+    return {"host": socket.gethostname(), "ray_node": ray.get_runtime_context().get_node_id(), "gpus": held}
+
+
 def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:
     started = time.perf_counter()
-    node = socket.gethostname()
+    device = where_this_runs() if ray.is_initialized() else {"host": socket.gethostname(), "gpus": []}
     capture = _Capture()
     try:
         with _captured_output(capture):
@@ -80,9 +89,10 @@ def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:
     except Exception as exc:  # the farm keeps going: the failure becomes a row
         message = " ".join(str(exc).split()) or type(exc).__name__
         log = capture.text + "\n" + traceback.format_exc()
-        return Outcome(False, error=f"{type(exc).__name__}: {message}"[:1000], log=log, seconds=time.perf_counter() - started, node=node)
+        return Outcome(False, error=f"{type(exc).__name__}: {message}"[:1000], log=log, seconds=time.perf_counter() - started,
+                       node=device["host"], device=device)
     value, blobs = value if isinstance(value, tuple) else (value, {})
-    return Outcome(True, value, blobs, log=capture.text, seconds=time.perf_counter() - started, node=node)
+    return Outcome(True, value, blobs, log=capture.text, seconds=time.perf_counter() - started, node=device["host"], device=device)
 
 
 def _export(model: ModelRef) -> tuple[Any, dict[str, bytes]]:
@@ -107,13 +117,13 @@ def _variant(fp32: bytes, precision: str, data: dict[str, Any], settings: dict[s
     return variant.details, {"onnx": variant.onnx_bytes}
 
 
-def _build(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext) -> tuple[Any, dict[str, bytes]]:
+def _build(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext) -> tuple[Any, dict[str, bytes]]:
     engine = stages.build_engine(request, variant, checkpoint, context)
     blobs = {"engine": engine.data}
     engine.data = b""  # the bytes travel once, as a blob
-    if cache := getattr(engine, "timing_cache", None):
-        blobs["timing_cache"] = cache
-        engine.timing_cache = None  # type: ignore[attr-defined]
+    if engine.builder_cache:
+        blobs["builder_cache"] = engine.builder_cache
+        engine.builder_cache = None
     return engine, blobs
 
 
@@ -136,8 +146,8 @@ class ProgressForwarder:
         return True
 
 
-def build_context(key: str, timing_caches: tuple[bytes, ...], progress: Any | None) -> BuildContext:
-    return BuildContext(progress=ProgressForwarder(progress, key) if progress is not None else None, timing_caches=timing_caches)
+def build_context(key: str, caches: tuple[bytes, ...], progress: Any | None) -> BuildContext:
+    return BuildContext(progress=ProgressForwarder(progress, key) if progress is not None else None, caches=caches)
 
 
 @ray.remote(num_cpus=1)
@@ -171,24 +181,24 @@ def variant_task(
 
 
 @ray.remote(num_cpus=1, max_calls=1)
-def isolated_build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext) -> Outcome:
+def isolated_build_task(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext) -> Outcome:
     """A build in a worker process that is never reused (Ray accepts max_calls only here, not in .options())."""
     return run_stage(_build, request, variant, checkpoint, context)
 
 
 @ray.remote(num_cpus=1)
-def build_task(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext) -> Outcome:
+def build_task(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext) -> Outcome:
     return run_stage(_build, request, variant, checkpoint, context)
 
 
 @ray.remote
-def benchmark_task(engine: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings) -> Outcome:
-    return run_stage(stages.benchmark_engine, engine, manifest, batch_size, settings)
+def benchmark_task(engine: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings, caches: tuple[bytes, ...] = ()) -> Outcome:
+    return run_stage(stages.benchmark_engine, engine, manifest, batch_size, settings, caches)
 
 
 @ray.remote(num_cpus=1)
 def fidelity_task(
     engine: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int, labels: np.ndarray | None,
-    task: str, box_score_threshold: float,
+    task: str, box_score_threshold: float, caches: tuple[bytes, ...] = (),
 ) -> Outcome:
-    return run_stage(stages.engine_fidelity, engine, manifest, inputs, reference, batch_size, labels, task, box_score_threshold)
+    return run_stage(stages.engine_fidelity, engine, manifest, inputs, reference, batch_size, labels, task, box_score_threshold, caches)

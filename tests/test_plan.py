@@ -129,3 +129,42 @@ calibration: {methods: [minmax]}
     int8 = [v for v in variants.values() if v.precision == "int8"]
     assert len(calibrations) == 1 and len(int8) == 3 and {v.calibration_key for v in int8} == {calibrations[0].key}
     assert len({v.key for v in int8}) == 3
+
+
+def test_gpu_engine_kinds_fp16_bf16_and_blocks(tmp_path: Path) -> None:
+    from farm.jobs import VariantJob
+
+    body = """
+name: t
+models: [{name: a, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}]
+precisions: [fp32, fp16, bf16]
+batch_sizes: [1, 8, 32]
+backends:
+  torch:
+    - {kind: [eager, cuda_graph, compile], tf32: [false, true]}
+    - {kind: compile, compile_mode: max-autotune, batch_sizes: [32]}
+  onnxruntime: {}
+"""
+    plan = _plan(tmp_path, body)
+    builds = [b for b in plan.by_stage("build") if isinstance(b, BuildJob)]
+    variants = {v.key: v for v in plan.by_stage("variant") if isinstance(v, VariantJob)}
+    gpu = [b for b in builds if b.request.target.kind == "gpu"]
+    cpu_torch = [b for b in builds if b.request.target.kind == "cpu" and b.request.backend == "torch"]
+    # CUDA graphs and TF32 only where a GPU is; tf32 only in fp32; compile_mode only for compile
+    assert {b.request.options["kind"] for b in cpu_torch} == {"eager", "compile"} and not any("tf32" in b.request.options for b in cpu_torch)
+    fp32_gpu = {(b.request.options["kind"], b.request.options.get("tf32"), b.request.options.get("compile_mode")) for b in gpu if b.request.precision == "fp32"}
+    assert fp32_gpu == {(k, t, "default" if k == "compile" else None) for k in ("eager", "cuda_graph", "compile") for t in (False, True)} | {("compile", False, "max-autotune")}
+    fp16_gpu = [b for b in gpu if b.request.precision == "fp16"]
+    assert len(fp16_gpu) == 4 and not any("tf32" in b.request.options for b in fp16_gpu)
+    # the max-autotune block is built and timed at its own batch size only
+    autotuned = next(b for b in gpu if b.request.options.get("compile_mode") == "max-autotune" and b.request.precision == "fp16")
+    assert autotuned.request.batch_sizes == (32,)
+    assert [j.batch_size for j in plan.by_stage("benchmark") if isinstance(j, BenchmarkJob) and j.build_key == autotuned.key] == [32]
+    # torch casts the module: its fp16 and bf16 variants are module variants, ONNX Runtime's fp16 is a converted graph
+    torch_fp16 = {variants[b.variant_key].form for b in fp16_gpu}
+    ort_fp16 = {variants[b.variant_key].form for b in builds if b.request.backend == "onnxruntime" and b.request.precision == "fp16"}
+    assert torch_fp16 == {"module"} and ort_fp16 == {"onnx"}
+    assert {b.request.backend for b in builds if b.request.precision == "bf16"} == {"torch"}
+    assert any("bf16: onnxruntime builds no bf16 engine" in n for n in plan.notes)
+    keys = [j.key for j in plan.jobs]
+    assert len(keys) == len(set(keys))

@@ -33,7 +33,7 @@ def _digits_spec(folder: Path, precisions: str) -> Path:
         calibration: {{data: {paths['calibration']}, samples: 64, methods: minmax}}
         fidelity: {{data: {paths['holdout']}, samples: 200, labels: {paths['labels']}, min_top1_agreement: 0.99,
                    fallback: {{max_tries: 6, max_float_fraction: 0.5}}}}
-        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3}}
+        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3, window_s: 0.05, max_duration_s: 0.3}}
         limits: {{isolate_builds: false}}
     """, name=f"spec-{len(precisions)}.yaml")
 
@@ -109,7 +109,7 @@ def test_a_detector_is_judged_by_box_agreement(ray_cluster: None, tmp_path: Path
         targets: [cpu, "rtx:sm_89"]
         calibration: {{data: {CALIBRATION_DATA}, samples: 2}}
         fidelity: {{samples: 2, box_score_threshold: 0.0, min_top1_agreement: 0.9}}
-        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 2}}
+        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 2, window_s: 0.05, max_duration_s: 0.3}}
         limits: {{isolate_builds: false}}
     """)
     spec, base = load_spec(spec_path)

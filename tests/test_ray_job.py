@@ -78,7 +78,7 @@ def test_sweep_runs_as_a_ray_job(head: tuple[dict[str, str], str], tmp_path: Pat
         models:
           - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
         backends: {{onnxruntime: {{}}, torch: {{}}}}
-        benchmark: {{warmup_s: 0, duration_s: 0.1, min_iterations: 3}}
+        benchmark: {{warmup_s: 0, duration_s: 0.1, min_iterations: 3, window_s: 0.05, max_duration_s: 0.3}}
         fidelity: {{data: {CALIBRATION_DATA}, samples: 4}}
     """)
     data = tmp_path / "farm-data"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.spec import SpecError, SweepSpec, load_spec, option_grid
+from farm.spec import SpecError, SweepSpec, load_spec
 from tests.conftest import REPO, write_spec
 
 VALID = """
@@ -32,8 +32,22 @@ def test_scalars_become_axes_and_defaults_apply(tmp_path: Path) -> None:
     spec, _ = load_spec(write_spec(tmp_path, VALID + "batch_sizes: 4\n"))
     assert spec.batch_sizes == [4]
     assert spec.models[0].input_shape == (3, 224, 224)
-    grid = option_grid(spec.backends.onnxruntime)  # type: ignore[arg-type]
-    assert grid == [{"intra_op_threads": 1, "graph_optimization_level": "all"}, {"intra_op_threads": 2, "graph_optimization_level": "all"}]
+    (block,) = spec.backends.enabled()["onnxruntime"]  # one mapping is one block of axes
+    assert block.combinations() == [{"intra_op_threads": 1, "graph_optimization_level": "all"},
+                                    {"intra_op_threads": 2, "graph_optimization_level": "all"}]
+
+
+def test_a_backend_takes_blocks_each_with_its_batch_sizes(tmp_path: Path) -> None:
+    body = VALID.replace("  torch: {}", "  torch: [{kind: [eager, cuda_graph]}, {kind: compile, compile_mode: max-autotune, batch_sizes: 8}]")
+    spec, _ = load_spec(write_spec(tmp_path, body + "batch_sizes: [1, 8]\n"))
+    cheap, autotuned = spec.backends.enabled()["torch"]
+    assert cheap.batch_sizes is None and [c["kind"] for c in cheap.combinations()] == ["eager", "cuda_graph"]
+    assert autotuned.batch_sizes == [8] and autotuned.combinations()[0]["compile_mode"] == "max-autotune"
+
+
+def test_mode_is_the_old_name_of_kind(tmp_path: Path) -> None:
+    spec, _ = load_spec(write_spec(tmp_path, VALID.replace("  torch: {}", "  torch: {mode: eager}")))
+    assert spec.backends.enabled()["torch"][0].kind == ["eager"]
 
 
 def test_batch_sizes_are_sorted_and_unique(tmp_path: Path) -> None:
@@ -59,7 +73,8 @@ INVALID = [
     (_with(backends={"tensorflow": {}}), "backends.tensorflow: unknown field"),
     (_with(backends={"onnxruntime": {"intra_op_threads": ["two"]}}), "backends.onnxruntime.intra_op_threads[0]: expected a valid integer"),
     (_with(backends={"onnxruntime": {"graph_optimization_level": "max"}}), "backends.onnxruntime.graph_optimization_level[0]: expected 'disable', 'basic', 'extended' or 'all', got 'max'"),
-    (_with(backends={"torch": {"mode": "compiled"}}), "backends.torch.mode[0]: expected 'eager'"),
+    (_with(backends={"torch": {"kind": "compiled"}}), "backends.torch.kind[0]: expected 'eager', 'cuda_graph', 'compile' or 'aoti'"),
+    (_with(backends={"torch": [{"kind": "eager"}, {"kind": "aoti", "batch_sizes": [0]}]}), "backends.torch[1].batch_sizes[0]: expected"),
     (_with(batch_sizes=[0]), "batch_sizes[0]: expected greater than or equal to 1, got 0"),
     (_with(precisions=["int4"]), "precisions[0]: expected 'fp32'"),
     (_with(benchmark={"duration_s": "long"}), "benchmark.duration_s: expected a valid number"),

@@ -35,7 +35,7 @@ batch_sizes: [1, 2]
 backends:
   onnxruntime: {{intra_op_threads: 1}}
   torch: {{}}
-benchmark: {{warmup_s: 0.0, duration_s: 0.1, min_iterations: 3}}
+benchmark: {{warmup_s: 0.0, duration_s: 0.1, min_iterations: 3, window_s: 0.05, max_duration_s: 0.3}}
 fidelity: {{data: {CALIBRATION_DATA}, samples: 4, min_top1_agreement: 0.99}}
 """
 
@@ -177,7 +177,7 @@ def test_a_native_crash_costs_only_its_job(ray_cluster: None, tmp_path: Path) ->
           - {{name: crashy, source: "tests.models:crashes_when_built", weights: null, input_shape: [3, 32, 32]}}
           - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
         backends: {{torch: {{}}}}
-        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3}}
+        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3, window_s: 0.05, max_duration_s: 0.3}}
         fidelity: {{data: {CALIBRATION_DATA}, samples: 2}}
         limits: {{retries: 1}}
     """)

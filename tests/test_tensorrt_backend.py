@@ -97,7 +97,7 @@ def test_rtx_fp32_engines_for_two_targets(resnet: Exported, resnet_engines: dict
         assert extra["plan_bytes"] == len(engine.data) > 10_000_000  # resnet18's fp32 weights alone are 46 MB
         assert extra["network_layers"] > 40
         assert "Building engine" in [p["phase"] for p in extra["progress"]]
-        assert engine.timing_cache is None
+        assert engine.builder_cache is None
         assert engine.seconds > 0
         assert (engine.peak_host_memory_bytes or 0) > len(engine.data)  # the builder holds the plan, then farm copies it
         assert "[INFO] Engine generation completed" in engine.log and "[VERBOSE]" in engine.log
@@ -213,7 +213,7 @@ def test_plan_flavour_recognises_only_rtx_plans(resnet: Exported) -> None:
 
 
 def test_timing_cache_is_never_made_on_rtx(tiny: Exported) -> None:
-    engine = TensorRTBackend().build(request(TINY, SM89), tiny.onnx_bytes, None, BuildContext(timing_caches=(b"cache from a GPU",)))
+    engine = TensorRTBackend().build(request(TINY, SM89), tiny.onnx_bytes, None, BuildContext(caches=(b"cache from a GPU",)))
     assert engine.timing_cache is None
     assert "timing cache ignored" in engine.log
 

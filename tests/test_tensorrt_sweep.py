@@ -46,7 +46,7 @@ def rtx_sweep(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Rt
           onnxruntime: {{}}
           tensorrt: {{workspace: [64MiB, unlimited], optimization_level: 2}}
         targets: [cpu, "rtx:sm_86", "rtx:sm_86+sm_89"]
-        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3}}
+        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3, window_s: 0.05, max_duration_s: 0.3}}
         fidelity: {{data: {CALIBRATION_DATA}, samples: 2}}
         limits: {{isolate_builds: false}}
     """)
@@ -103,7 +103,7 @@ def test_absent_flavour_is_a_note_and_the_rest_runs(ray_cluster: None, tmp_path:
         name: absent
         models: [{{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}]
         backends: {{onnxruntime: {{}}, tensorrt: {{}}}}
-        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3}}
+        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3, window_s: 0.05, max_duration_s: 0.3}}
         fidelity: {{data: {CALIBRATION_DATA}, samples: 2}}
     """)
     spec, base = load_spec(spec_path)

@@ -149,7 +149,7 @@ def test_eager_runner_on_cpu_matches_the_module_and_times_steps() -> None:
         np.testing.assert_allclose(out, expected, atol=1e-5)
         assert runner.gpu_timer() is None
         step = runner.prepare(feeds(X[:2]), data_transfers=False)
-        timings = measure(step, 2, BenchSettings(warmup_s=0, duration_s=0, min_iterations=3), synchronize=runner.synchronize)
+        timings = measure(step, 2, BenchSettings(warmup_s=0, duration_s=0, min_iterations=3, max_iterations=3), synchronize=runner.synchronize)
         assert timings.iterations == 3 and timings.gpu_compute is None
         assert set(runner.setup_seconds) == {4, 2}  # each batch size bound once
         # the Runner base checks the feed: one float32 input of (batch, *input_shape), whatever the engine's precision

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import onnx
 import pytest
 
 from workers import stages
-from workers.bench import BenchSettings, Stats, measure, nearest_rank
+from workers.bench import BenchSettings, Stats, measure, nearest_rank, windows_agree
 from workers.calibration import CalibrationDataError, load_images
 from workers.device import describe
 from workers.fidelity import compare
@@ -19,7 +21,7 @@ from workers.structs import BuildRequest, ModelRef, Preprocess
 from tests.conftest import CALIBRATION_DATA
 
 RESNET = ModelRef("resnet18", "torchvision:resnet18", None, (3, 224, 224))
-FAST = BenchSettings(warmup_s=0.0, duration_s=0.05, min_iterations=3)
+FAST = BenchSettings(warmup_s=0.0, duration_s=0.05, min_iterations=3, window_s=0.02, max_duration_s=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +128,44 @@ def test_measure_respects_iteration_bounds() -> None:
     timings = measure(lambda: calls.append(1), 2, BenchSettings(warmup_s=0, duration_s=10, min_iterations=5, max_iterations=7))
     assert timings.iterations == 7 and len(timings.raw_ms) == 7
     assert len(calls) == 8  # one warm-up call, then the timed ones
-    quick = measure(lambda: None, 1, BenchSettings(warmup_s=0, duration_s=0, min_iterations=4))
-    assert quick.iterations == 4
+    quick = measure(lambda: None, 1, BenchSettings(warmup_s=0, duration_s=0, min_iterations=4, window_s=0.001, stable_windows=1))
+    assert quick.iterations >= 4 and quick.converged and quick.wall_s < 1
+
+
+def sleeper(ms: float) -> Callable[[], None]:
+    return lambda: time.sleep(ms / 1e3)
+
+
+def test_stability_windows_converge_on_a_steady_workload() -> None:
+    settings = BenchSettings(warmup_s=0.05, duration_s=0.3, min_iterations=10, window_s=0.1, stable_windows=3, stability=0.1, max_duration_s=5)
+    timings = measure(sleeper(2.0), 1, settings)
+    assert timings.converged and len(timings.window_medians) >= 3
+    assert windows_agree(timings.window_medians, 3, 0.1)  # the rule it stopped on
+    assert timings.wall_s < 3  # converged well before the cap
+    low, high = timings.p50_interval or (0, 0)
+    assert low <= timings.latency.median <= high and low >= 2.0  # sleep(2 ms) never takes less
+
+
+def test_a_drifting_workload_never_converges_and_says_so() -> None:
+    started = time.perf_counter()
+
+    def slower_and_slower() -> None:  # 1 ms, growing 1 ms per 0.1 s: every window's median differs from the last
+        time.sleep((1 + 10 * (time.perf_counter() - started)) / 1e3)
+
+    settings = BenchSettings(warmup_s=0, duration_s=0.2, min_iterations=5, window_s=0.1, stable_windows=3, stability=0.05, max_duration_s=1.0)
+    timings = measure(slower_and_slower, 1, settings)
+    assert not timings.converged and timings.noisy
+    assert 1.0 <= timings.wall_s < 1.5  # stopped at the cap, not before, not much after
+    assert timings.window_medians == sorted(timings.window_medians)
+
+
+def test_median_interval_covers_the_median_and_narrows_with_more_samples() -> None:
+    from workers.bench import median_interval
+
+    rng = np.random.default_rng(1)
+    few, many = list(rng.normal(10, 1, 30)), list(rng.normal(10, 1, 3000))
+    (a, b), (c, d) = median_interval(few), median_interval(many)
+    assert a < 10 < b and c < 10 < d and (d - c) < (b - a) / 3
 
 
 def test_compare_detects_disagreement() -> None:

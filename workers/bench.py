@@ -1,9 +1,12 @@
-"""One timing harness for every backend, measured the way trtexec measures.
+"""One timing harness for every backend: trtexec's statistics, perf_analyzer's stopping rule.
 
-Warm up for a while, then time single iterations until both a minimum duration and a
-minimum count are reached. A measurement is a value with its spread: the raw
-per-iteration times are kept, and the summary carries nearest-rank percentiles and the
-coefficient of variation so that a noisy run is visible rather than hidden.
+Warm up (on a GPU, until the SM clock has settled too), then time single iterations in
+windows of `window_s`. Stop once both a minimum duration and a minimum count are reached and
+either the last `stable_windows` windows' medians agree within `stability` of their mean
+(perf_analyzer's rule) or `max_duration_s` has passed; `converged` says which. A
+measurement is a value with its spread: the raw per-iteration times are kept, and the
+summary carries nearest-rank percentiles, the coefficient of variation and a bootstrap
+confidence interval on the median, so a noisy run is visible rather than hidden.
 """
 
 from __future__ import annotations
@@ -16,14 +19,22 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NOISY_CV = 0.05  # trtexec warns above 1% on a quiet GPU; shared CPUs are rarely that quiet
+CLOCK_SETTLE_CAP_S = 5.0  # warm-up waits at most this long beyond warmup_s for a GPU clock to settle
+CLOCK_SETTLED = 0.02  # two SM clock reads 0.1 s apart within 2%: settled
+BOOTSTRAP_RESAMPLES = 1000
 
 
 @dataclass(frozen=True)
 class BenchSettings:
     warmup_s: float = 0.2
-    duration_s: float = 3.0
-    min_iterations: int = 10
+    duration_s: float = 1.0  # at least this long timed in total (trtexec's --duration)
+    min_iterations: int = 10  # and at least this many iterations (trtexec's --iterations)
     max_iterations: int | None = None
+    window_s: float = 0.5  # one stability window (perf_analyzer's measurement interval)
+    stable_windows: int = 3  # how many consecutive windows must agree
+    stability: float = 0.05  # within this fraction of their mean (perf_analyzer's --stability-percentage)
+    max_duration_s: float = 10.0  # the time cap: stop unconverged rather than time forever
+    data_transfers: bool = True  # GPU: copy inputs in and outputs out every iteration (trtexec's default)
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,30 @@ def nearest_rank(sorted_values: np.ndarray, percentile: float) -> float:
     return float(sorted_values[rank - 1])
 
 
+def median_interval(samples_ms: list[float], confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """A bootstrap confidence interval on the median (percentile method over resampled medians).
+
+    It treats iterations as independent draws; drift makes them less so, which is why the
+    windows must also agree before a measurement counts as converged.
+    """
+    values = np.asarray(samples_ms, dtype=np.float64)
+    if len(values) < 2:
+        return (float(values[0]), float(values[0])) if len(values) else (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(values, size=(BOOTSTRAP_RESAMPLES, len(values)), replace=True), axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
+
+
+def windows_agree(medians: list[float], count: int, stability: float) -> bool:
+    """perf_analyzer's rule: the last `count` windows' medians all lie within `stability` of their mean."""
+    if len(medians) < count:
+        return False
+    last = medians[-count:]
+    centre = sum(last) / count
+    return centre > 0 and all(abs(m - centre) <= stability * centre for m in last)
+
+
 @dataclass
 class Timings:
     """The result of timing one engine at one batch size."""
@@ -75,6 +110,11 @@ class Timings:
     gpu_compute: Stats | None = None  # device time alone where a GPU timer exists (ms)
     raw_ms: list[float] = field(default_factory=list)
     raw_gpu_ms: list[float] | None = None
+    window_medians: list[float] = field(default_factory=list)  # ms, one per stability window
+    converged: bool = False  # the last windows agreed before the time cap
+    p50_interval: tuple[float, float] | None = None  # 95% bootstrap interval on the median latency (ms)
+    clocks: dict[str, int | None] = field(default_factory=dict)  # GPU: SM clock (MHz) at start and end, and its maximum
+    data_transfers: bool = True
 
     @property
     def throughput(self) -> float:
@@ -83,12 +123,36 @@ class Timings:
 
     @property
     def noisy(self) -> bool:
-        return self.latency.cv > NOISY_CV
+        return self.latency.cv > NOISY_CV or not self.converged
 
 
 # Device milliseconds of the last step's compute alone (CUDA events around the engine's work,
 # copies excluded), read after synchronize(); CPU backends have none.
 GpuTimer = Callable[[], float]
+# The SM clock (MHz) of the device being timed, or None where there is none to read.
+ClockReader = Callable[[], int | None]
+
+
+def _warm_up(step: Callable[[], None], synchronize: Callable[[], None], settings: BenchSettings, clock: ClockReader | None) -> None:
+    """Run for warmup_s; on a GPU, go on (up to CLOCK_SETTLE_CAP_S) until two SM clock reads agree."""
+    now = time.perf_counter
+    step()  # at least once: first calls allocate and autotune
+    synchronize()
+    until = now() + settings.warmup_s
+    while now() < until:
+        step()
+        synchronize()
+    if clock is None:
+        return
+    cap, last, last_read = until + CLOCK_SETTLE_CAP_S, clock(), now()
+    while last is not None and now() < cap:
+        step()
+        synchronize()
+        if now() - last_read >= 0.1:
+            current, last_read = clock(), now()
+            if current is None or abs(current - last) <= CLOCK_SETTLED * max(last, 1):
+                return
+            last = current
 
 
 def measure(
@@ -98,37 +162,45 @@ def measure(
     *,
     synchronize: Callable[[], None] = lambda: None,
     gpu_timer: GpuTimer | None = None,
+    clock: ClockReader | None = None,
 ) -> Timings:
-    """Time `step` (one complete inference, copies included) under `settings`.
+    """Time `step` (one complete inference, copies included unless the runner was prepared without)
+    under `settings`, in stability windows.
 
     `synchronize` must wait for all work `step` queued (a no-op for CPU backends), so that
     each host-side time covers the whole inference.
     """
-    clock = time.perf_counter
-    warm_until = clock() + settings.warmup_s
-    step()  # at least once: first calls allocate and autotune
-    synchronize()
-    while clock() < warm_until:
-        step()
-        synchronize()
+    now = time.perf_counter
+    start_clock = clock() if clock else None
+    _warm_up(step, synchronize, settings, clock)
+    settled_clock = clock() if clock else None
 
     raw: list[float] = []
     raw_gpu: list[float] = []
-    loop_start = clock()
-    deadline = loop_start + settings.duration_s
+    medians: list[float] = []
+    loop_start = now()
+    window_start, window_first = loop_start, 0
+    converged = False
     while True:
-        t0 = clock()
+        t0 = now()
         step()
         synchronize()
-        raw.append((clock() - t0) * 1e3)
+        t1 = now()
+        raw.append((t1 - t0) * 1e3)
         if gpu_timer is not None:
             raw_gpu.append(gpu_timer())
-        count = len(raw)
-        if settings.max_iterations is not None and count >= settings.max_iterations:
+        if t1 - window_start >= settings.window_s:
+            medians.append(float(np.median(raw[window_first:])))
+            window_start, window_first = t1, len(raw)
+            converged = windows_agree(medians, settings.stable_windows, settings.stability)
+        if settings.max_iterations is not None and len(raw) >= settings.max_iterations:
             break
-        if count >= settings.min_iterations and clock() >= deadline:
+        # The floors (trtexec's) always hold; the cap only ends the wait for windows that agree.
+        enough = len(raw) >= settings.min_iterations and t1 - loop_start >= settings.duration_s
+        if enough and (converged or t1 - loop_start >= settings.max_duration_s):
             break
-    wall = clock() - loop_start
+    wall = now() - loop_start
+    clocks = {} if clock is None else {"sm_mhz_start": start_clock, "sm_mhz_settled": settled_clock, "sm_mhz_end": clock()}
     return Timings(
         batch_size=batch_size,
         iterations=len(raw),
@@ -137,4 +209,9 @@ def measure(
         gpu_compute=Stats.of(raw_gpu) if raw_gpu else None,
         raw_ms=raw,
         raw_gpu_ms=raw_gpu or None,
+        window_medians=medians,
+        converged=converged,
+        p50_interval=median_interval(raw),
+        clocks=clocks,
+        data_transfers=settings.data_transfers,
     )

@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +170,34 @@ def gpu_clocks(index: int = 0) -> dict[str, int | str | None]:
     finally:
         pynvml.nvmlShutdown()
     return clocks
+
+
+def assigned_gpus() -> tuple[GpuInfo, ...]:
+    """The GPUs this process may use: those CUDA_VISIBLE_DEVICES names (indices or UUIDs, as Ray
+    sets it for a task that asked for GPUs), else every GPU NVML sees."""
+    gpus, _error = _gpus()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return gpus
+    chosen = []
+    for entry in (e.strip() for e in visible.split(",") if e.strip()):
+        match = next((g for g in gpus if entry == str(g.index) or g.uuid.startswith(entry) or entry.startswith(g.uuid)), None)
+        if match is not None:
+            chosen.append(match)
+    return tuple(chosen)
+
+
+def sm_clock_reader() -> Callable[[], int | None] | None:
+    """Reads the SM clock of the first GPU this process uses (what a GPU benchmark times), or None."""
+    gpus = assigned_gpus()
+    if not gpus:
+        return None
+    index = gpus[0].index
+    return lambda: _as_int(gpu_clocks(index)["sm_mhz"])
+
+
+def _as_int(value: int | str | None) -> int | None:
+    return value if isinstance(value, int) else None
 
 
 def _text(value: str | bytes) -> str:

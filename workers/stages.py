@@ -19,6 +19,7 @@ from workers import precision as precision_
 from workers.backends import get_backend, random_feeds
 from workers.backends.base import NO_CONTEXT, BuildContext
 from workers.bench import BenchSettings, Timings, measure
+from workers.device import sm_clock_reader
 from workers.calibration import SamplesReader
 from workers.detection import DetectionFidelity, Detections, compare_detections
 from workers.fallback import Threshold, find_fallback
@@ -146,26 +147,32 @@ def kernel_check(variant: bytes, inputs: np.ndarray, reference: np.ndarray, fake
     return check
 
 
-def build_engine(request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
-    engine = get_backend(request.backend).build(request, variant, checkpoint, context)
+def build_engine(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
+    """`variant` is the ONNX a backend builds from; None for a module variant (the backend casts the checkpoint)."""
+    engine = get_backend(request.backend).build(request, variant, checkpoint, context)  # type: ignore[arg-type]
     if request.variant:
         engine.manifest.extra["variant"] = dict(request.variant)
-    engine.manifest.variant_sha256 = hashlib.sha256(variant).hexdigest()
+    engine.manifest.variant_sha256 = hashlib.sha256(variant if variant is not None else checkpoint or b"").hexdigest()
     engine.manifest.engine_sha256 = hashlib.sha256(engine.data).hexdigest()
     return engine
 
 
-def benchmark_engine(engine: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings) -> Timings:
-    with get_backend(manifest.backend).open(engine, manifest) as runner:
-        step = runner.prepare(random_feeds(runner.inputs, batch_size))
-        return measure(step, batch_size, settings, synchronize=runner.synchronize, gpu_timer=runner.gpu_timer())
+def benchmark_engine(
+    engine: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings, caches: tuple[bytes, ...] = ()
+) -> Timings:
+    with get_backend(manifest.backend).open(engine, manifest, caches) as runner:
+        step = runner.prepare(random_feeds(runner.inputs, batch_size), data_transfers=settings.data_transfers)
+        timer = runner.gpu_timer()
+        clock = sm_clock_reader() if timer is not None else None  # a GPU runner: watch its clock too
+        return measure(step, batch_size, settings, synchronize=runner.synchronize, gpu_timer=timer, clock=clock)
 
 
 def engine_fidelity(
     engine: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int,
     labels: np.ndarray | None = None, task: str = "classification", box_score_threshold: float = 0.5,
+    caches: tuple[bytes, ...] = (),
 ) -> fidelity_.Fidelity | DetectionFidelity:
-    with get_backend(manifest.backend).open(engine, manifest) as runner:
+    with get_backend(manifest.backend).open(engine, manifest, caches) as runner:
         name = runner.inputs[0].name
         dtype = runner.inputs[0].dtype
         if task == "detection":

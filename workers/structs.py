@@ -137,3 +137,4 @@ class Engine:
     log: str = ""
     seconds: float = 0.0
     peak_host_memory_bytes: int | None = None
+    builder_cache: bytes | None = None  # what the next build on this target may start from (BuildContext.caches)

@@ -26,7 +26,7 @@ class Blob:
     """An artifact in the store: its content hash, what it is, and its size."""
 
     sha256: str
-    kind: str  # onnx, checkpoint, engine, reference, calibration, timing_cache, ...
+    kind: str  # onnx, checkpoint, engine, reference, calibration, builder_cache, ...
     size: int
 
 
@@ -42,6 +42,7 @@ class JobRow:
     log: str | None = None
     seconds: float | None = None
     node: str | None = None
+    device: dict[str, Any] | None = None  # host, Ray node, GPU UUIDs
 
 
 class Recorder:
@@ -87,18 +88,18 @@ class Recorder:
             row = s.get(ROW_TYPES[stage], key)
             return row if row is not None and row.status == "ok" else None
 
-    # --- timing caches (datacenter TensorRT) -------------------------------------------
+    # --- builder caches (TensorRT timing caches, Inductor's) -----------------------------
 
-    def timing_caches(self, target_id: str, version: str) -> list[str]:
+    def builder_caches(self, target_id: str, version: str) -> list[str]:
         with self.store.session() as s:
             row = s.get(schema.TimingCache, (target_id, version))
             return list(row.sha256s) if row else []
 
-    def update_timing_cache(self, target_id: str, version: str, given: list[str], returned: bytes) -> None:
+    def update_builder_cache(self, target_id: str, version: str, given: list[str], returned: bytes) -> None:
         """The returned cache holds everything it was given; caches that arrived meanwhile stay to be combined."""
         sha = self.store.artifacts.put(returned)
         with self.store.session() as s, s.begin():
-            self._artifact_row(s, sha, "timing_cache", len(returned))
+            self._artifact_row(s, sha, "builder_cache", len(returned))
             row = s.get(schema.TimingCache, (target_id, version))
             if row is None:
                 s.add(schema.TimingCache(target_id=target_id, backend_version=version, sha256s=[sha], builds=1))
@@ -124,7 +125,7 @@ class Recorder:
             table: Any = ROW_TYPES[row.stage]  # a mapped class; mypy sees only the JobColumns mixin
             stored = table(
                 key=row.key, status="ok" if row.ok else "failed", error=row.error, log=row.log or None,
-                seconds=row.seconds, node=row.node or None, created_at=datetime.now(UTC), **row.columns,
+                seconds=row.seconds, node=row.node or None, device=row.device, created_at=datetime.now(UTC), **row.columns,
             )
             s.merge(stored)
             self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else "failed", row.error)

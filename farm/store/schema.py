@@ -42,6 +42,8 @@ class JobColumns:
     log: Mapped[str | None] = mapped_column(Text, default=None)
     seconds: Mapped[float | None] = mapped_column(Float, default=None)  # the job's own time on the worker
     node: Mapped[str | None] = mapped_column(String(128), default=None)  # hostname that ran it
+    # where exactly: {"host", "ray_node", "gpus": [GPU UUIDs the job held]}
+    device: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -137,11 +139,13 @@ class Target(Base):
 
 
 class TimingCache(Base):
-    """Datacenter TensorRT timing caches per (GPU kind, TensorRT version): what the next build there starts from.
+    """Builder caches per (target, cache key): what the next build there starts from. The key is a
+    backend's (workers.backends.base.cache_key): the TensorRT version for datacenter TensorRT timing
+    caches, "inductor <torch version>" for torch.compile's caches. (The table kept its first name.)
 
     Builds that ran at the same time each return a cache; the driver cannot combine them (it
-    may have no TensorRT), so it keeps every cache not yet combined and the next build on that
-    target combines them before it starts.
+    may have neither TensorRT nor torch), so it keeps every cache not yet combined and the next
+    build on that target combines them before it starts.
     """
 
     __tablename__ = "timing_caches"
@@ -211,6 +215,12 @@ class Benchmark(JobColumns, Base):
     noisy: Mapped[bool | None] = mapped_column(Boolean, default=None)
     raw_ms: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
     raw_gpu_ms: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    converged: Mapped[bool | None] = mapped_column(Boolean, default=None)  # the stability windows agreed in time
+    window_medians: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    latency_p50_low: Mapped[float | None] = mapped_column(Float, default=None)  # 95% bootstrap interval on p50
+    latency_p50_high: Mapped[float | None] = mapped_column(Float, default=None)
+    data_transfers: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    clocks: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # GPU SM clock at start, settled, end
 
     build: Mapped[Build] = relationship(back_populates="benchmarks")
 

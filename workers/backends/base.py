@@ -43,7 +43,10 @@ class BuildContext:
     """What a build may use beyond its request; backends ignore what they have no use for."""
 
     progress: ProgressCallback | None = None
-    timing_caches: tuple[bytes, ...] = ()  # datacenter TensorRT: combined into the builder's starting cache
+    # What earlier builds on this target left for the next one (see Backend.cache_key): datacenter
+    # TensorRT timing caches, or torch.compile's Inductor caches. The build returns an updated one
+    # as Engine.builder_cache.
+    caches: tuple[bytes, ...] = ()
 
 
 NO_CONTEXT = BuildContext()
@@ -187,7 +190,10 @@ class Backend(Protocol):
 
     def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine: ...
 
-    def open(self, engine: bytes, manifest: Manifest) -> Runner: ...
+    def open(self, engine: bytes, manifest: Manifest, caches: tuple[bytes, ...] = ()) -> Runner:
+        """A runner for a built engine; `caches` are the builder caches its manifest names (a compiled
+        engine compiles again where it runs, and starts warm from them)."""
+        ...
 
 
 def random_feeds(inputs: list[TensorSpec], batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -216,3 +222,14 @@ def int8_layout(backend: type, cpu_arch: str, int8_dot_32bit: bool) -> str:
 
     choose = getattr(backend, "int8_layout", None)
     return str(choose(cpu_arch, int8_dot_32bit)) if choose is not None else DEFAULT_LAYOUT
+
+
+def cache_key(backend: type, request: BuildRequest, backend_version: str) -> str | None:
+    """Which builder caches a build shares with earlier builds on its target, or None for none.
+
+    A backend whose builds learn something reusable (TensorRT's tactic timings, Inductor's
+    generated kernels and autotuning) says so with a `cache_key(request, backend_version)`
+    classmethod; the driver keeps the caches per (target, key) and hands them to the next build.
+    """
+    choose = getattr(backend, "cache_key", None)
+    return choose(request, backend_version) if choose is not None else None  # type: ignore[no-any-return]

@@ -91,7 +91,7 @@ class OnnxRuntimeBackend:
         )
         return Engine(data=optimized_model, manifest=manifest, seconds=time.perf_counter() - started)
 
-    def open(self, engine: bytes, manifest: Manifest) -> OnnxRuntimeRunner:
+    def open(self, engine: bytes, manifest: Manifest, caches: tuple[bytes, ...] = ()) -> OnnxRuntimeRunner:
         return OnnxRuntimeRunner(engine, manifest)
 
 

@@ -1,8 +1,18 @@
-"""The PyTorch baseline: the eager module the seed article compared against.
+"""PyTorch as a backend: the eager baseline every table compares with, and the engine kinds a GPU
+runs without TensorRT (workers.torch_engines): CUDA graph replay, torch.compile, AOTInductor.
 
-Its "engine" is the exported checkpoint itself (the very weights the ONNX variants carry), so
-every speedup in a winners table is measured against the same numbers. On a GPU the
-compute is timed with CUDA events, apart from the host-device copies.
+It builds from the export's checkpoint (the very weights the ONNX variants carry), in fp32, fp16
+or bf16 by casting the module, so every speedup is measured against the same numbers. What a
+build leaves depends on the kind:
+
+| kind | engine bytes | reproducible |
+| --- | --- | --- |
+| eager, cuda_graph | the checkpoint (a recipe: model source + weights + options) | anywhere the model's code imports |
+| compile | the checkpoint; the build compiles once per batch size and returns Inductor's caches | in-process only: the runner compiles again, warm from the caches |
+| aoti | the AOTInductor package (.pt2): native code for this GPU architecture and torch version | loads without the model's Python code |
+
+An AOTInductor package is loaded once in a fresh interpreter before the build is declared good:
+torch 2.11 segfaulted loading one on the H200, and that must be a failed build with its log.
 """
 
 from __future__ import annotations
@@ -11,47 +21,126 @@ import io
 import time
 from dataclasses import asdict
 from importlib import metadata
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
-from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext, Feeds, Runner, Step
-from workers.bench import GpuTimer
+from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext, Runner
+from workers.memory import PeakMemory
 from workers.models import BATCH_AXIS, load_module
 from workers.structs import BuildRequest, Engine, Manifest, ModelRef, TensorSpec
 
-MODES = ("eager",)
+if TYPE_CHECKING:
+    from workers.torch_engines import TorchEngineOptions
+
+LOAD_HINTS = {
+    "aoti": "python: runner = torch._inductor.aoti_load_package('engine.pt2'); outputs = runner(x) "
+            "(x: a {dtype} tensor on {device}, batch {low}..{high}, shape {shape}); needs torch {torch} and a GPU of compute capability {cc}",
+    "compile": "a recipe, reproducible in-process only: build the model (manifest model_ref), load engine.pt (torch.load, "
+               "weights_only=True), cast to {dtype}, then torch.compile(model, mode='{mode}')",
+    "eager": "build the model (manifest model_ref), load engine.pt (torch.load, weights_only=True), cast to {dtype}, run",
+    "cuda_graph": "build the model (manifest model_ref), load engine.pt (torch.load, weights_only=True), cast to {dtype}, "
+                  "capture one torch.cuda.CUDAGraph per batch size and replay it",
+}
+
+
+class BuildError(RuntimeError):
+    """A PyTorch engine could not be made, or made and not loaded; the log says where."""
+
+
+def _device(request: BuildRequest) -> str:
+    return "cuda" if request.target.kind == "gpu" else "cpu"
+
+
+def engine_options(options: dict[str, Any], precision: str) -> TorchEngineOptions:
+    """The spec's option axes (kind, compile_mode, channels_last, tf32) as the engine's options."""
+    from workers.torch_engines import TorchEngineOptions
+
+    given = dict(options)
+    if "mode" in given:  # the first name of `kind`, from specs written before the engine kinds
+        given.setdefault("kind", given.pop("mode"))
+    if given.get("compile_mode") in (None, "default") and given.get("kind") == "compile":
+        given["compile_mode"] = None
+    elif given.get("kind") != "compile":
+        given.pop("compile_mode", None)
+    return TorchEngineOptions.from_dict(given | {"precision": precision})
 
 
 class TorchBackend:
     name: ClassVar[str] = "torch"
     target_kinds: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
-    precisions: ClassVar[tuple[str, ...]] = ("fp32",)  # the PyTorch baseline is the fp32 model
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
+    consumes: ClassVar[str] = "checkpoint"  # builds from the export's weights, never from an ONNX variant
+    batch_profile: ClassVar[bool] = True  # aoti bakes the batch range in, compile compiles each size: part of the build key
 
     def availability(self) -> Availability:
         try:
             version = metadata.version("torch")
         except metadata.PackageNotFoundError:
             return Availability(self.name, None, "pip install torch")
-        return Availability(self.name, version, "eager")
+        return Availability(self.name, version, "eager, cuda_graph, compile, aoti")
 
     def versions(self) -> dict[str, str]:
         version = self.availability().version
         return {self.name: version} if version else {}
 
-    def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
+    @staticmethod
+    def applies(options: dict[str, Any], precision: str, target_kind: str) -> dict[str, Any] | None:
+        """The options a build of `precision` on `target_kind` really uses, or None where they cannot run.
+
+        compile_mode means something for kind compile only, tf32 for fp32 only, and CUDA graphs
+        and TF32 need a GPU: the planner drops what does not apply, so no two builds differ only
+        in an option neither uses.
+        """
+        kind = options.get("kind", options.get("mode", "eager"))
+        if kind == "cuda_graph" and target_kind != "gpu":
+            return None
+        used = dict(options)
+        if kind != "compile":
+            used.pop("compile_mode", None)
+        if precision != "fp32" or target_kind != "gpu":
+            if used.get("tf32"):
+                return None
+            used.pop("tf32", None)
+        return used
+
+    @staticmethod
+    def cache_key(request: BuildRequest, backend_version: str) -> str | None:
+        """torch.compile's caches are shared per (target, torch version)."""
+        kind = request.options.get("kind", request.options.get("mode", "eager"))
+        return f"inductor {backend_version}" if kind == "compile" else None
+
+    def build(self, request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
         if checkpoint is None:
             raise BackendUnavailable(f"model {request.model.name}: an ONNX-file source has no PyTorch module to run")
-        if request.precision not in ("fp32", "fp16"):
-            raise BackendUnavailable(f"torch backend runs fp32 and fp16, not {request.precision}")
-        mode = request.options.get("mode", "eager")
-        if mode not in MODES:
-            raise ValueError(f"torch mode {mode!r}: expected one of {', '.join(MODES)}")
         import torch
 
+        options = engine_options(request.options, request.precision)
+        device = _device(request)
+        options.check_device(device)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"target {request.target.id}: CUDA is not available on this worker")
         started = time.perf_counter()
-        module = load_module(request.model)  # proves the checkpoint loads into the module
-        module.load_state_dict(torch.load(io.BytesIO(checkpoint), weights_only=True))
+        extra: dict[str, Any] = {"model_ref": asdict(request.model), "device": device, "kind": options.kind,
+                                 "engine_options": options.to_dict(), "torch_version": torch.__version__,
+                                 "cuda_version": torch.version.cuda, "compute_capability": request.target.compute_capability,
+                                 "batch_range": [min(request.batch_sizes), max(request.batch_sizes)]}
+        with PeakMemory(0.05, children=True) as memory:
+            module = _module(request.model, checkpoint)
+            data, builder_cache = checkpoint, None
+            if options.kind == "aoti":
+                data = _aoti(module, request, options, device, extra)
+            elif options.kind == "compile":
+                builder_cache = _compile(module, request, options, device, context.caches, extra)
+        seconds = time.perf_counter() - started
+        extra["how_to_load"] = LOAD_HINTS[options.kind].format(
+            dtype={"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[options.precision], device=device,
+            low=extra["batch_range"][0], high=extra["batch_range"][1], shape=list(request.model.input_shape),
+            torch=torch.__version__, cc=request.target.compute_capability, mode=options.mode)
+        extra["reproducible"] = "in-process only (a recipe)" if options.kind == "compile" else "anywhere"
+        if options.kind != "aoti":
+            extra["engine_file"] = "engine.pt"
+        key = self.cache_key(request, torch.__version__)
+        if key is not None:
+            extra["builder_cache_key"] = key
         manifest = Manifest(
             backend=self.name,
             backend_version=torch.__version__,
@@ -62,107 +151,70 @@ class TorchBackend:
             outputs=[],
             model=request.model.name,
             variant_sha256="",
-            extra={"model_ref": asdict(request.model), "device": "cuda" if request.target.kind == "gpu" else "cpu"},
+            extra=extra,
         )
-        return Engine(data=checkpoint, manifest=manifest, seconds=time.perf_counter() - started)
+        return Engine(data=data, manifest=manifest, seconds=seconds, peak_host_memory_bytes=memory.growth_bytes + memory.peak_children_bytes,
+                      builder_cache=builder_cache)
 
-    def open(self, engine: bytes, manifest: Manifest) -> TorchRunner:
-        return TorchRunner(engine, manifest)
+    def open(self, engine: bytes, manifest: Manifest, caches: tuple[bytes, ...] = ()) -> Runner:
+        from workers.torch_engines import open_engine
 
-
-class TorchRunner(Runner):
-    """The eager module on the CPU or one GPU; on a GPU, CUDA events bracket the forward alone."""
-
-    def __init__(self, engine: bytes, manifest: Manifest) -> None:
-        super().__init__(manifest.inputs, manifest.outputs)
-        self._engine = engine
-        self._manifest = manifest
-        self._module: Any = None
-        self._device = manifest.extra.get("device", "cpu")
-        self._events: tuple[Any, Any] | None = None
-
-    def _activate(self) -> None:
-        import torch
-
-        if self._device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable("torch: this engine targets a GPU but CUDA is not available here")
-        ref = dict(self._manifest.extra["model_ref"])
+        options = engine_options(manifest.options, manifest.precision)
+        device = str(manifest.extra.get("device", "cpu"))
+        ref = dict(manifest.extra["model_ref"])
         ref["input_shape"] = tuple(ref["input_shape"])
-        module = load_module(ModelRef(**ref))
-        module.load_state_dict(torch.load(io.BytesIO(self._engine), weights_only=True))
-        dtype = torch.float16 if self._manifest.precision == "fp16" else torch.float32
-        self._module = module.to(self._device, dtype)
-        if self._device == "cuda":
-            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))  # type: ignore[no-untyped-call]
+        ref["kwargs"] = tuple(tuple(pair) for pair in ref.get("kwargs", ()))
+        model = ModelRef(**ref)
+        if options.kind == "aoti":
+            return open_engine(engine, options, device, model.input_shape)
+        if options.kind == "compile":
+            from workers.torch_compile_cache import import_compile_caches
 
-    def _deactivate(self) -> None:
-        self._module = None
-        self._events = None
-        import torch
+            for blob in caches:
+                import_compile_caches(blob)
+        return open_engine(_module(model, engine), options, device, model.input_shape)
 
-        if self._device == "cuda":
-            torch.cuda.empty_cache()  # a no-op where CUDA never initialised (activation failed before it)
 
-    def _host(self, feeds: Feeds) -> Any:
-        import torch
+def _module(model: ModelRef, checkpoint: bytes) -> Any:
+    """The model's module with the exported weights (proves the checkpoint fits the module)."""
+    import torch
 
-        return torch.from_numpy(np.ascontiguousarray(feeds[self.inputs[0].name]))
+    module = load_module(model)
+    module.load_state_dict(torch.load(io.BytesIO(checkpoint), weights_only=True))
+    return module
 
-    def _to_device(self, host: Any) -> Any:
-        return host.to(self._device, non_blocking=True).to(next(self._module.parameters()).dtype)
 
-    def _compute(self, x: Any) -> list[Any]:
-        """The forward alone, between the events: every output tensor, still on the device."""
-        import torch
+def _aoti(module: Any, request: BuildRequest, options: TorchEngineOptions, device: str, extra: dict[str, Any]) -> bytes:
+    """torch.export + AOTInductor for the request's batch range, then one load in a fresh interpreter."""
+    from workers.torch_aoti import build_aoti_package, check_aoti_package
 
-        if self._events:
-            self._events[0].record()
-        out = self._module(x)
-        if self._events:
-            self._events[1].record()
-        if isinstance(out, list | tuple) and out and isinstance(out[0], dict):
-            out = list(out[0].values())  # a torchvision detector, one image: boxes, labels, scores
-        return [out] if isinstance(out, torch.Tensor) else list(out)
+    package = build_aoti_package(module, request.model.input_shape, request.batch_sizes, options, device)
+    extra |= {"export_seconds": package.export_seconds, "compile_seconds": package.compile_seconds,
+              "package_bytes": package.size_bytes, "compile_peak_rss_bytes": package.peak_rss_bytes,
+              "compile_peak_children_rss_bytes": package.peak_children_rss_bytes, "engine_file": "engine.pt2"}
+    check = check_aoti_package(package.data, device)
+    extra["load_check_seconds"] = check.seconds
+    if not check.ok:
+        raise BuildError(f"the AOTInductor package ({package.size_bytes / 1e6:.1f} MB, compiled in "
+                         f"{package.compile_seconds:.0f} s) fails to load and run in a fresh process: {check.detail.splitlines()[0] if check.detail else ''}\n{check.detail}")
+    return package.data
 
-    def _forward(self, host: Any) -> list[np.ndarray]:
-        import torch
 
-        with torch.inference_mode():
-            outs = self._compute(self._to_device(host))
-            return [(o.float() if o.is_floating_point() else o).cpu().numpy() for o in outs]
+def _compile(module: Any, request: BuildRequest, options: TorchEngineOptions, device: str, caches: tuple[bytes, ...],
+             extra: dict[str, Any]) -> bytes | None:
+    """Compile once per batch size (warm from earlier builds' caches) and return the caches to keep."""
+    import numpy as np
 
-    def _infer(self, feeds: Feeds) -> list[np.ndarray]:
-        return self._forward(self._host(feeds))
+    from workers.torch_compile_cache import export_compile_caches, import_compile_caches
+    from workers.torch_engines import INPUT, open_engine
 
-    def _prepare(self, feeds: Feeds, data_transfers: bool) -> Step:
-        import torch
-
-        host = self._host(feeds)
-        if self._device == "cuda":
-            host = host.pin_memory()
-        if data_transfers:
-
-            def step() -> None:
-                self._forward(host)
-
-            return step
-        with torch.inference_mode():
-            device_input = self._to_device(host)
-
-        def run_only() -> None:
-            with torch.inference_mode():
-                self._compute(device_input)
-
-        return run_only
-
-    def synchronize(self) -> None:
-        if self._device == "cuda":
-            import torch
-
-            torch.cuda.synchronize()
-
-    def gpu_timer(self) -> GpuTimer | None:
-        if self._events is None:
-            return None
-        start, end = self._events
-        return lambda: float(start.elapsed_time(end))
+    imported = [import_compile_caches(blob) for blob in caches]
+    with open_engine(module, options, device, request.model.input_shape) as runner:
+        for batch in request.batch_sizes:
+            runner.infer({INPUT: np.zeros((batch, *request.model.input_shape), dtype=np.float32)})
+        extra["compile_seconds"] = {str(b): s for b, s in sorted(runner.setup_seconds.items())}
+    extra["compile_caches_given"] = len(caches)
+    extra["compile_cache_artifacts_given"] = imported
+    blob = export_compile_caches()
+    extra["compile_cache_bytes"] = len(blob) if blob else 0
+    return blob

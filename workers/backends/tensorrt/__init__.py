@@ -88,7 +88,12 @@ class TensorRTBackend:
         """Build one engine for `request.target`; the context's timing caches (datacenter only) seed the builder's."""
         return build_engine(request, variant, self.log_severity, context)
 
-    def open(self, engine: bytes, manifest: Manifest) -> TensorRTRunner:
+    @staticmethod
+    def cache_key(request: BuildRequest, backend_version: str) -> str | None:
+        """Datacenter builds on a GPU share timing caches per (GPU kind, TensorRT version); RTX has none."""
+        return backend_version if request.target.kind == "gpu" else None
+
+    def open(self, engine: bytes, manifest: Manifest, caches: tuple[bytes, ...] = ()) -> TensorRTRunner:
         return TensorRTRunner(engine, manifest)
 
 

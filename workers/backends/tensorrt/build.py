@@ -63,9 +63,7 @@ class OnnxParseError(BuildError):
 
 @dataclass
 class TensorRTEngine(Engine):
-    """An Engine plus the datacenter timing cache after this build (None on RTX, which never has one)."""
-
-    timing_cache: bytes | None = None
+    """An Engine whose builder_cache is the datacenter timing cache after this build (None on RTX, which never has one)."""
 
 
 @dataclass
@@ -172,8 +170,8 @@ def build_engine(request: BuildRequest, variant: bytes, log_severity: str, conte
     }
     if options.flavour == "datacenter":
         extra["timing_cache"] = {
-            "given": len(context.timing_caches),
-            "given_bytes": sum(len(c) for c in context.timing_caches),
+            "given": len(context.caches),
+            "given_bytes": sum(len(c) for c in context.caches),
             "returned_bytes": len(built.timing_cache or b""),
         }
     if layers is not None:
@@ -196,7 +194,7 @@ def build_engine(request: BuildRequest, variant: bytes, log_severity: str, conte
         log=record.text(),
         seconds=seconds,
         peak_host_memory_bytes=peak_growth,
-        timing_cache=built.timing_cache,
+        builder_cache=built.timing_cache,
     )
 
 
@@ -266,7 +264,7 @@ def _build(
     cache: trt.ITimingCache | None = None
     if options.flavour == "rtx":
         _set_compute_capabilities(module, config, options.compute_capabilities)
-        if context.timing_caches:  # creating one on RTX forces a GPU query and breaks CPU-only builds
+        if context.caches:  # creating one on RTX forces a GPU query and breaks CPU-only builds
             record.messages.append(("INFO", "farm: timing cache ignored: TensorRT-RTX has none"))
     else:
         levels = trt.HardwareCompatibilityLevel
@@ -276,7 +274,7 @@ def _build(
             "same_compute_capability": levels.SAME_COMPUTE_CAPABILITY,
         }
         config.hardware_compatibility_level = compatibility[options.hardware_compatibility_level]
-        cache = _combined_timing_cache(config, context.timing_caches, record)
+        cache = _combined_timing_cache(config, context.caches, record)
         if not config.set_timing_cache(cache, False):
             record.messages.append(("WARNING", "farm: timing cache from another device or version: started an empty one"))
             cache = config.create_timing_cache(b"")
