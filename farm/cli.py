@@ -201,6 +201,12 @@ def pull(
               f"{winner.throughput:.1f} samples/s, top-1 agreement {winner.top1_agreement}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"engine    {engine_path} (sha256 {record.engine_sha256} verified)", highlight=False, soft_wrap=True, markup=False)
     out.print(f"manifest  {manifest_path}", highlight=False, soft_wrap=True, markup=False)
+    extra = record.engine_manifest.get("extra") or {}
+    if extra.get("how_to_load"):  # a PyTorch engine: a package or a recipe, and how to run it
+        out.print(f"load      {extra['how_to_load']}", highlight=False, soft_wrap=True, markup=False)
+    if str(extra.get("reproducible", "")).startswith("in-process only"):
+        out.print("note      this winner is a recipe (model source + weights + options), not a compiled artifact: "
+                  "it compiles again where it runs", highlight=False, soft_wrap=True, markup=False)
 
 
 def export_triton(

@@ -65,7 +65,10 @@ class StoredEngine(BuildDetail):
 
     @property
     def engine_file(self) -> str:
-        return "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")
+        """The file name the engine is delivered under: what its manifest says (engine.pt2 for an
+        AOTInductor package), else by backend."""
+        named = (self.engine_manifest.get("extra") or {}).get("engine_file")
+        return str(named) if named else "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")
 
     @property
     def bundle_name(self) -> str:
@@ -316,10 +319,15 @@ def _choose(
         served = "tensorrt" if kind == "gpu" else "onnxruntime"
         overall = winners(at_batch, objective, floor)
         best = winners([c for c in at_batch if c.backend == served], objective, floor)
+        if overall and overall[0].backend == "torch":
+            notes.append(f"{model} @ {target_id}: the winner is a PyTorch engine ({overall[0].engine}), which a Triton model "
+                         f"repository of TensorRT and ONNX Runtime engines cannot hold: `farm pull {model} --target '{target_id}'` "
+                         "hands it out with how to load it (an AOTInductor .pt2 loads with torch._inductor.aoti_load_package, "
+                         "for instance in Triton's python backend)")
         if not best:
             notes.append(f"{model} @ {target_id}: no {served} build reaches top-1 agreement {floor} (skipped)")
             continue
-        if overall and overall[0].backend != served:
+        if overall and overall[0].backend not in (served, "torch"):
             notes.append(f"{model} @ {target_id}: the overall winner is {overall[0].backend}; Triton gets the best {served} build ({best[0].label})")
         chosen[target_id] = best[0]
     return chosen

@@ -122,13 +122,24 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                 if not usable:
                     notes.append(f"backend {backend_name}: not installed on any selected target ({_install_hint(backend_name)})")
                     continue
-                varying = {name for block in blocks for name, values in block if name != "batch_sizes" and len(values) > 1}
+                varying = _varying(blocks)
                 for group in usable:
                     form = _variant_form(backend_type, precision, group)
-                    for options, batch_sizes in _builds_of(backend_type, blocks, precision, group, spec.batch_sizes):
+                    for options, batch_sizes in _builds_of(backend_type, blocks, model.name, precision, group,
+                                                           spec.batch_sizes, model_spec.batch_sizes):
                         jobs += _build_jobs(variant_for(form), backend_name, options, varying, group, spec, settings, reference,
                                             export, batch_sizes)
     return Plan(jobs=jobs, notes=list(dict.fromkeys(notes)))
+
+
+def _varying(blocks: list[Axes]) -> set[str]:
+    """The options whose value differs between some of a backend's builds: what their labels show."""
+    seen: dict[str, set[str]] = {}
+    for block in blocks:
+        for options in block.combinations():
+            for name, value in options.items():
+                seen.setdefault(name, set()).add(json.dumps(value))
+    return {name for name, values in seen.items() if len(values) > 1}
 
 
 def _variant_form(backend: type, precision: str, group: TargetGroup) -> str:
@@ -138,18 +149,23 @@ def _variant_form(backend: type, precision: str, group: TargetGroup) -> str:
     return int8_layout(backend, group.cpu_arch, group.int8_dot_32bit) if precision == "int8" else DEFAULT_LAYOUT
 
 
-def _builds_of(backend: type, blocks: list[Axes], precision: str, group: TargetGroup,
-               sweep_batch_sizes: list[int]) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
-    """One (options, batch sizes) per distinct build: each block's combinations, with what a backend
-    says does not apply dropped (`applies`), and one build for options that several blocks share,
-    timed at the union of their batch sizes."""
+def _builds_of(backend: type, blocks: list[Axes], model: str, precision: str, group: TargetGroup,
+               sweep_batch_sizes: list[int], model_batch_sizes: list[int] | None) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
+    """One (options, batch sizes) per distinct build: each block's combinations (for the blocks that
+    take this model and precision), with what a backend says does not apply dropped (`applies`), and
+    one build for options that several blocks share, timed at the union of their batch sizes."""
     applies = getattr(backend, "applies", None)
     found: dict[str, tuple[dict[str, Any], list[int]]] = {}
     for block in blocks:
-        batch_sizes = block.batch_sizes or sweep_batch_sizes
+        if not block.takes(model, precision):
+            continue
+        # a block's own batch sizes, else the sweep's; a model that takes only some keeps only those
+        batch_sizes = [b for b in block.batch_sizes or sweep_batch_sizes if model_batch_sizes is None or b in model_batch_sizes]
         for options in block.combinations():
             used = applies(options, precision, group.target.kind) if applies is not None else options
             if used is None:
+                continue
+            if not batch_sizes:
                 continue
             entry = found.setdefault(json.dumps(used, sort_keys=True), (used, []))
             entry[1].extend(b for b in batch_sizes if b not in entry[1])

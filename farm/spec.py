@@ -68,6 +68,8 @@ class ModelSpec(Strict):
     # Default: the torchvision weights' own transforms, else ImageNet's recipe scaled to input_shape.
     # A factory's model states its preprocessing here.
     preprocess: PreprocessSpec | None = None
+    # The batch sizes this model runs at, where not the sweep's (a torchvision detector takes one image)
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify)] | None = None
 
     @field_validator("source")
     @classmethod
@@ -118,15 +120,24 @@ def _torchvision_preprocess(arch: str, weights: str) -> Preprocess | None:
 BatchSizes = Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify)]
 
 
+Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
+SCOPE = ("batch_sizes", "precisions", "models")  # what narrows a block of axes, not options of its builds
+
+
 class Axes(Strict):
-    """A backend's option axes; every combination is a build. `batch_sizes` narrows this block to
-    some batch sizes (a slow engine kind only where it can matter); default the sweep's."""
+    """A backend's option axes; every combination is a build. `batch_sizes` and `precisions` narrow
+    this block (a slow engine kind only where it can matter); default the sweep's."""
 
     batch_sizes: BatchSizes | None = None
+    precisions: Annotated[list[Precision], BeforeValidator(_listify)] | None = None
+    models: Annotated[list[str], BeforeValidator(_listify)] | None = None  # model names; default every model
 
     def combinations(self) -> list[dict[str, Any]]:
         """Every combination of the option axes, in a stable order."""
         return option_grid(self)
+
+    def takes(self, model: str, precision: str) -> bool:
+        return (self.precisions is None or precision in self.precisions) and (self.models is None or model in self.models)
 
 
 class OnnxRuntimeAxes(Axes):
@@ -281,7 +292,7 @@ class SweepSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     models: list[ModelSpec] = Field(min_length=1)
     # bf16: PyTorch engines only (the module is cast); fp16 reaches ONNX engines as a converted graph
-    precisions: Annotated[list[Literal["fp32", "fp16", "bf16", "int8", "fp8"]], BeforeValidator(_listify)] = ["fp32"]
+    precisions: Annotated[list[Precision], BeforeValidator(_listify)] = ["fp32"]
     batch_sizes: BatchSizes = [1]
     backends: Backends
     # Empty: every CPU and GPU target in the cluster. TensorRT-RTX targets are built ahead of time
@@ -324,7 +335,7 @@ class SweepSpec(Strict):
 
 def option_grid(axes: BaseModel) -> list[dict[str, Any]]:
     """Every combination of a backend's option axes, in a stable order (a block's batch sizes are not an option)."""
-    names = [n for n in type(axes).model_fields if n != "batch_sizes"]
+    names = [n for n in type(axes).model_fields if n not in SCOPE]
     values = [getattr(axes, n) for n in names]
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
 

@@ -214,7 +214,7 @@ def test_plan_flavour_recognises_only_rtx_plans(resnet: Exported) -> None:
 
 def test_timing_cache_is_never_made_on_rtx(tiny: Exported) -> None:
     engine = TensorRTBackend().build(request(TINY, SM89), tiny.onnx_bytes, None, BuildContext(caches=(b"cache from a GPU",)))
-    assert engine.timing_cache is None
+    assert engine.builder_cache is None
     assert "timing cache ignored" in engine.log
 
 
