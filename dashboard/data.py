@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session
 from farm import queries
 from farm.delivery import engine_bundle, engine_bytes
 from farm.metrics import METRICS
-from farm.select import Candidate, candidates
+from farm.reports import render_report
+from farm.select import Candidate, Untimed, candidates
+from farm.select import untimed as build_only
 from farm.store import Store, StoreLocation, open_store
 
 TTL_S = 3  # a running sweep shows up within seconds, and a rerun storm costs one query per TTL
@@ -125,6 +127,16 @@ def build_choices(at: Where) -> dict[str, str]:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def found_candidates(at: Where, sweep_id: int | None) -> list[Candidate]:
     return _read(at, lambda s: candidates(s, sweep_id=sweep_id))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def untimed(at: Where, sweep_id: int | None) -> list[Untimed]:
+    return _read(at, lambda s: build_only(s, sweep_id=sweep_id))
+
+
+def report(at: Where, sweep_id: int, format: str) -> Callable[[], bytes]:
+    """The sweep's report, made when someone clicks (farm.reports, the same file as `farm report`)."""
+    return lambda: _read(at, lambda s: render_report(s, sweep_id, format)).encode()
 
 
 def bundle(at: Where, build_key: str) -> Callable[[], bytes]:

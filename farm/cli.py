@@ -44,30 +44,31 @@ def sweep(
     db_url: DbUrl = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address; default RAY_ADDRESS, else a local Ray.")] = None,
     force: Annotated[bool, typer.Option(help="Redo jobs that already finished.")] = False,
-    objective: Annotated[str, typer.Option(help="Objective of the closing winners table: p50, p99 or throughput.")] = "p50",
+    objective: Annotated[str | None, typer.Option(help="Objective of the closing winners table: p50, p99 or throughput; default the spec's.")] = None,
 ) -> None:
     """Run a sweep: export, build, benchmark and compare every job of SPEC, then print the winners."""
     from farm.driver import run_sweep
-    from farm.report import SweepProgress, winners_table
-    from farm.select import candidates, winners
+    from farm.report import SweepProgress, print_answers
+    from farm.select import Constraints, candidates, untimed, winners
     from farm.spec import load_spec
 
     with one_line_errors():
         parsed, base = load_spec(spec)
-        checked_objective(objective)
+        objective = checked_objective(objective or parsed.selection.objective)
         store = writable_store(data_dir, db_url)
         progress = SweepProgress(console)
         with progress.shown():
             result = run_sweep(parsed, base, str(spec), store, address=address, force=force,
                                listener=progress.on_job, on_plan=progress.on_plan,
                                on_build_progress=progress.on_build_progress)
+        constraints = Constraints.of(parsed.fidelity.constraints())
         with store.session() as s:
-            rows = winners(candidates(s, sweep_id=result.sweep_id), objective, parsed.fidelity.min_top1_agreement)  # type: ignore[arg-type]
+            rows = winners(candidates(s, sweep_id=result.sweep_id), objective, constraints)
+            build_only = untimed(s, sweep_id=result.sweep_id)
         failed = sum(1 for state in result.states.values() if state == "failed")
         if not rows:
-            console.print(f"no eligible winner: no build passed every stage with top-1 agreement >= {parsed.fidelity.min_top1_agreement}")
-        else:
-            console.print(winners_table(rows, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, top-1 agreement >= {parsed.fidelity.min_top1_agreement}"))  # type: ignore[arg-type]
+            console.print(f"no eligible winner: no timed build passed every stage with {constraints.describe()}")
+        print_answers(console, rows, build_only, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, {constraints.describe()}")
         console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {failed} failed; results in {store.location.url}")
 
 
@@ -108,26 +109,57 @@ def best(
     target: Annotated[str | None, typer.Option(help="Only targets whose id contains this text.")] = None,
     objective: ObjectiveOption = "p50",
     min_top1_agreement: FloorOption = 0.99,
+    min_cosine: Annotated[float | None, typer.Option(help="Fidelity constraint: mean cosine similarity with fp32.")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="Fidelity constraint: labelled top-1 accuracy below fp32's.")] = None,
     sweep_id: Annotated[int | None, typer.Option("--sweep", help="Only results of this sweep.")] = None,
     data_dir: DataDir = None,
     db_url: DbUrl = None,
     as_json: AsJson = False,
 ) -> None:
-    """The fastest eligible build per model, target and batch size."""
-    from farm.report import candidate_json, winners_table
-    from farm.select import candidates, winners
+    """The answer per model, target and batch size: the fastest build that meets the constraints, with a
+    verdict on whether it really beats the runner-up; and the builds of targets nothing here can time."""
+    from dataclasses import asdict
+
+    from farm.report import candidate_json, print_answers
+    from farm.select import Constraints, candidates, untimed, winners
 
     with one_line_errors():
-        checked_objective(objective)
+        chosen = checked_objective(objective)
+        constraints = Constraints(min_top1_agreement, min_cosine, max_accuracy_drop)
         store = results_store(data_dir, db_url)
         with store.session() as s:
-            rows = winners(candidates(s, model=model, target=target, sweep_id=sweep_id), objective, min_top1_agreement)  # type: ignore[arg-type]
+            rows = winners(candidates(s, model=model, target=target, sweep_id=sweep_id), chosen, constraints)
+            build_only = untimed(s, model=model, target=target, sweep_id=sweep_id)
         if as_json:
-            print(json.dumps([candidate_json(r) for r in rows], indent=2))
+            print(json.dumps({"objective": chosen, "constraints": asdict(constraints), "winners": [candidate_json(r) for r in rows],
+                              "built_not_timed": [asdict(u) for u in build_only]}, indent=2, default=str))
             return
-        if not rows:
-            raise fail("no eligible build: run a sweep, or lower --min-top1-agreement", 1)
-        console.print(winners_table(rows, objective, f"Winners by {objective}, top-1 agreement >= {min_top1_agreement}"))  # type: ignore[arg-type]
+        if not rows and not build_only:
+            raise fail("no eligible build: run a sweep, or relax the constraints (--min-top1-agreement ...)", 1)
+        print_answers(console, rows, build_only, chosen, f"Winners by {objective}, {constraints.describe()}")
+
+
+@app.command()
+def report(
+    sweep_id: Annotated[int, typer.Argument(help="Sweep id (farm status lists the latest).")],
+    format: Annotated[str, typer.Option("--format", help="csv, html or json.")] = "html",
+    out_file: Annotated[Path | None, typer.Option("--out", help="File to write; default farm-sweep-ID.FORMAT here.")] = None,
+    data_dir: DataDir = None,
+    db_url: DbUrl = None,
+) -> None:
+    """Write one file a person can mail: the winners with verdicts, the noise, the failures, the environment."""
+    from farm.reports import ReportError, render_report
+
+    with one_line_errors():
+        store = results_store(data_dir, db_url)
+        try:
+            with store.session() as s:
+                text = render_report(s, sweep_id, format)
+        except ReportError as exc:
+            raise fail(str(exc)) from None
+        path = out_file or Path(f"farm-sweep-{sweep_id}.{format}")
+        path.write_text(text)
+    out.print(f"report of sweep {sweep_id} in {path}", highlight=False, markup=False)
 
 
 @app.command()
@@ -184,21 +216,27 @@ def pull(
     objective: ObjectiveOption = "p50",
     min_top1_agreement: FloorOption = 0.99,
     batch: Annotated[int | None, typer.Option(help="Batch size the winner is chosen at; default the smallest (largest for throughput).")] = None,
+    precision: Annotated[str | None, typer.Option(help="Only builds of this precision (on a build-only target: the one you want).")] = None,
+    rule: Annotated[str, typer.Option(help="On a build-only target (rtx:*) without --precision: timed-precision (the precision "
+                                            "that won on the timed targets) or smallest.")] = "timed-precision",
     out_dir: Annotated[Path | None, typer.Option("--out", help="Folder for the engine and manifest.json; default ./<bundle name>.")] = None,
     data_dir: DataDir = None,
     db_url: DbUrl = None,
 ) -> None:
-    """Write the winning engine of MODEL on a target and its manifest.json, checking the engine's sha256."""
-    from farm.delivery import load_engine, pick_winner, write_engine
+    """Write the winning engine of MODEL on a target and its manifest.json, checking the engine's sha256.
+
+    On a build-only target (TensorRT-RTX ahead of time) nothing was timed: say --precision, or let
+    --rule choose, and the rule used is printed."""
+    from farm.delivery import load_engine, pick_build, write_engine
 
     with one_line_errors():
         store = results_store(data_dir, db_url)
         with store.session() as s:
-            winner = pick_winner(s, model, target, checked_objective(objective), min_top1_agreement, batch)
-            record = load_engine(s, winner.build_key)
-        engine_path, manifest_path = write_engine(store, winner.build_key, out_dir or Path(record.bundle_name))
-    out.print(f"{winner.label}: batch {winner.batch_size}, p50 {winner.p50_ms:.3f} ms, p99 {winner.p99_ms:.3f} ms, "
-              f"{winner.throughput:.1f} samples/s, top-1 agreement {winner.top1_agreement}", highlight=False, soft_wrap=True, markup=False)
+            picked = pick_build(s, model, target, checked_objective(objective), min_top1_agreement, batch, precision, rule)
+            record = load_engine(s, picked.build_key)
+        engine_path, manifest_path = write_engine(store, picked.build_key, out_dir or Path(record.bundle_name))
+    out.print(picked.summary, highlight=False, soft_wrap=True, markup=False)
+    out.print(f"chosen    {picked.rule}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"engine    {engine_path} (sha256 {record.engine_sha256} verified)", highlight=False, soft_wrap=True, markup=False)
     out.print(f"manifest  {manifest_path}", highlight=False, soft_wrap=True, markup=False)
     extra = record.engine_manifest.get("extra") or {}

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.queries import BuildDetail, build_detail
-from farm.select import Candidate, Objective, candidates, winners
+from farm.select import Candidate, Constraints, Objective, Untimed, candidates, untimed, winners
 from farm.store import Store, schema
 
 ENGINE_SUFFIX = {"tensorrt": ".plan", "onnxruntime": ".onnx", "torch": ".pt"}
@@ -205,33 +205,89 @@ def default_batch(batch_sizes: list[int], objective: Objective) -> int:
     return max(batch_sizes) if objective == "throughput" else min(batch_sizes)
 
 
-def pick_winner(
+@dataclass(frozen=True)
+class Picked:
+    """The build `farm pull` hands out, and why that one."""
+
+    build_key: str
+    label: str
+    summary: str  # its measurements, one line
+    rule: str  # how it was chosen, one line
+
+
+PULL_RULES = ("timed-precision", "smallest")
+
+
+def pick_build(
     session: Session,
     model: str,
     target: str,
     objective: Objective = "p50",
-    min_top1_agreement: float = 0.99,
+    constraints: Constraints | float = 0.99,
     batch_size: int | None = None,
-) -> Candidate:
-    """The winner of one model on one target: `target` is a target id or a unique part of one."""
-    found = candidates(session, model=model)
-    if not found:
-        raise ExportError(f"no benchmarked build of model {model!r}")
-    ids = sorted({c.target for c in found})
+    precision: str | None = None,
+    rule: str = "timed-precision",
+) -> Picked:
+    """The build of one model on one target: the winner where the target was timed; on a build-only
+    target (rtx:*) the build of `precision`, else by `rule`. `target` is an id or a unique part of one."""
+    constraints = Constraints.of(constraints)
+    timed = candidates(session, model=model)
+    build_only = untimed(session, model=model)
+    ids = sorted({c.target for c in timed} | {u.target for u in build_only})
+    if not ids:
+        raise ExportError(f"no build of model {model!r}")
     matched = [t for t in ids if t == target] or [t for t in ids if target.lower() in t.lower()]
     if not matched:
         raise ExportError(f"no target matching {target!r} for {model}; known: {', '.join(ids)}")
     if len(matched) > 1:
         raise ExportError(f"--target {target!r} matches {len(matched)} targets ({'; '.join(matched)}): be more specific")
-    found = [c for c in found if c.target == matched[0]]
+    here = matched[0]
+    if not any(c.target == here for c in timed):
+        return _pick_untimed(model, here, [u for u in build_only if u.target == here], timed, objective, constraints, precision, rule)
+    found = [c for c in timed if c.target == here and (precision is None or c.precision == precision)]
     sizes = sorted({c.batch_size for c in found})
+    if not sizes:
+        raise ExportError(f"no {precision} build of {model} on {here}")
     batch = default_batch(sizes, objective) if batch_size is None else batch_size
     if batch not in sizes:
-        raise ExportError(f"{model} on {matched[0]} was benchmarked at batch sizes {sizes}, not {batch}")
-    best = winners([c for c in found if c.batch_size == batch], objective, min_top1_agreement)
+        raise ExportError(f"{model} on {here} was benchmarked at batch sizes {sizes}, not {batch}")
+    best = winners([c for c in found if c.batch_size == batch], objective, constraints)
     if not best:
-        raise ExportError(f"no build of {model} on {matched[0]} reaches top-1 agreement {min_top1_agreement}: lower --min-top1-agreement")
-    return best[0]
+        raise ExportError(f"no build of {model} on {here} reaches {constraints.describe()}: relax the constraints")
+    w = best[0]
+    summary = (f"{w.label}: batch {w.batch_size}, p50 {w.p50_ms:.3f} ms, p99 {w.p99_ms:.3f} ms, {w.throughput:.1f} samples/s, "
+               f"top-1 agreement {w.top1_agreement}" + (f"; {w.verdict.note}" if w.verdict and w.verdict.note else ""))
+    return Picked(w.build_key, w.label, summary, f"the winner by {objective} under {constraints.describe()}")
+
+
+def _pick_untimed(model: str, target: str, builds: list[Untimed], timed: list[Candidate], objective: Objective,
+                  constraints: Constraints, precision: str | None, rule: str) -> Picked:
+    if rule not in PULL_RULES:
+        raise ExportError(f"--rule {rule!r}: expected one of {', '.join(PULL_RULES)}")
+
+    def smallest(pool: list[Untimed]) -> Untimed:
+        return min(pool, key=lambda u: (u.engine_bytes or 0, u.label))
+
+    if precision is not None:
+        pool = [u for u in builds if u.precision == precision]
+        if not pool:
+            raise ExportError(f"no {precision} build of {model} on {target}; built: {', '.join(sorted({u.precision for u in builds}))}")
+        chosen, why = smallest(pool), f"the {precision} build you asked for (the smallest of {len(pool)})"
+    elif rule == "smallest":
+        chosen, why = smallest(builds), "rule smallest: the smallest engine built for this target"
+    else:
+        won = [w.precision for w in winners(timed, objective, constraints)]
+        common = max(set(won), key=won.count) if won else None
+        pool = [u for u in builds if u.precision == common]
+        if pool:
+            chosen, why = smallest(pool), (f"rule timed-precision: {common}, the precision that won on the timed targets "
+                                           f"({won.count(common)} of {len(won)} winners); the smallest such build")
+        else:
+            chosen, why = smallest(builds), (f"rule timed-precision found no {common or 'timed'} build here: the smallest engine "
+                                             "built for this target instead")
+    size = f"{chosen.engine_bytes / 1e6:.1f} MB" if chosen.engine_bytes else "size unknown"
+    summary = f"{chosen.label}: built, not timed ({size}; {chosen.why})"
+    return Picked(chosen.build_key, chosen.label, summary, why)
 
 
 # --- Triton ----------------------------------------------------------------------------------

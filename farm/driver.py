@@ -227,6 +227,9 @@ class SweepRun:
     def produced(self, key: str) -> Produced:
         return self._produced[key]
 
+    def finished(self, key: str) -> Produced | None:
+        return self._produced.get(key)
+
     def place(self, target_id: str) -> dict[str, Any]:
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(self.placement.next_node(target_id), soft=False)}
 

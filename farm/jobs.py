@@ -63,14 +63,19 @@ class DataRef:
 @dataclass(frozen=True)
 class Job:
     stage: ClassVar[str]
-    parents: ClassVar[tuple[str, ...]] = ()  # the fields that hold the keys of the jobs this one consumes
+    parents: ClassVar[tuple[str, ...]] = ()  # the fields that hold the keys (or tuples of keys) of the jobs this one consumes
+    runs_after_failures: ClassVar[bool] = False  # True: runs once every parent ended, however; never blocked
     key: str
     label: str
 
     @property
     def needs(self) -> tuple[str, ...]:
         """The keys of the jobs whose results this one consumes."""
-        return tuple(key for key in (getattr(self, name) for name in self.parents) if key)
+        found: list[str] = []
+        for name in self.parents:
+            value = getattr(self, name)
+            found += [key for key in value if key] if isinstance(value, tuple) else [value] if value else []
+        return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ class VariantJob(Job):
     method: str | None = None
     fp16: dict[str, Any] = field(default_factory=dict)
     min_top1_agreement: float = 0.99
+    min_cosine: float | None = None  # the fallback must reach this too, where the spec constrains cosine
     fallback_tries: int = 0  # 0: no fallback
     heldout: DataRef | None = None
     layout: str = DEFAULT_LAYOUT  # int8: how the Q/DQ graph is written (workers.precision.INT8_LAYOUTS)
@@ -154,6 +160,35 @@ class FidelityJob(Job):
     target: Target
     batch_size: int  # largest batch the engine accepts; inputs run in chunks of it
     box_score_threshold: float = 0.5  # detectors only
+
+
+@dataclass(frozen=True)
+class RetimeSettings:
+    """The interleaved re-timing of a group's leading builds (docs/verdicts.md)."""
+
+    objective: str = "p50"  # what the sweep ranks by
+    reach: float = 0.10  # builds whose benchmark is within this fraction of the leader's are re-timed with it
+    max_candidates: int = 3
+    rounds: int = 8  # A B C, A B C, ...: each round times every candidate once, in a rotated order
+    window_s: float = 0.15  # how long each candidate runs per round
+    alpha: float = 0.05  # the significance level of the winner's paired test
+
+
+@dataclass(frozen=True)
+class RetimeJob(Job):
+    """The leading builds of one (model, target, batch size) timed again, interleaved on one node: a
+    winner is declared only where its lead holds against drift and neighbours alike."""
+
+    stage: ClassVar[str] = "retime"
+    parents: ClassVar[tuple[str, ...]] = ("benchmark_keys", "fidelity_keys")
+    runs_after_failures: ClassVar[bool] = True  # one failed build must not cost its group a verdict
+    model: str
+    target: Target
+    batch_size: int
+    benchmark_keys: tuple[str, ...]
+    fidelity_keys: tuple[str, ...]  # of the same builds, in the same order (a missing one: "")
+    constraints: dict[str, float]  # fidelity floors (farm.select.Constraints) a contender must meet
+    settings: RetimeSettings
 
 
 @dataclass

@@ -66,6 +66,7 @@ METRICS: dict[str, Metric] = {
         Metric("gpu_cv", "benchmark", "gpu_compute_cv", "GPU cv", "", None, "{:.1%}", _gpu("cv")),
         Metric("iterations", "benchmark", "iterations", "iterations", "", None, "{:d}", lambda t: t.iterations),
         Metric("wall_s", "benchmark", "wall_s", "timed s", "s", None, "{:.2f}", lambda t: t.wall_s),
+        Metric("converged", "benchmark", "converged", "converged", "", None, "{}", lambda t: t.converged),
         Metric("top1_agreement", "fidelity", "top1_agreement", "top-1 agr.", "", "higher"),
         Metric("top5_agreement", "fidelity", "top5_agreement", "top-5 agr.", "", "higher"),
         Metric("cosine", "fidelity", "cosine_mean", "cosine", "", "higher", "{:.4f}"),

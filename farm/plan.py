@@ -21,6 +21,8 @@ from farm.jobs import (
     Job,
     Plan,
     ReferenceJob,
+    RetimeJob,
+    RetimeSettings,
     TargetGroup,
     VariantJob,
     content_key,
@@ -129,7 +131,34 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                                                            spec.batch_sizes, model_spec.batch_sizes):
                         jobs += _build_jobs(variant_for(form), backend_name, options, varying, group, spec, settings, reference,
                                             export, batch_sizes)
+    if spec.selection.retime.enabled:
+        jobs += _retime_jobs(jobs, spec)
     return Plan(jobs=jobs, notes=list(dict.fromkeys(notes)))
+
+
+def _retime_jobs(jobs: list[Job], spec: SweepSpec) -> list[Job]:
+    """One re-timing per (model, target, batch size) with two or more benchmarked builds."""
+    builds = {j.key: j for j in jobs if isinstance(j, BuildJob)}
+    fidelity = {j.build_key: j.key for j in jobs if isinstance(j, FidelityJob)}
+    groups: dict[tuple[str, str, int], list[BenchmarkJob]] = {}
+    for job in jobs:
+        if isinstance(job, BenchmarkJob):
+            model = builds[job.build_key].request.model.name
+            groups.setdefault((model, job.target.id, job.batch_size), []).append(job)
+    retime = spec.selection.retime
+    settings = RetimeSettings(spec.selection.objective, retime.reach, retime.max_candidates, retime.rounds, retime.window_s)
+    constraints = spec.fidelity.constraints()
+    found: list[Job] = []
+    for (model, _target, batch), benchmarks in groups.items():
+        if len(benchmarks) < 2:
+            continue  # one build: nothing to compare
+        bench_keys = tuple(b.key for b in benchmarks)
+        fid_keys = tuple(fidelity.get(b.build_key, "") for b in benchmarks)
+        key = content_key("retime", benchmarks=bench_keys, fidelity=fid_keys, constraints=constraints, settings=settings)
+        target = benchmarks[0].target
+        found.append(RetimeJob(key, f"{model} @ {target.id} batch {batch} re-timed", model, target, batch, bench_keys, fid_keys,
+                               constraints, settings))
+    return found
 
 
 def _varying(blocks: list[Axes]) -> set[str]:
@@ -219,10 +248,12 @@ def _variant_job(
     key = content_key("variant", export=export.key, precision=precision, calibration=calibration.key,
                       layout=layout if layout != DEFAULT_LAYOUT else None,
                       fallback={"tries": tries, "floor": floor, "reference": reference.key, "evaluation": "fake_quant",
-                                "max_float_fraction": fallback.max_float_fraction} if tries else None)
+                                "max_float_fraction": fallback.max_float_fraction,
+                                **({"min_cosine": spec.fidelity.min_cosine} if spec.fidelity.min_cosine is not None else {})}
+                      if tries else None)
     label = " ".join(filter(None, (model.name, precision, method, INT8_LAYOUTS[layout].label)))
     return VariantJob(key, label, export.key, model, precision, calibration.key, reference.key, method,
-                      min_top1_agreement=floor, fallback_tries=tries, heldout=heldout, layout=layout,
+                      min_top1_agreement=floor, min_cosine=spec.fidelity.min_cosine, fallback_tries=tries, heldout=heldout, layout=layout,
                       max_float_fraction=fallback.max_float_fraction)
 
 

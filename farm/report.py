@@ -15,7 +15,8 @@ from rich.table import Table
 from farm.jobs import Job, Plan, TargetGroup
 from farm.stages import STAGES
 from farm.metrics import METRICS
-from farm.select import Candidate, Objective
+from farm.select import RANDOM_WEIGHTS, Candidate, Objective, Untimed
+from farm.verdict import short as verdict_short
 from workers.backends import BACKENDS
 from workers.backends.base import version_key
 
@@ -74,23 +75,60 @@ WINNER_METRICS = ("p50", "p99", "throughput", "cv", "top1_agreement")
 
 
 def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("model", "target", "batch", "engine", *(METRICS[m].header for m in WINNER_METRICS), "vs torch"):
-        table.add_column(column, justify="left" if column in ("model", "target", "engine") else "right", overflow="fold")
+    table = Table(title=title, title_justify="left", caption=RANDOM_WEIGHTS if any(c.random_weights for c in rows) else None)
+    for column in ("model", "target", "batch", "engine", *(METRICS[m].header for m in WINNER_METRICS), "vs torch", "verdict", "runner-up"):
+        table.add_column(column, justify="left" if column in ("model", "target", "engine", "verdict", "runner-up") else "right",
+                         overflow="fold")
     for c in rows:
         table.add_row(
-            c.model,
+            c.model + (" (random weights)" if c.random_weights else ""),
             escape(c.target),
             str(c.batch_size),
             escape(c.engine),
             *(METRICS[m].format(c.top1_agreement if m == "top1_agreement" else c.value(m)) for m in WINNER_METRICS),
             "-" if c.speedup_vs_torch is None else f"{c.speedup_vs_torch:.2f}x",
+            verdict_short(c.verdict),
+            escape(c.runner_up or "-"),
         )
     return table
+
+
+def untimed_table(rows: list[Untimed]) -> Table:
+    table = Table(title="Built, not timed (no runtime for these targets here: sizes and build times only)", title_justify="left")
+    for column in ("model", "target", "engine", "MB", "build s"):
+        table.add_column(column, justify="right" if column in ("MB", "build s") else "left", overflow="fold")
+    for u in rows:
+        share = f" ({u.quantized_fraction:.0%} {u.precision})" if u.quantized_fraction is not None and u.quantized_fraction < 1 else ""
+        options = " ".join(f"{k}={v}" for k, v in u.options.items())
+        table.add_row(u.model, escape(u.target), escape(f"{u.backend} {u.precision} {u.method or ''}{share} {options}".replace("  ", " ")),
+                      "-" if u.engine_bytes is None else f"{u.engine_bytes / 1e6:.1f}", "-" if u.build_seconds is None else f"{u.build_seconds:.1f}")
+    return table
+
+
+def print_answers(console: Console, rows: list[Candidate], untimed: list[Untimed], objective: Objective, title: str) -> None:
+    """The winners table with its verdicts, the build-only targets, and one line per verdict note."""
+    if rows:
+        console.print(winners_table(rows, objective, title))
+        for c in rows:
+            if c.verdict is not None and c.verdict.note and c.verdict.outcome != "only":
+                console.print(f"  {c.model} @ {escape(c.target)} batch {c.batch_size}: {escape(c.verdict.note)}", highlight=False)
+            if c.kernel_note:
+                console.print(f"  {c.model} @ {escape(c.target)}: {escape(c.kernel_note)}", highlight=False)
+    if untimed:
+        console.print(untimed_table(untimed))
+
+
+def verdict_json(c: Candidate) -> dict[str, Any] | None:
+    from dataclasses import asdict
+
+    return asdict(c.verdict) if c.verdict is not None else None
 
 
 def candidate_json(c: Candidate) -> dict[str, Any]:
     from dataclasses import asdict
 
-    return asdict(c) | {"engine": c.engine, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "throughput": c.throughput,
-                        "cv": c.cv, "top1_agreement": c.top1_agreement, "cosine_mean": c.cosine_mean}
+    found = asdict(c)
+    found.pop("retimed")  # the raw rounds: in the store and the report, not in every answer
+    return found | {"engine": c.engine, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "throughput": c.throughput,
+                    "cv": c.cv, "top1_agreement": c.top1_agreement, "cosine_mean": c.cosine_mean,
+                    "note": RANDOM_WEIGHTS if c.random_weights else None}

@@ -66,7 +66,13 @@ class Schedule:
         for key in self._pending:
             job = self.jobs[key]
             upstream = [self.states.get(parent) for parent in job.needs]
-            if any(state in FAILED for state in upstream):
+            if job.runs_after_failures:
+                if all(state in FINISHED + FAILED for state in upstream) and self.running < self.max_inflight:
+                    self.started[key] = self.clock()
+                    start.append(job)
+                else:
+                    still.append(key)
+            elif any(state in FAILED for state in upstream):
                 self.states[key] = "blocked"
                 self.errors[key] = "an upstream job failed"
                 blocked.append(Event(job, "blocked", self.errors[key]))

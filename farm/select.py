@@ -3,19 +3,75 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from farm import verdict
 from farm.metrics import METRICS, values
+from farm.verdict import Verdict
 from farm.store import schema
 
 Objective = Literal["p50", "p99", "throughput"]
 OBJECTIVES: tuple[Objective, ...] = ("p50", "p99", "throughput")
 BASELINE_BACKEND = "torch"
+RANDOM_WEIGHTS = "random weights: a speed result, not an accuracy result"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a build must meet to win, like Model Analyzer's constraints (None: not constrained)."""
+
+    min_top1_agreement: float | None = 0.99  # detectors: the floor on box recall
+    min_cosine: float | None = None
+    max_accuracy_drop: float | None = None  # labelled top-1 accuracy below fp32's; a build without labels fails it
+
+    @staticmethod
+    def of(value: Constraints | float | dict[str, float]) -> Constraints:
+        if isinstance(value, Constraints):
+            return value
+        if isinstance(value, dict):
+            return Constraints(**{"min_top1_agreement": None} | value)
+        return Constraints(min_top1_agreement=value)
+
+    def failures(self, c: Candidate) -> list[str]:
+        """What `c` misses, one phrase each (empty: eligible)."""
+        missed = []
+        if self.min_top1_agreement is not None and not (c.top1_agreement is not None and c.top1_agreement >= self.min_top1_agreement):
+            missed.append(f"top-1 agreement {c.top1_agreement} < {self.min_top1_agreement}")
+        cosine = c.value("cosine")
+        if self.min_cosine is not None and not (cosine is not None and cosine >= self.min_cosine):
+            missed.append(f"cosine {cosine} < {self.min_cosine}")
+        if self.max_accuracy_drop is not None:
+            accuracy, reference = c.value("accuracy"), c.value("reference_accuracy")
+            if accuracy is None or reference is None or reference - accuracy > self.max_accuracy_drop:
+                missed.append(f"accuracy drop {None if accuracy is None or reference is None else round(reference - accuracy, 4)} > {self.max_accuracy_drop}")
+        return missed
+
+    @property
+    def metric(self) -> str:
+        """The fidelity metric the constraints are about (a chart's axis): the first one set."""
+        return "cosine" if self.min_cosine is not None and self.min_top1_agreement is None else (
+            "accuracy" if self.max_accuracy_drop is not None and self.min_top1_agreement is None else "top1_agreement")
+
+    def describe(self) -> str:
+        parts = [f"top-1 agreement >= {self.min_top1_agreement}" if self.min_top1_agreement is not None else "",
+                 f"cosine >= {self.min_cosine}" if self.min_cosine is not None else "",
+                 f"accuracy drop <= {self.max_accuracy_drop}" if self.max_accuracy_drop is not None else ""]
+        return " and ".join(p for p in parts if p) or "no constraint"
+
+
+@dataclass(frozen=True)
+class Retimed:
+    """A group's interleaved re-timing, as stored (farm.store.schema.Retime)."""
+
+    objective: str
+    contenders: tuple[str, ...]  # build keys
+    rounds: dict[str, dict[str, list[float]]]
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -39,6 +95,10 @@ class Candidate:
     layout_label: str = ""  # what engine labels show of it ("u8s8 7-bit"; "" for TensorRT's)
     quantized_fraction: float | None = None  # int8 / fp8: share of quantizable activations still quantized
     kernel_note: str | None = None  # the build's own fidelity far below its variant's fake-quant arithmetic
+    random_weights: bool = False  # a random-weight network: a speed result, not an accuracy result
+    retimed: Retimed | None = None  # its group's interleaved re-timing, where one ran
+    verdict: Verdict | None = None  # set on winners: is it really faster than the runner-up?
+    runner_up: str | None = None  # the runner-up's engine, on winners
 
     def value(self, metric: str) -> float | None:
         return self.metrics.get(metric)
@@ -81,8 +141,8 @@ class Candidate:
         value = self.value(objective)
         return METRICS[objective].score(value) if value is not None else math.inf
 
-    def eligible(self, min_top1_agreement: float) -> bool:
-        return self.top1_agreement is not None and self.top1_agreement >= min_top1_agreement
+    def eligible(self, constraints: Constraints | float) -> bool:
+        return not Constraints.of(constraints).failures(self)
 
 
 def candidates(
@@ -108,6 +168,7 @@ def candidates(
     if sweep_id is not None:
         in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "benchmark")
         query = query.where(schema.Benchmark.key.in_(in_sweep))
+    retimes = _retimes(session)
     found = []
     for bench, build, variant, mod, fid in session.execute(query):
         found.append(
@@ -127,8 +188,64 @@ def candidates(
                 layout_label=(variant.details or {}).get("layout_label", "") if variant.precision == "int8" else "",
                 quantized_fraction=(variant.details or {}).get("quantized_fraction") if variant.method else None,
                 kernel_note=kernel_note(variant.details, fid.cosine_mean if fid else None),
+                random_weights=mod.weights is None and mod.source.startswith("torchvision:"),
+                retimed=retimes.get((mod.name, build.target_id, bench.batch_size)),
             )
         )
+    return found
+
+
+@dataclass(frozen=True)
+class Untimed:
+    """A build for a target nothing here can time (TensorRT-RTX built ahead of time): built, not timed."""
+
+    build_key: str
+    label: str
+    model: str
+    precision: str
+    backend: str
+    options: dict[str, Any]
+    target: str
+    engine_bytes: int | None
+    build_seconds: float | None
+    engine_sha256: str | None
+    method: str | None = None
+    quantized_fraction: float | None = None
+    random_weights: bool = False
+    why: str = "built ahead of time for a GPU this cluster does not have: nothing here can run or time it"
+
+
+def untimed(session: Session, *, model: str | None = None, target: str | None = None, sweep_id: int | None = None) -> list[Untimed]:
+    """Every successful build on a build-only target (rtx:*) that has no timings, filtered like candidates()."""
+    timed = select(schema.Benchmark.key).where(schema.Benchmark.build_key == schema.Build.key, schema.Benchmark.status == "ok")
+    query = (
+        select(schema.Build, schema.Variant, schema.Model)
+        .join(schema.Variant, schema.Build.variant_key == schema.Variant.key)
+        .join(schema.Model, schema.Variant.model_key == schema.Model.key)
+        .join(schema.Target, schema.Build.target_id == schema.Target.id)
+        .where(schema.Build.status == "ok", schema.Target.kind == "rtx", ~timed.exists())
+        .order_by(schema.Model.name, schema.Build.target_id, schema.Build.label)
+    )
+    if model:
+        query = query.where(schema.Model.name == model)
+    if target:
+        query = query.where(schema.Build.target_id.contains(target))
+    if sweep_id is not None:
+        in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "build")
+        query = query.where(schema.Build.key.in_(in_sweep))
+    return [Untimed(build.key, build.label, mod.name, variant.precision, build.backend, build.options, build.target_id,
+                    build.engine_bytes, build.seconds, build.engine_sha256, variant.method,
+                    (variant.details or {}).get("quantized_fraction") if variant.method else None,
+                    mod.weights is None and mod.source.startswith("torchvision:"))
+            for build, variant, mod in session.execute(query)]
+
+
+def _retimes(session: Session) -> dict[tuple[str, str, int], Retimed]:
+    """The newest successful re-timing of each (model, target, batch size) group."""
+    found: dict[tuple[str, str, int], Retimed] = {}
+    query = select(schema.Retime).where(schema.Retime.status == "ok").order_by(schema.Retime.created_at)
+    for row in session.scalars(query):
+        found[(row.model, row.target_id, row.batch_size)] = Retimed(row.objective, tuple(row.contenders or ()), row.rounds or {}, row.reason)
     return found
 
 
@@ -150,41 +267,68 @@ def _speedup(winner: Candidate, other: Candidate | None, objective: Objective) -
     return ours / theirs if METRICS[objective].better == "higher" else theirs / ours
 
 
-def winners(found: Iterable[Candidate], objective: Objective = "p50", min_top1_agreement: float = 0.99) -> list[Candidate]:
-    """The best eligible candidate per (model, target, batch size), with its speedups.
+def winners(found: Iterable[Candidate], objective: Objective = "p50", constraints: Constraints | float = 0.99) -> list[Candidate]:
+    """The answer per (model, target, batch size): the best candidate that meets the constraints, with a
+    verdict (farm.verdict) on whether it really beats the runner-up, and its speedups.
 
     Speedup vs torch compares with the fastest PyTorch baseline of the same group; speedup
     vs fp32 with the fastest fp32 build of the same group (the baseline among them).
     """
+    constraints = Constraints.of(constraints)
     groups: dict[tuple[str, str, int], list[Candidate]] = {}
     for c in found:
         groups.setdefault((c.model, c.target, c.batch_size), []).append(c)
     chosen = []
     for key in sorted(groups):
         group = groups[key]
-        eligible = [c for c in group if c.eligible(min_top1_agreement)]
+        eligible = sorted((c for c in group if c.eligible(constraints)), key=lambda c: c.score(objective))
         if not eligible:
             continue
-        best = min(eligible, key=lambda c: c.score(objective))
+        decided = _verdict(eligible, objective)
+        best = next(c for c in eligible if c.build_key == decided.winner)
+        runner_up = next((c.engine for c in eligible if c.build_key == decided.runner_up), None)
         baseline = min((c for c in group if c.backend == BASELINE_BACKEND), key=lambda c: c.score(objective), default=None)
         fp32 = min((c for c in group if c.precision == "fp32"), key=lambda c: c.score(objective), default=None)
-        chosen.append(replace(best, speedup_vs_torch=_speedup(best, baseline, objective), speedup_vs_fp32=_speedup(best, fp32, objective)))
+        chosen.append(replace(best, verdict=decided, runner_up=runner_up, speedup_vs_torch=_speedup(best, baseline, objective),
+                              speedup_vs_fp32=_speedup(best, fp32, objective)))
     return chosen
 
 
-def pareto_front(found: Iterable[Candidate], objective: Objective = "p50") -> list[Candidate]:
-    """The candidates no other beats on both the objective and top-1 agreement, best objective first.
+def _verdict(eligible: list[Candidate], objective: str) -> Verdict:
+    """From the group's re-timing where it covered these leaders for this objective, else from intervals."""
+    if len(eligible) == 1:
+        return verdict.only(eligible[0])
+    retimed = eligible[0].retimed
+    if retimed is not None and retimed.objective == objective and retimed.contenders:
+        by_key = {c.build_key: c for c in eligible}
+        contenders = [by_key[k] for k in retimed.contenders if k in by_key and k in retimed.rounds]
+        # valid when it re-timed this leader and this runner-up (other floors can change either)
+        if len(contenders) >= 2 and {eligible[0].build_key, eligible[1].build_key} <= {c.build_key for c in contenders}:
+            return verdict.from_retime(contenders, retimed.rounds, objective)
+    return verdict.from_intervals(eligible, objective)
+
+
+def pareto_front(
+    found: Iterable[Candidate],
+    objective: Objective = "p50",
+    fidelity: Callable[[Candidate], float | None] | None = None,
+    higher_is_better: bool = True,
+) -> list[Candidate]:
+    """The candidates no other beats on both the objective and fidelity (top-1 agreement unless
+    `fidelity` reads another metric), best objective first.
 
     Compare like with like: pass one (model, target, batch size) group. A candidate without a
     fidelity measurement cannot be placed on the fidelity axis and is left out.
     """
+    measure = fidelity or (lambda c: c.top1_agreement)
+    sign = 1.0 if higher_is_better else -1.0
     measured = sorted(
-        (c for c in found if c.top1_agreement is not None),
-        key=lambda c: (c.score(objective), -(c.top1_agreement or 0.0)),
+        (c for c in found if measure(c) is not None),
+        key=lambda c: (c.score(objective), -sign * (measure(c) or 0.0)),
     )
     front: list[Candidate] = []
     for c in measured:
         # Sorted by objective, so c is dominated unless it is more faithful than everything faster.
-        if not front or (c.top1_agreement or 0.0) > (front[-1].top1_agreement or 0.0):
+        if not front or sign * (measure(c) or 0.0) > sign * (measure(front[-1]) or 0.0):
             front.append(c)
     return front

@@ -269,7 +269,10 @@ class FidelitySpec(Strict):
     data: str | None = None  # default: the calibration data, its held-out end
     samples: int = Field(16, ge=1)  # held out: the last N samples, never a calibration sample
     labels: str | None = None  # optional file,label CSV with integer class ids: labelled accuracy
+    # Constraints a build must meet to win, like Model Analyzer's: any of them, on the held-out rows.
     min_top1_agreement: float = Field(0.99, ge=0, le=1)  # detectors: the floor on box recall
+    min_cosine: float | None = Field(None, ge=-1, le=1)  # mean cosine similarity of outputs with fp32
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)  # labelled top-1 accuracy below fp32's (labels needed)
     box_score_threshold: float = Field(0.5, ge=0, le=1)  # detectors: boxes below it are not compared
     fallback: FallbackSpec = FallbackSpec()
 
@@ -278,6 +281,27 @@ class FidelitySpec(Strict):
 
     def labels_file(self, base: Path) -> Path | None:
         return _resolve(base, self.labels) if self.labels else None
+
+    def constraints(self) -> dict[str, float]:
+        """The floors a winner must meet, by name (farm.select.Constraints)."""
+        found = {"min_top1_agreement": self.min_top1_agreement, "min_cosine": self.min_cosine,
+                 "max_accuracy_drop": self.max_accuracy_drop}
+        return {name: value for name, value in found.items() if value is not None}
+
+
+class RetimeSpec(Strict):
+    """Re-time each group's leading builds interleaved on one node before declaring a winner."""
+
+    enabled: bool = True
+    reach: float = Field(0.10, ge=0, le=10)  # builds within this fraction of the leader's p50 are re-timed with it
+    max_candidates: int = Field(3, ge=2, le=8)
+    rounds: int = Field(8, ge=4, le=16)  # 8 rounds: a paired sign-flip test can reach p = 0.008
+    window_s: float = Field(0.15, gt=0)
+
+
+class SelectionSpec(Strict):
+    objective: Literal["p50", "p99", "throughput"] = "p50"  # what the sweep's verdicts rank by
+    retime: RetimeSpec = RetimeSpec()
 
 
 class LimitsSpec(Strict):
@@ -303,6 +327,7 @@ class SweepSpec(Strict):
     fp16: Fp16Spec = Fp16Spec()
     calibration: CalibrationSpec = CalibrationSpec()
     fidelity: FidelitySpec = FidelitySpec()
+    selection: SelectionSpec = SelectionSpec()
     limits: LimitsSpec = LimitsSpec()
 
     @field_validator("models")

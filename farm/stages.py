@@ -26,9 +26,12 @@ from farm.jobs import (
     FidelityJob,
     Job,
     ReferenceJob,
+    RetimeJob,
     VariantJob,
 )
-from farm.metrics import benchmark_columns, fidelity_columns
+from farm.metrics import METRICS, benchmark_columns, fidelity_columns
+from farm.metrics import values as metric_values
+from farm.select import Candidate
 from farm.spec import SweepSpec
 from farm.store.record import Blob, JobRow, Recorder
 from farm.store.schema import JobColumns
@@ -44,6 +47,7 @@ class Produced:
     blobs: dict[str, str] = field(default_factory=dict)  # role -> artifact sha256
     manifest: dict[str, Any] | None = None  # a build's
     details: dict[str, Any] | None = None  # a variant's: what its builds record in their manifests
+    values: dict[str, Any] | None = None  # a benchmark's or fidelity's metrics (farm.metrics), for the re-timing
 
 
 class Context(Protocol):
@@ -56,6 +60,10 @@ class Context(Protocol):
     def job(self, key: str) -> Job: ...
 
     def produced(self, key: str) -> Produced: ...
+
+    def finished(self, key: str) -> Produced | None:
+        """What a parent left, or None where it failed or was blocked."""
+        ...
 
     def blob(self, sha256: str) -> ray.ObjectRef:
         """The artifact in Ray's object store, put there once per sweep."""
@@ -165,7 +173,7 @@ class VariantStage(Stage):
         if job.form == "module":  # cast where it is built, from the export's weights: nothing to make now
             return tasks.Outcome(True, value={"form": "module", "precision": job.precision})
         settings: dict[str, Any] = {"fp16": job.fp16} if job.precision == "fp16" else {
-            "min_top1_agreement": job.min_top1_agreement, "fallback_tries": job.fallback_tries,
+            "min_top1_agreement": job.min_top1_agreement, "min_cosine": job.min_cosine, "fallback_tries": job.fallback_tries,
             "layout": job.layout, "max_float_fraction": job.max_float_fraction}
         ranges = heldout = reference = labels = None
         if job.calibration_key is not None:
@@ -280,6 +288,9 @@ class BenchmarkStage(Stage):
             found |= benchmark_columns(value)
         return found
 
+    def produced(self, row: Any) -> Produced:
+        return Produced(values=metric_values(row, "benchmark"))
+
 
 class FidelityStage(Stage):
     name = "fidelity"
@@ -301,10 +312,66 @@ class FidelityStage(Stage):
             found |= fidelity_columns(value)
         return found
 
+    def produced(self, row: Any) -> Produced:
+        return Produced(values=metric_values(row, "fidelity"))
+
+
+class RetimeStage(Stage):
+    """The leading builds of a group, timed again interleaved on one node of the target."""
+
+    name = "retime"
+    job_type = RetimeJob
+
+    def submit(self, ctx: Context, job: RetimeJob) -> ray.ObjectRef | tasks.Outcome:
+        contenders, reason = self.contenders(ctx, job)
+        if len(contenders) < 2:
+            return tasks.Outcome(True, value={"contenders": [], "rounds": None, "reason": reason})
+        engines = [_engine(ctx, key) for key in contenders]
+        placement = ctx.place(job.target.id)
+        resources = {"num_gpus": 1, "num_cpus": 1} if job.target.kind == "gpu" else {"num_cpus": ctx.node_cpus(job.target.id, placement)}
+        s = job.settings
+        return tasks.retime_task.options(**self.retries(ctx), **placement, **resources).remote(
+            contenders, [m for _, m, _ in engines], [c for _, _, c in engines], job.batch_size, s.rounds, s.window_s,
+            ctx.spec.benchmark.data_transfers, *(e for e, _, _ in engines)
+        )
+
+    def contenders(self, ctx: Context, job: RetimeJob) -> tuple[list[str], str]:
+        """The build keys to re-time, the leader first: the eligible builds within reach of the leader."""
+        found = []
+        for bench_key, fid_key in zip(job.benchmark_keys, job.fidelity_keys, strict=True):
+            bench = ctx.finished(bench_key)
+            fid = ctx.finished(fid_key) if fid_key else None
+            if bench is None:
+                continue
+            build = ctx.job(ctx.job(bench_key).build_key)  # type: ignore[attr-defined]
+            assert isinstance(build, BuildJob)
+            found.append(Candidate(build.key, build.label, job.model, build.request.precision, build.request.backend,
+                                   build.request.options, job.target.id, job.batch_size, None,
+                                   (bench.values or {}) | ((fid.values if fid else None) or {})))
+        objective = job.settings.objective
+        eligible = sorted((c for c in found if c.eligible(job.constraints)), key=lambda c: c.score(objective))  # type: ignore[arg-type]
+        if len(eligible) < 2:
+            return [], f"{len(eligible)} of {len(found)} benchmarked builds meet the constraints: nothing to compare"
+        lead = eligible[0].value(objective) or 0.0
+        higher = METRICS[objective].better == "higher"
+        reach = [c for c in eligible[1:] if (value := c.value(objective)) is not None
+                 and (value >= lead / (1 + job.settings.reach) if higher else value <= lead * (1 + job.settings.reach))]
+        if not reach:
+            return [], f"no eligible build within {job.settings.reach:.0%} of the leader: its lead is clear from the benchmarks"
+        return [c.build_key for c in [eligible[0], *reach][: job.settings.max_candidates]], ""
+
+    def columns(self, job: RetimeJob, value: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {"model": job.model, "target_id": job.target.id, "batch_size": job.batch_size,
+                                 "objective": job.settings.objective, "settings": asdict(job.settings)}
+        if value is not None:
+            found |= {"contenders": value["contenders"], "rounds": value["rounds"], "reason": value["reason"] or None}
+        return found
+
 
 def registry() -> dict[str, Stage]:
     """A fresh registry per sweep (the build stage remembers which timing caches it handed out)."""
-    stages: list[Stage] = [ExportStage(), ReferenceStage(), CalibrateStage(), VariantStage(), BuildStage(), BenchmarkStage(), FidelityStage()]
+    stages: list[Stage] = [ExportStage(), ReferenceStage(), CalibrateStage(), VariantStage(), BuildStage(), BenchmarkStage(),
+                           FidelityStage(), RetimeStage()]
     return {stage.name: stage for stage in stages}
 
 

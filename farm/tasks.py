@@ -202,3 +202,18 @@ def fidelity_task(
     task: str, box_score_threshold: float, caches: tuple[bytes, ...] = (),
 ) -> Outcome:
     return run_stage(stages.engine_fidelity, engine, manifest, inputs, reference, batch_size, labels, task, box_score_threshold, caches)
+
+
+@ray.remote
+def retime_task(
+    keys: list[str], manifests: list[Manifest], caches: list[tuple[bytes, ...]], batch_size: int, rounds: int, window_s: float,
+    data_transfers: bool, *engines: bytes,
+) -> Outcome:
+    """The engines come last, each its own argument: Ray resolves object refs there, not inside a list."""
+    return run_stage(_retime, keys, list(zip(engines, manifests, caches, strict=True)), batch_size, rounds, window_s, data_transfers)
+
+
+def _retime(keys: list[str], engines: list[tuple[bytes, Manifest, tuple[bytes, ...]]], batch_size: int, rounds: int,
+            window_s: float, data_transfers: bool) -> dict[str, Any]:
+    found = stages.retime_engines(engines, batch_size, rounds, window_s, data_transfers)
+    return {"contenders": keys, "rounds": dict(zip(keys, found, strict=True)), "reason": None}

@@ -129,11 +129,47 @@ def test_winners_of_the_sweep(first_run: FirstRun) -> None:
     assert {(r.model, r.batch_size) for r in rows} == {("mobilenet", 1), ("mobilenet", 2), ("tiny", 1), ("tiny", 2)}
     for row in rows:
         group = [c for c in found if (c.model, c.target, c.batch_size) == (row.model, row.target, row.batch_size)]
-        assert row.p50_ms == min(c.p50_ms for c in group)  # every build here passes the floor
+        fastest = min(group, key=lambda c: c.p50_ms)  # every build here passes the floor
+        assert row.verdict is not None and row.verdict.outcome in ("winner", "tie")
+        if row.verdict.outcome == "winner":
+            assert row.build_key == fastest.build_key and row.runner_up is not None
+        else:  # a tie is answered by its simplest engine, and the fastest is among the tied
+            assert fastest.build_key in row.verdict.tied and row.build_key == row.verdict.tied[0]
         torch = next(c for c in group if c.backend == "torch")
         assert row.speedup_vs_torch == pytest.approx(torch.p50_ms / row.p50_ms)
     # a floor nothing reaches leaves no winner
     assert winners(found, "p50", 1.01) == []
+
+
+def test_every_group_is_retimed_or_says_why_not(first_run: FirstRun) -> None:
+    store, _spec, _base, result, _events = first_run
+    assert result.count("retime", "done") == 4  # mobilenet and tiny at batch 1 and 2; the broken models have no group
+    with store.session() as s:
+        for row in s.scalars(select(schema.Retime)):
+            if row.contenders:  # re-timed: every contender ran every round
+                assert len(row.contenders) >= 2 and all(len(row.rounds[k]["median"]) == 8 for k in row.contenders)
+            else:
+                assert row.reason and ("clear" in row.reason or "constraints" in row.reason)
+
+
+def test_the_report_holds_verdicts_failures_and_environment(first_run: FirstRun, tmp_path: Path) -> None:
+    store, _spec, _base, result, _events = first_run
+    data_dir = str(store.location.data_dir)
+    runner = CliRunner()
+    for fmt in ("json", "csv", "html"):
+        done = runner.invoke(app, ["report", str(result.sweep_id), "--format", fmt, "--out", str(tmp_path / f"r.{fmt}"), "--data-dir", data_dir])
+        assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {(w["model"], w["batch"]) for w in report["winners"]} == {("mobilenet", 1), ("mobilenet", 2), ("tiny", 1), ("tiny", 2)}
+    assert all(w["verdict"].startswith(("winner", "tie")) and w["verdict note"] for w in report["winners"])
+    assert any("Frobnicate" in (f["error"] or "") for f in report["failures"])
+    assert report["environment"] and report["environment"][0]["description"]["cpu"]["model"]
+    assert "random weights" in report["notes"][0]
+    assert (tmp_path / "r.csv").read_text().splitlines()[1].startswith("model,target,batch,engine")
+    page = (tmp_path / "r.html").read_text()
+    assert "<h2>Winners and verdicts</h2>" in page and "Frobnicate" in page
+    missing = runner.invoke(app, ["report", "99", "--data-dir", data_dir])
+    assert missing.exit_code == 2 and missing.stderr.strip() == "error: no sweep 99"
 
 
 def test_second_run_resumes_and_builds_nothing(first_run: FirstRun) -> None:

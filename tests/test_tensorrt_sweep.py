@@ -84,6 +84,36 @@ def test_rtx_engines_for_each_target_and_workspace(rtx_sweep: RtxSweep) -> None:
     assert benched == {"onnxruntime"}
 
 
+def test_rtx_builds_are_answered_as_built_not_timed(rtx_sweep: RtxSweep, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from farm.cli import app
+
+    store = rtx_sweep[0]
+    runner = CliRunner()
+    data_dir = str(store.location.data_dir)
+    best = runner.invoke(app, ["best", "--model", "tiny", "--json", "--data-dir", data_dir])
+    assert best.exit_code == 0, best.output
+    answer = json.loads(best.stdout)
+    assert {w["target"].split(":")[0] for w in answer["winners"]} == {"cpu"}  # only the CPU was timed
+    untimed = answer["built_not_timed"]
+    assert {(u["target"], u["options"]["workspace"]) for u in untimed} == {
+        ("rtx:sm_86", "64MiB"), ("rtx:sm_86", "unlimited"), ("rtx:sm_86+sm_89", "64MiB"), ("rtx:sm_86+sm_89", "unlimited")}
+    assert all(u["engine_bytes"] > 0 and u["build_seconds"] > 0 and "nothing here can run" in u["why"] for u in untimed)
+    table = runner.invoke(app, ["best", "--model", "tiny", "--data-dir", data_dir])
+    assert "Built, not timed" in table.stdout and "rtx:sm_86+sm_89" in table.stdout
+    # farm pull on a build-only target says which rule chose the engine
+    pulled = runner.invoke(app, ["pull", "tiny", "--target", "rtx:sm_86+sm_89", "--rule", "smallest", "--out", str(tmp_path / "e"),
+                                 "--data-dir", data_dir])
+    assert pulled.exit_code == 0, pulled.output
+    assert "built, not timed" in pulled.stdout and "rule smallest" in pulled.stdout
+    assert (tmp_path / "e" / "engine.plan").read_bytes()[:4] == b"vtrt"
+    asked = runner.invoke(app, ["pull", "tiny", "--target", "rtx:sm_86+sm_89", "--out", str(tmp_path / "f"), "--data-dir", data_dir])
+    assert "rule timed-precision: fp32" in asked.stdout  # fp32 won on the CPU, the one timed target
+
+
 def test_parser_failure_names_node_and_op(rtx_sweep: RtxSweep) -> None:
     store = rtx_sweep[0]
     with store.session() as s:

@@ -215,3 +215,16 @@ def measure(
         clocks=clocks,
         data_transfers=settings.data_transfers,
     )
+
+
+def time_window(step: Callable[[], None], synchronize: Callable[[], None], window_s: float, min_iterations: int = 3) -> list[float]:
+    """Per-iteration milliseconds of `step` for one window: at least `window_s` and `min_iterations`."""
+    now = time.perf_counter
+    times: list[float] = []
+    until = now() + window_s
+    while len(times) < min_iterations or now() < until:
+        t0 = now()
+        step()
+        synchronize()
+        times.append((now() - t0) * 1e3)
+    return times

@@ -7,6 +7,7 @@ arrays (reference outputs, detections) travel as .npz bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from dataclasses import asdict, dataclass
@@ -18,7 +19,7 @@ from workers import fidelity as fidelity_
 from workers import precision as precision_
 from workers.backends import get_backend, random_feeds
 from workers.backends.base import NO_CONTEXT, BuildContext
-from workers.bench import BenchSettings, Timings, measure
+from workers.bench import BenchSettings, Timings, measure, nearest_rank, time_window
 from workers.device import sm_clock_reader
 from workers.calibration import SamplesReader
 from workers.detection import DetectionFidelity, Detections, compare_detections
@@ -76,6 +77,7 @@ def make_variant(
     reference: bytes | None = None,
     labels: np.ndarray | None = None,
     min_top1_agreement: float = 0.99,
+    min_cosine: float | None = None,
     fallback_tries: int = 0,
     max_float_fraction: float = 0.25,
 ) -> Variant:
@@ -104,7 +106,7 @@ def make_variant(
     expected = unpack(reference)["outputs"]
     result = find_fallback(
         fp32, calibration, heldout, expected, precision=precision, layout=layout,  # type: ignore[arg-type]
-        threshold=Threshold(top1_agreement=min_top1_agreement), max_tries=fallback_tries,
+        threshold=Threshold(top1_agreement=min_top1_agreement, cosine_mean=min_cosine), max_tries=fallback_tries,
         max_float_fraction=max_float_fraction, labels=labels,
     )
     details["quantized_fraction"] = round(result.quantized_fraction, 4)
@@ -165,6 +167,31 @@ def benchmark_engine(
         timer = runner.gpu_timer()
         clock = sm_clock_reader() if timer is not None else None  # a GPU runner: watch its clock too
         return measure(step, batch_size, settings, synchronize=runner.synchronize, gpu_timer=timer, clock=clock)
+
+
+def retime_engines(
+    engines: list[tuple[bytes, Manifest, tuple[bytes, ...]]], batch_size: int, rounds: int, window_s: float,
+    data_transfers: bool = True,
+) -> list[dict[str, list[float]]]:
+    """Time several engines interleaved in this one process: each round runs every engine for one
+    window, in an order rotated by one each round, so drift and neighbours hit them alike.
+
+    Returns per engine, per round: the median, p99 and mean milliseconds of its window.
+    """
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(get_backend(m.backend).open(data, m, caches)) for data, m, caches in engines]
+        steps = [r.prepare(random_feeds(r.inputs, batch_size), data_transfers=data_transfers) for r in runners]
+        for step, runner in zip(steps, runners, strict=True):
+            time_window(step, runner.synchronize, min(window_s, 0.2))  # warm each before any counts
+        found: list[dict[str, list[float]]] = [{"median": [], "p99": [], "mean": []} for _ in engines]
+        for round_ in range(rounds):
+            for offset in range(len(engines)):
+                i = (round_ + offset) % len(engines)
+                times = np.sort(np.asarray(time_window(steps[i], runners[i].synchronize, window_s)))
+                found[i]["median"].append(float(np.median(times)))
+                found[i]["p99"].append(nearest_rank(times, 99))
+                found[i]["mean"].append(float(times.mean()))
+    return found
 
 
 def engine_fidelity(

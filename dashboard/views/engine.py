@@ -61,7 +61,14 @@ if actions.button("Compare with another build", key="to_compare", icon=":materia
 tabs = st.tabs(["Benchmarks", "Fidelity", "Manifest", "Options", "Build log", "Layers"])
 with tabs[0]:
     if not build.benchmarks:
-        st.info("No benchmark for this build.")
+        if build.target_kind == "rtx":
+            st.info("Built, not timed: this engine was built ahead of time for a TensorRT-RTX GPU this cluster does not "
+                    "have, so nothing here can run it. Its size and build time are above; `farm pull --target "
+                    f"{build.target}` hands it out.")
+        elif build.status != "ok":
+            st.info("No benchmark: the build failed (its error and log are in the Build log tab).")
+        else:
+            st.info("No benchmark for this build yet (its benchmark jobs are pending, failed or were blocked: see Sweeps).")
     else:
         table = pd.DataFrame(build.benchmarks).drop(columns=["raw_ms"])
         st.dataframe(table, hide_index=True)

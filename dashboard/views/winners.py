@@ -1,4 +1,6 @@
-"""Winners: the best build per model x target x batch size for an objective and a fidelity floor, with Pareto charts."""
+"""Winners: per model x target x batch size, the fastest build that meets a fidelity constraint, with its
+verdict (is it really faster than the runner-up?), Pareto charts on the constrained metric, the builds
+of targets nothing here can time, and the sweep's report to download."""
 
 from __future__ import annotations
 
@@ -7,12 +9,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
-from farm.select import OBJECTIVES, Candidate, Objective, pareto_front, winners
+from farm.metrics import METRICS
+from farm.select import OBJECTIVES, RANDOM_WEIGHTS, Candidate, Constraints, Objective, pareto_front, winners
+from farm.verdict import short
 
 AXIS = {"p50": ("p50_ms", "p50 latency (ms)"), "p99": ("p99_ms", "p99 latency (ms)"), "throughput": ("throughput", "throughput (samples/s)")}
 OBJECTIVE_NAMES = {"p50": "p50 latency", "p99": "p99 latency", "throughput": "throughput"}
 COLOURS = {"tensorrt": "#76b900", "onnxruntime": "#1f77b4", "torch": "#ee4c2c"}
-SYMBOLS = {"fp32": "circle", "fp16": "diamond", "int8": "square", "fp8": "triangle-up"}
+SYMBOLS = {"fp32": "circle", "fp16": "diamond", "bf16": "diamond-open", "int8": "square", "fp8": "triangle-up"}
+# The constraint a page sets: its metric, the slider's label, range and default; accuracy drop is a maximum.
+CONSTRAINTS = {
+    "top1_agreement": ("Minimum top-1 agreement with fp32", 0.5, 1.0, 0.99),
+    "cosine": ("Minimum mean cosine with fp32", 0.9, 1.0, 0.999),
+    "accuracy": ("Maximum labelled accuracy drop", 0.0, 0.2, 0.01),
+}
 
 st.title("Winners")
 at = data.where()
@@ -20,16 +30,21 @@ data.require(at, "benchmarks")
 
 sweeps = data.sweeps(at)
 sweep_names = {None: "all sweeps"} | {int(r.id): f"#{r.id} {r.name}" for r in sweeps.itertuples()}
-controls = st.columns([2, 3, 2])
+controls = st.columns([2, 2, 3, 2])
 objective: Objective = controls[0].radio("Objective", OBJECTIVES, format_func=OBJECTIVE_NAMES.__getitem__, key="objective", horizontal=True)
-floor = controls[1].slider("Minimum top-1 agreement with fp32", min_value=0.5, max_value=1.0, value=0.99, step=0.001,
-                           format="%.3f", key="floor")
-sweep_id = controls[2].selectbox("Sweep", list(sweep_names), format_func=sweep_names.__getitem__, key="winners_sweep")
+metric = controls[1].selectbox("Constraint", list(CONSTRAINTS), format_func=lambda m: METRICS[m].header, key="constraint")
+label, low, high, default = CONSTRAINTS[metric]
+floor = controls[2].slider(label, min_value=low, max_value=high, value=default, step=0.001, format="%.3f", key=f"floor-{metric}"
+                           if metric != "top1_agreement" else "floor")
+sweep_id = controls[3].selectbox("Sweep", list(sweep_names), format_func=sweep_names.__getitem__, key="winners_sweep")
+constraints = {"top1_agreement": Constraints(min_top1_agreement=floor), "cosine": Constraints(None, min_cosine=floor),
+               "accuracy": Constraints(None, max_accuracy_drop=floor)}[metric]
 
 found = data.found_candidates(at, sweep_id)
-best = winners(found, objective, floor)
-if not best:
-    st.warning(f"No benchmarked build reaches top-1 agreement {floor:.3f}: lower the floor, or run a sweep with fidelity enabled.")
+best = winners(found, objective, constraints)
+build_only = data.untimed(at, sweep_id)
+if not best and not build_only:
+    st.warning(f"No benchmarked build meets {constraints.describe()}: relax the constraint, or run a sweep with fidelity enabled.")
     st.stop()
 
 
@@ -37,26 +52,51 @@ def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-table = pd.DataFrame(
-    [
-        {"model": c.model, "target": c.target, "batch": c.batch_size, "winner": c.engine,
-         "p50 ms": c.p50_ms, "p99 ms": c.p99_ms, "samples/s": c.throughput, "top-1 agr.": c.top1_agreement,
-         "vs torch": _times(c.speedup_vs_torch), "vs fp32": _times(c.speedup_vs_fp32),
-         "quantized": "-" if c.quantized_fraction is None else f"{c.quantized_fraction:.0%}", "build": c.label}
-        for c in best
-    ]
-)
-st.dataframe(
-    table,
-    hide_index=True,
-    column_config={
-        "p50 ms": st.column_config.NumberColumn(format="%.3f"),
-        "p99 ms": st.column_config.NumberColumn(format="%.3f"),
-        "samples/s": st.column_config.NumberColumn(format="%.1f"),
-        "top-1 agr.": st.column_config.NumberColumn(format="%.4f"),
-    },
-    key="winners_table",
-)
+if best:
+    table = pd.DataFrame(
+        [
+            {"model": c.model, "target": c.target, "batch": c.batch_size, "winner": c.engine,
+             "p50 ms": c.p50_ms, "p99 ms": c.p99_ms, "samples/s": c.throughput, "top-1 agr.": c.top1_agreement,
+             "cosine": c.cosine_mean, "vs torch": _times(c.speedup_vs_torch), "vs fp32": _times(c.speedup_vs_fp32),
+             "verdict": short(c.verdict), "runner-up": c.runner_up or "-",
+             "quantized": "-" if c.quantized_fraction is None else f"{c.quantized_fraction:.0%}", "build": c.label}
+            for c in best
+        ]
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "p50 ms": st.column_config.NumberColumn(format="%.3f"),
+            "p99 ms": st.column_config.NumberColumn(format="%.3f"),
+            "samples/s": st.column_config.NumberColumn(format="%.1f"),
+            "top-1 agr.": st.column_config.NumberColumn(format="%.4f"),
+            "cosine": st.column_config.NumberColumn(format="%.5f"),
+        },
+        key="winners_table",
+    )
+    if any(c.random_weights for c in best):
+        st.caption(f"Random-weight models ({', '.join(sorted({c.model for c in best if c.random_weights}))}): {RANDOM_WEIGHTS}.")
+    with st.expander("Verdicts: is each winner really faster than its runner-up?", expanded=False):
+        for c in best:
+            if c.verdict is not None:
+                st.markdown(f"**{c.model}** on `{c.target}`, batch {c.batch_size}: {c.verdict.note or c.verdict.outcome}")
+
+if build_only:
+    st.subheader("Built, not timed")
+    st.caption("Engines built ahead of time for GPUs this cluster does not have (TensorRT-RTX): nothing here can run or time "
+               "them, so they have sizes and build times, and no latency or fidelity. `farm pull --target rtx:sm_NN` hands one out.")
+    st.dataframe(pd.DataFrame([{"model": u.model, "target": u.target, "engine": u.label, "precision": u.precision,
+                                "MB": None if u.engine_bytes is None else u.engine_bytes / 1e6, "build s": u.build_seconds}
+                               for u in build_only]), hide_index=True, key="untimed_table",
+                 column_config={"MB": st.column_config.NumberColumn(format="%.1f"), "build s": st.column_config.NumberColumn(format="%.1f")})
+
+if sweep_id is not None:
+    st.download_button("Report of this sweep (HTML)", data=data.report(at, int(sweep_id), "html"), file_name=f"farm-sweep-{sweep_id}.html",
+                       mime="text/html", on_click="ignore", key="report-html", icon=":material/description:")
+
+if not best:
+    st.stop()
 
 st.subheader("Download")
 st.caption("Each bundle is a ZIP of the engine file and its manifest.json (with the engine's sha256), made when you click.")
@@ -82,8 +122,11 @@ for c in best:
 
 def pareto_chart(group: list[Candidate], objective: Objective, floor: float, winner: Candidate | None) -> go.Figure:
     column, title = AXIS[objective]
-    measured = [c for c in group if c.top1_agreement is not None]
-    front = pareto_front(measured, objective)
+    y_of = {"top1_agreement": lambda c: c.top1_agreement, "cosine": lambda c: c.cosine_mean,
+            "accuracy": lambda c: None if c.value("accuracy") is None or c.value("reference_accuracy") is None
+            else (c.value("reference_accuracy") or 0.0) - (c.value("accuracy") or 0.0)}[metric]
+    measured = [c for c in group if y_of(c) is not None]
+    front = pareto_front(measured, objective, y_of, higher_is_better=metric != "accuracy")
 
     def x(c: Candidate) -> float:
         return float(getattr(c, column))
@@ -92,24 +135,25 @@ def pareto_chart(group: list[Candidate], objective: Objective, floor: float, win
     for backend in sorted({c.backend for c in measured}):
         mine = [c for c in measured if c.backend == backend]
         figure.add_trace(go.Scatter(
-            x=[x(c) for c in mine], y=[c.top1_agreement for c in mine], mode="markers", name=backend,
+            x=[x(c) for c in mine], y=[y_of(c) for c in mine], mode="markers", name=backend,
             marker={"size": 11, "color": COLOURS.get(backend, "gray"), "symbol": [SYMBOLS.get(c.precision, "x") for c in mine]},
             text=[f"{c.precision} {' '.join(f'{k}={v}' for k, v in c.options.items())}" for c in mine],
-            hovertemplate="%{text}<br>%{x:.3f}<br>top-1 %{y:.4f}<extra>" + backend + "</extra>",
+            hovertemplate="%{text}<br>%{x:.3f}<br>" + METRICS[metric].header + " %{y:.4f}<extra>" + backend + "</extra>",
         ))
-    figure.add_trace(go.Scatter(x=[x(c) for c in front], y=[c.top1_agreement for c in front], mode="lines",
+    figure.add_trace(go.Scatter(x=[x(c) for c in front], y=[y_of(c) for c in front], mode="lines",
                                 name="Pareto front", line={"dash": "dot", "color": "gray"}))
     if winner is not None:
-        figure.add_trace(go.Scatter(x=[x(winner)], y=[winner.top1_agreement], mode="markers", name="winner",
+        figure.add_trace(go.Scatter(x=[x(winner)], y=[y_of(winner)], mode="markers", name="winner",
                                     marker={"symbol": "star", "size": 18, "color": "gold", "line": {"width": 1, "color": "black"}}))
-    figure.add_hline(y=floor, line_dash="dash", line_color="red", annotation_text=f"floor {floor:.3f}")
-    figure.update_layout(xaxis_title=title, yaxis_title="top-1 agreement", height=360, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    figure.add_hline(y=floor, line_dash="dash", line_color="red", annotation_text=f"{'ceiling' if metric == 'accuracy' else 'floor'} {floor:.3f}")
+    figure.update_layout(xaxis_title=title, yaxis_title=METRICS[metric].header + (" drop" if metric == "accuracy" else ""), height=360, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                          legend={"orientation": "h", "y": -0.25})
     return figure
 
 
-st.subheader("Latency vs fidelity")
-st.caption("One point per build (colour: backend; circle fp32, diamond fp16, square int8), the Pareto front dotted, the winner a star.")
+st.subheader(f"{OBJECTIVE_NAMES[objective].capitalize()} vs {METRICS[metric].header}")
+st.caption("One point per build (colour: backend; circle fp32, diamond fp16, open diamond bf16, square int8), the Pareto front "
+           "dotted, the winner a star; the vertical axis is the metric the constraint is on.")
 models = sorted({c.model for c in found})
 batch_sizes = sorted({c.batch_size for c in found})
 pick = st.columns(2)

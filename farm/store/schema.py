@@ -254,6 +254,22 @@ class Fidelity(JobColumns, Base):
     build: Mapped[Build] = relationship(back_populates="fidelity")
 
 
+class Retime(JobColumns, Base):
+    """A group's leading builds timed again, interleaved on one node (farm.verdict reads the verdict off it)."""
+
+    __tablename__ = "retimes"
+
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    target_id: Mapped[str] = mapped_column(ForeignKey("targets.id"), index=True)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    objective: Mapped[str] = mapped_column(String(16))
+    # build keys, the benchmark's leader first; empty when fewer than two builds were eligible or within reach
+    contenders: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    rounds: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # build key -> {"median": [ms per round], "p99", "mean"}
+    reason: Mapped[str | None] = mapped_column(Text, default=None)  # why there was nothing to re-time
+    settings: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
 # Each pipeline stage's table, in pipeline order: the one list the driver, the CLI and the dashboard share.
 STAGE_TABLES: dict[str, type[JobColumns]] = {
     "export": Model,
@@ -263,5 +279,6 @@ STAGE_TABLES: dict[str, type[JobColumns]] = {
     "build": Build,
     "benchmark": Benchmark,
     "fidelity": Fidelity,
+    "retime": Retime,
 }
 STAGES = tuple(STAGE_TABLES)

@@ -1,0 +1,83 @@
+"""Winners you can trust: a verdict from real interleaved timings, a tie where engines are alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from farm import verdict
+from workers import stages
+from workers.device import describe
+from workers.models import Exported, export
+from workers.structs import BuildRequest, Engine, ModelRef
+
+RESNET = ModelRef("resnet18", "torchvision:resnet18", None, (3, 224, 224))
+
+
+@dataclass
+class Entry:
+    """A build as the verdict sees it: its key, precision and options, and what its benchmark found."""
+
+    build_key: str
+    precision: str = "fp32"
+    options: dict[str, object] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def value(self, metric: str) -> float | None:
+        return self.metrics.get(metric)
+
+
+@pytest.fixture(scope="module")
+def resnet() -> Exported:
+    return export(RESNET)
+
+
+def ort_engine(resnet: Exported, level: str) -> Engine:
+    target = describe().targets()[0]
+    options = {"intra_op_threads": 1, "graph_optimization_level": level}
+    return stages.build_engine(BuildRequest(RESNET, "fp32", "onnxruntime", options, target, (1,)), resnet.onnx_bytes, None)
+
+
+def test_the_same_engine_twice_is_a_tie_not_a_winner(resnet: Exported) -> None:
+    engine = ort_engine(resnet, "all")
+    rounds = stages.retime_engines([(engine.data, engine.manifest, ()), (engine.data, engine.manifest, ())], 1, 8, 0.2)
+    # two labels, one engine: real timings that differ only by noise
+    a, b = Entry("a", options={"intra_op_threads": 1}), Entry("b", options={"intra_op_threads": 1, "label": "again"})
+    decided = verdict.from_retime([a, b], {"a": rounds[0], "b": rounds[1]}, "p50")
+    assert decided.outcome == "tie", decided.note
+    assert set(decided.tied) == {"a", "b"} and decided.winner == "a"  # the simpler of the two (fewer options) is answered
+    assert decided.p_value is not None and decided.p_value >= 0.05 and "tie" in decided.note
+
+
+def test_a_clearly_faster_engine_wins_with_a_significant_margin(resnet: Exported) -> None:
+    # The same network with and without ONNX Runtime's graph fusions: about 20% apart on 2 cores.
+    fused, plain = ort_engine(resnet, "all"), ort_engine(resnet, "disable")
+    rounds = stages.retime_engines([(plain.data, plain.manifest, ()), (fused.data, fused.manifest, ())], 1, 8, 0.25)
+    contenders = [Entry("plain"), Entry("fused")]
+    decided = verdict.from_retime(contenders, {"plain": rounds[0], "fused": rounds[1]}, "p50")
+    assert decided.outcome == "winner" and decided.winner == "fused" and decided.runner_up == "plain", decided.note
+    assert decided.p_value is not None and decided.p_value < 0.05
+    assert decided.margin is not None and decided.interval is not None and 1.0 < decided.interval[0] <= decided.margin <= decided.interval[1]
+    assert "interleaved rounds" in decided.note
+
+
+def test_the_paired_test_is_exact() -> None:
+    # every round favours the leader: the only two of 2^8 sign patterns as extreme are all + and all -
+    assert verdict.sign_flip_p_value([0.1] * 8) == pytest.approx(2 / 256)
+    assert verdict.sign_flip_p_value([0.1, -0.1] * 4) == 1.0
+    assert verdict.sign_flip_p_value([0.0] * 8) == 1.0
+    # 5 of 8 rounds is not enough, however large the wins
+    assert verdict.sign_flip_p_value([1.0] * 5 + [-0.01] * 3) > 0.05
+
+
+def test_without_a_retiming_the_benchmark_intervals_decide() -> None:
+    apart = [Entry("fast", metrics={"p50": 1.0, "p50_low": 0.98, "p50_high": 1.02}),
+             Entry("slow", metrics={"p50": 1.5, "p50_low": 1.45, "p50_high": 1.55})]
+    won = verdict.from_intervals(apart, "p50")
+    assert won.outcome == "winner" and won.winner == "fast" and won.margin == pytest.approx(1.5) and won.method == "intervals"
+    overlapping = [Entry("int8", "int8", metrics={"p50": 1.0, "p50_low": 0.9, "p50_high": 1.1}),
+                   Entry("fp32", "fp32", metrics={"p50": 1.05, "p50_low": 0.95, "p50_high": 1.15})]
+    tie = verdict.from_intervals(overlapping, "p50")
+    # a tie, answered by the simpler engine: fp32 before int8
+    assert tie.outcome == "tie" and tie.winner == "fp32" and tie.tied == ("fp32", "int8")
