@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +38,10 @@ from farm.store import StoreLocation
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command()
 def sweep(
     spec: Annotated[Path, typer.Argument(help="Sweep spec (YAML).")],
@@ -52,6 +57,8 @@ def sweep(
     from farm.select import Constraints, candidates, untimed, winners
     from farm.spec import load_spec
 
+    # SIGTERM (a job scheduler, `timeout`) ends the sweep like Ctrl-C: recorded as interrupted, resumable.
+    signal.signal(signal.SIGTERM, _interrupt)
     with one_line_errors():
         parsed, base = load_spec(spec)
         objective = checked_objective(objective or parsed.selection.objective)

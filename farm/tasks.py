@@ -82,6 +82,7 @@ def where_this_runs() -> dict[str, Any]:
 def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:
     started = time.perf_counter()
     device = where_this_runs() if ray.is_initialized() else {"host": socket.gethostname(), "gpus": []}
+    device["started"] = time.time()  # wall clock, so that jobs of different processes can be ordered
     capture = _Capture()
     try:
         with _captured_output(capture):
@@ -89,8 +90,10 @@ def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:
     except Exception as exc:  # the farm keeps going: the failure becomes a row
         message = " ".join(str(exc).split()) or type(exc).__name__
         log = capture.text + "\n" + traceback.format_exc()
+        device["ended"] = time.time()
         return Outcome(False, error=f"{type(exc).__name__}: {message}"[:1000], log=log, seconds=time.perf_counter() - started,
                        node=device["host"], device=device)
+    device["ended"] = time.time()
     value, blobs = value if isinstance(value, tuple) else (value, {})
     return Outcome(True, value, blobs, log=capture.text, seconds=time.perf_counter() - started, node=device["host"], device=device)
 
