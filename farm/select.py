@@ -271,8 +271,8 @@ def winners(found: Iterable[Candidate], objective: Objective = "p50", constraint
     """The answer per (model, target, batch size): the best candidate that meets the constraints, with a
     verdict (farm.verdict) on whether it really beats the runner-up, and its speedups.
 
-    Speedup vs torch compares with the fastest PyTorch baseline of the same group; speedup
-    vs fp32 with the fastest fp32 build of the same group (the baseline among them).
+    Speedup vs torch compares with the PyTorch baseline of the same group (eager fp32, as people
+    run a model; `is_baseline`); speedup vs fp32 with the fastest fp32 build of the group.
     """
     constraints = Constraints.of(constraints)
     groups: dict[tuple[str, str, int], list[Candidate]] = {}
@@ -286,12 +286,21 @@ def winners(found: Iterable[Candidate], objective: Objective = "p50", constraint
             continue
         decided = _verdict(eligible, objective)
         best = next(c for c in eligible if c.build_key == decided.winner)
-        runner_up = next((c.engine for c in eligible if c.build_key == decided.runner_up), None)
-        baseline = min((c for c in group if c.backend == BASELINE_BACKEND), key=lambda c: c.score(objective), default=None)
+        # the runner-up beside the answer: in a tie answered by its runner-up, the leader it tied with
+        other = decided.runner_up if decided.runner_up != decided.winner else eligible[0].build_key
+        runner_up = next((c.engine for c in eligible if c.build_key == other and other != decided.winner), None)
+        baseline = min((c for c in group if is_baseline(c)), key=lambda c: c.score(objective), default=None)
         fp32 = min((c for c in group if c.precision == "fp32"), key=lambda c: c.score(objective), default=None)
         chosen.append(replace(best, verdict=decided, runner_up=runner_up, speedup_vs_torch=_speedup(best, baseline, objective),
                               speedup_vs_fp32=_speedup(best, fp32, objective)))
     return chosen
+
+
+def is_baseline(c: Candidate) -> bool:
+    """The plain PyTorch the seed article compared against: eager, fp32, no other option switched on."""
+    options = {k: v for k, v in c.options.items() if k not in ("kind", "mode")}
+    return (c.backend == BASELINE_BACKEND and c.precision == "fp32" and c.options.get("kind", c.options.get("mode", "eager")) == "eager"
+            and not any(options.values()))
 
 
 def _verdict(eligible: list[Candidate], objective: str) -> Verdict:
