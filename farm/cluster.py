@@ -8,7 +8,7 @@ backend versions) with a task pinned to that node, and schedules by what the pro
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -39,13 +39,25 @@ class Node:
     device: DeviceInfo
 
 
-@ray.remote(num_cpus=0)
-def _probe() -> DeviceInfo:
+LABEL_RESOURCE = "farm-label:"  # `ray start --resources '{"farm-label:g5.xlarge": 1}'` names a node's targets
+
+
+def this_machine(labels: tuple[str, ...] = ()) -> DeviceInfo:
+    """What the probe finds on the machine it runs on: the device and every backend's version."""
     info = describe()
     versions: dict[str, str] = {}
     for backend in BACKENDS.values():
         versions.update(backend().versions())
-    return DeviceInfo(info.hostname, info.cpu, info.gpus, info.gpu_error, versions)
+    return replace(info, backends=versions, labels=labels)
+
+
+@ray.remote(num_cpus=0)
+def _probe(labels: tuple[str, ...]) -> DeviceInfo:
+    return this_machine(labels)
+
+
+def labels_of(resources: dict[str, float]) -> tuple[str, ...]:
+    return tuple(sorted(name.removeprefix(LABEL_RESOURCE) for name in resources if name.startswith(LABEL_RESOURCE)))
 
 
 def connect(address: str | None = None) -> None:
@@ -59,10 +71,14 @@ def connect(address: str | None = None) -> None:
         ray.init(include_dashboard=False, log_to_driver=False)
 
 
-def probe(timeout_s: float = 120) -> list[Node]:
-    alive = [n for n in ray.nodes() if n.get("Alive")]
+def probe(timeout_s: float = 120, known: set[str] | frozenset[str] = frozenset()) -> list[Node]:
+    """Every live node not in `known`, probed once by a task pinned to it."""
+    alive = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] not in known]
+    if not alive:
+        return []
     refs = {
-        n["NodeID"]: _probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        n["NodeID"]: _probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            labels_of(n.get("Resources", {})))
         for n in alive
     }
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
@@ -73,9 +89,13 @@ def probe(timeout_s: float = 120) -> list[Node]:
             continue  # a node that cannot answer a trivial task gets no work either
         resources = raw.get("Resources", {})
         nodes.append(Node(raw["NodeID"], float(resources.get("CPU", 0)), float(resources.get("GPU", 0)), ray.get(ref)))
-    if not nodes:
+    if not nodes and not known:
         raise ClusterError("no Ray node answered the device probe")
     return nodes
+
+
+def alive_nodes() -> set[str]:
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
 def group_targets(nodes: list[Node], rtx_targets: list[str] = ()) -> list[TargetGroup]:  # type: ignore[assignment]

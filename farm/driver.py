@@ -15,6 +15,7 @@ log, its dependants are marked blocked, and everything else goes on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ from farm.store.db import Store
 from farm.store.record import Recorder
 from workers.calibration import CalibrationDataError, Samples, load_inputs, load_labels
 from workers.structs import Preprocess
+
+NODE_LOOK_S = 5.0  # how often the driver looks for nodes that died or joined
 
 # Events the driver reports while it runs: (stage, state, job, error); state is done|cached|failed|blocked.
 Listener = Callable[[str, str, Job, str | None], None]
@@ -131,10 +134,14 @@ class SweepRun:
         self.listener = listener
         self.on_build_progress = on_build_progress
         self.nodes = nodes
+        self.groups = {g.target.id: g for g in groups}
         self.stages: dict[str, Stage] = registry()
+        self.placement = Placement(groups, {n.node_id: (n.device.host_id or n.device.hostname, n.cpus) for n in nodes.values()})
         # Submit no more than the cluster can run at once, so a job's timeout clock starts near its start.
-        self.schedule = Schedule(plan.jobs, max_inflight=int(sum(n.cpus for n in nodes.values())), timeout_s=spec.limits.job_timeout_s)
-        self.placement = Placement(groups)
+        self.schedule = Schedule(plan.jobs, max_inflight=int(sum(n.cpus for n in nodes.values())), timeout_s=spec.limits.job_timeout_s,
+                                 placement=self.placement)
+        self._moves: dict[str, int] = {}  # job key -> times its node died under it
+        self._next_look = time.monotonic() + NODE_LOOK_S
         # Builders that report progress (TensorRT) send it here; the driver drains it while it waits.
         reports_progress = on_build_progress is not None and any(
             isinstance(j, BuildJob) and j.request.backend == "tensorrt" for j in plan.jobs
@@ -154,12 +161,18 @@ class SweepRun:
                 self._produced[key] = self.stages[job.stage].produced(row)
                 self._report(self.schedule.finish(key, "cached"))
         while not self.schedule.finished:
-            start, blocked = self.schedule.advance()
-            for event in blocked:
-                self._report(event)
-            for job in start:
+            start, ended = self.schedule.advance()
+            for event in ended:
+                if event.state == "failed":  # no node of its target is left: a row says so
+                    self._record(event.job, tasks.Outcome(False, error=event.error))
+                else:
+                    self._report(event)
+            for job, _node in start:
                 self._start(job)
+            self._look_at_nodes()
             if not self._inflight:
+                if not start and not ended:
+                    time.sleep(0.2)  # waiting for a node (a timing holds its host, or one may join)
                 continue
             done, _ = ray.wait(list(self._inflight), num_returns=1, timeout=0.5)
             self._drain_progress()
@@ -190,9 +203,34 @@ class SweepRun:
             outcome: tasks.Outcome = ray.get(ref)
         except TaskCancelledError:
             outcome = tasks.Outcome(False, error=f"timed out after {self.spec.limits.job_timeout_s:.0f} s")
-        except RayError as exc:  # the worker process died (a native crash, OOM) after its retries
-            outcome = tasks.Outcome(False, error=f"{type(exc).__name__}: worker failed after retries", log=str(exc))
+        except RayError as exc:  # the worker process died (a native crash, OOM) after its retries, or its node did
+            node = self.placement.assigned.get(job.key, "")
+            if node and node not in cluster.alive_nodes():
+                self.placement.node_died(node)
+                if self._moves.get(job.key, 0) < self.spec.limits.retries:
+                    self._moves[job.key] = self._moves.get(job.key, 0) + 1
+                    self.schedule.retry(job.key)  # onto another node of its target, or failed at once if none is left
+                    return
+                outcome = tasks.Outcome(False, error=f"node {node[:12]} died while running this job ({type(exc).__name__}), "
+                                                     f"{self._moves.get(job.key, 0)} time(s) already", log=str(exc))
+            else:
+                outcome = tasks.Outcome(False, error=f"{type(exc).__name__}: worker failed after retries", log=str(exc))
         self._record(job, outcome)
+
+    def _look_at_nodes(self) -> None:
+        """Every few seconds: nodes that died stop getting work; nodes that joined, once probed, take
+        the pending jobs of the targets they serve (with the same backend versions)."""
+        if time.monotonic() < self._next_look:
+            return
+        self._next_look = time.monotonic() + NODE_LOOK_S
+        alive = cluster.alive_nodes()
+        for node in [n for n, slot in self.placement.slots.items() if slot.alive and n not in alive]:
+            self.placement.node_died(node)
+        for node in cluster.probe(timeout_s=30, known=set(self.placement.slots)):
+            self.nodes[node.node_id] = node
+            serves = [g.target.id for g in cluster.group_targets([node], self.spec.rtx_targets())
+                      if g.target.id in self.groups and all(g.backends.get(k) == v for k, v in self.groups[g.target.id].backends.items())]
+            self.placement.add_node(node.node_id, node.device.host_id or node.device.hostname, node.cpus, serves)
 
     def _record(self, job: Job, outcome: tasks.Outcome) -> None:
         stage = self.stages[job.stage]
@@ -230,11 +268,13 @@ class SweepRun:
     def finished(self, key: str) -> Produced | None:
         return self._produced.get(key)
 
-    def place(self, target_id: str) -> dict[str, Any]:
-        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(self.placement.next_node(target_id), soft=False)}
+    def pin(self, job: Job) -> dict[str, Any]:
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(self.placement.assigned[job.key], soft=False)}
 
-    def node_cpus(self, target_id: str, options: dict[str, Any]) -> float:
-        return max(1.0, self.nodes[options["scheduling_strategy"].node_id].cpus)
+    def timing_resources(self, job: Job) -> dict[str, Any]:
+        if job.target_id is not None and self.groups[job.target_id].target.kind == "gpu":
+            return {"num_gpus": 1, "num_cpus": 1}
+        return {"num_cpus": max(1.0, self.nodes[self.placement.assigned[job.key]].cpus)}
 
     def blob(self, sha256: str) -> ray.ObjectRef:
         if sha256 not in self._blob_refs:

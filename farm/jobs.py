@@ -69,6 +69,12 @@ class Job:
     label: str
 
     @property
+    def target_id(self) -> str | None:
+        """The target this job must run on a node of; None: any node will do."""
+        target = getattr(self, "target", None) or getattr(getattr(self, "request", None), "target", None)
+        return target.id if target is not None else None
+
+    @property
     def needs(self) -> tuple[str, ...]:
         """The keys of the jobs whose results this one consumes."""
         found: list[str] = []

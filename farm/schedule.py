@@ -27,8 +27,10 @@ class Event:
 
 
 class Schedule:
-    def __init__(self, jobs: Iterable[Job], *, max_inflight: int, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, jobs: Iterable[Job], *, max_inflight: int, timeout_s: float, clock: Callable[[], float] = time.monotonic,
+                 placement: Placement | None = None) -> None:
         self.jobs = {job.key: job for job in jobs}
+        self.placement = placement
         self.max_inflight = max(1, max_inflight)
         self.timeout_s = timeout_s
         self.clock = clock
@@ -47,7 +49,8 @@ class Schedule:
 
     def finish(self, key: str, state: str, error: str | None = None) -> Event:
         """Record how a job ended (or that an earlier sweep already finished it: "cached")."""
-        self.started.pop(key, None)
+        if self.started.pop(key, None) is not None and self.placement is not None:
+            self.placement.finish(self.jobs[key])
         if key in self._pending:
             self._pending.remove(key)
         self.states[key] = state
@@ -55,34 +58,51 @@ class Schedule:
             self.errors[key] = error
         return Event(self.jobs[key], state, error)
 
-    def advance(self) -> tuple[list[Job], list[Event]]:
-        """The jobs to start now (marked running), and the jobs that can never run (now blocked).
+    def advance(self) -> tuple[list[tuple[Job, str | None]], list[Event]]:
+        """The jobs to start now (marked running) with the node each goes to (None without a
+        placement), and the jobs that can never run (blocked, or failed: no node of their target left).
 
         Pending jobs are visited in pipeline order, so a failure blocks its whole subtree in one pass.
         """
-        start: list[Job] = []
-        blocked: list[Event] = []
+        placement = self.placement
+        if placement is not None:
+            placement.new_round()
+        start: list[tuple[Job, str | None]] = []
+        ended: list[Event] = []
         still: list[str] = []
         for key in self._pending:
             job = self.jobs[key]
             upstream = [self.states.get(parent) for parent in job.needs]
-            if job.runs_after_failures:
-                if all(state in FINISHED + FAILED for state in upstream) and self.running < self.max_inflight:
-                    self.started[key] = self.clock()
-                    start.append(job)
-                else:
-                    still.append(key)
-            elif any(state in FAILED for state in upstream):
+            if not job.runs_after_failures and any(state in FAILED for state in upstream):
                 self.states[key] = "blocked"
                 self.errors[key] = "an upstream job failed"
-                blocked.append(Event(job, "blocked", self.errors[key]))
-            elif all(state in FINISHED for state in upstream) and self.running < self.max_inflight:
-                self.started[key] = self.clock()
-                start.append(job)
-            else:
+                ended.append(Event(job, "blocked", self.errors[key]))
+                continue
+            ready = all(state in (FINISHED + FAILED if job.runs_after_failures else FINISHED) for state in upstream)
+            if not ready or self.running >= self.max_inflight:
                 still.append(key)
+                continue
+            try:
+                node = placement.choose(job) if placement is not None else None
+            except NoLiveNode as exc:
+                self.states[key], self.errors[key] = "failed", str(exc)
+                ended.append(Event(job, "failed", str(exc)))
+                continue
+            if placement is not None and node is None:
+                still.append(key)  # its nodes are busy (or held for a timing): later
+                continue
+            self.started[key] = self.clock()
+            if placement is not None and node is not None:
+                placement.start(job, node)
+            start.append((job, node))
         self._pending = still
-        return start, blocked
+        return start, ended
+
+    def retry(self, key: str) -> None:
+        """Put a job that was running back in line (its node died): it goes first."""
+        if self.started.pop(key, None) is not None and self.placement is not None:
+            self.placement.finish(self.jobs[key])
+        self._pending.insert(0, key)
 
     def overdue(self) -> list[str]:
         """Running jobs older than the timeout, measured from their start."""
@@ -93,11 +113,93 @@ class Schedule:
         return sum(1 for key, job in self.jobs.items() if job.stage == stage and self.states.get(key) == state)
 
 
+TIMING_STAGES = ("benchmark", "retime")  # jobs that measure time: each holds its whole host
+
+
+class NoLiveNode(RuntimeError):
+    """Every node of a job's target is gone (or there never was one): the job fails at once, never pends."""
+
+
+@dataclass
+class NodeSlot:
+    node_id: str
+    host: str  # the physical machine (workers.device.host_id): Ray nodes and containers on one host share it
+    capacity: int  # jobs at once (its CPUs, at least one)
+    running: int = 0
+    alive: bool = True
+    started: int = 0  # jobs it was given so far: spreads ties over the nodes
+
+
 class Placement:
-    """Round robin over each target's nodes, so the jobs of one target spread over all of them."""
+    """Which node runs each job: one of the job's target (any node for target-free stages), the least
+    busy, never past its CPUs; and the host rule that keeps timings honest. A timing (benchmark,
+    re-timing) starts only on a host where nothing else runs and holds it while it runs; a host with
+    a timing waiting for it takes no new work, so timings are not starved by a stream of builds."""
 
-    def __init__(self, groups: Iterable[TargetGroup]) -> None:
-        self._cycles: dict[str, Iterator[str]] = {g.target.id: itertools.cycle(g.nodes) for g in groups}
+    def __init__(self, groups: Iterable[TargetGroup], nodes: dict[str, tuple[str, float]]) -> None:
+        self.slots = {node: NodeSlot(node, host, max(1, int(cpus))) for node, (host, cpus) in nodes.items()}
+        self.targets: dict[str, list[str]] = {g.target.id: list(g.nodes) for g in groups}
+        self.assigned: dict[str, str] = {}  # running job key -> node id
+        self._timing: dict[str, int] = {}  # host -> timings running there
+        self._busy: dict[str, int] = {}  # host -> jobs of any kind running there
+        self._waiting: set[str] = set()  # hosts a timing waits for
 
-    def next_node(self, target_id: str) -> str:
-        return next(self._cycles[target_id])
+    def nodes_of(self, job: Job) -> list[NodeSlot]:
+        target = job.target_id
+        ids = self.targets.get(target, []) if target is not None else list(self.slots)
+        return [self.slots[n] for n in ids if n in self.slots]
+
+    def choose(self, job: Job) -> str | None:
+        """A node for `job` now, or None to wait; NoLiveNode when its target has none left."""
+        live = [slot for slot in self.nodes_of(job) if slot.alive]
+        if not live:
+            raise NoLiveNode(f"no live node of target {job.target_id}" if job.target_id else "no live node in the cluster")
+        timing = job.stage in TIMING_STAGES
+        free = [slot for slot in live if slot.running < slot.capacity and
+                (self._busy.get(slot.host, 0) == 0 if timing else not self._timing.get(slot.host) and slot.host not in self._waiting)]
+        if not free:
+            if timing:  # drain the hosts this timing could use, so it gets one
+                self._waiting |= {slot.host for slot in live}
+            return None
+        slot = min(free, key=lambda s: (self._busy.get(s.host, 0), s.running, s.started))  # the idlest host first
+        if timing:
+            self._waiting.discard(slot.host)
+        return slot.node_id
+
+    def new_round(self) -> None:
+        """A new pass over the pending jobs: the timings still waiting say again which hosts they hold."""
+        self._waiting.clear()
+
+    def start(self, job: Job, node: str) -> None:
+        slot = self.slots[node]
+        slot.running += 1
+        slot.started += 1
+        self.assigned[job.key] = node
+        self._busy[slot.host] = self._busy.get(slot.host, 0) + 1
+        if job.stage in TIMING_STAGES:
+            self._timing[slot.host] = self._timing.get(slot.host, 0) + 1
+
+    def finish(self, job: Job) -> None:
+        node = self.assigned.pop(job.key, None)
+        if node is None:
+            return
+        slot = self.slots[node]
+        slot.running -= 1
+        self._busy[slot.host] -= 1
+        if job.stage in TIMING_STAGES:
+            self._timing[slot.host] -= 1
+
+    def node_died(self, node: str) -> None:
+        if node in self.slots:
+            self.slots[node].alive = False
+
+    def add_node(self, node: str, host: str, cpus: float, target_ids: Iterable[str]) -> list[str]:
+        """A node that joined: it takes jobs of the targets it serves that the plan has. Returns those targets."""
+        self.slots[node] = NodeSlot(node, host, max(1, int(cpus)))
+        joined = [t for t in target_ids if t in self.targets]
+        for target in joined:
+            self.targets[target].append(node)
+        return joined
+
+    def host_of(self, node: str) -> str:
+        return self.slots[node].host

@@ -73,11 +73,13 @@ class Context(Protocol):
         """The inputs (and labels) a DataRef names, loaded once per sweep."""
         ...
 
-    def place(self, target_id: str) -> dict[str, Any]:
-        """Ray options that pin a task to a node of the target: scheduling strategy and resources."""
+    def pin(self, job: Job) -> dict[str, Any]:
+        """Ray options that run the job's task on the node farm.schedule.Placement chose for it."""
         ...
 
-    def node_cpus(self, target_id: str, options: dict[str, Any]) -> float: ...
+    def timing_resources(self, job: Job) -> dict[str, Any]:
+        """What a timing asks Ray for: one GPU, or every CPU of its node, so nothing lands beside it."""
+        ...
 
 
 class Stage:
@@ -120,7 +122,7 @@ class ExportStage(Stage):
     artifacts = {"onnx": ("onnx_sha256", "onnx"), "checkpoint": ("checkpoint_sha256", "checkpoint")}
 
     def submit(self, ctx: Context, job: ExportJob) -> ray.ObjectRef:
-        return tasks.export_task.options(**self.retries(ctx)).remote(job.model)
+        return tasks.export_task.options(**self.retries(ctx), **ctx.pin(job)).remote(job.model)
 
     def columns(self, job: ExportJob, value: Any) -> dict[str, Any]:
         m = job.model
@@ -139,7 +141,7 @@ class ReferenceStage(Stage):
     def submit(self, ctx: Context, job: ReferenceJob) -> ray.ObjectRef:
         fp32 = ctx.blob(ctx.produced(job.export_key).blobs["onnx"])
         inputs, _labels = ctx.rows(job.data)
-        return tasks.reference_task.options(**self.retries(ctx)).remote(fp32, inputs, max(ctx.spec.batch_sizes), job.model.task)
+        return tasks.reference_task.options(**self.retries(ctx), **ctx.pin(job)).remote(fp32, inputs, max(ctx.spec.batch_sizes), job.model.task)
 
     def columns(self, job: ReferenceJob, value: Any) -> dict[str, Any]:
         return {"model_key": job.export_key, "data_digest": job.data.digest, "samples": value["samples"] if value else None}
@@ -153,7 +155,7 @@ class CalibrateStage(Stage):
     def submit(self, ctx: Context, job: CalibrateJob) -> ray.ObjectRef:
         fp32 = ctx.blob(ctx.produced(job.export_key).blobs["onnx"])
         inputs, _labels = ctx.rows(job.data)
-        return tasks.calibrate_task.options(**self.retries(ctx)).remote(fp32, inputs, job.method, job.percentile)
+        return tasks.calibrate_task.options(**self.retries(ctx), **ctx.pin(job)).remote(fp32, inputs, job.method, job.percentile)
 
     def columns(self, job: CalibrateJob, value: Any) -> dict[str, Any]:
         return {"model_key": job.export_key, "method": job.method, "percentile": job.percentile or None,
@@ -181,7 +183,7 @@ class VariantStage(Stage):
             if job.fallback_tries and job.heldout is not None and job.reference_key is not None:
                 heldout, labels = ctx.rows(job.heldout)
                 reference = ctx.blob(ctx.produced(job.reference_key).blobs["reference"])
-        return tasks.variant_task.options(**self.retries(ctx)).remote(
+        return tasks.variant_task.options(**self.retries(ctx), **ctx.pin(job)).remote(
             ctx.blob(fp32_sha), job.precision, ranges, heldout, reference, labels, settings
         )
 
@@ -214,7 +216,7 @@ class BuildStage(Stage):
         task = tasks.isolated_build_task if ctx.spec.limits.isolate_builds else tasks.build_task
         context = tasks.build_context(job.key, self._caches(ctx, job), ctx.progress_queue)
         request = replace(job.request, variant=variant_summary(variant.details))
-        return task.options(**self.retries(ctx), **ctx.place(job.request.target.id), **gpu_for(job.request.target.kind)).remote(
+        return task.options(**self.retries(ctx), **ctx.pin(job), **gpu_for(job.request.target.kind)).remote(
             request, ctx.blob(onnx) if onnx else None, ctx.blob(checkpoint) if checkpoint else None, context
         )
 
@@ -275,10 +277,7 @@ class BenchmarkStage(Stage):
 
     def submit(self, ctx: Context, job: BenchmarkJob) -> ray.ObjectRef:
         engine, manifest, caches = _engine(ctx, job.build_key)
-        placement = ctx.place(job.target.id)
-        # A CPU timing takes every CPU of its node: nothing else runs there while it measures.
-        resources = {"num_gpus": 1, "num_cpus": 1} if job.target.kind == "gpu" else {"num_cpus": ctx.node_cpus(job.target.id, placement)}
-        return tasks.benchmark_task.options(**self.retries(ctx), **placement, **resources).remote(
+        return tasks.benchmark_task.options(**self.retries(ctx), **ctx.pin(job), **ctx.timing_resources(job)).remote(
             engine, manifest, job.batch_size, job.settings, caches
         )
 
@@ -302,7 +301,7 @@ class FidelityStage(Stage):
         assert isinstance(reference_job, ReferenceJob)
         reference = ctx.blob(ctx.produced(job.reference_key).blobs["reference"])
         inputs, labels = ctx.rows(reference_job.data)
-        return tasks.fidelity_task.options(**self.retries(ctx), **ctx.place(job.target.id), **gpu_for(job.target.kind)).remote(
+        return tasks.fidelity_task.options(**self.retries(ctx), **ctx.pin(job), **gpu_for(job.target.kind)).remote(
             engine, manifest, inputs, reference, job.batch_size, labels, reference_job.model.task, job.box_score_threshold, caches
         )
 
@@ -327,10 +326,8 @@ class RetimeStage(Stage):
         if len(contenders) < 2:
             return tasks.Outcome(True, value={"contenders": [], "rounds": None, "reason": reason})
         engines = [_engine(ctx, key) for key in contenders]
-        placement = ctx.place(job.target.id)
-        resources = {"num_gpus": 1, "num_cpus": 1} if job.target.kind == "gpu" else {"num_cpus": ctx.node_cpus(job.target.id, placement)}
         s = job.settings
-        return tasks.retime_task.options(**self.retries(ctx), **placement, **resources).remote(
+        return tasks.retime_task.options(**self.retries(ctx), **ctx.pin(job), **ctx.timing_resources(job)).remote(
             contenders, [m for _, m, _ in engines], [c for _, _, c in engines], job.batch_size, s.rounds, s.window_s,
             ctx.spec.benchmark.data_transfers, *(e for e, _, _ in engines)
         )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from farm.jobs import ExportJob, Job, ReferenceJob, TargetGroup
+from farm.jobs import BenchmarkJob, BuildJob, ExportJob, Job, ReferenceJob, TargetGroup
 from farm.schedule import Placement, Schedule
-from workers.structs import ModelRef, Target
+from workers.bench import BenchSettings
+from workers.structs import BuildRequest, ModelRef, Target
 
 MODEL = ModelRef("m", "torchvision:resnet18", None, (3, 224, 224))
 
@@ -17,8 +18,8 @@ def child(key: str, parent: str) -> ReferenceJob:
     return ReferenceJob(key, key, parent, MODEL, None)  # type: ignore[arg-type]  # the data is never read here
 
 
-def keys(jobs: list[Job]) -> list[str]:
-    return [job.key for job in jobs]
+def keys(started: list[tuple[Job, str | None]]) -> list[str]:
+    return [job.key for job, _node in started]
 
 
 class Clock:
@@ -80,9 +81,59 @@ def test_overdue_is_measured_from_each_jobs_start() -> None:
     assert schedule.overdue() == ["b"]
 
 
+def bench(key: str, target: Target, parent: str = "") -> BenchmarkJob:
+    return BenchmarkJob(key, key, parent, target, 1, BenchSettings())
+
+
+def build(key: str, target: Target) -> BuildJob:
+    request = BuildRequest(MODEL, "fp32", "onnxruntime", {}, target, (1,))
+    return BuildJob(key, key, "", "", request, "1")
+
+
+CPU = Target("cpu", "x")
+GPU = Target("gpu", "H200", "9.0")
+
+
 def test_placement_spreads_a_targets_jobs_over_its_nodes() -> None:
-    cpu = TargetGroup(Target("cpu", "x"), ("n1", "n2", "n3"))
-    gpu = TargetGroup(Target("gpu", "H200", "9.0"), ("g1",))
-    placement = Placement([cpu, gpu])
-    assert [placement.next_node(cpu.target.id) for _ in range(6)] == ["n1", "n2", "n3", "n1", "n2", "n3"]
-    assert {placement.next_node(gpu.target.id) for _ in range(3)} == {"g1"}
+    groups = [TargetGroup(CPU, ("n1", "n2", "n3")), TargetGroup(GPU, ("g1",))]
+    placement = Placement(groups, {"n1": ("h1", 2), "n2": ("h2", 2), "n3": ("h3", 2), "g1": ("h4", 2)})
+    schedule = Schedule([build(f"b{i}", CPU) for i in range(6)] + [build("gb", GPU)], max_inflight=99, timeout_s=60, placement=placement)
+    started, _ = schedule.advance()
+    nodes = {job.key: node for job, node in started}
+    assert sorted(nodes[f"b{i}"] for i in range(6)) == ["n1", "n1", "n2", "n2", "n3", "n3"]  # two each: their CPUs
+    assert nodes["gb"] == "g1"
+
+
+def test_a_timing_holds_its_host_and_is_not_starved() -> None:
+    # two Ray nodes on one host (one per container, say) and a second host
+    groups = [TargetGroup(CPU, ("a1", "a2", "b1"))]
+    placement = Placement(groups, {"a1": ("host-a", 1), "a2": ("host-a", 1), "b1": ("host-b", 1)})
+    jobs = [build("build-1", CPU), build("build-2", CPU), bench("timing-1", CPU), bench("timing-2", CPU), build("build-3", CPU)]
+    schedule = Schedule(jobs, max_inflight=99, timeout_s=60, placement=placement)
+    started, _ = schedule.advance()
+    # builds go to the idlest hosts; the timings wait for an idle host and hold the hosts they wait for
+    assert [(job.key, node) for job, node in started] == [("build-1", "a1"), ("build-2", "b1")]
+    schedule.finish("build-2", "done")
+    started, _ = schedule.advance()
+    assert [(job.key, node) for job, node in started] == [("timing-1", "b1")]  # host-b is idle: the timing takes it
+    assert schedule.advance() == ([], [])  # host-a runs build-1, host-b times: nothing else starts anywhere
+    schedule.finish("build-1", "done")
+    started, _ = schedule.advance()
+    assert [job.key for job, _ in started] == ["timing-2"] and placement.host_of(placement.assigned["timing-2"]) == "host-a"
+    schedule.finish("timing-1", "done")
+    started, _ = schedule.advance()
+    assert [(job.key, node) for job, node in started] == [("build-3", "b1")]  # never beside timing-2 on host-a
+
+
+def test_a_target_without_live_nodes_fails_its_jobs_at_once() -> None:
+    placement = Placement([TargetGroup(CPU, ("n1",)), TargetGroup(GPU, ("g1",))], {"n1": ("h1", 1), "g1": ("h2", 1)})
+    schedule = Schedule([build("cpu-build", CPU), build("gpu-build", GPU)], max_inflight=9, timeout_s=60, placement=placement)
+    placement.node_died("g1")
+    started, ended = schedule.advance()
+    assert [job.key for job, _ in started] == ["cpu-build"]
+    assert [(e.job.key, e.state, e.error) for e in ended] == [("gpu-build", "failed", "no live node of target H200 / sm_90")]
+    # a node that joins takes the pending work of its target
+    schedule2 = Schedule([build("later", GPU)], max_inflight=9, timeout_s=60, placement=placement)
+    assert placement.add_node("g2", "h3", 4, [GPU.id, "some other target"]) == [GPU.id]
+    started, _ = schedule2.advance()
+    assert [(job.key, node) for job, node in started] == [("later", "g2")]

@@ -69,12 +69,18 @@ class DeviceInfo:
     gpus: tuple[GpuInfo, ...] = ()
     gpu_error: str | None = None  # why GPUs could not be listed, when NVML is present but failed
     backends: dict[str, str] = field(default_factory=dict)  # backend name -> version, filled by the caller
+    # The physical machine: containers and Ray nodes on one host share its kernel's boot id (and its
+    # CPUs), whatever their hostnames say. Timings hold a whole host.
+    host_id: str = ""
+    labels: tuple[str, ...] = ()  # what the node declared itself (Ray resource "farm-label:NAME"), filled by the caller
 
     def targets(self) -> list[Target]:
-        """The places an engine built here can run: this CPU kind and each distinct GPU kind."""
-        found = [Target("cpu", f"{self.cpu.model} ({self.cpu.arch}, {self.cpu.isa_level})")]
+        """The places an engine built here can run: this CPU kind and each distinct GPU kind; a node's
+        labels name (and so split) its targets: `cpu:... [g5.xlarge]`."""
+        suffix = "".join(f" [{label}]" for label in sorted(self.labels))
+        found = [Target("cpu", f"{self.cpu.model} ({self.cpu.arch}, {self.cpu.isa_level}){suffix}")]
         for gpu in self.gpus:
-            target = Target("gpu", gpu.name, gpu.compute_capability)
+            target = Target("gpu", gpu.name + suffix, gpu.compute_capability)
             if target not in found:
                 found.append(target)
         return found
@@ -82,7 +88,15 @@ class DeviceInfo:
 
 def describe() -> DeviceInfo:
     gpus, gpu_error = _gpus()
-    return DeviceInfo(hostname=socket.gethostname(), cpu=_cpu(), gpus=gpus, gpu_error=gpu_error)
+    return DeviceInfo(hostname=socket.gethostname(), cpu=_cpu(), gpus=gpus, gpu_error=gpu_error, host_id=host_id())
+
+
+def host_id() -> str:
+    """This machine's identity: the kernel's boot id (shared by every container on the host), else the hostname."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return socket.gethostname()
 
 
 def _cpu() -> CpuInfo:
