@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import data
+from farm.store.db import shown_url
 
 st.set_page_config(page_title="farm", page_icon=":material/memory:", layout="wide")
 
@@ -17,5 +18,5 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-st.sidebar.caption(f"Store (read-only): {data.where()[1]}")
+st.sidebar.caption(f"Store (read-only): {shown_url(data.where()[1])}")
 page.run()

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from farm import queries
@@ -23,6 +23,7 @@ from farm.reports import render_report
 from farm.select import Candidate, Untimed, candidates
 from farm.select import untimed as build_only
 from farm.store import Store, StoreLocation, open_store
+from farm.store.db import shown_url
 
 TTL_S = 3  # a running sweep shows up within seconds, and a rerun storm costs one query per TTL
 EMPTY = "No results yet: run `farm sweep sweeps/quickstart.yaml` (or your own spec) and they appear here as jobs finish."
@@ -58,7 +59,7 @@ def counts(at: Where) -> dict[str, int] | None:
         return None
     try:
         return _read(at, queries.counts)
-    except OperationalError:
+    except (OperationalError, ProgrammingError):  # no tables: SQLite says OperationalError, PostgreSQL ProgrammingError
         return None
 
 
@@ -67,7 +68,7 @@ def require(at: Where, table: str = "builds") -> dict[str, int]:
     found = counts(at)
     if not found or not found.get(table):
         st.info(EMPTY)
-        st.caption(f"Reading {at[1]}")
+        st.caption(f"Reading {shown_url(at[1])}")
         st.stop()
     return found
 

@@ -164,7 +164,7 @@ def candidates(
     if model:
         query = query.where(schema.Model.name == model)
     if target:
-        query = query.where(schema.Build.target_id.contains(target))
+        query = query.where(schema.Build.target_id.icontains(target, autoescape=True))
     if sweep_id is not None:
         in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "benchmark")
         query = query.where(schema.Benchmark.key.in_(in_sweep))
@@ -229,7 +229,7 @@ def untimed(session: Session, *, model: str | None = None, target: str | None = 
     if model:
         query = query.where(schema.Model.name == model)
     if target:
-        query = query.where(schema.Build.target_id.contains(target))
+        query = query.where(schema.Build.target_id.icontains(target, autoescape=True))
     if sweep_id is not None:
         in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "build")
         query = query.where(schema.Build.key.in_(in_sweep))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up farm in ./.venv on a fresh clone. `scripts/bootstrap.sh` installs what `farm sweep` needs
-# (with TensorRT-RTX and the dashboard); `scripts/bootstrap.sh dev` adds the test tools and the
-# headless Chromium the dashboard's browser test drives. Safe to run again: it only adds what is missing.
+# (with TensorRT-RTX and the dashboard); `scripts/bootstrap.sh dev` adds the test tools, the
+# headless Chromium the dashboard's browser test drives and the PostgreSQL server the store's tests
+# start (Debian's packages, as root). Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,12 +17,16 @@ python3 -m venv .venv
 # alone are enough for mypy to check the datacenter API names.
 if [[ "${1:-}" == "dev" ]]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "tensorrt-stubs>=10.13,<11"
-  if ! command -v chromium >/dev/null 2>&1; then
+  missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  # Debian keeps initdb and pg_ctl off PATH, under /usr/lib/postgresql/VERSION/bin (tests/postgres.py looks there).
+  compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || command -v pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
+  if (( ${#missing[@]} )); then
     if [[ $(id -u) -eq 0 ]]; then
-      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-        || echo "bootstrap: could not install chromium; the dashboard browser test will fail" >&2
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+        || echo "bootstrap: could not install ${missing[*]}; the tests that need them will fail" >&2
     else
-      echo "bootstrap: install Debian's chromium (sudo apt-get install chromium) for the dashboard browser test" >&2
+      echo "bootstrap: install Debian's ${missing[*]} (sudo apt-get install ${missing[*]}) for the tests" >&2
     fi
   fi
 fi

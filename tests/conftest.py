@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Ray cluster per test session, real SQLite stores in tmp dirs."""
+"""Shared fixtures: one real local Ray cluster per test session, real stores in tmp dirs: SQLite files,
+and PostgreSQL databases on one real server per session (tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from farm.store import Store, StoreLocation, open_store
+from tests.postgres import PostgresServer, PostgresUnavailable, running_server
 
 if TYPE_CHECKING:
     from tests.digits_model import DigitsData
+
+BACKENDS = ("sqlite", "postgresql")
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_DATA = REPO / "calibration_data"
@@ -31,9 +35,33 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, started on first use (tests/postgres.py)."""
+    try:
+        with running_server() as server:
+            yield server
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture()
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(StoreLocation.resolve(tmp_path / "farm-data"))
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """A new empty database on the session's server, dropped after the test."""
+    url = postgres.new_database()
+    yield url
+    postgres.drop_database(url)
+
+
+def location_on(backend: str, data_dir: Path, request: pytest.FixtureRequest) -> StoreLocation:
+    """A new store's location: the SQLite file in data_dir, or a new PostgreSQL database with its artifacts in data_dir."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    return StoreLocation.resolve(data_dir, url)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    opened = open_store(location_on(request.param, tmp_path / "farm-data", request))
     yield opened
     opened.close()
 

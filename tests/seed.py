@@ -1,4 +1,5 @@
-"""A realistic farm store for dashboard and delivery tests: real SQLite through farm.store, real artifact files.
+"""A realistic farm store for dashboard and delivery tests: real SQLite (or any database URL) through
+farm.store, real artifact files.
 
 The rows look like what the driver writes (labels, manifests from workers.structs.Manifest,
 raw timings, fidelity against fp32, sweeps with their jobs), and the numbers are designed so
@@ -162,9 +163,10 @@ class _Writer:
         return sha
 
 
-def seed(data_dir: Path) -> Seeded:
-    """Create a fresh store in data_dir and fill it; returns where it is and the build keys."""
-    location = StoreLocation.resolve(data_dir)
+def seed(data_dir: Path, url: str | None = None) -> Seeded:
+    """Create a fresh store in data_dir (its database at url, default SQLite there) and fill it; returns where
+    it is and the build keys."""
+    location = StoreLocation.resolve(data_dir, url)
     store = open_store(location)
     seeded = Seeded(location)
     try:
@@ -360,10 +362,13 @@ def _seed_sweeps(w: _Writer) -> None:
         spec = {"name": name, "models": [{"name": n} for n in models], "precisions": ["fp32", "fp16", "int8"],
                 "batch_sizes": list(BATCH_SIZES), "targets": [t.id for t in TARGETS], "fidelity": {"min_top1_agreement": 0.99}}
         started = STARTED if sweep_id == 1 else STARTED + timedelta(hours=20)
-        sweep = schema.Sweep(id=sweep_id, name=name, spec_path=path, spec=spec, status=status, started_at=started, finished_at=finished)
+        # The database numbers the sweeps (1 and 2 in a new store): an explicit id would leave
+        # PostgreSQL's sequence behind, and the next sweep recorded there would collide.
+        sweep = schema.Sweep(name=name, spec_path=path, spec=spec, status=status, started_at=started, finished_at=finished)
         sweep.jobs = w.jobs.get(sweep_id, [])
         s.add(sweep)
-        w.seeded.sweeps[name] = sweep_id
+        s.flush()
+        w.seeded.sweeps[name] = sweep.id
 
 
 def seed_bulk(location: StoreLocation, builds: int) -> None:

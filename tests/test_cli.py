@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +15,7 @@ from typer.testing import CliRunner
 
 from farm.cli import app
 from tests.conftest import write_spec
+from tests.postgres import PostgresServer
 
 runner = CliRunner()
 
@@ -55,3 +59,63 @@ def test_doctor_json_lists_backends_and_targets() -> None:
     assert "runtime: none (no CUDA GPU: builds only)" in names["tensorrt"]["detail"]
     assert report["targets"][0].startswith("cpu:")
     assert report["device"]["cpu"]["logical_cores"] >= 1
+
+
+MINIMAL_SPEC = "name: t\nmodels: [{name: a, source: 'torchvision:resnet18', weights: null, input_shape: [3, 32, 32]}]\nbackends: {torch: {}}\n"
+
+
+def test_a_read_only_medium_is_one_line(tmp_path: Path) -> None:
+    """A real read-only file system (tmpfs mounted ro in a mount namespace of its own, so nothing outlives the
+    test): a new data dir there cannot be created, an existing one cannot be written; one line each."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("mounting a read-only file system needs root and unshare (CI runs as root)")
+    spec, medium = write_spec(tmp_path, MINIMAL_SPEC), tmp_path / "medium"
+    medium.mkdir()
+    farm = f"{sys.executable} -m farm.cli sweep {spec} --data-dir"
+    script = (f"mount -t tmpfs tmpfs {medium} && mkdir {medium}/old && mount -o remount,ro {medium} && "
+              f"{farm} {medium}/new; {farm} {medium}/old")
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.stderr.splitlines() == [
+        f"error: cannot create the store in {medium}/new: read-only file system",
+        f"error: cannot write to the store in {medium}/old: read-only file system",
+    ], result.stderr
+    assert result.returncode == 2
+
+
+def test_status_on_an_empty_postgresql_database_says_what_to_do(postgres_url: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["status", "--data-dir", str(tmp_path), "--db-url", postgres_url])
+    assert result.exit_code == 2
+    assert "no results yet" in result.output and "has no farm tables" in result.output
+
+
+def test_an_unreachable_database_is_one_line(postgres: PostgresServer, tmp_path: Path) -> None:
+    """Opening, not reading: the connection itself failed (a server that is down, here a port nobody listens on)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = postgres.url("farm").replace(f":{postgres.port}/", f":{closed.getsockname()[1]}/")
+        result = runner.invoke(app, ["status", "--data-dir", str(tmp_path), "--db-url", url])
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot open the store: connection failed") and "Connection refused" in line
+
+
+def test_store_failures_say_read_or_write(tmp_path: Path) -> None:
+    """A refused write is worded as a write (a sweep used to say "cannot read the store" for anything)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from farm.cli_common import store_failure
+    from farm.store import StoreLocation, open_store
+
+    location = StoreLocation.resolve(tmp_path / "farm-data")
+    open_store(location).close()
+    reader = open_store(location, readonly=True)
+    with reader.engine.connect() as connection:
+        with pytest.raises(DBAPIError) as write:
+            connection.execute(text("INSERT INTO targets (id, kind, name, last_seen) VALUES ('t', 'cpu', 't', CURRENT_TIMESTAMP)"))
+        connection.rollback()
+        with pytest.raises(DBAPIError) as read:
+            connection.execute(text("SELECT * FROM no_such_table"))
+    reader.close()
+    assert store_failure(write.value) == "cannot write to the store: attempt to write a readonly database"
+    assert store_failure(read.value) == "cannot read the store: no such table: no_such_table"

@@ -1,4 +1,5 @@
-"""The dashboard's pages on a seeded store (streamlit.testing AppTest), and reads during concurrent writes."""
+"""The dashboard's pages on a seeded store (streamlit.testing AppTest), on SQLite and on PostgreSQL,
+and reads during concurrent writes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import multiprocessing
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from streamlit.testing.v1 import AppTest
 
 from farm import queries
 from farm.store import StoreLocation, open_store, schema
+from tests.conftest import BACKENDS
+from tests.postgres import PostgresServer
 from tests.seed import H200, L4, TRT_O3, TRT_O5, Seeded, seed, seed_bulk
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
@@ -28,11 +32,30 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
     return seed(tmp_path_factory.mktemp("dashboard") / "farm-data")
 
 
+@pytest.fixture(scope="module")
+def seeded_postgresql(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
+    """The same rows in a PostgreSQL database; the artifacts in a data dir, as on a cluster."""
+    url = postgres.new_database()
+    yield seed(tmp_path_factory.mktemp("dashboard-postgresql") / "farm-data", url)
+    postgres.drop_database(url)
+
+
+@pytest.fixture()
+def seeded_on(request: pytest.FixtureRequest) -> Seeded:
+    """The seeded store of the backend a test is parametrized with (indirect=True)."""
+    return request.getfixturevalue("seeded" if request.param == "sqlite" else "seeded_postgresql")
+
+
+def app_on(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """The dashboard as `farm dashboard` starts it: the store's location in FARM_DATA_DIR and FARM_DB_URL."""
+    monkeypatch.setenv("FARM_DATA_DIR", str(seeded.location.data_dir))
+    monkeypatch.setenv("FARM_DB_URL", seeded.location.url)
+    return AppTest.from_file(str(APP), default_timeout=30)
+
+
 @pytest.fixture()
 def app(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("FARM_DATA_DIR", str(seeded.location.data_dir))
-    monkeypatch.delenv("FARM_DB_URL", raising=False)
-    return AppTest.from_file(str(APP), default_timeout=30)
+    return app_on(seeded, monkeypatch)
 
 
 def open_page(at: AppTest, page: str) -> AppTest:
@@ -71,8 +94,18 @@ def test_empty_store_explains_what_to_do(page: str, tmp_path: Path, monkeypatch:
     assert not (tmp_path / "nothing-here").exists(), "the dashboard must not create a store"
 
 
-def test_sweeps_page_shows_progress_and_failures(app: AppTest, seeded: Seeded) -> None:
-    at = open_page(app, "sweeps")
+def test_an_empty_postgresql_database_explains_what_to_do(postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new database on the server: no tables yet (PostgreSQL says so with a ProgrammingError), the same empty state."""
+    monkeypatch.setenv("FARM_DATA_DIR", str(tmp_path / "farm-data"))
+    monkeypatch.setenv("FARM_DB_URL", postgres_url)
+    at = open_page(AppTest.from_file(str(APP), default_timeout=30), "sweeps")
+    assert any(EMPTY_HINT in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("seeded_on", BACKENDS, indirect=True)
+def test_sweeps_page_shows_progress_and_failures(seeded_on: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeded = seeded_on
+    at = open_page(app_on(seeded, monkeypatch), "sweeps")
     # Newest first: the running sweep, with a progress bar and auto-refresh on.
     assert at.selectbox(key="sweep").value == seeded.sweeps["nightly"]
     assert at.toggle(key=f"auto_refresh-{seeded.sweeps['nightly']}").value is True
@@ -95,8 +128,9 @@ def test_sweeps_page_shows_progress_and_failures(app: AppTest, seeded: Seeded) -
     assert "Error Code 2" in failure.code[0].value
 
 
-def test_results_filters(app: AppTest) -> None:
-    at = open_page(app, "results")
+@pytest.mark.parametrize("seeded_on", BACKENDS, indirect=True)
+def test_results_filters(seeded_on: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(app_on(seeded_on, monkeypatch), "results")
     everything = frame(at)
     assert len(everything) == 50  # the first page
     at.multiselect(key="f_model").set_value(["resnet50"])
@@ -148,8 +182,10 @@ def winner_of(at: AppTest, model: str, target: str, batch: int) -> str:
     return str(row.iloc[0]["build"])
 
 
-def test_winners_follow_the_objective_and_the_floor(app: AppTest, seeded: Seeded) -> None:
-    at = open_page(app, "winners")
+@pytest.mark.parametrize("seeded_on", BACKENDS, indirect=True)
+def test_winners_follow_the_objective_and_the_floor(seeded_on: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeded = seeded_on
+    at = open_page(app_on(seeded, monkeypatch), "winners")
     labels = {key: label for label, key in seeded.builds.items()}
     fp16_o3 = labels[seeded.key("resnet50", "fp16", "tensorrt", TRT_O3, H200)]
     fp16_o5 = labels[seeded.key("resnet50", "fp16", "tensorrt", TRT_O5, H200)]

@@ -1,17 +1,22 @@
-"""The store on real SQLite files: migrations, WAL, artifacts, the recorder's round trip, read-only opens."""
+"""The store on real SQLite files and a real PostgreSQL server: migrations, WAL, artifacts, the
+recorder's round trip, read-only opens, two farms creating one store, and stores that cannot be made."""
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import DBAPIError
 
 from farm.jobs import ExportJob, content_key
 from farm.store import Store, StoreLocation, open_store, schema
+from farm.store.db import StoreError
 from farm.store.record import Blob, JobRow, Recorder
+from tests.conftest import BACKENDS, location_on
 from workers.structs import ExportInfo, ModelRef, TensorSpec
 
 
@@ -22,8 +27,11 @@ def test_migrations_match_the_orm(store: Store) -> None:
     with store.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), schema.Base.metadata)
         assert diff == []
-        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        if connection.dialect.name == "sqlite":
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        else:  # the test server's own zone is New York's (tests/postgres.py)
+            assert connection.execute(text("SHOW TimeZone")).scalar() == "UTC"
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == _head_revision()
 
 
@@ -38,23 +46,32 @@ def _head_revision() -> str:
     return str(ScriptDirectory.from_config(config).get_current_head())
 
 
-def test_an_old_database_is_upgraded_in_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_old_database_is_upgraded_in_place(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     from alembic import command
     from alembic.config import Config
 
     from farm.store.db import MIGRATIONS, make_engine
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    location = location_on(backend, tmp_path, request)
+    engine = make_engine(location.url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "0001")
+        connection.execute(text("INSERT INTO sweeps (name, spec_path, spec, status, started_at) "
+                                "VALUES ('old', 'old.yaml', '{}', 'finished', CURRENT_TIMESTAMP)"))
     engine.dispose()
-    store = open_store(StoreLocation(tmp_path, f"sqlite:///{tmp_path / 'old.db'}"))
+    store = open_store(location)
     with store.engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == _head_revision()
-        assert "timing_caches" in {r[0] for r in connection.execute(text("SELECT name FROM sqlite_master"))}
+        assert {"timing_caches", "calibrations", "retimes"} <= set(inspect(connection).get_table_names())
+    with store.session() as s, s.begin():  # the old row is kept, and a name longer than 0001's VARCHAR(128) fits now
+        s.add(schema.Sweep(name="n" * 300, spec_path="x.yaml", spec={}, status="running"))
+    with store.session() as s:
+        assert [len(name) for name in s.scalars(select(schema.Sweep.name).order_by(schema.Sweep.id))] == [3, 300]
+    store.close()
 
 
 def test_reopening_an_existing_store_keeps_rows(tmp_path: Path) -> None:
@@ -140,11 +157,64 @@ def test_a_stage_turns_a_job_into_a_row_and_back(store: Store) -> None:
     assert stored.inputs == [{"name": "input", "shape": ["batch", 3, 224, 224], "dtype": "float32"}] and stored.node_count == 60
 
 
+def test_names_paths_and_labels_of_any_length(store: Store) -> None:
+    """PostgreSQL enforces VARCHAR lengths: free text is TEXT there (migration 0006), labels are cut to 256."""
+    recorder = Recorder(store)
+    key = "k" * 32
+    sweep_id = recorder.start_sweep("s" * 300, "/deep" * 200 + "/spec.yaml", {}, [("export", key, "label " * 100)])
+    columns = {"name": "m" * 200, "source": "/models" * 100 + "/m.onnx", "weights": "W" * 100, "input_shape": [3, 8, 8]}
+    recorder.record(sweep_id, JobRow("export", key, True, columns))
+    with store.session() as s:
+        model = s.get(schema.Model, key)
+        assert model is not None and (len(model.name), len(model.weights or "")) == (200, 100) and model.source.endswith("/m.onnx")
+        assert len(s.scalars(select(schema.SweepJob.label)).one()) == 256
+        sweep = s.get(schema.Sweep, sweep_id)
+        assert sweep is not None and (len(sweep.name), len(sweep.spec_path)) == (300, 1010)
+
+
 def test_readonly_store_cannot_write(store: Store) -> None:
     reader = open_store(store.location, readonly=True)
     with reader.session() as s:
         assert s.scalars(select(schema.Sweep)).all() == []
+    with reader.session() as s:  # the same connection, back from the pool (rolled back there): still read-only
         s.add(schema.Sweep(name="x", spec_path="x", spec={}, status="running"))
-        with pytest.raises(OperationalError, match="readonly"):
+        # SQLite opens the file read-only; PostgreSQL runs every transaction READ ONLY
+        with pytest.raises(DBAPIError, match="readonly database|read-only transaction"):
             s.commit()
     reader.close()
+
+
+def _open_together(location: StoreLocation, start: Any) -> None:
+    import alembic.command  # noqa: F401 - imported lazily by open_store: here, so that no farm gets a head start
+    import alembic.config  # noqa: F401
+
+    start.wait(60)
+    open_store(location).close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_farms_create_one_new_store_at_once(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Two sweeps started together on a new store: both create-and-migrate, one after the other (it raced:
+    "table artifacts already exists" on SQLite, a duplicate alembic_version type on PostgreSQL)."""
+    location = location_on(backend, tmp_path / "farm-data", request)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(3)  # passed once every farm has imported everything: they open at the same moment
+    farms = [context.Process(target=_open_together, args=(location, start)) for _ in range(3)]
+    for farm in farms:
+        farm.start()
+    for farm in farms:
+        farm.join(120)
+    assert [farm.exitcode for farm in farms] == [0, 0, 0]
+    store = open_store(location, readonly=True)
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == _head_revision()
+    store.close()
+
+
+def test_a_store_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    """A data dir below a file (NotADirectoryError): the same path as a read-only medium (tests/test_cli.py
+    mounts one), with errno's words."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError) as raised:
+        open_store(StoreLocation.resolve(tmp_path / "file" / "farm-data"))
+    assert str(raised.value) == f"cannot create the store in {tmp_path / 'file' / 'farm-data'}: not a directory"

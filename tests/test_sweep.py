@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import onnx
@@ -226,3 +227,49 @@ def test_a_native_crash_costs_only_its_job(ray_cluster: None, tmp_path: Path) ->
     assert "worker failed after retries" in builds["crashy"].error
     assert builds["tiny"].status == "ok"
     assert result.count("benchmark", "done") == 1 and result.count("benchmark", "blocked") == 1
+
+
+def test_a_sweep_on_postgresql(ray_cluster: None, postgres_url: str, tmp_path: Path) -> None:
+    """The fleet's store, as the README's cluster section runs it: rows in PostgreSQL (--db-url), artifacts
+    in the data dir; then the sweep again (resume reads PostgreSQL), status and best through the CLI."""
+    from farm.store import StoreLocation, open_store
+
+    spec_path = write_spec(tmp_path, f"""
+        name: fleet
+        models:
+          - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
+        batch_sizes: [1]
+        backends: {{onnxruntime: {{intra_op_threads: 1}}, torch: {{}}}}
+        benchmark: {{warmup_s: 0.0, duration_s: 0.05, min_iterations: 3, window_s: 0.05, max_duration_s: 0.3}}
+        fidelity: {{data: {CALIBRATION_DATA}, samples: 2}}
+    """)
+    data_dir = tmp_path / "shared" / "farm-data"
+    where = ["--data-dir", str(data_dir), "--db-url", postgres_url]
+    runner = CliRunner()
+    swept = runner.invoke(app, ["sweep", str(spec_path), *where])
+    assert swept.exit_code == 0, swept.output
+    assert "Winners of sweep 1 (fleet)" in swept.output
+    assert not (data_dir / "farm.db").exists()  # no SQLite beside the artifacts
+
+    store = open_store(StoreLocation(data_dir, postgres_url))
+    assert store.engine.dialect.name == "postgresql"
+    with store.session() as s:
+        builds = s.scalars(select(schema.Build)).all()
+        assert {(b.backend, b.status) for b in builds} == {("onnxruntime", "ok"), ("torch", "ok")}
+        # in UTC, as SQLite's, though the test server's TimeZone is New York's
+        assert all(b.created_at.utcoffset() == timedelta(0) for b in builds)
+        bench = s.scalars(select(schema.Benchmark)).first()
+        assert bench is not None and bench.converged is not None and len(bench.raw_ms) == bench.iterations
+        for artifact in s.scalars(select(schema.Artifact)):
+            assert hashlib.sha256((data_dir / "artifacts" / artifact.path).read_bytes()).hexdigest() == artifact.sha256
+
+    spec, base = load_spec(spec_path)
+    again = run_sweep(spec, base, str(spec_path), store)
+    assert again.sweep_id == 2 and again.count("build", "cached") == 2 and again.count("build", "done") == 0
+    store.close()
+
+    status = runner.invoke(app, ["status", "--json", *where])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["stages"]["build"]["cached"] == 2
+    best = runner.invoke(app, ["best", "--model", "tiny", "--json", *where])
+    assert best.exit_code == 0 and '"model": "tiny"' in best.stdout

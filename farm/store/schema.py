@@ -13,10 +13,18 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def free_text(sqlite_length: int) -> TypeEngine[str]:
+    """Text of any length, for what a person writes (names, paths, sources): PostgreSQL enforces a
+    VARCHAR's length, so these are TEXT there (migration 0006). SQLite never enforces it and keeps the
+    VARCHAR it was created with: changing it would rebuild tables that other tables reference."""
+    return Text().with_variant(String(sqlite_length), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -51,8 +59,8 @@ class Sweep(Base):
     __tablename__ = "sweeps"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(128), index=True)
-    spec_path: Mapped[str] = mapped_column(String(512))
+    name: Mapped[str] = mapped_column(free_text(128), index=True)
+    spec_path: Mapped[str] = mapped_column(free_text(512))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated spec, as run
     status: Mapped[str] = mapped_column(String(16))  # running | finished | interrupted
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -71,7 +79,8 @@ class SweepJob(Base):
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id"), index=True)
     stage: Mapped[str] = mapped_column(String(16))  # export | variant | reference | build | benchmark | fidelity
     key: Mapped[str] = mapped_column(String(64), index=True)
-    label: Mapped[str] = mapped_column(String(256))  # what a person reads: "resnet18 fp32 onnxruntime[...] @ cpu:..."
+    # what a person reads: "resnet18 fp32 onnxruntime[...] @ cpu:..."; cut to 256 by farm.store.record (PostgreSQL enforces it)
+    label: Mapped[str] = mapped_column(String(256))
     state: Mapped[str] = mapped_column(String(16))  # pending | done | cached | failed | blocked
     error: Mapped[str | None] = mapped_column(Text, default=None)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
@@ -84,9 +93,9 @@ class Model(JobColumns, Base):
 
     __tablename__ = "models"
 
-    name: Mapped[str] = mapped_column(String(128), index=True)
-    source: Mapped[str] = mapped_column(String(512))
-    weights: Mapped[str | None] = mapped_column(String(64), default=None)
+    name: Mapped[str] = mapped_column(free_text(128), index=True)
+    source: Mapped[str] = mapped_column(free_text(512))
+    weights: Mapped[str | None] = mapped_column(free_text(64), default=None)
     input_shape: Mapped[list[Any]] = mapped_column(JSON)
     opset: Mapped[int | None] = mapped_column(Integer, default=None)
     inputs: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
@@ -178,7 +187,7 @@ class Build(JobColumns, Base):
     backend: Mapped[str] = mapped_column(String(32), index=True)
     backend_version: Mapped[str | None] = mapped_column(String(64), default=None)
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
-    label: Mapped[str] = mapped_column(String(256))
+    label: Mapped[str] = mapped_column(String(256))  # cut to 256 by farm.stages, as sweep_jobs.label
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     engine_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
     engine_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
@@ -259,7 +268,7 @@ class Retime(JobColumns, Base):
 
     __tablename__ = "retimes"
 
-    model: Mapped[str] = mapped_column(String(128), index=True)
+    model: Mapped[str] = mapped_column(free_text(128), index=True)
     target_id: Mapped[str] = mapped_column(ForeignKey("targets.id"), index=True)
     batch_size: Mapped[int] = mapped_column(Integer)
     objective: Mapped[str] = mapped_column(String(16))
