@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -97,15 +98,28 @@ def status(
                 raise fail(f"no sweep {sweep_id if sweep_id is not None else 'recorded yet'}")
             by_stage = queries.stage_progress(s, found.id)
             failures = queries.failures(s, found.id)
+            loads = queries.node_loads(s, found.id)
+            running = queries.running(s, found.id)
+            left_s = queries.remaining_seconds(found, by_stage, datetime.now(UTC))
         if as_json:
             print(json.dumps({"sweep": found.id, "name": found.name, "status": found.status, "stages": by_stage,
-                              "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures]}))
+                              "nodes": [asdict(n) for n in loads], "running": [asdict(r) for r in running], "eta_s": left_s,
+                              "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures]}, default=str))
             return
-        console.print(f"sweep {found.id} ({found.name}): {found.status}, started {found.started_at:%Y-%m-%d %H:%M:%S}")
+        console.print(f"sweep {found.id} ({found.name}): {found.status}, started {found.started_at:%Y-%m-%d %H:%M:%S}"
+                      + ("" if left_s is None else f", about {timedelta(seconds=round(left_s))} left at this pace"))
         table = Table("stage", *queries.STATES)
         for stage, states in by_stage.items():
             table.add_row(stage, *(str(states[state]) for state in queries.STATES))
         console.print(table)
+        if loads:
+            nodes = Table("node", "running", "done", "failed")
+            for load in loads:
+                nodes.add_row(escape(load.node), str(load.running), str(load.done), str(load.failed))
+            console.print(nodes)
+        for job in running:
+            since = "" if job.started is None else f" since {job.started:%H:%M:%S}"
+            console.print(f"[cyan]running[/] {job.stage} {escape(job.label)} on {escape(job.node or '?')}{since}", highlight=False)
         for failure in failures:
             console.print(f"[red]failed[/] {failure.stage} {failure.label}: {failure.error}", highlight=False)
 

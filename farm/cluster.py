@@ -107,6 +107,8 @@ def group_targets(nodes: list[Node], rtx_targets: list[str] = ()) -> list[Target
     members: dict[str, list[Node]] = {}
     targets = {}
     for node in nodes:
+        if node.cpus < 1:
+            continue  # every job needs a CPU: a head started with --num-cpus=0 only coordinates
         for target in node.device.targets():
             if target.kind == "gpu" and node.gpus < 1:
                 continue  # NVML sees the GPU but Ray was told not to schedule on it
@@ -119,11 +121,11 @@ def group_targets(nodes: list[Node], rtx_targets: list[str] = ()) -> list[Target
                 targets[target.id] = target
     groups = []
     for target_id, group_nodes in members.items():
-        versions = {}
+        versions: dict[str, str] = {}
         for key in {k for n in group_nodes for k in n.device.backends}:
             found = {n.device.backends.get(key) for n in group_nodes}
-            if len(found) == 1 and None not in found:
-                versions[key] = found.pop()
+            if len(found) == 1 and (version := found.pop()) is not None:
+                versions[key] = version
         cpus = [n.device.cpu for n in group_nodes]
         groups.append(TargetGroup(targets[target_id], tuple(n.node_id for n in group_nodes), versions,
                                   cpu_arch=cpus[0].arch, int8_dot_32bit=all(c.int8_dot_32bit for c in cpus)))

@@ -15,6 +15,7 @@ log, its dependants are marked blocked, and everything else goes on.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -75,13 +76,25 @@ def run_sweep(
     on_build_progress: BuildProgress | None = None,
 ) -> SweepResult:
     check_inputs(spec, base, spec_path)
+    recorder = Recorder(store)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not force and not address:
+        # On this machine alone the probe is this process's own look at it: if every job of the plan
+        # already finished, the answer is in the store and no Ray needs to start.
+        device = cluster.this_machine()
+        nodes = [cluster.Node("local", float(os.cpu_count() or 1), float(len(device.gpus)), device)]
+        groups = cluster.group_targets(nodes, spec.rtx_targets())
+        plan = expand(spec, base, groups)
+        if plan.jobs and recorder.all_finished([(j.stage, j.key) for j in plan.jobs]):
+            if on_plan:
+                on_plan(plan, groups)
+            return _answered_from_store(spec, spec_path, plan, recorder, listener)
     cluster.connect(address)
     nodes = cluster.probe()
     groups = cluster.group_targets(nodes, spec.rtx_targets())
     plan = expand(spec, base, groups)
     if on_plan:
         on_plan(plan, groups)
-    recorder = Recorder(store)
     recorder.save_targets(_target_rows(groups, nodes))
     sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), ((j.stage, j.key, j.label) for j in plan.jobs))
     run = SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, listener, on_build_progress)
@@ -92,6 +105,17 @@ def run_sweep(
         raise
     recorder.finish_sweep(sweep_id, "finished")
     return SweepResult(sweep_id, plan, run.schedule.states, run.schedule.errors)
+
+
+def _answered_from_store(spec: SweepSpec, spec_path: str, plan: Plan, recorder: Recorder, listener: Listener | None) -> SweepResult:
+    """A sweep whose every job already finished: recorded as such, all cached, without starting Ray."""
+    sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), ((j.stage, j.key, j.label) for j in plan.jobs),
+                                    state="cached")
+    if listener:
+        for job in plan.jobs:
+            listener(job.stage, "cached", job, None)
+    recorder.finish_sweep(sweep_id, "finished")
+    return SweepResult(sweep_id, plan, {j.key: "cached" for j in plan.jobs})
 
 
 def _target_rows(groups: list[TargetGroup], nodes: list[cluster.Node]) -> list[schema.Target]:
@@ -197,6 +221,8 @@ class SweepRun:
             self._record(job, submitted)
         else:
             self._inflight[submitted] = job
+            node = self.placement.assigned.get(job.key, "")
+            self.recorder.started(self.sweep_id, job.stage, job.key, self._node_name(node))
 
     def _collect(self, job: Job, ref: ray.ObjectRef) -> None:
         try:
@@ -224,8 +250,8 @@ class SweepRun:
             return
         self._next_look = time.monotonic() + NODE_LOOK_S
         alive = cluster.alive_nodes()
-        for node in [n for n, slot in self.placement.slots.items() if slot.alive and n not in alive]:
-            self.placement.node_died(node)
+        for node_id in [n for n, slot in self.placement.slots.items() if slot.alive and n not in alive]:
+            self.placement.node_died(node_id)
         for node in cluster.probe(timeout_s=30, known=set(self.placement.slots)):
             self.nodes[node.node_id] = node
             serves = [g.target.id for g in cluster.group_targets([node], self.spec.rtx_targets())
@@ -267,6 +293,11 @@ class SweepRun:
 
     def finished(self, key: str) -> Produced | None:
         return self._produced.get(key)
+
+    def _node_name(self, node: str) -> str:
+        """What a person reads of a Ray node: its host name and the start of its id."""
+        found = self.nodes.get(node)
+        return f"{found.device.hostname} {node[:8]}" if found is not None else node[:8]
 
     def pin(self, job: Job) -> dict[str, Any]:
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(self.placement.assigned[job.key], soft=False)}

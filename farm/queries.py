@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from farm.metrics import METRICS
 from farm.store import schema
 
-STATES = ("done", "cached", "failed", "blocked", "pending")
+STATES = ("done", "cached", "failed", "blocked", "running", "pending")
 # The metrics of a results row and of an engine's benchmark table, in column order.
 RESULT_METRICS = ("p50", "p99", "throughput", "cv", "top1_agreement", "cosine")
 BENCHMARK_METRICS = ("p50", "p90", "p99", "mean", "min", "max", "cv", "throughput", "iterations", "gpu_p50")
@@ -157,6 +157,61 @@ def stage_progress(s: Session, sweep_id: int) -> dict[str, dict[str, int]]:
         counts.setdefault(stage, {})[state] = n
     order = [st for st in STAGES if st in counts] + sorted(set(counts) - set(STAGES))
     return {st: {state: counts[st].get(state, 0) for state in STATES} for st in order}
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    """One node's share of a sweep: jobs running on it now, and those it finished or failed."""
+
+    node: str
+    running: int
+    done: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    stage: str
+    label: str
+    node: str | None
+    started: datetime | None
+
+
+def node_loads(s: Session, sweep_id: int) -> list[NodeLoad]:
+    """Per node that ran any of the sweep's jobs, busiest first."""
+    job = schema.SweepJob
+    rows = s.execute(
+        select(job.node,
+               func.sum(case((job.state == "running", 1), else_=0)),
+               func.sum(case((job.state == "done", 1), else_=0)),
+               func.sum(case((job.state == "failed", 1), else_=0)))
+        .where(job.sweep_id == sweep_id, job.node.is_not(None))
+        .group_by(job.node)
+    ).all()
+    loads = [NodeLoad(str(node), int(r or 0), int(d or 0), int(f or 0)) for node, r, d, f in rows]
+    return sorted(loads, key=lambda n: (-n.running, -n.done, n.node))
+
+
+def running(s: Session, sweep_id: int, limit: int = 20) -> list[RunningJob]:
+    """The sweep's running jobs, longest running first."""
+    job = schema.SweepJob
+    rows = s.execute(
+        select(job.stage, job.label, job.node, job.started_at)
+        .where(job.sweep_id == sweep_id, job.state == "running")
+        .order_by(job.started_at, job.id).limit(limit)
+    ).all()
+    return [RunningJob(*row) for row in rows]
+
+
+def remaining_seconds(sweep: schema.Sweep, by_stage: dict[str, dict[str, int]], now: datetime) -> float | None:
+    """At the pace so far, how long the sweep's pending and running jobs take: elapsed time per job that
+    ran here (cached jobs cost nothing) times the jobs left. None before the first job finishes."""
+    ran = sum(states["done"] + states["failed"] + states["blocked"] for states in by_stage.values())
+    left = sum(states["pending"] + states["running"] for states in by_stage.values())
+    if not ran or not left or sweep.status != "running":
+        return None
+    started = sweep.started_at if sweep.started_at.tzinfo else sweep.started_at.replace(tzinfo=now.tzinfo)
+    return (now - started).total_seconds() / ran * left
 
 
 def failures(s: Session, sweep_id: int) -> list[Failure]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from farm.jobs import Job, Plan, TargetGroup
@@ -32,6 +32,7 @@ class SweepProgress:
             MofNCompleteColumn(),
             TextColumn("{task.fields[summary]}"),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
             console=console,
         )
         self.bars: dict[str, TaskID] = {}

@@ -124,7 +124,7 @@ class NoLiveNode(RuntimeError):
 class NodeSlot:
     node_id: str
     host: str  # the physical machine (workers.device.host_id): Ray nodes and containers on one host share it
-    capacity: int  # jobs at once (its CPUs, at least one)
+    capacity: int  # jobs at once: its CPUs (a head started with --num-cpus=0 takes none)
     running: int = 0
     alive: bool = True
     started: int = 0  # jobs it was given so far: spreads ties over the nodes
@@ -137,7 +137,7 @@ class Placement:
     a timing waiting for it takes no new work, so timings are not starved by a stream of builds."""
 
     def __init__(self, groups: Iterable[TargetGroup], nodes: dict[str, tuple[str, float]]) -> None:
-        self.slots = {node: NodeSlot(node, host, max(1, int(cpus))) for node, (host, cpus) in nodes.items()}
+        self.slots = {node: NodeSlot(node, host, int(cpus)) for node, (host, cpus) in nodes.items()}
         self.targets: dict[str, list[str]] = {g.target.id: list(g.nodes) for g in groups}
         self.assigned: dict[str, str] = {}  # running job key -> node id
         self._timing: dict[str, int] = {}  # host -> timings running there
@@ -151,7 +151,7 @@ class Placement:
 
     def choose(self, job: Job) -> str | None:
         """A node for `job` now, or None to wait; NoLiveNode when its target has none left."""
-        live = [slot for slot in self.nodes_of(job) if slot.alive]
+        live = [slot for slot in self.nodes_of(job) if slot.alive and slot.capacity > 0]
         if not live:
             raise NoLiveNode(f"no live node of target {job.target_id}" if job.target_id else "no live node in the cluster")
         timing = job.stage in TIMING_STAGES
@@ -195,7 +195,7 @@ class Placement:
 
     def add_node(self, node: str, host: str, cpus: float, target_ids: Iterable[str]) -> list[str]:
         """A node that joined: it takes jobs of the targets it serves that the plan has. Returns those targets."""
-        self.slots[node] = NodeSlot(node, host, max(1, int(cpus)))
+        self.slots[node] = NodeSlot(node, host, int(cpus))
         joined = [t for t in target_ids if t in self.targets]
         for target in joined:
             self.targets[target].append(node)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from farm.store import schema
@@ -51,11 +51,12 @@ class Recorder:
 
     # --- sweeps -------------------------------------------------------------------------
 
-    def start_sweep(self, name: str, spec_path: str, spec: dict[str, Any], jobs: Iterable[tuple[str, str, str]]) -> int:
-        """A sweep row and one pending sweep-job row per (stage, key, label)."""
+    def start_sweep(self, name: str, spec_path: str, spec: dict[str, Any], jobs: Iterable[tuple[str, str, str]],
+                    state: str = "pending") -> int:
+        """A sweep row and one sweep-job row per (stage, key, label), in `state`."""
         with self.store.session() as s, s.begin():
             sweep = schema.Sweep(name=name, spec_path=spec_path, spec=spec, status="running")
-            sweep.jobs = [schema.SweepJob(stage=stage, key=key, label=label[:256], state="pending") for stage, key, label in jobs]
+            sweep.jobs = [schema.SweepJob(stage=stage, key=key, label=label[:256], state=state) for stage, key, label in jobs]
             s.add(sweep)
             s.flush()
             return sweep.id
@@ -63,6 +64,13 @@ class Recorder:
     def finish_sweep(self, sweep_id: int, status: str) -> None:
         with self.store.session() as s, s.begin():
             s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(status=status, finished_at=datetime.now(UTC)))
+
+    def started(self, sweep_id: int, stage: str, key: str, node: str) -> None:
+        """A job was submitted to `node` (a Ray node id, or a host name): running since now."""
+        with self.store.session() as s, s.begin():
+            s.execute(update(schema.SweepJob)
+                      .where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == stage, schema.SweepJob.key == key)
+                      .values(state="running", node=node[:128], started_at=datetime.now(UTC)))
 
     def mark(self, sweep_id: int, stage: str, key: str, state: str, error: str | None = None) -> None:
         with self.store.session() as s, s.begin():
@@ -81,6 +89,21 @@ class Recorder:
                 s.merge(target)
 
     # --- resume -------------------------------------------------------------------------
+
+    def all_finished(self, jobs: list[tuple[str, str]]) -> bool:
+        """Whether every (stage, key) already has a row with status ok (one query per stage and 500 keys)."""
+        by_stage: dict[str, list[str]] = {}
+        for stage, key in jobs:
+            by_stage.setdefault(stage, []).append(key)
+        with self.store.session() as s:
+            for stage, keys in by_stage.items():
+                table = ROW_TYPES[stage]
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start : start + 500]
+                    found = s.scalar(select(func.count()).select_from(table).where(table.key.in_(chunk), table.status == "ok"))
+                    if found != len(set(chunk)):
+                        return False
+        return True
 
     def finished(self, stage: str, key: str) -> schema.JobColumns | None:
         """The row of a job that already finished with status ok, or None."""

@@ -81,9 +81,12 @@ class SweepJob(Base):
     key: Mapped[str] = mapped_column(String(64), index=True)
     # what a person reads: "resnet18 fp32 onnxruntime[...] @ cpu:..."; cut to 256 by farm.store.record (PostgreSQL enforces it)
     label: Mapped[str] = mapped_column(String(256))
-    state: Mapped[str] = mapped_column(String(16))  # pending | done | cached | failed | blocked
+    state: Mapped[str] = mapped_column(String(16))  # pending | running | done | cached | failed | blocked
     error: Mapped[str | None] = mapped_column(Text, default=None)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # where and since when it runs (or ran): what `farm status` shows of a sweep in progress
+    node: Mapped[str | None] = mapped_column(String(128), default=None)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
     sweep: Mapped[Sweep] = relationship(back_populates="jobs")
 

@@ -1,0 +1,110 @@
+"""A real multi-node Ray cluster on this machine, started with `ray start` the way a fleet is: a head
+that only coordinates (--num-cpus=0) and worker nodes that join it with their own CPUs and
+`farm-label:` resources. Nodes are processes here, so a test can kill one the way a machine dies.
+
+Everything it starts lives under its own --temp-dir and is stopped by that path alone: `ray stop`
+would also end the test session's own local Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _agent_ports() -> list[str]:
+    # A second Ray on one machine needs its own of every port the first may hold.
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+
+
+class LocalFleet:
+    """A head and the worker nodes added to it; `env` is what a driver or `ray job submit` needs."""
+
+    def __init__(self, *, dashboard: bool = False) -> None:
+        # Short: Ray's socket paths under it must fit in 107 bytes, which pytest's tmp_path may not.
+        self.temp = Path(tempfile.mkdtemp(prefix="farm-ray-"))
+        self.env = dict(os.environ)
+        # Ray 2.60 turns token auth on once ~/.ray/auth_token exists, and `ray start` then needs a token;
+        # a fresh one in the environment works on a fresh machine and on one where the file exists.
+        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{self.env['PATH']}")
+        self.env.pop("RAY_ADDRESS", None)
+        self.address = f"127.0.0.1:{free_port()}"
+        self.dashboard_url = f"http://127.0.0.1:{free_port()}" if dashboard else None
+        web = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_url.rsplit(':', 1)[1]}"] \
+            if self.dashboard_url else ["--include-dashboard=false"]
+        self._start(["--head", f"--port={self.address.rsplit(':', 1)[1]}", "--num-cpus=0", f"--temp-dir={self.temp}", *web])
+        self.head = next(iter(self._raylets()))
+
+    def add_node(self, cpus: int, labels: tuple[str, ...] = ()) -> str:
+        """A worker node with `cpus` CPUs and these farm labels; returns its Ray node id."""
+        before = set(self._raylets())
+        resources = json.dumps({f"farm-label:{label}": 1 for label in labels})
+        self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--resources={resources}",
+                     f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"])
+        (node,) = set(self._raylets()) - before
+        return node
+
+    def kill_node(self, node_id: str) -> None:
+        """SIGKILL a node's raylet and every process under it, as when its machine loses power."""
+        raylet = self._raylets()[node_id]
+        doomed = [raylet, *raylet.children(recursive=True)]
+        doomed += [p for p in self._mine() if f"--node-id={node_id}" in " ".join(p.cmdline())]  # its agents
+        for process in doomed:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        mine = self._mine()
+        for process in mine:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _gone, alive = psutil.wait_procs(mine, timeout=15)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def _start(self, args: list[str]) -> None:
+        started = subprocess.run([RAY, "start", *args, "--disable-usage-stats", *_agent_ports()],
+                                 env=self.env, capture_output=True, text=True, timeout=180)
+        if started.returncode:
+            self.stop()
+            raise RuntimeError(f"ray start {' '.join(args)} failed: {started.stdout[-2000:]} {started.stderr[-2000:]}")
+
+    def _mine(self) -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            if str(self.temp) in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+        return found
+
+    def _raylets(self) -> dict[str, psutil.Process]:
+        """Raylet processes under this fleet's temp dir, by the node id they serve."""
+        found = {}
+        for process in self._mine():
+            args = process.info["cmdline"] or []
+            if args and args[0].endswith("/raylet"):
+                node = next(a.removeprefix("--node_id=") for a in args if a.startswith("--node_id="))
+                found[node] = process
+        return found
