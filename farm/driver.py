@@ -30,7 +30,8 @@ from farm import cluster, tasks
 from farm.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
 from farm.plan import expand
 from farm.schedule import Event, Placement, Schedule
-from farm.spec import SpecError, SweepSpec
+# check_inputs: files the spec names that cannot serve fail the sweep before Ray starts
+from farm.spec import SweepSpec, check_inputs
 from farm.stages import Produced, Stage, registry
 from farm.store import schema
 from farm.store.db import Store
@@ -96,19 +97,6 @@ def _target_rows(groups: list[TargetGroup], nodes: list[cluster.Node]) -> list[s
     devices = {n.node_id: n.device for n in nodes}
     return [schema.Target(id=g.target.id, kind=g.target.kind, name=g.target.name, compute_capability=g.target.compute_capability,
                           description=asdict(devices[g.nodes[0]])) for g in groups]
-
-
-def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
-    """Fail before any work when the spec points at data that is not there."""
-    used = [("fidelity.data" if spec.fidelity.data else "calibration.data", spec.fidelity.folder(base, spec.calibration))]
-    if spec.needs_calibration():
-        used.append(("calibration.data", spec.calibration.folder(base)))
-    for field, path in used:
-        if not path.exists():
-            raise SpecError(f"{spec_path}: {field}: {path} does not exist (relative paths start at the spec's folder)")
-    labels = spec.fidelity.labels_file(base)
-    if labels is not None and not labels.is_file():
-        raise SpecError(f"{spec_path}: fidelity.labels: {labels} is not a file")
 
 
 class SweepRun:
