@@ -142,6 +142,7 @@ class SweepRun:
                 self._produced[key] = self.stages[job.stage].produced(row)
                 self._report(self.schedule.finish(key, "cached"))
         while not self.schedule.finished:
+            self.recorder.heartbeat(self.sweep_id)  # throttled in the recorder; readers call a silent driver gone
             start, blocked = self.schedule.advance()
             for event in blocked:
                 self._report(event)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, case, func, select
@@ -26,6 +26,23 @@ FIDELITY_METRICS = ("top1_agreement", "top5_agreement", "cosine", "cosine_min", 
                     "reference_accuracy", "box_recall", "box_precision")
 STAGES = schema.STAGES
 ROWS = schema.STAGE_TABLES
+# A running sweep whose driver wrote no heartbeat for this long (it writes one every few seconds,
+# farm.store.record.HEARTBEAT_S) lost its driver: kill -9, a crash, a full disk.
+STALE_S = 60
+
+
+def sweep_status(status: str, heartbeat: datetime | None, started: datetime, now: datetime | None = None) -> str:
+    """What a person is told of a sweep: its stored status, except that a "running" sweep whose driver
+    stopped beating is "interrupted (driver gone since HH:MM:SS UTC)"."""
+    if status != "running":
+        return status
+    last = heartbeat or started  # a sweep recorded before heartbeats existed: its start is all we know
+    now = now or datetime.now(UTC)
+    if last.tzinfo is None:  # SQLite keeps naive UTC
+        now = now.replace(tzinfo=None)
+    if now - last <= timedelta(seconds=STALE_S):
+        return status
+    return f"interrupted (driver gone since {last:%H:%M:%S} UTC)"
 
 
 @dataclass(frozen=True)
@@ -108,7 +125,7 @@ def _cell(value: Any) -> str:
 class SweepSummary:
     id: int
     name: str
-    status: str
+    status: str  # as shown (sweep_status): a running sweep whose driver is gone reads "interrupted (...)"
     spec: str
     started: datetime
     finished: datetime | None
@@ -131,11 +148,12 @@ def sweeps(s: Session) -> list[SweepSummary]:
     )
     rows = s.execute(
         select(schema.Sweep.id, schema.Sweep.name, schema.Sweep.status, schema.Sweep.spec_path, schema.Sweep.started_at,
-               schema.Sweep.finished_at, jobs.c.jobs, jobs.c.finished, jobs.c.failed)
+               schema.Sweep.finished_at, jobs.c.jobs, jobs.c.finished, jobs.c.failed, schema.Sweep.heartbeat_at)
         .outerjoin(jobs, jobs.c.sweep_id == schema.Sweep.id)
         .order_by(schema.Sweep.id.desc())
     ).all()
-    return [SweepSummary(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6] or 0), int(r[7] or 0), int(r[8] or 0)) for r in rows]
+    return [SweepSummary(r[0], r[1], sweep_status(r[2], r[9], r[4]), r[3], r[4], r[5], int(r[6] or 0), int(r[7] or 0), int(r[8] or 0))
+            for r in rows]
 
 
 def sweep(s: Session, sweep_id: int | None = None) -> schema.Sweep | None:
@@ -143,6 +161,38 @@ def sweep(s: Session, sweep_id: int | None = None) -> schema.Sweep | None:
     if sweep_id is not None:
         return s.get(schema.Sweep, sweep_id)
     return s.scalars(select(schema.Sweep).order_by(schema.Sweep.id.desc()).limit(1)).first()
+
+
+def model_provenance(s: Session, model_key: str) -> dict[str, Any]:
+    """How to feed a model and what its weights are, as bundles, manifests and `farm best --json` state
+    them: `preprocess` ({resize, crop, mean, std}, as the newest sweep that exported it resolved it;
+    None where no sweep recorded it), `weights` (a name, or None) and `random_weights`."""
+    model = s.get(schema.Model, model_key)
+    if model is None:
+        return {"preprocess": None, "weights": None, "random_weights": False}
+    specs = s.scalars(select(schema.Sweep.spec).join(schema.SweepJob, schema.SweepJob.sweep_id == schema.Sweep.id)
+                      .where(schema.SweepJob.stage == "export", schema.SweepJob.key == model_key)
+                      .order_by(schema.Sweep.id.desc()))
+    preprocess = None
+    for spec in specs:
+        entry = next((m for m in (spec or {}).get("models") or [] if isinstance(m, dict) and m.get("name") == model.name), None)
+        if entry is not None:
+            preprocess = entry.get("preprocess_used") or entry.get("preprocess")
+            break
+    return {"preprocess": preprocess, "weights": model.weights, "random_weights": random_weights(model.source, model.weights)}
+
+
+def build_provenance(s: Session, build_key: str) -> dict[str, Any]:
+    """model_provenance of the model a build was made from."""
+    model_key = s.scalar(select(schema.Variant.model_key).join(schema.Build, schema.Build.variant_key == schema.Variant.key)
+                         .where(schema.Build.key == build_key))
+    return model_provenance(s, model_key or "")
+
+
+def random_weights(source: str, weights: str | None) -> bool:
+    """A torchvision network asked for with `weights: null`: seeded random init, a speed result only.
+    (An ONNX file brings its weights, and a factory may load its own.)"""
+    return weights is None and source.startswith("torchvision:")
 
 
 def stage_progress(s: Session, sweep_id: int) -> dict[str, dict[str, int]]:

@@ -124,11 +124,13 @@ def verdict_json(c: Candidate) -> dict[str, Any] | None:
     return asdict(c.verdict) if c.verdict is not None else None
 
 
-def candidate_json(c: Candidate) -> dict[str, Any]:
+def candidate_json(c: Candidate, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A winner as `farm best --json` prints it; `provenance` (farm.queries.build_provenance) adds
+    `preprocess`, `weights` and `random_weights` under the names bundle manifests use."""
     from dataclasses import asdict
 
     found = asdict(c)
     found.pop("retimed")  # the raw rounds: in the store and the report, not in every answer
     return found | {"engine": c.engine, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "throughput": c.throughput,
                     "cv": c.cv, "top1_agreement": c.top1_agreement, "cosine_mean": c.cosine_mean,
-                    "note": RANDOM_WEIGHTS if c.random_weights else None}
+                    "note": RANDOM_WEIGHTS if c.random_weights else None} | (provenance or {})

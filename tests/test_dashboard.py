@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from farm import queries
 from farm.store import StoreLocation, open_store, schema
-from tests.seed import H200, L4, TRT_O3, TRT_O5, Seeded, seed, seed_bulk
+from tests.seed import H200, L4, TRT_O3, TRT_O5, Seeded, beat, seed, seed_bulk
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 EMPTY_HINT = "farm sweep sweeps/quickstart.yaml"
@@ -30,6 +30,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
 
 @pytest.fixture()
 def app(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    beat(seeded.location)  # the seeded running sweep's driver is alive (else it reads as interrupted after a minute)
     monkeypatch.setenv("FARM_DATA_DIR", str(seeded.location.data_dir))
     monkeypatch.delenv("FARM_DB_URL", raising=False)
     return AppTest.from_file(str(APP), default_timeout=30)
