@@ -30,6 +30,7 @@ from farm.cli_common import (
     FloorOption,
     ObjectiveOption,
     OneLineGroup,
+    check_address,
     checked_objective,
     data_warnings,
     err,
@@ -96,6 +97,7 @@ def sweep(
         parsed, base = load_spec(spec)
         objective = checked_objective(objective or parsed.selection.objective)
         check_inputs(parsed, base, str(spec))  # before the store is created and Ray starts: a mistake costs nothing
+        check_address(address)
         store = writable_store(data_dir, db_url)
         progress = SweepProgress(console)
         with progress.shown():
@@ -316,7 +318,7 @@ def pull(
     out.print(f"chosen    {picked.rule}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"engine    {engine_path} (sha256 {record.engine_sha256} verified)", highlight=False, soft_wrap=True, markup=False)
     out.print(f"manifest  {manifest_path}", highlight=False, soft_wrap=True, markup=False)
-    extra = record.engine_manifest.get("extra") or {}
+    extra = record.extra
     if extra.get("how_to_load"):  # a PyTorch engine: a package or a recipe, and how to run it
         out.print(f"load      {extra['how_to_load']}", highlight=False, soft_wrap=True, markup=False)
     if str(extra.get("reproducible", "")).startswith("in-process only"):

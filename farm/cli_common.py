@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -106,7 +108,8 @@ def one_line_errors(as_json: bool = False) -> Iterator[None]:
     except (ArgumentError, NoSuchModuleError) as exc:  # a --db-url SQLAlchemy cannot parse or has no driver for
         raise end(f"--db-url: {exc}", BAD_INPUT) from None
     except (ConnectionError, RayError) as exc:  # the Ray cluster: not there, or refusing us (auth)
-        raise end(f"Ray cluster: {exc}", BAD_INPUT) from None
+        hint = " (token authentication: README, On a cluster)" if "auth" in str(exc).lower() else ""
+        raise end(f"Ray cluster: {exc}{hint}", BAD_INPUT) from None
     except FileNotFoundError as exc:
         raise end(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), BAD_INPUT) from None
     except OSError as exc:  # a write that failed: a full disk, a read-only medium, a path under a file
@@ -114,6 +117,22 @@ def one_line_errors(as_json: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         err.print("interrupted: finished results are kept; run the same sweep again to resume")
         raise typer.Exit(INTERRUPTED) from None
+
+
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Refuse a Ray address that is malformed or where nothing listens, in one line and at once: Ray
+    itself retries an unreachable address for minutes, and a malformed one is a ValueError traceback."""
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given or given in ("auto", "local"):
+        return
+    name = "--address" if address else "RAY_ADDRESS"
+    host, sep, port = given.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{name} {given}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"{name} {given}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def checked_objective(objective: str) -> Objective:

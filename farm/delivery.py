@@ -111,14 +111,21 @@ class StoredEngine(BuildDetail):
 
     @property
     def engine_manifest(self) -> dict[str, Any]:
-        return self.manifest or {}
+        """The build's manifest as stored; anything but a JSON object reads as empty (the store is input too)."""
+        return self.manifest if isinstance(self.manifest, dict) else {}
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        found = self.engine_manifest.get("extra")
+        return found if isinstance(found, dict) else {}
 
     @property
     def engine_file(self) -> str:
         """The file name the engine is delivered under: what its manifest says (engine.pt2 for an
         AOTInductor package), else by backend."""
-        named = (self.engine_manifest.get("extra") or {}).get("engine_file")
-        return str(named) if named else "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")
+        named = self.extra.get("engine_file")
+        plain = isinstance(named, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", named) and named not in (".", "..")
+        return named if plain else "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")  # a file name, never a path
 
     @property
     def bundle_name(self) -> str:
@@ -140,7 +147,7 @@ def load_engine(session: Session, build_key: str) -> StoredEngine:
     fidelity = detail.fidelity if detail.fidelity and detail.fidelity["status"] == "ok" else None
     return replace(
         StoredEngine(**{f.name: getattr(detail, f.name) for f in fields(detail)}),
-        manifest=dict(detail.manifest or {}),
+        manifest=dict(detail.manifest) if isinstance(detail.manifest, dict) else {},
         compute_capability=compute_capability(session.get(schema.Target, detail.target)),
         batch_sizes=tuple(b["batch_size"] for b in timed),
         fidelity=None if fidelity is None else {k: v for k, v in fidelity.items() if k not in ("status", "error")},
@@ -514,11 +521,11 @@ def runtime_options(record: StoredEngine) -> dict[str, Any]:
     {"parameters": {key: value}, "graph_level": int | None}. TensorRT plans carry theirs inside."""
     if record.backend != "onnxruntime":
         return {}
-    extra = record.engine_manifest.get("extra") or {}
-    level = str(extra.get("graph_optimization_level_used") or record.options.get("graph_optimization_level", "all"))
+    level = str(record.extra.get("graph_optimization_level_used") or record.options.get("graph_optimization_level", "all"))
     parameters = {}
-    if "intra_op_threads" in record.options:
-        parameters["intra_op_thread_count"] = str(int(record.options["intra_op_threads"]))
+    threads = record.options.get("intra_op_threads")
+    if isinstance(threads, int) and not isinstance(threads, bool):
+        parameters["intra_op_thread_count"] = str(threads)
     return {"parameters": parameters, "graph_level": ORT_GRAPH_LEVELS.get(level)}
 
 
@@ -527,24 +534,48 @@ def max_batch_size(record: StoredEngine) -> int:
 
     TensorRT manifests carry the profile as extra "profile": {input name: [min, opt, max] batch}.
     """
-    profile = (record.engine_manifest.get("extra") or {}).get("profile") or {}
-    maxima = [int(shape[2]) for shape in profile.values() if isinstance(shape, list) and len(shape) == 3]
+    profile = record.extra.get("profile")
+    maxima = [shape[2] for shape in (profile.values() if isinstance(profile, dict) else ())
+              if isinstance(shape, list) and len(shape) == 3 and _count(shape[2])]
     if maxima:
         return min(maxima)
-    inputs = record.engine_manifest.get("inputs") or []
-    if inputs and inputs[0]["shape"] and isinstance(inputs[0]["shape"][0], int):
-        return int(inputs[0]["shape"][0])
+    inputs = record.engine_manifest.get("inputs")
+    first = inputs[0] if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) else {}
+    shape = first.get("shape")
+    if isinstance(shape, list) and shape and _count(shape[0]):
+        return int(shape[0])
     return max(record.batch_sizes, default=1)
 
 
-def _tensors(section: str, tensors: list[dict[str, Any]]) -> list[str]:
+def _count(value: Any) -> bool:
+    """A positive int that is not a bool: what a batch dimension read from a manifest must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def manifest_tensors(manifest: dict[str, Any], section: str) -> list[tuple[str, list[int | str], str]]:
+    """(name, shape, dtype) of the manifest's "inputs" or "outputs", or ExportError (one line) where the
+    manifest does not describe them: manifests come from stores and bundles, and are read as untrusted."""
+    found = manifest.get(section)
+    if not isinstance(found, list) or not found:
+        raise ExportError(f"the engine's manifest does not describe its {section}")
+    tensors = []
+    for i, tensor in enumerate(found):
+        shape = tensor.get("shape") if isinstance(tensor, dict) else None
+        if (not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) or not isinstance(tensor.get("dtype"), str)
+                or not isinstance(shape, list) or not all(isinstance(d, int | str) and not isinstance(d, bool) for d in shape)):
+            raise ExportError(f"manifest {section}[{i}]: expected {{name, shape, dtype}}")
+        tensors.append((tensor["name"], shape, tensor["dtype"]))
+    return tensors
+
+
+def _tensors(section: str, tensors: list[tuple[str, list[int | str], str]]) -> list[str]:
     lines = [f"{section} ["]
-    for i, tensor in enumerate(tensors):
-        dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in tensor["shape"][1:])
-        dtype = TRITON_DTYPES.get(tensor["dtype"])
+    for i, (name, shape, dtype_name) in enumerate(tensors):
+        dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape[1:])
+        dtype = TRITON_DTYPES.get(dtype_name)
         if dtype is None:
-            raise ExportError(f"tensor {tensor['name']}: no Triton data type for {tensor['dtype']}")
-        lines += ["  {", f"    name: {_quote(tensor['name'])}", f"    data_type: {dtype}", f"    dims: [ {dims} ]",
+            raise ExportError(f"tensor {name}: no Triton data type for {dtype_name}")
+        lines += ["  {", f"    name: {_quote(name)}", f"    data_type: {dtype}", f"    dims: [ {dims} ]",
                   "  }" + ("," if i < len(tensors) - 1 else "")]
     return lines + ["]"]
 
@@ -559,10 +590,12 @@ def config_pbtxt(name: str, platform: str, kind: str, max_batch: int, manifest: 
 
     `options` (runtime_options) become `parameters` and `optimization { graph { level } }`, so Triton
     runs the engine as it was timed; `dynamic_batching` prefers the batch sizes that were measured."""
-    if not manifest.get("inputs") or not manifest.get("outputs"):
-        raise ExportError(f"{name}: the engine's manifest does not describe its inputs and outputs")
+    try:
+        inputs, outputs = manifest_tensors(manifest, "inputs"), manifest_tensors(manifest, "outputs")
+    except ExportError as exc:
+        raise ExportError(f"{name}: {exc}") from None
     lines = [f"name: {_quote(name)}", f"platform: {_quote(platform)}", f"max_batch_size: {max_batch}"]
-    lines += _tensors("input", manifest["inputs"]) + _tensors("output", manifest["outputs"])
+    lines += _tensors("input", inputs) + _tensors("output", outputs)
     lines += ["instance_group [", "  {", "    count: 1", f"    kind: {kind}", "  }", "]"]
     if max_batch > 1:  # Triton forms batches from single requests, at the sizes that were measured
         preferred = [b for b in batch_sizes or [] if 1 < b <= max_batch]
