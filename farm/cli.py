@@ -86,6 +86,7 @@ def sweep(
 
     Exits 0 when every job ended done or cached, 1 when some failed, 3 when none succeeded, 2 when the
     spec or its files are wrong (checked before Ray starts: nothing ran)."""
+    from farm import cluster
     from farm.driver import run_sweep
     from farm.report import SweepProgress, print_answers
     from farm.select import Constraints, candidates, untimed, winners
@@ -98,6 +99,7 @@ def sweep(
         objective = checked_objective(objective or parsed.selection.objective)
         check_inputs(parsed, base, str(spec))  # before the store is created and Ray starts: a mistake costs nothing
         check_address(address)
+        cluster.connect(address)  # before the store: a cluster that refuses us (auth) leaves nothing behind
         store = writable_store(data_dir, db_url)
         progress = SweepProgress(console)
         with progress.shown():

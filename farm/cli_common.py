@@ -108,8 +108,10 @@ def one_line_errors(as_json: bool = False) -> Iterator[None]:
     except (ArgumentError, NoSuchModuleError) as exc:  # a --db-url SQLAlchemy cannot parse or has no driver for
         raise end(f"--db-url: {exc}", BAD_INPUT) from None
     except (ConnectionError, RayError) as exc:  # the Ray cluster: not there, or refusing us (auth)
-        hint = " (token authentication: README, On a cluster)" if "auth" in str(exc).lower() else ""
-        raise end(f"Ray cluster: {exc}{hint}", BAD_INPUT) from None
+        message = _flat(str(exc))
+        if "auth" in message.lower():  # Ray's advice runs to five sentences: the first, and where farm documents tokens
+            message = message.split(". ")[0].rstrip(".") + " (set RAY_AUTH_TOKEN or ~/.ray/auth_token: README, On a cluster)"
+        raise end(f"Ray cluster: {message}", BAD_INPUT) from None
     except FileNotFoundError as exc:
         raise end(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), BAD_INPUT) from None
     except OSError as exc:  # a write that failed: a full disk, a read-only medium, a path under a file

@@ -223,6 +223,8 @@ def _array_header(path: Path) -> tuple[int, ...]:
                     return _npy_shape(handle)
         with path.open("rb") as handle:
             return _npy_shape(handle)
+    except CalibrationDataError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise CalibrationDataError(f"not a readable numpy file ({exc})") from exc
 
