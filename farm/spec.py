@@ -110,7 +110,7 @@ class ModelSpec(Strict):
     # A factory's model states its preprocessing here.
     preprocess: PreprocessSpec | None = None
     # The batch sizes this model runs at, where not the sweep's (a torchvision detector takes one image)
-    batch_sizes: Annotated[list[BatchSize], BeforeValidator(_listify)] | None = None
+    batch_sizes: Annotated[list[BatchSize], BeforeValidator(_listify), Field(min_length=1)] | None = None
 
     @field_validator("source")
     @classmethod
@@ -166,7 +166,7 @@ def _torchvision_preprocess(arch: str, weights: str) -> Preprocess | None:
         return None  # unknown weights are reported by the export stage, with the known names
 
 
-BatchSizes = Annotated[list[BatchSize], BeforeValidator(_listify)]
+BatchSizes = Annotated[list[BatchSize], BeforeValidator(_listify), Field(min_length=1)]  # [] would time nothing
 
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
