@@ -286,7 +286,7 @@ def dashboard(
         "--server.headless=true", f"--server.address={host}", f"--server.port={port}",
         "--browser.gatherUsageStats=false", "--server.fileWatcherType=none", "--client.toolbarMode=viewer",
     ]
-    err.print(f"farm dashboard on http://{host}:{port} reading {location.url}", highlight=False, markup=False)
+    err.print(f"farm dashboard on http://{host}:{port} reading {location.url}", highlight=False, markup=False, soft_wrap=True)
     # Become the Streamlit server (same pid), so stopping `farm dashboard` stops it.
     os.execvpe(command[0], command, env)
 

@@ -180,7 +180,8 @@ class SweepRun:
         except TaskCancelledError:
             outcome = tasks.Outcome(False, error=f"timed out after {self.spec.limits.job_timeout_s:.0f} s")
         except RayError as exc:  # the worker process died (a native crash, OOM) after its retries
-            outcome = tasks.Outcome(False, error=f"{type(exc).__name__}: worker failed after retries", log=str(exc))
+            outcome = tasks.Outcome(False, error=f"{type(exc).__name__}: worker failed after retries (its process died: out of memory "
+                                                 "or a native crash; the log has Ray's account)", log=str(exc))
         self._record(job, outcome)
 
     def _record(self, job: Job, outcome: tasks.Outcome) -> None:

@@ -58,7 +58,8 @@ class SweepProgress:
         summary = " ".join(f"{n} {s}" for s, n in sorted(self.counts[stage].items()))
         self.progress.update(self.bars[stage], advance=1, summary=summary)
         if state == "failed":
-            self.console.print(f"[red]failed[/] {stage} {escape(job.label)}: {escape(error or '')}")
+            # soft_wrap: a long error (ONNX Runtime's unknown-op message) stays one line, whatever the console's width
+            self.console.print(f"[red]failed[/] {stage} {escape(job.label)}: {escape(error or '')}", soft_wrap=True, highlight=False)
 
     def on_build_progress(self, job: Job, phase: str, done: int, total: int) -> None:
         if "build" in self.bars:

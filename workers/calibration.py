@@ -60,6 +60,7 @@ def load_images(folder: str | Path, preprocess: Preprocess, *, limit: int | None
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             if path.suffix.lower() not in SIDE_FILES:
                 skipped.append(f"{path.name}: not an image file")
+                log.warning("%s: skipped, not an image file", path)
             continue
         try:
             rows.append(_read_image(path, preprocess))
