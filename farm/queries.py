@@ -318,6 +318,28 @@ def build_choices(s: Session, limit: int = 2000) -> dict[str, str]:
     return {key: text if status == "ok" else f"{text} ({status})" for key, text, status in rows}
 
 
+def timed_pair(s: Session) -> tuple[str, str] | None:
+    """Two builds worth comparing when nothing is chosen yet: the newest build with a timing, and the
+    fastest other timed build of the same model and target at a batch size both were timed at (else
+    any other timed build). None when fewer than two builds have timings."""
+    p50 = getattr(schema.Benchmark, METRICS["p50"].column)
+    rows = s.execute(
+        select(schema.Build.key, schema.Variant.model_key, schema.Build.target_id, schema.Benchmark.batch_size, p50)
+        .join(schema.Variant, schema.Build.variant_key == schema.Variant.key)
+        .join(schema.Benchmark, schema.Benchmark.build_key == schema.Build.key)
+        .where(schema.Build.status == "ok", schema.Benchmark.status == "ok", p50.is_not(None))
+        .order_by(schema.Build.created_at.desc(), schema.Benchmark.batch_size)
+    ).all()
+    if len({r[0] for r in rows}) < 2:
+        return None
+    first = rows[0]
+    batches = {r[3] for r in rows if r[0] == first[0]}
+    peers = sorted((r for r in rows if r[0] != first[0] and (r[1], r[2]) == (first[1], first[2]) and r[3] in batches),
+                   key=lambda r: (r[3], r[4]))
+    other = peers[0][0] if peers else next(r[0] for r in rows if r[0] != first[0])
+    return first[0], other
+
+
 def build_label(s: Session, key: str) -> str | None:
     return s.scalar(select(schema.Build.label).where(schema.Build.key == key))
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import json
 import multiprocessing
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,23 @@ def test_sweeps_page_shows_progress_and_failures(app: AppTest, seeded: Seeded) -
     assert "mobilenet_v3_large int8 tensorrt" in failure.label
     assert "no implementation for" in failure.error[0].value
     assert "Error Code 2" in failure.code[0].value
+
+
+def test_a_sweep_whose_driver_is_gone_reads_interrupted(app: AppTest, seeded: Seeded) -> None:
+    """Issue 13: after kill -9 the sweep read "running" forever; its heartbeat says when the driver went."""
+    import streamlit as st
+
+    store = open_store(seeded.location)
+    with store.session() as s, s.begin():
+        s.get(schema.Sweep, seeded.sweeps["nightly"]).heartbeat_at = datetime(2026, 12, 1, 8, 30, 15, tzinfo=UTC)
+    store.close()
+    st.cache_data.clear()
+    at = open_page(app, "sweeps")
+    assert at.toggle(key=f"auto_refresh-{seeded.sweeps['nightly']}").value is False  # nothing is running any more
+    assert at.metric[0].value == "interrupted (driver gone since 08:30:15 UTC)"
+    assert len(at.get("progress")) == 0
+    beat(seeded.location)
+    st.cache_data.clear()
 
 
 def test_results_filters(app: AppTest) -> None:
@@ -224,12 +243,24 @@ def test_compare_page(app: AppTest, seeded: Seeded) -> None:
     at = open_page(app, "compare")
     summary, timings, options, manifest = (frame(at, i) for i in range(4))
     assert not summary.set_index("field").loc["precision", "differs"]
-    level = options.set_index("field").loc["optimization_level"]
+    level = options.set_index("field").loc["optimization level"]  # labelled, not the raw key
     assert (level["A"], level["B"], level["differs"]) == ("3", "5", True)
     p99 = timings[(timings["batch"] == 1) & (timings["metric"] == "p99 ms")].iloc[0]
-    assert p99["B / A"] < 0.5  # level 5 has no tail
-    assert "options.optimization_level" in set(manifest["field"]) and manifest["differs"].all()
+    assert p99["ratio"] < 0.5 and p99["B / A"] == f"{p99['ratio']:.2f}x"  # level 5 has no tail
+    assert all(len(value.split(".")[-1]) <= 3 for value in timings["A"] if "." in value)  # rounded as farm.metrics formats them
+    assert "options › optimization level" in set(manifest["field"]) and manifest["differs"].all()
     assert "optimization_level" in at.code[0].value  # the unified diff
+    [histogram] = at.get("plotly_chart")  # both builds' iterations, overlaid
+    spec = json.loads(histogram.proto.spec)
+    assert [t["type"] for t in spec["data"]] == ["histogram", "histogram"] and spec["layout"]["barmode"] == "overlay"
+
+
+def test_compare_opens_on_two_timed_builds(app: AppTest) -> None:
+    """Issue 13: it opened on the two newest builds, which had no timings (a failed build, an rtx one)."""
+    at = open_page(app, "compare")
+    timings = frame(at, 1)
+    assert set(timings["A"]) - {"-"} and set(timings["B"]) - {"-"}
+    assert at.get("plotly_chart")
 
 
 # --- reading while the driver writes -----------------------------------------------------------
