@@ -1,4 +1,4 @@
-"""The Ray fan-out: the pipeline of DESIGN.md, one stage at a time as jobs become ready.
+"""The Ray fan-out: the pipeline of docs/architecture.md, one stage at a time as jobs become ready.
 
     spec --expand--> jobs
     export (per model) -> reference (fp32 outputs on the held-out rows)

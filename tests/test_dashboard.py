@@ -55,7 +55,7 @@ def text(at: AppTest) -> str:
 
 
 def test_dashboard_reads_through_farm_only() -> None:
-    """DESIGN: the dashboard never imports workers (directly or through farm.delivery / farm.select)."""
+    """docs/architecture.md: the dashboard never imports workers (directly or through farm.delivery / farm.select)."""
     for script in APP.parent.rglob("*.py"):
         tree = ast.parse(script.read_text())
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
