@@ -124,8 +124,9 @@ class StoredEngine(BuildDetail):
         """The file name the engine is delivered under: what its manifest says (engine.pt2 for an
         AOTInductor package), else by backend."""
         named = self.extra.get("engine_file")
-        plain = isinstance(named, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", named) and named not in (".", "..")
-        return named if plain else "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")  # a file name, never a path
+        if isinstance(named, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", named) and named not in (".", ".."):
+            return named
+        return "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")  # a manifest's odd name is never used as a path
 
     @property
     def bundle_name(self) -> str:

@@ -72,7 +72,8 @@ def _onnx_external(path: Path, location: str) -> None:
 
 
 def _npz(path: Path, arrays: int) -> None:
-    np.savez(path, **{f"a{i}": np.zeros((2, 3, 32, 32), np.float32) for i in range(arrays)})
+    named: dict[str, Any] = {f"a{i}": np.zeros((2, 3, 32, 32), np.float32) for i in range(arrays)}
+    np.savez(path, **named)
 
 
 def _stale_store(path: Path) -> None:

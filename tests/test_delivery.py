@@ -308,3 +308,19 @@ def test_pareto_front(seeded: Seeded, store: Store) -> None:
     dominated = [c for c in group if c not in front]
     assert [c.backend for c in dominated] == ["torch"]  # slower than onnxruntime at the same agreement (1.0)
     assert winners(group, "p50", 0.99)[0].build_key in {c.build_key for c in front}
+
+
+@pytest.mark.parametrize("command", [["pull", "resnet50", "--target", "H200"], ["deliver", "triton"]])
+def test_a_read_only_medium_is_one_line(seeded: Seeded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    """Issue 13, item 11: --out on a read-only medium was a traceback. (Root ignores permission bits, so the
+    medium is simulated where the write starts: a mkdir that fails with EROFS, as a read-only mount does.)"""
+    import errno
+
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    out = tmp_path / "ro" / "out"
+    result = runner.invoke(app, [*command, "--out", str(out), "--data-dir", str(seeded.location.data_dir)], prog_name="farm")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [f"error: {out}: cannot write (Read-only file system)"]
