@@ -123,7 +123,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                 usable = [g for g in kinds if version_key(backend_type, g.target.kind) in g.backends]
                 if not kinds:
                     notes.append(f"backend {backend_name}: runs on {'/'.join(backend_type.target_kinds)} targets; "
-                                 f"none is selected ({', '.join(g.target.id for g in targets)})")
+                                 f"none is selected ({'; '.join(g.target.id for g in targets)}) ({_install_hint(backend_name)})")
                     continue
                 if not usable:
                     notes.append(f"backend {backend_name}: not installed on any selected target ({_install_hint(backend_name)})")
