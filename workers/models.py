@@ -165,7 +165,7 @@ def _read_onnx_file(model: ModelRef) -> bytes:
     path = Path(model.source)
     problem = onnx_file_problem(path)
     if problem:
-        raise ModelSourceError(f"model {model.name}: {problem}")
+        raise ModelSourceError(f"model {model.name}: ONNX file {problem}")
     data = path.read_bytes()
     try:
         proto = onnx.load_from_string(data)
