@@ -111,6 +111,8 @@ def one_line_errors(as_json: bool = False) -> Iterator[None]:
         message = _flat(str(exc))
         if "auth" in message.lower():  # Ray's advice runs to five sentences: the first, and where farm documents tokens
             message = message.split(". ")[0].rstrip(".") + " (set RAY_AUTH_TOKEN or ~/.ray/auth_token: README, On a cluster)"
+        elif isinstance(exc, ConnectionError):  # a wrong token looks like this too: Ray retries, then gives up without saying why
+            message += " (a cluster with token authentication refuses a wrong RAY_AUTH_TOKEN this way: README, On a cluster)"
         raise end(f"Ray cluster: {message}", BAD_INPUT) from None
     except FileNotFoundError as exc:
         raise end(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), BAD_INPUT) from None
