@@ -1,7 +1,7 @@
 """TensorRT-RTX build time per model x precision x number of compute capabilities, on this CPU.
 
 Every build goes through `TensorRTBackend.build` (the code path the farm runs), with a 1..8
-batch profile. Variants are made here the way TENSORRT.md describes (fp16 by
+batch profile. Variants are made here the way docs/precision.md describes (fp16 by
 onnxconverter-common, int8 Q/DQ by ONNX Runtime from random calibration batches: fine for
 build time and size, meaningless for accuracy). "peak MB" is the most resident memory a
 build added (sampled, see PeakMemory); "plans" counts distinct plan hashes over the repeats.

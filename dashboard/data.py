@@ -126,6 +126,11 @@ def build_choices(at: Where) -> dict[str, str]:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
+def timed_pair(at: Where) -> tuple[str, str] | None:
+    return _read(at, queries.timed_pair)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
 def found_candidates(at: Where, sweep_id: int | None) -> list[Candidate]:
     return _read(at, lambda s: candidates(s, sweep_id=sweep_id))
 

@@ -1,7 +1,7 @@
 """`farm`: run sweeps, follow them, and read the winners.
 
 Every command takes --data-dir (default ./farm-data, or FARM_DATA_DIR) and --db-url (default
-SQLite in the data dir, or FARM_DB_URL). Errors are one line on stderr with a non-zero exit.
+SQLite in the data dir, or FARM_DB_URL).
 """
 
 from __future__ import annotations
@@ -13,30 +13,61 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from farm.cli_common import (
+    BAD_INPUT,
+    EXIT_CODES,
+    NOTHING,
+    OK,
+    SOME_FAILED,
     AsJson,
     DataDir,
     DbUrl,
     FloorOption,
     ObjectiveOption,
+    OneLineGroup,
+    check_address,
     checked_objective,
+    data_warnings,
     err,
     fail,
     one_line_errors,
     results_store,
+    warn,
     writable_store,
 )
 from farm.cli_common import out as console
 from farm.cli_common import out
 from farm.store import StoreLocation
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
+app = typer.Typer(cls=OneLineGroup, add_completion=False, no_args_is_help=True, help=f"{__doc__}\n\n{EXIT_CODES}",
+                  pretty_exceptions_show_locals=False)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("farm")
+        except PackageNotFoundError:  # a checkout used without `pip install -e .`
+            found = "unknown (not installed)"
+        print(f"farm {found}")
+        raise typer.Exit(OK)
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version, help="Print farm's version and exit.")] = False,
+) -> None:
+    # Options of `farm` itself (before the command); the group's help is the module docstring.
+    pass
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -52,17 +83,27 @@ def sweep(
     force: Annotated[bool, typer.Option(help="Redo jobs that already finished.")] = False,
     objective: Annotated[str | None, typer.Option(help="Objective of the closing winners table: p50, p99 or throughput; default the spec's.")] = None,
 ) -> None:
-    """Run a sweep: export, build, benchmark and compare every job of SPEC, then print the winners."""
+    """Run a sweep: export, build, benchmark and compare every job of SPEC, then print the winners.
+
+    Exits 0 when every job ended done or cached, 1 when some failed, 3 when none succeeded, 2 when the
+    spec or its files are wrong (checked before Ray starts: nothing ran)."""
+    from farm import cluster
     from farm.driver import run_sweep
     from farm.report import SweepProgress, print_answers
     from farm.select import Constraints, candidates, untimed, winners
-    from farm.spec import load_spec
+    from farm.spec import check_inputs, load_spec
 
     # SIGTERM (a job scheduler, `timeout`) ends the sweep like Ctrl-C: recorded as interrupted, resumable.
     signal.signal(signal.SIGTERM, _interrupt)
-    with one_line_errors():
+    with one_line_errors(), data_warnings():
         parsed, base = load_spec(spec)
         objective = checked_objective(objective or parsed.selection.objective)
+        check_inputs(parsed, base, str(spec))  # before the store is created and Ray starts: a mistake costs nothing
+        check_address(address)
+        if address or os.environ.get("RAY_ADDRESS"):
+            # Before the store: a cluster that refuses us (auth) leaves nothing behind. A local Ray starts
+            # later, and not at all when the store already holds every job of the plan.
+            cluster.connect(address)
         store = writable_store(data_dir, db_url)
         progress = SweepProgress(console)
         with progress.shown():
@@ -73,11 +114,21 @@ def sweep(
         with store.session() as s:
             rows = winners(candidates(s, sweep_id=result.sweep_id), objective, constraints)
             build_only = untimed(s, sweep_id=result.sweep_id)
-        failed = sum(1 for state in result.states.values() if state == "failed")
         if not rows:
             console.print(f"no eligible winner: no timed build passed every stage with {constraints.describe()}")
         print_answers(console, rows, build_only, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, {constraints.describe()}")
-        console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {failed} failed; results in {store.location.url}")
+        code = sweep_exit_code(result.states)
+        ended = {OK: "every job ok", SOME_FAILED: "some jobs failed", NOTHING: "no job succeeded"}[code]
+        console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {result.failed} failed ({ended}); "
+                      f"results in {store.location.url}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def sweep_exit_code(states: dict[str, str]) -> int:
+    """0: every job done or cached; 1: some failed (or were blocked by a failure); 3: not one succeeded."""
+    if not any(state in ("done", "cached") for state in states.values()):
+        return NOTHING
+    return OK if all(state in ("done", "cached") for state in states.values()) else SOME_FAILED
 
 
 @app.command()
@@ -90,7 +141,7 @@ def status(
     """Show a sweep's progress per stage and its failures."""
     from farm import queries
 
-    with one_line_errors():
+    with one_line_errors(as_json):
         store = results_store(data_dir, db_url)
         with store.session() as s:
             found = queries.sweep(s, sweep_id)
@@ -100,28 +151,31 @@ def status(
             failures = queries.failures(s, found.id)
             loads = queries.node_loads(s, found.id)
             running = queries.running(s, found.id)
-            left_s = queries.remaining_seconds(found, by_stage, datetime.now(UTC))
-        if as_json:
-            print(json.dumps({"sweep": found.id, "name": found.name, "status": found.status, "stages": by_stage,
-                              "nodes": [asdict(n) for n in loads], "running": [asdict(r) for r in running], "eta_s": left_s,
-                              "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures]}, default=str))
-            return
-        console.print(f"sweep {found.id} ({found.name}): {found.status}, started {found.started_at:%Y-%m-%d %H:%M:%S}"
-                      + ("" if left_s is None else f", about {timedelta(seconds=round(left_s))} left at this pace"))
-        table = Table("stage", *queries.STATES)
-        for stage, states in by_stage.items():
-            table.add_row(stage, *(str(states[state]) for state in queries.STATES))
-        console.print(table)
-        if loads:
-            nodes = Table("node", "running", "done", "failed")
-            for load in loads:
-                nodes.add_row(escape(load.node), str(load.running), str(load.done), str(load.failed))
-            console.print(nodes)
-        for job in running:
-            since = "" if job.started is None else f" since {job.started:%H:%M:%S}"
-            console.print(f"[cyan]running[/] {job.stage} {escape(job.label)} on {escape(job.node or '?')}{since}", highlight=False)
-        for failure in failures:
-            console.print(f"[red]failed[/] {failure.stage} {failure.label}: {failure.error}", highlight=False)
+        shown = queries.sweep_status(found.status, found.heartbeat_at, found.started_at)
+        left_s = queries.remaining_seconds(found, by_stage, datetime.now(UTC)) if shown == "running" else None
+    if as_json:
+        print(json.dumps({"sweep": found.id, "name": found.name, "status": shown.split(" (")[0], "detail": shown,
+                          "stored_status": found.status, "heartbeat_at": str(found.heartbeat_at) if found.heartbeat_at else None,
+                          "stages": by_stage, "nodes": [asdict(n) for n in loads], "running": [asdict(r) for r in running],
+                          "eta_s": left_s, "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures]},
+                         default=str))
+        return
+    console.print(f"sweep {found.id} ({found.name}): {escape(shown)}, started {found.started_at:%Y-%m-%d %H:%M:%S}"
+                  + ("" if left_s is None else f", about {timedelta(seconds=round(left_s))} left at this pace"), highlight=False)
+    table = Table("stage", *queries.STATES)
+    for stage, states in by_stage.items():
+        table.add_row(stage, *(str(states[state]) for state in queries.STATES))
+    console.print(table)
+    if loads:
+        nodes = Table("node", "running", "done", "failed")
+        for load in loads:
+            nodes.add_row(escape(load.node), str(load.running), str(load.done), str(load.failed))
+        console.print(nodes)
+    for job in running:
+        since = "" if job.started is None else f" since {job.started:%H:%M:%S}"
+        console.print(f"[cyan]running[/] {job.stage} {escape(job.label)} on {escape(job.node or '?')}{since}", highlight=False, soft_wrap=True)
+    for failure in failures:  # one line each, however long the error: soft_wrap keeps it unbroken
+        console.print(f"[red]failed[/] {failure.stage} {escape(failure.label)}: {escape(failure.error or '')}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -130,8 +184,8 @@ def best(
     target: Annotated[str | None, typer.Option(help="Only targets whose id contains this text.")] = None,
     objective: ObjectiveOption = "p50",
     min_top1_agreement: FloorOption = 0.99,
-    min_cosine: Annotated[float | None, typer.Option(help="Fidelity constraint: mean cosine similarity with fp32.")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option(help="Fidelity constraint: labelled top-1 accuracy below fp32's.")] = None,
+    min_cosine: Annotated[float | None, typer.Option(min=-1.0, max=1.0, help="Fidelity constraint: mean cosine similarity with fp32, -1..1.")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Fidelity constraint: labelled top-1 accuracy below fp32's, 0..1.")] = None,
     sweep_id: Annotated[int | None, typer.Option("--sweep", help="Only results of this sweep.")] = None,
     data_dir: DataDir = None,
     db_url: DbUrl = None,
@@ -139,25 +193,49 @@ def best(
 ) -> None:
     """The answer per model, target and batch size: the fastest build that meets the constraints, with a
     verdict on whether it really beats the runner-up; and the builds of targets nothing here can time."""
-    from dataclasses import asdict
-
+    from farm import queries
     from farm.report import candidate_json, print_answers
     from farm.select import Constraints, candidates, untimed, winners
 
-    with one_line_errors():
+    with one_line_errors(as_json):
         chosen = checked_objective(objective)
         constraints = Constraints(min_top1_agreement, min_cosine, max_accuracy_drop)
         store = results_store(data_dir, db_url)
         with store.session() as s:
-            rows = winners(candidates(s, model=model, target=target, sweep_id=sweep_id), chosen, constraints)
+            found = candidates(s, model=model, target=target, sweep_id=sweep_id)
+            rows = winners(found, chosen, constraints)
             build_only = untimed(s, model=model, target=target, sweep_id=sweep_id)
-        if as_json:
-            print(json.dumps({"objective": chosen, "constraints": asdict(constraints), "winners": [candidate_json(r) for r in rows],
-                              "built_not_timed": [asdict(u) for u in build_only]}, indent=2, default=str))
-            return
-        if not rows and not build_only:
-            raise fail("no eligible build: run a sweep, or relax the constraints (--min-top1-agreement ...)", 1)
-        print_answers(console, rows, build_only, chosen, f"Winners by {objective}, {constraints.describe()}")
+            if not rows and not build_only:
+                raise fail(*_why_no_answer(s, found, model, target, sweep_id, constraints))
+            answers = [candidate_json(r, queries.build_provenance(s, r.build_key)) for r in rows]
+    if as_json:
+        print(json.dumps({"objective": chosen, "constraints": asdict(constraints), "winners": answers,
+                          "built_not_timed": [asdict(u) for u in build_only]}, indent=2, default=str))
+        return
+    print_answers(console, rows, build_only, chosen, f"Winners by {objective}, {constraints.describe()}")
+
+
+def _why_no_answer(s: Any, found: list[Any], model: str | None, target: str | None, sweep_id: int | None,
+                   constraints: Any) -> tuple[str, int]:
+    """Advice that fits: a filter that names nothing (a typo: exit 2), an empty store, or constraints
+    nothing meets (exit 3), with the best value reached."""
+    from sqlalchemy import select
+
+    from farm.store import schema
+
+    if model is not None and s.scalar(select(schema.Model.key).where(schema.Model.name == model).limit(1)) is None:
+        known = sorted(set(s.scalars(select(schema.Model.name))))
+        return f"--model {model!r}: no such model in the store (known: {', '.join(known) or 'none'})", BAD_INPUT
+    if sweep_id is not None and s.get(schema.Sweep, sweep_id) is None:
+        return f"--sweep {sweep_id}: no such sweep", BAD_INPUT
+    if target is not None and s.scalar(select(schema.Target.id).where(schema.Target.id.contains(target)).limit(1)) is None:
+        known = sorted(s.scalars(select(schema.Target.id)))
+        return f"--target {target!r}: no such target in the store (known: {'; '.join(known) or 'none'})", BAD_INPUT
+    if not found:
+        return "no benchmarked build yet" + (" for these filters" if model or target or sweep_id else "") + ": run `farm sweep SPEC`", NOTHING
+    best = max((c.top1_agreement for c in found if c.top1_agreement is not None), default=None)
+    return (f"no build meets {constraints.describe()} among {len(found)} benchmarks (best top-1 agreement: {best}); "
+            "relax the constraints (--min-top1-agreement ...)"), NOTHING
 
 
 @app.command()
@@ -169,17 +247,14 @@ def report(
     db_url: DbUrl = None,
 ) -> None:
     """Write one file a person can mail: the winners with verdicts, the noise, the failures, the environment."""
-    from farm.reports import ReportError, render_report
+    from farm.reports import render_report
 
     with one_line_errors():
         store = results_store(data_dir, db_url)
-        try:
-            with store.session() as s:
-                text = render_report(s, sweep_id, format)
-        except ReportError as exc:
-            raise fail(str(exc)) from None
+        with store.session() as s:
+            text = render_report(s, sweep_id, format)  # ReportError: no such sweep or format, exit 2
         path = out_file or Path(f"farm-sweep-{sweep_id}.{format}")
-        path.write_text(text)
+        path.write_text(text)  # an OSError (a read-only folder, a full disk) is one line, exit 1
     out.print(f"report of sweep {sweep_id} in {path}", highlight=False, markup=False)
 
 
@@ -214,19 +289,22 @@ APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
 def dashboard(
     host: Annotated[str, typer.Option(help="Address to listen on; loopback unless you mean to share it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8501,
     data_dir: DataDir = None,
     db_url: DbUrl = None,
 ) -> None:
     """Open the results in a browser: sweeps, results, winners, engines (Streamlit, read-only)."""
     location = StoreLocation.resolve(data_dir, db_url)
+    if host not in LOOPBACK:  # docs/security.md: the dashboard has no login, and its downloads are the engines
+        warn(f"--host {host}: the dashboard has no authentication; anyone who can reach {host}:{port} can read every result "
+             "and download every engine (prefer loopback and `ssh -L 8501:127.0.0.1:8501 host`)")
     env = os.environ | {"FARM_DATA_DIR": str(location.data_dir), "FARM_DB_URL": location.url}
     command = [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.headless=true", f"--server.address={host}", f"--server.port={port}",
         "--browser.gatherUsageStats=false", "--server.fileWatcherType=none", "--client.toolbarMode=viewer",
     ]
-    err.print(f"farm dashboard on http://{host}:{port} reading {location.url}", highlight=False, markup=False)
+    err.print(f"farm dashboard on http://{host}:{port} reading {location.url}", highlight=False, markup=False, soft_wrap=True)
     # Become the Streamlit server (same pid), so stopping `farm dashboard` stops it.
     os.execvpe(command[0], command, env)
 
@@ -236,7 +314,7 @@ def pull(
     target: Annotated[str, typer.Option(help="Target id, or a unique part of one: 'NVIDIA H200', 'sm_89', 'cpu'.")],
     objective: ObjectiveOption = "p50",
     min_top1_agreement: FloorOption = 0.99,
-    batch: Annotated[int | None, typer.Option(help="Batch size the winner is chosen at; default the smallest (largest for throughput).")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="Batch size the winner is chosen at; default the smallest (largest for throughput).")] = None,
     precision: Annotated[str | None, typer.Option(help="Only builds of this precision (on a build-only target: the one you want).")] = None,
     rule: Annotated[str, typer.Option(help="On a build-only target (rtx:*) without --precision: timed-precision (the precision "
                                             "that won on the timed targets) or smallest.")] = "timed-precision",
@@ -260,7 +338,7 @@ def pull(
     out.print(f"chosen    {picked.rule}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"engine    {engine_path} (sha256 {record.engine_sha256} verified)", highlight=False, soft_wrap=True, markup=False)
     out.print(f"manifest  {manifest_path}", highlight=False, soft_wrap=True, markup=False)
-    extra = record.engine_manifest.get("extra") or {}
+    extra = record.extra
     if extra.get("how_to_load"):  # a PyTorch engine: a package or a recipe, and how to run it
         out.print(f"load      {extra['how_to_load']}", highlight=False, soft_wrap=True, markup=False)
     if str(extra.get("reproducible", "")).startswith("in-process only"):
@@ -272,7 +350,7 @@ def export_triton(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder of the Triton model repository (created).")],
     objective: ObjectiveOption = "p50",
     min_top1_agreement: FloorOption = 0.99,
-    batch: Annotated[int | None, typer.Option(help="Batch size winners are chosen at; default the smallest (largest for throughput).")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="Batch size winners are chosen at; default the smallest (largest for throughput).")] = None,
     data_dir: DataDir = None,
     db_url: DbUrl = None,
 ) -> None:
@@ -283,15 +361,14 @@ def export_triton(
         store = results_store(data_dir, db_url)
         repo = triton_repository(store, out_dir, objective=checked_objective(objective), min_top1_agreement=min_top1_agreement,
                                  batch_size=batch)
-    for model in repo.models:
-        files = ", ".join(f"{cc or 'default'} -> {name}" for cc, name in sorted(model.files.items()))
-        out.print(f"{model.name:<28} {model.platform:<17} max_batch_size {model.max_batch_size:<4} {files}", highlight=False, soft_wrap=True, markup=False)
-    for note in repo.notes:
-        err.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True, markup=False)
-    if not repo.models:
-        raise fail("no model could be exported (see the notes above)", 1)
+        for model in repo.models:
+            files = ", ".join(f"{cc or 'default'} -> {name}" for cc, name in sorted(model.files.items()))
+            out.print(f"{model.name:<28} {model.platform:<17} max_batch_size {model.max_batch_size:<4} {files}", highlight=False, soft_wrap=True, markup=False)
+        for note in repo.notes:
+            err.print(f"note: {note}", style="yellow", highlight=False, soft_wrap=True, markup=False)
+        if not repo.models:
+            raise fail("no model could be exported (see the notes above)", NOTHING)
     out.print(f"Triton model repository in {out_dir}", highlight=False, markup=False)
-
 
 
 app.command()(dashboard)

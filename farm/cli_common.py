@@ -1,26 +1,43 @@
-"""What every `farm` command shares: store options, one-line errors, the objective check, stdout and stderr."""
+"""What every `farm` command shares: store options, exit codes, one-line errors (usage errors included),
+the objective check, stdout and stderr."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
+from typer.core import TyperGroup
 
 from farm.select import OBJECTIVES, Objective
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import has_schema, shown_url
 
+# Exit codes a script can trust (README, `farm --help`).
+OK = 0  # everything asked for was done: every job of the sweep ended done or cached
+SOME_FAILED = 1  # the work ran and part of it failed: some jobs of the sweep, a delivery or a write half done
+BAD_INPUT = 2  # bad input or usage, or a store or cluster that cannot be used: nothing ran
+NOTHING = 3  # nothing came of it: every job of the sweep failed, or no build is eligible
+INTERRUPTED = 130  # Ctrl-C or SIGTERM: finished results are kept, the same sweep resumes
+EXIT_CODES = (f"Exit codes: {OK} every job ok; {SOME_FAILED} some jobs failed (the sweep finished) or a delivery failed "
+              f"part way; {BAD_INPUT} bad input or usage, nothing ran; {NOTHING} every job failed, or nothing eligible; "
+              f"{INTERRUPTED} interrupted. Errors are one line on stderr; with --json, {{\"error\": ...}} on stdout.")
+
 DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="FARM_DATA_DIR", help="Where farm.db and artifacts/ live.")]
 DbUrl = Annotated[str | None, typer.Option("--db-url", envvar="FARM_DB_URL", help="SQLAlchemy URL; default SQLite in the data dir.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table (errors too: {\"error\": ...} on stdout).")]
 ObjectiveOption = Annotated[str, typer.Option(help="p50, p99 (latency) or throughput.")]
-FloorOption = Annotated[float, typer.Option(help="Fidelity floor: top-1 agreement with fp32.")]
+FloorOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Fidelity floor: top-1 agreement with fp32, 0..1.")]
 
 out = Console()
 if not out.is_terminal:  # logs of `ray job submit` and CI: wide enough for the winners table
@@ -29,12 +46,39 @@ err = Console(stderr=True)
 
 
 class UserError(Exception):
-    """A failure the user can fix; shown as one line."""
+    """A failure the user can fix, shown as one line; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = BAD_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+def fail(message: str, code: int = BAD_INPUT) -> UserError:
+    """The error to raise inside `one_line_errors` (which prints it as text or as JSON)."""
+    return UserError(message, code)
+
+
+def _flat(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def print_error(message: str, as_json: bool = False) -> None:
+    """One line: `error: ...` on stderr, or {"error": ...} on stdout for --json."""
+    if as_json:
+        print(json.dumps({"error": _flat(message)}))
+    else:
+        err.print(f"[red]error:[/] {escape(_flat(message))}", highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(_flat(message))}", highlight=False, soft_wrap=True)
+
+
+def _store_error(exc: DBAPIError) -> tuple[str, int]:
+    """A database error as one line and its exit code: a write that failed part way is SOME_FAILED,
+    a store that cannot be opened or read is BAD_INPUT (nothing ran)."""
+    message = store_failure(exc)
+    return message, SOME_FAILED if message.startswith("cannot write") else BAD_INPUT
 
 
 WRITES = ("INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "DROP")
@@ -50,29 +94,64 @@ def store_failure(exc: DBAPIError) -> str:
 
 
 @contextmanager
-def one_line_errors() -> Iterator[None]:
-    """Known failures end the command with one line; a bug still shows its traceback."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
+def one_line_errors(as_json: bool = False) -> Iterator[None]:
+    """Known failures end the command with one line and their exit code; a bug still shows its traceback."""
+    from ray.exceptions import RayError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     from farm.cluster import ClusterError
     from farm.delivery import ExportError
+    from farm.reports import ReportError
     from farm.spec import SpecError
     from farm.store.db import StoreError
     from workers.calibration import CalibrationDataError
 
+    def end(message: str, code: int) -> typer.Exit:
+        print_error(message, as_json)
+        return typer.Exit(code)
+
     try:
         yield
-    except (SpecError, ClusterError, CalibrationDataError, FileNotFoundError, UserError, StoreError) as exc:
-        raise fail(str(exc)) from None
+    except UserError as exc:
+        raise end(str(exc), exc.code) from None
+    except (SpecError, ClusterError, CalibrationDataError, ReportError, StoreError) as exc:
+        raise end(str(exc), BAD_INPUT) from None
     except ExportError as exc:
-        raise fail(str(exc), 1) from None
-    # An unreachable database, one no sweep has created the tables of (SQLite: OperationalError;
-    # PostgreSQL: ProgrammingError, undefined table), a write the medium refuses.
-    except (OperationalError, ProgrammingError) as exc:
-        raise fail(store_failure(exc), 1) from None
+        raise end(str(exc), exc.code) from None
+    except DBAPIError as exc:  # unreachable, not a database, locked, full, read-only
+        raise end(*_store_error(exc)) from None
+    except (ArgumentError, NoSuchModuleError) as exc:  # a --db-url SQLAlchemy cannot parse or has no driver for
+        raise end(f"--db-url: {exc}", BAD_INPUT) from None
+    except (ConnectionError, RayError) as exc:  # the Ray cluster: not there, or refusing us (auth)
+        message = _flat(str(exc))
+        if "auth" in message.lower():  # Ray's advice runs to five sentences: the first, and where farm documents tokens
+            message = message.split(". ")[0].rstrip(".") + " (set RAY_AUTH_TOKEN or ~/.ray/auth_token: README, On a cluster)"
+        elif isinstance(exc, ConnectionError):  # a wrong token looks like this too: Ray retries, then gives up without saying why
+            message += " (a cluster with token authentication refuses a wrong RAY_AUTH_TOKEN this way: README, On a cluster)"
+        raise end(f"Ray cluster: {message}", BAD_INPUT) from None
+    except FileNotFoundError as exc:
+        raise end(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), BAD_INPUT) from None
+    except OSError as exc:  # a write that failed: a full disk, a read-only medium, a path under a file
+        raise end(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", SOME_FAILED) from None
     except KeyboardInterrupt:
         err.print("interrupted: finished results are kept; run the same sweep again to resume")
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED) from None
+
+
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Refuse a Ray address that is malformed or where nothing listens, in one line and at once: Ray
+    itself retries an unreachable address for minutes, and a malformed one is a ValueError traceback."""
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given or given in ("auto", "local"):
+        return
+    name = "--address" if address else "RAY_ADDRESS"
+    host, sep, port = given.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{name} {given}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"{name} {given}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def checked_objective(objective: str) -> Objective:
@@ -84,8 +163,12 @@ def checked_objective(objective: str) -> Objective:
 def results_store(data_dir: Path | None, db_url: str | None) -> Store:
     """The store, read-only, or one line saying there are no results yet."""
     location = StoreLocation.resolve(data_dir, db_url)
-    if location.url.startswith("sqlite:///") and not Path(location.url.removeprefix("sqlite:///")).exists():
-        raise UserError(f"no results yet: {location.url} does not exist (run `farm sweep SPEC` first)")
+    if location.url.startswith("sqlite:///"):
+        path = Path(location.url.removeprefix("sqlite:///"))
+        if path.is_dir():
+            raise UserError(f"{location.url}: {path} is a directory, not a database")
+        if not path.exists():
+            raise UserError(f"no results yet: {location.url} does not exist (run `farm sweep SPEC` first)")
     store = open_store(location, readonly=True)
     if not has_schema(store.engine):  # a database server's new, empty database
         store.close()
@@ -95,3 +178,71 @@ def results_store(data_dir: Path | None, db_url: str | None) -> Store:
 
 def writable_store(data_dir: Path | None, db_url: str | None) -> Store:
     return open_store(StoreLocation.resolve(data_dir, db_url))
+
+
+class WarningLines(logging.Handler):
+    """Warnings of farm's data loaders (a skipped, truncated photo) as one `warning:` line each, once."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            warn(message)
+
+
+@contextmanager
+def data_warnings() -> Iterator[WarningLines]:
+    """Show what workers.calibration skips while the block runs (the driver loads the rows)."""
+    logger = logging.getLogger("workers.calibration")
+    handler = WarningLines()
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+class OneLineGroup(TyperGroup):
+    """The `farm` command group: a usage error (an unknown option, a value out of range, a missing
+    argument) is one line on stderr with exit 2, not Click's framed box; with --json it is JSON on stdout."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode:
+            return super().main(argv, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, windows_expand_args, **extra)
+        except Exception as exc:
+            # Click's exceptions (Typer vendors its own copy of Click, so they are matched by class name)
+            kinds = {kind.__name__ for kind in type(exc).__mro__}
+            if "NoArgsIsHelpError" in kinds:
+                print(exc.ctx.get_help())  # type: ignore[attr-defined]
+                sys.exit(BAD_INPUT)
+            if "UsageError" in kinds:
+                _usage_error(exc, "--json" in argv)
+            if "ClickException" in kinds:
+                print_error(exc.format_message(), "--json" in argv)  # type: ignore[attr-defined]
+                sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+            if "Abort" in kinds:
+                err.print("interrupted")
+                sys.exit(INTERRUPTED)
+            raise
+        sys.exit(code if isinstance(code, int) else OK)
+
+
+def _usage_error(exc: Any, as_json: bool) -> NoReturn:
+    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "farm"
+    print_error(f"{command}: {exc.format_message()} (see {command} --help)", as_json)
+    sys.exit(BAD_INPUT)

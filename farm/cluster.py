@@ -7,6 +7,7 @@ backend versions) with a task pinned to that node, and schedules by what the pro
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, replace
 
@@ -65,10 +66,11 @@ def connect(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    # WARNING: Ray's INFO lines ("Connecting to existing Ray cluster", "Started a local Ray instance") are noise on farm's stderr
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
 
 
 def probe(timeout_s: float = 120, known: set[str] | frozenset[str] = frozenset()) -> list[Node]:

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
@@ -23,7 +24,7 @@ from typing import IO, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.queries import BuildDetail, build_detail
+from farm.queries import BuildDetail, build_detail, build_provenance
 from farm.select import Candidate, Constraints, Objective, Untimed, candidates, untimed, winners
 from farm.store import Store, schema
 
@@ -38,7 +39,54 @@ TRITON_DTYPES = {
 
 
 class ExportError(Exception):
-    """A delivery that cannot be made; the message is one line for the terminal or the page."""
+    """A delivery that cannot be made; the message is one line for the terminal or the page.
+
+    `code` is the CLI's exit status (farm.cli_common): 2 for a request that names nothing (an
+    unknown model, target or batch size, an --out that is a file), 3 when nothing is eligible,
+    1 when the delivery failed part way (a corrupt artifact, a write that failed)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+MAX_NAME = 200  # characters of a folder name here: farm.spec allows model names of 100, plus suffixes like _onnxruntime
+# ONNX Runtime's graph_optimization_level as Triton's onnxruntime backend spells it (optimization.graph.level):
+# -1 basic, 1 extended, 2 disabled; "all" is its default and is left out.
+ORT_GRAPH_LEVELS = {"disable": 2, "basic": -1, "extended": 1}
+
+
+def safe_folder(root: Path, name: str) -> Path:
+    """`root / name`, refused unless `name` is one plain folder name: ".", "..", a separator or an
+    overlong name (a store written before farm.spec checked names) would write, or rmtree, elsewhere."""
+    plain = name not in ("", ".", "..") and not re.search(r"[/\\\x00]", name) and len(name) <= MAX_NAME
+    folder = root / name
+    if not plain or folder.resolve().parent != root.resolve():
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise ExportError(f"model name {shown!r} cannot be a folder name under {root}: refused", 2)
+    return folder
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError while writing under `path` (a read-only medium, a full disk, a path under a file,
+    a name too long) becomes one line naming the path."""
+    try:
+        yield
+    except ExportError:
+        raise
+    except OSError as exc:
+        where = exc.filename or path
+        raise ExportError(f"{where}: cannot write ({exc.strerror or exc})", 1) from None
+
+
+def prepared_out(out_dir: Path) -> Path:
+    """--out as a folder to write into: created, or refused with one line when it is a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir}: is a file, not a folder", 2)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
 
 
 @dataclass(frozen=True)
@@ -48,6 +96,8 @@ class StoredEngine(BuildDetail):
 
     compute_capability: str | None = None
     batch_sizes: tuple[int, ...] = ()
+    # How to feed the engine and what its weights are: {"preprocess", "weights", "random_weights"}
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def build_key(self) -> str:
@@ -61,14 +111,22 @@ class StoredEngine(BuildDetail):
 
     @property
     def engine_manifest(self) -> dict[str, Any]:
-        return self.manifest or {}
+        """The build's manifest as stored; anything but a JSON object reads as empty (the store is input too)."""
+        return self.manifest if isinstance(self.manifest, dict) else {}
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        found = self.engine_manifest.get("extra")
+        return found if isinstance(found, dict) else {}
 
     @property
     def engine_file(self) -> str:
         """The file name the engine is delivered under: what its manifest says (engine.pt2 for an
         AOTInductor package), else by backend."""
-        named = (self.engine_manifest.get("extra") or {}).get("engine_file")
-        return str(named) if named else "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")
+        named = self.extra.get("engine_file")
+        if isinstance(named, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", named) and named not in (".", ".."):
+            return named
+        return "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")  # a manifest's odd name is never used as a path
 
     @property
     def bundle_name(self) -> str:
@@ -90,11 +148,12 @@ def load_engine(session: Session, build_key: str) -> StoredEngine:
     fidelity = detail.fidelity if detail.fidelity and detail.fidelity["status"] == "ok" else None
     return replace(
         StoredEngine(**{f.name: getattr(detail, f.name) for f in fields(detail)}),
-        manifest=dict(detail.manifest or {}),
+        manifest=dict(detail.manifest) if isinstance(detail.manifest, dict) else {},
         compute_capability=compute_capability(session.get(schema.Target, detail.target)),
         batch_sizes=tuple(b["batch_size"] for b in timed),
         fidelity=None if fidelity is None else {k: v for k, v in fidelity.items() if k not in ("status", "error")},
         benchmarks=timed,
+        provenance=build_provenance(session, build_key),
     )
 
 
@@ -125,6 +184,8 @@ def bundle_manifest(record: StoredEngine) -> dict[str, Any]:
         "label": record.label,
         "benchmarks": list(record.benchmarks),
         "fidelity": record.fidelity,
+        # preprocess {resize, crop, mean, std}, weights (a name or null), random_weights: the names `farm best --json` uses
+        **{k: record.provenance.get(k) for k in ("preprocess", "weights", "random_weights")},
     }
 
 
@@ -195,8 +256,10 @@ def write_engine(store: Store, build_key: str, out_dir: Path) -> tuple[Path, Pat
         record = load_engine(s, build_key)
     engine_path = out_dir / record.engine_file
     manifest_path = out_dir / "manifest.json"
-    _write_verified(store, record.sha256, engine_path)
-    manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
+    prepared_out(out_dir)
+    with writing(out_dir):
+        _write_verified(store, record.sha256, engine_path)
+        manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
     return engine_path, manifest_path
 
 
@@ -235,25 +298,25 @@ def pick_build(
     build_only = untimed(session, model=model)
     ids = sorted({c.target for c in timed} | {u.target for u in build_only})
     if not ids:
-        raise ExportError(f"no build of model {model!r}")
+        raise ExportError(f"no build of model {model if len(model) <= 60 else model[:57] + '...'!r}", 2)
     matched = [t for t in ids if t == target] or [t for t in ids if target.lower() in t.lower()]
     if not matched:
-        raise ExportError(f"no target matching {target!r} for {model}; known: {', '.join(ids)}")
+        raise ExportError(f"no target matching {target!r} for {model}; known: {', '.join(ids)}", 2)
     if len(matched) > 1:
-        raise ExportError(f"--target {target!r} matches {len(matched)} targets ({'; '.join(matched)}): be more specific")
+        raise ExportError(f"--target {target!r} matches {len(matched)} targets ({'; '.join(matched)}): be more specific", 2)
     here = matched[0]
     if not any(c.target == here for c in timed):
         return _pick_untimed(model, here, [u for u in build_only if u.target == here], timed, objective, constraints, precision, rule)
     found = [c for c in timed if c.target == here and (precision is None or c.precision == precision)]
     sizes = sorted({c.batch_size for c in found})
     if not sizes:
-        raise ExportError(f"no {precision} build of {model} on {here}")
+        raise ExportError(f"no {precision} build of {model} on {here}", 2)
     batch = default_batch(sizes, objective) if batch_size is None else batch_size
     if batch not in sizes:
-        raise ExportError(f"{model} on {here} was benchmarked at batch sizes {sizes}, not {batch}")
+        raise ExportError(f"{model} on {here} was benchmarked at batch sizes {sizes}, not {batch}", 2)
     best = winners([c for c in found if c.batch_size == batch], objective, constraints)
     if not best:
-        raise ExportError(f"no build of {model} on {here} reaches {constraints.describe()}: relax the constraints")
+        raise ExportError(f"no build of {model} on {here} reaches {constraints.describe()}: relax the constraints", 3)
     w = best[0]
     summary = (f"{w.label}: batch {w.batch_size}, p50 {w.p50_ms:.3f} ms, p99 {w.p99_ms:.3f} ms, {w.throughput:.1f} samples/s, "
                f"top-1 agreement {w.top1_agreement}" + (f"; {w.verdict.note}" if w.verdict and w.verdict.note else ""))
@@ -263,7 +326,7 @@ def pick_build(
 def _pick_untimed(model: str, target: str, builds: list[Untimed], timed: list[Candidate], objective: Objective,
                   constraints: Constraints, precision: str | None, rule: str) -> Picked:
     if rule not in PULL_RULES:
-        raise ExportError(f"--rule {rule!r}: expected one of {', '.join(PULL_RULES)}")
+        raise ExportError(f"--rule {rule!r}: expected one of {', '.join(PULL_RULES)}", 2)
 
     def smallest(pool: list[Untimed]) -> Untimed:
         return min(pool, key=lambda u: (u.engine_bytes or 0, u.label))
@@ -271,7 +334,7 @@ def _pick_untimed(model: str, target: str, builds: list[Untimed], timed: list[Ca
     if precision is not None:
         pool = [u for u in builds if u.precision == precision]
         if not pool:
-            raise ExportError(f"no {precision} build of {model} on {target}; built: {', '.join(sorted({u.precision for u in builds}))}")
+            raise ExportError(f"no {precision} build of {model} on {target}; built: {', '.join(sorted({u.precision for u in builds}))}", 2)
         chosen, why = smallest(pool), f"the {precision} build you asked for (the smallest of {len(pool)})"
     elif rule == "smallest":
         chosen, why = smallest(builds), "rule smallest: the smallest engine built for this target"
@@ -333,10 +396,15 @@ def triton_repository(
         found = candidates(s)
         targets = {t.id: t for t in s.scalars(select(schema.Target))}
     if not found:
-        raise ExportError("no benchmarked builds: run `farm sweep SPEC` first")
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise ExportError("no benchmarked builds: run `farm sweep SPEC` first", 3)
+    prepared_out(out_dir)
     for model in sorted({c.model for c in found}):
         mine = [c for c in found if c.model == model]
+        try:
+            safe_folder(out_dir, model)
+        except ExportError as exc:
+            repo.notes.append(f"{str(exc)} (skipped)")
+            continue
         chosen = _choose(mine, targets, objective, min_top1_agreement, batch_size, repo.notes)
         gpu = {t: c for t, c in chosen.items() if targets[t].kind == "gpu" and c.backend == "tensorrt"}
         cpu = {t: c for t, c in chosen.items() if targets[t].kind == "cpu" and c.backend == "onnxruntime"}
@@ -422,27 +490,44 @@ def _write_model(
     files: dict[str, str],
     notes: list[str],
 ) -> TritonModel:
-    model_dir = out_dir / name
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
+    model_dir = safe_folder(out_dir, name)
     records = {}
     with store.session() as s:
         for file_name, c in by_file.items():
             records[file_name] = load_engine(s, c.build_key)
-    for file_name, record in records.items():
-        _write_verified(store, record.sha256, model_dir / "1" / file_name)
-        # Non-numeric folders are not versions to Triton, so the manifests can live beside 1/.
-        manifest_path = model_dir / "manifests" / f"{file_name}.json"
-        manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
     first = records[sorted(records)[0]]
     signatures = {json.dumps([r.engine_manifest.get("inputs"), r.engine_manifest.get("outputs")], sort_keys=True) for r in records.values()}
     if len(signatures) > 1:
         notes.append(f"{name}: the engines' inputs/outputs differ; config.pbtxt follows {first.label}")
     max_batch = min(max_batch_size(r) for r in records.values())
-    config = config_pbtxt(name, platform, kind, max_batch, first.engine_manifest, files)
-    (model_dir / "config.pbtxt").write_text(config)
+    timed = sorted({b for r in records.values() for b in r.batch_sizes})
+    config = config_pbtxt(name, platform, kind, max_batch, first.engine_manifest, files,
+                          options=runtime_options(first), batch_sizes=timed)
+    with writing(model_dir):
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        for file_name, record in records.items():
+            _write_verified(store, record.sha256, model_dir / "1" / file_name)
+            # Non-numeric folders are not versions to Triton, so the manifests can live beside 1/.
+            manifest_path = model_dir / "manifests" / f"{file_name}.json"
+            manifest_path.parent.mkdir(parents=True, exist_ok=True)
+            manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
+        (model_dir / "config.pbtxt").write_text(config)
     return TritonModel(name, platform, kind, max_batch, files, {f: r.label for f, r in records.items()}, config)
+
+
+def runtime_options(record: StoredEngine) -> dict[str, Any]:
+    """The options of the winning build that the serving runtime must be told again (an ONNX Runtime
+    session's threads and graph optimization level live in the session, not in the .onnx file):
+    {"parameters": {key: value}, "graph_level": int | None}. TensorRT plans carry theirs inside."""
+    if record.backend != "onnxruntime":
+        return {}
+    level = str(record.extra.get("graph_optimization_level_used") or record.options.get("graph_optimization_level", "all"))
+    parameters = {}
+    threads = record.options.get("intra_op_threads")
+    if isinstance(threads, int) and not isinstance(threads, bool):
+        parameters["intra_op_thread_count"] = str(threads)
+    return {"parameters": parameters, "graph_level": ORT_GRAPH_LEVELS.get(level)}
 
 
 def max_batch_size(record: StoredEngine) -> int:
@@ -450,24 +535,48 @@ def max_batch_size(record: StoredEngine) -> int:
 
     TensorRT manifests carry the profile as extra "profile": {input name: [min, opt, max] batch}.
     """
-    profile = (record.engine_manifest.get("extra") or {}).get("profile") or {}
-    maxima = [int(shape[2]) for shape in profile.values() if isinstance(shape, list) and len(shape) == 3]
+    profile = record.extra.get("profile")
+    maxima = [shape[2] for shape in (profile.values() if isinstance(profile, dict) else ())
+              if isinstance(shape, list) and len(shape) == 3 and _count(shape[2])]
     if maxima:
         return min(maxima)
-    inputs = record.engine_manifest.get("inputs") or []
-    if inputs and inputs[0]["shape"] and isinstance(inputs[0]["shape"][0], int):
-        return int(inputs[0]["shape"][0])
+    inputs = record.engine_manifest.get("inputs")
+    first = inputs[0] if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict) else {}
+    shape = first.get("shape")
+    if isinstance(shape, list) and shape and _count(shape[0]):
+        return int(shape[0])
     return max(record.batch_sizes, default=1)
 
 
-def _tensors(section: str, tensors: list[dict[str, Any]]) -> list[str]:
+def _count(value: Any) -> bool:
+    """A positive int that is not a bool: what a batch dimension read from a manifest must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def manifest_tensors(manifest: dict[str, Any], section: str) -> list[tuple[str, list[int | str], str]]:
+    """(name, shape, dtype) of the manifest's "inputs" or "outputs", or ExportError (one line) where the
+    manifest does not describe them: manifests come from stores and bundles, and are read as untrusted."""
+    found = manifest.get(section)
+    if not isinstance(found, list) or not found:
+        raise ExportError(f"the engine's manifest does not describe its {section}")
+    tensors = []
+    for i, tensor in enumerate(found):
+        shape = tensor.get("shape") if isinstance(tensor, dict) else None
+        if (not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) or not isinstance(tensor.get("dtype"), str)
+                or not isinstance(shape, list) or not all(isinstance(d, int | str) and not isinstance(d, bool) for d in shape)):
+            raise ExportError(f"manifest {section}[{i}]: expected {{name, shape, dtype}}")
+        tensors.append((tensor["name"], shape, tensor["dtype"]))
+    return tensors
+
+
+def _tensors(section: str, tensors: list[tuple[str, list[int | str], str]]) -> list[str]:
     lines = [f"{section} ["]
-    for i, tensor in enumerate(tensors):
-        dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in tensor["shape"][1:])
-        dtype = TRITON_DTYPES.get(tensor["dtype"])
+    for i, (name, shape, dtype_name) in enumerate(tensors):
+        dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape[1:])
+        dtype = TRITON_DTYPES.get(dtype_name)
         if dtype is None:
-            raise ExportError(f"tensor {tensor['name']}: no Triton data type for {tensor['dtype']}")
-        lines += ["  {", f"    name: {_quote(tensor['name'])}", f"    data_type: {dtype}", f"    dims: [ {dims} ]",
+            raise ExportError(f"tensor {name}: no Triton data type for {dtype_name}")
+        lines += ["  {", f"    name: {_quote(name)}", f"    data_type: {dtype}", f"    dims: [ {dims} ]",
                   "  }" + ("," if i < len(tensors) - 1 else "")]
     return lines + ["]"]
 
@@ -476,13 +585,27 @@ def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def config_pbtxt(name: str, platform: str, kind: str, max_batch: int, manifest: dict[str, Any], files: dict[str, str]) -> str:
-    """Triton's ModelConfig in protobuf text format; dims leave out the batch axis (max_batch_size > 0)."""
-    if not manifest.get("inputs") or not manifest.get("outputs"):
-        raise ExportError(f"{name}: the engine's manifest does not describe its inputs and outputs")
+def config_pbtxt(name: str, platform: str, kind: str, max_batch: int, manifest: dict[str, Any], files: dict[str, str],
+                 options: dict[str, Any] | None = None, batch_sizes: list[int] | None = None) -> str:
+    """Triton's ModelConfig in protobuf text format; dims leave out the batch axis (max_batch_size > 0).
+
+    `options` (runtime_options) become `parameters` and `optimization { graph { level } }`, so Triton
+    runs the engine as it was timed; `dynamic_batching` prefers the batch sizes that were measured."""
+    try:
+        inputs, outputs = manifest_tensors(manifest, "inputs"), manifest_tensors(manifest, "outputs")
+    except ExportError as exc:
+        raise ExportError(f"{name}: {exc}") from None
     lines = [f"name: {_quote(name)}", f"platform: {_quote(platform)}", f"max_batch_size: {max_batch}"]
-    lines += _tensors("input", manifest["inputs"]) + _tensors("output", manifest["outputs"])
+    lines += _tensors("input", inputs) + _tensors("output", outputs)
     lines += ["instance_group [", "  {", "    count: 1", f"    kind: {kind}", "  }", "]"]
+    if max_batch > 1:  # Triton forms batches from single requests, at the sizes that were measured
+        preferred = [b for b in batch_sizes or [] if 1 < b <= max_batch]
+        lines += ["dynamic_batching {", *(f"  preferred_batch_size: {b}" for b in preferred), "}"]
+    options = options or {}
+    if options.get("graph_level") is not None:
+        lines.append(f"optimization {{ graph {{ level: {options['graph_level']} }} }}")
+    for key, value in sorted((options.get("parameters") or {}).items()):
+        lines.append(f"parameters {{ key: {_quote(key)} value: {{ string_value: {_quote(value)} }} }}")
     for cc, file_name in sorted(files.items()):
         if cc:
             lines.append(f"cc_model_filenames {{ key: {_quote(cc)} value: {_quote(file_name)} }}")

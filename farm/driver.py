@@ -1,4 +1,4 @@
-"""The Ray fan-out: the pipeline of DESIGN.md, one stage at a time as jobs become ready.
+"""The Ray fan-out: the pipeline of docs/architecture.md, one stage at a time as jobs become ready.
 
     spec --expand--> jobs
     export (per model) -> reference (fp32 outputs on the held-out rows)
@@ -32,7 +32,8 @@ from farm import cluster, tasks
 from farm.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
 from farm.plan import expand
 from farm.schedule import Event, Placement, Schedule
-from farm.spec import SpecError, SweepSpec
+# check_inputs: files the spec names that cannot serve fail the sweep before Ray starts
+from farm.spec import SweepSpec, check_inputs
 from farm.stages import Produced, Stage, registry
 from farm.store import schema
 from farm.store.db import Store
@@ -125,19 +126,6 @@ def _target_rows(groups: list[TargetGroup], nodes: list[cluster.Node]) -> list[s
                           description=asdict(devices[g.nodes[0]])) for g in groups]
 
 
-def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
-    """Fail before any work when the spec points at data that is not there."""
-    used = [("fidelity.data" if spec.fidelity.data else "calibration.data", spec.fidelity.folder(base, spec.calibration))]
-    if spec.needs_calibration():
-        used.append(("calibration.data", spec.calibration.folder(base)))
-    for field, path in used:
-        if not path.exists():
-            raise SpecError(f"{spec_path}: {field}: {path} does not exist (relative paths start at the spec's folder)")
-    labels = spec.fidelity.labels_file(base)
-    if labels is not None and not labels.is_file():
-        raise SpecError(f"{spec_path}: fidelity.labels: {labels} is not a file")
-
-
 class SweepRun:
     """One sweep's jobs through Ray: what farm.stages asks of a running sweep (the `Context`)."""
 
@@ -185,6 +173,7 @@ class SweepRun:
                 self._produced[key] = self.stages[job.stage].produced(row)
                 self._report(self.schedule.finish(key, "cached"))
         while not self.schedule.finished:
+            self.recorder.heartbeat(self.sweep_id)  # throttled in the recorder; readers call a silent driver gone
             start, ended = self.schedule.advance()
             for event in ended:
                 if event.state == "failed":  # no node of its target is left: a row says so
@@ -240,7 +229,8 @@ class SweepRun:
                 outcome = tasks.Outcome(False, error=f"node {node[:12]} died while running this job ({type(exc).__name__}), "
                                                      f"{self._moves.get(job.key, 0)} time(s) already", log=str(exc))
             else:
-                outcome = tasks.Outcome(False, error=f"{type(exc).__name__}: worker failed after retries", log=str(exc))
+                outcome = tasks.Outcome(False, error=f"{type(exc).__name__}: worker failed after retries (its process died: out of memory "
+                                                     "or a native crash; the log has Ray's account)", log=str(exc))
         self._record(job, outcome)
 
     def _look_at_nodes(self) -> None:

@@ -27,7 +27,7 @@ from farm.jobs import (
     VariantJob,
     content_key,
 )
-from farm.spec import Axes, ModelSpec, SweepSpec, content_digest
+from farm.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
 from workers.backends import BACKENDS
 from workers.backends.base import int8_layout, version_key
 from workers.bench import BenchSettings
@@ -75,9 +75,9 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     targets = [g for g in groups if matches(g.target, spec.targets)]
     if any(g.target.kind == "rtx" for g in targets):
         notes.append("rtx targets are build-only: engines are built and recorded, not benchmarked (no RTX GPU runtime here)")
-    if not targets:
-        seen = ", ".join(g.target.id for g in groups) or "none"
-        notes.append(f"targets {spec.targets}: no target in the cluster matches (targets found: {seen})")
+    if not targets:  # nothing could run: a bad input, not a sweep of notes that exits 0
+        seen = "; ".join(g.target.id for g in groups) or "none"
+        raise SpecError(f"targets: {', '.join(spec.targets)}: no target in the cluster matches (targets found: {seen})")
     for model_spec in spec.models:
         model = model_spec.ref(base)
         extra = {"onnx_sha256": _file_sha256(Path(model.source))} if model.kind == "onnx" else {}
@@ -119,8 +119,12 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                     if precision == "bf16":
                         notes.append(f"precision bf16: {backend_name} builds no bf16 engine (PyTorch engines do)")
                     continue
-                usable = [g for g in targets if g.target.kind in backend_type.target_kinds
-                          and version_key(backend_type, g.target.kind) in g.backends]
+                kinds = [g for g in targets if g.target.kind in backend_type.target_kinds]
+                usable = [g for g in kinds if version_key(backend_type, g.target.kind) in g.backends]
+                if not kinds:
+                    notes.append(f"backend {backend_name}: runs on {'/'.join(backend_type.target_kinds)} targets; "
+                                 f"none is selected ({'; '.join(g.target.id for g in targets)}) ({_install_hint(backend_name)})")
+                    continue
                 if not usable:
                     notes.append(f"backend {backend_name}: not installed on any selected target ({_install_hint(backend_name)})")
                     continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, case, func, select
@@ -26,6 +26,23 @@ FIDELITY_METRICS = ("top1_agreement", "top5_agreement", "cosine", "cosine_min", 
                     "reference_accuracy", "box_recall", "box_precision")
 STAGES = schema.STAGES
 ROWS = schema.STAGE_TABLES
+# A running sweep whose driver wrote no heartbeat for this long (it writes one every few seconds,
+# farm.store.record.HEARTBEAT_S) lost its driver: kill -9, a crash, a full disk.
+STALE_S = 60
+
+
+def sweep_status(status: str, heartbeat: datetime | None, started: datetime, now: datetime | None = None) -> str:
+    """What a person is told of a sweep: its stored status, except that a "running" sweep whose driver
+    stopped beating is "interrupted (driver gone since HH:MM:SS UTC)"."""
+    if status != "running":
+        return status
+    last = heartbeat or started  # a sweep recorded before heartbeats existed: its start is all we know
+    now = now or datetime.now(UTC)
+    if last.tzinfo is None:  # SQLite keeps naive UTC
+        now = now.replace(tzinfo=None)
+    if now - last <= timedelta(seconds=STALE_S):
+        return status
+    return f"interrupted (driver gone since {last:%H:%M:%S} UTC)"
 
 
 @dataclass(frozen=True)
@@ -108,7 +125,7 @@ def _cell(value: Any) -> str:
 class SweepSummary:
     id: int
     name: str
-    status: str
+    status: str  # as shown (sweep_status): a running sweep whose driver is gone reads "interrupted (...)"
     spec: str
     started: datetime
     finished: datetime | None
@@ -131,11 +148,12 @@ def sweeps(s: Session) -> list[SweepSummary]:
     )
     rows = s.execute(
         select(schema.Sweep.id, schema.Sweep.name, schema.Sweep.status, schema.Sweep.spec_path, schema.Sweep.started_at,
-               schema.Sweep.finished_at, jobs.c.jobs, jobs.c.finished, jobs.c.failed)
+               schema.Sweep.finished_at, jobs.c.jobs, jobs.c.finished, jobs.c.failed, schema.Sweep.heartbeat_at)
         .outerjoin(jobs, jobs.c.sweep_id == schema.Sweep.id)
         .order_by(schema.Sweep.id.desc())
     ).all()
-    return [SweepSummary(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6] or 0), int(r[7] or 0), int(r[8] or 0)) for r in rows]
+    return [SweepSummary(r[0], r[1], sweep_status(r[2], r[9], r[4]), r[3], r[4], r[5], int(r[6] or 0), int(r[7] or 0), int(r[8] or 0))
+            for r in rows]
 
 
 def sweep(s: Session, sweep_id: int | None = None) -> schema.Sweep | None:
@@ -143,6 +161,38 @@ def sweep(s: Session, sweep_id: int | None = None) -> schema.Sweep | None:
     if sweep_id is not None:
         return s.get(schema.Sweep, sweep_id)
     return s.scalars(select(schema.Sweep).order_by(schema.Sweep.id.desc()).limit(1)).first()
+
+
+def model_provenance(s: Session, model_key: str) -> dict[str, Any]:
+    """How to feed a model and what its weights are, as bundles, manifests and `farm best --json` state
+    them: `preprocess` ({resize, crop, mean, std}, as the newest sweep that exported it resolved it;
+    None where no sweep recorded it), `weights` (a name, or None) and `random_weights`."""
+    model = s.get(schema.Model, model_key)
+    if model is None:
+        return {"preprocess": None, "weights": None, "random_weights": False}
+    specs = s.scalars(select(schema.Sweep.spec).join(schema.SweepJob, schema.SweepJob.sweep_id == schema.Sweep.id)
+                      .where(schema.SweepJob.stage == "export", schema.SweepJob.key == model_key)
+                      .order_by(schema.Sweep.id.desc()))
+    preprocess = None
+    for spec in specs:
+        entry = next((m for m in (spec or {}).get("models") or [] if isinstance(m, dict) and m.get("name") == model.name), None)
+        if entry is not None:
+            preprocess = entry.get("preprocess_used") or entry.get("preprocess")
+            break
+    return {"preprocess": preprocess, "weights": model.weights, "random_weights": random_weights(model.source, model.weights)}
+
+
+def build_provenance(s: Session, build_key: str) -> dict[str, Any]:
+    """model_provenance of the model a build was made from."""
+    model_key = s.scalar(select(schema.Variant.model_key).join(schema.Build, schema.Build.variant_key == schema.Variant.key)
+                         .where(schema.Build.key == build_key))
+    return model_provenance(s, model_key or "")
+
+
+def random_weights(source: str, weights: str | None) -> bool:
+    """A torchvision network asked for with `weights: null`: seeded random init, a speed result only.
+    (An ONNX file brings its weights, and a factory may load its own.)"""
+    return weights is None and source.startswith("torchvision:")
 
 
 def stage_progress(s: Session, sweep_id: int) -> dict[str, dict[str, int]]:
@@ -321,6 +371,28 @@ def build_choices(s: Session, limit: int = 2000) -> dict[str, str]:
     rows = s.execute(select(schema.Build.key, schema.Build.label, schema.Build.status)
                      .order_by(schema.Build.created_at.desc()).limit(limit)).all()
     return {key: text if status == "ok" else f"{text} ({status})" for key, text, status in rows}
+
+
+def timed_pair(s: Session) -> tuple[str, str] | None:
+    """Two builds worth comparing when nothing is chosen yet: the newest build with a timing, and the
+    fastest other timed build of the same model and target at a batch size both were timed at (else
+    any other timed build). None when fewer than two builds have timings."""
+    p50 = getattr(schema.Benchmark, METRICS["p50"].column)
+    rows = s.execute(
+        select(schema.Build.key, schema.Variant.model_key, schema.Build.target_id, schema.Benchmark.batch_size, p50)
+        .join(schema.Variant, schema.Build.variant_key == schema.Variant.key)
+        .join(schema.Benchmark, schema.Benchmark.build_key == schema.Build.key)
+        .where(schema.Build.status == "ok", schema.Benchmark.status == "ok", p50.is_not(None))
+        .order_by(schema.Build.created_at.desc(), schema.Benchmark.batch_size)
+    ).all()
+    if len({r[0] for r in rows}) < 2:
+        return None
+    first = rows[0]
+    batches = {r[3] for r in rows if r[0] == first[0]}
+    peers = sorted((r for r in rows if r[0] != first[0] and (r[1], r[2]) == (first[1], first[2]) and r[3] in batches),
+                   key=lambda r: (r[3], r[4]))
+    other = peers[0][0] if peers else next(r[0] for r in rows if r[0] != first[0])
+    return first[0], other
 
 
 def build_label(s: Session, key: str) -> str | None:

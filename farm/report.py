@@ -59,7 +59,8 @@ class SweepProgress:
         summary = " ".join(f"{n} {s}" for s, n in sorted(self.counts[stage].items()))
         self.progress.update(self.bars[stage], advance=1, summary=summary)
         if state == "failed":
-            self.console.print(f"[red]failed[/] {stage} {escape(job.label)}: {escape(error or '')}")
+            # soft_wrap: a long error (ONNX Runtime's unknown-op message) stays one line, whatever the console's width
+            self.console.print(f"[red]failed[/] {stage} {escape(job.label)}: {escape(error or '')}", soft_wrap=True, highlight=False)
 
     def on_build_progress(self, job: Job, phase: str, done: int, total: int) -> None:
         if "build" in self.bars:
@@ -125,11 +126,13 @@ def verdict_json(c: Candidate) -> dict[str, Any] | None:
     return asdict(c.verdict) if c.verdict is not None else None
 
 
-def candidate_json(c: Candidate) -> dict[str, Any]:
+def candidate_json(c: Candidate, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A winner as `farm best --json` prints it; `provenance` (farm.queries.build_provenance) adds
+    `preprocess`, `weights` and `random_weights` under the names bundle manifests use."""
     from dataclasses import asdict
 
     found = asdict(c)
     found.pop("retimed")  # the raw rounds: in the store and the report, not in every answer
     return found | {"engine": c.engine, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "throughput": c.throughput,
                     "cv": c.cv, "top1_agreement": c.top1_agreement, "cosine_mean": c.cosine_mean,
-                    "note": RANDOM_WEIGHTS if c.random_weights else None}
+                    "note": RANDOM_WEIGHTS if c.random_weights else None} | (provenance or {})

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from farm import verdict
 from farm.metrics import METRICS, values
+from farm.queries import random_weights
 from farm.verdict import Verdict
 from farm.store import schema
 
@@ -188,7 +189,7 @@ def candidates(
                 layout_label=(variant.details or {}).get("layout_label", "") if variant.precision == "int8" else "",
                 quantized_fraction=(variant.details or {}).get("quantized_fraction") if variant.method else None,
                 kernel_note=kernel_note(variant.details, fid.cosine_mean if fid else None),
-                random_weights=mod.weights is None and mod.source.startswith("torchvision:"),
+                random_weights=random_weights(mod.source, mod.weights),
                 retimed=retimes.get((mod.name, build.target_id, bench.batch_size)),
             )
         )
@@ -236,7 +237,7 @@ def untimed(session: Session, *, model: str | None = None, target: str | None = 
     return [Untimed(build.key, build.label, mod.name, variant.precision, build.backend, build.options, build.target_id,
                     build.engine_bytes, build.seconds, build.engine_sha256, variant.method,
                     (variant.details or {}).get("quantized_fraction") if variant.method else None,
-                    mod.weights is None and mod.source.startswith("torchvision:"))
+                    random_weights(mod.source, mod.weights))
             for build, variant, mod in session.execute(query)]
 
 

@@ -9,15 +9,36 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from workers.bench import BenchSettings
 from workers.structs import ModelRef, Preprocess
+
+# Bounds checked before any work, so that a typo costs one line, not a killed worker or a hung driver.
+MAX_BATCH = 65536  # the largest batch size a spec may ask for
+MAX_NAME = 100  # characters of a sweep or model name: names become folder and file names
+MAX_SIDE = 8192  # pixels of a preprocessing resize or crop: the driver resizes every photo to it
+MAX_SAMPLES = 1_000_000  # calibration or fidelity rows
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few KB; anything this large is not one
+MAX_SPEC_NODES = 100_000  # values in the parsed spec, YAML aliases expanded (a "billion laughs" file)
+ACTIVATION_FACTOR = 16  # a CNN's activations run to several times its input: the estimate's margin
+BYTES_PER_VALUE = 4  # float32
 
 
 class SpecError(ValueError):
@@ -32,20 +53,40 @@ def _listify(value: Any) -> Any:
 Axis = Annotated[list[Any], BeforeValidator(_listify)]
 
 
+def _not_bool(value: Any) -> Any:
+    """YAML's true/false are ints to pydantic (true == 1): a count or a size must be written as a number."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, not true/false")
+    return value
+
+
+def _file_name(value: str) -> str:
+    """Names become folders (`farm pull`, `farm deliver triton`): "." and ".." would write outside them."""
+    if value in (".", ".."):
+        raise ValueError(f"{value!r} cannot be a name: names become folder names")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=MAX_NAME), AfterValidator(_file_name)]
+BatchSize = Annotated[Int, Field(ge=1, le=MAX_BATCH)]
+
+
 def _blocks(value: Any) -> Any:
     """A backend is one block of option axes or a list of them; an empty mapping is one default block."""
     return [value] if isinstance(value, dict) else value
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never meant: a duration of .inf never ends, and nan fails every comparison silently
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PreprocessSpec(Strict):
     """How images become this model's input: resize the short side, centre-crop, normalise."""
 
-    resize: int = Field(ge=1)
-    crop: int = Field(ge=1)
+    resize: Int = Field(ge=1, le=MAX_SIDE)
+    crop: Int = Field(ge=1, le=MAX_SIDE)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -55,13 +96,13 @@ MODEL_SOURCE = re.compile(r"^(torchvision:[A-Za-z0-9_]+|.+\.onnx|[A-Za-z_][\w.]*
 
 
 class ModelSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    source: str
+    name: Name
+    source: str = Field(max_length=4096)
     # Required, even as null: offline machines must ask for random weights explicitly, so a
     # missing download never turns silently into an untrained model.
-    weights: str | None = Field(...)
-    input_shape: tuple[int, ...] = (3, 224, 224)
-    opset: int = Field(17, ge=13, le=21)
+    weights: str | None = Field(..., max_length=64)
+    input_shape: tuple[Int, ...] = Field((3, 224, 224), max_length=8)
+    opset: Int = Field(17, ge=13, le=21)
     # detection: torchvision-style detectors (boxes, labels, scores per image); fidelity is box agreement
     task: Literal["classification", "detection"] = "classification"
     kwargs: dict[str, Any] = {}  # for the torchvision builder or the factory: {box_score_thresh: 0.01}
@@ -69,7 +110,7 @@ class ModelSpec(Strict):
     # A factory's model states its preprocessing here.
     preprocess: PreprocessSpec | None = None
     # The batch sizes this model runs at, where not the sweep's (a torchvision detector takes one image)
-    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify)] | None = None
+    batch_sizes: Annotated[list[BatchSize], BeforeValidator(_listify), Field(min_length=1)] | None = None
 
     @field_validator("source")
     @classmethod
@@ -102,6 +143,14 @@ class ModelSpec(Strict):
         crop = self.input_shape[-1]
         return Preprocess(resize=round(crop * 256 / 224), crop=crop)
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def preprocess_used(self) -> dict[str, Any]:
+        """The preprocessing this model's inputs get, resolved: stored with the sweep, so that bundles and
+        `farm best --json` can say how to feed a delivered engine (farm.queries.model_provenance)."""
+        used = self.preprocessing()
+        return {"resize": used.resize, "crop": used.crop, "mean": list(used.mean), "std": list(used.std)}
+
 
 def _torchvision_preprocess(arch: str, weights: str) -> Preprocess | None:
     """The resize, crop and normalisation torchvision publishes with a weights entry."""
@@ -117,7 +166,7 @@ def _torchvision_preprocess(arch: str, weights: str) -> Preprocess | None:
         return None  # unknown weights are reported by the export stage, with the known names
 
 
-BatchSizes = Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(_listify)]
+BatchSizes = Annotated[list[BatchSize], BeforeValidator(_listify), Field(min_length=1)]  # [] would time nothing
 
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "fp8"]
@@ -130,7 +179,7 @@ class Axes(Strict):
 
     batch_sizes: BatchSizes | None = None
     precisions: Annotated[list[Precision], BeforeValidator(_listify)] | None = None
-    models: Annotated[list[str], BeforeValidator(_listify)] | None = None  # model names; default every model
+    models: Annotated[list[Name], BeforeValidator(_listify)] | None = None  # model names; default every model
 
     def combinations(self) -> list[dict[str, Any]]:
         """Every combination of the option axes, in a stable order."""
@@ -141,7 +190,7 @@ class Axes(Strict):
 
 
 class OnnxRuntimeAxes(Axes):
-    intra_op_threads: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_listify)] = [0]
+    intra_op_threads: Annotated[list[Annotated[Int, Field(ge=0, le=4096)]], BeforeValidator(_listify)] = [0]
     graph_optimization_level: Annotated[
         list[Literal["disable", "basic", "extended", "all"]], BeforeValidator(_listify)
     ] = ["all"]
@@ -173,8 +222,8 @@ class TorchAxes(Axes):
 
 class TensorRTAxes(Axes):
     flavour: Annotated[list[Literal["auto", "datacenter", "rtx"]], BeforeValidator(_listify)] = ["auto"]
-    workspace: Annotated[list[int | str], BeforeValidator(_listify)] = ["unlimited"]  # bytes, "64MiB", "1GiB", "unlimited"
-    optimization_level: Annotated[list[Annotated[int, Field(ge=0, le=5)]], BeforeValidator(_listify)] = [3]
+    workspace: Annotated[list[Annotated[int | str, BeforeValidator(_not_bool)]], BeforeValidator(_listify)] = ["unlimited"]  # bytes, "64MiB", "1GiB", "unlimited"
+    optimization_level: Annotated[list[Annotated[Int, Field(ge=0, le=5)]], BeforeValidator(_listify)] = [3]
     hardware_compatibility_level: Annotated[
         list[Literal["none", "ampere_plus", "same_compute_capability"]], BeforeValidator(_listify)
     ] = ["none"]
@@ -213,10 +262,10 @@ class BenchmarkSpec(Strict):
 
     warmup_s: float = Field(0.2, ge=0)
     duration_s: float = Field(1.0, ge=0)  # at least this long timed
-    min_iterations: int = Field(10, ge=1)
-    max_iterations: int | None = Field(None, ge=1)
+    min_iterations: Int = Field(10, ge=1, le=10_000_000)
+    max_iterations: Int | None = Field(None, ge=1, le=10_000_000)
     window_s: float = Field(0.5, gt=0)  # one stability window
-    stable_windows: int = Field(3, ge=1)  # the last N windows' medians must agree...
+    stable_windows: Int = Field(3, ge=1, le=1000)  # the last N windows' medians must agree...
     stability: float = Field(0.05, gt=0, lt=1)  # ...within this fraction of their mean
     max_duration_s: float = Field(10.0, gt=0)  # stop, unconverged, after this long
     data_transfers: bool = True  # GPU: copy inputs in and outputs out every iteration; false = trtexec --noDataTransfers
@@ -248,7 +297,7 @@ class CalibrationSpec(Strict):
     """INT8 / FP8 calibration: once per (model, method, data, sample count), reused by every build."""
 
     data: str = "calibration_data"  # a folder of images, an .npy/.npz of preprocessed inputs, or a folder of .npy
-    samples: int = Field(16, ge=1)  # taken from the front of the data; fidelity never sees them
+    samples: Int = Field(16, ge=1, le=MAX_SAMPLES)  # taken from the front of the data; fidelity never sees them
     methods: Annotated[list[Literal["minmax", "entropy", "percentile", "distribution"]], BeforeValidator(_listify)] = ["minmax"]
     percentile: float = Field(99.999, gt=50, le=100)
 
@@ -260,14 +309,14 @@ class FallbackSpec(Strict):
     """Automatic precision fallback: keep the most sensitive tensors in float until the variant passes."""
 
     enabled: bool = True
-    max_tries: int = Field(8, ge=1, le=50)
+    max_tries: Int = Field(8, ge=1, le=50)
     # More than this share of the quantizable activations kept in float is not a rescue: the variant fails.
     max_float_fraction: float = Field(0.25, gt=0, le=1)
 
 
 class FidelitySpec(Strict):
     data: str | None = None  # default: the calibration data, its held-out end
-    samples: int = Field(16, ge=1)  # held out: the last N samples, never a calibration sample
+    samples: Int = Field(16, ge=1, le=MAX_SAMPLES)  # held out: the last N samples, never a calibration sample
     labels: str | None = None  # optional file,label CSV with integer class ids: labelled accuracy
     # Constraints a build must meet to win, like Model Analyzer's: any of them, on the held-out rows.
     min_top1_agreement: float = Field(0.99, ge=0, le=1)  # detectors: the floor on box recall
@@ -294,8 +343,8 @@ class RetimeSpec(Strict):
 
     enabled: bool = True
     reach: float = Field(0.10, ge=0, le=10)  # builds within this fraction of the leader's p50 are re-timed with it
-    max_candidates: int = Field(3, ge=2, le=8)
-    rounds: int = Field(8, ge=4, le=16)  # 8 rounds: a paired sign-flip test can reach p = 0.008
+    max_candidates: Int = Field(3, ge=2, le=8)
+    rounds: Int = Field(8, ge=4, le=16)  # 8 rounds: a paired sign-flip test can reach p = 0.008
     window_s: float = Field(0.15, gt=0)
 
 
@@ -306,14 +355,17 @@ class SelectionSpec(Strict):
 
 class LimitsSpec(Strict):
     job_timeout_s: float = Field(1800, gt=0)
-    retries: int = Field(1, ge=0, le=5)
+    retries: Int = Field(1, ge=0, le=5)
     # A fresh worker process per build contains native crashes and leaks, at about 1 s a build
     # (imports); turn off for many small builds on backends you trust.
     isolate_builds: bool = True
+    # The most one batch may need, estimated as input values x batch x 4 bytes x ACTIVATION_FACTOR:
+    # a shape or batch size past it is refused before any work (a worker killed for memory says little).
+    memory_gib: float = Field(16, gt=0, le=65536)
 
 
 class SweepSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name
     models: list[ModelSpec] = Field(min_length=1)
     # bf16: PyTorch engines only (the module is cast); fp16 reaches ONNX engines as a converted graph
     precisions: Annotated[list[Precision], BeforeValidator(_listify)] = ["fp32"]
@@ -322,7 +374,7 @@ class SweepSpec(Strict):
     # Empty: every CPU and GPU target in the cluster. TensorRT-RTX targets are built ahead of time
     # on CPU workers and are only made when named: "rtx:sm_89", or "rtx:sm_86+sm_89" for one
     # engine that runs on both.
-    targets: Annotated[list[str], BeforeValidator(_listify)] = []
+    targets: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]], BeforeValidator(_listify)] = []
     benchmark: BenchmarkSpec = BenchmarkSpec()
     fp16: Fp16Spec = Fp16Spec()
     calibration: CalibrationSpec = CalibrationSpec()
@@ -366,25 +418,72 @@ def option_grid(axes: BaseModel) -> list[dict[str, Any]]:
 
 
 def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
-    """Load and validate a spec file; returns the spec and the folder its relative paths start from."""
+    """Load and validate a spec file; returns the spec and the folder its relative paths start from.
+
+    Whatever the file holds, the result is a valid spec or a SpecError whose str is one line
+    naming the file (tests/test_fuzz.py holds it to that)."""
     file = Path(path)
     try:
-        text = file.read_text()
+        with file.open("rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
-        raise SpecError(f"{file}: cannot read the spec ({exc.strerror or exc})") from None
+        raise SpecError(one_line(f"{file}: cannot read the spec ({exc.strerror or exc})")) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(one_line(f"{file}: over {MAX_SPEC_BYTES >> 20} MiB: not a sweep spec"))
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(one_line(f"{file}: not a text file (byte 0x{raw[exc.start]:02x} at offset {exc.start} is not UTF-8)")) from None
+    data = _parse_yaml(file, text)
+    if not isinstance(data, dict):
+        raise SpecError(one_line(f"{file}: expected a mapping with name, models and backends at the top level"))
+    if _size(data) > MAX_SPEC_NODES:
+        raise SpecError(one_line(f"{file}: over {MAX_SPEC_NODES} values once its YAML aliases are expanded: not a sweep spec"))
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(one_line(f"{file}: {describe_error(exc, data)}")) from None
+    except RecursionError:
+        raise SpecError(one_line(f"{file}: nested too deeply to be a sweep spec")) from None
+    problem = resource_problem(spec)
+    if problem:
+        raise SpecError(one_line(f"{file}: {problem}"))
+    return spec, file.absolute().parent
+
+
+def _parse_yaml(file: Path, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{file}{where}: not valid YAML ({problem})") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{file}: expected a mapping with name, models and backends at the top level")
-    try:
-        return SweepSpec.model_validate(data), file.absolute().parent
-    except ValidationError as exc:
-        raise SpecError(f"{file}: {describe_error(exc, data)}") from None
+        raise SpecError(one_line(f"{file}{where}: not valid YAML ({problem})")) from None
+    except RecursionError:
+        raise SpecError(one_line(f"{file}: nested too deeply to be a sweep spec")) from None
+    except (ValueError, OverflowError, TypeError) as exc:  # a scalar PyYAML cannot build: `2001-13-45` as a date
+        raise SpecError(one_line(f"{file}: not valid YAML ({exc})")) from None
+
+
+def _size(data: Any, budget: int = MAX_SPEC_NODES + 1) -> int:
+    """How many values `data` holds with shared (aliased) parts counted each time; stops past `budget`."""
+    count, stack = 0, [data]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def one_line(message: str, limit: int = 2000) -> str:
+    """Messages carry what the user wrote (keys, values, paths): newlines and tabs in them must not
+    break the one-line promise, and a 5,000-character value is cut, not printed whole."""
+    flat = " ".join(message.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def describe_error(exc: ValidationError, data: Any = None) -> str:
@@ -397,9 +496,48 @@ def describe_error(exc: ValidationError, data: Any = None) -> str:
     elif first["type"] == "missing":
         message = "required field is missing"
     elif "input" in first and first["type"] not in ("model_type",) and not isinstance(first["input"], dict | list):
-        message = f"{message}, got {first['input']!r}"
+        shown = repr(first["input"])
+        message = f"{message}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {message}{more}"
+
+
+def model_batch_sizes(spec: SweepSpec, model: ModelSpec) -> list[int]:
+    """Every batch size some build of `model` runs at (farm.plan's rule: a block's own batch sizes, else
+    the sweep's, kept only where the model takes them)."""
+    found: set[int] = set()
+    for blocks in spec.backends.enabled().values():
+        for block in blocks:
+            if block.models is None or model.name in block.models:
+                found |= {b for b in block.batch_sizes or spec.batch_sizes if model.batch_sizes is None or b in model.batch_sizes}
+    return sorted(found or set(model.batch_sizes or spec.batch_sizes))
+
+
+def resource_problem(spec: SweepSpec) -> str | None:
+    """The first model whose input would not fit the memory bound, as `field: what and why`, or None.
+
+    The estimate is input values x batch x 4 bytes x ACTIVATION_FACTOR per batch (a worker's
+    export, build or benchmark), and the calibration and held-out rows the driver holds at once;
+    both must stay under `limits.memory_gib`."""
+    limit = spec.limits.memory_gib * 2**30
+    rows = spec.calibration.samples + spec.fidelity.samples
+    for i, model in enumerate(spec.models):
+        values = math.prod(model.input_shape)
+        batch = max(model_batch_sizes(spec, model))
+        need = values * batch * BYTES_PER_VALUE * ACTIVATION_FACTOR
+        if need > limit:
+            return (f"models[{i}].input_shape: {list(model.input_shape)} at batch {batch} needs about {_gib(need)} "
+                    f"({values:,} values x batch {batch} x {BYTES_PER_VALUE} bytes x {ACTIVATION_FACTOR} for activations), "
+                    f"over limits.memory_gib {spec.limits.memory_gib:g}")
+        held = values * rows * BYTES_PER_VALUE
+        if held > limit:
+            return (f"models[{i}].input_shape: {rows} rows of {list(model.input_shape)} (calibration.samples + fidelity.samples) "
+                    f"need about {_gib(held)} in the driver, over limits.memory_gib {spec.limits.memory_gib:g}")
+    return None
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.0f} GiB" if size >= 2**30 else f"{size / 2**20:,.0f} MiB"
 
 
 def _location(loc: tuple[Any, ...], data: Any = None) -> str:
@@ -431,3 +569,63 @@ def content_digest(path: Path) -> str:
         digest.update(file.name.encode())
         digest.update(hashlib.sha256(file.read_bytes()).digest())
     return digest.hexdigest()[:32]
+
+
+def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
+    """Fail before any work (before Ray starts) when the spec points at files that cannot serve:
+    an ONNX source that is missing, a directory, too large or with external data outside its folder;
+    calibration or fidelity data that is missing or holds too few samples (counted from file
+    headers, nothing decoded); a labels file that is not a file. Raises SpecError, one line."""
+    from workers.calibration import CalibrationDataError, count_samples
+    from workers.models import external_data_problem, onnx_file_problem
+
+    for i, model in enumerate(spec.models):
+        if model.source.endswith(".onnx"):
+            path = Path(model.ref(base).source)
+            problem = onnx_file_problem(path) or _external_data(path, external_data_problem)
+            if problem:
+                where = " (relative paths start at the spec's folder)" if not path.exists() else ""
+                raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}{where}"))
+    for field, path, needed in _data_needs(spec, base):
+        if not path.exists():
+            raise SpecError(one_line(f"{spec_path}: {field}: {path} does not exist (relative paths start at the spec's folder)"))
+        try:
+            count = count_samples(path)
+            for model in spec.models:
+                usable = count.samples(model.input_shape)
+                if usable < needed:
+                    detail = f"; {len(count.skipped)} skipped, first: {count.skipped[0]}" if count.skipped else ""
+                    raise SpecError(one_line(f"{spec_path}: {field}: {path} holds {usable} usable samples, {needed} needed{detail}"))
+        except CalibrationDataError as exc:
+            raise SpecError(one_line(f"{spec_path}: {field}: {exc}")) from None
+        except OSError as exc:
+            raise SpecError(one_line(f"{spec_path}: {field}: cannot read {path} ({exc.strerror or exc})")) from None
+    labels = spec.fidelity.labels_file(base)
+    if labels is not None and not labels.is_file():
+        raise SpecError(one_line(f"{spec_path}: fidelity.labels: {labels} is not a file"))
+
+
+def _external_data(path: Path, problem_of: Any) -> str | None:
+    """The external-data problem of an ONNX file that parses; one that does not parse is left to the
+    export stage, which records why (a broken model fails alone, the sweep goes on)."""
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure: reported by the export job
+        return None
+    found: str | None = problem_of(proto)
+    return f"{path}: {found}" if found else None
+
+
+def _data_needs(spec: SweepSpec, base: Path) -> list[tuple[str, Path, int]]:
+    """(field, path, samples needed) of the data the sweep reads: held-out rows always, calibration rows
+    for int8 / fp8; one path serving both must hold both (farm.plan.data_refs takes them from its two ends)."""
+    fidelity = spec.fidelity.folder(base, spec.calibration)
+    field = "fidelity.data" if spec.fidelity.data else "calibration.data"
+    if not spec.needs_calibration():
+        return [(field, fidelity, spec.fidelity.samples)]
+    calibration = spec.calibration.folder(base)
+    if calibration.resolve() == fidelity.resolve():
+        return [("calibration.data", calibration, spec.calibration.samples + spec.fidelity.samples)]
+    return [(field, fidelity, spec.fidelity.samples), ("calibration.data", calibration, spec.calibration.samples)]

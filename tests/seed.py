@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from workers.bench import median_interval
@@ -44,6 +44,7 @@ ORT_CPU = {"intra_op_threads": 8, "graph_optimization_level": "all"}
 
 BATCH_SIZES = (1, 8)
 STARTED = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+IMAGENET = {"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # what sweeps store as preprocess_used
 
 
 @dataclass(frozen=True)
@@ -359,16 +360,29 @@ def _seed_sweeps(w: _Writer) -> None:
     }
     for sweep_id, (name, path, status, finished) in specs.items():
         models = [m.name for m in MODELS if m.sweep == sweep_id]
-        spec = {"name": name, "models": [{"name": n} for n in models], "precisions": ["fp32", "fp16", "int8"],
+        spec = {"name": name, "models": [{"name": n, "preprocess_used": IMAGENET} for n in models], "precisions": ["fp32", "fp16", "int8"],
                 "batch_sizes": list(BATCH_SIZES), "targets": [t.id for t in TARGETS], "fidelity": {"min_top1_agreement": 0.99}}
         started = STARTED if sweep_id == 1 else STARTED + timedelta(hours=20)
         # The database numbers the sweeps (1 and 2 in a new store): an explicit id would leave
         # PostgreSQL's sequence behind, and the next sweep recorded there would collide.
-        sweep = schema.Sweep(name=name, spec_path=path, spec=spec, status=status, started_at=started, finished_at=finished)
+        sweep = schema.Sweep(name=name, spec_path=path, spec=spec, status=status, started_at=started, finished_at=finished,
+                             heartbeat_at=datetime.now(UTC) if status == "running" else finished)
         sweep.jobs = w.jobs.get(sweep_id, [])
         s.add(sweep)
         s.flush()
         w.seeded.sweeps[name] = sweep.id
+
+
+def beat(location: StoreLocation) -> None:
+    """A fresh heartbeat for the seeded running sweep, as its (pretend) driver would write: it reads
+    "running" for farm.queries.STALE_S seconds from now, then "interrupted"."""
+    store = open_store(location)
+    try:
+        with store.session() as s, s.begin():
+            for sweep in s.scalars(select(schema.Sweep).where(schema.Sweep.status == "running")):
+                sweep.heartbeat_at = datetime.now(UTC)
+    finally:
+        store.close()
 
 
 def seed_bulk(location: StoreLocation, builds: int) -> None:

@@ -67,6 +67,49 @@ def test_corrupt_and_truncated_images_are_skipped_and_counted(tmp_path: Path) ->
         load_images(tmp_path, SMALL, min_samples=5)
 
 
+def test_every_skipped_file_is_logged_by_name(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 13: a truncated JPEG was skipped silently. The CLI prints these records as warning lines."""
+    shutil.copy(PHOTOS / "01_astronaut.jpg", tmp_path / "01_astronaut.jpg")
+    whole = (PHOTOS / "13_grace_hopper.jpg").read_bytes()
+    (tmp_path / "02_truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "03_data.bin").write_bytes(b"\x01")
+    with caplog.at_level("WARNING", logger="workers.calibration"):
+        load_images(tmp_path, SMALL)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith(f"{tmp_path / '02_truncated.jpg'}: skipped, unreadable image (image file is truncated")
+    assert messages[1] == f"{tmp_path / '03_data.bin'}: skipped, not an image file"
+
+
+def test_headers_are_counted_without_decoding(tmp_path: Path) -> None:
+    from workers.calibration import count_samples
+
+    shutil.copy(PHOTOS / "01_astronaut.jpg", tmp_path / "01_astronaut.jpg")
+    whole = (PHOTOS / "13_grace_hopper.jpg").read_bytes()
+    (tmp_path / "02_truncated.jpg").write_bytes(whole[: len(whole) // 2])  # its header reads: counted, skipped when loaded
+    (tmp_path / "03_garbage.jpg").write_bytes(b"not a jpeg")
+    count = count_samples(tmp_path)
+    assert count.samples((3, 32, 32)) == 2 and count.skipped[0].startswith("03_garbage.jpg: unreadable image")
+    np.save(tmp_path.parent / "rows.npy", np.zeros((5, 3, 4, 4), np.float32))
+    assert count_samples(tmp_path.parent / "rows.npy").samples((3, 4, 4)) == 5
+    with pytest.raises(CalibrationDataError, match=r"rows.npy: array of shape \[5, 3, 4, 4\], expected \[N, 3, 8, 8\]"):
+        count_samples(tmp_path.parent / "rows.npy").samples((3, 8, 8))
+
+
+def test_a_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    """Issue 13: convert("RGB") clipped 16-bit grey at 255, so 90% of such a photo turned white."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)  # black to white, evenly
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    plain = Preprocess(resize=64, crop=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    pixels = load_images(tmp_path, plain).array[0]
+    assert pixels.min() == 0.0 and pixels.max() == 1.0
+    assert 0.45 < float(pixels.mean()) < 0.55  # an even ramp averages mid-grey
+    assert float((pixels >= 0.999).mean()) < 0.05  # clipped, about 99% of it was white
+    assert np.allclose(pixels[0], pixels[1]) and np.allclose(pixels[1], pixels[2])  # grey stays grey
+
+
 def test_split_is_disjoint_deterministic_and_keeps_the_held_out_part(photos: Samples) -> None:
     calibration, held_out = split(photos, 16, 5)
     assert len(calibration) == 16 and len(held_out) == 5

@@ -4,11 +4,13 @@ and reads during concurrent writes."""
 from __future__ import annotations
 
 import ast
+import json
 import multiprocessing
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from farm import queries
 from farm.store import StoreLocation, open_store, schema
 from tests.conftest import BACKENDS
 from tests.postgres import PostgresServer
-from tests.seed import H200, L4, TRT_O3, TRT_O5, Seeded, seed, seed_bulk
+from tests.seed import H200, L4, TRT_O3, TRT_O5, Seeded, beat, seed, seed_bulk
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 EMPTY_HINT = "farm sweep sweeps/quickstart.yaml"
@@ -48,6 +50,7 @@ def seeded_on(request: pytest.FixtureRequest) -> Seeded:
 
 def app_on(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> AppTest:
     """The dashboard as `farm dashboard` starts it: the store's location in FARM_DATA_DIR and FARM_DB_URL."""
+    beat(seeded.location)  # the seeded running sweep's driver is alive (else it reads as interrupted after a minute)
     monkeypatch.setenv("FARM_DATA_DIR", str(seeded.location.data_dir))
     monkeypatch.setenv("FARM_DB_URL", seeded.location.url)
     return AppTest.from_file(str(APP), default_timeout=30)
@@ -75,7 +78,7 @@ def text(at: AppTest) -> str:
 
 
 def test_dashboard_reads_through_farm_only() -> None:
-    """DESIGN: the dashboard never imports workers (directly or through farm.delivery / farm.select)."""
+    """docs/architecture.md: the dashboard never imports workers (directly or through farm.delivery / farm.select)."""
     for script in APP.parent.rglob("*.py"):
         tree = ast.parse(script.read_text())
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -126,6 +129,23 @@ def test_sweeps_page_shows_progress_and_failures(seeded_on: Seeded, monkeypatch:
     assert "mobilenet_v3_large int8 tensorrt" in failure.label
     assert "no implementation for" in failure.error[0].value
     assert "Error Code 2" in failure.code[0].value
+
+
+def test_a_sweep_whose_driver_is_gone_reads_interrupted(app: AppTest, seeded: Seeded) -> None:
+    """Issue 13: after kill -9 the sweep read "running" forever; its heartbeat says when the driver went."""
+    import streamlit as st
+
+    store = open_store(seeded.location)
+    with store.session() as s, s.begin():
+        s.get(schema.Sweep, seeded.sweeps["nightly"]).heartbeat_at = datetime(2026, 12, 1, 8, 30, 15, tzinfo=UTC)
+    store.close()
+    st.cache_data.clear()
+    at = open_page(app, "sweeps")
+    assert at.toggle(key=f"auto_refresh-{seeded.sweeps['nightly']}").value is False  # nothing is running any more
+    assert at.metric[0].value == "interrupted (driver gone since 08:30:15 UTC)"
+    assert len(at.get("progress")) == 0
+    beat(seeded.location)
+    st.cache_data.clear()
 
 
 @pytest.mark.parametrize("seeded_on", BACKENDS, indirect=True)
@@ -259,12 +279,24 @@ def test_compare_page(app: AppTest, seeded: Seeded) -> None:
     at = open_page(app, "compare")
     summary, timings, options, manifest = (frame(at, i) for i in range(4))
     assert not summary.set_index("field").loc["precision", "differs"]
-    level = options.set_index("field").loc["optimization_level"]
+    level = options.set_index("field").loc["optimization level"]  # labelled, not the raw key
     assert (level["A"], level["B"], level["differs"]) == ("3", "5", True)
     p99 = timings[(timings["batch"] == 1) & (timings["metric"] == "p99 ms")].iloc[0]
-    assert p99["B / A"] < 0.5  # level 5 has no tail
-    assert "options.optimization_level" in set(manifest["field"]) and manifest["differs"].all()
+    assert p99["ratio"] < 0.5 and p99["B / A"] == f"{p99['ratio']:.2f}x"  # level 5 has no tail
+    assert all(len(value.split(".")[-1]) <= 3 for value in timings["A"] if "." in value)  # rounded as farm.metrics formats them
+    assert "options › optimization level" in set(manifest["field"]) and manifest["differs"].all()
     assert "optimization_level" in at.code[0].value  # the unified diff
+    [histogram] = at.get("plotly_chart")  # both builds' iterations, overlaid
+    spec = json.loads(histogram.proto.spec)
+    assert [t["type"] for t in spec["data"]] == ["histogram", "histogram"] and spec["layout"]["barmode"] == "overlay"
+
+
+def test_compare_opens_on_two_timed_builds(app: AppTest) -> None:
+    """Issue 13: it opened on the two newest builds, which had no timings (a failed build, an rtx one)."""
+    at = open_page(app, "compare")
+    timings = frame(at, 1)
+    assert set(timings["A"]) - {"-"} and set(timings["B"]) - {"-"}
+    assert at.get("plotly_chart")
 
 
 # --- reading while the driver writes -----------------------------------------------------------

@@ -18,7 +18,7 @@ from farm.cli import app
 from farm.delivery import ExportError, engine_bundle, write_engine
 from farm.select import candidates, pareto_front, winners
 from farm.store import Store, open_store
-from tests.seed import CPU, H200, L4, TRT_O3, TRT_O5, Seeded, seed
+from tests.seed import CPU, H200, IMAGENET, L4, TRT_O3, TRT_O5, Seeded, seed
 
 runner = CliRunner()
 
@@ -171,6 +171,11 @@ def model_config_class() -> Any:
     kind = group.enum_type.add(name="Kind")
     for number, name in enumerate(["KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"]):
         kind.value.add(name=name, number=number)
+    message("ModelDynamicBatching", [("preferred_batch_size", F.TYPE_INT32, many, None),
+                                     ("max_queue_delay_microseconds", F.TYPE_UINT64, one, None)])
+    policy = message("ModelOptimizationPolicy", [("graph", F.TYPE_MESSAGE, one, ".inference.ModelOptimizationPolicy.Graph")])
+    message("Graph", [("level", F.TYPE_INT32, one, None)], parent=policy)
+    message("ModelParameter", [("string_value", F.TYPE_STRING, one, None)])
     config = message("ModelConfig", [
         ("name", F.TYPE_STRING, one, None), ("platform", F.TYPE_STRING, one, None), ("backend", F.TYPE_STRING, one, None),
         ("max_batch_size", F.TYPE_INT32, one, None), ("input", F.TYPE_MESSAGE, many, ".inference.ModelInput"),
@@ -178,9 +183,15 @@ def model_config_class() -> Any:
         ("instance_group", F.TYPE_MESSAGE, many, ".inference.ModelInstanceGroup"),
         ("default_model_filename", F.TYPE_STRING, one, None),
         ("cc_model_filenames", F.TYPE_MESSAGE, many, ".inference.ModelConfig.CcModelFilenamesEntry"),
+        ("dynamic_batching", F.TYPE_MESSAGE, one, ".inference.ModelDynamicBatching"),
+        ("optimization", F.TYPE_MESSAGE, one, ".inference.ModelOptimizationPolicy"),
+        ("parameters", F.TYPE_MESSAGE, many, ".inference.ModelConfig.ParametersEntry"),
     ])
     entry = message("CcModelFilenamesEntry", [("key", F.TYPE_STRING, one, None), ("value", F.TYPE_STRING, one, None)], parent=config)
     entry.options.map_entry = True
+    parameters = message("ParametersEntry", [("key", F.TYPE_STRING, one, None), ("value", F.TYPE_MESSAGE, one, ".inference.ModelParameter")],
+                         parent=config)
+    parameters.options.map_entry = True
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
@@ -222,11 +233,58 @@ def test_export_triton(seeded: Seeded, tmp_path: Path) -> None:
         assert manifest["build_key"] == expected[cc]  # sm_89 is the L4's TensorRT engine, not TensorRT-RTX's
         assert sha256(out / "resnet50" / "1" / file_name) == manifest["engine_sha256"]
 
+    assert list(gpu.dynamic_batching.preferred_batch_size) == [8]  # the measured sizes (1, 8) above 1, up to max_batch_size
+    assert not gpu.parameters  # a TensorRT plan carries its build options inside
+
     cpu = parse_config(out / "resnet50_onnxruntime" / "config.pbtxt")
     assert cpu.platform == "onnxruntime_onnx" and cpu.default_model_filename == "model.onnx"
     assert [g.kind for g in cpu.instance_group] == [2]  # KIND_CPU
     assert not cpu.cc_model_filenames
     assert (out / "resnet50_onnxruntime" / "1" / "model.onnx").exists()
+    # The options that made the winner win reach Triton's ONNX Runtime session (issue 13)
+    assert cpu.parameters["intra_op_thread_count"].string_value == "8"
+    assert not cpu.HasField("optimization")  # level "all" is Triton's default
+    assert list(cpu.dynamic_batching.preferred_batch_size) == [8] and cpu.max_batch_size == 8
+    manifest = json.loads((out / "resnet50_onnxruntime" / "manifests" / "model.onnx.json").read_text())
+    assert manifest["preprocess"] == IMAGENET and manifest["weights"] == "DEFAULT" and manifest["random_weights"] is False
+
+
+def test_triton_config_reproduces_the_graph_optimization_level() -> None:
+    from farm.delivery import ORT_GRAPH_LEVELS, config_pbtxt
+
+    manifest = {"inputs": [{"name": "input", "shape": ["batch", 3, 8, 8], "dtype": "float32"}],
+                "outputs": [{"name": "output", "shape": ["batch", 10], "dtype": "float32"}]}
+    for level, number in ORT_GRAPH_LEVELS.items():
+        path = Path(f"/tmp/farm-test-{level}.pbtxt")
+        path.write_text(config_pbtxt("m", "onnxruntime_onnx", "KIND_CPU", 1, manifest, {"": "model.onnx"},
+                                     {"parameters": {"intra_op_thread_count": "1"}, "graph_level": number}, [1]))
+        config = parse_config(path)
+        assert config.optimization.graph.level == number and not config.HasField("dynamic_batching")  # max batch 1
+        path.unlink()
+
+
+def test_bundles_and_best_json_say_how_to_feed_the_model(seeded: Seeded, store: Store) -> None:
+    key = seeded.key("resnet50", "fp16", "tensorrt", TRT_O3, H200)
+    with zipfile.ZipFile(io.BytesIO(engine_bundle(store, key))) as archive:
+        manifest = json.loads(next(archive.read(n) for n in archive.namelist() if n.endswith("manifest.json")))
+    assert (manifest["preprocess"], manifest["weights"], manifest["random_weights"]) == (IMAGENET, "DEFAULT", False)
+    best = runner.invoke(app, ["best", "--model", "resnet50", "--json", "--data-dir", str(seeded.location.data_dir)])
+    assert best.exit_code == 0, best.output
+    first = json.loads(best.stdout)["winners"][0]
+    assert {k: first[k] for k in ("preprocess", "weights", "random_weights")} == {"preprocess": IMAGENET, "weights": "DEFAULT",
+                                                                                  "random_weights": False}
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "x" * 300])
+def test_a_name_never_leaves_the_output_folder(tmp_path: Path, name: str) -> None:
+    from farm.delivery import safe_folder
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "keep").write_text("outside --out")
+    with pytest.raises(ExportError, match="cannot be a folder name"):
+        safe_folder(tmp_path / "out", name)
+    assert (tmp_path / "keep").exists()
+    assert safe_folder(tmp_path / "out", "resnet50") == tmp_path / "out" / "resnet50"
 
 
 def test_export_triton_follows_the_objective(seeded: Seeded, tmp_path: Path) -> None:
@@ -250,3 +308,19 @@ def test_pareto_front(seeded: Seeded, store: Store) -> None:
     dominated = [c for c in group if c not in front]
     assert [c.backend for c in dominated] == ["torch"]  # slower than onnxruntime at the same agreement (1.0)
     assert winners(group, "p50", 0.99)[0].build_key in {c.build_key for c in front}
+
+
+@pytest.mark.parametrize("command", [["pull", "resnet50", "--target", "H200"], ["deliver", "triton"]])
+def test_a_read_only_medium_is_one_line(seeded: Seeded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    """Issue 13, item 11: --out on a read-only medium was a traceback. (Root ignores permission bits, so the
+    medium is simulated where the write starts: a mkdir that fails with EROFS, as a read-only mount does.)"""
+    import errno
+
+    def read_only(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    out = tmp_path / "ro" / "out"
+    result = runner.invoke(app, [*command, "--out", str(out), "--data-dir", str(seeded.location.data_dir)], prog_name="farm")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == [f"error: {out}: cannot write (Read-only file system)"]

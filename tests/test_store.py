@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
+from farm import queries
 from farm.jobs import ExportJob, content_key
 from farm.store import Store, StoreLocation, open_store, schema
 from farm.store.db import StoreError
@@ -67,11 +68,37 @@ def test_an_old_database_is_upgraded_in_place(backend: str, tmp_path: Path, requ
     with store.engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == _head_revision()
         assert {"timing_caches", "calibrations", "retimes"} <= set(inspect(connection).get_table_names())
+        assert "heartbeat_at" in {c["name"] for c in inspect(connection).get_columns("sweeps")}  # 0008
+        assert {"node", "started_at"} <= {c["name"] for c in inspect(connection).get_columns("sweep_jobs")}  # 0007
     with store.session() as s, s.begin():  # the old row is kept, and a name longer than 0001's VARCHAR(128) fits now
         s.add(schema.Sweep(name="n" * 300, spec_path="x.yaml", spec={}, status="running"))
     with store.session() as s:
         assert [len(name) for name in s.scalars(select(schema.Sweep.name).order_by(schema.Sweep.id))] == [3, 300]
     store.close()
+
+
+def test_0008_keeps_sweeps_written_before_heartbeats(tmp_path: Path) -> None:
+    """A sweep row from before 0008 survives the upgrade with no heartbeat; readers fall back to its start."""
+    from alembic import command
+    from alembic.config import Config
+
+    from farm.store.db import MIGRATIONS, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0007")
+        connection.execute(text("INSERT INTO sweeps (name, spec_path, spec, status, started_at) "
+                                "VALUES ('old', 'x.yaml', '{}', 'running', '2026-01-01 10:00:00')"))
+    engine.dispose()
+    store = open_store(StoreLocation(tmp_path, url))
+    with store.session() as s:
+        [summary] = queries.sweeps(s)
+        assert s.scalars(select(schema.Sweep.heartbeat_at)).one() is None
+    assert summary.status == "interrupted (driver gone since 10:00:00 UTC)"
 
 
 def test_reopening_an_existing_store_keeps_rows(tmp_path: Path) -> None:
@@ -218,3 +245,78 @@ def test_a_store_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as raised:
         open_store(StoreLocation.resolve(tmp_path / "file" / "farm-data"))
     assert str(raised.value) == f"cannot create the store in {tmp_path / 'file' / 'farm-data'}: not a directory"
+
+
+def test_heartbeats_are_throttled_and_a_silent_driver_reads_as_interrupted(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from farm.store import record
+
+    recorder = Recorder(store)
+    sweep_id = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [("export", "k" * 32, "m")])
+    writes: list[int] = []
+    real = store.session
+    monkeypatch.setattr(store, "session", lambda: writes.append(1) or real())
+    clock = iter([100.0, 101.0, 100.0 + record.HEARTBEAT_S + 0.1])
+    monkeypatch.setattr(record.time, "monotonic", lambda: next(clock))
+    for _ in range(3):
+        recorder.heartbeat(sweep_id)
+    assert len(writes) == 2  # the second call, 1 s after the first, wrote nothing
+    monkeypatch.undo()
+    with store.session() as s:
+        sweep = s.get(schema.Sweep, sweep_id)
+        beat = sweep.heartbeat_at
+        assert beat is not None
+        assert queries.sweep_status(sweep.status, beat, sweep.started_at) == "running"
+        later = beat.replace(tzinfo=UTC) + timedelta(seconds=queries.STALE_S + 1)
+        assert queries.sweep_status(sweep.status, beat, sweep.started_at, later) == f"interrupted (driver gone since {beat:%H:%M:%S} UTC)"
+        assert queries.sweep_status("finished", beat, sweep.started_at, later) == "finished"  # a finished sweep needs no pulse
+    assert datetime.now(UTC).replace(tzinfo=None) - beat.replace(tzinfo=None) < timedelta(seconds=30)
+
+
+def test_a_sweep_without_one_ok_job_is_stored_as_failed(store: Store) -> None:
+    recorder = Recorder(store)
+    failed = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [("export", "a" * 32, "a"), ("reference", "b" * 32, "b")])
+    recorder.record(failed, JobRow("export", "a" * 32, False, EXPORT_COLUMNS, error="boom"))
+    recorder.mark(failed, "reference", "b" * 32, "blocked")
+    assert recorder.finish_sweep(failed, "finished") == "failed"
+    partly = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [("export", "c" * 32, "c")])
+    recorder.mark(partly, "export", "c" * 32, "cached")
+    assert recorder.finish_sweep(partly, "finished") == "finished"
+    assert recorder.finish_sweep(partly, "interrupted") == "interrupted"
+    with store.session() as s:
+        assert [(x.status) for x in queries.sweeps(s)] == ["interrupted", "failed"]
+
+
+def test_a_failed_artifact_write_leaves_no_temporary_file(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk mid-write (issue 13, item 14): the error goes up, the partial file does not stay."""
+    import errno
+    import tempfile
+
+    real = tempfile.NamedTemporaryFile
+
+    class Full:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.file = real(*args, **kwargs)  # type: ignore[call-overload]
+            self.name = self.file.name
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            self.file.flush()
+
+        def close(self) -> None:
+            self.file.close()
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", Full)
+    with pytest.raises(OSError, match="No space left"):
+        store.artifacts.put(b"an engine")
+    assert list(store.artifacts.root.rglob(".partial-*")) == [] and store.artifacts.partials() == []
+    assert not [p for p in store.artifacts.root.rglob("*") if p.is_file()]

@@ -193,10 +193,12 @@ def test_cli_sweep_prints_winners_and_status(first_run: FirstRun, sweep_dir: Pat
     store = first_run[0]
     runner = CliRunner()
     result = runner.invoke(app, ["sweep", str(sweep_dir / "spec.yaml"), "--data-dir", str(store.location.data_dir)])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the broken models fail again: some jobs failed, the sweep finished
     assert "Winners of sweep" in result.output and "mobilenet" in result.output
+    assert "3 failed (some jobs failed)" in result.output  # garbage export, custom_op reference and build
     status = runner.invoke(app, ["status", "--data-dir", str(store.location.data_dir), "--json"])
     assert status.exit_code == 0
+    assert json.loads(status.stdout)["status"] == "finished"
     stages = json.loads(status.stdout)["stages"]
     # the CLI's sweep found what the first one finished: cached, nothing redone (only failures are tried again)
     assert stages and not any(states["done"] or states["pending"] for states in stages.values()), stages

@@ -236,7 +236,7 @@ def test_fp16_and_int8_variants_build_smaller(resnet: Exported, resnet_engines: 
 
 
 def _int8_variant(onnx_bytes: bytes, folder: Path) -> bytes:
-    """Q/DQ with TENSORRT.md's settings, calibrated on a few random batches (enough to build, not to be accurate)."""
+    """Q/DQ with HF Optimum's TensorRT settings (docs/precision.md), calibrated on a few random batches (enough to build, not to be accurate)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Noise(CalibrationDataReader):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,9 @@ from workers.structs import Preprocess
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 ARRAY_SUFFIXES = {".npy", ".npz"}
 SIDE_FILES = {".md", ".csv", ".txt"}  # a README or a labels file beside the data is not a bad sample
+# Each file the loaders skip is logged here, one line naming it: the CLI prints these as warnings, so
+# a truncated photo never disappears from the calibration set without a word.
+log = logging.getLogger(__name__)
 
 
 class CalibrationDataError(ValueError):
@@ -55,11 +60,13 @@ def load_images(folder: str | Path, preprocess: Preprocess, *, limit: int | None
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             if path.suffix.lower() not in SIDE_FILES:
                 skipped.append(f"{path.name}: not an image file")
+                log.warning("%s: skipped, not an image file", path)
             continue
         try:
             rows.append(_read_image(path, preprocess))
         except CalibrationDataError as exc:
             skipped.append(f"{path.name}: {exc}")
+            log.warning("%s: skipped, %s", path, exc)
             continue
         files.append(path.name)
         if limit is not None and len(rows) >= limit:
@@ -74,10 +81,28 @@ def _read_image(path: Path, preprocess: Preprocess) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            # convert() forces the full decode, so a truncated JPEG fails here rather than later.
-            return preprocess_image(image.convert("RGB"), preprocess)
+            image.load()  # the full decode: a truncated JPEG fails here rather than later
+            return preprocess_image(as_rgb(image), preprocess)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CalibrationDataError(f"unreadable image ({exc})") from exc
+
+
+def as_rgb(image: object) -> object:
+    """8-bit RGB of any image. Pillow's convert("RGB") clips 16- and 32-bit grey values at 255 (a
+    16-bit PNG turns mostly white), so those are scaled to 8 bits first: 16-bit by 65535 / 255, float
+    images in [0, 1] by 255."""
+    from PIL import Image
+
+    assert isinstance(image, Image.Image)
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    peak = float(values.max(initial=0))
+    if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
+        values = values / 257.0
+    elif image.mode == "F" and peak <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L").convert("RGB")
 
 
 def _too_few_images(root: Path, paths: list[Path], usable: int, needed: int, skipped: list[str]) -> str:
@@ -125,6 +150,95 @@ def load_arrays(path: str | Path, input_shape: Sequence[int | str]) -> Samples:
     return Samples(array=array, files=[f"{root.name}[{i}]" for i in range(len(array))])
 
 
+@dataclass(frozen=True)
+class Count:
+    """What a path holds, found from file headers only (nothing decoded): images, or array shapes."""
+
+    path: Path
+    images: int
+    shapes: dict[str, tuple[int, ...]]  # array files: file name -> its shape
+    skipped: list[str]
+
+    def samples(self, input_shape: Sequence[int | str]) -> int:
+        """Rows for a model taking `input_shape`; raises CalibrationDataError where an array's shape cannot serve it
+        (load_arrays' rule: a file is [N, *input_shape]; in a folder, one sample [*input_shape] is allowed too)."""
+        if not self.shapes:
+            return self.images
+        total = 0
+        for name, shape in self.shapes.items():
+            one = self.path.is_dir() and len(shape) == len(input_shape)
+            rows = (1, *shape) if one else shape
+            if len(rows) != len(input_shape) + 1 or any(isinstance(d, int) and d != n for d, n in zip(input_shape, rows[1:], strict=True)):
+                raise CalibrationDataError(f"{self.path / name if self.path.is_dir() else self.path}: array of shape {list(shape)}, "
+                                           f"expected [{', '.join(str(d) for d in ['N', *input_shape])}]")
+            total += rows[0]
+        return total
+
+
+def count_samples(path: str | Path) -> Count:
+    """Count what an image folder, an .npy/.npz file or a folder of them holds, reading headers only.
+
+    An image counts when Pillow recognises its header; a file that decodes badly later (a
+    truncated JPEG) is skipped and logged when it is loaded."""
+    root = Path(path)
+    files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else [root]
+    arrays = root.suffix.lower() in ARRAY_SUFFIXES or any(p.suffix.lower() in ARRAY_SUFFIXES for p in files)
+    wanted = ARRAY_SUFFIXES if arrays else IMAGE_SUFFIXES
+    images, shapes, skipped = 0, {}, []
+    for file in files:
+        suffix = file.suffix.lower()
+        if suffix not in wanted:
+            if suffix not in SIDE_FILES:
+                skipped.append(f"{file.name}: not {'a .npy or .npz' if arrays else 'an image'} file")
+            continue
+        try:
+            if arrays:
+                shapes[file.name] = _array_header(file)
+            else:
+                _image_header(file)
+                images += 1
+        except CalibrationDataError as exc:
+            skipped.append(f"{file.name}: {exc}")
+    return Count(root, images, shapes, skipped)
+
+
+def _image_header(path: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):  # reads the header; the pixels stay on disk
+            pass
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CalibrationDataError(f"unreadable image ({exc})") from exc
+
+
+def _array_header(path: Path) -> tuple[int, ...]:
+    """The shape in an .npy header, or in the one array of an .npz, without reading the data."""
+    try:
+        if path.suffix.lower() == ".npz":
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".npy")]
+                if len(names) != 1:
+                    raise CalibrationDataError(f"an .npz must hold exactly one array, found {len(names)}")
+                with archive.open(names[0]) as handle:
+                    return _npy_shape(handle)
+        with path.open("rb") as handle:
+            return _npy_shape(handle)
+    except CalibrationDataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CalibrationDataError(f"not a readable numpy file ({exc})") from exc
+
+
+def _npy_shape(handle: object) -> tuple[int, ...]:
+    version = np.lib.format.read_magic(handle)  # type: ignore[arg-type]
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _fortran, dtype = read(handle)  # type: ignore[arg-type]
+    if not np.issubdtype(dtype, np.number):
+        raise CalibrationDataError(f"dtype {dtype} is not numeric")
+    return tuple(int(d) for d in shape)
+
+
 def _load_array_folder(root: Path, input_shape: Sequence[int | str]) -> Samples:
     paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() not in SIDE_FILES)
     chunks: list[np.ndarray] = []
@@ -138,6 +252,7 @@ def _load_array_folder(root: Path, input_shape: Sequence[int | str]) -> Samples:
             raw = _read_array(p)
         except CalibrationDataError as exc:
             skipped.append(f"{p.name}: {exc}")
+            log.warning("%s: skipped, %s", p, exc)
             continue
         if raw.ndim == len(input_shape):
             raw = raw[None]

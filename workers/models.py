@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import importlib
 import io
+import re
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,9 @@ import onnx
 from workers.structs import ExportInfo, ModelRef, TensorSpec
 
 BATCH_AXIS = "batch"
+# One protobuf cannot exceed 2 GiB, so a larger .onnx file is not an ONNX model (bigger models keep
+# their weights as external data beside it); checked before the file is read into memory.
+MAX_ONNX_BYTES = 2 << 30
 
 
 class ModelSourceError(ValueError):
@@ -115,11 +120,66 @@ def export(model: ModelRef, onnx_file: bytes | None = None) -> Exported:
     return Exported(onnx_bytes=data, checkpoint=checkpoint, info=info)
 
 
-def _read_onnx_file(model: ModelRef) -> bytes:
-    path = Path(model.source)
+def onnx_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a model file, in a phrase after its name, or None."""
+    if path.is_dir():
+        return f"{path} is a directory, not an .onnx file"
+    if not path.exists():
+        return f"{path} does not exist"
     if not path.is_file():
-        raise ModelSourceError(f"model {model.name}: ONNX file {path} does not exist")
-    return path.read_bytes()
+        return f"{path} is not a regular file"
+    size = path.stat().st_size
+    if size > MAX_ONNX_BYTES:
+        return f"{path} is {size / 2**30:.1f} GiB, over the 2 GiB one ONNX protobuf can hold"
+    return None
+
+
+def external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of the model whose data lives in another file: initializers and attributes, subgraphs included."""
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        tensors = list(graph.initializer) + [s.values for s in graph.sparse_initializer]
+        for node in graph.node:
+            for attribute in node.attribute:
+                tensors += ([attribute.t] if attribute.HasField("t") else []) + list(attribute.tensors)
+                graphs += ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs)
+        yield from (t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
+
+
+def external_data_problem(proto: onnx.ModelProto) -> str | None:
+    """An external-data location that leaves the model's folder (absolute, a drive, or through ..):
+    loading it would read any file the worker can read. None when every location stays beside the model."""
+    for tensor in external_tensors(proto):
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+        parts = PurePosixPath(location.replace("\\", "/"))
+        if not location or parts.is_absolute() or ".." in parts.parts or re.match(r"^[A-Za-z]:", location):
+            return (f"tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder: "
+                    "refused (external data must sit beside the .onnx file)")
+    return None
+
+
+def _read_onnx_file(model: ModelRef) -> bytes:
+    """The model as one self-contained ONNX file: external data beside it is read in (the store keeps
+    one file); external data anywhere else is refused."""
+    path = Path(model.source)
+    problem = onnx_file_problem(path)
+    if problem:
+        raise ModelSourceError(f"model {model.name}: ONNX file {problem}")
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001 - not ONNX at all: _check says so, with the parser's reason
+        return data
+    problem = external_data_problem(proto)
+    if problem:
+        raise ModelSourceError(f"model {model.name}: {problem}")
+    if next(external_tensors(proto), None) is None:
+        return data
+    from onnx.external_data_helper import load_external_data_for_model
+
+    load_external_data_for_model(proto, str(path.parent))
+    return proto.SerializeToString()
 
 
 def _to_onnx(module: Any, model: ModelRef) -> bytes:
@@ -163,6 +223,9 @@ def _check(data: bytes, model: ModelRef) -> onnx.ModelProto:
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise ModelSourceError(f"model {model.name}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+    problem = external_data_problem(proto)  # bytes that came from the store are checked as well
+    if problem:
+        raise ModelSourceError(f"model {model.name}: {problem}")
     return proto
 
 

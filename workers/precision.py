@@ -45,7 +45,7 @@ RANGES_FORMAT = 1  # bump when the JSON layout of CalibrationRanges changes
 # side with 128 quantized bins: a real search, at about 0.5 s per activation tensor here (2 cores).
 ENTROPY_BINS = 2048
 
-# The settings HF Optimum uses for its TensorRT config; TENSORRT.md has the source.
+# The settings HF Optimum uses for its TensorRT config (docs/precision.md).
 QDQ_EXTRA_OPTIONS: dict[str, Any] = {
     "ActivationSymmetric": True,
     "WeightSymmetric": True,

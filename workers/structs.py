@@ -6,10 +6,22 @@ its tensors with the same TensorSpec and its engines with the same Manifest.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 Dim = int | str  # a symbolic name ("batch") for a dynamic axis
+
+
+class ManifestError(ValueError):
+    """A manifest (or tensor description) that is not one: str() is one line saying which field is wrong.
+    Manifests come back from stores and bundles, so they are read as untrusted JSON."""
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ManifestError(f"{where}: expected {names}, got {type(value).__name__}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -22,8 +34,14 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @staticmethod
-    def from_json(data: dict[str, Any]) -> TensorSpec:
-        return TensorSpec(data["name"], tuple(data["shape"]), data["dtype"])
+    def from_json(data: Any, where: str = "tensor") -> TensorSpec:
+        _expect(data, dict, where)
+        missing = [k for k in ("name", "shape", "dtype") if k not in data]
+        if missing:
+            raise ManifestError(f"{where}: missing {', '.join(missing)}")
+        shape = _expect(data["shape"], list, f"{where}.shape")
+        dims = tuple(_expect(d, (int, str), f"{where}.shape[{i}]") for i, d in enumerate(shape))
+        return TensorSpec(_expect(data["name"], str, f"{where}.name"), dims, _expect(data["dtype"], str, f"{where}.dtype"))
 
 
 @dataclass(frozen=True)
@@ -121,11 +139,26 @@ class Manifest:
         return data
 
     @staticmethod
-    def from_json(data: dict[str, Any]) -> Manifest:
-        fields = dict(data)
-        fields["inputs"] = [TensorSpec.from_json(t) for t in data["inputs"]]
-        fields["outputs"] = [TensorSpec.from_json(t) for t in data["outputs"]]
-        return Manifest(**fields)
+    def from_json(data: Any) -> Manifest:
+        """A Manifest from its JSON; anything else raises ManifestError (one line), never another exception."""
+        _expect(data, dict, "manifest")
+        known = {f.name: f for f in fields(Manifest)}
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise ManifestError(f"manifest: unknown field {unknown[0]!r}")
+        missing = [name for name, f in known.items() if name not in data and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise ManifestError(f"manifest: missing {', '.join(missing)}")
+        values = dict(data)
+        for name in ("backend", "backend_version", "target", "precision", "model", "variant_sha256", "engine_sha256"):
+            if name in values:
+                _expect(values[name], str, f"manifest.{name}")
+        for name in ("options", "extra"):
+            if name in values:
+                _expect(values[name], dict, f"manifest.{name}")
+        for name in ("inputs", "outputs"):
+            values[name] = [TensorSpec.from_json(t, f"manifest.{name}[{i}]") for i, t in enumerate(_expect(values[name], list, f"manifest.{name}"))]
+        return Manifest(**values)
 
 
 @dataclass

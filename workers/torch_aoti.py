@@ -5,7 +5,7 @@ Inductor. The package carries its own settings (engine options, batch range, inp
 AOTInductor metadata, readable without loading it, so a loader needs nothing but the bytes.
 
 Loading is native code, and it can kill the process: aoti_load_package segfaulted on the
-H200 with torch 2.11 (PLATFORM.md). check_aoti_package therefore loads and runs a package in a
+H200 with torch 2.11. check_aoti_package therefore loads and runs a package in a
 fresh interpreter first; `python -m workers.torch_aoti PACKAGE --device DEVICE` is that
 interpreter's entry point.
 """

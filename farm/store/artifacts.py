@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+
+PARTIAL = ".partial-"  # the prefix of an artifact being written
 
 
 class ArtifactMissing(FileNotFoundError):
@@ -29,11 +33,23 @@ class ArtifactStore:
         target = self.path(sha)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            # Write beside the target and rename, so a reader never sees half a file.
-            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-                tmp.write(data)
+            # Write beside the target and rename, so a reader never sees half a file; a write that
+            # fails (a full disk) removes its temporary file instead of leaving it in the store.
+            with tempfile.NamedTemporaryFile(dir=target.parent, prefix=PARTIAL, delete=False) as tmp:
+                try:
+                    tmp.write(data)
+                    tmp.flush()
+                except BaseException:
+                    with contextlib.suppress(OSError):  # closing flushes again, and fails again on a full disk
+                        tmp.close()
+                    os.unlink(tmp.name)
+                    raise
             os.replace(tmp.name, target)
         return sha
+
+    def partials(self) -> list[Path]:
+        """Temporary files of writes that never finished (a writer killed mid-write): none after a clean run."""
+        return sorted(self.root.glob(f"*/{PARTIAL}*")) if self.root.exists() else []
 
     def get(self, sha256: str) -> bytes:
         try:

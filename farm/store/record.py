@@ -7,6 +7,7 @@ columns every stage table shares and the stage's own columns) with the artifacts
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from farm.store import schema
 from farm.store.db import Store
 
 ROW_TYPES = schema.STAGE_TABLES
+HEARTBEAT_S = 5.0  # at most one heartbeat write per this many seconds; readers call a driver gone after STALE_S
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class JobRow:
 class Recorder:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._beats: dict[int, float] = {}  # sweep id -> monotonic time of its last heartbeat write
 
     # --- sweeps -------------------------------------------------------------------------
 
@@ -55,15 +58,33 @@ class Recorder:
                     state: str = "pending") -> int:
         """A sweep row and one sweep-job row per (stage, key, label), in `state`."""
         with self.store.session() as s, s.begin():
-            sweep = schema.Sweep(name=name, spec_path=spec_path, spec=spec, status="running")
+            sweep = schema.Sweep(name=name, spec_path=spec_path, spec=spec, status="running", heartbeat_at=datetime.now(UTC))
             sweep.jobs = [schema.SweepJob(stage=stage, key=key, label=label[:256], state=state) for stage, key, label in jobs]
             s.add(sweep)
             s.flush()
             return sweep.id
 
-    def finish_sweep(self, sweep_id: int, status: str) -> None:
+    def heartbeat(self, sweep_id: int) -> None:
+        """The driver is alive: called from its loop as often as it likes, written at most every HEARTBEAT_S."""
+        now = time.monotonic()
+        if now - self._beats.get(sweep_id, -HEARTBEAT_S) < HEARTBEAT_S:
+            return
+        self._beats[sweep_id] = now
         with self.store.session() as s, s.begin():
-            s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(status=status, finished_at=datetime.now(UTC)))
+            s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(heartbeat_at=datetime.now(UTC)))
+
+    def finish_sweep(self, sweep_id: int, status: str) -> str:
+        """End the sweep; "finished" is stored as "failed" when not one of its jobs ended done or cached
+        (every job failed or was blocked): a sweep that produced nothing must not read as a success."""
+        with self.store.session() as s, s.begin():
+            if status == "finished":
+                ok = s.scalar(select(schema.SweepJob.id).where(schema.SweepJob.sweep_id == sweep_id,
+                                                               schema.SweepJob.state.in_(("done", "cached"))).limit(1))
+                status = "finished" if ok is not None else "failed"
+            now = datetime.now(UTC)
+            s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(status=status, finished_at=now, heartbeat_at=now))
+        self._beats.pop(sweep_id, None)
+        return status
 
     def started(self, sweep_id: int, stage: str, key: str, node: str) -> None:
         """A job was submitted to `node` (a Ray node id, or a host name): running since now."""

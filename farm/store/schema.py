@@ -62,9 +62,12 @@ class Sweep(Base):
     name: Mapped[str] = mapped_column(free_text(128), index=True)
     spec_path: Mapped[str] = mapped_column(free_text(512))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the validated spec, as run
-    status: Mapped[str] = mapped_column(String(16))  # running | finished | interrupted
+    status: Mapped[str] = mapped_column(String(16))  # running | finished | failed (no job ok) | interrupted
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # The driver's last sign of life (every few seconds while it runs): a "running" sweep whose
+    # heartbeat is old lost its driver (kill -9, a full disk) and is shown as interrupted.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
     jobs: Mapped[list[SweepJob]] = relationship(back_populates="sweep", cascade="all, delete-orphan")
 
