@@ -8,7 +8,7 @@ spreads the jobs of a target over its nodes. farm.driver executes both through R
 
 from __future__ import annotations
 
-import itertools
+import heapq
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +27,15 @@ class Event:
 
 
 class Schedule:
+    """The jobs' states, kept so that each turn of the driver costs what it starts, not the size of the plan.
+
+    A job waits on a count of its unfinished parents and enters the ready queue of its (target,
+    timing or not) when the count reaches zero; a failure blocks its subtree the moment it is
+    recorded. `advance` takes ready jobs in pipeline order across the queues and closes a queue for
+    the turn at the first job the placement cannot start (the next of that queue could not start
+    either), so 10,000 pending jobs cost no more per turn than ten.
+    """
+
     def __init__(self, jobs: Iterable[Job], *, max_inflight: int, timeout_s: float, clock: Callable[[], float] = time.monotonic,
                  placement: Placement | None = None) -> None:
         self.jobs = {job.key: job for job in jobs}
@@ -37,7 +46,18 @@ class Schedule:
         self.states: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.started: dict[str, float] = {}  # running job key -> when it started
-        self._pending = list(self.jobs)  # pipeline order: parents before children
+        self._order = {key: i for i, key in enumerate(self.jobs)}  # pipeline order: parents before children
+        self._pending = set(self.jobs)  # neither running nor ended
+        self._waiting_on = {key: len(job.needs) for key, job in self.jobs.items()}  # parents not yet ended
+        self._children: dict[str, list[str]] = {}
+        for key, job in self.jobs.items():
+            for parent in job.needs:
+                self._children.setdefault(parent, []).append(key)
+        self._ready: dict[tuple[str | None, bool], list[tuple[int, int, str]]] = {}  # queue -> heap of (first?, order, key)
+        self._ended: list[Event] = []  # blocked by a failure since the last turn
+        for key in self.jobs:
+            if self._waiting_on[key] == 0:
+                self._enqueue(key)
 
     @property
     def running(self) -> int:
@@ -45,64 +65,87 @@ class Schedule:
 
     @property
     def finished(self) -> bool:
-        return not self._pending and not self.started
+        """Nothing left to start, run or report (jobs a failure blocked are reported by the next `advance`)."""
+        return not self._pending and not self.started and not self._ended
+
+    def _enqueue(self, key: str, first: bool = False) -> None:
+        job = self.jobs[key]
+        queue = (job.target_id, job.stage in TIMING_STAGES)
+        heapq.heappush(self._ready.setdefault(queue, []), (0 if first else 1, self._order[key], key))
+
+    def _end(self, key: str, state: str, error: str | None) -> Event:
+        """A job reached its final state: its children learn of it."""
+        self._pending.discard(key)
+        self.states[key] = state
+        if error:
+            self.errors[key] = error
+        self._tell_children(key, state)
+        return Event(self.jobs[key], state, error)
+
+    def _tell_children(self, key: str, state: str) -> None:
+        """A failure blocks the subtree below it now (reported by the next `advance`, parents first);
+        otherwise a child whose last parent ended becomes ready."""
+        for child in self._children.get(key, ()):
+            if child not in self._pending:
+                continue
+            if state in FAILED and not self.jobs[child].runs_after_failures:
+                self._pending.discard(child)
+                self.states[child], self.errors[child] = "blocked", "an upstream job failed"
+                self._ended.append(Event(self.jobs[child], "blocked", self.errors[child]))
+                self._tell_children(child, "blocked")
+                continue
+            self._waiting_on[child] -= 1
+            if self._waiting_on[child] == 0:
+                self._enqueue(child)
 
     def finish(self, key: str, state: str, error: str | None = None) -> Event:
         """Record how a job ended (or that an earlier sweep already finished it: "cached")."""
         if self.started.pop(key, None) is not None and self.placement is not None:
             self.placement.finish(self.jobs[key])
-        if key in self._pending:
-            self._pending.remove(key)
-        self.states[key] = state
-        if error:
-            self.errors[key] = error
-        return Event(self.jobs[key], state, error)
+        return self._end(key, state, error)
 
     def advance(self) -> tuple[list[tuple[Job, str | None]], list[Event]]:
         """The jobs to start now (marked running) with the node each goes to (None without a
-        placement), and the jobs that can never run (blocked, or failed: no node of their target left).
-
-        Pending jobs are visited in pipeline order, so a failure blocks its whole subtree in one pass.
-        """
+        placement), and the jobs that can never run (blocked, or failed: no node of their target left)."""
         placement = self.placement
         if placement is not None:
             placement.new_round()
         start: list[tuple[Job, str | None]] = []
-        ended: list[Event] = []
-        still: list[str] = []
-        for key in self._pending:
-            job = self.jobs[key]
-            upstream = [self.states.get(parent) for parent in job.needs]
-            if not job.runs_after_failures and any(state in FAILED for state in upstream):
-                self.states[key] = "blocked"
-                self.errors[key] = "an upstream job failed"
-                ended.append(Event(job, "blocked", self.errors[key]))
-                continue
-            ready = all(state in (FINISHED + FAILED if job.runs_after_failures else FINISHED) for state in upstream)
-            if not ready or self.running >= self.max_inflight:
-                still.append(key)
-                continue
-            try:
-                node = placement.choose(job) if placement is not None else None
-            except NoLiveNode as exc:
-                self.states[key], self.errors[key] = "failed", str(exc)
-                ended.append(Event(job, "failed", str(exc)))
-                continue
-            if placement is not None and node is None:
-                still.append(key)  # its nodes are busy (or held for a timing): later
-                continue
-            self.started[key] = self.clock()
-            if placement is not None and node is not None:
-                placement.start(job, node)
-            start.append((job, node))
-        self._pending = still
+        ended, self._ended = self._ended, []
+        heads = [(heap[0], queue) for queue, heap in self._ready.items() if heap]
+        heapq.heapify(heads)
+        while heads and self.running < self.max_inflight:
+            (_first, _order, key), queue = heapq.heappop(heads)
+            heap = self._ready[queue]
+            if key not in self._pending:  # cached, blocked or started since it was queued
+                heapq.heappop(heap)
+            else:
+                job = self.jobs[key]
+                try:
+                    node = placement.choose(job) if placement is not None else None
+                except NoLiveNode as exc:
+                    heapq.heappop(heap)
+                    ended.append(self._end(key, "failed", str(exc)))
+                    ended, self._ended = ended + self._ended, []
+                else:
+                    if placement is not None and node is None:
+                        continue  # its nodes are busy (or held for a timing): this queue waits for the next turn
+                    heapq.heappop(heap)
+                    self._pending.discard(key)
+                    self.started[key] = self.clock()
+                    if placement is not None and node is not None:
+                        placement.start(job, node)
+                    start.append((job, node))
+            if heap:
+                heapq.heappush(heads, (heap[0], queue))
         return start, ended
 
     def retry(self, key: str) -> None:
         """Put a job that was running back in line (its node died): it goes first."""
         if self.started.pop(key, None) is not None and self.placement is not None:
             self.placement.finish(self.jobs[key])
-        self._pending.insert(0, key)
+        self._pending.add(key)
+        self._enqueue(key, first=True)
 
     def overdue(self) -> list[str]:
         """Running jobs older than the timeout, measured from their start."""

@@ -13,6 +13,10 @@ Two ways to decide, the better one where it exists:
 - **Benchmark intervals** (no re-timing, or one made for another objective or floor): the 95%
   bootstrap intervals on the p50 of the two builds' own benchmarks must not overlap.
 
+Either way a lead must also be large enough to matter: `MIN_MARGIN` (2%). A difference the test
+finds real but smaller than that (one engine timed twice can differ by 0.4% in 7 rounds of 8: the
+position in a round, the cache state) is a tie, never a winner.
+
 Otherwise the answer is a tie. Tied builds are listed simplest first (fp32 before lower
 precisions, eager before compiled kinds, fewer options), and the simplest is the one answered.
 """
@@ -31,6 +35,7 @@ PRECISION_ORDER = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3, "fp8": 4}
 KIND_ORDER = {"eager": 0, "cuda_graph": 1, "compile": 2, "aoti": 3}
 # The per-round statistic each objective is judged on; throughput is batch / mean time.
 ROUND_STATISTIC = {"p50": "median", "p99": "p99", "throughput": "mean"}
+MIN_MARGIN = 0.02  # the smallest lead that makes a winner: 1.02x
 
 
 class Contender(Protocol):
@@ -82,7 +87,8 @@ def ratio_interval(leader: list[float], other: list[float], seed: int = 0) -> tu
 
 
 def from_retime(
-    contenders: list[Contender], rounds: dict[str, dict[str, list[float]]], objective: str, alpha: float = 0.05
+    contenders: list[Contender], rounds: dict[str, dict[str, list[float]]], objective: str, alpha: float = 0.05,
+    min_margin: float = MIN_MARGIN,
 ) -> Verdict:
     """The verdict of an interleaved re-timing of `contenders` (all of them re-timed)."""
     statistic = ROUND_STATISTIC[objective]
@@ -90,28 +96,32 @@ def from_retime(
     ranked = sorted(contenders, key=lambda c: float(np.median(times[c.build_key])))
     leader, others = ranked[0], ranked[1:]
     reordered = leader.build_key != contenders[0].build_key  # contenders come in the benchmarks' order
-    tests = {}
-    for other in others:
-        diffs = [math.log(o / l) for l, o in zip(times[leader.build_key], times[other.build_key], strict=True)]
-        tests[other.build_key] = sign_flip_p_value(diffs)
+    lead = times[leader.build_key]
+
+    def apart(other: Contender) -> bool:
+        """Significantly slower than the leader, and by at least min_margin."""
+        diffs = [math.log(o / l) for l, o in zip(lead, times[other.build_key], strict=True)]
+        ratio = float(np.median(np.asarray(times[other.build_key]) / np.asarray(lead)))
+        return sign_flip_p_value(diffs) < alpha and ratio >= 1 + min_margin
+
     runner = others[0]
-    margin, interval = ratio_interval(times[leader.build_key], times[runner.build_key])
-    p = tests[runner.build_key]
-    rounds_won = sum(o > l for l, o in zip(times[leader.build_key], times[runner.build_key], strict=True))
-    n = len(times[leader.build_key])
-    if p < alpha:
+    margin, interval = ratio_interval(lead, times[runner.build_key])
+    p = sign_flip_p_value([math.log(o / l) for l, o in zip(lead, times[runner.build_key], strict=True)])
+    rounds_won = sum(o > l for l, o in zip(lead, times[runner.build_key], strict=True))
+    n = len(lead)
+    measured = f"{rounds_won} of {n} interleaved rounds, {margin:.3f}x [{interval[0]:.3f}, {interval[1]:.3f}], p = {p:.3f}"
+    if apart(runner):
         return Verdict("winner", "interleaved", leader.build_key, runner.build_key, margin, interval, p, (leader.build_key,),
-                       f"faster than the runner-up in {rounds_won} of {n} interleaved rounds: {margin:.3f}x "
-                       f"[{interval[0]:.3f}, {interval[1]:.3f}], p = {p:.3f}" + (" (re-timing reordered the benchmarks' ranking)" if reordered else ""),
+                       f"faster than the runner-up in {measured}" + (" (re-timing reordered the benchmarks' ranking)" if reordered else ""),
                        reordered)
-    tied = sorted([leader, *(o for o in others if tests[o.build_key] >= alpha)], key=simplicity)
+    why = f"p >= {alpha}" if p >= alpha else f"a lead under {1 + min_margin:.2f}x does not count"
+    tied = sorted([leader, *(o for o in others if not apart(o))], key=simplicity)
     return Verdict("tie", "interleaved", tied[0].build_key, runner.build_key, margin, interval, p, tuple(c.build_key for c in tied),
-                   f"tie: the leader was faster in {rounds_won} of {n} interleaved rounds, {margin:.3f}x "
-                   f"[{interval[0]:.3f}, {interval[1]:.3f}], p = {p:.2f} >= {alpha}; the simplest of the {len(tied)} tied is answered",
+                   f"tie: the leader was faster in {measured} ({why}); the simplest of the {len(tied)} tied is answered",
                    reordered or tied[0].build_key != contenders[0].build_key)
 
 
-def from_intervals(ranked: list[Contender], objective: str) -> Verdict:
+def from_intervals(ranked: list[Contender], objective: str, min_margin: float = MIN_MARGIN) -> Verdict:
     """The verdict from the benchmarks' own p50 intervals, best first in `ranked` (two or more)."""
     leader, runner = ranked[0], ranked[1]
     lead, other = leader.value(objective), runner.value(objective)
@@ -120,13 +130,20 @@ def from_intervals(ranked: list[Contender], objective: str) -> Verdict:
     if low is None or high is None:
         return Verdict("tie", "intervals", leader.build_key, runner.build_key, margin,
                        note="no intervals recorded for these benchmarks: a tie until they are re-timed")
-    if low < high:
+    if low < high and margin is not None and margin >= 1 + min_margin:
         return Verdict("winner", "intervals", leader.build_key, runner.build_key, margin,
                        note=f"p50 intervals apart: {leader.value('p50_low'):.3f}-{low:.3f} ms against {high:.3f}-{runner.value('p50_high'):.3f} ms")
-    close = [c for c in ranked if (c.value("p50_low") or math.inf) <= low]
-    tied = sorted(close, key=simplicity)
+
+    def near(c: Contender) -> bool:
+        """Its p50 interval reaches the leader's, or it is within min_margin of the leader."""
+        value = c.value(objective)
+        ratio = (lead / value if objective == "throughput" else value / lead) if lead and value else math.inf
+        return (c.value("p50_low") or math.inf) <= low or ratio < 1 + min_margin
+
+    tied = sorted([c for c in ranked if near(c)], key=simplicity)
     return Verdict("tie", "intervals", tied[0].build_key, runner.build_key, margin, tied=tuple(c.build_key for c in tied),
-                   note=f"tie: the p50 intervals of {len(tied)} builds overlap the leader's; the simplest is answered")
+                   note=f"tie: {len(tied)} builds overlap the leader's p50 interval or are within {min_margin:.0%} of it; "
+                        "the simplest is answered")
 
 
 def only(c: Contender) -> Verdict:

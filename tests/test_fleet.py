@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,19 @@ def _wait_for(what: str, check: Any, timeout_s: float = 300, process: subprocess
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _running_on(data: Path, node: str, stages: tuple[str, ...]) -> str | None:
-    """The key of a job of these stages that the store says runs on `node` now."""
-    return next((j.key for j in _safe(_sweep_jobs, data) if j.state == "running" and j.stage in stages and node[:8] in (j.node or "")),
-                None)
+def _running_on(data: Path, node: str, stages: tuple[str, ...], started_within_s: float | None = None) -> str | None:
+    """The key of a job of these stages that the store says runs on `node` now (and started at most
+    `started_within_s` ago, so that it is sure to be still running when the test acts on it)."""
+    now = datetime.now(UTC)
+
+    def fresh(job: schema.SweepJob) -> bool:
+        if started_within_s is None:
+            return True
+        started = job.started_at if job.started_at is None or job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
+        return started is not None and (now - started).total_seconds() < started_within_s
+
+    return next((j.key for j in _safe(_sweep_jobs, data)
+                 if j.state == "running" and j.stage in stages and node[:8] in (j.node or "") and fresh(j)), None)
 
 
 def test_each_target_runs_on_its_labelled_nodes_and_a_timing_holds_its_host(labelled: tuple[LocalFleet, dict[str, str]],
@@ -179,20 +189,26 @@ def _safe(read: Any, *args: Any) -> Any:
 
 
 def test_nodes_that_die_hand_their_jobs_on_and_a_target_with_none_left_fails_alone(tmp_path: Path) -> None:
-    """Two nodes serve `pool`, one serves `solo`. One pool node dies mid-job: its job moves to the other.
-    The solo node dies: that target's remaining jobs fail at once, pool's all finish, the sweep ends (exit 1)."""
+    """Two nodes serve `pool`, one serves `solo`. One pool node dies mid-job: its job moves to another, and
+    a pool node that joins takes pending work. The solo node dies: that target's remaining jobs fail at
+    once, pool's all finish, the sweep ends (exit 1)."""
     fleet = LocalFleet()
     try:
         pool = [fleet.add_node(cpus=1, labels=("pool",)) for _ in range(2)]
         solo = fleet.add_node(cpus=1, labels=("solo",))
-        spec = _spec(tmp_path, "deaths", models=2, batch_sizes="[1, 2, 4]", duration_s=1.0)
+        spec = _spec(tmp_path, "deaths", models=3, batch_sizes="[1, 2, 4]", duration_s=1.0)
         data = tmp_path / "farm-data"
         sweep = subprocess.Popen([FARM, "sweep", str(spec), "--data-dir", str(data), "--address", fleet.address],
                                  env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             victim, moved = _wait_for("a pool node running a job", lambda: next(
-                ((n, key) for n in pool if (key := _running_on(data, n, ("build", "benchmark", "fidelity")))), None), process=sweep)
+                ((n, key) for n in pool if (key := _running_on(data, n, ("benchmark",), started_within_s=0.5))), None), process=sweep)
             fleet.kill_node(victim)
+            joined = fleet.add_node(cpus=1, labels=("pool",))
+            # `farm status` from another shell, while the sweep runs: its nodes, its running jobs and a time left
+            status = subprocess.run([FARM, "status", "--json", "--data-dir", str(data)], capture_output=True, text=True, timeout=120)
+            shown = json.loads(status.stdout)
+            assert shown["status"] == "running" and shown["nodes"] and shown["eta_s"] > 0, shown
             _wait_for("the solo node running a job", lambda: _running_on(data, solo, ("build", "benchmark", "fidelity")), process=sweep)
             fleet.kill_node(solo)
             output, _ = sweep.communicate(timeout=900)
@@ -208,7 +224,8 @@ def test_nodes_that_die_hand_their_jobs_on_and_a_target_with_none_left_fails_alo
         assert by_target["pool"] and all(r.status == "ok" for r in by_target["pool"]), \
             [(r.key, r.error) for r in by_target["pool"] if r.status != "ok"]
         (moved_row,) = [r for r in rows if r.key == moved]
-        assert moved_row.status == "ok" and moved_row.device["ray_node"] == next(n for n in pool if n != victim)
+        assert moved_row.status == "ok" and moved_row.device["ray_node"] in (*pool, joined) and moved_row.device["ray_node"] != victim
+        assert any(r.device["ray_node"] == joined for r in by_target["pool"]), "the node that joined took pending jobs of its target"
         failed = [j for j in _sweep_jobs(data) if j.state == "failed"]
         assert failed and all("solo" in j.label or "[solo]" in (j.error or "") for j in failed), \
             [(j.label, j.error) for j in failed]

@@ -58,6 +58,36 @@ def test_a_failure_blocks_its_whole_subtree_and_nothing_else() -> None:
     assert schedule.errors == {"a": "ValueError: boom", "a1": "an upstream job failed", "a2": "an upstream job failed"}
 
 
+def test_the_last_failure_is_not_finished_until_its_blocked_jobs_are_reported() -> None:
+    schedule = Schedule([export("a"), child("a1", "a")], max_inflight=8, timeout_s=60)
+    schedule.advance()
+    schedule.finish("a", "failed", "boom")
+    assert not schedule.finished  # a1 is blocked, and the driver has not been told yet
+    _, ended = schedule.advance()
+    assert [(e.job.key, e.state) for e in ended] == [("a1", "blocked")] and schedule.finished
+
+
+def test_a_turn_costs_what_it_starts_not_the_size_of_the_plan() -> None:
+    # 5,000 ready builds on one busy node: each turn looks at the queue's head, not at every job
+    placement = Placement([TargetGroup(CPU, ("n1",))], {"n1": ("h1", 1)})
+    schedule = Schedule([build(f"b{i}", CPU) for i in range(5000)], max_inflight=99, timeout_s=60, placement=placement)
+    looked = 0
+    choose = placement.choose
+
+    def counting(job: Job) -> str | None:
+        nonlocal looked
+        looked += 1
+        return choose(job)
+
+    placement.choose = counting  # type: ignore[method-assign]
+    for i in range(50):
+        started, _ = schedule.advance()
+        assert keys(started) == [f"b{i}"]
+        assert schedule.advance() == ([], [])  # busy: one look, not 5,000
+        schedule.finish(f"b{i}", "done")
+    assert looked == 3 * 50  # per job: the look that started it, then one per turn at the next job while the node was busy
+
+
 def test_no_more_than_max_inflight_run_at_once() -> None:
     schedule = Schedule([export(str(i)) for i in range(5)], max_inflight=2, timeout_s=60)
     start, _ = schedule.advance()

@@ -275,3 +275,33 @@ def test_a_sweep_on_postgresql(ray_cluster: None, postgres_url: str, tmp_path: P
     assert json.loads(status.stdout)["stages"]["build"]["cached"] == 2
     best = runner.invoke(app, ["best", "--model", "tiny", "--json", *where])
     assert best.exit_code == 0 and '"model": "tiny"' in best.stdout
+
+
+def test_a_rerun_with_nothing_left_is_answered_from_the_store_without_ray(ray_cluster: None, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """On one machine, a sweep whose every job already finished needs no cluster: Ray is never asked."""
+    from farm import cluster
+    from farm.store import StoreLocation, open_store
+
+    spec_path = write_spec(tmp_path, f"""
+        name: again
+        models:
+          - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
+        backends: {{onnxruntime: {{}}}}
+        benchmark: {{warmup_s: 0, duration_s: 0.1, min_iterations: 3, window_s: 0.05, max_duration_s: 0.3}}
+        fidelity: {{data: {CALIBRATION_DATA}, samples: 4}}
+    """)
+    store = open_store(StoreLocation.resolve(tmp_path / "data"))
+    spec, base = load_spec(spec_path)
+    first = run_sweep(spec, base, str(spec_path), store)
+    assert set(first.states.values()) == {"done"}
+
+    def no_ray(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("Ray was asked")
+
+    monkeypatch.setattr(cluster, "connect", no_ray)
+    monkeypatch.setattr(cluster, "probe", no_ray)
+    second = run_sweep(spec, base, str(spec_path), store)
+    assert second.states == {key: "cached" for key in first.states}
+    with store.session() as s:
+        assert s.get(schema.Sweep, second.sweep_id).status == "finished"

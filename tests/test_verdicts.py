@@ -47,7 +47,22 @@ def test_the_same_engine_twice_is_a_tie_not_a_winner(resnet: Exported) -> None:
     decided = verdict.from_retime([a, b], {"a": rounds[0], "b": rounds[1]}, "p50")
     assert decided.outcome == "tie", decided.note
     assert set(decided.tied) == {"a", "b"} and decided.winner == "a"  # the simpler of the two (fewer options) is answered
-    assert decided.p_value is not None and decided.p_value >= 0.05 and "tie" in decided.note
+    # not a winner: either the rounds do not agree, or they agree on a lead too small to count
+    assert decided.p_value is not None and (decided.p_value >= 0.05 or decided.margin < 1 + verdict.MIN_MARGIN)
+    assert "tie" in decided.note
+
+
+def test_a_consistent_lead_too_small_to_matter_is_a_tie() -> None:
+    # b is slower in every round (p = 0.008), by 0.5%: real, and meaningless for choosing an engine
+    a, b = Entry("a"), Entry("b", options={"label": "again"})
+    lead = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.02]
+    rounds = {"a": {"median": lead}, "b": {"median": [t * 1.005 for t in lead]}}
+    decided = verdict.from_retime([a, b], rounds, "p50")
+    assert decided.outcome == "tie" and decided.p_value == pytest.approx(2 / 256) and decided.tied == ("a", "b")
+    assert "under 1.02x does not count" in decided.note
+    # the same consistency at 5% is a winner
+    rounds["b"]["median"] = [t * 1.05 for t in lead]
+    assert verdict.from_retime([a, b], rounds, "p50").outcome == "winner"
 
 
 def test_a_clearly_faster_engine_wins_with_a_significant_margin(resnet: Exported) -> None:
@@ -81,3 +96,7 @@ def test_without_a_retiming_the_benchmark_intervals_decide() -> None:
     tie = verdict.from_intervals(overlapping, "p50")
     # a tie, answered by the simpler engine: fp32 before int8
     assert tie.outcome == "tie" and tie.winner == "fp32" and tie.tied == ("fp32", "int8")
+    # intervals apart by a hair: still a tie (1% < MIN_MARGIN)
+    close = [Entry("a", metrics={"p50": 1.0, "p50_low": 0.999, "p50_high": 1.001}),
+             Entry("b", metrics={"p50": 1.01, "p50_low": 1.009, "p50_high": 1.011})]
+    assert verdict.from_intervals(close, "p50").tied == ("a", "b")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from farm.store import schema
@@ -21,6 +21,13 @@ from farm.store.db import Store
 
 ROW_TYPES = schema.STAGE_TABLES
 HEARTBEAT_S = 5.0  # at most one heartbeat write per this many seconds; readers call a driver gone after STALE_S
+
+# One sweep job's row, by bound parameters: built once, not per job (building the expression cost as much
+# as running it), and run without the ORM's session synchronisation (no SweepJob objects are loaded here).
+_SWEEP_JOB = (update(schema.SweepJob)
+              .where(schema.SweepJob.sweep_id == bindparam("job_sweep"), schema.SweepJob.stage == bindparam("job_stage"),
+                     schema.SweepJob.key == bindparam("job_key"))
+              .execution_options(synchronize_session=False))
 
 
 @dataclass(frozen=True)
@@ -89,20 +96,16 @@ class Recorder:
     def started(self, sweep_id: int, stage: str, key: str, node: str) -> None:
         """A job was submitted to `node` (a Ray node id, or a host name): running since now."""
         with self.store.session() as s, s.begin():
-            s.execute(update(schema.SweepJob)
-                      .where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == stage, schema.SweepJob.key == key)
-                      .values(state="running", node=node[:128], started_at=datetime.now(UTC)))
+            s.execute(_SWEEP_JOB.values(state="running", node=node[:128], started_at=datetime.now(UTC)),
+                      {"job_sweep": sweep_id, "job_stage": stage, "job_key": key})
 
     def mark(self, sweep_id: int, stage: str, key: str, state: str, error: str | None = None) -> None:
         with self.store.session() as s, s.begin():
             self._mark(s, sweep_id, stage, key, state, error)
 
     def _mark(self, s: Session, sweep_id: int, stage: str, key: str, state: str, error: str | None) -> None:
-        s.execute(
-            update(schema.SweepJob)
-            .where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == stage, schema.SweepJob.key == key)
-            .values(state=state, error=error, updated_at=datetime.now(UTC))
-        )
+        s.execute(_SWEEP_JOB.values(state=state, error=error, updated_at=datetime.now(UTC)),
+                  {"job_sweep": sweep_id, "job_stage": stage, "job_key": key})
 
     def save_targets(self, targets: Iterable[schema.Target]) -> None:
         with self.store.session() as s, s.begin():
