@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from farm.cluster import WARM_WORKERS  # noqa: E402
 from farm.driver import run_sweep  # noqa: E402
 from farm.jobs import BuildJob  # noqa: E402
 from farm.spec import SweepSpec  # noqa: E402
@@ -46,6 +47,7 @@ SPEC = {
     "benchmark": {"warmup_s": 0.0, "duration_s": 0.0, "min_iterations": 50, "max_iterations": 50},
     "calibration": {"data": str(REPO / "calibration_data")},
     "fidelity": {"samples": 8},
+    "selection": {"retime": {"enabled": False}},  # the direct path re-times nothing: the same jobs on both sides
 }
 
 
@@ -58,9 +60,7 @@ def direct(spec: SweepSpec) -> float:
     inputs, _labels = load_rows(data_refs(spec, REPO, model_spec)[1])
     reference = stages.reference_outputs(exported.onnx_bytes, inputs, 1)
     target = describe().targets()[0]
-    from farm.spec import option_grid
-
-    for options in option_grid(spec.backends.onnxruntime):  # type: ignore[arg-type]
+    for options in [o for block in spec.backends.onnxruntime or [] for o in block.combinations()]:
         engine = stages.build_engine(BuildRequest(model, "fp32", "onnxruntime", options, target, (1,)), exported.onnx_bytes, None)
         stages.benchmark_engine(engine.data, engine.manifest, 1, spec.benchmark.settings())
         stages.engine_fidelity(engine.data, engine.manifest, inputs, reference, 1)
@@ -92,7 +92,7 @@ def main() -> None:
     spec = SweepSpec.model_validate(SPEC | {"models": [MODELS[args.model]]})
     os.environ["PYTHONPATH"] = str(REPO)  # Ray's workers import the tests.models factory too
     ray_started = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(include_dashboard=False, log_to_driver=False, _system_config=WARM_WORKERS)  # as `farm sweep` starts it
     ray_start_s = time.perf_counter() - ray_started
     direct_s: list[float] = []
     farm_s: list[float] = []

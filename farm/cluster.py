@@ -40,6 +40,13 @@ class Node:
     device: DeviceInfo
 
 
+# Ray ends a worker process that sat idle for 1 s when a node has more than its CPUs' worth, and the
+# next job there waits for a new interpreter, farm's imports and its forkserver (0.6-1.8 s a job on
+# 2 cores: benchmarks/farm_overhead.py). Keeping idle workers for 10 minutes keeps them warm through
+# a sweep. The local cluster gets this here; a fleet's nodes get it from their environment
+# (RAY_idle_worker_killing_time_threshold_ms=600000 ray start ..., as the README shows).
+WARM_WORKERS = {"idle_worker_killing_time_threshold_ms": 600_000}
+
 LABEL_RESOURCE = "farm-label:"  # `ray start --resources '{"farm-label:g5.xlarge": 1}'` names a node's targets
 
 
@@ -70,7 +77,7 @@ def connect(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, _system_config=WARM_WORKERS)
 
 
 def probe(timeout_s: float = 120, known: set[str] | frozenset[str] = frozenset()) -> list[Node]:

@@ -28,7 +28,7 @@ from ray.exceptions import RayError, TaskCancelledError
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from farm import cluster, tasks
+from farm import cluster, isolated, tasks
 from farm.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
 from farm.plan import expand
 from farm.schedule import Event, Placement, Schedule
@@ -228,6 +228,8 @@ class SweepRun:
                     return
                 outcome = tasks.Outcome(False, error=f"node {node[:12]} died while running this job ({type(exc).__name__}), "
                                                      f"{self._moves.get(job.key, 0)} time(s) already", log=str(exc))
+            elif isinstance(cause := getattr(exc, "cause", None), isolated.ChildDied):  # an isolated build's process
+                outcome = tasks.Outcome(False, error=f"{cause} while building ({self.spec.limits.retries + 1} tries)", log=str(exc))
             else:
                 outcome = tasks.Outcome(False, error=f"{type(exc).__name__}: worker failed after retries (its process died: out of memory "
                                                      "or a native crash; the log has Ray's account)", log=str(exc))

@@ -78,6 +78,10 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     if not targets:  # nothing could run: a bad input, not a sweep of notes that exits 0
         seen = "; ".join(g.target.id for g in groups) or "none"
         raise SpecError(f"targets: {', '.join(spec.targets)}: no target in the cluster matches (targets found: {seen})")
+    for pattern in spec.targets:
+        if not any(matches(g.target, [pattern]) for g in groups):
+            notes.append(f"targets: {pattern!r} matches no target in the cluster now: its jobs are not planned "
+                         f"(targets found: {'; '.join(g.target.id for g in groups)})")
     for model_spec in spec.models:
         model = model_spec.ref(base)
         extra = {"onnx_sha256": _file_sha256(Path(model.source))} if model.kind == "onnx" else {}

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 import ray
 
-from farm import tasks
+from farm import isolated, tasks
 from farm.jobs import (
     BenchmarkJob,
     BuildJob,
@@ -213,10 +213,13 @@ class BuildStage(Stage):
         variant = ctx.produced(job.variant_key)
         checkpoint = ctx.produced(job.export_key).blobs.get("checkpoint")
         onnx = variant.blobs.get("onnx")  # none for a module variant: its backend builds from the checkpoint
-        task = tasks.isolated_build_task if ctx.spec.limits.isolate_builds else tasks.build_task
+        isolate = ctx.spec.limits.isolate_builds
+        task = tasks.isolated_build_task if isolate else tasks.build_task
+        # an isolated build whose process died is tried again, like a Ray worker that died
+        again = {"retry_exceptions": [isolated.ChildDied]} if isolate else {}
         context = tasks.build_context(job.key, self._caches(ctx, job), ctx.progress_queue)
         request = replace(job.request, variant=variant_summary(variant.details))
-        return task.options(**self.retries(ctx), **ctx.pin(job), **gpu_for(job.request.target.kind)).remote(
+        return task.options(**self.retries(ctx), **again, **ctx.pin(job), **gpu_for(job.request.target.kind)).remote(
             request, ctx.blob(onnx) if onnx else None, ctx.blob(checkpoint) if checkpoint else None, context
         )
 

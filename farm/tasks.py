@@ -3,8 +3,8 @@
 A Python exception becomes a failed Outcome with a one-line error and the traceback as its
 log; everything the stage printed (native libraries included: the file descriptors are
 redirected) is kept as the log too. The driver runs each build in a fresh process
-(`max_calls=1`, unless the spec turns `limits.isolate_builds` off), so a native crash or leaked
-memory costs only that job.
+forked for it (farm.isolated, unless the spec turns `limits.isolate_builds` off), so a native
+crash or leaked memory costs only that job.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from farm import isolated
 from workers import stages
 from workers.backends.base import BuildContext
 from workers.bench import BenchSettings
@@ -142,11 +143,14 @@ class ProgressForwarder:
         now = time.monotonic()
         if phase != self.last_phase or now - self.last_sent >= self.interval_s or done == total:
             self.last_phase, self.last_sent = phase, now
-            try:
-                self.queue.put_nowait((self.key, phase, done, total))
-            except Exception:  # a full or gone queue must never fail a build
-                pass
+            self.send((self.key, phase, done, total))
         return True
+
+    def send(self, item: tuple[str, str, int, int]) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except Exception:  # a full or gone queue must never fail a build
+            pass
 
 
 def build_context(key: str, caches: tuple[bytes, ...], progress: Any | None) -> BuildContext:
@@ -183,10 +187,32 @@ def variant_task(
     return run_stage(_variant, fp32, precision, data, settings)
 
 
-@ray.remote(num_cpus=1, max_calls=1)
+@ray.remote(num_cpus=1)
 def isolated_build_task(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext) -> Outcome:
-    """A build in a worker process that is never reused (Ray accepts max_calls only here, not in .options())."""
-    return run_stage(_build, request, variant, checkpoint, context)
+    """A build in a child process forked for it (farm.isolated): a native crash or a leak ends that child only."""
+    forwarder = context.progress if isinstance(context.progress, ProgressForwarder) else None
+    # A child that dies raises isolated.ChildDied, which the driver submits with retry_exceptions: Ray tries again.
+    outcome: Outcome = isolated.call(_build_in_child, request, variant, checkpoint, context.caches,
+                                     forwarder.key if forwarder else None, on_message=forwarder.send if forwarder else _ignore)
+    outcome.device = where_this_runs() | {k: v for k, v in (outcome.device or {}).items() if k in ("started", "ended")}
+    return outcome
+
+
+def _ignore(_message: Any) -> None:
+    pass
+
+
+class _Posting:
+    """A queue's put_nowait that posts to the parent of an isolated build (farm.isolated)."""
+
+    def __init__(self, post: Callable[[Any], None]) -> None:
+        self.put_nowait = post
+
+
+def _build_in_child(post: Callable[[Any], None], request: BuildRequest, variant: bytes | None, checkpoint: bytes | None,
+                    caches: tuple[bytes, ...], progress_key: str | None) -> Outcome:
+    progress = ProgressForwarder(_Posting(post), progress_key) if progress_key is not None else None
+    return run_stage(_build, request, variant, checkpoint, BuildContext(progress=progress, caches=caches))
 
 
 @ray.remote(num_cpus=1)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from farm.cluster import WARM_WORKERS
 from farm.store import Store, StoreLocation, open_store
 from tests.postgres import PostgresServer, PostgresUnavailable, running_server
 
@@ -30,7 +31,7 @@ def ray_cluster() -> Iterator[None]:
 
     # Factories named in test specs (tests.models:...) must import inside Ray's worker processes.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=WARM_WORKERS)  # as farm starts it
     yield
     ray.shutdown()
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from farm.cluster import WARM_WORKERS
+
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -46,6 +48,7 @@ class LocalFleet:
         self.env = dict(os.environ)
         # Ray 2.60 turns token auth on once ~/.ray/auth_token exists, and `ray start` then needs a token;
         # a fresh one in the environment works on a fresh machine and on one where the file exists.
+        self.env.update({f"RAY_{name}": str(value) for name, value in WARM_WORKERS.items()})  # as the README starts a fleet
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                         PATH=f"{Path(sys.executable).parent}{os.pathsep}{self.env['PATH']}")
         self.env.pop("RAY_ADDRESS", None)

@@ -1,0 +1,101 @@
+"""Run a function in a child process forked from a warm server: crash isolation without a cold start.
+
+An isolated build used to get a Ray worker of its own (`max_calls=1`), which contains a native
+crash or a leak, but costs a new interpreter and its imports, and leaves the node one warm
+worker short, so the next job there waits for another (0.6-1.6 s a build on a 2-core machine:
+benchmarks/farm_overhead.py). Here the Ray worker stays; the build runs in a child forked from a
+forkserver that imported farm's workers once (per Ray worker process). A crash or the OOM killer
+ends the child only, and the caller learns its exit status.
+
+The forkserver was started before any task's environment was set, so the child takes the
+caller's environment (Ray's CUDA_VISIBLE_DEVICES for this task, thread settings) before it runs.
+The forkserver never touches CUDA; a child initialises it for itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing.context import ForkServerContext
+from typing import Any
+
+PRELOAD = ["farm.tasks"]  # what every child would import anyway: farm's workers and their backends
+
+
+class ChildDied(RuntimeError):
+    """The child ended without an answer: killed by a signal (a native crash, the OOM killer) or exit()."""
+
+    def __init__(self, exitcode: int | None) -> None:
+        self.exitcode = exitcode
+        if exitcode is not None and exitcode < 0:
+            try:
+                how = f"killed by {signal.Signals(-exitcode).name}"
+            except ValueError:
+                how = f"killed by signal {-exitcode}"
+        else:
+            how = f"exited with status {exitcode}"
+        hint = " (out of memory?)" if exitcode == -signal.SIGKILL else ""
+        super().__init__(f"the isolated process {how}{hint}")
+
+    def __reduce__(self) -> tuple[type[ChildDied], tuple[int | None]]:
+        return ChildDied, (self.exitcode,)  # crosses Ray as itself, not as its message
+
+
+@functools.cache
+def _context() -> ForkServerContext:
+    """One forkserver per process that asks for one, with farm's imports done in it once."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def _child(answer: multiprocessing.connection.Connection, messages: Any, environment: dict[str, str],
+           function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    os.environ.clear()
+    os.environ.update(environment)
+    post = messages.put if messages is not None else None
+    answer.send(function(post, *args) if messages is not None else function(*args))
+    answer.close()
+
+
+def call(function: Callable[..., Any], *args: Any, on_message: Callable[[Any], None] | None = None) -> Any:
+    """`function(*args)` in a forked child; its return value, or ChildDied.
+
+    With `on_message`, the child's function is called as `function(post, *args)`, and whatever it
+    `post`s reaches `on_message` here while it runs (a build's progress)."""
+    context = _context()
+    receive, send = context.Pipe(duplex=False)
+    messages = context.SimpleQueue() if on_message is not None else None
+    child = context.Process(target=_child, args=(send, messages, dict(os.environ), function, args), daemon=True)
+    child.start()
+    send.close()  # ours: once the child's end closes too, recv() raises EOFError instead of waiting forever
+    relay = None
+    if messages is not None and on_message is not None:
+        relay = threading.Thread(target=_relay, args=(messages, on_message), daemon=True)
+        relay.start()
+    try:
+        result = receive.recv()
+    except EOFError:
+        child.join()
+        raise ChildDied(child.exitcode) from None
+    finally:
+        receive.close()
+        if messages is not None:
+            messages.put(_DONE)
+        if relay is not None:
+            relay.join()
+    child.join()
+    return result
+
+
+_DONE = "farm.isolated: done"
+
+
+def _relay(messages: Any, on_message: Callable[[Any], None]) -> None:
+    while (message := messages.get()) != _DONE:
+        on_message(message)
