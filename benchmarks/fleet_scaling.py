@@ -201,6 +201,33 @@ def driver_cost(wanted: int, work: Path) -> DriverCost:
     return DriverCost(len(plan.jobs), t1 - t0, t3 - t2, t4 - t3, scheduling, recording)
 
 
+def ray_cost(tasks: int, inflight: int = 64) -> float:
+    """Ray's own part of a job, in ms: no-op tasks submitted, waited for one at a time and fetched, as the
+    driver's loop does, on a local Ray of this machine's CPUs."""
+    import ray
+
+    ray.init(include_dashboard=False, log_to_driver=False, _system_config=cluster.WARM_WORKERS)
+    try:
+        noop = ray.remote(num_cpus=0)(_noop)
+        ray.get([noop.remote(None) for _ in range(inflight)])  # workers started
+        started = time.perf_counter()
+        running: list[Any] = []
+        submitted = 0
+        while submitted < tasks or running:
+            while submitted < tasks and len(running) < inflight:
+                running.append(noop.remote(b"x" * 100))
+                submitted += 1
+            done, running = ray.wait(running, num_returns=1)
+            ray.get(done)
+        return (time.perf_counter() - started) / tasks * 1e3
+    finally:
+        ray.shutdown()
+
+
+def _noop(value: Any) -> Any:
+    return value
+
+
 # --- the report ---------------------------------------------------------------------------
 
 
@@ -223,8 +250,12 @@ def main() -> None:
             for cost in costs:
                 print(f"{cost.jobs:>7}{cost.expand_s:>10.2f}{cost.start_sweep_s:>12.2f}{cost.resume_check_s:>12.2f}"
                       f"{cost.schedule_s:>10.2f}{cost.record_s:>10.2f}{cost.total_s:>10.2f}{cost.total_s / cost.jobs * 1e3:>10.2f}")
+            ray_ms = {inflight: ray_cost(3000, inflight) for inflight in (64, 800)}
+            for inflight, ms in ray_ms.items():
+                print(f"Ray's part of a job (submit, wait, get of a no-op task), {inflight} in flight: {ms:.2f} ms")
             report["driver"] = {"simulated_fleet": {"nodes": SIMULATED_NODES, "kinds": SIMULATED_KINDS, "cpus_each": SIMULATED_CPUS},
-                                "store": "sqlite", "runs": [c.row() for c in costs]}
+                                "store": "sqlite", "runs": [c.row() for c in costs],
+                                "ray_per_task_ms_by_inflight": {str(k): round(v, 3) for k, v in ray_ms.items()}}
         elif "driver" in previous:
             report["driver"] = previous["driver"]
         if not args.skip_fleet:

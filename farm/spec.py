@@ -356,8 +356,8 @@ class SelectionSpec(Strict):
 class LimitsSpec(Strict):
     job_timeout_s: float = Field(1800, gt=0)
     retries: Int = Field(1, ge=0, le=5)
-    # A fresh worker process per build contains native crashes and leaks, at about 1 s a build
-    # (imports); turn off for many small builds on backends you trust.
+    # A process forked per build (farm.isolated) contains native crashes and leaks, at about 0.25 s a build
+    # (the fork and the model and engine bytes through pipes); turn off for many small builds on backends you trust.
     isolate_builds: bool = True
     # The most one batch may need, estimated as input values x batch x 4 bytes x ACTIVATION_FACTOR:
     # a shape or batch size past it is refused before any work (a worker killed for memory says little).
