@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from farm.spec import SpecError, SweepSpec, load_spec
 from tests.conftest import REPO, write_spec
@@ -135,3 +136,12 @@ def test_preprocessing_from_spec_weights_or_input_shape(tmp_path: Path) -> None:
     assert (scaled.resize, scaled.crop) == (128, 112)
     assert (from_weights.resize, from_weights.crop, from_weights.mean) == (256, 224, (0.485, 0.456, 0.406))
     assert (stated.resize, stated.crop, stated.std) == (40, 32, (0.25, 0.25, 0.25))
+
+
+def test_the_readmes_sweep_format_is_a_valid_spec() -> None:
+    """Every field the README's format block shows exists, with a value the spec accepts."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The sweep format"):]
+    start = section.index("```yaml") + len("```yaml")
+    spec = SweepSpec.model_validate(yaml.safe_load(section[start:section.index("```", start)]))
+    assert spec.backends.torch and len(spec.backends.torch) == 2 and spec.selection.retime.rounds == 8
