@@ -42,7 +42,7 @@ def _agent_ports() -> list[str]:
 class LocalFleet:
     """A head and the worker nodes added to it; `env` is what a driver or `ray job submit` needs."""
 
-    def __init__(self, *, dashboard: bool = False) -> None:
+    def __init__(self, *, dashboard: bool = False, head_cpus: int = 0) -> None:
         # Short: Ray's socket paths under it must fit in 107 bytes, which pytest's tmp_path may not.
         self.temp = Path(tempfile.mkdtemp(prefix="farm-ray-"))
         self.env = dict(os.environ)
@@ -56,7 +56,7 @@ class LocalFleet:
         self.dashboard_url = f"http://127.0.0.1:{free_port()}" if dashboard else None
         web = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_url.rsplit(':', 1)[1]}"] \
             if self.dashboard_url else ["--include-dashboard=false"]
-        self._start(["--head", f"--port={self.address.rsplit(':', 1)[1]}", "--num-cpus=0", f"--temp-dir={self.temp}", *web])
+        self._start(["--head", f"--port={self.address.rsplit(':', 1)[1]}", f"--num-cpus={head_cpus}", f"--temp-dir={self.temp}", *web])
         self.head = next(iter(self._raylets()))
 
     def add_node(self, cpus: int, labels: tuple[str, ...] = ()) -> str:

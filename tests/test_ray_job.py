@@ -1,12 +1,8 @@
-"""`ray job submit --working-dir . -- farm sweep ...` against a real single-node head started with `ray start`."""
+"""`ray job submit --working-dir . -- farm sweep ...` against a real single-node head started with `ray start`
+(tests/ray_cluster.py starts and stops it)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,57 +14,22 @@ from sqlalchemy import select
 
 from farm.store import StoreLocation, open_store, schema
 from tests.conftest import CALIBRATION_DATA, REPO, write_spec
+from tests.ray_cluster import LocalFleet
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], str]]:
-    ray = str(Path(sys.executable).with_name("ray"))
-    temp = tmp_path_factory.mktemp("ray")
-    env = dict(os.environ)
-    # Ray 2.60 turns token auth on once ~/.ray/auth_token exists, and `ray start` then needs a token;
-    # a fresh one in the environment works on a fresh machine and on one where the file exists.
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
-    env.pop("RAY_ADDRESS", None)
-    dashboard = _free_port()
-    subprocess.run(
-        [ray, "start", "--head", f"--port={_free_port()}", "--num-cpus=2", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}", "--disable-usage-stats",
-         # The session's own local Ray may hold the default agent ports; a second head needs its own.
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
-        env=env, check=True, capture_output=True, timeout=120,
-    )
+def head() -> Iterator[tuple[dict[str, str], str]]:
+    # One node that runs the jobs too: on a head with --num-cpus=0 and worker nodes, the job's driver
+    # has died loading PyTorch now and then (oneMKL "Cannot load libtorch_cpu.so"); the fleet's own
+    # tests drive multi-node clusters with `farm sweep --address` (tests/test_fleet.py).
+    fleet = LocalFleet(dashboard=True, head_cpus=2)
     try:
-        yield env, f"http://127.0.0.1:{dashboard}"
+        assert fleet.dashboard_url is not None
+        yield fleet.env, fleet.dashboard_url
     finally:
-        _stop_cluster_under(temp)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _stop_cluster_under(temp: Path) -> None:
-    """Stop only this head's processes: `ray stop` would also end the session's own local Ray."""
-    import psutil
-
-    mine = []
-    for process in psutil.process_iter(["cmdline"]):
-        if str(temp) in " ".join(process.info["cmdline"] or []):
-            mine.append(process)
-    for process in mine:
-        with contextlib.suppress(psutil.Error):
-            process.terminate()
-    _gone, alive = psutil.wait_procs(mine, timeout=15)
-    for process in alive:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
+        fleet.stop()
 
 
 def test_sweep_runs_as_a_ray_job(head: tuple[dict[str, str], str], tmp_path: Path) -> None:
