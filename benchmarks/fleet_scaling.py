@@ -122,14 +122,14 @@ def simulated_fleet() -> list[cluster.Node]:
     return nodes
 
 
-def driver_plan(jobs: int, groups: list[TargetGroup]) -> tuple[SweepSpec, Any]:
+def driver_spec(jobs: int, groups: list[TargetGroup]) -> SweepSpec:
+    """The driver sweep with as many models as it takes for its plan to have about `jobs` jobs."""
     def spec_of(models: int) -> SweepSpec:
         return SweepSpec.model_validate(DRIVER_SPEC | {"models": [
             {"name": f"net{i}", "source": "torchvision:resnet18", "weights": None} for i in range(models)]})
 
     per_model = len(expand(spec_of(1), REPO, groups).jobs)
-    spec = spec_of(max(1, math.ceil(jobs / per_model)))
-    return spec, per_model
+    return spec_of(max(1, math.ceil(jobs / per_model)))
 
 
 @dataclass
@@ -155,7 +155,7 @@ class DriverCost:
 def driver_cost(wanted: int, work: Path) -> DriverCost:
     nodes = simulated_fleet()
     groups = cluster.group_targets(nodes)
-    spec, _per_model = driver_plan(wanted, groups)
+    spec = driver_spec(wanted, groups)
     t0 = time.perf_counter()
     plan = expand(spec, REPO, groups)
     t1 = time.perf_counter()

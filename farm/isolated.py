@@ -25,6 +25,7 @@ from multiprocessing.context import ForkServerContext
 from typing import Any
 
 PRELOAD = ["farm.tasks"]  # what every child would import anyway: farm's workers and their backends
+_DONE = "farm.isolated: done"  # the end of a child's messages
 
 
 class ChildDied(RuntimeError):
@@ -91,9 +92,6 @@ def call(function: Callable[..., Any], *args: Any, on_message: Callable[[Any], N
             relay.join()
     child.join()
     return result
-
-
-_DONE = "farm.isolated: done"
 
 
 def _relay(messages: Any, on_message: Callable[[Any], None]) -> None:

@@ -47,23 +47,27 @@ def _head_revision() -> str:
     return str(ScriptDirectory.from_config(config).get_current_head())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_an_old_database_is_upgraded_in_place(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def _old_database(url: str, revision: str, sweep_row: str) -> None:
+    """A database as farm at `revision` left it, with one sweep row (the VALUES of an INSERT) written then."""
     from alembic import command
     from alembic.config import Config
 
     from farm.store.db import MIGRATIONS, make_engine
 
-    location = location_on(backend, tmp_path, request)
-    engine = make_engine(location.url)
+    engine = make_engine(url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0001")
-        connection.execute(text("INSERT INTO sweeps (name, spec_path, spec, status, started_at) "
-                                "VALUES ('old', 'old.yaml', '{}', 'finished', CURRENT_TIMESTAMP)"))
+        command.upgrade(config, revision)
+        connection.execute(text(f"INSERT INTO sweeps (name, spec_path, spec, status, started_at) VALUES {sweep_row}"))
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_old_database_is_upgraded_in_place(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    location = location_on(backend, tmp_path, request)
+    _old_database(location.url, "0001", "('old', 'old.yaml', '{}', 'finished', CURRENT_TIMESTAMP)")
     store = open_store(location)
     with store.engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == _head_revision()
@@ -79,21 +83,8 @@ def test_an_old_database_is_upgraded_in_place(backend: str, tmp_path: Path, requ
 
 def test_0008_keeps_sweeps_written_before_heartbeats(tmp_path: Path) -> None:
     """A sweep row from before 0008 survives the upgrade with no heartbeat; readers fall back to its start."""
-    from alembic import command
-    from alembic.config import Config
-
-    from farm.store.db import MIGRATIONS, make_engine
-
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = make_engine(url)
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "0007")
-        connection.execute(text("INSERT INTO sweeps (name, spec_path, spec, status, started_at) "
-                                "VALUES ('old', 'x.yaml', '{}', 'running', '2026-01-01 10:00:00')"))
-    engine.dispose()
+    _old_database(url, "0007", "('old', 'x.yaml', '{}', 'running', '2026-01-01 10:00:00')")
     store = open_store(StoreLocation(tmp_path, url))
     with store.session() as s:
         [summary] = queries.sweeps(s)
