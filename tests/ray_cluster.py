@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -63,10 +64,25 @@ class LocalFleet:
         """A worker node with `cpus` CPUs and these farm labels; returns its Ray node id."""
         before = set(self._raylets())
         resources = json.dumps({f"farm-label:{label}": 1 for label in labels})
-        self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--resources={resources}",
+        # A temp dir of its own, as on a machine of its own: nodes that share one also share the
+        # runtime-env agent's folder, and unpacking a job's working dir there at once races.
+        temp = self.temp / f"node{len(before)}"
+        self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--resources={resources}", f"--temp-dir={temp}",
                      f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"])
         (node,) = set(self._raylets()) - before
         return node
+
+    def submit_job(self, entrypoint: list[str], cwd: Path, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+        """`ray job submit --working-dir .` from `cwd`, waiting for the job to end (the fleet needs dashboard=True)."""
+        assert self.dashboard_url is not None, "ray job submit talks to the dashboard"
+        command = [RAY, "job", "submit", "--address", self.dashboard_url, "--working-dir", ".", "--", *entrypoint]
+        for _attempt in range(12):
+            result = subprocess.run(command, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
+            # The head's job agent comes up some seconds after `ray start` returns, later on a loaded machine.
+            if "No available agent to submit job" not in result.stdout + result.stderr:
+                break
+            time.sleep(5)
+        return result
 
     def kill_node(self, node_id: str) -> None:
         """SIGKILL a node's raylet and every process under it, as when its machine loses power."""

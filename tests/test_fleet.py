@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from farm.store import StoreLocation, open_store, schema
-from tests.conftest import CALIBRATION_DATA, write_spec
+from tests.conftest import CALIBRATION_DATA, REPO, write_spec
 from tests.ray_cluster import LocalFleet
 
 pytestmark = pytest.mark.slow
@@ -29,8 +29,8 @@ FARM = str(Path(sys.executable).with_name("farm"))
 
 @pytest.fixture(scope="module")
 def labelled() -> Iterator[tuple[LocalFleet, dict[str, str]]]:
-    """A head that only coordinates and two single-CPU nodes, labelled alpha and beta."""
-    fleet = LocalFleet()
+    """A head that only coordinates (and takes `ray job submit`) and two single-CPU nodes, labelled alpha and beta."""
+    fleet = LocalFleet(dashboard=True)
     try:
         nodes = {label: fleet.add_node(cpus=1, labels=(label,)) for label in ("alpha", "beta")}
         yield fleet, nodes
@@ -110,13 +110,20 @@ def _running_on(data: Path, node: str, stages: tuple[str, ...], started_within_s
                  if j.state == "running" and j.stage in stages and node[:8] in (j.node or "") and fresh(j)), None)
 
 
+@pytest.mark.parametrize("submitted", [False, True], ids=["farm-sweep-address", "ray-job-submit"])
 def test_each_target_runs_on_its_labelled_nodes_and_a_timing_holds_its_host(labelled: tuple[LocalFleet, dict[str, str]],
-                                                                              tmp_path: Path) -> None:
+                                                                              tmp_path: Path, submitted: bool) -> None:
+    """Driven from a shell with `farm sweep --address`, or as a Ray job whose driver runs on the head."""
     fleet, nodes = labelled
     spec = _spec(tmp_path, "fleet")
     data = tmp_path / "farm-data"
-    result = subprocess.run([FARM, "sweep", str(spec), "--data-dir", str(data), "--address", fleet.address], env=fleet.env,
-                            capture_output=True, text=True, timeout=600)
+    sweep = ["farm", "sweep", str(spec), "--data-dir", str(data)]
+    if submitted:
+        result = fleet.submit_job(sweep, cwd=REPO)
+        assert "succeeded" in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    else:
+        result = subprocess.run([FARM, *sweep[1:], "--address", fleet.address], env=fleet.env, capture_output=True, text=True,
+                                timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Winners of sweep" in result.stdout
 

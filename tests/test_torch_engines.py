@@ -21,11 +21,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import ray.cloudpickle
 
+from farm import tasks
 from tests.conftest import REPO
+from workers import stages
+from workers.backends.base import NO_CONTEXT
 from workers.bench import BenchSettings, measure
 from workers.torch_aoti import AotiPackage, AotiRunner, build_aoti_package, check_aoti_package, read_package_metadata
 from workers.device import gpu_clocks
+from workers.structs import BuildRequest, ModelRef, Target
 from workers.torch_engines import INPUT, TorchEngineOptions, flatten_outputs, open_engine, prepare_module
 
 SHAPE = (3, 32, 32)
@@ -138,6 +143,26 @@ def test_importing_the_modules_does_not_import_torch() -> None:
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_what_torch_stages_return_reads_without_torch(tmp_path: Path) -> None:
+    """The driver unpickles every Outcome; one that named a torch class (torch.__version__ is one)
+    made it import torch, which hung a `ray job submit` driver inside ray.get."""
+    model = ModelRef("small", "tests.models:small_convnet", None, SHAPE)
+    exported = tasks.run_stage(tasks._export, model)
+    request = BuildRequest(model, "fp32", "torch", {"kind": "eager"}, Target("cpu", "any"), (2,))
+    built = tasks.run_stage(tasks._build, request, None, exported.blobs["checkpoint"], NO_CONTEXT)
+    settings = BenchSettings(warmup_s=0.0, duration_s=0.05, min_iterations=3, window_s=0.02, max_duration_s=0.3)
+    timed = tasks.run_stage(stages.benchmark_engine, built.blobs["engine"], built.value.manifest, 2, settings, ())
+    assert exported.ok and built.ok and timed.ok, (exported.error, built.error, timed.error)
+    assert built.value.manifest.extra["torch_version"] == exported.value.torch_version
+    pickled = tmp_path / "outcomes.pkl"
+    pickled.write_bytes(ray.cloudpickle.dumps([exported, built, timed]))
+    code = ("import pickle, sys; sys.modules['torch'] = None; "  # None in sys.modules: `import torch` raises
+            f"outcomes = pickle.loads(open({str(pickled)!r}, 'rb').read()); "
+            "assert [type(o.value).__name__ for o in outcomes][:2] == ['ExportInfo', 'Engine'], outcomes")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_eager_runner_on_cpu_matches_the_module_and_times_steps() -> None:

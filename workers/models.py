@@ -102,7 +102,9 @@ def export(model: ModelRef, onnx_file: bytes | None = None) -> Exported:
     else:
         import torch
 
-        torch_version = torch.__version__
+        # A plain str: torch's TorchVersion pickles as a torch class, and the driver that reads
+        # this record must not have to import torch to do so.
+        torch_version = str(torch.__version__)
         module = load_module(model)
         data = _to_onnx(module, model)
         buffer = io.BytesIO()

@@ -113,7 +113,7 @@ def build_aoti_package(
         META_BATCH: f"{low},{high}",
         META_INPUT_SHAPE: ",".join(str(d) for d in input_shape),
         META_DEVICE: device_type(device),
-        META_TORCH: torch.__version__,
+        META_TORCH: str(torch.__version__),
     }
     configs = dict(inductor_configs or {}) | {"aot_inductor.metadata": metadata}
     # no_grad as AOTInductor's own tutorial does: an inference graph, with no autograd state to save

@@ -34,7 +34,7 @@ def compile_cache_key(device: str) -> dict[str, str]:
     """What a blob depends on: torch and Triton versions, and the GPU model and compute capability on CUDA."""
     import torch
 
-    key = {"torch": torch.__version__, "device": device_type(device)}
+    key = {"torch": str(torch.__version__), "device": device_type(device)}
     if key["device"] == "cuda":
         index = torch.device(device).index
         props = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)

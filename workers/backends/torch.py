@@ -119,8 +119,9 @@ class TorchBackend:
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable(f"target {request.target.id}: CUDA is not available on this worker")
         started = time.perf_counter()
+        version = str(torch.__version__)  # a plain str, as in workers.models.export: the driver reads the manifest
         extra: dict[str, Any] = {"model_ref": asdict(request.model), "device": device, "kind": options.kind,
-                                 "engine_options": options.to_dict(), "torch_version": torch.__version__,
+                                 "engine_options": options.to_dict(), "torch_version": version,
                                  "cuda_version": torch.version.cuda, "compute_capability": request.target.compute_capability,
                                  "batch_range": [min(request.batch_sizes), max(request.batch_sizes)]}
         with PeakMemory(0.05, children=True) as memory:
@@ -134,16 +135,16 @@ class TorchBackend:
         extra["how_to_load"] = LOAD_HINTS[options.kind].format(
             dtype={"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[options.precision], device=device,
             low=extra["batch_range"][0], high=extra["batch_range"][1], shape=list(request.model.input_shape),
-            torch=torch.__version__, cc=request.target.compute_capability, mode=options.mode)
+            torch=version, cc=request.target.compute_capability, mode=options.mode)
         extra["reproducible"] = "in-process only (a recipe)" if options.kind == "compile" else "anywhere"
         if options.kind != "aoti":
             extra["engine_file"] = "engine.pt"
-        key = self.cache_key(request, torch.__version__)
+        key = self.cache_key(request, version)
         if key is not None:
             extra["builder_cache_key"] = key
         manifest = Manifest(
             backend=self.name,
-            backend_version=torch.__version__,
+            backend_version=version,
             target=request.target.id,
             precision=request.precision,
             options=dict(request.options),
