@@ -81,6 +81,8 @@ def sweep(
     db_url: DbUrl = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address; default RAY_ADDRESS, else a local Ray.")] = None,
     force: Annotated[bool, typer.Option(help="Redo jobs that already finished.")] = False,
+    redo_from: Annotated[str | None, typer.Option(help="Redo finished jobs of this stage and every later one (e.g. "
+                                                        "benchmark: time the stored engines again, rebuild nothing).")] = None,
     objective: Annotated[str | None, typer.Option(help="Objective of the closing winners table: p50, p99 or throughput; default the spec's.")] = None,
 ) -> None:
     """Run a sweep: export, build, benchmark and compare every job of SPEC, then print the winners.
@@ -100,6 +102,7 @@ def sweep(
         objective = checked_objective(objective or parsed.selection.objective)
         check_inputs(parsed, base, str(spec))  # before the store is created and Ray starts: a mistake costs nothing
         check_address(address)
+        redo = redone_stages(force, redo_from)
         if address or os.environ.get("RAY_ADDRESS"):
             # Before the store: a cluster that refuses us (auth) leaves nothing behind. A local Ray starts
             # later, and not at all when the store already holds every job of the plan.
@@ -107,7 +110,7 @@ def sweep(
         store = writable_store(data_dir, db_url)
         progress = SweepProgress(console)
         with progress.shown():
-            result = run_sweep(parsed, base, str(spec), store, address=address, force=force,
+            result = run_sweep(parsed, base, str(spec), store, address=address, redo=redo,
                                listener=progress.on_job, on_plan=progress.on_plan,
                                on_build_progress=progress.on_build_progress)
         constraints = Constraints.of(parsed.fidelity.constraints())
@@ -122,6 +125,19 @@ def sweep(
         console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {result.failed} failed ({ended}); "
                       f"results in {store.location.url}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def redone_stages(force: bool, redo_from: str | None) -> frozenset[str]:
+    from farm.stages import STAGES, stages_from
+
+    if force and redo_from:
+        raise fail("--force redoes every stage: give it or --redo-from, not both")
+    if force:
+        return frozenset(STAGES)
+    try:
+        return stages_from(redo_from) if redo_from else frozenset()
+    except ValueError as exc:
+        raise fail(f"--redo-from: {exc}") from None
 
 
 def sweep_exit_code(states: dict[str, str]) -> int:

@@ -9,7 +9,7 @@
 `run_sweep` probes the cluster, expands the spec, and runs the jobs: farm.schedule says which
 job is ready, farm.stages how each stage submits its job and turns the result into a row, and
 the store records each result the moment it arrives (the driver is the only writer). A job whose
-key already finished is not redone (unless forced); a failed job is recorded with its error and
+key already finished is read back, not redone (unless its stage is in `redo`); a failed job is recorded with its error and
 log, its dependants are marked blocked, and everything else goes on.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ def run_sweep(
     store: Store,
     *,
     address: str | None = None,
-    force: bool = False,
+    redo: Collection[str] = (),
     listener: Listener | None = None,
     on_plan: Callable[[Plan, list[TargetGroup]], None] | None = None,
     on_build_progress: BuildProgress | None = None,
@@ -79,7 +79,7 @@ def run_sweep(
     check_inputs(spec, base, spec_path)
     recorder = Recorder(store)
     address = address or os.environ.get("RAY_ADDRESS")
-    if not force and not address:
+    if not redo and not address:
         # On this machine alone the probe is this process's own look at it: if every job of the plan
         # already finished, the answer is in the store and no Ray needs to start.
         device = cluster.this_machine()
@@ -100,7 +100,7 @@ def run_sweep(
     sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), ((j.stage, j.key, j.label) for j in plan.jobs))
     run = SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, listener, on_build_progress)
     try:
-        run.execute(force)
+        run.execute(frozenset(redo))
     except BaseException:
         recorder.finish_sweep(sweep_id, "interrupted")
         raise
@@ -148,7 +148,8 @@ class SweepRun:
         self.nodes = nodes
         self.groups = {g.target.id: g for g in groups}
         self.stages: dict[str, Stage] = registry()
-        self.placement = Placement(groups, {n.node_id: (n.device.host_id or n.device.hostname, n.cpus) for n in nodes.values()})
+        self.placement = Placement(groups, {n.node_id: (n.device.host_id or n.device.hostname, n.cpus) for n in nodes.values()},
+                                   patience_s=spec.limits.timing_patience_s)
         # Submit no more than the cluster can run at once, so a job's timeout clock starts near its start.
         self.schedule = Schedule(plan.jobs, max_inflight=int(sum(n.cpus for n in nodes.values())), timeout_s=spec.limits.job_timeout_s,
                                  placement=self.placement)
@@ -167,9 +168,10 @@ class SweepRun:
 
     # --- the loop -----------------------------------------------------------------------
 
-    def execute(self, force: bool = False) -> None:
+    def execute(self, redo: frozenset[str] = frozenset()) -> None:
+        """Run every job of the plan; one of a stage not in `redo` that already finished is read back."""
         for key, job in self.schedule.jobs.items():
-            if not force and (row := self.recorder.finished(job.stage, key)) is not None:
+            if job.stage not in redo and (row := self.recorder.finished(job.stage, key)) is not None:
                 self._produced[key] = self.stages[job.stage].produced(row)
                 self._report(self.schedule.finish(key, "cached"))
         while not self.schedule.finished:

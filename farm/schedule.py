@@ -54,6 +54,7 @@ class Schedule:
             for parent in job.needs:
                 self._children.setdefault(parent, []).append(key)
         self._ready: dict[tuple[str | None, bool], list[tuple[int, int, str]]] = {}  # queue -> heap of (first?, order, key)
+        self._ready_since: dict[str, float] = {}  # ready job key -> when its last parent ended
         self._ended: list[Event] = []  # blocked by a failure since the last turn
         for key in self.jobs:
             if self._waiting_on[key] == 0:
@@ -71,11 +72,13 @@ class Schedule:
     def _enqueue(self, key: str, first: bool = False) -> None:
         job = self.jobs[key]
         queue = (job.target_id, job.stage in TIMING_STAGES)
+        self._ready_since[key] = self.clock()
         heapq.heappush(self._ready.setdefault(queue, []), (0 if first else 1, self._order[key], key))
 
     def _end(self, key: str, state: str, error: str | None) -> Event:
         """A job reached its final state: its children learn of it."""
         self._pending.discard(key)
+        self._ready_since.pop(key, None)
         self.states[key] = state
         if error:
             self.errors[key] = error
@@ -112,6 +115,7 @@ class Schedule:
             placement.new_round()
         start: list[tuple[Job, str | None]] = []
         ended, self._ended = self._ended, []
+        now = self.clock()
         heads = [(heap[0], queue) for queue, heap in self._ready.items() if heap]
         heapq.heapify(heads)
         while heads and self.running < self.max_inflight:
@@ -122,7 +126,7 @@ class Schedule:
             else:
                 job = self.jobs[key]
                 try:
-                    node = placement.choose(job) if placement is not None else None
+                    node = placement.choose(job, waited_s=now - self._ready_since[key]) if placement is not None else None
                 except NoLiveNode as exc:
                     heapq.heappop(heap)
                     ended.append(self._end(key, "failed", str(exc)))
@@ -132,7 +136,8 @@ class Schedule:
                         continue  # its nodes are busy (or held for a timing): this queue waits for the next turn
                     heapq.heappop(heap)
                     self._pending.discard(key)
-                    self.started[key] = self.clock()
+                    del self._ready_since[key]
+                    self.started[key] = now
                     if placement is not None and node is not None:
                         placement.start(job, node)
                     start.append((job, node))
@@ -176,24 +181,30 @@ class NodeSlot:
 class Placement:
     """Which node runs each job: one of the job's target (any node for target-free stages), the least
     busy, never past its CPUs; and the host rule that keeps timings honest. A timing (benchmark,
-    re-timing) starts only on a host where nothing else runs and holds it while it runs; a host with
-    a timing waiting for it takes no new work, so timings are not starved by a stream of builds."""
+    re-timing) starts only on a host where nothing else runs and holds it while it runs.
 
-    def __init__(self, groups: Iterable[TargetGroup], nodes: dict[str, tuple[str, float]]) -> None:
+    A ready timing first lets its hosts run the other work they have (builds, fidelity), up to
+    `patience_s`: emptying a host for a timing idles its other CPUs until its longest job ends,
+    and a timing taken as soon as it is ready costs such a drain for every engine, where
+    timings taken in a row, once the host has no other work, cost one. Past `patience_s` its hosts
+    take no new work, so a stream of builds never starves timings."""
+
+    def __init__(self, groups: Iterable[TargetGroup], nodes: dict[str, tuple[str, float]], patience_s: float = 0.0) -> None:
         self.slots = {node: NodeSlot(node, host, int(cpus)) for node, (host, cpus) in nodes.items()}
         self.targets: dict[str, list[str]] = {g.target.id: list(g.nodes) for g in groups}
         self.assigned: dict[str, str] = {}  # running job key -> node id
         self._timing: dict[str, int] = {}  # host -> timings running there
         self._busy: dict[str, int] = {}  # host -> jobs of any kind running there
         self._waiting: set[str] = set()  # hosts a timing waits for
+        self.patience_s = patience_s
 
     def nodes_of(self, job: Job) -> list[NodeSlot]:
         target = job.target_id
         ids = self.targets.get(target, []) if target is not None else list(self.slots)
         return [self.slots[n] for n in ids if n in self.slots]
 
-    def choose(self, job: Job) -> str | None:
-        """A node for `job` now, or None to wait; NoLiveNode when its target has none left."""
+    def choose(self, job: Job, waited_s: float = 0.0) -> str | None:
+        """A node for `job` (ready for `waited_s`) now, or None to wait; NoLiveNode when its target has none left."""
         live = [slot for slot in self.nodes_of(job) if slot.alive and slot.capacity > 0]
         if not live:
             raise NoLiveNode(f"no live node of target {job.target_id}" if job.target_id else "no live node in the cluster")
@@ -201,7 +212,7 @@ class Placement:
         free = [slot for slot in live if slot.running < slot.capacity and
                 (self._busy.get(slot.host, 0) == 0 if timing else not self._timing.get(slot.host) and slot.host not in self._waiting)]
         if not free:
-            if timing:  # drain the hosts this timing could use, so it gets one
+            if timing and waited_s >= self.patience_s:  # drain the hosts this timing could use, so it gets one
                 self._waiting |= {slot.host for slot in live}
             return None
         slot = min(free, key=lambda s: (self._busy.get(s.host, 0), s.running, s.started))  # the idlest host first

@@ -356,9 +356,12 @@ class SelectionSpec(Strict):
 class LimitsSpec(Strict):
     job_timeout_s: float = Field(1800, gt=0)
     retries: Int = Field(1, ge=0, le=5)
-    # A process forked per build (farm.isolated) contains native crashes and leaks, at about 0.25 s a build
-    # (the fork and the model and engine bytes through pipes); turn off for many small builds on backends you trust.
+    # A process forked per build (farm.isolated) contains native crashes and leaks, at about 0.2 s a build
+    # (the fork, a fresh heap, the model and engine bytes in and out); turn off for many small builds on backends you trust.
     isolate_builds: bool = True
+    # How long a ready timing lets its host run other ready work before the host takes no more
+    # (farm.schedule.Placement): timings taken in a row cost one drain of the host, not one each.
+    timing_patience_s: float = Field(300, ge=0)
     # The most one batch may need, estimated as input values x batch x 4 bytes x ACTIVATION_FACTOR:
     # a shape or batch size past it is refused before any work (a worker killed for memory says little).
     memory_gib: float = Field(16, gt=0, le=65536)

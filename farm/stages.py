@@ -376,3 +376,10 @@ def registry() -> dict[str, Stage]:
 
 
 STAGES: tuple[str, ...] = tuple(registry())
+
+
+def stages_from(first: str) -> frozenset[str]:
+    """`first` and every stage after it in the pipeline: what redoing `first` may make stale."""
+    if first not in STAGES:
+        raise ValueError(f"stage {first!r}: expected one of {', '.join(STAGES)}")
+    return frozenset(STAGES[STAGES.index(first):])

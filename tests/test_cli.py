@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from farm.cli import app
-from tests.conftest import REPO, write_spec
+from tests.conftest import CALIBRATION_DATA, REPO, write_spec
 from tests.postgres import PostgresServer
 
 runner = CliRunner()
@@ -35,6 +35,22 @@ def test_invalid_spec_is_one_line_and_exit_2(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert lines == [f"error: {spec}: models[0].weights: required field is missing"]
     assert not (tmp_path / "farm.db").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--redo-from", "bulid"], "--redo-from: stage 'bulid': expected one of export, reference, calibrate, variant, build"),
+    (["--force", "--redo-from", "build"], "--force redoes every stage: give it or --redo-from, not both"),
+])
+def test_bad_redo_options_are_one_line(tmp_path: Path, options: list[str], message: str) -> None:
+    spec = write_spec(tmp_path, f"""
+        name: t
+        models: [{{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}]
+        backends: {{onnxruntime: {{}}}}
+        fidelity: {{data: {CALIBRATION_DATA}}}
+    """)
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--data-dir", str(tmp_path / "data"), *options])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "data").exists()  # refused before the store was made
 
 
 def test_bad_objective_is_rejected(tmp_path: Path) -> None:

@@ -74,10 +74,10 @@ def test_a_turn_costs_what_it_starts_not_the_size_of_the_plan() -> None:
     looked = 0
     choose = placement.choose
 
-    def counting(job: Job) -> str | None:
+    def counting(job: Job, waited_s: float = 0.0) -> str | None:
         nonlocal looked
         looked += 1
-        return choose(job)
+        return choose(job, waited_s)
 
     placement.choose = counting  # type: ignore[method-assign]
     for i in range(50):
@@ -153,6 +153,24 @@ def test_a_timing_holds_its_host_and_is_not_starved() -> None:
     schedule.finish("timing-1", "done")
     started, _ = schedule.advance()
     assert [(job.key, node) for job, node in started] == [("build-3", "b1")]  # never beside timing-2 on host-a
+
+
+def test_a_ready_timing_lets_its_host_finish_other_work_until_its_patience_runs_out() -> None:
+    clock = Clock()
+    placement = Placement([TargetGroup(CPU, ("n1",))], {"n1": ("h1", 2)}, patience_s=10)
+    jobs = [build("b1", CPU), bench("t1", CPU, "b1"), build("b2", CPU), build("b3", CPU), build("b4", CPU), build("b5", CPU)]
+    schedule = Schedule(jobs, max_inflight=99, timeout_s=600, placement=placement, clock=clock)
+    assert [job.key for job, _ in schedule.advance()[0]] == ["b1", "b2"]
+    schedule.finish("b1", "done")  # t1 is ready; the host still runs b2
+    clock.now = 1
+    assert [job.key for job, _ in schedule.advance()[0]] == ["b3"]  # within its patience: the host keeps working
+    schedule.finish("b3", "done")
+    clock.now = 12  # t1 has waited 11 s: its host takes nothing new
+    assert schedule.advance() == ([], [])
+    schedule.finish("b2", "done")
+    assert [job.key for job, _ in schedule.advance()[0]] == ["t1"]
+    schedule.finish("t1", "done")
+    assert [job.key for job, _ in schedule.advance()[0]] == ["b4", "b5"]
 
 
 def test_a_target_without_live_nodes_fails_its_jobs_at_once() -> None:

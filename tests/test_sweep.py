@@ -207,6 +207,26 @@ def test_cli_sweep_prints_winners_and_status(first_run: FirstRun, sweep_dir: Pat
     assert best.exit_code == 0 and '"model": "tiny"' in best.stdout
 
 
+def test_redo_from_benchmark_times_the_stored_engines_again(first_run: FirstRun, sweep_dir: Path) -> None:
+    store = first_run[0]
+
+    def created() -> dict[str, dict[str, object]]:
+        with store.session() as s:
+            return {table.__name__: {r.key: r.created_at for r in s.scalars(select(table)) if r.status == "ok"}
+                    for table in (schema.Model, schema.Build, schema.Benchmark, schema.Fidelity)}
+
+    before = created()
+    result = CliRunner().invoke(app, ["sweep", str(sweep_dir / "spec.yaml"), "--data-dir", str(store.location.data_dir),
+                                      "--redo-from", "benchmark"])
+    assert result.exit_code == 1, result.output  # the broken models fail again
+    after = created()
+    assert after["Model"] == before["Model"] and after["Build"] == before["Build"]  # read back, not redone
+    assert len(after["Benchmark"]) == 8
+    for table in ("Benchmark", "Fidelity"):
+        assert after[table] and after[table].keys() == before[table].keys()
+        assert all(after[table][key] > before[table][key] for key in before[table]), table
+
+
 def test_a_native_crash_costs_only_its_job(ray_cluster: None, tmp_path: Path) -> None:
     from farm.store import StoreLocation, open_store
 
