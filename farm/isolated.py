@@ -17,8 +17,8 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import multiprocessing.connection
+import mmap
 import os
-import pickle
 import signal
 import threading
 from collections.abc import Callable
@@ -72,15 +72,26 @@ def _detach(duplicate: Any) -> int:
     return int(duplicate.detach())
 
 
+def _write(fd: int, value: Any) -> None:
+    with open(fd, "wb", closefd=False) as file:
+        reduction.ForkingPickler(file, -1).dump(value)  # -1: the highest protocol, whose large bytes go to the file as they are
+
+
+def _read(fd: int) -> Any:
+    """What the other side of a call wrote to `fd`: multiprocessing's own pickles, between this
+    process and its child only (an anonymous memory file: a pipe's trust, not a file's)."""
+    with mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ) as view:
+        return reduction.ForkingPickler.loads(view)
+
+
 def _child(inbox: int, outbox: int, done: multiprocessing.connection.Connection, messages: Any, environment: dict[str, str]) -> None:
     os.environ.clear()
     os.environ.update(environment)
-    with open(inbox, "rb") as file:
-        function, args = pickle.load(file)
+    function, args = _read(inbox)
+    os.close(inbox)
     post = messages.put if messages is not None else None
-    result = function(post, *args) if messages is not None else function(*args)
-    with open(outbox, "wb") as file:
-        pickle.dump(result, file, protocol=pickle.HIGHEST_PROTOCOL)
+    _write(outbox, function(post, *args) if messages is not None else function(*args))
+    os.close(outbox)
     done.send(True)
     done.close()
 
@@ -98,9 +109,7 @@ def call(function: Callable[..., Any], *args: Any, on_message: Callable[[Any], N
     inbox = os.memfd_create("farm-isolated-call")
     outbox = os.memfd_create("farm-isolated-answer")
     try:
-        with open(inbox, "wb", closefd=False) as file:
-            pickle.dump((function, args), file, protocol=pickle.HIGHEST_PROTOCOL)
-        os.lseek(inbox, 0, os.SEEK_SET)  # the child's descriptor shares this offset
+        _write(inbox, (function, args))
         receive, send = context.Pipe(duplex=False)
         messages = context.SimpleQueue() if on_message is not None else None
         child = context.Process(target=_child, args=(_Fd(inbox), _Fd(outbox), send, messages, dict(os.environ)), daemon=True)
@@ -122,9 +131,7 @@ def call(function: Callable[..., Any], *args: Any, on_message: Callable[[Any], N
             if relay is not None:
                 relay.join()
         child.join()
-        os.lseek(outbox, 0, os.SEEK_SET)
-        with open(outbox, "rb", closefd=False) as file:
-            return pickle.load(file)
+        return _read(outbox)
     finally:
         os.close(inbox)
         os.close(outbox)
