@@ -108,14 +108,14 @@ def call(function: Callable[..., Any], *args: Any, on_message: Callable[[Any], N
     context = _context()
     inbox = os.memfd_create("farm-isolated-call")
     outbox = os.memfd_create("farm-isolated-answer")
+    receive, send = context.Pipe(duplex=False)
+    messages = context.SimpleQueue() if on_message is not None else None
+    relay = None
     try:
         _write(inbox, (function, args))
-        receive, send = context.Pipe(duplex=False)
-        messages = context.SimpleQueue() if on_message is not None else None
         child = context.Process(target=_child, args=(_Fd(inbox), _Fd(outbox), send, messages, dict(os.environ)), daemon=True)
         child.start()
         send.close()  # ours: once the child's end closes too, recv() raises EOFError instead of waiting forever
-        relay = None
         if messages is not None and on_message is not None:
             relay = threading.Thread(target=_relay, args=(messages, on_message), daemon=True)
             relay.start()
@@ -124,15 +124,15 @@ def call(function: Callable[..., Any], *args: Any, on_message: Callable[[Any], N
         except EOFError:
             child.join()
             raise ChildDied(child.exitcode) from None
-        finally:
-            receive.close()
-            if messages is not None:
-                messages.put(_DONE)
-            if relay is not None:
-                relay.join()
         child.join()
         return _read(outbox)
     finally:
+        send.close()
+        receive.close()
+        if messages is not None:
+            messages.put(_DONE)
+        if relay is not None:
+            relay.join()
         os.close(inbox)
         os.close(outbox)
 
