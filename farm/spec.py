@@ -207,6 +207,13 @@ class TorchAxes(Axes):
     compile_mode: Annotated[list[CompileMode], BeforeValidator(_listify)] = ["default"]  # kind compile only
     channels_last: Annotated[list[bool], BeforeValidator(_listify)] = [False]
     tf32: Annotated[list[bool], BeforeValidator(_listify)] = [False]  # fp32 on a GPU only
+    # Inductor's inference options, kind compile only: freezing folds weights and batch norm into the graph;
+    # coordinate descent tunes Triton kernels' block sizes (null: the compile mode's own choice).
+    freezing: Annotated[list[bool], BeforeValidator(_listify)] = [False]
+    coordinate_descent: Annotated[list[bool | None], BeforeValidator(_listify)] = [None]
+    # torchao on the module's linear layers (workers/torch_quant.py); fp8 on GPUs of compute capability >= 8.9, in bf16
+    quantize: Annotated[list[Literal["int8_dynamic", "int8_weight_only", "fp8_rowwise", "fp8_tensorwise"] | None],
+                        BeforeValidator(_listify)] = [None]
 
     @model_validator(mode="before")
     @classmethod

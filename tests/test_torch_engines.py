@@ -114,6 +114,11 @@ def compile_cache_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
         (lambda: TorchEngineOptions(kind="cuda_graph").check_device("cpu"), "kind cuda_graph needs a CUDA device, not cpu"),
         (lambda: TorchEngineOptions(tf32=True).check_device("cpu"), "tf32 needs a CUDA device, not cpu"),
         (lambda: TorchEngineOptions().check_device("mps"), "device 'mps': expected one of cpu, cuda"),
+        (lambda: TorchEngineOptions(freezing=True), "freezing and coordinate_descent are Inductor options: kind compile only, not eager"),
+        (lambda: TorchEngineOptions(kind="cuda_graph", coordinate_descent=True), "freezing and coordinate_descent are Inductor options"),
+        (lambda: TorchEngineOptions(quantize="int4"), "quantize 'int4': expected one of int8_dynamic, int8_weight_only, fp8_rowwise, fp8_tensorwise"),
+        (lambda: TorchEngineOptions(quantize="fp8_rowwise", precision="fp16"), "quantize fp8_rowwise computes in bf16 (torchao float8): give precision bf16, not fp16"),
+        (lambda: TorchEngineOptions(kind="aoti", quantize="int8_dynamic"), "quantize applies to kinds eager, cuda_graph and compile, not aoti"),
     ],
 )
 def test_bad_options_are_one_line_errors(make: Callable[[], object], message: str) -> None:
@@ -136,6 +141,94 @@ def test_options_round_trip_and_label() -> None:
     assert TorchEngineOptions.from_dict(json.loads(json.dumps(options.to_dict()))) == options
     assert options.label == "compile:max-autotune fp16 channels_last"
     assert TorchEngineOptions(kind="compile").mode == "default"
+    frozen = TorchEngineOptions(kind="compile", compile_mode="max-autotune-no-cudagraphs", precision="bf16", freezing=True,
+                                coordinate_descent=False, quantize="fp8_rowwise")
+    assert TorchEngineOptions.from_dict(json.loads(json.dumps(frozen.to_dict()))) == frozen
+    assert frozen.label == "compile:max-autotune-no-cudagraphs bf16 fp8_rowwise freezing no_coordinate_descent"
+
+
+def test_inductor_options_spell_out_the_mode_and_add_freezing() -> None:
+    """torch.compile takes a mode or options, not both: an added option keeps the mode's own ones."""
+    from torch._inductor import list_mode_options
+
+    plain = TorchEngineOptions(kind="compile", compile_mode="max-autotune")
+    assert plain.inductor_options() == list_mode_options("max-autotune", dynamic=False)
+    frozen = TorchEngineOptions(kind="compile", compile_mode="max-autotune", freezing=True)
+    assert frozen.inductor_options() == list_mode_options("max-autotune", dynamic=False) | {"freezing": True}
+    assert frozen.uses_cudagraphs and not TorchEngineOptions(kind="compile", compile_mode="max-autotune-no-cudagraphs").uses_cudagraphs
+    tuned = TorchEngineOptions(kind="compile", coordinate_descent=True).inductor_options()
+    assert tuned == {"coordinate_descent_tuning": True}
+
+
+def test_applies_keeps_old_keys_and_drops_what_cannot_run() -> None:
+    from workers.backends.torch import TorchBackend
+
+    defaults = {"kind": "compile", "compile_mode": "default", "freezing": False, "coordinate_descent": None, "quantize": None}
+    assert TorchBackend.applies(defaults, "fp16", "gpu") == {"kind": "compile", "compile_mode": "default"}  # keys as before
+    assert TorchBackend.applies({"kind": "eager", "freezing": True}, "fp16", "gpu") is None
+    assert TorchBackend.applies({"kind": "compile", "quantize": "fp8_rowwise"}, "fp16", "gpu") is None  # fp8 computes in bf16
+    assert TorchBackend.applies({"kind": "compile", "quantize": "fp8_rowwise"}, "bf16", "cpu") is None  # and needs a GPU
+    assert TorchBackend.applies({"kind": "compile", "quantize": "fp8_rowwise"}, "bf16", "gpu") == {"kind": "compile", "quantize": "fp8_rowwise"}
+    assert TorchBackend.applies({"kind": "eager", "quantize": "int8_dynamic"}, "fp32", "cpu") == {"kind": "eager", "quantize": "int8_dynamic"}
+
+
+def test_run_padded_runs_only_the_given_batch_sizes() -> None:
+    from workers.fidelity import run_padded
+
+    seen: list[int] = []
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        seen.append(len(x))
+        return x.reshape(len(x), -1).sum(axis=1, keepdims=True)
+
+    inputs = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    expected = inputs.sum(axis=1, keepdims=True)
+    assert np.array_equal(run_padded(infer, inputs, (256,)), expected) and seen == [256]
+    seen.clear()
+    assert np.array_equal(run_padded(infer, inputs, (4, 16)), expected) and seen == [16]
+    seen.clear()
+    assert np.array_equal(run_padded(infer, inputs, (1, 4)), expected) and seen == [4, 4, 4]
+
+
+def test_fidelity_of_a_compiled_engine_compiles_no_new_batch_size(tmp_path: Path) -> None:
+    """16 judge images on an engine compiled for 256 made every fidelity job autotune a new shape
+    (194 s of max-autotune on an H100): the judge images now run at a batch size the build compiled."""
+    import torch._dynamo
+
+    model = ModelRef("small", "tests.models:small_convnet", None, SHAPE)
+    exported = stages.export_model(model)
+    request = BuildRequest(model, "fp32", "torch", {"kind": "compile"}, Target("cpu", "any"), (8,))
+    engine = stages.build_engine(request, None, exported.checkpoint)
+    assert engine.manifest.extra["batch_sizes"] == [8]
+    inputs = np.random.default_rng(1).standard_normal((10, *SHAPE)).astype(np.float32)  # chunks of 8 and 2 before
+    reference = stages.reference_outputs(exported.onnx_bytes, inputs, 8)
+    torch._dynamo.reset()  # the build compiled batch 8 in this process; count what the fidelity job compiles
+    torch._dynamo.utils.counters.clear()
+    found = stages.engine_fidelity(engine.data, engine.manifest, inputs, reference, batch_size=8, caches=(engine.builder_cache or b"",)[:1])
+    compiled_shapes = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert compiled_shapes == 1, f"{compiled_shapes} graphs compiled for 10 judge images on an engine built for batch 8"
+    assert found.samples == 10 and found.top1_agreement == 1.0 and found.cosine_min > 0.999
+
+
+def test_int8_quantized_module_on_cpu_stays_close_to_fp32() -> None:
+    """torchao's int8 dynamic and weight-only quantization of the linear layers, eager, on a CPU."""
+    module = small_convnet()
+    expected = plain_forward(module, X)
+    for quantize in ("int8_dynamic", "int8_weight_only"):
+        options = TorchEngineOptions(quantize=quantize)
+        with open_engine(copy.deepcopy(module), options, "cpu", SHAPE) as runner:
+            got = runner.infer(feeds(X))[0]
+            weight = runner.module[-1].weight  # the one nn.Linear; torchao leaves the convolutions alone
+        cosine = (got * expected).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+        assert cosine.min() > 0.99, (quantize, cosine)
+        assert "Int8" in type(weight).__name__, (quantize, type(weight))
+
+
+def test_fp8_is_refused_in_one_line_without_a_gpu() -> None:
+    from workers.torch_quant import QuantizeUnavailable, check_quantize
+
+    with pytest.raises(QuantizeUnavailable, match=r"^quantize fp8_rowwise needs a GPU of compute capability >= 8.9 \(torchao float8\), not cpu$"):
+        check_quantize("fp8_rowwise", "cpu")
 
 
 def test_importing_the_modules_does_not_import_torch() -> None:

@@ -38,6 +38,24 @@ def run_batched(infer: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, b
     return np.concatenate(chunks, axis=0)
 
 
+def run_padded(infer: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    """Run `infer` only at batch sizes in `sizes`: chunks of the smallest one that holds every input
+    (else the largest), the last chunk padded with copies of its last input, padded rows dropped.
+
+    For engines where a new batch size is a new compile (16 judge images on an engine compiled for
+    256 autotuned for minutes); rows are independent at inference, so padding changes no real row.
+    """
+    size = min((s for s in sizes if s >= len(inputs)), default=max(sizes))
+    chunks = []
+    for i in range(0, len(inputs), size):
+        chunk = inputs[i : i + size]
+        real = len(chunk)
+        if real < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
+        chunks.append(infer(chunk)[:real])
+    return np.concatenate(chunks, axis=0)
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> Fidelity:
     """Compare classifier outputs [N, classes] (logits or probabilities) against the reference.
 

@@ -205,7 +205,14 @@ def engine_fidelity(
         if task == "detection":
             found = [_detections(runner.infer({name: x[None].astype(dtype)})) for x in inputs]
             return compare_detections(unpack_detections(reference), found, score_threshold=box_score_threshold)
-        outputs = fidelity_.run_batched(lambda x: runner.infer({name: x.astype(dtype)})[0], inputs, batch_size)
+
+        def infer(x: np.ndarray) -> np.ndarray:
+            return runner.infer({name: x.astype(dtype)})[0]
+
+        if runner.preferred_batches:
+            outputs = fidelity_.run_padded(infer, inputs, runner.preferred_batches)
+        else:
+            outputs = fidelity_.run_batched(infer, inputs, batch_size)
     return fidelity_.compare(unpack(reference)["outputs"], outputs, labels)
 
 

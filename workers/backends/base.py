@@ -74,6 +74,9 @@ class Runner(ABC):
         self.inputs = inputs
         self.outputs = outputs  # [] where the engine's outputs are known only once it runs
         self.is_active = False
+        # The batch sizes the engine was made for, where any other costs a compile or a capture
+        # (a compiled PyTorch engine); empty where every size in its profile costs the same.
+        self.preferred_batches: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:

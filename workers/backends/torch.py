@@ -35,11 +35,26 @@ LOAD_HINTS = {
     "aoti": "python: runner = torch._inductor.aoti_load_package('engine.pt2'); outputs = runner(x) "
             "(x: a {dtype} tensor on {device}, batch {low}..{high}, shape {shape}); needs torch {torch} and a GPU of compute capability {cc}",
     "compile": "a recipe, reproducible in-process only: build the model (manifest model_ref), load engine.pt (torch.load, "
-               "weights_only=True), cast to {dtype}, then torch.compile(model, mode='{mode}')",
-    "eager": "build the model (manifest model_ref), load engine.pt (torch.load, weights_only=True), cast to {dtype}, run",
-    "cuda_graph": "build the model (manifest model_ref), load engine.pt (torch.load, weights_only=True), cast to {dtype}, "
+               "weights_only=True), cast to {dtype}{quantize}, then {compile_call} under torch.inference_mode()",
+    "eager": "build the model (manifest model_ref), load engine.pt (torch.load, weights_only=True), cast to {dtype}{quantize}, run",
+    "cuda_graph": "build the model (manifest model_ref), load engine.pt (torch.load, weights_only=True), cast to {dtype}{quantize}, "
                   "capture one torch.cuda.CUDAGraph per batch size and replay it",
 }
+
+
+def _compile_call(options: TorchEngineOptions) -> str:
+    """The torch.compile call a compiled engine was made with, as a user would type it."""
+    if options.freezing or options.coordinate_descent is not None:
+        return f"torch.compile(model, options={options.inductor_options()!r}, dynamic=False)"
+    return f"torch.compile(model, mode='{options.mode}', dynamic=False)"
+
+
+def _quantize_step(options: TorchEngineOptions) -> str:
+    if options.quantize is None:
+        return ""
+    from workers.torch_quant import RECIPES
+
+    return f", then torchao's quantize_(model, {RECIPES[options.quantize]})"
 
 
 class BuildError(RuntimeError):
@@ -94,8 +109,17 @@ class TorchBackend:
         if kind == "cuda_graph" and target_kind != "gpu":
             return None
         used = dict(options)
+        # Options at their default leave the options (and so the build keys) as they were before they existed.
+        for name, default in (("freezing", False), ("coordinate_descent", None), ("quantize", None)):
+            if name in used and used[name] == default:
+                del used[name]
         if kind != "compile":
             used.pop("compile_mode", None)
+            if "freezing" in used or "coordinate_descent" in used:
+                return None  # Inductor options: a build of another kind would only repeat the plain one
+        quantize = used.get("quantize")
+        if quantize is not None and (kind == "aoti" or (quantize.startswith("fp8") and (precision != "bf16" or target_kind != "gpu"))):
+            return None
         if precision != "fp32" or target_kind != "gpu":
             if used.get("tf32"):
                 return None
@@ -123,7 +147,8 @@ class TorchBackend:
         extra: dict[str, Any] = {"model_ref": asdict(request.model), "device": device, "kind": options.kind,
                                  "engine_options": options.to_dict(), "torch_version": version,
                                  "cuda_version": torch.version.cuda, "compute_capability": request.target.compute_capability,
-                                 "batch_range": [min(request.batch_sizes), max(request.batch_sizes)]}
+                                 "batch_range": [min(request.batch_sizes), max(request.batch_sizes)],
+                                 "batch_sizes": sorted(request.batch_sizes)}
         with PeakMemory(0.05, children=True) as memory:
             module = _module(request.model, checkpoint)
             data, builder_cache = checkpoint, None
@@ -135,7 +160,8 @@ class TorchBackend:
         extra["how_to_load"] = LOAD_HINTS[options.kind].format(
             dtype={"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[options.precision], device=device,
             low=extra["batch_range"][0], high=extra["batch_range"][1], shape=list(request.model.input_shape),
-            torch=version, cc=request.target.compute_capability, mode=options.mode)
+            torch=version, cc=request.target.compute_capability, compile_call=_compile_call(options),
+            quantize=_quantize_step(options))
         extra["reproducible"] = "in-process only (a recipe)" if options.kind == "compile" else "anywhere"
         if options.kind != "aoti":
             extra["engine_file"] = "engine.pt"
@@ -173,7 +199,11 @@ class TorchBackend:
 
             for blob in caches:
                 import_compile_caches(blob)
-        return open_engine(_module(model, engine), options, device, model.input_shape)
+        runner = open_engine(_module(model, engine), options, device, model.input_shape)
+        if options.kind in ("compile", "cuda_graph"):
+            # Each new batch size costs a compile (minutes with max-autotune) or a capture: work at the built ones.
+            runner.preferred_batches = tuple(manifest.extra.get("batch_sizes") or ())
+        return runner
 
 
 def _module(model: ModelRef, checkpoint: bytes) -> Any:
