@@ -11,13 +11,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=.whl
-PACKAGES=(ray pydantic pydantic-core annotated-types typing-inspection sqlalchemy greenlet alembic mako
-          jsonschema jsonschema-specifications referencing rpds-py onnxconverter-common)
+PACKAGES=(ray pydantic pydantic-core annotated-types typing-inspection sqlalchemy alembic mako
+          jsonschema jsonschema-specifications referencing rpds-py onnxconverter-common torchao)
+# Wanted where this checkout's venv has them, skipped where it does not: SQLAlchemy 2.1 no longer
+# installs greenlet (only its asyncio extension needs it), so a fresh clone's .venv lacks it.
+OPTIONAL=(greenlet)
+if [[ ! -x "$PY" ]]; then
+  echo "device-wheels: $PY not found: run scripts/bootstrap.sh first (the wheels are pinned to its versions)" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 pins=()
-for name in "${PACKAGES[@]}"; do
-  version=$("$PY" -c "from importlib.metadata import version; print(version('$name'))")
-  pins+=("$name==$version")
+for name in "${PACKAGES[@]}" "${OPTIONAL[@]}"; do
+  if version=$("$PY" -c "from importlib.metadata import version; print(version('$name'))" 2>/dev/null); then
+    pins+=("$name==$version")
+  elif [[ " ${OPTIONAL[*]} " == *" $name "* ]]; then
+    echo "device-wheels: $name is not installed in $PY's environment; not needed, skipped" >&2
+  else
+    echo "device-wheels: $name is not installed in $PY's environment: run scripts/bootstrap.sh dev" >&2
+    exit 2
+  fi
 done
 "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \

@@ -188,3 +188,69 @@ def test_compile_cache_key_names_the_gpu() -> None:
     major, minor = torch.cuda.get_device_capability()
     assert key["compute_capability"] == f"{major}.{minor}"
     assert key["gpu"] == torch.cuda.get_device_name() and key["torch"] == torch.__version__
+
+
+def test_compile_with_freezing_and_coordinate_descent_matches_eager(convnet: Any) -> None:
+    """Inductor's freezing folds batch norm and weights into the graph: outputs stay eager's."""
+    x = _inputs(16)
+    expected = _eager(convnet, x, precision="fp16", channels_last=True)
+    options = TorchEngineOptions(kind="compile", compile_mode="reduce-overhead", precision="fp16", channels_last=True,
+                                 freezing=True, coordinate_descent=True)
+    with open_engine(copy.deepcopy(convnet), options, DEVICE, SHAPE) as runner:
+        out = runner.infer(_feeds(x))[0]
+        timings = _time(runner, x)
+    np.testing.assert_allclose(out, expected, atol=2e-2, rtol=2e-2)  # fp16 both sides, different kernels
+    _save("torch_compile_freezing.json", {"options": options.to_dict(), "timings": _summary(timings), "setup_s": runner.setup_seconds})
+
+
+@pytest.fixture(scope="module")
+def mlp() -> Any:
+    """Linear layers with dimensions that fp8 and int8 matmuls take (multiples of 16)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256), nn.GELU(), nn.Linear(256, 64)).eval()
+
+
+@pytest.mark.parametrize("quantize", ["int8_dynamic", "int8_weight_only", "fp8_rowwise", "fp8_tensorwise"])
+def test_quantized_linear_layers_stay_close_to_bf16(mlp: Any, quantize: str) -> None:
+    import torch
+
+    from workers.torch_quant import FP8_MIN_CAPABILITY, QuantizeUnavailable
+
+    x = _inputs(64, (256,))
+    expected = _eager(mlp, x, precision="bf16")
+    options = TorchEngineOptions(kind="compile", precision="bf16", quantize=quantize)
+    if quantize.startswith("fp8") and torch.cuda.get_device_capability() < FP8_MIN_CAPABILITY:
+        with pytest.raises(QuantizeUnavailable, match="needs compute capability >= 8.9"):
+            open_engine(copy.deepcopy(mlp), options, DEVICE, (256,))
+        return
+    with open_engine(copy.deepcopy(mlp), options, DEVICE, (256,)) as runner:
+        out = runner.infer(_feeds(x))[0]
+        assert "Tensor" in type(runner.module[0].weight).__name__ and type(runner.module[0].weight).__name__ != "Parameter"
+    cosine = (out * expected).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(expected, axis=1))
+    assert cosine.min() > 0.98, cosine.min()
+    _save(f"torch_quantize_{quantize}.json", {"quantize": quantize, "cosine_min": float(cosine.min()), "setup_s": runner.setup_seconds})
+
+
+def test_fidelity_of_a_compiled_engine_on_cuda_compiles_no_new_batch_size() -> None:
+    import torch
+    import torch._dynamo
+
+    from workers import stages
+    from workers.structs import BuildRequest, ModelRef, Target
+
+    model = ModelRef("small", "tests.models:small_convnet", None, SHAPE)
+    exported = stages.export_model(model)
+    target = Target("gpu", torch.cuda.get_device_name(), ".".join(map(str, torch.cuda.get_device_capability())))
+    request = BuildRequest(model, "fp16", "torch", {"kind": "compile", "compile_mode": "reduce-overhead"}, target, (32,))
+    engine = stages.build_engine(request, None, exported.checkpoint)
+    inputs = _inputs(40)  # chunks of 32 and 8 before: a second compile
+    reference = stages.reference_outputs(exported.onnx_bytes, inputs, 32)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    found = stages.engine_fidelity(engine.data, engine.manifest, inputs, reference, batch_size=32,
+                                   caches=(engine.builder_cache,) if engine.builder_cache else ())
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert found.samples == 40 and found.cosine_min > 0.99

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Every GPU check of farm, sized for one 10-minute call on a borrowed GPU machine.
+#
+# The machine needs python3 with torch, torchvision, onnx and onnxruntime (the device image has
+# them) and the wheels scripts/device-wheels.sh puts in .whl/ (Ray, SQLAlchemy, torchao, ...):
+#
+#   here:   scripts/device-wheels.sh                    # once; carry .whl with the call
+#   there:  scripts/gpu-check.sh [PART ...]             # default: tests autotune
+#
+# PART is one of:
+#   tests     the GPU tests (tests/test_gpu.py, tests/test_gpu_torch_engines.py: no dashboard imports), ~2 min
+#   autotune  sweeps/gpu-autotune.yaml cold, then warm from the store alone (benchmarks/warm_sweep.py),
+#             the placement tests on its store, and the plain-PyTorch anchor against its winner, ~6 min
+#   lowp      sweeps/gpu-lowp.yaml: ViT-B/16 bf16 against torchao fp8 / int8, and its anchor, ~4 min
+#   aoti      benchmarks/aoti_probe.py: which way of loading an AOTInductor package works, ~1 min
+#   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host, ~6 min
+#
+# Results go to benchmarks/results/<gpu>/ (h100, h200, ...) and, where $OUT is set (the device
+# tool's folder that comes back), to $OUT as well, with one log per part. The last lines say what
+# to commit. A part that fails is reported and the next one still runs; the exit code is the
+# number of parts that failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PARTS=("$@")
+(( ${#PARTS[@]} )) || PARTS=(tests autotune)
+
+if [[ -d .whl ]] && ! python3 -c "import ray, sqlalchemy, torchao" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 100
+fi
+export PYTHONPATH="/tmp/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+
+GPU=$(python3 -c "
+import re, torch
+name = torch.cuda.get_device_name(0).lower()
+found = re.search(r'\b([a-z]\d{2,4}[a-z]?)\b', name.replace('nvidia', ''))
+print(found.group(1) if found else re.sub(r'[^a-z0-9]+', '-', name).strip('-'))") || { echo "gpu-check: no CUDA GPU visible" >&2; exit 100; }
+RESULTS="benchmarks/results/$GPU"
+LOGS="${OUT:-/tmp/farm-gpu-check}"
+mkdir -p "$RESULTS" "$LOGS"
+WORK=$(mktemp -d /tmp/farm-gpu-check.XXXX)
+echo "gpu-check on $(python3 -c 'import torch; print(torch.cuda.get_device_name(0), "torch", torch.__version__, "CUDA", torch.version.cuda)')," \
+     "$(nproc) CPUs, $(date -u +%FT%TZ); results in $RESULTS"
+
+failed=0
+summary=()
+run_part() {  # run_part NAME COMMAND...: time it, log it, keep going
+  local name=$1; shift
+  local started=$SECONDS
+  echo "=== $name: $*"
+  if "$@" > >(tee "$LOGS/$name.log") 2>&1; then
+    summary+=("$name ok in $((SECONDS - started)) s")
+  else
+    summary+=("$name FAILED (exit $?) after $((SECONDS - started)) s: see $LOGS/$name.log")
+    failed=$((failed + 1))
+  fi
+}
+keep() {  # keep FILE...: copy results to $OUT too, so they come back with the call
+  [[ -n "${OUT:-}" ]] && cp "$@" "$OUT"/ 2>/dev/null
+  return 0
+}
+
+for part in "${PARTS[@]}"; do
+  case $part in
+    tests)
+      run_part tests python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_gpu_torch_engines.py
+      ;;
+    autotune)
+      run_part autotune_sweep python3 benchmarks/warm_sweep.py sweeps/gpu-autotune.yaml --data-dir "$WORK/autotune" \
+        --out "$RESULTS/warm_sweep.json"
+      run_part autotune_placement env FARM_GPU_SWEEP_DB="$WORK/autotune/farm.db" \
+        python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_placement.py
+      run_part autotune_anchor python3 benchmarks/gpu_anchor.py --models resnet50 --batches 256 \
+        --data-dir "$WORK/autotune" --out "$RESULTS/gpu_anchor_autotune.json"
+      python3 -m farm.cli best --json --objective throughput --data-dir "$WORK/autotune" > "$RESULTS/gpu_autotune_best.json"
+      keep "$RESULTS/warm_sweep.json" "$RESULTS/gpu_anchor_autotune.json" "$RESULTS/gpu_autotune_best.json"
+      ;;
+    lowp)
+      run_part lowp_sweep python3 -m farm.cli sweep sweeps/gpu-lowp.yaml --data-dir "$WORK/lowp"
+      run_part lowp_anchor python3 benchmarks/gpu_anchor.py --models vit_b_16 --batches 256 \
+        --data-dir "$WORK/lowp" --out "$RESULTS/gpu_anchor_lowp.json"
+      python3 -m farm.cli best --json --objective throughput --data-dir "$WORK/lowp" > "$RESULTS/gpu_lowp_best.json"
+      keep "$RESULTS/gpu_anchor_lowp.json" "$RESULTS/gpu_lowp_best.json"
+      ;;
+    aoti)
+      run_part aoti python3 benchmarks/aoti_probe.py --out "$RESULTS/aoti_probe.json"
+      keep "$RESULTS/aoti_probe.json"
+      ;;
+    scaling)
+      run_part scaling python3 benchmarks/fleet_scaling.py --device-hosts --out "$RESULTS/fleet_scaling_16core.json"
+      keep "$RESULTS/fleet_scaling_16core.json"
+      ;;
+    *)
+      echo "gpu-check: unknown part '$part' (tests, autotune, lowp, aoti, scaling)" >&2
+      failed=$((failed + 1))
+      ;;
+  esac
+done
+
+echo "=== summary ($GPU)"
+printf '  %s\n' "${summary[@]}"
+echo "commit: git add $RESULTS && git commit -m 'GPU check on $GPU, $(date -u +%F)'; then put the figures in docs/gpu.md"
+[[ -n "${OUT:-}" ]] && echo "(results and logs also in \$OUT: copy them into $RESULTS here)"
+exit $failed
