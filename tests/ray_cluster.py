@@ -52,10 +52,11 @@ def _agent_ports() -> list[str]:
 class LocalFleet:
     """A head and the worker nodes added to it; `env` is what a driver or `ray job submit` needs."""
 
-    def __init__(self, *, dashboard: bool = False, head_cpus: int = 0) -> None:
+    def __init__(self, *, dashboard: bool = False, head_cpus: int = 0, env: dict[str, str] | None = None) -> None:
+        """`env`: variables on top of this process's own for every node, and in `env` for drivers."""
         # Short: Ray's socket paths under it must fit in 107 bytes, which pytest's tmp_path may not.
         self.temp = Path(tempfile.mkdtemp(prefix="farm-ray-"))
-        self.env = dict(os.environ)
+        self.env = dict(os.environ) | (env or {})
         # Ray 2.60 turns token auth on once ~/.ray/auth_token exists, and `ray start` then needs a token;
         # a fresh one in the environment works on a fresh machine and on one where the file exists.
         self.env.update({f"RAY_{name}": str(value) for name, value in WARM_WORKERS.items()})  # as the README starts a fleet
