@@ -1,5 +1,5 @@
 # The scaling run on the device (16 cores; wheels of scripts/device-wheels.sh in /tmp/site), from the repository root:
-#   PYTHONPATH=/tmp/site:$PWD python3 benchmarks/fleet_scaling.py --hosts --out $OUT/fleet_scaling_16core.json
+#   PYTHONPATH=/tmp/site:$PWD python3 benchmarks/fleet_scaling.py --device-hosts --out $OUT/fleet_scaling_16core.json
 """How the farm scales: one sweep of real CPU work on fleets of 1, 2 and 4 worker nodes, and the
 driver's own cost per job at 1,000 and 10,000 jobs.
 
@@ -18,7 +18,7 @@ what is left is the driver's cost per job: what a fleet pays on top of the work.
 
     .venv/bin/python benchmarks/fleet_scaling.py [--nodes 1 2 4] [--jobs 1000 10000] [--skip-fleet] [--skip-driver]
 
-Hosts part (--hosts), for a machine with many cores (the GPU machine's 16; no GPU is used). Each
+Hosts part (--device-hosts), for a machine with many cores (the GPU machine's 16; no GPU is used). Each
 worker node is started with FARM_NODE_IS_HOST=1, the BENCHMARK-ONLY switch that makes a Ray node
 count as a host of its own (workers.device.NODE_IS_HOST), so that timings of different nodes run at
 once as on separate machines. A head with --num-cpus=0 and N worker nodes of --cpus-per-node CPUs
@@ -340,24 +340,24 @@ def _noop(value: Any) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, nargs="+", default=None, help="worker node counts (default 1 2 4; --hosts: 1 4)")
+    parser.add_argument("--nodes", type=int, nargs="+", default=None, help="worker node counts (default 1 2 4; --device-hosts: 1 4)")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--skip-fleet", action="store_true")
     parser.add_argument("--skip-driver", action="store_true")
-    parser.add_argument("--hosts", action="store_true",
+    parser.add_argument("--device-hosts", action="store_true",
                         help=f"only the scaling run of nodes that are hosts of their own ({NODE_IS_HOST}=1, benchmark only)")
-    parser.add_argument("--cpus-per-node", type=int, default=3, help="--hosts: CPUs of each worker node (default 3)")
+    parser.add_argument("--cpus-per-node", type=int, default=3, help="--device-hosts: CPUs of each worker node (default 3)")
     parser.add_argument("--models", type=int, default=5, choices=range(1, len(HOSTS_MODELS) + 1), metavar=f"1..{len(HOSTS_MODELS)}",
-                        help="--hosts: the sweep's size, in models of 38 jobs each (default 5)")
+                        help="--device-hosts: the sweep's size, in models of 38 jobs each (default 5)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="default benchmarks/results/fleet_scaling.json; --hosts: benchmarks/results/<gpu or host>/fleet_scaling_16core.json")
+                        help="default benchmarks/results/fleet_scaling.json; --device-hosts: benchmarks/results/<gpu or host>/fleet_scaling_16core.json")
     args = parser.parse_args()
-    if args.hosts and (args.nodes or [1])[0] != 1:
-        parser.error("--hosts: --nodes must start with 1, the run that efficiency is measured against")
+    if args.device_hosts and (args.nodes or [1])[0] != 1:
+        parser.error("--device-hosts: --nodes must start with 1, the run that efficiency is measured against")
     if args.cpus_per_node < 1:
         parser.error("--cpus-per-node must be at least 1")
     with tempfile.TemporaryDirectory(prefix="farm-scaling-") as tmp:
-        if args.hosts:
+        if args.device_hosts:
             out = args.out or REPO / "benchmarks" / "results" / results_folder() / "fleet_scaling_16core.json"
             report = hosts_report(args.nodes or [1, 4], args.cpus_per_node, args.models, Path(tmp))
         else:

@@ -162,7 +162,7 @@ def _overlaps(ran: list[Row]) -> list[tuple[Row, list[Row]]]:
 
 
 def test_nodes_with_the_benchmark_only_switch_are_hosts_of_their_own_and_time_at_once(tmp_path: Path) -> None:
-    """FARM_NODE_IS_HOST=1 at `ray start` (benchmarks/fleet_scaling.py --cores16): two nodes of one machine
+    """FARM_NODE_IS_HOST=1 at `ray start` (benchmarks/fleet_scaling.py --device-hosts): two nodes of one machine
     count as two hosts, so each holds only itself for a timing, and timings of the two run at once."""
     fleet = LocalFleet()
     try:

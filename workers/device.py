@@ -94,7 +94,7 @@ def describe() -> DeviceInfo:
 
 # BENCHMARK-ONLY SWITCH. `FARM_NODE_IS_HOST=1` in the environment of `ray start` makes every task of
 # that node report the Ray node as a host of its own, so timings on Ray nodes of one machine run at
-# once and measure each other's load. benchmarks/fleet_scaling.py --cores16 sets it to measure how
+# once and measure each other's load. benchmarks/fleet_scaling.py --device-hosts sets it to measure how
 # placement scales timed work over nodes of one big machine; a real fleet must never set it.
 NODE_IS_HOST = "FARM_NODE_IS_HOST"
 
