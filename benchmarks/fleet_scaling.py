@@ -1,3 +1,5 @@
+# The scaling run on the device (16 cores; wheels of scripts/device-wheels.sh in /tmp/site), from the repository root:
+#   PYTHONPATH=/tmp/site:$PWD python3 benchmarks/fleet_scaling.py --device-hosts --out $OUT/fleet_scaling_16core.json
 """How the farm scales: one sweep of real CPU work on fleets of 1, 2 and 4 worker nodes, and the
 driver's own cost per job at 1,000 and 10,000 jobs.
 
@@ -15,6 +17,17 @@ Placement pick, one job finishes per turn, its row is written). Each job "finish
 what is left is the driver's cost per job: what a fleet pays on top of the work.
 
     .venv/bin/python benchmarks/fleet_scaling.py [--nodes 1 2 4] [--jobs 1000 10000] [--skip-fleet] [--skip-driver]
+
+Hosts part (--device-hosts), for a machine with many cores (the GPU machine's 16; no GPU is used). Each
+worker node is started with FARM_NODE_IS_HOST=1, the BENCHMARK-ONLY switch that makes a Ray node
+count as a host of its own (workers.device.NODE_IS_HOST), so that timings of different nodes run at
+once as on separate machines. A head with --num-cpus=0 and N worker nodes of --cpus-per-node CPUs
+each build and time an ONNX Runtime CPU sweep of --models torchvision models (random weights, 38
+jobs each, most of a node's time in 18 timings of 1-2 s that hold it); the same sweep on 1 such node
+gives T1, and efficiency = T1 / (N * TN). The default, 5 models on 1 then 4 nodes of 3 CPUs, is
+meant to take about 5 minutes in all, Ray's starts and stops included (one model took 105 s on a
+1-CPU node of a 2-core machine). Only that part runs; the JSON goes to
+benchmarks/results/<gpu or host>/fleet_scaling_16core.json. The command for the device is at the top.
 """
 
 from __future__ import annotations
@@ -23,11 +36,13 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +54,16 @@ import yaml  # noqa: E402
 from farm import cluster  # noqa: E402
 from farm.jobs import TargetGroup  # noqa: E402
 from farm.plan import expand  # noqa: E402
-from farm.schedule import Placement, Schedule  # noqa: E402
+from farm.schedule import TIMING_STAGES, Placement, Schedule  # noqa: E402
 from farm.spec import SweepSpec  # noqa: E402
 from farm.stages import registry  # noqa: E402
 from farm.store import StoreLocation, open_store, schema  # noqa: E402
 from farm.store.record import Recorder  # noqa: E402
 from farm.tasks import Outcome  # noqa: E402
-from workers.device import describe  # noqa: E402
+from workers.device import NODE_IS_HOST, describe  # noqa: E402
 
-FARM = str(Path(sys.executable).with_name("farm"))
+# The CLI as a module: on a machine where farm's dependencies are wheels on PYTHONPATH, no `farm` script exists.
+FARM = [sys.executable, "-m", "farm.cli"]
 
 # The fleet sweep: real work of a few seconds per job, so that the farm's share shows.
 FLEET_SPEC: dict[str, Any] = {
@@ -83,28 +99,119 @@ SIMULATED_NODES, SIMULATED_KINDS, SIMULATED_CPUS = 100, 10, 4
 # --- the fleet ----------------------------------------------------------------------------
 
 
-def fleet_run(nodes: int, spec_path: Path, work: Path) -> dict[str, Any]:
+def fleet_run(nodes: int, spec_path: Path, work: Path, cpus: int = 1, own_host: bool = False, gpus: int | None = None,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The sweep through `farm sweep --address` on a fresh fleet of `nodes` worker nodes of `cpus` CPUs;
+    `own_host` starts them with the benchmark-only switch. Wall time is the sweep's, Ray's start not counted."""
     from tests.ray_cluster import LocalFleet
 
-    fleet = LocalFleet()
+    began = time.perf_counter()
+    fleet = LocalFleet(env=env)
     try:
         for _ in range(nodes):
-            fleet.add_node(cpus=1)
+            fleet.add_node(cpus=cpus, own_host=own_host, gpus=gpus)
         data = work / f"data-{nodes}"
         started = time.perf_counter()
-        result = subprocess.run([FARM, "sweep", str(spec_path), "--data-dir", str(data), "--address", fleet.address, "--force"],
+        result = subprocess.run([*FARM, "sweep", str(spec_path), "--data-dir", str(data), "--address", fleet.address, "--force"],
                                 env=fleet.env, capture_output=True, text=True, timeout=3600)
         wall = time.perf_counter() - started
     finally:
         fleet.stop()
-    if result.returncode != 0:
+    if result.returncode not in (0, 1):  # 1: some jobs failed, which the row counts say
         raise SystemExit(f"the sweep on {nodes} node(s) failed (exit {result.returncode}): {result.stdout[-2000:]}{result.stderr[-2000:]}")
+    rows = stage_rows(data)
+    busy = sum(r.seconds for r in rows)
+    slots = nodes * cpus
+    return {"nodes": nodes, "cpus_per_node": cpus, "slots": slots, "jobs": len(rows), "failed": sum(not r.ok for r in rows),
+            "wall_s": wall, "with_ray_s": time.perf_counter() - began, "job_seconds": busy,
+            "timing_seconds": sum(r.seconds for r in rows if r.timing), "ideal_s": busy / slots,
+            "efficiency": busy / slots / wall, "hosts": len({r.host for r in rows if r.host}),
+            "most_timings_at_once": most_at_once([(r.started, r.ended) for r in rows if r.timing])}
+
+
+@dataclass(frozen=True)
+class StageRow:
+    seconds: float
+    ok: bool
+    timing: bool  # a benchmark or re-timing
+    host: str | None  # the host id placement counted (None: a row no task made, or from before hosts were recorded)
+    started: float  # wall clock on the worker
+    ended: float
+
+
+def stage_rows(data: Path) -> list[StageRow]:
     store = open_store(StoreLocation.resolve(data), readonly=True)
-    with store.session() as s:
-        seconds = [row.seconds or 0.0 for table in schema.STAGE_TABLES.values() for row in s.query(table).all()]
-    busy = sum(seconds)
-    return {"nodes": nodes, "slots": nodes, "jobs": len(seconds), "wall_s": wall, "job_seconds": busy,
-            "ideal_s": busy / nodes, "efficiency": busy / nodes / wall}
+    try:
+        with store.session() as s:
+            return [StageRow(row.seconds or 0.0, row.status == "ok", stage in TIMING_STAGES, (row.device or {}).get("host_id"),
+                             (row.device or {}).get("started", 0.0), (row.device or {}).get("ended", 0.0))
+                    for stage, table in schema.STAGE_TABLES.items() for row in s.query(table).all()]
+    finally:
+        store.close()
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The largest number of these (start, end) spans that overlap at one moment."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])  # an end sorts before a start at a tie
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+# --- nodes as hosts: the scaling run on one machine of many cores ---------------------------
+
+# Torchvision classifiers that export at opset 17 and build on ONNX Runtime's CPU provider, in the order
+# --models takes them: jobs of one to a few seconds each.
+HOSTS_MODELS = ("resnet18", "mobilenet_v2", "squeezenet1_1", "shufflenet_v2_x1_0", "mnasnet1_0", "regnet_x_400mf",
+                "resnet34", "mobilenet_v3_large", "regnet_y_400mf", "shufflenet_v2_x0_5", "squeezenet1_0", "mnasnet0_5")
+
+
+def hosts_spec(models: int) -> dict[str, Any]:
+    """The scaling sweep: ONNX Runtime only (no TensorRT on the device), CPU target only, fp32 and fp16,
+    two optimization levels and two thread counts, batches 1 and 8, fidelity and re-timing: 38 jobs a model."""
+    return {
+        "name": "fleet-hosts-scaling",
+        "models": [{"name": name, "source": f"torchvision:{name}", "weights": None} for name in HOSTS_MODELS[:models]],
+        "precisions": ["fp32", "fp16"],
+        "batch_sizes": [1, 8],
+        "backends": {"onnxruntime": {"intra_op_threads": [1, 2], "graph_optimization_level": ["basic", "all"]}},
+        "targets": ["cpu"],
+        "calibration": {"data": str(REPO / "calibration_data"), "samples": 8},
+        "benchmark": {"warmup_s": 0.2, "duration_s": 1.0, "min_iterations": 10, "max_duration_s": 2.0},
+        "fidelity": {"samples": 8},
+    }
+
+
+def hosts_scaling(nodes: list[int], cpus: int, models: int, work: Path) -> dict[str, Any]:
+    """The scaling sweep on fleets of `nodes` worker nodes of `cpus` CPUs, each its own host; efficiency
+    against the 1-node run: T1 / (N * TN)."""
+    spec = hosts_spec(models)
+    spec_path = work / "hosts.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    # CPU work only: no node offers Ray the GPU, and no process of the run initialises CUDA.
+    runs = [fleet_run(n, spec_path, work, cpus=cpus, own_host=True, gpus=0, env={"CUDA_VISIBLE_DEVICES": ""}) for n in nodes]
+    one = runs[0]["wall_s"]
+    for run in runs:
+        run["speedup"] = one / run["wall_s"]
+        run["scaling_efficiency"] = one / (run["nodes"] * run["wall_s"])
+    print(f"\n{'nodes':>6}{'CPUs':>6}{'hosts':>7}{'jobs':>6}{'failed':>8}{'timings':>9}{'wall s':>9}{'job s':>9}{'busy':>7}"
+          f"{'speedup':>9}{'T1/(N*TN)':>11}")
+    for run in runs:
+        print(f"{run['nodes']:>6}{run['cpus_per_node']:>6}{run['hosts']:>7}{run['jobs']:>6}{run['failed']:>8}"
+              f"{run['most_timings_at_once']:>9}{run['wall_s']:>9.1f}{run['job_seconds']:>9.1f}{run['efficiency']:>7.2f}"
+              f"{run['speedup']:>9.2f}{run['scaling_efficiency']:>11.2f}")
+    print("timings: most benchmarks/re-timings running at once; busy: job seconds / CPUs / wall")
+    return {"switch": f"{NODE_IS_HOST}=1 on every worker node (benchmark only)", "spec": spec, "cpus_per_node": cpus,
+            "efficiency": "T1 / (N * TN), T1 the 1-node wall time", "runs": runs}
+
+
+def results_folder() -> str:
+    """benchmarks/results/<this>: the GPU's short name (h100, h200) where there is one, else the host name."""
+    info = describe()
+    found = re.search(r"\b([A-Z]{1,2}\d{2,4})\b", info.gpus[0].name) if info.gpus else None
+    return found.group(1).lower() if found else info.hostname
 
 
 # --- the driver ---------------------------------------------------------------------------
@@ -233,46 +340,78 @@ def _noop(value: Any) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--nodes", type=int, nargs="+", default=None, help="worker node counts (default 1 2 4; --device-hosts: 1 4)")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--skip-fleet", action="store_true")
     parser.add_argument("--skip-driver", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fleet_scaling.json")
+    parser.add_argument("--device-hosts", action="store_true",
+                        help=f"only the scaling run of nodes that are hosts of their own ({NODE_IS_HOST}=1, benchmark only)")
+    parser.add_argument("--cpus-per-node", type=int, default=3, help="--device-hosts: CPUs of each worker node (default 3)")
+    parser.add_argument("--models", type=int, default=5, choices=range(1, len(HOSTS_MODELS) + 1), metavar=f"1..{len(HOSTS_MODELS)}",
+                        help="--device-hosts: the sweep's size, in models of 38 jobs each (default 5)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default benchmarks/results/fleet_scaling.json; --device-hosts: benchmarks/results/<gpu or host>/fleet_scaling_16core.json")
     args = parser.parse_args()
-    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    report: dict[str, Any] = {"machine": {"cpu": describe().cpu.model, "cores": os.cpu_count()}}
+    if args.device_hosts and (args.nodes or [1])[0] != 1:
+        parser.error("--device-hosts: --nodes must start with 1, the run that efficiency is measured against")
+    if args.cpus_per_node < 1:
+        parser.error("--cpus-per-node must be at least 1")
     with tempfile.TemporaryDirectory(prefix="farm-scaling-") as tmp:
-        work = Path(tmp)
-        if not args.skip_driver:
-            costs = [driver_cost(n, work) for n in args.jobs]
-            print(f"{'jobs':>7}{'expand':>10}{'sweep rows':>12}{'resume chk':>12}{'schedule':>10}{'record':>10}{'total':>10}"
-                  f"{'per job':>10}   (seconds; per job in ms)")
-            for cost in costs:
-                print(f"{cost.jobs:>7}{cost.expand_s:>10.2f}{cost.start_sweep_s:>12.2f}{cost.resume_check_s:>12.2f}"
-                      f"{cost.schedule_s:>10.2f}{cost.record_s:>10.2f}{cost.total_s:>10.2f}{cost.total_s / cost.jobs * 1e3:>10.2f}")
-            ray_ms = {inflight: ray_cost(3000, inflight) for inflight in (64, 800)}
-            for inflight, ms in ray_ms.items():
-                print(f"Ray's part of a job (submit, wait, get of a no-op task), {inflight} in flight: {ms:.2f} ms")
-            report["driver"] = {"simulated_fleet": {"nodes": SIMULATED_NODES, "kinds": SIMULATED_KINDS, "cpus_each": SIMULATED_CPUS},
-                                "store": "sqlite", "runs": [c.row() for c in costs],
-                                "ray_per_task_ms_by_inflight": {str(k): round(v, 3) for k, v in ray_ms.items()}}
-        elif "driver" in previous:
-            report["driver"] = previous["driver"]
-        if not args.skip_fleet:
-            spec_path = work / "fleet.yaml"
-            spec_path.write_text(yaml.safe_dump(FLEET_SPEC))
-            runs = [fleet_run(n, spec_path, work) for n in args.nodes]
-            print(f"\n{'nodes':>6}{'jobs':>6}{'wall s':>9}{'job s':>9}{'ideal s':>9}{'efficiency':>12}")
-            for run in runs:
-                print(f"{run['nodes']:>6}{run['jobs']:>6}{run['wall_s']:>9.1f}{run['job_seconds']:>9.1f}{run['ideal_s']:>9.1f}"
-                      f"{run['efficiency']:>12.2f}")
-            report["fleet"] = {"spec": FLEET_SPEC, "cpus_per_node": 1, "runs": runs,
-                               "speedup_vs_1_node": {str(r["nodes"]): runs[0]["wall_s"] / r["wall_s"] for r in runs}}
-        elif "fleet" in previous:
-            report["fleet"] = previous["fleet"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+        if args.device_hosts:
+            out = args.out or REPO / "benchmarks" / "results" / results_folder() / "fleet_scaling_16core.json"
+            report = hosts_report(args.nodes or [1, 4], args.cpus_per_node, args.models, Path(tmp))
+        else:
+            out = args.out or REPO / "benchmarks" / "results" / "fleet_scaling.json"
+            report = default_report(args, out, Path(tmp))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+def hosts_report(nodes: list[int], cpus: int, models: int, work: Path) -> dict[str, Any]:
+    began = time.perf_counter()
+    info = describe()
+    machine = {"cpu": info.cpu.model, "logical_cores": info.cpu.logical_cores, "physical_cores": info.cpu.physical_cores,
+               "gpu": info.gpus[0].name if info.gpus else None, "hostname": info.hostname}
+    report: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine,
+              "hosts": hosts_scaling(nodes, cpus, models, work)}
+    report["total_s"] = time.perf_counter() - began
+    print(f"the whole scaling run, Ray's starts and stops included: {report['total_s']:.0f} s")
+    return report
+
+
+def default_report(args: argparse.Namespace, out: Path, work: Path) -> dict[str, Any]:
+    """The driver part and the 1-CPU-node fleet part; a part skipped keeps its numbers from `out`."""
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    report: dict[str, Any] = {"machine": {"cpu": describe().cpu.model, "cores": os.cpu_count()}}
+    if not args.skip_driver:
+        costs = [driver_cost(n, work) for n in args.jobs]
+        print(f"{'jobs':>7}{'expand':>10}{'sweep rows':>12}{'resume chk':>12}{'schedule':>10}{'record':>10}{'total':>10}"
+              f"{'per job':>10}   (seconds; per job in ms)")
+        for cost in costs:
+            print(f"{cost.jobs:>7}{cost.expand_s:>10.2f}{cost.start_sweep_s:>12.2f}{cost.resume_check_s:>12.2f}"
+                  f"{cost.schedule_s:>10.2f}{cost.record_s:>10.2f}{cost.total_s:>10.2f}{cost.total_s / cost.jobs * 1e3:>10.2f}")
+        ray_ms = {inflight: ray_cost(3000, inflight) for inflight in (64, 800)}
+        for inflight, ms in ray_ms.items():
+            print(f"Ray's part of a job (submit, wait, get of a no-op task), {inflight} in flight: {ms:.2f} ms")
+        report["driver"] = {"simulated_fleet": {"nodes": SIMULATED_NODES, "kinds": SIMULATED_KINDS, "cpus_each": SIMULATED_CPUS},
+                            "store": "sqlite", "runs": [c.row() for c in costs],
+                            "ray_per_task_ms_by_inflight": {str(k): round(v, 3) for k, v in ray_ms.items()}}
+    elif "driver" in previous:
+        report["driver"] = previous["driver"]
+    if not args.skip_fleet:
+        spec_path = work / "fleet.yaml"
+        spec_path.write_text(yaml.safe_dump(FLEET_SPEC))
+        runs = [fleet_run(n, spec_path, work) for n in args.nodes or [1, 2, 4]]
+        print(f"\n{'nodes':>6}{'jobs':>6}{'wall s':>9}{'job s':>9}{'ideal s':>9}{'efficiency':>12}")
+        for run in runs:
+            print(f"{run['nodes']:>6}{run['jobs']:>6}{run['wall_s']:>9.1f}{run['job_seconds']:>9.1f}{run['ideal_s']:>9.1f}"
+                  f"{run['efficiency']:>12.2f}")
+        report["fleet"] = {"spec": FLEET_SPEC, "cpus_per_node": 1, "runs": runs,
+                           "speedup_vs_1_node": {str(r["nodes"]): runs[0]["wall_s"] / r["wall_s"] for r in runs}}
+    elif "fleet" in previous:
+        report["fleet"] = previous["fleet"]
+    return report
 
 
 if __name__ == "__main__":

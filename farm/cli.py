@@ -278,13 +278,19 @@ def report(
 def doctor(as_json: AsJson = False) -> None:
     """What this machine offers: CPU, GPUs, and each backend's version (or how to install it)."""
     from workers.backends import BACKENDS
-    from workers.device import describe
+    from workers.device import NODE_IS_HOST, describe, node_is_host
 
     info = describe()
     backends = [BACKENDS[name]().availability() for name in BACKENDS]
+    if node_is_host():  # the switch of benchmarks/fleet_scaling.py: loud, so that nobody keeps it on a fleet
+        warn(f"{NODE_IS_HOST}=1 (benchmark only): each Ray node started with it counts as a host of its own, so timings "
+             "on one machine run at once; never set it on a real fleet")
+    elif NODE_IS_HOST in os.environ:
+        warn(f"{NODE_IS_HOST}={os.environ[NODE_IS_HOST]!r} is ignored: only 1 turns that benchmark-only switch on")
     if as_json:
         print(json.dumps({"device": asdict(info), "backends": [asdict(b) | {"ok": b.ok} for b in backends],
-                          "targets": [t.id for t in info.targets()], "python": sys.version.split()[0]}, default=str))
+                          "targets": [t.id for t in info.targets()], "python": sys.version.split()[0],
+                          "node_is_host": node_is_host()}, default=str))
         return
     cpu = info.cpu
     console.print(f"host      {info.hostname}")

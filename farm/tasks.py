@@ -73,11 +73,12 @@ def _captured_output(capture: _Capture) -> Iterator[None]:
 
 
 def where_this_runs() -> dict[str, Any]:
-    """The host, the Ray node and the GPUs this task holds (by UUID: indices differ per process)."""
-    from workers.device import assigned_gpus
+    """The host (its name, and its id as placement counts it), the Ray node and the GPUs this task holds
+    (by UUID: indices differ per process)."""
+    from workers.device import assigned_gpus, host_id
 
     held = [g.uuid for g in assigned_gpus()] if ray.get_gpu_ids() else []
-    return {"host": socket.gethostname(), "ray_node": ray.get_runtime_context().get_node_id(), "gpus": held}
+    return {"host": socket.gethostname(), "host_id": host_id(), "ray_node": ray.get_runtime_context().get_node_id(), "gpus": held}
 
 
 def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:

@@ -11,8 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=.whl
+# click, requests (and requests' own four): Ray's dependencies (`ray start` and `import ray` use them)
+# that no package of the image requires; attrs: jsonschema's and referencing's.
 PACKAGES=(ray pydantic pydantic-core annotated-types typing-inspection sqlalchemy alembic mako
-          jsonschema jsonschema-specifications referencing rpds-py onnxconverter-common torchao)
+          jsonschema jsonschema-specifications referencing rpds-py attrs onnxconverter-common torchao
+          click requests urllib3 idna charset-normalizer certifi)
 # Wanted where this checkout's venv has them, skipped where it does not: SQLAlchemy 2.1 no longer
 # installs greenlet (only its asyncio extension needs it), so a fresh clone's .venv lacks it.
 OPTIONAL=(greenlet)

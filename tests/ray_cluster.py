@@ -24,8 +24,17 @@ from pathlib import Path
 import psutil
 
 from farm.cluster import WARM_WORKERS
+from workers.device import NODE_IS_HOST
 
-RAY = str(Path(sys.executable).with_name("ray"))
+
+def ray_cli() -> list[str]:
+    """The `ray` command of this interpreter: its script beside the interpreter (a venv), else the module
+    (a machine where Ray came as wheels unpacked into a folder on PYTHONPATH, with no script installed)."""
+    script = Path(sys.executable).with_name("ray")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ray.scripts.scripts"]
+
+
+RAY = ray_cli()
 
 
 def free_port() -> int:
@@ -43,10 +52,11 @@ def _agent_ports() -> list[str]:
 class LocalFleet:
     """A head and the worker nodes added to it; `env` is what a driver or `ray job submit` needs."""
 
-    def __init__(self, *, dashboard: bool = False, head_cpus: int = 0) -> None:
+    def __init__(self, *, dashboard: bool = False, head_cpus: int = 0, env: dict[str, str] | None = None) -> None:
+        """`env`: variables on top of this process's own for every node, and in `env` for drivers."""
         # Short: Ray's socket paths under it must fit in 107 bytes, which pytest's tmp_path may not.
         self.temp = Path(tempfile.mkdtemp(prefix="farm-ray-"))
-        self.env = dict(os.environ)
+        self.env = dict(os.environ) | (env or {})
         # Ray 2.60 turns token auth on once ~/.ray/auth_token exists, and `ray start` then needs a token;
         # a fresh one in the environment works on a fresh machine and on one where the file exists.
         self.env.update({f"RAY_{name}": str(value) for name, value in WARM_WORKERS.items()})  # as the README starts a fleet
@@ -60,22 +70,26 @@ class LocalFleet:
         self._start(["--head", f"--port={self.address.rsplit(':', 1)[1]}", f"--num-cpus={head_cpus}", f"--temp-dir={self.temp}", *web])
         self.head = next(iter(self._raylets()))
 
-    def add_node(self, cpus: int, labels: tuple[str, ...] = ()) -> str:
-        """A worker node with `cpus` CPUs and these farm labels; returns its Ray node id."""
+    def add_node(self, cpus: int, labels: tuple[str, ...] = (), *, own_host: bool = False, gpus: int | None = None) -> str:
+        """A worker node with `cpus` CPUs (and `gpus` GPUs, Ray's guess when None) and these farm labels;
+        returns its Ray node id. `own_host` turns on the benchmark-only switch on this node
+        (workers.device.NODE_IS_HOST): it counts as a host of its own, as if on a machine of its own."""
         before = set(self._raylets())
         resources = json.dumps({f"farm-label:{label}": 1 for label in labels})
         # A temp dir of its own, as on a machine of its own: nodes that share one also share the
         # runtime-env agent's folder, and unpacking a job's working dir there at once races.
         temp = self.temp / f"node{len(before)}"
         self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--resources={resources}", f"--temp-dir={temp}",
-                     f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"])
+                     f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+                     *([] if gpus is None else [f"--num-gpus={gpus}"])],
+                    {NODE_IS_HOST: "1"} if own_host else {})
         (node,) = set(self._raylets()) - before
         return node
 
     def submit_job(self, entrypoint: list[str], cwd: Path, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
         """`ray job submit --working-dir .` from `cwd`, waiting for the job to end (the fleet needs dashboard=True)."""
         assert self.dashboard_url is not None, "ray job submit talks to the dashboard"
-        command = [RAY, "job", "submit", "--address", self.dashboard_url, "--working-dir", ".", "--", *entrypoint]
+        command = [*RAY, "job", "submit", "--address", self.dashboard_url, "--working-dir", ".", "--", *entrypoint]
         for _attempt in range(12):
             result = subprocess.run(command, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
             # The head's job agent comes up some seconds after `ray start` returns, later on a loaded machine.
@@ -104,9 +118,10 @@ class LocalFleet:
                 process.kill()
         shutil.rmtree(self.temp, ignore_errors=True)
 
-    def _start(self, args: list[str]) -> None:
-        started = subprocess.run([RAY, "start", *args, "--disable-usage-stats", *_agent_ports()],
-                                 env=self.env, capture_output=True, text=True, timeout=180)
+    def _start(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        # The node's raylet, and every worker it starts, inherit this environment.
+        started = subprocess.run([*RAY, "start", *args, "--disable-usage-stats", *_agent_ports()],
+                                 env=self.env | (env or {}), capture_output=True, text=True, timeout=180)
         if started.returncode:
             self.stop()
             raise RuntimeError(f"ray start {' '.join(args)} failed: {started.stdout[-2000:]} {started.stderr[-2000:]}")

@@ -77,6 +77,20 @@ def test_doctor_json_lists_backends_and_targets() -> None:
     assert report["device"]["cpu"]["logical_cores"] >= 1
 
 
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("yes", False)])
+def test_doctor_tells_when_the_benchmark_only_node_is_host_switch_is_set(monkeypatch: pytest.MonkeyPatch, value: str, on: bool) -> None:
+    plain = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)
+    monkeypatch.setenv("FARM_NODE_IS_HOST", value)
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["node_is_host"] is on and plain["node_is_host"] is False
+    # Outside a Ray task there is no node to split the machine by: the host stays the machine.
+    assert report["device"]["host_id"] == plain["device"]["host_id"]
+    warning = " ".join(result.stderr.split())
+    assert ("benchmark only" in warning and "never set it on a real fleet" in warning) if on else "is ignored: only 1" in warning
+
+
 MINIMAL_SPEC = ("name: t\nmodels: [{name: a, source: 'torchvision:resnet18', weights: null, input_shape: [3, 32, 32]}]\n"
                 f"backends: {{torch: {{}}}}\ncalibration: {{data: {REPO / 'calibration_data'}}}\n")
 

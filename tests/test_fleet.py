@@ -60,7 +60,7 @@ class Row:
     error: str | None
     created_at: Any
     device: dict[str, Any]
-    target: str | None  # the label of the build's target, for builds and what measured them
+    target: str | None  # the label of the build's target (its id when unlabelled), for builds and what measured them
 
 
 def _rows(data: Path) -> list[Row]:
@@ -73,7 +73,7 @@ def _rows(data: Path) -> list[Row]:
             for row in s.scalars(select(table)):
                 target = targets.get(getattr(row, "build_key", None) or row.key)
                 rows.append(Row(table.__name__, row.key, row.status, row.error, row.created_at, row.device or {},
-                                target.rsplit("[", 1)[1].rstrip("]") if target else None))
+                                target.rsplit("[", 1)[1].rstrip("]") if target and "[" in target else target))
         return rows
 
 
@@ -137,13 +137,10 @@ def test_each_target_runs_on_its_labelled_nodes_and_a_timing_holds_its_host(labe
         if row.target is not None:  # builds, benchmarks and fidelity ran on a node of their target
             assert row.device["ray_node"] == nodes[row.target], row.key
 
-    # Both nodes share this machine, so a timing held it alone: no job of any node overlaps a benchmark.
-    spans = [(r.kind, r.key, r.device["started"], r.device["ended"]) for r in ran]
-    for kind, key, start, end in spans:
-        if kind != "Benchmark":
-            continue
-        overlapping = [(k2, o) for k2, o, s2, e2 in spans if o != key and s2 < end and start < e2]
-        assert not overlapping, f"benchmark {key} overlapped {overlapping}"
+    # Both nodes share this machine (one host id), so a timing held it alone: no job of any node overlaps a benchmark.
+    assert len({r.device["host_id"] for r in ran}) == 1
+    for benchmark, others in _overlaps(ran):
+        assert not others, f"benchmark {benchmark.key} overlapped {[(o.kind, o.key) for o in others]}"
 
     status = subprocess.run([FARM, "status", "--json", "--data-dir", str(data)], env=fleet.env, capture_output=True, text=True,
                             timeout=120)
@@ -154,6 +151,41 @@ def test_each_target_runs_on_its_labelled_nodes_and_a_timing_holds_its_host(labe
     assert set(per_node) == {n[:8] for n in nodes.values()}
     assert sum(n["done"] for n in per_node.values()) == len(ran)
     assert all(n["done"] > 0 and n["failed"] == 0 for n in per_node.values())
+
+
+def _overlaps(ran: list[Row]) -> list[tuple[Row, list[Row]]]:
+    """Each benchmark with the jobs whose recorded run (wall clock, from the worker) overlapped it."""
+    def overlap(a: Row, b: Row) -> bool:
+        return a.key != b.key and a.device["started"] < b.device["ended"] and b.device["started"] < a.device["ended"]
+
+    return [(b, [o for o in ran if overlap(b, o)]) for b in ran if b.kind == "Benchmark"]
+
+
+def test_nodes_with_the_benchmark_only_switch_are_hosts_of_their_own_and_time_at_once(tmp_path: Path) -> None:
+    """FARM_NODE_IS_HOST=1 at `ray start` (benchmarks/fleet_scaling.py --device-hosts): two nodes of one machine
+    count as two hosts, so each holds only itself for a timing, and timings of the two run at once."""
+    fleet = LocalFleet()
+    try:
+        nodes = {fleet.add_node(cpus=1, own_host=True) for _ in range(2)}
+        spec = _spec(tmp_path, "own-hosts", models=3, batch_sizes="[1, 2, 4]", duration_s=1.0)
+        data = tmp_path / "farm-data"
+        result = subprocess.run([FARM, "sweep", str(spec), "--data-dir", str(data), "--address", fleet.address], env=fleet.env,
+                                capture_output=True, text=True, timeout=900)
+    finally:
+        fleet.stop()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ran = [r for r in _rows(data) if r.device]
+    hosts = {r.device["ray_node"]: r.device["host_id"] for r in ran}
+    assert set(hosts) == nodes, "both nodes ran jobs"
+    assert len(set(hosts.values())) == 2, hosts
+    assert all(r.device["host_id"] == hosts[r.device["ray_node"]] for r in ran), "a node reports one host"
+    # Still one timing per host: nothing of its own node overlaps a benchmark, but another node's timing did.
+    at_once = []
+    for benchmark, others in _overlaps(ran):
+        node = benchmark.device["ray_node"]
+        assert all(o.device["ray_node"] != node for o in others), f"benchmark {benchmark.key} shared its node"
+        at_once += [o for o in others if o.kind == "Benchmark"]
+    assert at_once, "no two benchmarks of the two nodes ran at once"
 
 
 def test_a_killed_driver_resumes_without_redoing_finished_jobs(labelled: tuple[LocalFleet, dict[str, str]], tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,12 +92,35 @@ def describe() -> DeviceInfo:
     return DeviceInfo(hostname=socket.gethostname(), cpu=_cpu(), gpus=gpus, gpu_error=gpu_error, host_id=host_id())
 
 
+# BENCHMARK-ONLY SWITCH. `FARM_NODE_IS_HOST=1` in the environment of `ray start` makes every task of
+# that node report the Ray node as a host of its own, so timings on Ray nodes of one machine run at
+# once and measure each other's load. benchmarks/fleet_scaling.py --device-hosts sets it to measure how
+# placement scales timed work over nodes of one big machine; a real fleet must never set it.
+NODE_IS_HOST = "FARM_NODE_IS_HOST"
+
+
+def node_is_host() -> bool:
+    """Whether the benchmark-only switch is on in this process (exactly "1"; any other value is off)."""
+    return os.environ.get(NODE_IS_HOST) == "1"
+
+
 def host_id() -> str:
-    """This machine's identity: the kernel's boot id (shared by every container on the host), else the hostname."""
+    """This machine's identity: the kernel's boot id (shared by every container on the host), else the
+    hostname; with the benchmark-only switch on, inside a Ray task, that id and the task's Ray node."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        machine = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
-        return socket.gethostname()
+        machine = socket.gethostname()
+    node = _ray_node() if node_is_host() else None
+    return f"{machine} node {node}" if node else machine
+
+
+def _ray_node() -> str | None:
+    """The Ray node this process serves, when it is a Ray worker or driver (never imports Ray itself)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def _cpu() -> CpuInfo:
