@@ -67,6 +67,11 @@ def _file_name(value: str) -> str:
     return value
 
 
+def _number_as_text(value: Any) -> Any:
+    """`version: 2` in YAML is a number; it names a version all the same."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=MAX_NAME), AfterValidator(_file_name)]
 BatchSize = Annotated[Int, Field(ge=1, le=MAX_BATCH)]
@@ -111,6 +116,9 @@ class ModelSpec(Strict):
     preprocess: PreprocessSpec | None = None
     # The batch sizes this model runs at, where not the sweep's (a torchvision detector takes one image)
     batch_sizes: Annotated[list[BatchSize], BeforeValidator(_listify), Field(min_length=1)] | None = None
+    # Part of the export's key: bump it when the model changes in a way no file farm hashes shows
+    # (weights a factory downloads, data it reads).
+    version: Annotated[str, BeforeValidator(_number_as_text), Field(min_length=1, max_length=64)] | None = None
 
     @field_validator("source")
     @classmethod

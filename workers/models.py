@@ -161,6 +161,19 @@ def external_data_problem(proto: onnx.ModelProto) -> str | None:
     return None
 
 
+def external_data_files(path: Path) -> list[Path]:
+    """The files beside an ONNX model that hold its external data, as the model names them (each once,
+    in a stable order); locations that leave the model's folder are not listed (they are refused)."""
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a file that does not parse: the export stage reports it
+        return []
+    if external_data_problem(proto):
+        return []
+    locations = {entry.value for tensor in external_tensors(proto) for entry in tensor.external_data if entry.key == "location"}
+    return [path.parent / location for location in sorted(locations)]
+
+
 def _read_onnx_file(model: ModelRef) -> bytes:
     """The model as one self-contained ONNX file: external data beside it is read in (the store keeps
     one file); external data anywhere else is refused."""
