@@ -13,8 +13,6 @@ keys, so all of them follow. Hashing reads files and package metadata only: the 
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -25,7 +23,7 @@ from farm.queries import last_exports
 from farm.spec import ModelSpec, SweepSpec
 from farm.store.record import Recorder
 from workers.models import external_data_files
-from workers.sources import FactoryNotFound, factory_source, file_sha256
+from workers.sources import FactoryNotFound, factory_source, file_sha256, search_path
 from workers.structs import ModelRef
 
 FACTORY = "factory source"
@@ -33,13 +31,6 @@ ONNX_FILE = "ONNX file"
 EXTERNAL_DATA = "ONNX external data"
 # The spec fields that go into the export key (through ModelRef), as the stored spec names them.
 SPEC_FIELDS = ("source", "weights", "input_shape", "opset", "task", "kwargs", "version")
-
-
-def search_path() -> list[str]:
-    """Where a factory's module is looked for: this process's sys.path, and the current folder, which
-    Ray adds to every worker's path (a `python -m` driver has it as '')."""
-    here = os.getcwd()
-    return list(dict.fromkeys([here, *(entry or here for entry in sys.path)]))
 
 
 def key_inputs(model: ModelSpec, ref: ModelRef, base: Path, search: Sequence[str]) -> KeyInputs:
