@@ -76,8 +76,8 @@ def input_changes(recorder: Recorder, spec_name: str, plan: Plan, recorded: dict
     for job in plan.jobs:
         if not isinstance(job, ExportJob) or job.model.name not in before or before[job.model.name].key == job.key:
             continue
-        phrases = what_changed(before[job.model.name].entry, entries.get(job.model.name, {}))
-        lines.append(change_line(job.model.name, phrases, recorder.finished("export", job.key) is not None))
+        lines.append(change_line(job.model.name, before[job.model.name].entry, entries.get(job.model.name, {}),
+                                 recorder.finished("export", job.key) is not None))
     return lines
 
 
@@ -100,11 +100,15 @@ def what_changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return found
 
 
-def change_line(model: str, phrases: list[str], exported_before: bool) -> str:
+def change_line(model: str, before: dict[str, Any], now: dict[str, Any], exported_before: bool) -> str:
     """`model tiny: its factory source (tests/models.py) changed since the last sweep: exported again`."""
-    what = " and its ".join(phrases) if phrases else "export inputs"
+    phrases = what_changed(before, now)
     outcome = "an earlier export of these inputs is reused" if exported_before else "exported again"
-    return f"model {model}: its {what} changed since the last sweep: {outcome}"
+    if phrases:
+        return f"model {model}: its {' and its '.join(phrases)} changed since the last sweep: {outcome}"
+    if KeyInputs.from_json(before.get("key_inputs")) is None:
+        return f"model {model}: the last sweep was run by a farm that did not hash model sources: {outcome}"
+    return f"model {model}: its export key changed since the last sweep (a new farm key version): {outcome}"
 
 
 def _installed(package: str) -> str:
