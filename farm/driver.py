@@ -30,7 +30,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from farm import cluster, isolated, tasks
 from farm.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
-from farm.model_inputs import input_changes, recorded_spec
+from farm.input_changes import input_changes, recorded_spec
 from farm.plan import expand
 from farm.schedule import Event, Placement, Schedule
 # check_inputs: files the spec names that cannot serve fail the sweep before Ray starts

@@ -1,4 +1,5 @@
-"""Which files a Python factory source (`package.module:function`) is made of, found without importing it.
+"""Model sources read without importing them: the files a Python factory (`package.module:function`)
+is made of, whether it has its function, and the model names torchvision has.
 
 A factory's module imports torch, and the driver never does (docs/architecture.md), so the module
 and the files of its own package that it imports are located with importlib's PathFinder (which
@@ -125,7 +126,11 @@ def _top_level_names(body: list[ast.stmt]) -> set[str]:
 
 
 def _file_of(spec: ModuleSpec) -> Path | None:
-    return Path(spec.origin).resolve() if spec.origin and spec.has_location and spec.origin.endswith(".py") else None
+    """The module's source file; None for what has none here (a namespace package, a compiled module, a zip entry)."""
+    if not (spec.origin and spec.has_location and spec.origin.endswith(".py")):
+        return None
+    path = Path(spec.origin).resolve()
+    return path if path.is_file() else None
 
 
 def _parents(name: str) -> list[str]:

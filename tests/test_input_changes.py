@@ -1,10 +1,10 @@
-"""farm.model_inputs: the line `farm sweep` prints for a model whose export inputs changed."""
+"""farm.input_changes: the line `farm sweep` prints for a model whose export inputs changed."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from farm.model_inputs import change_line
+from farm.input_changes import change_line
 
 BEFORE: dict[str, Any] = {
     "name": "tiny", "source": "mynets.models:net", "weights": None, "input_shape": [3, 32, 32], "version": None,
