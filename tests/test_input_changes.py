@@ -1,10 +1,14 @@
-"""farm.input_changes: the line `farm sweep` prints for a model whose export inputs changed."""
+"""farm.input_changes: the line `farm sweep` prints for a model whose export inputs changed, and the
+last export it compares with (on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from farm.input_changes import change_line
+from farm.queries import last_exports
+from farm.store import Store
+from farm.store.record import Recorder
 
 BEFORE: dict[str, Any] = {
     "name": "tiny", "source": "mynets.models:net", "weights": None, "input_shape": [3, 32, 32], "version": None,
@@ -39,3 +43,17 @@ def test_a_sweep_from_before_source_hashing_is_said_so() -> None:
         "model tiny: the last sweep was run by a farm that did not hash model sources: exported again")
     assert change_line("tiny", BEFORE, BEFORE, exported_before=False) == (
         "model tiny: its export key changed since the last sweep (a new farm key version): exported again")
+
+
+def test_the_last_export_of_each_model_is_the_newest_sweep_of_the_same_spec(store: Store) -> None:
+    recorder = Recorder(store)
+    recorder.start_sweep("s", "s.yaml", {"name": "s", "models": [{"name": "tiny"}, {"name": "big", "version": "1"}]},
+                         [("export", "k1", "tiny"), ("reference", "r1", "tiny fp32 reference"), ("export", "k2", "big")])
+    recorder.start_sweep("s", "s.yaml", {"name": "s", "models": [BEFORE]}, [("export", "k3", "tiny")])
+    recorder.start_sweep("other", "o.yaml", {"name": "other", "models": [{"name": "tiny"}]}, [("export", "k9", "tiny")])
+    with store.session() as s:
+        found = last_exports(s, "s")
+    assert {name: export.key for name, export in found.items()} == {"tiny": "k3", "big": "k2"}
+    assert found["tiny"].entry == BEFORE and found["big"].entry == {"name": "big", "version": "1"}
+    with store.session() as s:
+        assert last_exports(s, "never") == {}
