@@ -30,6 +30,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from farm import cluster, isolated, tasks
 from farm.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
+from farm.input_changes import input_changes, recorded_spec
 from farm.plan import expand
 from farm.schedule import Event, Placement, Schedule
 # check_inputs: files the spec names that cannot serve fail the sweep before Ray starts
@@ -87,17 +88,19 @@ def run_sweep(
         groups = cluster.group_targets(nodes, spec.rtx_targets())
         plan = expand(spec, base, groups)
         if plan.jobs and recorder.all_finished([(j.stage, j.key) for j in plan.jobs]):
+            recorded = _with_changes(spec, plan, recorder)
             if on_plan:
                 on_plan(plan, groups)
-            return _answered_from_store(spec, spec_path, plan, recorder, listener)
+            return _answered_from_store(spec_path, recorded, plan, recorder, listener)
     cluster.connect(address)
     nodes = cluster.probe()
     groups = cluster.group_targets(nodes, spec.rtx_targets())
     plan = expand(spec, base, groups)
+    recorded = _with_changes(spec, plan, recorder)
     if on_plan:
         on_plan(plan, groups)
     recorder.save_targets(_target_rows(groups, nodes))
-    sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), ((j.stage, j.key, j.label) for j in plan.jobs))
+    sweep_id = recorder.start_sweep(spec.name, spec_path, recorded, ((j.stage, j.key, j.label) for j in plan.jobs))
     run = SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, listener, on_build_progress)
     try:
         run.execute(frozenset(redo))
@@ -108,9 +111,16 @@ def run_sweep(
     return SweepResult(sweep_id, plan, run.schedule.states, run.schedule.errors)
 
 
-def _answered_from_store(spec: SweepSpec, spec_path: str, plan: Plan, recorder: Recorder, listener: Listener | None) -> SweepResult:
+def _with_changes(spec: SweepSpec, plan: Plan, recorder: Recorder) -> dict[str, Any]:
+    """The spec as this sweep stores it; the plan learns which models' inputs changed since the last sweep of it."""
+    recorded = recorded_spec(spec, plan)
+    plan.changes = input_changes(recorder, spec.name, plan, recorded)
+    return recorded
+
+
+def _answered_from_store(spec_path: str, recorded: dict[str, Any], plan: Plan, recorder: Recorder, listener: Listener | None) -> SweepResult:
     """A sweep whose every job already finished: recorded as such, all cached, without starting Ray."""
-    sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), ((j.stage, j.key, j.label) for j in plan.jobs),
+    sweep_id = recorder.start_sweep(recorded["name"], spec_path, recorded, ((j.stage, j.key, j.label) for j in plan.jobs),
                                     state="cached")
     if listener:
         for job in plan.jobs:

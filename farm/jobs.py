@@ -46,6 +46,25 @@ class TargetGroup:
 
 
 @dataclass(frozen=True)
+class KeyInputs:
+    """What a model's export depends on beyond its spec's fields (farm.model_inputs says what and how)."""
+
+    files: dict[str, dict[str, str]]  # kind (FACTORY, ONNX_FILE, EXTERNAL_DATA) -> {path as shown: sha256}
+    versions: dict[str, str]  # "torchvision": its version; "version": the spec's
+
+    def to_json(self) -> dict[str, Any]:
+        return {"files": self.files, "versions": self.versions}
+
+    @staticmethod
+    def from_json(data: Any) -> KeyInputs | None:
+        """From a stored spec (untrusted JSON): None where it holds no such record."""
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict) or not isinstance(data.get("versions"), dict):
+            return None
+        files = {str(kind): {str(k): str(v) for k, v in found.items()} for kind, found in data["files"].items() if isinstance(found, dict)}
+        return KeyInputs(files, {str(k): str(v) for k, v in data["versions"].items()})
+
+
+@dataclass(frozen=True)
 class DataRef:
     """Which real inputs a stage uses: the driver loads them (workers never read files), then takes
     the first `count` rows for calibration or the last `count` for fidelity, so they never overlap."""
@@ -88,6 +107,7 @@ class Job:
 class ExportJob(Job):
     stage: ClassVar[str] = "export"
     model: ModelRef
+    inputs: KeyInputs = field(default_factory=lambda: KeyInputs({}, {}))  # what its key hashes beyond `model`
 
 
 @dataclass(frozen=True)
@@ -201,6 +221,7 @@ class RetimeJob(Job):
 class Plan:
     jobs: list[Job]
     notes: list[str]  # what the spec asked for that this fleet cannot do, one line each
+    changes: list[str] = field(default_factory=list)  # models whose inputs changed since the last sweep of the spec, one line each
 
     def by_stage(self, stage: str) -> list[Job]:
         return [job for job in self.jobs if job.stage == stage]

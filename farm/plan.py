@@ -6,7 +6,6 @@ installed on no selected target, the PyTorch baseline of an ONNX-file model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from farm.jobs import (
     VariantJob,
     content_key,
 )
+from farm.model_inputs import key_inputs, search_path
 from farm.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
 from workers.backends import BACKENDS
 from workers.backends.base import int8_layout, version_key
@@ -71,6 +71,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     jobs: list[Job] = []
     notes: list[str] = []
     contents: dict[Path, str] = {}
+    search = search_path()
     settings = spec.benchmark.settings()
     targets = [g for g in groups if matches(g.target, spec.targets)]
     if any(g.target.kind == "rtx" for g in targets):
@@ -84,8 +85,8 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                          f"(targets found: {'; '.join(g.target.id for g in groups)})")
     for model_spec in spec.models:
         model = model_spec.ref(base)
-        extra = {"onnx_sha256": _file_sha256(Path(model.source))} if model.kind == "onnx" else {}
-        export = ExportJob(content_key("export", model=model, **extra), f"{model.name}", model)
+        inputs = key_inputs(model_spec, model, base, search)
+        export = ExportJob(content_key("export", model=model, inputs=inputs), f"{model.name}", model, inputs)
         calibration_data, heldout = data_refs(spec, base, model_spec, contents)
         reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest),
                                  f"{model.name} fp32 reference", export.key, model, heldout)
@@ -327,6 +328,3 @@ def _install_hint(backend: str) -> str:
                          "GPU targets need datacenter TensorRT: pip install 'farm[tensorrt]'"}
     return hints.get(backend, f"pip install 'farm[{backend}]'")
 
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"

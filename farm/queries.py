@@ -182,6 +182,33 @@ def model_provenance(s: Session, model_key: str) -> dict[str, Any]:
     return {"preprocess": preprocess, "weights": model.weights, "random_weights": random_weights(model.source, model.weights)}
 
 
+@dataclass(frozen=True)
+class LastExport:
+    """A model's export in the newest earlier sweep of a spec: its key and its entry in that sweep's
+    stored spec (its fields, and the `key_inputs` farm.model_inputs hashed)."""
+
+    key: str
+    entry: dict[str, Any]
+
+
+def last_exports(s: Session, sweep_name: str) -> dict[str, LastExport]:
+    """By model name: the export job of the newest sweep named `sweep_name` that had that model."""
+    newest = (select(schema.SweepJob.label, func.max(schema.SweepJob.sweep_id).label("sweep_id"))
+              .join(schema.Sweep, schema.Sweep.id == schema.SweepJob.sweep_id)
+              .where(schema.Sweep.name == sweep_name, schema.SweepJob.stage == "export")
+              .group_by(schema.SweepJob.label).subquery())
+    rows = s.execute(select(schema.SweepJob.label, schema.SweepJob.key, schema.Sweep.spec)
+                     .join(newest, (newest.c.label == schema.SweepJob.label) & (newest.c.sweep_id == schema.SweepJob.sweep_id))
+                     .join(schema.Sweep, schema.Sweep.id == schema.SweepJob.sweep_id)
+                     .where(schema.SweepJob.stage == "export"))
+    found: dict[str, LastExport] = {}
+    for name, key, spec in rows:
+        models = (spec or {}).get("models") if isinstance(spec, dict) else None
+        entry = next((m for m in models or [] if isinstance(m, dict) and m.get("name") == name), {})
+        found[name] = LastExport(key, entry)
+    return found
+
+
 def build_provenance(s: Session, build_key: str) -> dict[str, Any]:
     """model_provenance of the model a build was made from."""
     model_key = s.scalar(select(schema.Variant.model_key).join(schema.Build, schema.Build.variant_key == schema.Variant.key)

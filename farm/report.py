@@ -46,6 +46,8 @@ class SweepProgress:
             self.console.print(f"target [bold]{escape(group.target.id)}[/] on {len(group.nodes)} node(s): {escape(versions)}")
         for note in plan.notes:
             self.console.print(f"[yellow]note[/] {escape(note)}")
+        for change in plan.changes:
+            self.console.print(f"[cyan]changed[/] {escape(change)}", soft_wrap=True, highlight=False)
         for stage in STAGES:
             total = len(plan.by_stage(stage))
             if total:

@@ -67,6 +67,11 @@ def _file_name(value: str) -> str:
     return value
 
 
+def _number_as_text(value: Any) -> Any:
+    """`version: 2` in YAML is a number; it names a version all the same."""
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=MAX_NAME), AfterValidator(_file_name)]
 BatchSize = Annotated[Int, Field(ge=1, le=MAX_BATCH)]
@@ -111,6 +116,9 @@ class ModelSpec(Strict):
     preprocess: PreprocessSpec | None = None
     # The batch sizes this model runs at, where not the sweep's (a torchvision detector takes one image)
     batch_sizes: Annotated[list[BatchSize], BeforeValidator(_listify), Field(min_length=1)] | None = None
+    # Part of the export's key: bump it when the model changes in a way no file farm hashes shows
+    # (weights a factory downloads, data it reads).
+    version: Annotated[str, BeforeValidator(_number_as_text), Field(min_length=1, max_length=64)] | None = None
 
     @field_validator("source")
     @classmethod
@@ -582,7 +590,8 @@ def content_digest(path: Path) -> str:
 
 
 def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
-    """Fail before any work (before Ray starts) when the spec points at files that cannot serve:
+    """Fail before any work (before Ray starts) when the spec points at sources that cannot serve:
+    a torchvision name torchvision lacks, a factory that cannot be imported or has no such function,
     an ONNX source that is missing, a directory, too large or with external data outside its folder;
     calibration or fidelity data that is missing or holds too few samples (counted from file
     headers, nothing decoded); a labels file that is not a file. Raises SpecError, one line."""
@@ -590,6 +599,9 @@ def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
     from workers.models import external_data_problem, onnx_file_problem
 
     for i, model in enumerate(spec.models):
+        problem = _source_problem(model)
+        if problem:
+            raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}"))
         if model.source.endswith(".onnx"):
             path = Path(model.ref(base).source)
             problem = onnx_file_problem(path) or _external_data(path, external_data_problem)
@@ -613,6 +625,19 @@ def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
     labels = spec.fidelity.labels_file(base)
     if labels is not None and not labels.is_file():
         raise SpecError(one_line(f"{spec_path}: fidelity.labels: {labels} is not a file"))
+
+
+def _source_problem(model: ModelSpec) -> str | None:
+    """Why a torchvision or factory source cannot be loaded, found without importing torch: a torchvision
+    name it does not have (the closest suggested), a factory module not on the path, one that does not
+    parse, or one without the function. A driver without torchvision leaves that to the export stage."""
+    from workers.sources import closest, factory_problem, search_path, torchvision_models
+
+    kind, _, name = model.source.partition(":")
+    if kind == "torchvision":
+        known = torchvision_models(search_path())
+        return f"torchvision has no model named {name!r}{closest(name, known)}" if known is not None and name not in known else None
+    return None if model.source.endswith(".onnx") else factory_problem(model.source, search_path())
 
 
 def _external_data(path: Path, problem_of: Any) -> str | None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from farm.jobs import BenchmarkJob, BuildJob, FidelityJob, Plan, TargetGroup
+from farm.jobs import BenchmarkJob, BuildJob, ExportJob, FidelityJob, KeyInputs, Plan, TargetGroup, content_key
 from farm.plan import expand
 from farm.spec import SpecError, load_spec
-from tests.conftest import write_spec
+from tests.conftest import CALIBRATION_DATA, write_spec
 from workers.structs import Target
 
 CPU = TargetGroup(Target("cpu", "Test CPU (x86_64, avx2)"), ("node-a",), {"onnxruntime": "1.0", "torch": "2.0"})
@@ -174,3 +175,123 @@ backends:
     assert any("bf16: onnxruntime builds no bf16 engine" in n for n in plan.notes)
     keys = [j.key for j in plan.jobs]
     assert len(keys) == len(set(keys))
+
+
+def _downstream(plan: Plan) -> dict[str, set[str]]:
+    """Every stage's keys: what an export key change must reach."""
+    return {stage: {j.key for j in plan.by_stage(stage)} for stage in ("export", "reference", "variant", "build", "benchmark", "fidelity")}
+
+
+def _all_changed(before: Plan, after: Plan) -> bool:
+    old, new = _downstream(before), _downstream(after)
+    return all(old[stage] and not old[stage] & new[stage] for stage in old)
+
+
+FACTORY_SPEC = """
+name: t
+models: [{name: net, source: "mynets.models:net", weights: null, input_shape: [3, 32, 32]}]
+backends: {onnxruntime: {}}
+"""
+
+
+def _factory_package(folder: Path) -> Path:
+    """A package in `folder` whose factory module imports a sibling relatively and one package-wide,
+    and a module nobody imports."""
+    package = folder / "mynets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text("from torch import nn\nfrom .layers import head\n\n\n"
+                                       "def net() -> nn.Module:\n    import mynets.blocks\n    return head()\n")
+    (package / "layers.py").write_text("def head():\n    return None\n")
+    (package / "blocks.py").write_text("WIDTH = 4\n")
+    (package / "unused.py").write_text("UNUSED = 1\n")
+    return package
+
+
+def test_a_factory_key_hashes_its_module_and_the_package_files_it_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the current folder: where a factory is found, as by Ray's workers
+    package = _factory_package(tmp_path)
+    first = _plan(tmp_path, FACTORY_SPEC, [CPU])
+    (export,) = first.by_stage("export")
+    assert isinstance(export, ExportJob)
+    assert sorted(export.inputs.files["factory source"]) == ["mynets/__init__.py", "mynets/blocks.py", "mynets/layers.py", "mynets/models.py"]
+    assert "torch" not in " ".join(export.inputs.files["factory source"])  # site-packages are versions, not the user's source
+    assert [j.key for j in _plan(tmp_path, FACTORY_SPEC, [CPU]).jobs] == [j.key for j in first.jobs]
+
+    (package / "unused.py").write_text("UNUSED = 2\n")  # not imported: not the model
+    assert [j.key for j in _plan(tmp_path, FACTORY_SPEC, [CPU]).jobs] == [j.key for j in first.jobs]
+    for edited in ("layers.py", "blocks.py", "models.py"):
+        before = _plan(tmp_path, FACTORY_SPEC, [CPU])
+        (package / edited).write_text((package / edited).read_text() + "\n# edited\n")
+        assert _all_changed(before, _plan(tmp_path, FACTORY_SPEC, [CPU])), edited
+
+
+def test_a_version_in_the_spec_is_part_of_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    _factory_package(tmp_path)
+    plain = _plan(tmp_path, FACTORY_SPEC, [CPU])
+    one = _plan(tmp_path, FACTORY_SPEC.replace("[3, 32, 32]}", "[3, 32, 32], version: 1}"), [CPU])
+    two = _plan(tmp_path, FACTORY_SPEC.replace("[3, 32, 32]}", "[3, 32, 32], version: '2'}"), [CPU])
+    assert _all_changed(plain, one) and _all_changed(one, two)
+    assert [e.inputs.versions for e in two.by_stage("export") if isinstance(e, ExportJob)] == [{"version": "2"}]
+
+
+def test_a_torchvision_key_holds_its_version_and_weights(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    body = "name: t\nmodels: [{name: r, source: 'torchvision:resnet18', weights: null}]\nbackends: {onnxruntime: {}}\n"
+    (export,) = _plan(tmp_path, body, [CPU]).by_stage("export")
+    assert isinstance(export, ExportJob) and export.inputs.versions == {"torchvision": version("torchvision")}
+    assert export.key == content_key("export", model=export.model, inputs=export.inputs)  # what the key is made of
+    other = KeyInputs({}, {"torchvision": version("torchvision") + ".post1"})
+    assert content_key("export", model=export.model, inputs=other) != export.key
+    weighted = _plan(tmp_path, body.replace("weights: null", "weights: IMAGENET1K_V1"), [CPU])
+    assert _all_changed(_plan(tmp_path, body, [CPU]), weighted)
+
+
+def _onnx_with_external_data(folder: Path, weights: list[float]) -> Path:
+    """m.onnx with its weights in m.weights beside it."""
+    from onnx import TensorProto, helper, numpy_helper, save_model
+
+    weight = numpy_helper.from_array(np.array(weights, np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["input", "w"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])], [weight])
+    path = folder / "m.onnx"
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+               save_as_external_data=True, location="m.weights", size_threshold=0)
+    return path
+
+
+def test_an_onnx_key_covers_its_bytes_and_its_external_data(tmp_path: Path) -> None:
+    body = "name: t\nmodels: [{name: m, source: m.onnx, weights: null, input_shape: [4]}]\nbackends: {onnxruntime: {}}\n"
+    path = _onnx_with_external_data(tmp_path, [1, 2, 3, 4])
+    first = _plan(tmp_path, body, [CPU])
+    (export,) = first.by_stage("export")
+    assert isinstance(export, ExportJob) and set(export.inputs.files) == {"ONNX file", "ONNX external data"}
+    assert list(export.inputs.files["ONNX external data"]) == ["m.weights"]
+    onnx_bytes = path.read_bytes()
+    (tmp_path / "m.weights").write_bytes(np.array([1, 2, 3, 5], np.float32).tobytes())  # the same graph, other weights beside it
+    second = _plan(tmp_path, body, [CPU])
+    assert _all_changed(first, second)
+    path.write_bytes(onnx_bytes + b"\x00")  # the .onnx bytes themselves
+    assert _all_changed(second, _plan(tmp_path, body, [CPU]))
+
+
+def test_keys_follow_the_photos_and_the_labels(tmp_path: Path) -> None:
+    """A changed photo or label file means new references and fidelity, not the old ones (issue 22)."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(CALIBRATION_DATA, photos)
+    (tmp_path / "labels.csv").write_text("01_astronaut.jpg,1\n")
+    body = SPEC + "fidelity: {data: photos, labels: labels.csv}\n"
+    first = _plan(tmp_path, body, [CPU])
+    (tmp_path / "labels.csv").write_text("01_astronaut.jpg,2\n")
+    relabelled = _plan(tmp_path, body, [CPU])
+    shutil.copyfile(photos / "02_goldfish.jpg", photos / "01_astronaut.jpg")
+    rephotographed = _plan(tmp_path, body, [CPU])
+    for before, after in ((first, relabelled), (relabelled, rephotographed)):
+        old, new = _downstream(before), _downstream(after)
+        assert old["export"] == new["export"] and old["build"] == new["build"]  # the engines do not depend on the photos
+        assert not old["reference"] & new["reference"] and not old["fidelity"] & new["fidelity"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import io
 import re
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -21,12 +22,15 @@ from typing import Any
 import numpy as np
 import onnx
 
+from workers.sources import FactoryNotFound, factory_source, search_path
 from workers.structs import ExportInfo, ModelRef, TensorSpec
 
 BATCH_AXIS = "batch"
 # One protobuf cannot exceed 2 GiB, so a larger .onnx file is not an ONNX model (bigger models keep
 # their weights as external data beside it); checked before the file is read into memory.
 MAX_ONNX_BYTES = 2 << 30
+# Never re-imported by forget_factory, whatever a factory imports: the code running it.
+FARM_PACKAGES = frozenset({"farm", "workers"})
 
 
 class ModelSourceError(ValueError):
@@ -81,6 +85,7 @@ def _torchvision_module(model: ModelRef) -> Any:
 def _factory_module(model: ModelRef) -> Any:
     module_name, _, function_name = model.source.partition(":")
     try:
+        forget_factory(module_name)
         factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise ModelSourceError(f"model {model.name}: cannot import factory {model.source} ({exc})") from exc
@@ -90,6 +95,21 @@ def _factory_module(model: ModelRef) -> Any:
     if not isinstance(module, torch.nn.Module):
         raise ModelSourceError(f"model {model.name}: factory {model.source} returned {type(module).__name__}, not a torch.nn.Module")
     return module
+
+
+def forget_factory(module_name: str) -> None:
+    """Drop this process's imports of a factory's own files, so the next import reads them as they are
+    now. A Ray worker outlives a sweep run from a notebook or a test: without this, a factory edited
+    between two runs gets a new export key (the driver hashes the files) but the old module's graph."""
+    try:
+        own = {str(path) for path in factory_source(module_name, search_path()).files}
+    except FactoryNotFound:
+        return  # the import that follows says why
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and str(Path(path).resolve()) in own and name.split(".")[0] not in FARM_PACKAGES:
+            del sys.modules[name]
+    importlib.invalidate_caches()
 
 
 def export(model: ModelRef, onnx_file: bytes | None = None) -> Exported:
@@ -159,6 +179,19 @@ def external_data_problem(proto: onnx.ModelProto) -> str | None:
             return (f"tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder: "
                     "refused (external data must sit beside the .onnx file)")
     return None
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The files beside an ONNX model that hold its external data, as the model names them (each once,
+    in a stable order); locations that leave the model's folder are not listed (they are refused)."""
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a file that does not parse: the export stage reports it
+        return []
+    if external_data_problem(proto):
+        return []
+    locations = {entry.value for tensor in external_tensors(proto) for entry in tensor.external_data if entry.key == "location"}
+    return [path.parent / location for location in sorted(locations)]
 
 
 def _read_onnx_file(model: ModelRef) -> bytes:
