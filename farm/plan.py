@@ -31,7 +31,7 @@ from farm.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
 from workers.backends import BACKENDS
 from workers.backends.base import int8_layout, version_key
 from workers.bench import BenchSettings
-from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS
+from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS, calibration_settings
 from workers.structs import BuildRequest, ModelRef, Target
 
 def matches(target: Target, patterns: list[str]) -> bool:
@@ -95,7 +95,8 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
             if method is not None and method not in calibrations:
                 percentile = spec.calibration.percentile if method == "percentile" else 0.0
                 calibrations[method] = CalibrateJob(
-                    content_key("calibrate", export=export.key, method=method, percentile=percentile, data=calibration_data.digest),
+                    content_key("calibrate", export=export.key, method=method, percentile=percentile, data=calibration_data.digest,
+                                settings=calibration_settings(method)),
                     f"{model.name} calibration {method}" + (f" {percentile}" if percentile else ""),
                     export.key,
                     model,

@@ -298,7 +298,7 @@ class CalibrationSpec(Strict):
 
     data: str = "calibration_data"  # a folder of images, an .npy/.npz of preprocessed inputs, or a folder of .npy
     samples: Int = Field(16, ge=1, le=MAX_SAMPLES)  # taken from the front of the data; fidelity never sees them
-    methods: Annotated[list[Literal["minmax", "entropy", "percentile", "distribution"]], BeforeValidator(_listify)] = ["minmax"]
+    methods: Annotated[list[Literal["minmax", "entropy", "percentile", "distribution"]], BeforeValidator(_listify)] = ["minmax", "percentile"]
     percentile: float = Field(99.999, gt=50, le=100)
 
     def folder(self, base: Path) -> Path:
