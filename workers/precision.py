@@ -94,6 +94,8 @@ INT8_LAYOUTS: dict[str, Int8Layout] = {
         Int8Layout("u8s8_7bit", "u8", True, "u8s8 7-bit",
                    "u8 asymmetric activations, 7-bit per-channel weights: ONNX Runtime's x86 kernels without VNNI, "
                    "whose 16-bit sums of u8 x s8 pairs saturate at full weight range", True),
+        Int8Layout("s8s8", "s8", False, "s8s8",
+                   "s8 symmetric activations, 8-bit per-channel weights, int32 biases: ONNX Runtime's kernels off x86", True),
     )
 }
 DEFAULT_LAYOUT = "tensorrt"
@@ -105,10 +107,11 @@ def onnxruntime_int8_layout(arch: str, int8_dot_32bit: bool) -> str:
     Measured (docs/precision.md, benchmarks/int8_cpu.py): on x86 the TensorRT layout runs ORT's
     S8S8 path, which is no faster than fp32 and, without VNNI, saturates (resnet18 top-1 agreement
     0.19); u8 activations take ORT's U8S8 kernels, and 7-bit weights keep their sums in range.
-    Elsewhere (Arm's dot-product instructions accumulate in 32 bits) the TensorRT layout is kept.
+    Elsewhere (Arm's dot-product instructions accumulate in 32 bits) the TensorRT layout is kept, but
+    with int32 biases.
     """
     if arch.lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return DEFAULT_LAYOUT
+        return "s8s8"  # the TensorRT layout with int32 biases, which ORT's int8 fusions need (Int8Layout.quantize_bias)
     return "u8s8" if int8_dot_32bit else "u8s8_7bit"
 
 
