@@ -239,6 +239,30 @@ def _npy_shape(handle: object) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
+def nonfinite_problem(path: str | Path) -> str | None:
+    """The first array file under `path` (an .npy/.npz, or a folder of them) holding NaN or Inf, as
+    "file: row R holds N non-finite values", or None. Such rows would calibrate ranges to NaN and
+    judge every engine against a reference that is not a number."""
+    root = Path(path)
+    files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else [root]
+    for file in files:
+        if file.suffix.lower() not in ARRAY_SUFFIXES:
+            continue
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False) if file.suffix.lower() == ".npy" else _read_array(file)
+        except (OSError, ValueError, EOFError, CalibrationDataError):
+            continue  # unreadable: the loader skips it and says so
+        if not np.issubdtype(array.dtype, np.floating):
+            continue  # integers cannot be NaN
+        rows = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(1, -1)
+        for start in range(0, len(rows), 256):  # a chunk at a time: a large .npy stays on disk
+            bad = ~np.isfinite(rows[start : start + 256])
+            if bad.any():
+                row = start + int(np.flatnonzero(bad.any(axis=1))[0])
+                return f"{file}: row {row} holds {int(bad[row - start].sum())} NaN or Inf values (inputs must be finite)"
+    return None
+
+
 def _load_array_folder(root: Path, input_shape: Sequence[int | str]) -> Samples:
     paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() not in SIDE_FILES)
     chunks: list[np.ndarray] = []
