@@ -272,10 +272,13 @@ def apply_quantization(
     precision: QuantPrecision = "int8",
     nodes_to_exclude: Iterable[str] = (),
     layout: str = DEFAULT_LAYOUT,
+    *,
+    per_channel: bool = True,
 ) -> bytes:
     """Write the Q/DQ model for `precision` from stored ranges; the nodes in `nodes_to_exclude` stay float.
 
-    `layout` (INT8_LAYOUTS) says how int8 is written; fp8 has one layout, the TensorRT one.
+    `layout` (INT8_LAYOUTS) says how int8 is written; fp8 has one layout, the TensorRT one. Weights
+    are per output channel; `per_channel=False` (one scale per weight tensor) is for measuring only.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -301,7 +304,7 @@ def apply_quantization(
             output_path,
             calibration_data_reader=None,
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=per_channel,
             reduce_range=form.reduce_range,
             activation_type=activation_type,
             weight_type=quant_type,
