@@ -17,7 +17,7 @@ import pytest
 
 from workers import fidelity, precision, qdq_sides
 from workers.calibration import SamplesReader
-from workers.fallback import Threshold, find_fallback
+from workers.fallback import Threshold, diagnose, find_fallback
 
 from tests import digits_model
 
@@ -243,3 +243,22 @@ def test_a_weight_kept_in_float_stays_float_in_the_int8_session(outlier_weights:
     own_graph, own_cosine = optimized(precision.onnxruntime_int8_layout(cpu.arch, cpu.int8_dot_32bit), precision.DISABLED_OPTIMIZERS)
     assert weight_type(own_graph) == onnx.TensorProto.FLOAT and own_cosine > 0.99
     assert {"QLinearConv", "QGemm"} & {n.op_type for n in own_graph.node}  # the other layers still run int8 kernels
+
+
+@pytest.mark.parametrize("layout", sorted(precision.INT8_LAYOUTS))
+def test_the_diagnosis_blames_the_right_side_in_every_layout(layout: str, outlier: bytes, outlier_weights: bytes,
+                                                             held_out: np.ndarray, digits: digits_model.DigitsData) -> None:
+    """In the u8 layouts ORT folds each Relu into the grid after it (zero point 0): the side left
+    unquantized must keep that Relu, or "weights alone" would be a network without its Relus."""
+    for model, culprit in ((outlier, "activations"), (outlier_weights, "weights")):
+        reference = fp32_outputs(model, held_out)
+
+        def judge(variant: bytes) -> fidelity.Fidelity:
+            return fidelity.compare(reference, precision.fake_quant_session(variant).run(None, {"input": held_out})[0])
+
+        plain = precision.apply_quantization(model, calibrate(model, digits), "int8", layout=layout)
+        found = diagnose(plain, judge)
+        innocent = found.activations_only if culprit == "weights" else found.weights_only
+        guilty = found.weights_only if culprit == "weights" else found.activations_only
+        assert found.side == culprit and guilty.cosine_mean < 0.95 < 0.999 < innocent.cosine_mean, (culprit, found.reason)
+        assert qdq_sides.count(qdq_sides.without(plain, culprit), culprit) == 0 < qdq_sides.count(plain, culprit)

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 Side = Literal["weights", "activations"]
 SIDES: tuple[Side, ...] = ("weights", "activations")
@@ -83,12 +84,20 @@ def _drop(model_bytes: bytes, drop: Callable[[_Pair, set[str]], bool]) -> bytes:
     dropped = [p for p in _pairs(model) if drop(p, initializers)]
     if not dropped:
         return model_bytes
-    renamed = {p.dequantize.output[0]: p.source for p in dropped}
+    values = {i.name: i for i in model.graph.initializer}
+    # A pair whose grid starts at 0 may stand for a Relu that ORT folded into it (u8 layouts): a Relu keeps that meaning.
+    relus = [p for p in dropped if p.source not in initializers and _starts_at_zero(p, values)]
+    renamed = {p.dequantize.output[0]: p.source for p in dropped if p not in relus}
     removed = {id(p.dequantize) for p in dropped}
     still_read = {name for n in model.graph.node if id(n) not in removed for name in n.input}
     quantizers = {p.quantize.output[0] for p in dropped}
+    relu_for = {id(p.dequantize): p for p in relus}
     kept: list[onnx.NodeProto] = []
     for node in model.graph.node:
+        if id(node) in relu_for:  # in the DequantizeLinear's place, so the graph stays in topological order
+            pair = relu_for[id(node)]
+            kept.append(onnx.helper.make_node("Relu", [pair.source], [node.output[0]], name=f"{node.output[0]}_relu"))
+            continue
         if id(node) in removed or (node.op_type == "QuantizeLinear" and node.output[0] in quantizers and node.output[0] not in still_read):
             continue
         for i, name in enumerate(node.input):
@@ -103,6 +112,15 @@ def _drop(model_bytes: bytes, drop: Callable[[_Pair, set[str]], bool]) -> bytes:
     for init in unused:
         model.graph.initializer.remove(init)
     return model.SerializeToString()
+
+
+def _starts_at_zero(pair: _Pair, values: dict[str, onnx.TensorProto]) -> bool:
+    """Whether the pair's grid has 0 as its lowest value: an unsigned zero point of 0 (or a signed one of -128)."""
+    zero = values.get(pair.quantize.input[2]) if len(pair.quantize.input) > 2 else None
+    if zero is None:
+        return False
+    lowest = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128}.get(zero.data_type)
+    return lowest is not None and bool((numpy_helper.to_array(zero) == lowest).all())
 
 
 def weights(model_bytes: bytes) -> dict[str, tuple[str, ...]]:
