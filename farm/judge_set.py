@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.spec import SpecError, SweepSpec
-from workers.calibration import ARRAY_SUFFIXES
-from workers.judge_set import Fingerprint, Overlap, image_fingerprints, overlaps, wilson_half_width
+from workers.calibration import ARRAY_SUFFIXES, CalibrationDataError, load_arrays
+from workers.judge_set import Fingerprint, Overlap, array_fingerprints, image_fingerprints, overlaps, wilson_half_width
 
 # Below this many judged images a 95% interval on top-1 agreement is wider than +-0.14.
 FIRM_JUDGE_SET = 50
@@ -31,11 +31,10 @@ def check_judge_set(spec: SweepSpec, base: Path) -> JudgeSet:
     if spec.needs_calibration():
         calibration_path = spec.calibration.folder(base)
         judge_path = spec.fidelity.folder(base, spec.calibration)
-        if _images(calibration_path) and _images(judge_path):
-            calibration = image_fingerprints(calibration_path)
-            shared = calibration_path.resolve() == judge_path.resolve()
-            judge = calibration if shared else image_fingerprints(judge_path)
-            found = overlaps(calibration[: spec.calibration.samples], _last(judge, spec.fidelity.samples))
+        shared = calibration_path.resolve() == judge_path.resolve()
+        calibration = _fingerprints(calibration_path, spec)
+        judge = calibration if shared else _fingerprints(judge_path, spec)
+        found = overlaps(calibration[: spec.calibration.samples], _last(judge, spec.fidelity.samples))
     judged = spec.fidelity.samples - len(found)
     notes = []
     if found:
@@ -49,9 +48,18 @@ def check_judge_set(spec: SweepSpec, base: Path) -> JudgeSet:
     return JudgeSet(tuple(o.judge for o in found), judged, tuple(notes))
 
 
-def _images(path: Path) -> bool:
-    """Image data: a folder without .npy/.npz files. Arrays of preprocessed rows are not compared (yet)."""
-    return path.is_dir() and not any(p.suffix.lower() in ARRAY_SUFFIXES for p in path.iterdir())
+def _fingerprints(path: Path, spec: SweepSpec) -> list[Fingerprint]:
+    """The data's rows in load order: images as decoded, arrays as the loader reads them (rows named "file.npy[i]")."""
+    if not path.exists():
+        return []  # check_inputs says so before any work
+    arrays = path.suffix.lower() in ARRAY_SUFFIXES or (path.is_dir() and any(p.suffix.lower() in ARRAY_SUFFIXES for p in path.iterdir()))
+    if not arrays:
+        return image_fingerprints(path) if path.is_dir() else []
+    try:
+        samples = load_arrays(path, spec.models[0].input_shape)
+    except CalibrationDataError:
+        return []  # check_inputs refuses data that cannot serve the models
+    return array_fingerprints(samples.array, samples.files)
 
 
 def _last(images: list[Fingerprint], count: int) -> list[Fingerprint]:

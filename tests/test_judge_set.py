@@ -109,3 +109,21 @@ def test_wilson_width_matches_known_intervals() -> None:
     assert wilson_half_width(16) == pytest.approx((0.720 - 0.280) / 2, abs=2e-3)
     assert wilson_half_width(50) == pytest.approx((0.634 - 0.366) / 2, abs=2e-3)
     assert wilson_half_width(200) < wilson_half_width(50) < wilson_half_width(12)
+
+
+def test_array_rows_that_repeat_calibration_rows_are_not_judged(tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    calibration = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
+    judge = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+    judge[3] = calibration[5]  # the same sample, under another file
+    np.save(tmp_path / "calibration.npy", calibration)
+    np.save(tmp_path / "judge.npy", judge)
+    spec, base = load_spec(write_spec(tmp_path, SPEC.format(calibration=tmp_path / "calibration.npy",
+                                                            judge=tmp_path / "judge.npy", judged=6)))
+    plan = expand(spec, base, [CPU])
+    assert any("judge.npy[3] (same pixels as calibration.npy[5])" in n for n in plan.notes)
+    reference = next(j for j in plan.jobs if isinstance(j, ReferenceJob))
+    inputs, _labels = load_rows(reference.data)
+    assert len(inputs) == 5 and not any(np.array_equal(row, calibration[5]) for row in inputs)

@@ -6,6 +6,8 @@ computed tensor. Removing one side's pairs gives a model that quantizes only the
 the precision fallback measures to find which side loses the accuracy (`without`), and how it keeps
 one layer's weights in float while its activations stay quantized (`keep_weights_float`).
 `only_weight` isolates one weight, so the fallback can measure what its own grid costs the outputs.
+int32 biases (a DequantizeLinear without a QuantizeLinear, ORT's layouts) stay as they are: their
+grid is the input's scale times the weight's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import onnx
 from onnx import numpy_helper
 
 Side = Literal["weights", "activations"]
-SIDES: tuple[Side, ...] = ("weights", "activations")
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class _Pair:
         return str(self.quantize.input[0])
 
 
-def side_of(pair: _Pair, initializers: set[str]) -> Side:
+def _side(pair: _Pair, initializers: set[str]) -> Side:
     return "weights" if pair.source in initializers else "activations"
 
 
@@ -59,12 +60,12 @@ def count(model_bytes: bytes, side: Side) -> int:
     """How many tensors of `side` the Q/DQ model quantizes (weights: initializers; activations: computed tensors)."""
     model = onnx.load_from_string(model_bytes)
     initializers = {i.name for i in model.graph.initializer}
-    return len({p.source for p in _pairs(model) if side_of(p, initializers) == side})
+    return len({p.source for p in _pairs(model) if _side(p, initializers) == side})
 
 
 def without(model_bytes: bytes, side: Side) -> bytes:
     """The Q/DQ model with every pair of `side` removed: only the other side stays quantized."""
-    return _drop(model_bytes, lambda pair, initializers: side_of(pair, initializers) == side)
+    return _drop(model_bytes, lambda pair, initializers: _side(pair, initializers) == side)
 
 
 def keep_weights_float(model_bytes: bytes, nodes: Iterable[str]) -> bytes:
@@ -73,7 +74,7 @@ def keep_weights_float(model_bytes: bytes, nodes: Iterable[str]) -> bytes:
     The model must then be opened with ORT's WeightBiasQuantization off (precision.DISABLED_OPTIMIZERS),
     which would otherwise quantize those float weights again, per tensor."""
     chosen = set(nodes)
-    return _drop(model_bytes, lambda pair, initializers: side_of(pair, initializers) == "weights" and set(pair.consumers) <= chosen)
+    return _drop(model_bytes, lambda pair, initializers: _side(pair, initializers) == "weights" and set(pair.consumers) <= chosen)
 
 
 def _drop(model_bytes: bytes, drop: Callable[[_Pair, set[str]], bool]) -> bytes:
@@ -119,7 +120,7 @@ def _starts_at_zero(pair: _Pair, values: dict[str, onnx.TensorProto]) -> bool:
     zero = values.get(pair.quantize.input[2]) if len(pair.quantize.input) > 2 else None
     if zero is None:
         return False
-    lowest = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128}.get(zero.data_type)
+    lowest = {int(onnx.TensorProto.UINT8): 0, int(onnx.TensorProto.INT8): -128}.get(int(zero.data_type))
     return lowest is not None and bool((numpy_helper.to_array(zero) == lowest).all())
 
 
@@ -129,14 +130,14 @@ def weights(model_bytes: bytes) -> dict[str, tuple[str, ...]]:
     initializers = {i.name for i in model.graph.initializer}
     found: dict[str, set[str]] = {}
     for pair in _pairs(model):
-        if side_of(pair, initializers) == "weights":
+        if _side(pair, initializers) == "weights":
             found.setdefault(pair.source, set()).update(n for n in pair.consumers if n)
     return {name: tuple(sorted(nodes)) for name, nodes in found.items()}
 
 
 def only_weight(model_bytes: bytes, weight: str) -> bytes:
     """The Q/DQ model with one weight quantized and everything else in float: that weight's own damage."""
-    return _drop(model_bytes, lambda pair, initializers: side_of(pair, initializers) == "activations" or pair.source != weight)
+    return _drop(model_bytes, lambda pair, initializers: _side(pair, initializers) == "activations" or pair.source != weight)
 
 
 def channel_sqnr_db(signal: np.ndarray, noise: np.ndarray) -> float:
