@@ -45,6 +45,11 @@ from workers.qdq_sides import Side, channel_sqnr_db
 from workers.precision import DEFAULT_LAYOUT, CalibrationRanges, QuantPrecision, apply_quantization, cpu_session, fake_quant_session
 
 
+# Ranking weights costs one fake-quant run per weight (mobilenet_v3_small: 54); it only orders the
+# search, whose every try is judged on all held-out rows, so it looks at the first few.
+WEIGHT_RANKING_ROWS = 8
+
+
 @dataclass(frozen=True)
 class Threshold:
     """What a variant must reach against the fp32 reference; None skips a measure."""
@@ -166,10 +171,10 @@ def find_fallback(
     input_name = _input_name(model)
     op_types = {n.name: n.op_type for n in model.graph.node}
 
-    def judge(variant: bytes) -> fidelity_.Fidelity:
+    def judge(variant: bytes, rows: int | None = None) -> fidelity_.Fidelity:
         session = fake_quant_session(variant)
-        outputs = fidelity_.run_batched(lambda x: session.run(None, {input_name: x})[0], inputs, batch_size)
-        return fidelity_.compare(reference, outputs, labels)
+        outputs = fidelity_.run_batched(lambda x: session.run(None, {input_name: x})[0], inputs[:rows], batch_size)
+        return fidelity_.compare(reference[:rows], outputs, None if labels is None else labels[:rows])
 
     started = time.perf_counter()
     plain_variant = apply_quantization(onnx_bytes, ranges, precision, (), layout)
@@ -184,7 +189,7 @@ def find_fallback(
     total = _quantized(plain_variant, side)
     plain = Step(0, (), plain_fidelity, False, time.perf_counter() - started, total)
     if side == "weights":
-        ranking = rank_weights(plain_variant, judge)
+        ranking = rank_weights(plain_variant, lambda variant: judge(variant, WEIGHT_RANKING_ROWS))
 
         def make(nodes: Sequence[str]) -> bytes:
             return qdq_sides.keep_weights_float(plain_variant, nodes)
@@ -261,7 +266,8 @@ def rank_weights(variant: bytes, judge: Callable[[bytes], fidelity_.Fidelity]) -
     Measured through the network, not read off the weight: one huge weight in a channel (reading an
     input that is always zero, say) stretches the channel's scale until its other weights round to
     zero, yet holds most of the channel's energy, so the weight's own SQNR looks excellent (67 dB in
-    the test built for it) while the layer's outputs are gone. One fake-quant run per weight; the
+    the test built for it) while the layer's outputs are gone. One fake-quant run per weight (on
+    WEIGHT_RANKING_ROWS held-out rows in `find_fallback`); the
     output SQNR is the one the mean cosine implies (||a - b||^2 = 2 (1 - cos) for unit vectors).
     """
     ranked = []
