@@ -337,4 +337,5 @@ def load_rows(data: DataRef, samples: Samples | None = None) -> tuple[np.ndarray
         )
     rows = slice(0, data.count) if data.part == "calibration" else slice(len(samples) - data.count, len(samples))
     labels = load_labels(data.labels, samples.files) if data.labels else None
-    return samples.array[rows], labels[rows] if labels is not None else None
+    kept = np.array([name not in data.excluded for name in samples.files[rows]], dtype=bool)  # copies of calibration images go
+    return samples.array[rows][kept], labels[rows][kept] if labels is not None else None

@@ -77,6 +77,7 @@ class DataRef:
     reserved: int  # rows the other part takes from the same data (0 when it uses other data)
     labels: Path | None
     digest: str
+    excluded: tuple[str, ...] = ()  # files of this part's rows left out (judge images that copy calibration images)
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,13 @@ from farm.jobs import (
     VariantJob,
     content_key,
 )
+from farm.judge_set import check_judge_set
 from farm.model_inputs import key_inputs, search_path
 from farm.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
 from workers.backends import BACKENDS
 from workers.backends.base import int8_layout, version_key
 from workers.bench import BenchSettings
-from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS
+from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS, calibration_settings
 from workers.structs import BuildRequest, ModelRef, Target
 
 def matches(target: Target, patterns: list[str]) -> bool:
@@ -41,12 +42,15 @@ def matches(target: Target, patterns: list[str]) -> bool:
     return any(p == target.kind or p.lower() in target.id.lower() for p in patterns)
 
 
-def data_refs(spec: SweepSpec, base: Path, model: ModelSpec, contents: dict[Path, str] | None = None) -> tuple[DataRef, DataRef]:
+def data_refs(spec: SweepSpec, base: Path, model: ModelSpec, contents: dict[Path, str] | None = None,
+              excluded: tuple[str, ...] | None = None) -> tuple[DataRef, DataRef]:
     """The calibration rows and the held-out rows for one model's preprocessing.
 
     `contents` caches each path's content hash, so a sweep of many models reads its data once.
+    `excluded`: the held-out files not judged (farm.judge_set; checked here when not given).
     """
     contents = {} if contents is None else contents
+    excluded = check_judge_set(spec, base).excluded if excluded is None else excluded
 
     def data_digest(path: Path, *parts: object) -> str:
         if path not in contents:
@@ -60,10 +64,12 @@ def data_refs(spec: SweepSpec, base: Path, model: ModelSpec, contents: dict[Path
     calibration = DataRef(calibration_path, preprocess, shape, "calibration", spec.calibration.samples,
                           spec.fidelity.samples if shared else 0, None,
                           data_digest(calibration_path, preprocess, shape, "calibration", spec.calibration.samples))
+    # The files left out change which rows are judged: part of the digest, only when there are some.
     heldout = DataRef(fidelity_path, preprocess, shape, "heldout", spec.fidelity.samples,
                       spec.calibration.samples if shared else 0, labels,
                       data_digest(fidelity_path, preprocess, shape, "heldout", spec.fidelity.samples,
-                                  data_digest(labels, "labels") if labels else None))
+                                  data_digest(labels, "labels") if labels else None, *((excluded,) if excluded else ())),
+                      excluded)
     return calibration, heldout
 
 
@@ -73,6 +79,8 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     contents: dict[Path, str] = {}
     search = search_path()
     settings = spec.benchmark.settings()
+    judge_set = check_judge_set(spec, base)
+    notes += judge_set.notes
     targets = [g for g in groups if matches(g.target, spec.targets)]
     if any(g.target.kind == "rtx" for g in targets):
         notes.append("rtx targets are build-only: engines are built and recorded, not benchmarked (no RTX GPU runtime here)")
@@ -87,7 +95,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
         model = model_spec.ref(base)
         inputs = key_inputs(model_spec, model, base, search)
         export = ExportJob(content_key("export", model=model, inputs=inputs), f"{model.name}", model, inputs)
-        calibration_data, heldout = data_refs(spec, base, model_spec, contents)
+        calibration_data, heldout = data_refs(spec, base, model_spec, contents, judge_set.excluded)
         reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest),
                                  f"{model.name} fp32 reference", export.key, model, heldout)
         jobs += [export, reference]
@@ -96,7 +104,8 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
             if method is not None and method not in calibrations:
                 percentile = spec.calibration.percentile if method == "percentile" else 0.0
                 calibrations[method] = CalibrateJob(
-                    content_key("calibrate", export=export.key, method=method, percentile=percentile, data=calibration_data.digest),
+                    content_key("calibrate", export=export.key, method=method, percentile=percentile, data=calibration_data.digest,
+                                settings=calibration_settings(method)),
                     f"{model.name} calibration {method}" + (f" {percentile}" if percentile else ""),
                     export.key,
                     model,

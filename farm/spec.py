@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    PositiveFloat,
     Field,
     ValidationError,
     computed_field,
@@ -93,7 +94,8 @@ class PreprocessSpec(Strict):
     resize: Int = Field(ge=1, le=MAX_SIDE)
     crop: Int = Field(ge=1, le=MAX_SIDE)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # Every image is divided by it: a zero would make every preprocessed image Inf or NaN.
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
 
 
 RTX_TARGET = re.compile(r"^rtx:sm_\d{2,3}(\+sm_\d{2,3})*$")
@@ -313,7 +315,7 @@ class CalibrationSpec(Strict):
 
     data: str = "calibration_data"  # a folder of images, an .npy/.npz of preprocessed inputs, or a folder of .npy
     samples: Int = Field(16, ge=1, le=MAX_SAMPLES)  # taken from the front of the data; fidelity never sees them
-    methods: Annotated[list[Literal["minmax", "entropy", "percentile", "distribution"]], BeforeValidator(_listify)] = ["minmax"]
+    methods: Annotated[list[Literal["minmax", "entropy", "percentile", "distribution"]], BeforeValidator(_listify)] = ["minmax", "percentile"]
     percentile: float = Field(99.999, gt=50, le=100)
 
     def folder(self, base: Path) -> Path:
@@ -594,8 +596,9 @@ def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
     a torchvision name torchvision lacks, a factory that cannot be imported or has no such function,
     an ONNX source that is missing, a directory, too large or with external data outside its folder;
     calibration or fidelity data that is missing or holds too few samples (counted from file
-    headers, nothing decoded); a labels file that is not a file. Raises SpecError, one line."""
-    from workers.calibration import CalibrationDataError, count_samples
+    headers, nothing decoded) or array rows holding NaN or Inf; a labels file that is not a file.
+    Raises SpecError, one line."""
+    from workers.calibration import CalibrationDataError, count_samples, nonfinite_problem
     from workers.models import external_data_problem, onnx_file_problem
 
     for i, model in enumerate(spec.models):
@@ -618,6 +621,8 @@ def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
                 if usable < needed:
                     detail = f"; {len(count.skipped)} skipped, first: {count.skipped[0]}" if count.skipped else ""
                     raise SpecError(one_line(f"{spec_path}: {field}: {path} holds {usable} usable samples, {needed} needed{detail}"))
+            if (problem := nonfinite_problem(path)) is not None:
+                raise SpecError(one_line(f"{spec_path}: {field}: {problem}"))
         except CalibrationDataError as exc:
             raise SpecError(one_line(f"{spec_path}: {field}: {exc}")) from None
         except OSError as exc:

@@ -118,14 +118,29 @@ def with_outlier_channel(module: DigitsCNN, value: float = 400.0) -> DigitsCNN:
     the precision fallback keeps that tensor in float. Outlier channels like this occur in real
     networks (large-magnitude features in transformers, unfused scale layers).
     """
+    return _with_extra_channel(module, bias=value, next_weight=0.0)
+
+
+def with_outlier_weights(module: DigitsCNN, value: float = 1000.0) -> DigitsCNN:
+    """The same function with one extra first-layer channel that is always 0, read by the second
+    layer through weights of `value`: the activations are untouched, but every output channel of
+    the second conv now holds one weight hundreds of times its others, so its per-channel int8 scale
+    rounds the real weights to zero. Weights, not activations, break int8 here.
+    """
+    return _with_extra_channel(module, bias=0.0, next_weight=value)
+
+
+def _with_extra_channel(module: DigitsCNN, bias: float, next_weight: float) -> DigitsCNN:
+    """One more first-layer channel with zero weights and `bias` (after ReLU: the constant max(bias, 0)),
+    read by the second layer with weight `next_weight`; the fp32 function stays the same when one of the two is 0."""
     conv1: nn.Conv2d = module.features[0]  # type: ignore[assignment]
     conv2: nn.Conv2d = module.features[2]  # type: ignore[assignment]
     widened = DigitsCNN(width=conv1.out_channels + 1)
     state = copy.deepcopy(module.state_dict())
     with torch.no_grad():
         state["features.0.weight"] = torch.cat([conv1.weight, torch.zeros(1, *conv1.weight.shape[1:])])
-        state["features.0.bias"] = torch.cat([conv1.bias, torch.tensor([value])])  # type: ignore[list-item]
-        state["features.2.weight"] = torch.cat([conv2.weight, torch.zeros(conv2.out_channels, 1, 3, 3)], dim=1)
+        state["features.0.bias"] = torch.cat([conv1.bias, torch.tensor([bias])])  # type: ignore[list-item]
+        state["features.2.weight"] = torch.cat([conv2.weight, torch.full((conv2.out_channels, 1, 3, 3), next_weight)], dim=1)
     widened.load_state_dict(state)
     return widened.eval()
 
@@ -133,6 +148,11 @@ def with_outlier_channel(module: DigitsCNN, value: float = 400.0) -> DigitsCNN:
 def outlier_digits_cnn() -> nn.Module:
     """The trained CNN with an outlier channel (see with_outlier_channel): a farm source where int8 needs the fallback."""
     return with_outlier_channel(trained_digits_cnn())  # type: ignore[arg-type]
+
+
+def outlier_weights_digits_cnn() -> nn.Module:
+    """The trained CNN whose second conv holds outlier weights (see with_outlier_weights)."""
+    return with_outlier_weights(trained_digits_cnn())  # type: ignore[arg-type]
 
 
 def export_onnx(factory: str = "trained_digits_cnn") -> bytes:

@@ -203,3 +203,45 @@ def test_store_errors_say_whether_reading_or_writing_failed(statement: str, reas
     from farm.cli_common import _store_error
 
     assert f"error: {_store_error(OperationalError(statement, {}, Exception(reason)))[0]}" == line
+
+
+NAN_SPEC = """
+name: t
+models: [{{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}]
+precisions: [fp32, int8]
+backends: {{onnxruntime: {{}}}}
+calibration: {{data: {data}, samples: 8}}
+fidelity: {{samples: 4}}
+"""
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_calibration_data_with_nan_or_inf_is_refused_naming_the_file(tmp_path: Path, bad: float) -> None:
+    import numpy as np
+
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    rows = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    np.save(folder / "a.npy", rows)
+    rows[4, 1, 5, 7] = bad
+    np.save(folder / "b.npy", rows)
+    spec = write_spec(tmp_path, NAN_SPEC.format(data=folder))
+    result = subprocess.run([sys.executable, "-m", "farm.cli", "sweep", str(spec), "--data-dir", str(tmp_path / "data")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: {spec}: calibration.data: {folder / 'b.npy'}: row 4 holds 1 NaN or Inf values (inputs must be finite)"]
+    assert not (tmp_path / "data").exists()  # refused before any work
+
+
+def test_a_preprocess_that_would_make_images_nan_is_refused(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, f"""
+        name: t
+        models: [{{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32],
+                   preprocess: {{resize: 36, crop: 32, std: [0.2, 0.0, 0.2]}}}}]
+        backends: {{onnxruntime: {{}}}}
+        fidelity: {{data: {CALIBRATION_DATA}}}
+    """)
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 2 and "models[0].preprocess.std" in result.output and "greater than 0" in result.output, result.output
+    assert not (tmp_path / "data").exists()

@@ -9,13 +9,15 @@ tensor, keep it in float and pass, from the stored ranges alone.
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 
-from workers import fidelity, precision
+from workers import fidelity, precision, qdq_sides
 from workers.calibration import SamplesReader
-from workers.fallback import Threshold, find_fallback
+from workers.fallback import Threshold, diagnose, find_fallback
 
 from tests import digits_model
 
@@ -60,15 +62,24 @@ def test_fallback_rescues_int8_that_the_plain_variant_fails(outlier: bytes, held
     assert plain.kept_float == 0 and not plain.passed and plain.fidelity.top1_agreement < 0.5
     assert result.passed and result.onnx_bytes is not None, result.reason
 
+    # Activations are at fault, measured: quantized alone they lose far more than the weights alone.
+    assert result.side == "activations" and result.diagnosis is not None
+    assert result.diagnosis.activations_only.cosine_mean < result.diagnosis.weights_only.cosine_mean
+    assert result.diagnosis.activations_only.top1_agreement < 0.5 < 0.99 <= result.diagnosis.weights_only.top1_agreement
+    assert result.reason.startswith("activations cause the loss")
+
     # The outlier tensors are ranked first, far below the rest, and are what the result keeps in float.
     assert {s.tensor for s in result.ranking[:2]} == OUTLIER_TENSORS
-    assert result.ranking[1].sqnr_db < 5 < 20 < result.ranking[2].sqnr_db
+    assert result.ranking[1].sqnr_db + 10 < result.ranking[2].sqnr_db
     excluded = {e.node for e in result.excluded}
     assert excluded == {"/features/features.0/Conv", "/features/features.1/Relu", "/features/features.2/Conv"}
     assert all(e.score > 0.5 and "SQNR" in e.reason and "rank" in e.reason for e in result.excluded)
     assert 2 <= len(result.steps) <= 7 and result.steps[-1].passed
 
-    assert result.quantizable == 10 and result.quantized_fraction == 0.5 and not result.refused
+    # What stays quantized is what the passing variant counts, and part of it went back to float.
+    passing = min((s for s in result.steps if s.passed), key=lambda s: s.kept_float)
+    assert 0 < passing.quantized < plain.quantized == result.quantizable and not result.refused
+    assert result.quantized_fraction == passing.quantized / result.quantizable
 
     # The returned variant really passes, and is exactly what the stored ranges give with that exclusion list.
     outputs = precision.fake_quant_session(result.onnx_bytes).run(None, {"input": held_out})[0]
@@ -108,10 +119,12 @@ def test_a_rescue_that_keeps_too_much_in_float_is_refused(outlier: bytes, held_o
     ranges = calibrate(outlier, digits)
     reference = fp32_outputs(outlier, held_out)
     result = find_fallback(outlier, ranges, held_out, reference, max_tries=6, max_float_fraction=0.25)
-    # A passing try exists (5 of 10 activations in float), but that is an fp32 network under an int8 name.
+    # A passing try exists (half the activations in float), but that is an fp32 network under an int8 name.
     assert result.refused and not result.passed and result.onnx_bytes is None
-    assert any(s.passed for s in result.steps) and result.quantized_fraction == 0.5
-    assert "not viable" in result.reason and "5 of 10 quantized activations (50%)" in result.reason
+    assert any(s.passed for s in result.steps) and result.quantized_fraction < 0.75
+    kept = result.quantizable - min(s.quantized for s in result.steps if s.passed)
+    assert f"{kept} of {result.quantizable} quantized activations ({kept / result.quantizable:.0%})" in result.reason
+    assert "not viable" in result.reason and kept / result.quantizable > 0.25
     assert "max_float_fraction 0.25" in result.reason and "not a kernel" in result.reason
     # Through the variant stage the refusal is a failed job with that reason, never an "int8" variant.
     from workers.stages import _npz, make_variant
@@ -140,3 +153,112 @@ def test_threshold_reads_both_measures() -> None:
     assert not Threshold(0.99, 0.99).passes(bad_cosine)
     assert Threshold(None, None).passes(fidelity.Fidelity(10, 0.0, 0.0, 0.0, 0.0, 9.0))
     assert Threshold(0.99, 0.99).describe() == "top-1 agreement >= 0.99 and mean cosine >= 0.99"
+
+
+@pytest.fixture(scope="module")
+def outlier_weights() -> bytes:
+    return digits_model.export_onnx("outlier_weights_digits_cnn")
+
+
+SECOND_CONV = "/features/features.2/Conv"
+
+
+def test_weights_at_fault_are_kept_in_float_per_layer(outlier_weights: bytes, held_out: np.ndarray,
+                                                      digits: digits_model.DigitsData) -> None:
+    """The second conv reads an always-zero channel through huge weights: fp32 is unchanged, its
+    activations are untouched, but its per-channel weight scales round the real weights to zero.
+    The fallback must blame the weights and keep that layer's weights, and only those, in float."""
+    plain_model = digits_model.export_onnx()
+    reference = fp32_outputs(outlier_weights, held_out)
+    assert np.allclose(reference, fp32_outputs(plain_model, held_out), atol=1e-4)
+    ranges = calibrate(outlier_weights, digits)
+    result = find_fallback(outlier_weights, ranges, held_out, reference, max_tries=6)
+
+    assert not result.steps[0].passed and result.side == "weights" and result.diagnosis is not None
+    weights_only, activations_only = result.diagnosis.weights_only, result.diagnosis.activations_only
+    assert weights_only.cosine_mean < 0.9 < 0.999 <= activations_only.cosine_mean
+    assert weights_only.top1_agreement < 0.5 < 0.99 <= activations_only.top1_agreement
+    assert f"{weights_only.cosine_mean:.4f}" in result.reason and f"{activations_only.cosine_mean:.4f}" in result.reason
+
+    assert result.ranking[0].tensor == "features.2.weight" and result.ranking[0].nodes == (SECOND_CONV,)
+    assert result.ranking[0].sqnr_db + 20 < result.ranking[1].sqnr_db  # far worse than any other weight
+    assert result.passed and result.onnx_bytes is not None, result.reason
+    assert [e.node for e in result.excluded] == [SECOND_CONV] and "weight features.2.weight in float" in result.excluded[0].reason
+    assert result.quantized_fraction == (result.quantizable - 1) / result.quantizable
+
+    # The conv reads its float weight directly, but its input is still dequantized int8, as are the other layers' weights.
+    graph = onnx.load_from_string(result.onnx_bytes).graph
+    produced_by = {o: n for n in graph.node for o in n.output}
+    conv = next(n for n in graph.node if n.name == SECOND_CONV)
+    assert conv.input[1] == "features.2.weight" and produced_by[conv.input[0]].op_type == "DequantizeLinear"
+    other = next(n for n in graph.node if n.name == "/features/features.5/Conv")
+    assert produced_by[other.input[1]].op_type == "DequantizeLinear"
+    final = fidelity.compare(reference, precision.fake_quant_session(result.onnx_bytes).run(None, {"input": held_out})[0])
+    assert final.top1_agreement >= 0.99
+
+
+def test_the_variant_record_says_which_side_and_why(outlier_weights: bytes, held_out: np.ndarray,
+                                                    digits: digits_model.DigitsData) -> None:
+    from workers.stages import _npz, make_variant
+
+    reference = fp32_outputs(outlier_weights, held_out)
+    variant = make_variant(outlier_weights, "int8", ranges=calibrate(outlier_weights, digits).to_bytes(), heldout=held_out,
+                           reference=_npz(outputs=reference), fallback_tries=6)
+    record = variant.details["fallback"]
+    assert record["passed"] and record["side"] == "weights"
+    diagnosis = record["diagnosis"]
+    assert diagnosis["side"] == "weights" and diagnosis["weights_only"]["cosine_mean"] < diagnosis["activations_only"]["cosine_mean"]
+    assert "weights cause the loss" in diagnosis["reason"] and [k["node"] for k in record["kept_in_float"]] == [SECOND_CONV]
+
+
+def test_a_weight_kept_in_float_stays_float_in_the_int8_session(outlier_weights: bytes, held_out: np.ndarray,
+                                                                digits: digits_model.DigitsData, tmp_path: Path) -> None:
+    """With float biases (the TensorRT layout), ORT's WeightBiasQuantization gives the float weight a
+    per-tensor int8 grid, and the huge weights zero the real ones; the farm's CPU sessions turn it off.
+    The layout ORT gets on this CPU (int32 biases) keeps ORT's int8 kernels with the pass off."""
+    from workers.device import describe
+
+    reference = fp32_outputs(outlier_weights, held_out)
+    ranges = calibrate(outlier_weights, digits)
+
+    def optimized(layout: str, disabled: tuple[str, ...]) -> tuple[onnx.GraphProto, float]:
+        import onnxruntime as ort
+
+        variant = qdq_sides.keep_weights_float(precision.apply_quantization(outlier_weights, ranges, "int8", layout=layout), [SECOND_CONV])
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{layout}{len(disabled)}.onnx")
+        options.log_severity_level = 3
+        outputs = precision.cpu_inference_session(variant, options, disabled).run(None, {"input": held_out})[0]
+        return onnx.load(options.optimized_model_filepath).graph, fidelity.compare(reference, outputs).cosine_mean
+
+    def weight_type(graph: onnx.GraphProto) -> int | None:
+        return {i.name: i.data_type for i in graph.initializer}.get("features.2.weight")
+
+    farm_graph, farm_cosine = optimized("tensorrt", precision.DISABLED_OPTIMIZERS)
+    ort_graph, ort_cosine = optimized("tensorrt", ())
+    assert weight_type(farm_graph) == onnx.TensorProto.FLOAT and weight_type(ort_graph) is None  # ORT re-quantized it
+    assert ort_cosine < 0.9 < 0.999 < farm_cosine
+
+    cpu = describe().cpu
+    own_graph, own_cosine = optimized(precision.onnxruntime_int8_layout(cpu.arch, cpu.int8_dot_32bit), precision.DISABLED_OPTIMIZERS)
+    assert weight_type(own_graph) == onnx.TensorProto.FLOAT and own_cosine > 0.99
+    assert {"QLinearConv", "QGemm"} & {n.op_type for n in own_graph.node}  # the other layers still run int8 kernels
+
+
+@pytest.mark.parametrize("layout", sorted(precision.INT8_LAYOUTS))
+def test_the_diagnosis_blames_the_right_side_in_every_layout(layout: str, outlier: bytes, outlier_weights: bytes,
+                                                             held_out: np.ndarray, digits: digits_model.DigitsData) -> None:
+    """In the u8 layouts ORT folds each Relu into the grid after it (zero point 0): the side left
+    unquantized must keep that Relu, or "weights alone" would be a network without its Relus."""
+    for model, culprit in ((outlier, "activations"), (outlier_weights, "weights")):
+        reference = fp32_outputs(model, held_out)
+
+        def judge(variant: bytes) -> fidelity.Fidelity:
+            return fidelity.compare(reference, precision.fake_quant_session(variant).run(None, {"input": held_out})[0])
+
+        plain = precision.apply_quantization(model, calibrate(model, digits), "int8", layout=layout)
+        found = diagnose(plain, judge)
+        innocent = found.activations_only if culprit == "weights" else found.weights_only
+        guilty = found.weights_only if culprit == "weights" else found.activations_only
+        assert found.side == culprit and guilty.cosine_mean < 0.95 < 0.999 < innocent.cosine_mean, (culprit, found.reason)
+        assert qdq_sides.count(qdq_sides.without(plain, culprit), culprit) == 0 < qdq_sides.count(plain, culprit)

@@ -239,6 +239,30 @@ def _npy_shape(handle: object) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
+def nonfinite_problem(path: str | Path) -> str | None:
+    """The first array file under `path` (an .npy/.npz, or a folder of them) holding NaN or Inf, as
+    "file: row R holds N non-finite values", or None. Such rows would calibrate ranges to NaN and
+    judge every engine against a reference that is not a number."""
+    root = Path(path)
+    files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else [root]
+    for file in files:
+        if file.suffix.lower() not in ARRAY_SUFFIXES:
+            continue
+        try:
+            array = np.load(file, mmap_mode="r", allow_pickle=False) if file.suffix.lower() == ".npy" else _read_array(file)
+        except (OSError, ValueError, EOFError, CalibrationDataError):
+            continue  # unreadable: the loader skips it and says so
+        if not np.issubdtype(array.dtype, np.floating):
+            continue  # integers cannot be NaN
+        rows = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(1, -1)
+        for start in range(0, len(rows), 256):  # a chunk at a time: a large .npy stays on disk
+            bad = ~np.isfinite(rows[start : start + 256])
+            if bad.any():
+                row = start + int(np.flatnonzero(bad.any(axis=1))[0])
+                return f"{file}: row {row} holds {int(bad[row - start].sum())} NaN or Inf values (inputs must be finite)"
+    return None
+
+
 def _load_array_folder(root: Path, input_shape: Sequence[int | str]) -> Samples:
     paths = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() not in SIDE_FILES)
     chunks: list[np.ndarray] = []
@@ -359,6 +383,57 @@ def _rows(samples: Samples, rows: slice) -> Samples:
         files=samples.files[rows],
         labels=None if samples.labels is None else samples.labels[rows],
     )
+
+
+@dataclass(frozen=True)
+class Augmented:
+    """Calibration rows topped up to a minimum, and what was added (None when nothing was)."""
+
+    array: np.ndarray
+    description: str | None
+
+
+# The transforms that top up a small calibration set, in the order they are used: each pass over the
+# original rows applies the next one. Crops cut CROP_FRACTION of each side off one corner and scale
+# back to the full size, a shift and zoom of a few pixels, as a photo taken a little closer would be.
+AUGMENTATIONS: tuple[str, ...] = ("hflip", "crop-tl", "hflip+crop-br", "crop-br", "hflip+crop-tl")
+CROP_FRACTION = 1 / 16
+
+
+def augment(rows: np.ndarray, minimum: int) -> Augmented:
+    """`rows` [N, C, H, W] with flipped and cropped copies appended until there are `minimum` rows.
+
+    Deterministic: copy i is original row i % N under AUGMENTATIONS[i // N] (cycling). Only image
+    batches (4-D, both sides at least 8) are augmented; other inputs are returned as they are.
+    """
+    count = len(rows)
+    if count == 0 or count >= minimum or rows.ndim != 4 or min(rows.shape[2:]) < 8:
+        return Augmented(rows, None)
+    added = [_transform(rows[i % count], AUGMENTATIONS[(i // count) % len(AUGMENTATIONS)]) for i in range(minimum - count)]
+    used = sorted({AUGMENTATIONS[(i // count) % len(AUGMENTATIONS)] for i in range(minimum - count)}, key=AUGMENTATIONS.index)
+    description = f"{count} rows + {len(added)} augmented ({', '.join(used)}; crops {CROP_FRACTION:.4g} of a side) = {minimum}"
+    return Augmented(np.concatenate([rows, np.stack(added).astype(rows.dtype)]), description)
+
+
+def _transform(row: np.ndarray, name: str) -> np.ndarray:
+    out = row[:, :, ::-1] if "hflip" in name else row
+    if "crop" in name:
+        height, width = row.shape[1:]
+        dy, dx = max(1, round(height * CROP_FRACTION)), max(1, round(width * CROP_FRACTION))
+        top, left = (0, 0) if name.endswith("tl") else (dy, dx)
+        out = _resize(out[:, top : top + height - dy, left : left + width - dx], height, width)
+    return np.ascontiguousarray(out)
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a CHW array (align-corners sampling), in numpy: the rows are preprocessed already."""
+    ys, xs = np.linspace(0, image.shape[1] - 1, height), np.linspace(0, image.shape[2] - 1, width)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, image.shape[1] - 1), np.minimum(x0 + 1, image.shape[2] - 1)
+    wy, wx = (ys - y0)[None, :, None], (xs - x0)[None, None, :]
+    top = image[:, y0][:, :, x0] * (1 - wx) + image[:, y0][:, :, x1] * wx
+    bottom = image[:, y1][:, :, x0] * (1 - wx) + image[:, y1][:, :, x1] * wx
+    return (top * (1 - wy) + bottom * wy).astype(image.dtype)  # type: ignore[no-any-return]
 
 
 class SamplesReader(CalibrationDataReader):  # type: ignore[misc]

@@ -5,36 +5,49 @@ back above a fidelity threshold, re-quantizing from stored ranges (never calibra
    Every measurement is fake-quant arithmetic (Q/DQ ops around float kernels), the same on every CPU
    and what TensorRT computes; one CPU's int8 kernels are judged later, by the fidelity of the
    builds on it.
-2. Rank every quantized activation by the noise its own Q/DQ adds: run the fp32 model once over
+2. Find the side at fault (`diagnose`): the same variant with only its weights quantized, and with
+   only its activations quantized, each measured alone. The side whose mean cosine with fp32 falls
+   further is the one fallen back: keeping activations in float cannot repair weights that lost
+   their precision, nor the reverse. Weights are fallen back per layer, the layer's weight kept in
+   float while its activations stay quantized, ranked by the noise of their own per-channel grid
+   (`rank_weights`: each weight quantized alone); the steps below describe the activations side.
+3. Rank every quantized activation by the noise its own Q/DQ adds: run the fp32 model once over
    the held-out inputs, put each activation through its Q/DQ grid (scale and zero point read from
    the quantized model) alone, and take the signal-to-quantization-noise ratio (SQNR, dB; lower is
-   worse) per channel, averaged (`rank_tensors` and `_channel_sqnr_db` say why). One fp32 run ranks
+   worse) per channel, averaged (`rank_tensors` and `qdq_sides.channel_sqnr_db` say why). One fp32 run ranks
    every tensor; re-quantizing without each candidate and measuring the outputs would cost one
    quantization and one evaluation per tensor. onnxruntime.quantization.qdq_loss_debug's `qdq_err`
    measures inside the Q/DQ model, which blames the wrong tensors, and keeps every activation of
    every batch in memory.
-3. Keeping a tensor in float means excluding every node that would quantize it: its producer and
+4. Keeping a tensor in float means excluding every node that would quantize it: its producer and
    its consumers (ORT puts Q/DQ on a node's inputs and outputs alike).
-4. Exclude the k worst-ranked tensors for k = 1, 2, 4, 8, ... until the variant passes, then bisect
+5. Exclude the k worst-ranked tensors for k = 1, 2, 4, 8, ... until the variant passes, then bisect
    between the last failing and the first passing k. Each try re-quantizes from the stored ranges and
    measures real fidelity, so the ranking only orders the search; the answer is always a variant
    that was measured to pass. `max_tries` bounds the re-quantizations after the plain one.
-5. A variant that passes only with more than `max_float_fraction` of its quantized activations back
-   in float is refused, not rescued: it would be an fp32 engine sold as int8.
+6. A variant that passes only with more than `max_float_fraction` of its quantized tensors (of the
+   side fallen back) in float is refused, not rescued: it would be an fp32 engine sold as int8.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from workers import fidelity as fidelity_
+from workers import qdq_sides
+from workers.qdq_sides import Side, channel_sqnr_db
 from workers.precision import DEFAULT_LAYOUT, CalibrationRanges, QuantPrecision, apply_quantization, cpu_session, fake_quant_session
+
+
+# Ranking weights costs one fake-quant run per weight (mobilenet_v3_small: 54); it only orders the
+# search, whose every try is judged on all held-out rows, so it looks at the first few.
+WEIGHT_RANKING_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,22 @@ class Step:
     quantized: int = 0  # activations this try's variant still quantizes
 
 
+@dataclass(frozen=True)
+class Diagnosis:
+    """Which side of a quantized variant loses the accuracy: each side quantized alone, measured."""
+
+    weights_only: fidelity_.Fidelity
+    activations_only: fidelity_.Fidelity
+    side: Side
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"side": self.side, "reason": self.reason,
+                "weights_only": {"top1_agreement": self.weights_only.top1_agreement, "cosine_mean": self.weights_only.cosine_mean},
+                "activations_only": {"top1_agreement": self.activations_only.top1_agreement,
+                                     "cosine_mean": self.activations_only.cosine_mean}}
+
+
 @dataclass
 class FallbackResult:
     onnx_bytes: bytes | None  # the passing variant; None when none passed, or only by keeping too much in float
@@ -93,7 +122,13 @@ class FallbackResult:
     ranking: list[TensorSensitivity] = field(default_factory=list)  # most sensitive first; empty if the plain variant passed
     reason: str = ""
     refused: bool = False  # a try passed, but only with more than max_float_fraction kept in float: not a rescue
-    quantizable: int = 0  # activations the plain variant quantizes
+    quantizable: int = 0  # tensors of the side fallen back that the plain variant quantizes (activations when none was)
+    diagnosis: Diagnosis | None = None  # None when the plain variant passed
+
+    @property
+    def side(self) -> Side:
+        """The side kept in float where needed: activations unless the diagnosis blamed the weights."""
+        return self.diagnosis.side if self.diagnosis is not None else "activations"
 
     @property
     def passed(self) -> bool:
@@ -101,7 +136,7 @@ class FallbackResult:
 
     @property
     def quantized_fraction(self) -> float:
-        """Share of the quantizable activations still quantized by the passing variant (refused ones
+        """Share of the side's quantizable tensors still quantized by the passing variant (refused ones
         included), else by the plain one."""
         passing = [s for s in self.steps if s.passed]
         chosen = min(passing, key=lambda s: s.kept_float) if passing else self.steps[0]
@@ -129,33 +164,54 @@ def find_fallback(
     Every try is judged by fake-quant arithmetic (`fake_quant_session`): what TensorRT computes, the
     same on every CPU. Judged by one CPU's int8 kernels instead, a kernel that saturates there (x86
     without VNNI) looks like sensitive ranges, and the search keeps nearly everything in float.
-    A variant that passes only with more than `max_float_fraction` of its quantizable activations in
-    float is refused: it would be an fp32 engine under an int8 name.
+    A variant that passes only with more than `max_float_fraction` of the quantizable tensors of the
+    side at fault in float is refused: it would be an fp32 engine under an int8 name.
     """
     model = onnx.load_from_string(onnx_bytes)
     input_name = _input_name(model)
     op_types = {n.name: n.op_type for n in model.graph.node}
 
-    def attempt(kept: int, nodes: Sequence[str]) -> tuple[Step, bytes]:
-        started = time.perf_counter()
-        variant = apply_quantization(onnx_bytes, ranges, precision, nodes, layout)
+    def judge(variant: bytes, rows: int | None = None) -> fidelity_.Fidelity:
         session = fake_quant_session(variant)
-        outputs = fidelity_.run_batched(lambda x: session.run(None, {input_name: x})[0], inputs, batch_size)
-        result = fidelity_.compare(reference, outputs, labels)
-        quantized = len(_activation_grids(onnx.load_from_string(variant)))
-        return Step(kept, tuple(sorted(nodes)), result, threshold.passes(result), time.perf_counter() - started, quantized), variant
+        outputs = fidelity_.run_batched(lambda x: session.run(None, {input_name: x})[0], inputs[:rows], batch_size)
+        return fidelity_.compare(reference[:rows], outputs, None if labels is None else labels[:rows])
 
-    plain, variant = attempt(0, ())
-    total = plain.quantized
+    started = time.perf_counter()
+    plain_variant = apply_quantization(onnx_bytes, ranges, precision, (), layout)
+    plain_fidelity = judge(plain_variant)
+    if threshold.passes(plain_fidelity):
+        total = _quantized(plain_variant, "activations")
+        plain = Step(0, (), plain_fidelity, True, time.perf_counter() - started, total)
+        return FallbackResult(plain_variant, [], [plain], reason=f"the plain {precision} variant meets {threshold.describe()}",
+                              quantizable=total)
+    diagnosis = diagnose(plain_variant, judge)
+    side = diagnosis.side
+    total = _quantized(plain_variant, side)
+    plain = Step(0, (), plain_fidelity, False, time.perf_counter() - started, total)
+    if side == "weights":
+        ranking = rank_weights(plain_variant, lambda variant: judge(variant, WEIGHT_RANKING_ROWS))
+
+        def make(nodes: Sequence[str]) -> bytes:
+            return qdq_sides.keep_weights_float(plain_variant, nodes)
+    else:
+        ranking = rank_tensors(model, plain_variant, inputs, input_name, batch_size=min(batch_size, 8))
+
+        def make(nodes: Sequence[str]) -> bytes:
+            return apply_quantization(onnx_bytes, ranges, precision, nodes, layout)
+
+    def attempt(kept: int, nodes: Sequence[str]) -> tuple[Step, bytes]:
+        begun = time.perf_counter()
+        variant = make(nodes)
+        result = judge(variant)
+        quantized = _quantized(variant, side)
+        return Step(kept, tuple(sorted(nodes)), result, threshold.passes(result), time.perf_counter() - begun, quantized), variant
 
     def float_fraction(step: Step) -> float:
         return 1 - step.quantized / total if total else 0.0
 
-    if plain.passed:
-        return FallbackResult(variant, [], [plain], reason=f"the plain {precision} variant meets {threshold.describe()}", quantizable=total)
-    ranking = rank_tensors(model, variant, inputs, input_name, batch_size=min(batch_size, 8))
+    found = {"quantizable": total, "diagnosis": diagnosis}
     if not ranking:
-        return FallbackResult(None, [], [plain], reason=f"no quantized activation to keep in float in the {precision} variant", quantizable=total)
+        return FallbackResult(None, [], [plain], reason=f"no quantized {side} to keep in float in the {precision} variant", **found)  # type: ignore[arg-type]
     steps = [plain]
     low, high, best = 0, 0, b""  # largest failing and smallest passing prefix length (0: none yet)
     for _ in range(max_tries):
@@ -173,19 +229,55 @@ def find_fallback(
             high, best = kept, candidate
         else:
             low = kept
+    noun = "weights" if side == "weights" else "tensors"
     if not high:
-        return FallbackResult(None, [], steps, ranking, quantizable=total,
-                              reason=f"no variant met {threshold.describe()} within {max_tries} tries (up to {low} of {len(ranking)} ranked tensors kept in float)")
+        return FallbackResult(None, [], steps, ranking, **found,  # type: ignore[arg-type]
+                              reason=f"{diagnosis.reason}; no variant met {threshold.describe()} within {max_tries} tries "
+                                     f"(up to {low} of {len(ranking)} ranked {noun} kept in float)")
     passing = next(s for s in reversed(steps) if s.passed and s.kept_float == high)
-    excluded = _explain(ranking[:high], op_types, ranges, precision)
+    excluded = _explain(ranking[:high], op_types, ranges, precision, side)
     if float_fraction(passing) > max_float_fraction:
-        return FallbackResult(None, excluded, steps, ranking, refused=True, quantizable=total, reason=(
+        return FallbackResult(None, excluded, steps, ranking, refused=True, **found, reason=(  # type: ignore[arg-type]
             f"{precision} is not viable for this model with {ranges.method} ranges: meeting {threshold.describe()} needs "
-            f"{total - passing.quantized} of {total} quantized activations ({float_fraction(passing):.0%}) kept in float, "
+            f"{total - passing.quantized} of {total} quantized {side} ({float_fraction(passing):.0%}) kept in float, "
             f"above max_float_fraction {max_float_fraction:g}; the plain variant's fake-quant top-1 agreement is "
-            f"{plain.fidelity.top1_agreement:.3f} (cosine {plain.fidelity.cosine_mean:.4f}), so its ranges, not a kernel, fall short"))
-    return FallbackResult(best, excluded, steps, ranking, quantizable=total,
-                          reason=f"keeping the {high} most sensitive of {len(ranking)} quantized tensors in float meets {threshold.describe()}")
+            f"{plain.fidelity.top1_agreement:.3f} (cosine {plain.fidelity.cosine_mean:.4f}), so its ranges, not a kernel, fall short "
+            f"({diagnosis.reason})"))
+    return FallbackResult(best, excluded, steps, ranking, **found,  # type: ignore[arg-type]
+                          reason=f"{diagnosis.reason}; keeping the {high} most sensitive of {len(ranking)} quantized {noun} "
+                                 f"in float meets {threshold.describe()}")
+
+
+def diagnose(variant: bytes, judge: Callable[[bytes], fidelity_.Fidelity]) -> Diagnosis:
+    """Measure the Q/DQ `variant` with only its weights quantized, then only its activations, and
+    blame the side whose mean cosine with fp32 falls further (ties: activations, the usual culprit)."""
+    weights_only = judge(qdq_sides.without(variant, "activations"))
+    activations_only = judge(qdq_sides.without(variant, "weights"))
+    side: Side = "weights" if weights_only.cosine_mean < activations_only.cosine_mean else "activations"
+    reason = (f"{side} cause the loss: weights alone quantized give mean cosine {weights_only.cosine_mean:.4f} "
+              f"(top-1 agreement {weights_only.top1_agreement:.3f}), activations alone {activations_only.cosine_mean:.4f} "
+              f"({activations_only.top1_agreement:.3f}), so {side} are kept in float where needed")
+    return Diagnosis(weights_only, activations_only, side, reason)
+
+
+def rank_weights(variant: bytes, judge: Callable[[bytes], fidelity_.Fidelity]) -> list[TensorSensitivity]:
+    """Every weight `variant` quantizes, most damaging first: the outputs' SQNR with that weight alone quantized.
+
+    Measured through the network, not read off the weight: one huge weight in a channel (reading an
+    input that is always zero, say) stretches the channel's scale until its other weights round to
+    zero, yet holds most of the channel's energy, so the weight's own SQNR looks excellent (67 dB in
+    the test built for it) while the layer's outputs are gone. One fake-quant run per weight (on
+    WEIGHT_RANKING_ROWS held-out rows in `find_fallback`); the
+    output SQNR is the one the mean cosine implies (||a - b||^2 = 2 (1 - cos) for unit vectors).
+    """
+    ranked = []
+    for weight, nodes in qdq_sides.weights(variant).items():
+        if not nodes:
+            continue
+        loss = max(0.0, 1.0 - judge(qdq_sides.only_weight(variant, weight)).cosine_mean)
+        sqnr = math.inf if loss == 0 else -10 * math.log10(2 * loss)
+        ranked.append(TensorSensitivity(weight, sqnr, nodes))
+    return sorted(ranked, key=lambda s: (s.sqnr_db, s.tensor))
 
 
 def rank_tensors(
@@ -218,7 +310,7 @@ def rank_tensors(
             signal[tensor] = signal.get(tensor, 0.0) + _per_channel(x * x)
             noise[tensor] = noise.get(tensor, 0.0) + _per_channel((x - grid.apply(values[tensor])) ** 2)
     owners = _owners(model, set(grids))
-    ranked = [TensorSensitivity(t, _channel_sqnr_db(signal[t], noise[t]), owners[t]) for t in grids if owners.get(t)]
+    ranked = [TensorSensitivity(t, channel_sqnr_db(signal[t], noise[t]), owners[t]) for t in grids if owners.get(t)]
     return sorted(ranked, key=lambda s: (s.sqnr_db, s.tensor))
 
 
@@ -290,19 +382,29 @@ def _owners(model: onnx.ModelProto, quantized: set[str]) -> dict[str, tuple[str,
     return {name: tuple(sorted(nodes)) for name, nodes in owners.items()}
 
 
+def _quantized(variant: bytes, side: Side) -> int:
+    """Tensors of `side` the variant quantizes; activations counted as the ranking sees them (one grid each)."""
+    return len(_activation_grids(onnx.load_from_string(variant))) if side == "activations" else qdq_sides.count(variant, side)
+
+
 def _nodes(ranking: Sequence[TensorSensitivity]) -> list[str]:
     return sorted({node for s in ranking for node in s.nodes})
 
 
-def _explain(ranking: Sequence[TensorSensitivity], op_types: dict[str, str], ranges: CalibrationRanges, precision: str) -> list[ExcludedNode]:
+def _explain(ranking: Sequence[TensorSensitivity], op_types: dict[str, str], ranges: CalibrationRanges, precision: str,
+             side: Side = "activations") -> list[ExcludedNode]:
     excluded: dict[str, ExcludedNode] = {}
     for rank, s in enumerate(ranking, start=1):
-        r = ranges.tensors.get(s.tensor)
-        span = f", calibrated range [{r.lowest:.4g}, {r.highest:.4g}]" if r else ""
+        if side == "weights":
+            why = (f"keeps its weight {s.tensor} in float: with that weight alone in per-channel {precision}, "
+                   f"the outputs' SQNR is {s.sqnr_db:.1f} dB on held-out inputs (rank {rank})")
+        else:
+            r = ranges.tensors.get(s.tensor)
+            span = f", calibrated range [{r.lowest:.4g}, {r.highest:.4g}]" if r else ""
+            why = f"keeps {s.tensor} in float: {precision} SQNR {s.sqnr_db:.1f} dB on held-out inputs (rank {rank}){span}"
         for node in s.nodes:
             if node not in excluded:
-                reason = f"keeps {s.tensor} in float: {precision} SQNR {s.sqnr_db:.1f} dB on held-out inputs (rank {rank}){span}"
-                excluded[node] = ExcludedNode(node, op_types.get(node, "?"), s.score, reason)
+                excluded[node] = ExcludedNode(node, op_types.get(node, "?"), s.score, why)
     return list(excluded.values())
 
 
@@ -311,21 +413,6 @@ def _per_channel(squares: np.ndarray) -> np.ndarray:
     if squares.ndim < 2:
         return np.atleast_1d(squares.sum())
     return squares.sum(axis=tuple(a for a in range(squares.ndim) if a != 1))  # type: ignore[no-any-return]
-
-
-def _channel_sqnr_db(signal: np.ndarray, noise: np.ndarray) -> float:
-    """SQNR of the mean per-channel noise-to-signal ratio.
-
-    Per channel, not per tensor: one large channel (an outlier feature) stretches a per-tensor scale
-    until the other channels are a few quantization levels, yet holds most of the tensor's energy,
-    so the whole-tensor SQNR looks fine (48 dB in the test built for it) while the channels the next
-    layer reads are destroyed. Silent channels (no signal) are left out.
-    """
-    live = signal > 0
-    if not live.any():
-        return math.inf
-    ratio = float(np.sqrt(noise[live] / signal[live]).mean())
-    return math.inf if ratio <= 0 else -20 * math.log10(ratio)
 
 
 def _input_name(model: onnx.ModelProto) -> str:

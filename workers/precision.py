@@ -39,11 +39,25 @@ METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile", "distribution")
 INT8_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 FP8_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile", "distribution")
 RANGES_FORMAT = 1  # bump when the JSON layout of CalibrationRanges changes
-# ORT's entropy default (128 bins folded into 128 quantized bins) leaves the KL search a single
-# candidate, the full range: entropy came out identical to minmax. TensorRT's entropy calibrator
-# histograms |x| into 2048 bins; ORT's histogram spans [-max|x|, max|x|], so 2048 here is 1024 per
-# side with 128 quantized bins: a real search, at about 0.5 s per activation tensor here (2 cores).
-ENTROPY_BINS = 2048
+# ONNX Runtime's own entropy default. 2048 bins (TensorRT's histogram size) made the KL search clip
+# hard: on an ImageNet classifier it cut the pooled features' range from 4.91 to 2.19 and mean cosine
+# fell to 0.855, against 0.987 at 128 (issue 19). With 128 bins folded into 128 quantized bins the
+# search has one candidate, the full range, so entropy gives minmax's ranges: docs/precision.md.
+ENTROPY_BINS = 128
+# Calibration sets are small (16-24 photos): fewer rows than this are topped up with horizontal flips
+# and small crops of themselves (workers.calibration.augment), deterministically.
+MIN_CALIBRATION_SAMPLES = 32
+# ONNX Runtime graph optimisations the farm turns off wherever it opens a model on the CPU provider.
+# WeightBiasQuantization (at ORT_ENABLE_ALL) gives per-tensor int8 weights to a float Conv/Gemm that
+# sits between DequantizeLinear and QuantizeLinear: it undoes per-channel weights kept in float by the
+# fallback (cosine 0.895 on int8 kernels against 0.990 simulated, issue 19).
+DISABLED_OPTIMIZERS: tuple[str, ...] = ("WeightBiasQuantization",)
+
+
+def calibration_settings(method: str) -> dict[str, Any]:
+    """What, besides the method and the data, decides a calibration's ranges: part of its job key."""
+    return {"entropy_bins": ENTROPY_BINS if method == "entropy" else None, "moving_average": False,
+            "min_samples": MIN_CALIBRATION_SAMPLES, "augmentation": "hflip+crop-v1"}
 
 # The settings HF Optimum uses for its TensorRT config (docs/precision.md).
 QDQ_EXTRA_OPTIONS: dict[str, Any] = {
@@ -65,6 +79,10 @@ class Int8Layout:
     reduce_range: bool  # 7-bit weights
     label: str  # what engine labels add ("" for the default)
     description: str
+    # int32 biases (DequantizeLinear of input scale x weight scale). TensorRT wants float biases; ORT's
+    # int8 Conv/Gemm fusions need int32 ones, which its WeightBiasQuantization pass would otherwise make,
+    # and that pass is off (DISABLED_OPTIMIZERS): with float biases ORT then runs int8 as float kernels.
+    quantize_bias: bool = False
 
 
 INT8_LAYOUTS: dict[str, Int8Layout] = {
@@ -72,10 +90,12 @@ INT8_LAYOUTS: dict[str, Int8Layout] = {
     for layout in (
         Int8Layout("tensorrt", "s8", False, "", "s8 symmetric activations, 8-bit per-channel weights: the form TensorRT parses"),
         Int8Layout("u8s8", "u8", False, "u8s8",
-                   "u8 asymmetric activations, 8-bit per-channel weights: ONNX Runtime's x86 kernels with VNNI or AMX"),
+                   "u8 asymmetric activations, 8-bit per-channel weights: ONNX Runtime's x86 kernels with VNNI or AMX", True),
         Int8Layout("u8s8_7bit", "u8", True, "u8s8 7-bit",
                    "u8 asymmetric activations, 7-bit per-channel weights: ONNX Runtime's x86 kernels without VNNI, "
-                   "whose 16-bit sums of u8 x s8 pairs saturate at full weight range"),
+                   "whose 16-bit sums of u8 x s8 pairs saturate at full weight range", True),
+        Int8Layout("s8s8", "s8", False, "s8s8",
+                   "s8 symmetric activations, 8-bit per-channel weights, int32 biases: ONNX Runtime's kernels off x86", True),
     )
 }
 DEFAULT_LAYOUT = "tensorrt"
@@ -87,10 +107,11 @@ def onnxruntime_int8_layout(arch: str, int8_dot_32bit: bool) -> str:
     Measured (docs/precision.md, benchmarks/int8_cpu.py): on x86 the TensorRT layout runs ORT's
     S8S8 path, which is no faster than fp32 and, without VNNI, saturates (resnet18 top-1 agreement
     0.19); u8 activations take ORT's U8S8 kernels, and 7-bit weights keep their sums in range.
-    Elsewhere (Arm's dot-product instructions accumulate in 32 bits) the TensorRT layout is kept.
+    Elsewhere (Arm's dot-product instructions accumulate in 32 bits) the TensorRT layout is kept, but
+    with int32 biases.
     """
     if arch.lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return DEFAULT_LAYOUT
+        return "s8s8"  # the TensorRT layout with int32 biases, which ORT's int8 fusions need (Int8Layout.quantize_bias)
     return "u8s8" if int8_dot_32bit else "u8s8_7bit"
 
 
@@ -122,6 +143,7 @@ class CalibrationRanges:
     seconds: float
     tensors: dict[str, TensorRange]
     percentile: float | None = None  # set for the percentile method only
+    augmentation: str | None = None  # how rows were added to a small calibration set (None: none were)
 
     def as_tuples(self) -> dict[str, tuple[float, float]]:
         return {name: (r.lowest, r.highest) for name, r in self.tensors.items()}
@@ -132,6 +154,7 @@ class CalibrationRanges:
             "method": self.method,
             "percentile": self.percentile,
             "samples": self.samples,
+            **({"augmentation": self.augmentation} if self.augmentation else {}),
             "seconds": self.seconds,
             "tensors": {name: _range_json(r) for name, r in sorted(self.tensors.items())},
         }
@@ -146,7 +169,7 @@ class CalibrationRanges:
         if raw.get("format") != RANGES_FORMAT:
             raise QuantizationError(f"calibration ranges format {raw.get('format')!r}, this code reads {RANGES_FORMAT}")
         tensors = {name: TensorRange(**values) for name, values in raw["tensors"].items()}
-        return CalibrationRanges(raw["method"], raw["samples"], raw["seconds"], tensors, raw.get("percentile"))
+        return CalibrationRanges(raw["method"], raw["samples"], raw["seconds"], tensors, raw.get("percentile"), raw.get("augmentation"))
 
 
 @dataclass(frozen=True)
@@ -191,10 +214,14 @@ def to_fp16(
     return converted.SerializeToString()
 
 
-def calibrate(onnx_bytes: bytes, reader: Any, method: Method = "minmax", percentile: float = 99.999) -> CalibrationRanges:
+def calibrate(onnx_bytes: bytes, reader: Any, method: Method = "minmax", percentile: float = 99.999, *,
+              entropy_bins: int = ENTROPY_BINS, moving_average: bool = False, augmentation: str | None = None) -> CalibrationRanges:
     """Run the model over every batch `reader` yields once and compute activation ranges.
 
     `reader` is an onnxruntime `CalibrationDataReader`; it is rewound first when it can be.
+    `entropy_bins` and `moving_average` exist to measure other settings (benchmarks/int8_configs.py):
+    a moving average of per-batch ranges over a small set drops the rare large activations that a
+    plain minimum and maximum keep. `augmentation` is only recorded.
     """
     from onnxruntime.quantization.calibrate import create_calibrator
 
@@ -209,7 +236,8 @@ def calibrate(onnx_bytes: bytes, reader: Any, method: Method = "minmax", percent
     with tempfile.TemporaryDirectory(prefix="farm-calib-") as tmp:
         model_path = Path(tmp) / "model.onnx"
         model_path.write_bytes(onnx_bytes)
-        extra = {"percentile": percentile} if method == "percentile" else {"num_bins": ENTROPY_BINS} if method == "entropy" else {}
+        extra: dict[str, Any] = ({"percentile": percentile} if method == "percentile" else {"num_bins": entropy_bins} if method == "entropy"
+                                 else {"moving_average": moving_average})
         # ORT's calibrators print progress lines, and the distribution method warns about the
         # negative variances that _tensor_range repairs; neither says anything a caller needs.
         with contextlib.redirect_stdout(io.StringIO()), np.errstate(invalid="ignore"):
@@ -234,6 +262,7 @@ def calibrate(onnx_bytes: bytes, reader: Any, method: Method = "minmax", percent
         seconds=time.perf_counter() - started,
         tensors=tensors,
         percentile=percentile if method == "percentile" else None,
+        augmentation=augmentation,
     )
 
 
@@ -243,10 +272,13 @@ def apply_quantization(
     precision: QuantPrecision = "int8",
     nodes_to_exclude: Iterable[str] = (),
     layout: str = DEFAULT_LAYOUT,
+    *,
+    per_channel: bool = True,
 ) -> bytes:
     """Write the Q/DQ model for `precision` from stored ranges; the nodes in `nodes_to_exclude` stay float.
 
-    `layout` (INT8_LAYOUTS) says how int8 is written; fp8 has one layout, the TensorRT one.
+    `layout` (INT8_LAYOUTS) says how int8 is written; fp8 has one layout, the TensorRT one. Weights
+    are per output channel; `per_channel=False` (one scale per weight tensor) is for measuring only.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -259,7 +291,7 @@ def apply_quantization(
     form = INT8_LAYOUTS[layout]
     quant_type = _quant_type(precision)
     activation_type = QuantType.QUInt8 if form.activations == "u8" else quant_type
-    extra_options = dict(QDQ_EXTRA_OPTIONS, ActivationSymmetric=form.activations == "s8")
+    extra_options = dict(QDQ_EXTRA_OPTIONS, ActivationSymmetric=form.activations == "s8", QuantizeBias=form.quantize_bias)
     with tempfile.TemporaryDirectory(prefix="farm-quant-") as tmp:
         model_path = Path(tmp) / "model.onnx"
         cache_path = Path(tmp) / "ranges.json"
@@ -272,7 +304,7 @@ def apply_quantization(
             output_path,
             calibration_data_reader=None,
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=per_channel,
             reduce_range=form.reduce_range,
             activation_type=activation_type,
             weight_type=quant_type,
@@ -355,7 +387,15 @@ def cpu_session(onnx_bytes: bytes, precision: str, *, threads: int = 0, level: s
     options.graph_optimization_level = levels[level or cpu_graph_optimization(precision)]
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    return cpu_inference_session(onnx_bytes, options)
+
+
+def cpu_inference_session(onnx_bytes: bytes, options: Any, disabled_optimizers: Iterable[str] = DISABLED_OPTIMIZERS) -> Any:
+    """An ONNX Runtime session on the CPU provider with DISABLED_OPTIMIZERS off: every place the farm
+    opens a model on ORT's CPU provider comes through here."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers))
 
 
 class _CountingReader:

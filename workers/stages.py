@@ -21,7 +21,7 @@ from workers.backends import get_backend, random_feeds
 from workers.backends.base import NO_CONTEXT, BuildContext
 from workers.bench import BenchSettings, Timings, measure, nearest_rank, time_window
 from workers.device import sm_clock_reader
-from workers.calibration import SamplesReader
+from workers.calibration import SamplesReader, augment
 from workers.detection import DetectionFidelity, Detections, compare_detections
 from workers.fallback import Threshold, find_fallback
 from workers.models import Exported, export
@@ -55,9 +55,14 @@ def reference_outputs(fp32: bytes, inputs: np.ndarray, batch_size: int, task: st
 
 
 def calibrate_model(fp32: bytes, inputs: np.ndarray, method: str, percentile: float) -> precision_.CalibrationRanges:
-    """Activation ranges over the calibration rows: the only stage that runs a calibrator."""
+    """Activation ranges over the calibration rows: the only stage that runs a calibrator.
+
+    Fewer than MIN_CALIBRATION_SAMPLES image rows are topped up with flips and crops of themselves
+    (workers.calibration.augment); the ranges record how."""
     name, batch = _input(fp32)
-    return precision_.calibrate(fp32, SamplesReader(inputs, name, batch_size=batch or 8), method, percentile)  # type: ignore[arg-type]
+    rows = augment(inputs, precision_.MIN_CALIBRATION_SAMPLES)
+    return precision_.calibrate(fp32, SamplesReader(rows.array, name, batch_size=batch or 8), method, percentile,  # type: ignore[arg-type]
+                                augmentation=rows.description)
 
 
 @dataclass
@@ -99,7 +104,8 @@ def make_variant(
         raise ValueError(f"{precision} needs calibration ranges")
     calibration = precision_.CalibrationRanges.from_bytes(ranges)
     form = precision_.INT8_LAYOUTS[layout]
-    details: dict[str, Any] = {"method": calibration.method, "calibration_samples": calibration.samples, "layout": form.name,
+    details: dict[str, Any] = {"method": calibration.method, "calibration_samples": calibration.samples,
+                               "calibration_augmentation": calibration.augmentation, "layout": form.name,
                                "layout_label": form.label, "layout_description": form.description, "quantized_fraction": 1.0}
     if not fallback_tries or heldout is None or reference is None:
         return Variant(precision_.apply_quantization(fp32, calibration, precision, layout=layout), details)  # type: ignore[arg-type]
@@ -114,6 +120,8 @@ def make_variant(
         "passed": result.passed,
         "refused": result.refused,
         "reason": result.reason,
+        "side": result.side,  # what was kept in float: per-layer "weights" or "activations"
+        "diagnosis": result.diagnosis.as_dict() if result.diagnosis else None,  # each side quantized alone, measured
         "quantizable": result.quantizable,
         "plain": asdict(result.steps[0].fidelity),
         "kept_in_float": [asdict(node) for node in result.excluded],

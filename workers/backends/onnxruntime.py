@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext, Feeds, Runner, Step
-from workers.precision import cpu_graph_optimization, onnxruntime_int8_layout
+from workers.precision import DISABLED_OPTIMIZERS, cpu_graph_optimization, cpu_inference_session, onnxruntime_int8_layout
 from workers.structs import BuildRequest, Engine, Manifest, TensorSpec
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -75,7 +75,7 @@ class OnnxRuntimeBackend:
             optimized = Path(tmp) / "optimized.onnx"
             so = _session_options(request.options, level)
             so.optimized_model_filepath = os.fspath(optimized)
-            session = ort.InferenceSession(variant, so, providers=["CPUExecutionProvider"])
+            session = cpu_inference_session(variant, so)  # WeightBiasQuantization off: it makes per-channel weights per-tensor
             optimized_model = optimized.read_bytes()
         manifest = Manifest(
             backend=self.name,
@@ -87,7 +87,7 @@ class OnnxRuntimeBackend:
             outputs=_specs(session.get_outputs()),
             model=request.model.name,
             variant_sha256="",
-            extra={"providers": session.get_providers(), **notes},
+            extra={"providers": session.get_providers(), "disabled_optimizers": list(DISABLED_OPTIMIZERS), **notes},
         )
         return Engine(data=optimized_model, manifest=manifest, seconds=time.perf_counter() - started)
 
@@ -105,11 +105,9 @@ class OnnxRuntimeRunner(Runner):
         self._session: Any = None
 
     def _activate(self) -> None:
-        import onnxruntime as ort
-
         # The model is already optimised at the build's level; optimising again would only cost load time.
         so = _session_options(self._options, "disable")
-        self._session = ort.InferenceSession(self._engine, so, providers=["CPUExecutionProvider"])
+        self._session = cpu_inference_session(self._engine, so)
 
     def _deactivate(self) -> None:
         self._session = None
