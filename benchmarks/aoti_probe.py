@@ -75,9 +75,14 @@ def main() -> None:
         for way, code in WAYS.items():
             before, load = code
             program = f"import torch\n{before}\nrunner = {load.replace('PATH', repr(str(path)))}\n{RUN}"
-            done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300, cwd=folder)
-            how = "ok" if done.returncode == 0 else (
-                f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0 else f"exit {done.returncode}")
+            try:  # a load that hangs (device_index=0 did, for over 250 s) must not eat the whole device call
+                done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=folder)
+            except subprocess.TimeoutExpired as exc:
+                done = subprocess.CompletedProcess(exc.cmd, -1, str(exc.stdout or ""), str(exc.stderr or ""))
+                how = "no answer within 60 s"
+            else:
+                how = "ok" if done.returncode == 0 else (
+                    f"killed by {signal.Signals(-done.returncode).name}" if done.returncode < 0 else f"exit {done.returncode}")
             rows.append({"way": way, "returncode": done.returncode, "result": how, "stdout": done.stdout[-300:], "stderr": done.stderr[-1500:]})
             print(f"{way:16} {how:22} {done.stdout.strip()[-60:]}", flush=True)
     found = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda, "rows": rows}

@@ -7,13 +7,15 @@
 #   here:   scripts/device-wheels.sh                    # once; carry .whl with the call
 #   there:  scripts/gpu-check.sh [PART ...]             # default: tests autotune
 #
-# PART is one of:
-#   tests     the GPU tests (tests/test_gpu.py, tests/test_gpu_torch_engines.py: no dashboard imports), ~2 min
+# PART is one of (times as measured on an H100 on 2026-12-06, or estimated where it says so):
+#   tests     the GPU tests (tests/test_gpu.py, tests/test_gpu_torch_engines.py: no dashboard imports), ~3 min (estimated)
 #   autotune  sweeps/gpu-autotune.yaml cold, then warm from the store alone (benchmarks/warm_sweep.py),
-#             the placement tests on its store, and the plain-PyTorch anchor against its winner, ~6 min
-#   lowp      sweeps/gpu-lowp.yaml: ViT-B/16 bf16 against torchao fp8 / int8, and its anchor, ~4 min
-#   aoti      benchmarks/aoti_probe.py: which way of loading an AOTInductor package works, ~1 min
-#   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host, ~6 min
+#             the placement tests on its store, and the plain-PyTorch anchor against its winner: 9.5 min
+#             (cold sweep 449 s, warm 83 s): a call of its own
+#   lowp      sweeps/gpu-lowp.yaml: ViT-B/16 bf16 against torchao fp8 / int8, and its anchor; did not finish in
+#             585 s on 2026-12-06, so the sweep is cut at $LOWP_LIMIT s (default 420) and `farm status` shows how far it got
+#   aoti      benchmarks/aoti_probe.py: which way of loading an AOTInductor package works, ~2 min (60 s a way at most)
+#   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host, ~6 min (estimated)
 #
 # Results go to benchmarks/results/<gpu>/ (h100, h200, ...) and, where $OUT is set (the device
 # tool's folder that comes back), to $OUT as well, with one log per part. The last lines say what
@@ -64,7 +66,8 @@ keep() {  # keep FILE...: copy results to $OUT too, so they come back with the c
 for part in "${PARTS[@]}"; do
   case $part in
     tests)
-      run_part tests python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py tests/test_gpu_torch_engines.py
+      run_part tests timeout "${TESTS_LIMIT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider --durations=10 \
+        tests/test_gpu.py tests/test_gpu_torch_engines.py
       ;;
     autotune)
       run_part autotune_sweep python3 benchmarks/warm_sweep.py sweeps/gpu-autotune.yaml --data-dir "$WORK/autotune" \
@@ -77,7 +80,8 @@ for part in "${PARTS[@]}"; do
       keep "$RESULTS/warm_sweep.json" "$RESULTS/gpu_anchor_autotune.json" "$RESULTS/gpu_autotune_best.json"
       ;;
     lowp)
-      run_part lowp_sweep python3 -m farm.cli sweep sweeps/gpu-lowp.yaml --data-dir "$WORK/lowp"
+      run_part lowp_sweep timeout "${LOWP_LIMIT:-420}" python3 -m farm.cli sweep sweeps/gpu-lowp.yaml --data-dir "$WORK/lowp"
+      python3 -m farm.cli status --data-dir "$WORK/lowp" > "$LOGS/lowp_status.log" 2>&1  # how far it got, if cut
       run_part lowp_anchor python3 benchmarks/gpu_anchor.py --models vit_b_16 --batches 256 \
         --data-dir "$WORK/lowp" --out "$RESULTS/gpu_anchor_lowp.json"
       python3 -m farm.cli best --json --objective throughput --data-dir "$WORK/lowp" > "$RESULTS/gpu_lowp_best.json"

@@ -57,6 +57,15 @@ def _quantize_step(options: TorchEngineOptions) -> str:
     return f", then torchao's quantize_(model, {RECIPES[options.quantize]})"
 
 
+# What the build log says when a CUDA package crashes its loader (benchmarks/aoti_probe.py, docs/gpu.md).
+AOTI_LOAD_CRASH = (
+    "known: torch 2.11 (CUDA 13.0) segfaults loading any CUDA AOTInductor package on the H100 and H200 "
+    "(a 10-layer convnet too), whatever the process did first (CUDA context, torch._inductor.codecache); "
+    "closest upstream reports: pytorch/pytorch#166415 (a CUDA 13 package segfaulting, torch 2.10) and "
+    "pytorch/pytorch#173706 (a package failing to load in a fresh process, 2.10). No workaround found: use kind compile"
+)
+
+
 class BuildError(RuntimeError):
     """A PyTorch engine could not be made, or made and not loaded; the log says where."""
 
@@ -226,8 +235,10 @@ def _aoti(module: Any, request: BuildRequest, options: TorchEngineOptions, devic
     check = check_aoti_package(package.data, device)
     extra["load_check_seconds"] = check.seconds
     if not check.ok:
+        known = f"\n{AOTI_LOAD_CRASH}" if check.returncode < 0 and device != "cpu" else ""
         raise BuildError(f"the AOTInductor package ({package.size_bytes / 1e6:.1f} MB, compiled in "
-                         f"{package.compile_seconds:.0f} s) fails to load and run in a fresh process: {check.detail.splitlines()[0] if check.detail else ''}\n{check.detail}")
+                         f"{package.compile_seconds:.0f} s) fails to load and run in a fresh process: "
+                         f"{check.detail.splitlines()[0] if check.detail else ''}{known}\n{check.detail}")
     return package.data
 
 
