@@ -116,11 +116,14 @@ def host_id() -> str:
 
 
 def _ray_node() -> str | None:
-    """The Ray node this process serves, when it is a Ray worker or driver (never imports Ray itself)."""
+    """The Ray node this process runs a task on (never imports Ray itself); None in a driver or outside Ray."""
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return None
-    return str(ray.get_runtime_context().get_node_id())
+    context = ray.get_runtime_context()
+    if context.get_task_id() is None:  # a driver (`farm doctor` in a test session with Ray up): not a node's task
+        return None
+    return str(context.get_node_id())
 
 
 def _cpu() -> CpuInfo:
