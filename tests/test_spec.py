@@ -144,4 +144,5 @@ def test_the_readmes_sweep_format_is_a_valid_spec() -> None:
     section = readme[readme.index("## The sweep format"):]
     start = section.index("```yaml") + len("```yaml")
     spec = SweepSpec.model_validate(yaml.safe_load(section[start:section.index("```", start)]))
-    assert spec.backends.torch and len(spec.backends.torch) == 2 and spec.selection.retime.rounds == 8
+    assert spec.backends.torch and len(spec.backends.torch) == 4 and spec.selection.retime.rounds == 8
+    assert spec.backends.torch[2].freezing == [True] and spec.backends.torch[3].quantize == ["fp8_rowwise", "int8_dynamic"]
