@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from farm import verdict
@@ -66,11 +67,17 @@ def test_a_consistent_lead_too_small_to_matter_is_a_tie() -> None:
 
 
 def test_a_clearly_faster_engine_wins_with_a_significant_margin(resnet: Exported) -> None:
-    # The same network with and without ONNX Runtime's graph fusions: about 20% apart on 2 cores.
+    # Real interleaved rounds of two engines give every round for each (their speed is benchmarks/' business:
+    # on a loaded 2-core machine fused and plain ORT came out tied, p = 0.09) ...
     fused, plain = ort_engine(resnet, "all"), ort_engine(resnet, "disable")
-    rounds = stages.retime_engines([(plain.data, plain.manifest, ()), (fused.data, fused.manifest, ())], 1, 8, 0.25)
+    live = stages.retime_engines([(plain.data, plain.manifest, ()), (fused.data, fused.manifest, ())], 1, 8, 0.05)
+    assert [sorted(r) for r in live] == [["mean", "median", "p99"]] * 2
+    assert all(len(r["median"]) == 8 and min(r["median"]) > 0 for r in live)
+    # ... and synthetic rounds, one engine 20% faster in each under 5% drift, decide as a real lead must.
+    drift = 1.0 + np.random.default_rng(3).normal(0, 0.05, 8)
+    rounds = {"plain": {"median": list(drift * 1.2)}, "fused": {"median": list(drift * (1 + np.random.default_rng(4).normal(0, 0.01, 8)))}}
     contenders = [Entry("plain"), Entry("fused")]
-    decided = verdict.from_retime(contenders, {"plain": rounds[0], "fused": rounds[1]}, "p50")
+    decided = verdict.from_retime(contenders, rounds, "p50")
     assert decided.outcome == "winner" and decided.winner == "fused" and decided.runner_up == "plain", decided.note
     assert decided.p_value is not None and decided.p_value < 0.05
     assert decided.margin is not None and decided.interval is not None and 1.0 < decided.interval[0] <= decided.margin <= decided.interval[1]
