@@ -59,6 +59,7 @@ DYNAMIC = {
     "workers/sources.py": {"importlib.machinery"},  # PathFinder locates a model factory without importing it
     "workers/models.py": {"importlib.import_module(<computed>)", "importlib.invalidate_caches"},  # the spec's model factory
     "workers/cuda.py": {"importlib.import_module(<computed>)"},  # cuda-python's module names differ between versions
+    # availability() reads the installed wheel's version without importing the library
     "workers/backends/onnxruntime.py": {"importlib.metadata"},
     "workers/backends/torch/__init__.py": {"importlib.metadata"},
     # the TensorRT flavour chosen per build (tensorrt or tensorrt_rtx), found without importing it
