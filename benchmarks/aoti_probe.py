@@ -6,7 +6,7 @@ package once and loads it in a fresh interpreter per way of loading, so a crash 
 
 | way | what the child does before `aoti_load_package` |
 | --- | --- |
-| plain | nothing (what workers.torch_aoti does) |
+| plain | nothing (what workers.backends.torch.aoti does) |
 | cuda_first | creates the CUDA context (`torch.zeros(1, device="cuda")`) |
 | codecache_first | imports torch._inductor.codecache (pytorch/pytorch#173706: a fresh process missed it in 2.10) |
 | device_index_0 | passes device_index=0 instead of -1 |
@@ -52,8 +52,8 @@ def build(folder: Path) -> Path:
     import torch
 
     from tests.models import small_convnet
-    from workers.torch_aoti import build_aoti_package
-    from workers.torch_engines import TorchEngineOptions
+    from workers.backends.torch.aoti import build_aoti_package
+    from workers.backends.torch.options import TorchEngineOptions
 
     torch.manual_seed(0)
     options = TorchEngineOptions(kind="aoti", precision="fp16", channels_last=True)

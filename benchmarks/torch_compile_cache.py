@@ -39,10 +39,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch._dynamo.utils import counters
 
+    from workers.backends.torch.compile_cache import export_compile_caches, import_compile_caches
+    from workers.backends.torch.engines import INPUT
+    from workers.backends.torch.kinds import open_engine
+    from workers.backends.torch.options import TorchEngineOptions
     from workers.models import load_module
     from workers.structs import ModelRef
-    from workers.torch_compile_cache import export_compile_caches, import_compile_caches
-    from workers.torch_engines import INPUT, TorchEngineOptions, open_engine
 
     report: dict[str, Any] = {"phase": args.child, "import_s": time.perf_counter() - STARTED, "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}
     if args.child == "warm":

@@ -1,7 +1,7 @@
 """PyTorch engine kinds side by side: eager, CUDA graph replay, torch.compile, AOTInductor.
 
-For each kind x precision x batch the engine is built or prepared through workers.torch_engines
-(workers.torch_aoti for aoti) and timed with workers.bench.measure, as the farm times every
+For each kind x precision x batch the engine is built or prepared through workers.backends.torch
+(its aoti module for aoti) and timed with workers.bench.measure, as the farm times every
 backend: p50 end to end (copies included unless --no-data-transfers), GPU compute alone from
 CUDA events, the coefficient of variation, images/s, and the setup it cost (the compile for
 compile, build + first call for aoti, warm-up + capture for cuda_graph, first call for eager).
@@ -38,10 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from workers.bench import BenchSettings, measure  # noqa: E402
 from workers.models import load_module  # noqa: E402
 from workers.structs import ModelRef  # noqa: E402
-from workers.torch_aoti import build_aoti_package, check_aoti_package  # noqa: E402
+from workers.backends.torch.aoti import build_aoti_package, check_aoti_package  # noqa: E402
+from workers.backends.torch.compile_cache import export_compile_caches, import_compile_caches  # noqa: E402
+from workers.backends.torch.engines import INPUT  # noqa: E402
+from workers.backends.torch.kinds import open_engine  # noqa: E402
+from workers.backends.torch.options import KINDS, TorchEngineOptions  # noqa: E402
 from workers.device import gpu_clocks  # noqa: E402
-from workers.torch_compile_cache import export_compile_caches, import_compile_caches  # noqa: E402
-from workers.torch_engines import INPUT, KINDS, TorchEngineOptions, open_engine  # noqa: E402
 
 QUICK = BenchSettings(warmup_s=0.05, duration_s=0.2, min_iterations=5)
 FULL = BenchSettings(warmup_s=0.5, duration_s=3.0, min_iterations=50)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import ray
@@ -107,7 +108,7 @@ def alive_nodes() -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
-def group_targets(nodes: list[Node], rtx_targets: list[str] = ()) -> list[TargetGroup]:  # type: ignore[assignment]
+def group_targets(nodes: list[Node], rtx_targets: Sequence[str] = ()) -> list[TargetGroup]:
     """One group per target id; a backend counts for a target when every node of it has the same version.
 
     `rtx_targets` ("sm_89", "sm_86+sm_89") become groups of every node that has TensorRT-RTX: such

@@ -30,7 +30,7 @@ from farm.judge_set import check_judge_set
 from farm.model_inputs import key_inputs, search_path
 from farm.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
 from workers.backends import BACKENDS
-from workers.backends.base import int8_layout, version_key
+from workers.backends.base import Backend
 from workers.bench import BenchSettings
 from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS, calibration_settings
 from workers.structs import BuildRequest, ModelRef, Target
@@ -125,8 +125,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
 
             for backend_name, blocks in spec.backends.enabled().items():
                 backend_type = BACKENDS[backend_name]
-                from_checkpoint = getattr(backend_type, "consumes", "onnx") == "checkpoint"
-                if from_checkpoint and model.kind == "onnx":
+                if backend_type.consumes == "checkpoint" and model.kind == "onnx":
                     notes.append(f"model {model.name}: {backend_name} backend skipped (an ONNX-file source has no PyTorch module)")
                     continue
                 if precision not in backend_type.precisions:
@@ -134,7 +133,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                         notes.append(f"precision bf16: {backend_name} builds no bf16 engine (PyTorch engines do)")
                     continue
                 kinds = [g for g in targets if g.target.kind in backend_type.target_kinds]
-                usable = [g for g in kinds if version_key(backend_type, g.target.kind) in g.backends]
+                usable = [g for g in kinds if backend_type.version_key(g.target.kind) in g.backends]
                 if not kinds:
                     notes.append(f"backend {backend_name}: runs on {'/'.join(backend_type.target_kinds)} targets; "
                                  f"none is selected ({'; '.join(g.target.id for g in targets)}) ({_install_hint(backend_name)})")
@@ -189,19 +188,18 @@ def _varying(blocks: list[Axes]) -> set[str]:
     return {name for name, values in seen.items() if len(values) > 1}
 
 
-def _variant_form(backend: type, precision: str, group: TargetGroup) -> str:
+def _variant_form(backend: type[Backend], precision: str, group: TargetGroup) -> str:
     """Which variant a backend builds `precision` from on a target: an int8 layout, or a module cast."""
-    if getattr(backend, "consumes", "onnx") == "checkpoint":
+    if backend.consumes == "checkpoint":
         return "module" if precision != "fp32" else DEFAULT_LAYOUT  # fp32: the export, shared with every backend
-    return int8_layout(backend, group.cpu_arch, group.int8_dot_32bit) if precision == "int8" else DEFAULT_LAYOUT
+    return backend.int8_layout(group.cpu_arch, group.int8_dot_32bit) if precision == "int8" else DEFAULT_LAYOUT
 
 
-def _builds_of(backend: type, blocks: list[Axes], model: str, precision: str, group: TargetGroup,
+def _builds_of(backend: type[Backend], blocks: list[Axes], model: str, precision: str, group: TargetGroup,
                sweep_batch_sizes: list[int], model_batch_sizes: list[int] | None) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
     """One (options, batch sizes) per distinct build: each block's combinations (for the blocks that
     take this model and precision), with what a backend says does not apply dropped (`applies`), and
     one build for options that several blocks share, timed at the union of their batch sizes."""
-    applies = getattr(backend, "applies", None)
     found: dict[str, tuple[dict[str, Any], list[int]]] = {}
     for block in blocks:
         if not block.takes(model, precision):
@@ -209,7 +207,7 @@ def _builds_of(backend: type, blocks: list[Axes], model: str, precision: str, gr
         # a block's own batch sizes, else the sweep's; a model that takes only some keeps only those
         batch_sizes = [b for b in block.batch_sizes or sweep_batch_sizes if model_batch_sizes is None or b in model_batch_sizes]
         for options in block.combinations():
-            used = applies(options, precision, group.target.kind) if applies is not None else options
+            used = backend.applies(options, precision, group.target.kind)
             if used is None:
                 continue
             if not batch_sizes:
@@ -288,8 +286,9 @@ def _build_jobs(
     batch_sizes: tuple[int, ...],
 ) -> list[Job]:
     request = BuildRequest(variant.model, variant.precision, backend, options, group.target, batch_sizes)
-    profile = batch_sizes if getattr(BACKENDS[backend], "batch_profile", False) else ()
-    version = group.backends[version_key(BACKENDS[backend], group.target.kind)]
+    backend_type = BACKENDS[backend]
+    profile = batch_sizes if backend_type.batch_profile else ()
+    version = group.backends[backend_type.version_key(group.target.kind)]
     build = BuildJob(
         content_key("build", variant=variant.key, backend=backend, version=version, options=options, target=group.target.id, profile=profile),
         f"{variant.label} {backend}{_options_label({k: v for k, v in options.items() if k in varying})} @ {group.target.id}",

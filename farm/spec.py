@@ -211,7 +211,7 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 
 
 class TorchAxes(Axes):
-    """PyTorch engine kinds (workers/torch_engines.py): eager, CUDA graph replay, torch.compile, AOTInductor."""
+    """PyTorch engine kinds (workers/backends/torch/): eager, CUDA graph replay, torch.compile, AOTInductor."""
 
     kind: Annotated[list[TorchKind], BeforeValidator(_listify)] = ["eager"]
     compile_mode: Annotated[list[CompileMode], BeforeValidator(_listify)] = ["default"]  # kind compile only
@@ -221,7 +221,7 @@ class TorchAxes(Axes):
     # coordinate descent tunes Triton kernels' block sizes (null: the compile mode's own choice).
     freezing: Annotated[list[bool], BeforeValidator(_listify)] = [False]
     coordinate_descent: Annotated[list[bool | None], BeforeValidator(_listify)] = [None]
-    # torchao on the module's linear layers (workers/torch_quant.py); fp8 on GPUs of compute capability >= 8.9, in bf16
+    # torchao on the module's linear layers (workers/backends/torch/quant.py); fp8 on GPUs of compute capability >= 8.9, in bf16
     quantize: Annotated[list[Literal["int8_dynamic", "int8_weight_only", "fp8_rowwise", "fp8_tensorwise"] | None],
                         BeforeValidator(_listify)] = [None]
 

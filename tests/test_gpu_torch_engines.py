@@ -20,7 +20,9 @@ import pytest
 
 from workers.bench import BenchSettings, Timings, measure
 from workers.device import gpu_clocks
-from workers.torch_engines import INPUT, TorchEngineOptions, TorchEngineRunner, open_engine
+from workers.backends.torch.engines import INPUT, TorchEngineRunner
+from workers.backends.torch.kinds import open_engine
+from workers.backends.torch.options import TorchEngineOptions
 
 pytestmark = pytest.mark.gpu
 
@@ -153,7 +155,7 @@ def test_backend_flags_follow_each_runner() -> None:
 
 
 def test_aoti_package_on_cuda_in_a_fresh_process(convnet: Any) -> None:
-    from workers.torch_aoti import build_aoti_package, check_aoti_package
+    from workers.backends.torch.aoti import build_aoti_package, check_aoti_package
 
     options = TorchEngineOptions(kind="aoti", precision="fp16", channels_last=True)
     package = build_aoti_package(copy.deepcopy(convnet), SHAPE, [1, 8], options, DEVICE)
@@ -182,7 +184,7 @@ def test_gpu_clocks_are_read_through_nvml() -> None:
 def test_compile_cache_key_names_the_gpu() -> None:
     import torch
 
-    from workers.torch_compile_cache import compile_cache_key
+    from workers.backends.torch.compile_cache import compile_cache_key
 
     key = compile_cache_key(DEVICE)
     major, minor = torch.cuda.get_device_capability()
@@ -217,7 +219,7 @@ def mlp() -> Any:
 def test_quantized_linear_layers_stay_close_to_bf16(mlp: Any, quantize: str) -> None:
     import torch
 
-    from workers.torch_quant import FP8_MIN_CAPABILITY, QuantizeUnavailable
+    from workers.backends.torch.quant import FP8_MIN_CAPABILITY, QuantizeUnavailable
 
     x = _inputs(64, (256,))
     expected = _eager(mlp, x, precision="bf16")

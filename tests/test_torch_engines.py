@@ -1,4 +1,4 @@
-"""PyTorch engine kinds on a CPU (workers.torch_engines, workers.torch_aoti): options, eager, compile, aoti, compile caches.
+"""PyTorch engine kinds on a CPU (workers.backends.torch): options, eager, compile, aoti, compile caches.
 
 The slow parts run in fresh processes. The compile-cache round trip (benchmarks/torch_compile_cache.py:
 a cold compile, then a warm one from the exported blob) starts in the background before the
@@ -27,11 +27,13 @@ from farm import tasks
 from tests.conftest import REPO
 from workers import stages
 from workers.backends.base import NO_CONTEXT
+from workers.backends.torch.aoti import AotiPackage, AotiRunner, build_aoti_package, check_aoti_package, read_package_metadata
+from workers.backends.torch.engines import INPUT, flatten_outputs, prepare_module
+from workers.backends.torch.kinds import RUNNERS, open_engine
+from workers.backends.torch.options import KINDS, TorchEngineOptions
 from workers.bench import BenchSettings, measure
-from workers.torch_aoti import AotiPackage, AotiRunner, build_aoti_package, check_aoti_package, read_package_metadata
 from workers.device import gpu_clocks
 from workers.structs import BuildRequest, ModelRef, Target
-from workers.torch_engines import INPUT, TorchEngineOptions, flatten_outputs, open_engine, prepare_module
 
 SHAPE = (3, 32, 32)
 X = np.random.default_rng(0).standard_normal((4, *SHAPE)).astype(np.float32)
@@ -124,6 +126,12 @@ def compile_cache_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
 def test_bad_options_are_one_line_errors(make: Callable[[], object], message: str) -> None:
     with pytest.raises(ValueError, match=f"^{message.replace('(', '[(]').replace(')', '[)]')}"):
         make()
+
+
+def test_every_kind_the_spec_takes_has_its_runner() -> None:
+    """options.KINDS (what the spec and the options accept) and kinds.RUNNERS (what opens an engine) agree."""
+    assert tuple(RUNNERS) == KINDS
+    assert {kind: runner.kind for kind, runner in RUNNERS.items()} == {kind: kind for kind in KINDS}
 
 
 def test_cuda_graph_on_cpu_fails_before_touching_the_module() -> None:
@@ -225,14 +233,14 @@ def test_int8_quantized_module_on_cpu_stays_close_to_fp32() -> None:
 
 
 def test_fp8_is_refused_in_one_line_without_a_gpu() -> None:
-    from workers.torch_quant import QuantizeUnavailable, check_quantize
+    from workers.backends.torch.quant import QuantizeUnavailable, check_quantize
 
     with pytest.raises(QuantizeUnavailable, match=r"^quantize fp8_rowwise needs a GPU of compute capability >= 8.9 \(torchao float8\), not cpu$"):
         check_quantize("fp8_rowwise", "cpu")
 
 
 def test_importing_the_modules_does_not_import_torch() -> None:
-    code = ("import sys, workers.torch_engines, workers.torch_aoti, workers.torch_compile_cache, workers.device; "
+    code = ("import sys, workers.backends.torch, workers.backends.torch.aoti_child, workers.device; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

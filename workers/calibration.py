@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
@@ -230,10 +231,10 @@ def _array_header(path: Path) -> tuple[int, ...]:
         raise CalibrationDataError(f"not a readable numpy file ({exc})") from exc
 
 
-def _npy_shape(handle: object) -> tuple[int, ...]:
-    version = np.lib.format.read_magic(handle)  # type: ignore[arg-type]
+def _npy_shape(handle: IO[bytes]) -> tuple[int, ...]:
+    version = np.lib.format.read_magic(handle)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _fortran, dtype = read(handle)  # type: ignore[arg-type]
+    shape, _fortran, dtype = read(handle)
     if not np.issubdtype(dtype, np.number):
         raise CalibrationDataError(f"dtype {dtype} is not numeric")
     return tuple(int(d) for d in shape)
@@ -433,7 +434,8 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     wy, wx = (ys - y0)[None, :, None], (xs - x0)[None, None, :]
     top = image[:, y0][:, :, x0] * (1 - wx) + image[:, y0][:, :, x1] * wx
     bottom = image[:, y1][:, :, x0] * (1 - wx) + image[:, y1][:, :, x1] * wx
-    return (top * (1 - wy) + bottom * wy).astype(image.dtype)  # type: ignore[no-any-return]
+    resized: np.ndarray = (top * (1 - wy) + bottom * wy).astype(image.dtype)
+    return resized
 
 
 class SamplesReader(CalibrationDataReader):  # type: ignore[misc]

@@ -35,6 +35,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -42,7 +43,7 @@ import onnx
 from workers import fidelity as fidelity_
 from workers import qdq_sides
 from workers.qdq_sides import Side, channel_sqnr_db
-from workers.precision import DEFAULT_LAYOUT, CalibrationRanges, QuantPrecision, apply_quantization, cpu_session, fake_quant_session
+from workers.precision import DEFAULT_LAYOUT, CalibrationRanges, apply_quantization, cpu_session, fake_quant_session
 
 
 # Ranking weights costs one fake-quant run per weight (mobilenet_v3_small: 54); it only orders the
@@ -149,7 +150,7 @@ def find_fallback(
     inputs: np.ndarray,
     reference: np.ndarray,
     *,
-    precision: QuantPrecision = "int8",
+    precision: str = "int8",
     layout: str = DEFAULT_LAYOUT,
     threshold: Threshold = Threshold(),
     max_tries: int = 10,
@@ -209,9 +210,9 @@ def find_fallback(
     def float_fraction(step: Step) -> float:
         return 1 - step.quantized / total if total else 0.0
 
-    found = {"quantizable": total, "diagnosis": diagnosis}
+    found: dict[str, Any] = {"quantizable": total, "diagnosis": diagnosis}
     if not ranking:
-        return FallbackResult(None, [], [plain], reason=f"no quantized {side} to keep in float in the {precision} variant", **found)  # type: ignore[arg-type]
+        return FallbackResult(None, [], [plain], reason=f"no quantized {side} to keep in float in the {precision} variant", **found)
     steps = [plain]
     low, high, best = 0, 0, b""  # largest failing and smallest passing prefix length (0: none yet)
     for _ in range(max_tries):
@@ -231,19 +232,19 @@ def find_fallback(
             low = kept
     noun = "weights" if side == "weights" else "tensors"
     if not high:
-        return FallbackResult(None, [], steps, ranking, **found,  # type: ignore[arg-type]
+        return FallbackResult(None, [], steps, ranking, **found,
                               reason=f"{diagnosis.reason}; no variant met {threshold.describe()} within {max_tries} tries "
                                      f"(up to {low} of {len(ranking)} ranked {noun} kept in float)")
     passing = next(s for s in reversed(steps) if s.passed and s.kept_float == high)
     excluded = _explain(ranking[:high], op_types, ranges, precision, side)
     if float_fraction(passing) > max_float_fraction:
-        return FallbackResult(None, excluded, steps, ranking, refused=True, **found, reason=(  # type: ignore[arg-type]
+        return FallbackResult(None, excluded, steps, ranking, refused=True, **found, reason=(
             f"{precision} is not viable for this model with {ranges.method} ranges: meeting {threshold.describe()} needs "
             f"{total - passing.quantized} of {total} quantized {side} ({float_fraction(passing):.0%}) kept in float, "
             f"above max_float_fraction {max_float_fraction:g}; the plain variant's fake-quant top-1 agreement is "
             f"{plain.fidelity.top1_agreement:.3f} (cosine {plain.fidelity.cosine_mean:.4f}), so its ranges, not a kernel, fall short "
             f"({diagnosis.reason})"))
-    return FallbackResult(best, excluded, steps, ranking, **found,  # type: ignore[arg-type]
+    return FallbackResult(best, excluded, steps, ranking, **found,
                           reason=f"{diagnosis.reason}; keeping the {high} most sensitive of {len(ranking)} quantized {noun} "
                                  f"in float meets {threshold.describe()}")
 
@@ -329,10 +330,12 @@ class _Grid:
             import ml_dtypes
 
             q = np.clip(scaled, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
-            return (q - np.float32(self.zero_point)) * np.float32(self.scale)  # type: ignore[no-any-return]
+            fp8: np.ndarray = (q - np.float32(self.zero_point)) * np.float32(self.scale)
+            return fp8
         low, high = (-128, 127) if self.elem_type == onnx.TensorProto.INT8 else (0, 255)
         q = np.clip(np.rint(scaled) + self.zero_point, low, high)
-        return ((q - self.zero_point) * self.scale).astype(np.float32)  # type: ignore[no-any-return]
+        integer: np.ndarray = ((q - self.zero_point) * self.scale).astype(np.float32)
+        return integer
 
 
 def _activation_grids(qmodel: onnx.ModelProto) -> dict[str, _Grid]:
@@ -412,7 +415,8 @@ def _per_channel(squares: np.ndarray) -> np.ndarray:
     """Sum over every axis but the channel axis (1); one value for tensors without one."""
     if squares.ndim < 2:
         return np.atleast_1d(squares.sum())
-    return squares.sum(axis=tuple(a for a in range(squares.ndim) if a != 1))  # type: ignore[no-any-return]
+    summed: np.ndarray = squares.sum(axis=tuple(a for a in range(squares.ndim) if a != 1))
+    return summed
 
 
 def _input_name(model: onnx.ModelProto) -> str:

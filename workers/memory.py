@@ -32,7 +32,7 @@ class PeakMemory:
     def _sample(self) -> None:
         import psutil
 
-        process = psutil.Process()  # type: ignore[no-untyped-call]
+        process = psutil.Process()
         while True:
             self.samples += 1
             self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
@@ -50,7 +50,7 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         import psutil
 
-        self.start_bytes = self.peak_bytes = psutil.Process().memory_info().rss  # type: ignore[no-untyped-call]
+        self.start_bytes = self.peak_bytes = psutil.Process().memory_info().rss
         self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
         self._thread.start()
         return self

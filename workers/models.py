@@ -268,7 +268,7 @@ def _opset(proto: onnx.ModelProto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _tensor_specs(values: Any, exclude: set[str] = frozenset()) -> list[TensorSpec]:  # type: ignore[assignment]
+def _tensor_specs(values: Any, exclude: frozenset[str] | set[str] = frozenset()) -> list[TensorSpec]:
     specs = []
     for value in values:
         if value.name in exclude:

@@ -32,8 +32,6 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-Method = Literal["minmax", "entropy", "percentile", "distribution"]
-QuantPrecision = Literal["int8", "fp8"]
 
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile", "distribution")
 INT8_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
@@ -214,7 +212,7 @@ def to_fp16(
     return converted.SerializeToString()
 
 
-def calibrate(onnx_bytes: bytes, reader: Any, method: Method = "minmax", percentile: float = 99.999, *,
+def calibrate(onnx_bytes: bytes, reader: Any, method: str = "minmax", percentile: float = 99.999, *,
               entropy_bins: int = ENTROPY_BINS, moving_average: bool = False, augmentation: str | None = None) -> CalibrationRanges:
     """Run the model over every batch `reader` yields once and compute activation ranges.
 
@@ -269,7 +267,7 @@ def calibrate(onnx_bytes: bytes, reader: Any, method: Method = "minmax", percent
 def apply_quantization(
     onnx_bytes: bytes,
     ranges: CalibrationRanges,
-    precision: QuantPrecision = "int8",
+    precision: str = "int8",
     nodes_to_exclude: Iterable[str] = (),
     layout: str = DEFAULT_LAYOUT,
     *,
@@ -320,8 +318,8 @@ def quantize(
     onnx_bytes: bytes,
     reader: Any,
     *,
-    precision: QuantPrecision = "int8",
-    method: Method = "minmax",
+    precision: str = "int8",
+    method: str = "minmax",
     percentile: float = 99.999,
     nodes_to_exclude: Iterable[str] = (),
     layout: str = DEFAULT_LAYOUT,
@@ -406,10 +404,10 @@ class _CountingReader:
         self.samples = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = self._reader.get_next()
+        batch: dict[str, np.ndarray] | None = self._reader.get_next()
         if batch:
             self.samples += int(np.asarray(next(iter(batch.values()))).shape[0])
-        return batch  # type: ignore[no-any-return]
+        return batch
 
     def __iter__(self) -> _CountingReader:
         return self

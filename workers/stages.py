@@ -61,7 +61,7 @@ def calibrate_model(fp32: bytes, inputs: np.ndarray, method: str, percentile: fl
     (workers.calibration.augment); the ranges record how."""
     name, batch = _input(fp32)
     rows = augment(inputs, precision_.MIN_CALIBRATION_SAMPLES)
-    return precision_.calibrate(fp32, SamplesReader(rows.array, name, batch_size=batch or 8), method, percentile,  # type: ignore[arg-type]
+    return precision_.calibrate(fp32, SamplesReader(rows.array, name, batch_size=batch or 8), method, percentile,
                                 augmentation=rows.description)
 
 
@@ -108,10 +108,10 @@ def make_variant(
                                "calibration_augmentation": calibration.augmentation, "layout": form.name,
                                "layout_label": form.label, "layout_description": form.description, "quantized_fraction": 1.0}
     if not fallback_tries or heldout is None or reference is None:
-        return Variant(precision_.apply_quantization(fp32, calibration, precision, layout=layout), details)  # type: ignore[arg-type]
+        return Variant(precision_.apply_quantization(fp32, calibration, precision, layout=layout), details)
     expected = unpack(reference)["outputs"]
     result = find_fallback(
-        fp32, calibration, heldout, expected, precision=precision, layout=layout,  # type: ignore[arg-type]
+        fp32, calibration, heldout, expected, precision=precision, layout=layout,
         threshold=Threshold(top1_agreement=min_top1_agreement, cosine_mean=min_cosine), max_tries=fallback_tries,
         max_float_fraction=max_float_fraction, labels=labels,
     )
@@ -131,7 +131,7 @@ def make_variant(
     }
     if result.refused:
         raise precision_.QuantizationError(result.reason)
-    onnx_bytes = result.onnx_bytes or precision_.apply_quantization(fp32, calibration, precision, layout=layout)  # type: ignore[arg-type]
+    onnx_bytes = result.onnx_bytes or precision_.apply_quantization(fp32, calibration, precision, layout=layout)
     final = next((s for s in reversed(result.steps) if s.passed), result.steps[0])
     # kernel_gap: how far below this a build's own cosine must fall for its kernels to be at fault
     details["fake_quant"] = {"top1_agreement": final.fidelity.top1_agreement, "cosine_mean": final.fidelity.cosine_mean,

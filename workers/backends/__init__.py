@@ -7,7 +7,7 @@ from workers.backends.onnxruntime import OnnxRuntimeBackend
 from workers.backends.tensorrt import TensorRTBackend
 from workers.backends.torch import TorchBackend
 
-BACKENDS: dict[str, type] = {
+BACKENDS: dict[str, type[Backend]] = {
     OnnxRuntimeBackend.name: OnnxRuntimeBackend,
     TorchBackend.name: TorchBackend,
     TensorRTBackend.name: TensorRTBackend,
@@ -16,7 +16,7 @@ BACKENDS: dict[str, type] = {
 
 def get_backend(name: str) -> Backend:
     try:
-        return BACKENDS[name]()  # type: ignore[no-any-return]
+        return BACKENDS[name]()
     except KeyError:
         raise BackendUnavailable(f"unknown backend {name!r}; known: {', '.join(sorted(BACKENDS))}") from None
 

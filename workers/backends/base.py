@@ -1,4 +1,4 @@
-"""The Backend protocol: making an engine and running it are two things.
+"""The Backend base class: making an engine and running it are two things.
 
 `build()` turns a variant (ONNX bytes, plus the checkpoint for the PyTorch baseline) into an
 Engine for one target; `open()` returns a Runner whose resources live inside `with runner:`,
@@ -12,11 +12,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from workers.bench import GpuTimer
+from workers.precision import DEFAULT_LAYOUT
 from workers.structs import BuildRequest, Engine, Manifest, Target, TensorSpec
 
 
@@ -180,23 +181,65 @@ def check_feeds(inputs: list[TensorSpec], feeds: Feeds, owner: str) -> None:
                 raise ValueError(f"{owner}: input {spec.name!r} has shape {shape}: axis {axis} must be {size} (the engine takes {wanted})")
 
 
-class Backend(Protocol):
+class Backend(ABC):
+    """A library that makes engines and runs them; the planner asks its class, a worker its instance.
+
+    What a backend must say: `name`, `target_kinds`, `precisions`, and how to `build` and `open`.
+    Everything else has a default here that fits a backend building from an ONNX variant with
+    nothing to share between builds; a backend overrides the hooks it differs in, and the planner
+    and the driver call them on every backend alike.
+    """
+
     name: ClassVar[str]
     target_kinds: ClassVar[tuple[str, ...]]  # which Target.kind values it can build for
     precisions: ClassVar[tuple[str, ...]]  # which variants it builds
+    # What a build starts from: "onnx" (the variant's ONNX) or "checkpoint" (the export's weights, cast by the backend).
+    consumes: ClassVar[str] = "onnx"
+    # Whether an engine is made for its batch sizes (a profile, a compile per size): then they belong in the build key.
+    batch_profile: ClassVar[bool] = False
+    # The key of versions() each target kind needs, where it differs from the backend's name (flavours per kind).
+    version_keys: ClassVar[dict[str, str]] = {}
 
+    @abstractmethod
     def availability(self) -> Availability: ...
 
     def versions(self) -> dict[str, str]:
         """Installed versions under the keys the planner matches targets with (see version_key)."""
-        ...
+        version = self.availability().version
+        return {self.name: version} if version else {}
 
+    @abstractmethod
     def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine: ...
 
+    @abstractmethod
     def open(self, engine: bytes, manifest: Manifest, caches: tuple[bytes, ...] = ()) -> Runner:
         """A runner for a built engine; `caches` are the builder caches its manifest names (a compiled
         engine compiles again where it runs, and starts warm from them)."""
-        ...
+
+    @classmethod
+    def version_key(cls, target_kind: str) -> str:
+        """Which entry of versions() serves a target kind: the backend's name unless it has flavours per kind."""
+        return cls.version_keys.get(target_kind, cls.name)
+
+    @staticmethod
+    def applies(options: dict[str, Any], precision: str, target_kind: str) -> dict[str, Any] | None:
+        """The options a build of `precision` on `target_kind` really uses, or None where it cannot run; all of them by default."""
+        return options
+
+    @staticmethod
+    def int8_layout(cpu_arch: str, int8_dot_32bit: bool) -> str:
+        """The int8 Q/DQ layout it builds from on a target's CPU (workers.precision.INT8_LAYOUTS): TensorRT's by default."""
+        return DEFAULT_LAYOUT
+
+    @staticmethod
+    def cache_key(request: BuildRequest, backend_version: str) -> str | None:
+        """Which builder caches a build shares with earlier builds on its target; None (the default) for none.
+
+        A backend whose builds learn something reusable (TensorRT's tactic timings, Inductor's
+        generated kernels and autotuning) returns a key; the driver keeps the caches per
+        (target, key) and hands them to the next build.
+        """
+        return None
 
 
 def random_feeds(inputs: list[TensorSpec], batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -213,26 +256,11 @@ def supports(backend: Backend, target: Target) -> bool:
     return target.kind in backend.target_kinds
 
 
-def version_key(backend: type, target_kind: str) -> str:
-    """Which entry of versions() serves a target kind: the backend's name unless it has flavours per kind."""
-    return str(getattr(backend, "version_keys", {}).get(target_kind, backend.name))  # type: ignore[attr-defined]
+def version_key(backend: type[Backend], target_kind: str) -> str:
+    """Backend.version_key for callers that hold the class in a variable (farm.report)."""
+    return backend.version_key(target_kind)
 
 
-def int8_layout(backend: type, cpu_arch: str, int8_dot_32bit: bool) -> str:
-    """The int8 Q/DQ layout a backend builds from on a target (workers.precision.INT8_LAYOUTS):
-    the TensorRT one unless the backend says otherwise for the target's CPU."""
-    from workers.precision import DEFAULT_LAYOUT
-
-    choose = getattr(backend, "int8_layout", None)
-    return str(choose(cpu_arch, int8_dot_32bit)) if choose is not None else DEFAULT_LAYOUT
-
-
-def cache_key(backend: type, request: BuildRequest, backend_version: str) -> str | None:
-    """Which builder caches a build shares with earlier builds on its target, or None for none.
-
-    A backend whose builds learn something reusable (TensorRT's tactic timings, Inductor's
-    generated kernels and autotuning) says so with a `cache_key(request, backend_version)`
-    classmethod; the driver keeps the caches per (target, key) and hands them to the next build.
-    """
-    choose = getattr(backend, "cache_key", None)
-    return choose(request, backend_version) if choose is not None else None  # type: ignore[no-any-return]
+def cache_key(backend: type[Backend], request: BuildRequest, backend_version: str) -> str | None:
+    """Backend.cache_key for callers that hold the class in a variable (farm.stages)."""
+    return backend.cache_key(request, backend_version)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext, Feeds, Runner, Step
+from workers.backends.base import NO_CONTEXT, Availability, Backend, BackendUnavailable, BuildContext, Feeds, Runner, Step
 from workers.precision import DISABLED_OPTIMIZERS, cpu_graph_optimization, cpu_inference_session, onnxruntime_int8_layout
 from workers.structs import BuildRequest, Engine, Manifest, TensorSpec
 
@@ -34,7 +34,7 @@ def _session_options(options: dict[str, Any], level: str) -> Any:
     return so
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     name: ClassVar[str] = "onnxruntime"
     target_kinds: ClassVar[tuple[str, ...]] = ("cpu",)
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "fp8")
@@ -50,10 +50,6 @@ class OnnxRuntimeBackend:
     def int8_layout(cpu_arch: str, int8_dot_32bit: bool) -> str:
         """u8 activations (and 7-bit weights without VNNI) on x86: the form ORT's int8 kernels compute faithfully."""
         return onnxruntime_int8_layout(cpu_arch, int8_dot_32bit)
-
-    def versions(self) -> dict[str, str]:
-        version = self.availability().version
-        return {self.name: version} if version else {}
 
     def build(self, request: BuildRequest, variant: bytes, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
         try:

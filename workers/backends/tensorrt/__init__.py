@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from workers.backends.base import NO_CONTEXT, Availability, BuildContext
+from workers.backends.base import NO_CONTEXT, Availability, Backend, BuildContext
 from workers.backends.tensorrt.build import (
     SEVERITIES,
     BuildError,
@@ -53,7 +53,7 @@ from workers.memory import PeakMemory
 from workers.structs import BuildRequest, Manifest
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     name: ClassVar[str] = NAME
     target_kinds: ClassVar[tuple[str, ...]] = TARGET_KINDS
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "fp8")

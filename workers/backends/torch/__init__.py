@@ -1,5 +1,5 @@
 """PyTorch as a backend: the eager baseline every table compares with, and the engine kinds a GPU
-runs without TensorRT (workers.torch_engines): CUDA graph replay, torch.compile, AOTInductor.
+runs without TensorRT: CUDA graph replay, torch.compile, AOTInductor.
 
 It builds from the export's checkpoint (the very weights the ONNX variants carry), in fp32, fp16
 or bf16 by casting the module, so every speedup is measured against the same numbers. What a
@@ -13,6 +13,12 @@ build leaves depends on the kind:
 
 An AOTInductor package is loaded once in a fresh interpreter before the build is declared good:
 torch 2.11 segfaulted loading one on the H200, and that must be a failed build with its log.
+
+The package, by role: `options` (what an engine is made of, from the spec's axes), `engines`
+(the runners of a module: eager, cuda_graph, compile), `aoti` (AOTInductor packages; `aoti_child`
+loads one in a fresh process), `kinds` (the kind -> runner table behind open_engine),
+`compile_cache` (Inductor's caches as a blob) and `quant` (torchao). torch itself is imported
+only inside functions: `import workers` works on a machine without it.
 """
 
 from __future__ import annotations
@@ -21,15 +27,20 @@ import io
 import time
 from dataclasses import asdict
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from workers.backends.base import NO_CONTEXT, Availability, BackendUnavailable, BuildContext, Runner
+import numpy as np
+
+from workers.backends.base import NO_CONTEXT, Availability, Backend, BackendUnavailable, BuildContext, Runner
+from workers.backends.torch.aoti import build_aoti_package, check_aoti_package
+from workers.backends.torch.compile_cache import export_compile_caches, import_compile_caches
+from workers.backends.torch.engines import INPUT
+from workers.backends.torch.kinds import open_engine
+from workers.backends.torch.options import TorchEngineOptions, engine_options
+from workers.backends.torch.quant import RECIPES
 from workers.memory import PeakMemory
 from workers.models import BATCH_AXIS, load_module
 from workers.structs import BuildRequest, Engine, Manifest, ModelRef, TensorSpec
-
-if TYPE_CHECKING:
-    from workers.torch_engines import TorchEngineOptions
 
 LOAD_HINTS = {
     "aoti": "python: runner = torch._inductor.aoti_load_package('engine.pt2'); outputs = runner(x) "
@@ -52,8 +63,6 @@ def _compile_call(options: TorchEngineOptions) -> str:
 def _quantize_step(options: TorchEngineOptions) -> str:
     if options.quantize is None:
         return ""
-    from workers.torch_quant import RECIPES
-
     return f", then torchao's quantize_(model, {RECIPES[options.quantize]})"
 
 
@@ -74,21 +83,7 @@ def _device(request: BuildRequest) -> str:
     return "cuda" if request.target.kind == "gpu" else "cpu"
 
 
-def engine_options(options: dict[str, Any], precision: str) -> TorchEngineOptions:
-    """The spec's option axes (kind, compile_mode, channels_last, tf32) as the engine's options."""
-    from workers.torch_engines import TorchEngineOptions
-
-    given = dict(options)
-    if "mode" in given:  # the first name of `kind`, from specs written before the engine kinds
-        given.setdefault("kind", given.pop("mode"))
-    if given.get("compile_mode") in (None, "default") and given.get("kind") == "compile":
-        given["compile_mode"] = None
-    elif given.get("kind") != "compile":
-        given.pop("compile_mode", None)
-    return TorchEngineOptions.from_dict(given | {"precision": precision})
-
-
-class TorchBackend:
+class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
     target_kinds: ClassVar[tuple[str, ...]] = ("cpu", "gpu")
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
@@ -101,10 +96,6 @@ class TorchBackend:
         except metadata.PackageNotFoundError:
             return Availability(self.name, None, "pip install torch")
         return Availability(self.name, version, "eager, cuda_graph, compile, aoti")
-
-    def versions(self) -> dict[str, str]:
-        version = self.availability().version
-        return {self.name: version} if version else {}
 
     @staticmethod
     def applies(options: dict[str, Any], precision: str, target_kind: str) -> dict[str, Any] | None:
@@ -193,8 +184,6 @@ class TorchBackend:
                       builder_cache=builder_cache)
 
     def open(self, engine: bytes, manifest: Manifest, caches: tuple[bytes, ...] = ()) -> Runner:
-        from workers.torch_engines import open_engine
-
         options = engine_options(manifest.options, manifest.precision)
         device = str(manifest.extra.get("device", "cpu"))
         ref = dict(manifest.extra["model_ref"])
@@ -204,8 +193,6 @@ class TorchBackend:
         if options.kind == "aoti":
             return open_engine(engine, options, device, model.input_shape)
         if options.kind == "compile":
-            from workers.torch_compile_cache import import_compile_caches
-
             for blob in caches:
                 import_compile_caches(blob)
         runner = open_engine(_module(model, engine), options, device, model.input_shape)
@@ -226,8 +213,6 @@ def _module(model: ModelRef, checkpoint: bytes) -> Any:
 
 def _aoti(module: Any, request: BuildRequest, options: TorchEngineOptions, device: str, extra: dict[str, Any]) -> bytes:
     """torch.export + AOTInductor for the request's batch range, then one load in a fresh interpreter."""
-    from workers.torch_aoti import build_aoti_package, check_aoti_package
-
     package = build_aoti_package(module, request.model.input_shape, request.batch_sizes, options, device)
     extra |= {"export_seconds": package.export_seconds, "compile_seconds": package.compile_seconds,
               "package_bytes": package.size_bytes, "compile_peak_rss_bytes": package.peak_rss_bytes,
@@ -245,11 +230,6 @@ def _aoti(module: Any, request: BuildRequest, options: TorchEngineOptions, devic
 def _compile(module: Any, request: BuildRequest, options: TorchEngineOptions, device: str, caches: tuple[bytes, ...],
              extra: dict[str, Any]) -> bytes | None:
     """Compile once per batch size (warm from earlier builds' caches) and return the caches to keep."""
-    import numpy as np
-
-    from workers.torch_compile_cache import export_compile_caches, import_compile_caches
-    from workers.torch_engines import INPUT, open_engine
-
     imported = [import_compile_caches(blob) for blob in caches]
     with open_engine(module, options, device, request.model.input_shape) as runner:
         for batch in request.batch_sizes:

@@ -11,7 +11,7 @@ On a CPU the C++ kernels are not in the blob: g++ still runs in the warm process
 
 from __future__ import annotations
 
-from workers.torch_engines import device_type
+from workers.backends.torch.options import device_type
 
 
 def export_compile_caches() -> bytes | None:

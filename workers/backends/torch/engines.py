@@ -1,14 +1,15 @@
-"""PyTorch engine kinds for the torch backend: eager, CUDA graph replay, torch.compile and AOTInductor.
+"""PyTorch engine kinds that run a module: eager, CUDA graph replay and torch.compile.
 
-An engine here is a module prepared for one precision and memory format (or, for `aoti`, a
-package built by workers.torch_aoti), opened as a runner that times it the way trtexec times
-TensorRT: the input is bound once; a step copies it to the device, runs, and copies the
-outputs back (or, with `data_transfers=False`, only runs); CUDA events bracket the compute
-alone. The same code runs on a CPU (no events, no copies) so CI exercises it.
+An engine here is a module prepared for one precision and memory format, opened as a runner
+that times it the way trtexec times TensorRT: the input is bound once; a step copies it to the
+device, runs, and copies the outputs back (or, with `data_transfers=False`, only runs); CUDA
+events bracket the compute alone. The same code runs on a CPU (no events, no copies) so CI
+exercises it. TorchEngineRunner is the base every kind shares, AotiRunner included.
 
-Beside it: workers.torch_aoti (AOTInductor packages: build, load, check in a fresh process),
-workers.torch_compile_cache (torch.compile's caches as a portable blob) and
-workers.device.gpu_clocks (SM clocks before and after a benchmark).
+Beside it in workers.backends.torch: `options` (what an engine is made of), `aoti`
+(AOTInductor packages: build, load, check in a fresh process), `kinds` (which runner serves
+which kind: open_engine), `compile_cache` (torch.compile's caches as a portable blob) and
+`quant` (torchao); workers.device.gpu_clocks reads SM clocks before and after a benchmark.
 
 torch is imported inside functions: `import workers` must work on a machine without it.
 """
@@ -18,12 +19,14 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from workers.backends.base import Feeds, Runner, Step
+from workers.backends.torch.options import PRECISIONS, TorchEngineOptions, device_type, one_of
+from workers.backends.torch.quant import quantize_module
 from workers.bench import GpuTimer
 from workers.models import BATCH_AXIS
 from workers.structs import TensorSpec
@@ -31,124 +34,16 @@ from workers.structs import TensorSpec
 if TYPE_CHECKING:
     import torch
 
-KINDS = ("eager", "cuda_graph", "compile", "aoti")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# torchao quantization applied to the prepared module (workers.torch_quant); fp8 needs compute capability >= 8.9
-QUANTIZE = ("int8_dynamic", "int8_weight_only", "fp8_rowwise", "fp8_tensorwise")
-PRECISIONS = ("fp32", "fp16", "bf16")
 CUDA_GRAPH_WARMUP_ITERATIONS = 3  # PyTorch's CUDA graph notes warm up a few iterations on a side stream
 COMPILE_WARMUP_CALLS = 3  # cudagraph trees warm up on call 1, record on call 2, replay from call 3
 RECOMPILE_LIMIT = 64  # dynamo's default (8) silently falls back to eager after 8 shapes of one forward
 INPUT = "input"  # the input's name in every runner's feeds: the name workers.models exports it under
 
 
-def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} {value!r}: expected one of {', '.join(allowed)}")
-
-
-def device_type(device: str) -> str:
-    """'cuda' for 'cuda' / 'cuda:1', 'cpu' for 'cpu'; without importing torch."""
-    kind = device.split(":", 1)[0]
-    _one_of("device", kind, ("cpu", "cuda"))
-    return kind
-
-
-@dataclass(frozen=True)
-class TorchEngineOptions:
-    """How one PyTorch engine is made; stored in the engine's manifest, so every field is plain data."""
-
-    kind: str = "eager"
-    precision: str = "fp32"  # the module and its inputs are cast; outputs come back as float32
-    compile_mode: str | None = None  # kind compile only; None means torch.compile's "default"
-    channels_last: bool = False  # NHWC for 4-D weights and inputs: what tensor-core convolutions want
-    tf32: bool = False  # fp32 on CUDA only; False also turns off cuDNN's TF32 convolutions (torch's default is on)
-    cudnn_benchmark: bool = True  # CUDA: time cuDNN's algorithms per shape on the first call, as TensorRT does
-    # Inductor's inference options (kind compile only). Freezing folds weights, batch norm and constants
-    # into the graph: on ResNet-50 fp16 it took max-autotune from 1.53x to 1.81x plain PyTorch's CUDA graph.
-    freezing: bool = False
-    coordinate_descent: bool | None = None  # None: the mode's own choice (max-autotune turns it on)
-    quantize: str | None = None  # one of QUANTIZE, applied by torchao after the cast
-
-    def __post_init__(self) -> None:
-        _one_of("kind", self.kind, KINDS)
-        _one_of("precision", self.precision, PRECISIONS)
-        if self.compile_mode is not None:
-            if self.kind != "compile":
-                raise ValueError(f"compile_mode is only for kind compile, not {self.kind}")
-            _one_of("compile_mode", self.compile_mode, COMPILE_MODES)
-        if self.tf32 and self.precision != "fp32":
-            raise ValueError(f"tf32 applies to fp32 only, not {self.precision}")
-        for name in ("channels_last", "tf32", "cudnn_benchmark", "freezing"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} {getattr(self, name)!r}: expected true or false")
-        if self.coordinate_descent is not None and not isinstance(self.coordinate_descent, bool):
-            raise ValueError(f"coordinate_descent {self.coordinate_descent!r}: expected true or false")
-        if (self.freezing or self.coordinate_descent is not None) and self.kind != "compile":
-            raise ValueError(f"freezing and coordinate_descent are Inductor options: kind compile only, not {self.kind}")
-        if self.quantize is not None:
-            _one_of("quantize", self.quantize, QUANTIZE)
-            if self.kind == "aoti":
-                raise ValueError("quantize applies to kinds eager, cuda_graph and compile, not aoti")
-            if self.quantize.startswith("fp8") and self.precision != "bf16":
-                raise ValueError(f"quantize {self.quantize} computes in bf16 (torchao float8): give precision bf16, not {self.precision}")
-
-    @property
-    def mode(self) -> str:
-        return self.compile_mode or "default"
-
-    @property
-    def label(self) -> str:
-        """Short text for tables: 'compile:max-autotune fp16 channels_last freezing'."""
-        kind = f"compile:{self.mode}" if self.kind == "compile" else self.kind
-        flags = [f for f, on in (("channels_last", self.channels_last), ("tf32", self.tf32), ("freezing", self.freezing),
-                                 ("coordinate_descent", self.coordinate_descent), ("no_coordinate_descent", self.coordinate_descent is False)) if on]
-        return " ".join([kind, self.precision, *([self.quantize] if self.quantize else []), *flags])
-
-    def inductor_options(self) -> dict[str, Any]:
-        """torch.compile's `options` for this engine: the mode's own, plus freezing and coordinate descent.
-
-        torch.compile takes a mode or options, not both, so the mode is spelled out as its options
-        (torch._inductor.list_mode_options) whenever an option is added to it.
-        """
-        from torch._inductor import list_mode_options
-
-        options = dict(list_mode_options(self.mode, dynamic=False))
-        if self.freezing:
-            options["freezing"] = True
-        if self.coordinate_descent is not None:
-            options["coordinate_descent_tuning"] = self.coordinate_descent
-        return options
-
-    @property
-    def uses_cudagraphs(self) -> bool:
-        """Whether a compiled engine replays CUDA graphs (cudagraph trees)."""
-        return self.kind == "compile" and self.mode in ("reduce-overhead", "max-autotune")
-
-    def check_device(self, device: str) -> None:
-        """Options that cannot run on `device` are an error before anything is built."""
-        if device_type(device) != "cuda":
-            if self.kind == "cuda_graph":
-                raise ValueError(f"kind cuda_graph needs a CUDA device, not {device}")
-            if self.tf32:
-                raise ValueError(f"tf32 needs a CUDA device, not {device}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_dict(data: Mapping[str, Any]) -> TorchEngineOptions:
-        known = set(TorchEngineOptions.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"torch engine option {unknown[0]!r}: expected one of {', '.join(sorted(known))}")
-        return TorchEngineOptions(**dict(data))
-
-
 def torch_dtype(precision: str) -> torch.dtype:
     import torch
 
-    _one_of("precision", precision, PRECISIONS)
+    one_of("precision", precision, PRECISIONS)
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
@@ -182,8 +77,6 @@ def prepare_module(module: torch.nn.Module, options: TorchEngineOptions, device:
     if options.channels_last:
         module = module.to(memory_format=torch.channels_last)  # only 4-D parameters change
     if options.quantize is not None:
-        from workers.torch_quant import quantize_module
-
         module = quantize_module(module, options.quantize, device)
     return module
 
@@ -462,29 +355,3 @@ class CompileRunner(ModuleRunner):
             compute()
         return compute
 
-
-def open_engine(
-    engine: torch.nn.Module | bytes, options: TorchEngineOptions, device: str, input_shape: tuple[int, ...]
-) -> TorchEngineRunner:
-    """A runner for `engine`: a module for eager / cuda_graph / compile, package bytes for aoti.
-
-    `input_shape` is one sample's, without the batch axis: the runner's feed is
-    {"input": array of (batch, *input_shape)}. Modules go through prepare_module here (in
-    place), so a runner never runs a module in other settings than its options say.
-    """
-    if options.kind == "aoti":
-        if not isinstance(engine, bytes | bytearray):
-            raise TypeError("kind aoti runs a package (AotiPackage.data from build_aoti_package), not a module")
-        from workers.torch_aoti import AotiRunner
-
-        return AotiRunner(bytes(engine), device, options, input_shape)
-    if isinstance(engine, bytes | bytearray):
-        raise TypeError(f"kind {options.kind} runs a torch.nn.Module, not package bytes")
-    runners: dict[str, type[ModuleRunner]] = {
-        "eager": EagerRunner,
-        "cuda_graph": CudaGraphRunner,
-        "compile": CompileRunner,
-    }
-    runner_type = runners[options.kind]
-    options.check_device(device)
-    return runner_type(prepare_module(engine, options, device), options, device, input_shape)

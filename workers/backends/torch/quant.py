@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.torch_engines import device_type
+from workers.backends.torch.options import device_type
 
 if TYPE_CHECKING:
     import torch

@@ -6,13 +6,12 @@ AOTInductor metadata, readable without loading it, so a loader needs nothing but
 
 Loading is native code, and it can kill the process: aoti_load_package segfaulted on the
 H200 with torch 2.11. check_aoti_package therefore loads and runs a package in a
-fresh interpreter first; `python -m workers.torch_aoti PACKAGE --device DEVICE` is that
-interpreter's entry point.
+fresh interpreter first; `python -m workers.backends.torch.aoti_child PACKAGE --device DEVICE`
+is that interpreter's entry point.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -28,17 +27,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from workers.backends.torch.engines import Compute, TorchEngineRunner, flatten_outputs, prepare_module, torch_dtype
+from workers.backends.torch.options import TorchEngineOptions, device_type
 from workers.memory import PeakMemory
-from workers.torch_engines import (
-    INPUT,
-    Compute,
-    TorchEngineOptions,
-    TorchEngineRunner,
-    device_type,
-    flatten_outputs,
-    prepare_module,
-    torch_dtype,
-)
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +39,10 @@ META_BATCH = "farm.batch"  # "min,max"
 META_INPUT_SHAPE = "farm.input_shape"  # one sample, without the batch axis: "3,224,224"
 META_DEVICE = "farm.device"  # "cpu" | "cuda"
 META_TORCH = "farm.torch"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# check_aoti_package's child: a module of its own, which the package's __init__ never imports, so
+# `python -m` finds it unimported (runpy warns when the module it runs was imported already).
+CHILD = "workers.backends.torch.aoti_child"
+REPO_ROOT = Path(__file__).resolve().parents[3]  # above workers/backends/torch/
 T = TypeVar("T")
 
 
@@ -243,7 +237,7 @@ def check_aoti_package(
     with tempfile.TemporaryDirectory(prefix="farm-aoti-check-") as folder:
         package = Path(folder, "model.pt2")
         package.write_bytes(data)
-        command = [sys.executable, "-m", "workers.torch_aoti", str(package), "--device", device]
+        command = [sys.executable, "-m", CHILD, str(package), "--device", device]
         if inputs is not None:
             np.savez(Path(folder, "inputs.npz"), *inputs)
             command += ["--inputs", str(Path(folder, "inputs.npz")), "--outputs", str(Path(folder, "outputs.npz"))]
@@ -266,29 +260,3 @@ def check_aoti_package(
         setup = {int(k): float(v) for k, v in report["setup_seconds"].items()}
         return AotiCheck(True, 0, seconds, "", outputs, setup)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Load an AOTInductor package and run it (check_aoti_package's child).")
-    parser.add_argument("package")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--inputs", help=".npz of arrays to run, in order (default: zeros at the smallest and largest batch)")
-    parser.add_argument("--outputs", help=".npz to write the outputs to, named INPUT_OUTPUT")
-    args = parser.parse_args(argv)
-    with AotiRunner(Path(args.package).read_bytes(), args.device) as runner:
-        if args.inputs:
-            with np.load(args.inputs) as archive:
-                arrays = [archive[f"arr_{i}"] for i in range(len(archive.files))]
-        else:
-            if runner.batch_range is None:
-                raise SystemExit("this package has no batch range metadata: pass --inputs")
-            arrays = [np.zeros((b, *runner.input_shape), np.float32) for b in sorted(set(runner.batch_range))]
-        results = [runner.infer({INPUT: x}) for x in arrays]
-    if args.outputs:
-        named: dict[str, Any] = {f"{i}_{j}": o for i, outs in enumerate(results) for j, o in enumerate(outs)}
-        np.savez(args.outputs, **named)
-    print(json.dumps({"outputs_per_input": [len(r) for r in results], "setup_seconds": runner.setup_seconds}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
