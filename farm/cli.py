@@ -121,8 +121,10 @@ def sweep(
             console.print(f"no eligible winner: no timed build passed every stage with {constraints.describe()}")
         print_answers(console, rows, build_only, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, {constraints.describe()}")
         code = sweep_exit_code(result.states)
-        ended = {OK: "every job ok", SOME_FAILED: "some jobs failed", NOTHING: "no job succeeded"}[code]
-        console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {result.failed} failed ({ended}); "
+        ended = {OK: "every job ok" if not result.rejected else "every job ok or judged", SOME_FAILED: "some jobs failed",
+                 NOTHING: "no job succeeded"}[code]
+        rejected = f", {result.rejected} rejected" if result.rejected else ""
+        console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {result.failed} failed{rejected} ({ended}); "
                       f"results in {store.location.url}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -141,10 +143,11 @@ def redone_stages(force: bool, redo_from: str | None) -> frozenset[str]:
 
 
 def sweep_exit_code(states: dict[str, str]) -> int:
-    """0: every job done or cached; 1: some failed (or were blocked by a failure); 3: not one succeeded."""
+    """0: every job done or cached, or judged not viable (rejected, and what it would have fed skipped): a
+    rejection is an answer, not a failure; 1: some failed (or were blocked by a failure); 3: not one succeeded."""
     if not any(state in ("done", "cached") for state in states.values()):
         return NOTHING
-    return OK if all(state in ("done", "cached") for state in states.values()) else SOME_FAILED
+    return OK if all(state in ("done", "cached", "rejected", "skipped") for state in states.values()) else SOME_FAILED
 
 
 @app.command()

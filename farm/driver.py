@@ -63,6 +63,10 @@ class SweepResult:
     def failed(self) -> int:
         return sum(1 for state in self.states.values() if state == "failed")
 
+    @property
+    def rejected(self) -> int:
+        return sum(1 for state in self.states.values() if state == "rejected")
+
 
 def run_sweep(
     spec: SweepSpec,
@@ -171,9 +175,14 @@ class SweepRun:
     def execute(self, redo: frozenset[str] = frozenset()) -> None:
         """Run every job of the plan; one of a stage not in `redo` that already finished is read back."""
         for key, job in self.schedule.jobs.items():
-            if job.stage not in redo and (row := self.recorder.finished(job.stage, key)) is not None:
+            if job.stage in redo or key in self.schedule.states:  # skipped below a rejection read back just before
+                continue
+            if (row := self.recorder.finished(job.stage, key)) is not None:
                 self._produced[key] = self.stages[job.stage].produced(row)
                 self._report(self.schedule.finish(key, "cached"))
+            elif (row := self.recorder.rejected(job.stage, key)) is not None:  # judged with these inputs: not tried again
+                self.recorder.mark(self.sweep_id, job.stage, key, "rejected", row.error)
+                self._report(self.schedule.finish(key, "rejected", row.error))
         while not self.schedule.finished:
             self.recorder.heartbeat(self.sweep_id)  # throttled in the recorder; readers call a silent driver gone
             start, ended = self.schedule.advance()
@@ -260,11 +269,13 @@ class SweepRun:
         if outcome.ok:
             self._produced[job.key] = stage.produced(row)
             self._report(self.schedule.finish(job.key, "done"))
+        elif outcome.rejected:
+            self._report(self.schedule.finish(job.key, "rejected", outcome.error))
         else:
             self._report(self.schedule.finish(job.key, "failed", outcome.error))
 
     def _report(self, event: Event) -> None:
-        if event.state in ("blocked", "cached"):  # done and failed were marked with their row
+        if event.state in ("blocked", "cached", "skipped"):  # done, failed and rejected were marked with their row
             self.recorder.mark(self.sweep_id, event.job.stage, event.job.key, event.state, event.error)
         if self.listener:
             self.listener(event.job.stage, event.state, event.job, event.error)

@@ -27,10 +27,12 @@ from farm.jobs import (
     VariantJob,
     content_key,
 )
+from farm.evidence import EVIDENCE_VERSION
 from farm.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
 from workers.backends import BACKENDS
 from workers.backends.base import int8_layout, version_key
 from workers.bench import BenchSettings
+from workers.fidelity import SHIFT_PIXELS
 from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS
 from workers.structs import BuildRequest, ModelRef, Target
 
@@ -87,7 +89,8 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
         extra = {"onnx_sha256": _file_sha256(Path(model.source))} if model.kind == "onnx" else {}
         export = ExportJob(content_key("export", model=model, **extra), f"{model.name}", model)
         calibration_data, heldout = data_refs(spec, base, model_spec, contents)
-        reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest),
+        # noise_floor: references recorded before fp32 was judged against its own shifted run are not reused
+        reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest, noise_floor=SHIFT_PIXELS),
                                  f"{model.name} fp32 reference", export.key, model, heldout)
         jobs += [export, reference]
         calibrations: dict[str, CalibrateJob] = {}
@@ -304,7 +307,7 @@ def _build_jobs(
         )
     jobs.append(
         FidelityJob(
-            content_key("fidelity", build=build.key, reference=reference.key,
+            content_key("fidelity", build=build.key, reference=reference.key, evidence=EVIDENCE_VERSION,
                         boxes=spec.fidelity.box_score_threshold if variant.model.task == "detection" else None),
             f"{build.label} fidelity",
             build.key,

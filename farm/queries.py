@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from farm.metrics import METRICS
 from farm.store import schema
 
-STATES = ("done", "cached", "failed", "blocked", "running", "pending")
+STATES = ("done", "cached", "rejected", "skipped", "failed", "blocked", "running", "pending")
 # The metrics of a results row and of an engine's benchmark table, in column order.
 RESULT_METRICS = ("p50", "p99", "throughput", "cv", "top1_agreement", "cosine")
 BENCHMARK_METRICS = ("p50", "p90", "p99", "mean", "min", "max", "cv", "throughput", "iterations", "gpu_p50")
@@ -256,7 +256,7 @@ def running(s: Session, sweep_id: int, limit: int = 20) -> list[RunningJob]:
 def remaining_seconds(sweep: schema.Sweep, by_stage: dict[str, dict[str, int]], now: datetime) -> float | None:
     """At the pace so far, how long the sweep's pending and running jobs take: elapsed time per job that
     ran here (cached jobs cost nothing) times the jobs left. None before the first job finishes."""
-    ran = sum(states["done"] + states["failed"] + states["blocked"] for states in by_stage.values())
+    ran = sum(states["done"] + states["failed"] + states["blocked"] + states["rejected"] + states["skipped"] for states in by_stage.values())
     left = sum(states["pending"] + states["running"] for states in by_stage.values())
     if not ran or not left or sweep.status != "running":
         return None

@@ -61,6 +61,8 @@ class SweepProgress:
         if state == "failed":
             # soft_wrap: a long error (ONNX Runtime's unknown-op message) stays one line, whatever the console's width
             self.console.print(f"[red]failed[/] {stage} {escape(job.label)}: {escape(error or '')}", soft_wrap=True, highlight=False)
+        elif state == "rejected":  # a finding: judged and not viable, kept (and not tried again) with its numbers
+            self.console.print(f"[yellow]rejected[/] {stage} {escape(job.label)}: {escape(error or '')}", soft_wrap=True, highlight=False)
 
     def on_build_progress(self, job: Job, phase: str, done: int, total: int) -> None:
         if "build" in self.bars:

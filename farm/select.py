@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm import verdict
+from farm.evidence import CONFIDENT_MARGIN, Evidence, Judged, Rule, columns_of, evidence_of, judge
 from farm.metrics import METRICS, values
 from farm.queries import random_weights
 from farm.verdict import Verdict
@@ -24,25 +25,30 @@ RANDOM_WEIGHTS = "random weights: a speed result, not an accuracy result"
 
 @dataclass(frozen=True)
 class Constraints:
-    """What a build must meet to win, like Model Analyzer's constraints (None: not constrained)."""
+    """What a build must meet to win, like Model Analyzer's constraints (None: not constrained), and the
+    rule that reads the agreement floor (farm.evidence): from evidence (the default) or as a bare threshold."""
 
     min_top1_agreement: float | None = 0.99  # detectors: the floor on box recall
     min_cosine: float | None = None
     max_accuracy_drop: float | None = None  # labelled top-1 accuracy below fp32's; a build without labels fails it
+    rule: Rule = "evidence"
+    confident_margin: float = CONFIDENT_MARGIN  # a flip where fp32's softmax margin is at least this is confident
 
     @staticmethod
-    def of(value: Constraints | float | dict[str, float]) -> Constraints:
+    def of(value: Constraints | float | dict[str, Any]) -> Constraints:
         if isinstance(value, Constraints):
             return value
         if isinstance(value, dict):
             return Constraints(**{"min_top1_agreement": None} | value)
         return Constraints(min_top1_agreement=value)
 
-    def failures(self, c: Candidate) -> list[str]:
-        """What `c` misses, one phrase each (empty: eligible)."""
-        missed = []
-        if self.min_top1_agreement is not None and not (c.top1_agreement is not None and c.top1_agreement >= self.min_top1_agreement):
-            missed.append(f"top-1 agreement {c.top1_agreement} < {self.min_top1_agreement}")
+    def judge(self, c: Candidate) -> Judged:
+        """Eligibility with its reasons: the agreement rule first (NaN, a degenerate reference), then the other floors."""
+        found = judge(c.evidence, self.min_top1_agreement, self.rule, self.confident_margin, fallback_share=c.top1_agreement,
+                      nonfinite=int(c.value("nonfinite") or 0))
+        if found.speed_only or not found.eligible and c.value("nonfinite"):
+            return found  # nothing else means anything against such a reference, or with such outputs
+        missed = list(found.missed)
         cosine = c.value("cosine")
         if self.min_cosine is not None and not (cosine is not None and cosine >= self.min_cosine):
             missed.append(f"cosine {cosine} < {self.min_cosine}")
@@ -50,7 +56,11 @@ class Constraints:
             accuracy, reference = c.value("accuracy"), c.value("reference_accuracy")
             if accuracy is None or reference is None or reference - accuracy > self.max_accuracy_drop:
                 missed.append(f"accuracy drop {None if accuracy is None or reference is None else round(reference - accuracy, 4)} > {self.max_accuracy_drop}")
-        return missed
+        return Judged(missed)
+
+    def failures(self, c: Candidate) -> list[str]:
+        """What `c` misses, one phrase each (empty: eligible)."""
+        return self.judge(c).missed
 
     @property
     def metric(self) -> str:
@@ -59,10 +69,28 @@ class Constraints:
             "accuracy" if self.max_accuracy_drop is not None and self.min_top1_agreement is None else "top1_agreement")
 
     def describe(self) -> str:
-        parts = [f"top-1 agreement >= {self.min_top1_agreement}" if self.min_top1_agreement is not None else "",
+        parts = [f"top-1 agreement >= {self.min_top1_agreement}" + (" (evidence)" if self.rule == "evidence" else "")
+                 if self.min_top1_agreement is not None else "",
                  f"cosine >= {self.min_cosine}" if self.min_cosine is not None else "",
                  f"accuracy drop <= {self.max_accuracy_drop}" if self.max_accuracy_drop is not None else ""]
         return " and ".join(p for p in parts if p) or "no constraint"
+
+    def rule_text(self) -> str:
+        """The selection rule in words: stored with every answer (docs/verdicts.md section 5)."""
+        floor = self.min_top1_agreement
+        others = " and ".join(p for p in (f"mean cosine >= {self.min_cosine}" if self.min_cosine is not None else "",
+                                          f"labelled accuracy drop <= {self.max_accuracy_drop}" if self.max_accuracy_drop is not None else "") if p)
+        if floor is None:
+            agreement = "no floor on agreement"
+        elif self.rule == "threshold":
+            agreement = f"top-1 agreement (detectors: box recall) >= {floor} (bare threshold)"
+        else:
+            agreement = (f"no confident flip (an image where fp32's softmax margin p1-p2 >= {self.confident_margin} changes class, "
+                         f"unless fp32 itself changes it under a 2-pixel shift) and the 95% Wilson upper bound of top-1 agreement "
+                         f"(detectors: box recall) >= {floor}, or no more disagreement than fp32 under that shift")
+        return (f"eligible when {agreement}" + (f", and {others}" if others else "")
+                + "; NaN or inf outputs are never eligible; a degenerate fp32 reference judges nothing (a speed result "
+                  "over the builds with finite outputs)")
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,7 @@ class Candidate:
     quantized_fraction: float | None = None  # int8 / fp8: share of quantizable activations still quantized
     kernel_note: str | None = None  # the build's own fidelity far below its variant's fake-quant arithmetic
     random_weights: bool = False  # a random-weight network: a speed result, not an accuracy result
+    evidence: Evidence | None = None  # its fidelity as counts, flips and the noise floor (None: recorded before evidence)
     retimed: Retimed | None = None  # its group's interleaved re-timing, where one ran
     verdict: Verdict | None = None  # set on winners: is it really faster than the runner-up?
     runner_up: str | None = None  # the runner-up's engine, on winners
@@ -145,6 +174,11 @@ class Candidate:
     def eligible(self, constraints: Constraints | float) -> bool:
         return not Constraints.of(constraints).failures(self)
 
+    @property
+    def reference_note(self) -> str | None:
+        """Why its fidelity means nothing (a degenerate fp32 reference), else None."""
+        return self.evidence.reference_note if self.evidence is not None else None
+
 
 def candidates(
     session: Session,
@@ -155,11 +189,12 @@ def candidates(
 ) -> list[Candidate]:
     """Every successful benchmark with its build, variant and fidelity, filtered in SQL."""
     query = (
-        select(schema.Benchmark, schema.Build, schema.Variant, schema.Model, schema.Fidelity)
+        select(schema.Benchmark, schema.Build, schema.Variant, schema.Model, schema.Fidelity, schema.Reference)
         .join(schema.Build, schema.Benchmark.build_key == schema.Build.key)
         .join(schema.Variant, schema.Build.variant_key == schema.Variant.key)
         .join(schema.Model, schema.Variant.model_key == schema.Model.key)
         .outerjoin(schema.Fidelity, (schema.Fidelity.build_key == schema.Build.key) & (schema.Fidelity.status == "ok"))
+        .outerjoin(schema.Reference, schema.Reference.key == schema.Fidelity.reference_key)
         .where(schema.Benchmark.status == "ok", schema.Build.status == "ok")
     )
     if model:
@@ -171,7 +206,7 @@ def candidates(
         query = query.where(schema.Benchmark.key.in_(in_sweep))
     retimes = _retimes(session)
     found = []
-    for bench, build, variant, mod, fid in session.execute(query):
+    for bench, build, variant, mod, fid, ref in session.execute(query):
         found.append(
             Candidate(
                 build_key=build.key,
@@ -190,6 +225,7 @@ def candidates(
                 quantized_fraction=(variant.details or {}).get("quantized_fraction") if variant.method else None,
                 kernel_note=kernel_note(variant.details, fid.cosine_mean if fid else None),
                 random_weights=random_weights(mod.source, mod.weights),
+                evidence=evidence_of(columns_of(fid), ref.noise_floor if ref else None, ref.note if ref else None),
                 retimed=retimes.get((mod.name, build.target_id, bench.batch_size)),
             )
         )

@@ -31,6 +31,7 @@ from farm.jobs import (
 )
 from farm.metrics import METRICS, benchmark_columns, fidelity_columns
 from farm.metrics import values as metric_values
+from farm.evidence import columns_of, evidence_of
 from farm.select import Candidate
 from farm.spec import SweepSpec
 from farm.store.record import Blob, JobRow, Recorder
@@ -102,9 +103,10 @@ class Stage:
 
     def row(self, job: Any, outcome: tasks.Outcome, blobs: dict[str, Blob]) -> JobRow:
         shas = {role: blob.sha256 for role, blob in blobs.items()} | outcome.inherited
-        columns = self.columns(job, outcome.value if outcome.ok else None)
+        columns = self.columns(job, outcome.value if outcome.ok or outcome.rejected else None)
         columns |= {column: shas.get(role) for role, (column, _kind) in self.artifacts.items()}
-        return JobRow(self.name, job.key, outcome.ok, columns, outcome.error, outcome.log, outcome.seconds, outcome.node, outcome.device)
+        return JobRow(self.name, job.key, outcome.ok, columns, outcome.error, outcome.log, outcome.seconds, outcome.node, outcome.device,
+                      outcome.rejected)
 
     def produced(self, row: Any) -> Produced:
         return Produced({role: sha for role, (column, _kind) in self.artifacts.items() if (sha := getattr(row, column))})
@@ -144,7 +146,11 @@ class ReferenceStage(Stage):
         return tasks.reference_task.options(**self.retries(ctx), **ctx.pin(job)).remote(fp32, inputs, max(ctx.spec.batch_sizes), job.model.task)
 
     def columns(self, job: ReferenceJob, value: Any) -> dict[str, Any]:
-        return {"model_key": job.export_key, "data_digest": job.data.digest, "samples": value["samples"] if value else None}
+        return {"model_key": job.export_key, "data_digest": job.data.digest, "samples": value["samples"] if value else None,
+                "noise_floor": value.get("noise_floor") if value else None, "note": value.get("note") if value else None}
+
+    def produced(self, row: Any) -> Produced:
+        return replace(super().produced(row), details={"noise_floor": row.noise_floor, "note": row.note})
 
 
 class CalibrateStage(Stage):
@@ -315,7 +321,7 @@ class FidelityStage(Stage):
         return found
 
     def produced(self, row: Any) -> Produced:
-        return Produced(values=metric_values(row, "fidelity"))
+        return Produced(values=metric_values(row, "fidelity"), details=columns_of(row))
 
 
 class RetimeStage(Stage):
@@ -345,9 +351,12 @@ class RetimeStage(Stage):
                 continue
             build = ctx.job(ctx.job(bench_key).build_key)  # type: ignore[attr-defined]
             assert isinstance(build, BuildJob)
+            reference = (ctx.finished(ctx.job(fid_key).reference_key) if fid_key else None)  # type: ignore[attr-defined]
+            floor = (reference.details or {}) if reference is not None else {}
             found.append(Candidate(build.key, build.label, job.model, build.request.precision, build.request.backend,
                                    build.request.options, job.target.id, job.batch_size, None,
-                                   (bench.values or {}) | ((fid.values if fid else None) or {})))
+                                   (bench.values or {}) | ((fid.values if fid else None) or {}),
+                                   evidence=evidence_of(fid.details if fid else None, floor.get("noise_floor"), floor.get("note"))))
         objective = job.settings.objective
         eligible = sorted((c for c in found if c.eligible(job.constraints)), key=lambda c: c.score(objective))  # type: ignore[arg-type]
         if len(eligible) < 2:

@@ -43,6 +43,7 @@ class Outcome:
     node: str = ""
     inherited: dict[str, str] = field(default_factory=dict)  # artifacts reused from a parent: role -> sha256
     device: dict[str, Any] | None = None  # where it ran: host, Ray node, the GPUs it held (UUIDs)
+    rejected: bool = False  # not ok, but judged: a finding (value holds its numbers), stored as "rejected" and not retried
 
 
 @dataclass
@@ -92,8 +93,10 @@ def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:
         message = " ".join(str(exc).split()) or type(exc).__name__
         log = capture.text + "\n" + traceback.format_exc()
         device["ended"] = time.time()
-        return Outcome(False, error=f"{type(exc).__name__}: {message}"[:1000], log=log, seconds=time.perf_counter() - started,
-                       node=device["host"], device=device)
+        rejected = isinstance(exc, stages.Rejected)  # judged not viable: its numbers are the value
+        return Outcome(False, value=exc.details if isinstance(exc, stages.Rejected) else None,
+                       error=(message if rejected else f"{type(exc).__name__}: {message}")[:1000], log=log, seconds=time.perf_counter() - started,
+                       node=device["host"], device=device, rejected=rejected)
     device["ended"] = time.time()
     value, blobs = value if isinstance(value, tuple) else (value, {})
     return Outcome(True, value, blobs, log=capture.text, seconds=time.perf_counter() - started, node=device["host"], device=device)
@@ -108,7 +111,8 @@ def _export(model: ModelRef) -> tuple[Any, dict[str, bytes]]:
 
 
 def _reference(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str) -> tuple[Any, dict[str, bytes]]:
-    return {"samples": len(inputs)}, {"reference": stages.reference_outputs(fp32, inputs, batch_size, task)}
+    found = stages.reference_run(fp32, inputs, batch_size, task)
+    return {"samples": len(inputs), "noise_floor": found.noise_floor, "note": found.note}, {"reference": found.outputs}
 
 
 def _calibrate(fp32: bytes, inputs: np.ndarray, method: str, percentile: float) -> tuple[Any, dict[str, bytes]]:

@@ -52,6 +52,12 @@ class JobRow:
     seconds: float | None = None
     node: str | None = None
     device: dict[str, Any] | None = None  # host, Ray node, GPU UUIDs
+    rejected: bool = False  # not ok, but a finding: stored as status "rejected", and read back instead of retried
+
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ok else "rejected" if self.rejected else "failed"
 
 
 class Recorder:
@@ -131,9 +137,16 @@ class Recorder:
 
     def finished(self, stage: str, key: str) -> schema.JobColumns | None:
         """The row of a job that already finished with status ok, or None."""
+        return self._row(stage, key, "ok")
+
+    def rejected(self, stage: str, key: str) -> schema.JobColumns | None:
+        """The row of a job judged not viable with these very inputs (its key), or None: not tried again."""
+        return self._row(stage, key, "rejected")
+
+    def _row(self, stage: str, key: str, status: str) -> schema.JobColumns | None:
         with self.store.session() as s:
             row = s.get(ROW_TYPES[stage], key)
-            return row if row is not None and row.status == "ok" else None
+            return row if row is not None and row.status == status else None
 
     # --- builder caches (TensorRT timing caches, Inductor's) -----------------------------
 
@@ -171,9 +184,9 @@ class Recorder:
                 self._artifact_row(s, blob.sha256, blob.kind, blob.size)
             table: Any = ROW_TYPES[row.stage]  # a mapped class; mypy sees only the JobColumns mixin
             stored = table(
-                key=row.key, status="ok" if row.ok else "failed", error=row.error, log=row.log or None,
+                key=row.key, status=row.status, error=row.error, log=row.log or None,
                 seconds=row.seconds, node=row.node or None, device=row.device, created_at=datetime.now(UTC), **row.columns,
             )
             s.merge(stored)
-            self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else "failed", row.error)
+            self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else row.status, row.error)
         return stored
