@@ -90,10 +90,11 @@ def run_sweep(
         nodes = [cluster.Node("local", float(os.cpu_count() or 1), float(len(device.gpus)), device)]
         groups = cluster.group_targets(nodes, spec.rtx_targets())
         plan = expand(spec, base, groups)
-        if plan.jobs and recorder.all_finished([(j.stage, j.key) for j in plan.jobs]):
+        settled = settled_states(plan, recorder.statuses([(j.stage, j.key) for j in plan.jobs]))
+        if plan.jobs and settled is not None:
             if on_plan:
                 on_plan(plan, groups)
-            return _answered_from_store(spec, spec_path, plan, recorder, listener)
+            return _answered_from_store(spec, spec_path, plan, recorder, listener, settled)
     cluster.connect(address)
     nodes = cluster.probe()
     groups = cluster.group_targets(nodes, spec.rtx_targets())
@@ -112,15 +113,34 @@ def run_sweep(
     return SweepResult(sweep_id, plan, run.schedule.states, run.schedule.errors)
 
 
-def _answered_from_store(spec: SweepSpec, spec_path: str, plan: Plan, recorder: Recorder, listener: Listener | None) -> SweepResult:
-    """A sweep whose every job already finished: recorded as such, all cached, without starting Ray."""
+def settled_states(plan: Plan, statuses: dict[str, str]) -> dict[str, str] | None:
+    """Each job's state when the store already answers the whole plan: "cached" (an ok row), "rejected" (a
+    row judged not viable), "skipped" (below a rejection); None when some job still has work to do."""
+    states: dict[str, str] = {}
+    for job in plan.jobs:  # parents come before their children
+        status = statuses.get(job.key)
+        if status in ("ok", "rejected"):
+            states[job.key] = "cached" if status == "ok" else "rejected"
+        elif not job.runs_after_failures and any(states.get(parent) in ("rejected", "skipped") for parent in job.needs):
+            states[job.key] = "skipped"
+        else:
+            return None
+    return states
+
+
+def _answered_from_store(spec: SweepSpec, spec_path: str, plan: Plan, recorder: Recorder, listener: Listener | None,
+                         states: dict[str, str]) -> SweepResult:
+    """A sweep whose every job already finished (or was judged): recorded as such, without starting Ray."""
     sweep_id = recorder.start_sweep(spec.name, spec_path, spec.model_dump(mode="json"), ((j.stage, j.key, j.label) for j in plan.jobs),
                                     state="cached")
-    if listener:
-        for job in plan.jobs:
-            listener(job.stage, "cached", job, None)
+    for job in plan.jobs:
+        why = recorder.error(job.stage, job.key) if states[job.key] == "rejected" else None
+        if states[job.key] != "cached":
+            recorder.mark(sweep_id, job.stage, job.key, states[job.key], why or "nothing to do: an upstream job was rejected")
+        if listener:
+            listener(job.stage, states[job.key], job, why)
     recorder.finish_sweep(sweep_id, "finished")
-    return SweepResult(sweep_id, plan, {j.key: "cached" for j in plan.jobs})
+    return SweepResult(sweep_id, plan, states)
 
 
 def _target_rows(groups: list[TargetGroup], nodes: list[cluster.Node]) -> list[schema.Target]:

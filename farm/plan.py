@@ -32,7 +32,7 @@ from farm.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
 from workers.backends import BACKENDS
 from workers.backends.base import int8_layout, version_key
 from workers.bench import BenchSettings
-from workers.fidelity import SHIFT_PIXELS
+from workers.fidelity import SHIFT_MIN_WIDTH, SHIFT_PIXELS
 from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS
 from workers.structs import BuildRequest, ModelRef, Target
 
@@ -90,7 +90,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
         export = ExportJob(content_key("export", model=model, **extra), f"{model.name}", model)
         calibration_data, heldout = data_refs(spec, base, model_spec, contents)
         # noise_floor: references recorded before fp32 was judged against its own shifted run are not reused
-        reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest, noise_floor=SHIFT_PIXELS),
+        reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest, noise_floor=[SHIFT_PIXELS, SHIFT_MIN_WIDTH]),
                                  f"{model.name} fp32 reference", export.key, model, heldout)
         jobs += [export, reference]
         calibrations: dict[str, CalibrateJob] = {}

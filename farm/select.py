@@ -378,3 +378,99 @@ def pareto_front(
         if not front or sign * (measure(c) or 0.0) > sign * (measure(front[-1]) or 0.0):
             front.append(c)
     return front
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A candidate that missed eligibility, or a variant judged not viable before any build: an answer too."""
+
+    model: str
+    engine: str  # what a person reads: "onnxruntime int8 minmax u8s8 7-bit threads=2", or "int8 minmax" for a variant
+    reasons: tuple[str, ...]
+    evidence: Evidence | None
+    stage: str = "fidelity"  # "fidelity": a timed build that missed the rule; "variant": rejected before any build
+    build_key: str | None = None
+    versus_winner: str | None = None  # McNemar of the group's winner against it on the same images
+
+    def line(self, margin: float = CONFIDENT_MARGIN) -> str:
+        """`excluded: int8 minmax  top-1 21/24 [0.69, 0.96], 2 confident flips (why)`."""
+        numbers = f"  {self.evidence.describe(margin)}" if self.evidence is not None else ""
+        word = "rejected" if self.stage == "variant" else "excluded"
+        return f"{word}: {self.engine}{numbers}: {'; '.join(self.reasons)}" + (f" ({self.versus_winner})" if self.versus_winner else "")
+
+    def to_json(self, margin: float = CONFIDENT_MARGIN) -> dict[str, Any]:
+        return {"engine": self.engine, "stage": self.stage, "build_key": self.build_key, "reasons": list(self.reasons),
+                "evidence": self.evidence.to_json(margin) if self.evidence is not None else None,
+                "versus_winner": self.versus_winner, "line": self.line(margin)}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One (model, target, batch size): its winner (None when nothing is eligible) and everything excluded."""
+
+    model: str
+    target: str
+    batch_size: int
+    winner: Candidate | None
+    excluded: tuple[Exclusion, ...]
+
+    @property
+    def speed_only(self) -> str | None:
+        """A degenerate reference: the answer is a speed result, and why."""
+        notes = [c.reference_note for c in ((self.winner,) if self.winner else ()) if c.reference_note]
+        return notes[0] if notes else None
+
+
+def answers(found: Iterable[Candidate], objective: Objective = "p50", constraints: Constraints | float = 0.99,
+            rejected: Iterable[Exclusion] = ()) -> list[Answer]:
+    """winners() with what each group excluded and why, and the variants of its model rejected before any build."""
+    constraints = Constraints.of(constraints)
+    found = list(found)
+    chosen = {(c.model, c.target, c.batch_size): c for c in winners(found, objective, constraints)}
+    refused: dict[str, list[Exclusion]] = {}
+    for r in rejected:
+        refused.setdefault(r.model, []).append(r)
+    groups: dict[tuple[str, str, int], list[Candidate]] = {}
+    for c in found:
+        groups.setdefault((c.model, c.target, c.batch_size), []).append(c)
+    result = []
+    for key in sorted(groups):
+        winner = chosen.get(key)
+        excluded = [_exclusion(c, missed, winner) for c in sorted(groups[key], key=lambda c: c.score(objective))
+                    if (missed := constraints.failures(c))]
+        result.append(Answer(*key, winner, tuple(excluded + refused.get(key[0], []))))
+    return result
+
+
+def _exclusion(c: Candidate, missed: list[str], winner: Candidate | None) -> Exclusion:
+    test = winner.evidence.versus(c.evidence) if winner is not None and winner.evidence and c.evidence else None
+    versus = test.describe("winner", "this") if test is not None and test.only_first + test.only_second else None
+    return Exclusion(c.model, c.engine, tuple(missed), c.evidence, "fidelity", c.build_key, versus)
+
+
+def rejected_variants(session: Session, *, model: str | None = None, sweep_id: int | None = None) -> list[Exclusion]:
+    """Variants judged not viable (status "rejected": the fallback refused them) with the numbers they were judged by."""
+    query = (select(schema.Variant, schema.Model).join(schema.Model, schema.Variant.model_key == schema.Model.key)
+             .where(schema.Variant.status == "rejected").order_by(schema.Model.name, schema.Variant.precision, schema.Variant.method))
+    if model:
+        query = query.where(schema.Model.name == model)
+    if sweep_id is not None:
+        in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "variant")
+        query = query.where(schema.Variant.key.in_(in_sweep))
+    found = []
+    for variant, mod in session.execute(query):
+        details = variant.details or {}
+        plain = (details.get("fallback") or {}).get("plain")
+        engine = " ".join(filter(None, (variant.precision, variant.method, details.get("layout_label"))))
+        found.append(Exclusion(mod.name, engine, (variant.error or "not viable",), _plain_evidence(plain), "variant"))
+    return found
+
+
+def _plain_evidence(plain: dict[str, Any] | None) -> Evidence | None:
+    """The evidence of a quantized variant before any fallback (workers.fidelity.Fidelity as a dict)."""
+    if not plain or not plain.get("samples"):
+        return None
+    samples = int(plain["samples"])
+    agreed = int(plain["agreed"]) if plain.get("agreed") is not None else round(plain["top1_agreement"] * samples)
+    return Evidence("top-1", samples, agreed, tuple(plain.get("flipped") or ()), tuple(plain.get("reference_margins") or ()),
+                    int(plain.get("nonfinite") or 0), plain.get("reference_note"), None, plain.get("cosine_mean"), plain.get("kl_mean"))

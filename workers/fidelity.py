@@ -28,6 +28,8 @@ RESOLUTION = 1e-3
 FP16_SMALLEST_NORMAL = 6.103515625e-05
 DEGENERATE = "reference degenerate: fidelity not meaningful"
 SHIFT_PIXELS = 2  # the noise floor's perturbation: the image content moved this far, edges repeated
+# Narrower images get no noise floor: 2 pixels of a 32-pixel digit is no longer a change a classifier should ignore.
+SHIFT_MIN_WIDTH = 64
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,9 @@ def degenerate(reference: np.ndarray) -> str | None:
 
 def shifted(inputs: np.ndarray, pixels: int = SHIFT_PIXELS) -> np.ndarray | None:
     """The images [N, C, H, W] (or [N, H, W]) with their content moved `pixels` to the right, the left
-    edge repeated: a change no classifier should care about. None for inputs that are not images."""
-    if inputs.ndim < 3 or inputs.shape[-1] <= pixels:
+    edge repeated: a change no classifier should care about. None for inputs that are not images, or
+    images narrower than SHIFT_MIN_WIDTH."""
+    if inputs.ndim < 3 or inputs.shape[-1] < SHIFT_MIN_WIDTH:
         return None
     moved = np.empty_like(inputs)
     moved[..., pixels:] = inputs[..., :-pixels]

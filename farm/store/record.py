@@ -120,20 +120,19 @@ class Recorder:
 
     # --- resume -------------------------------------------------------------------------
 
-    def all_finished(self, jobs: list[tuple[str, str]]) -> bool:
-        """Whether every (stage, key) already has a row with status ok (one query per stage and 500 keys)."""
+    def statuses(self, jobs: list[tuple[str, str]], wanted: tuple[str, ...] = ("ok", "rejected")) -> dict[str, str]:
+        """Job key -> stored status, for the (stage, key) pairs whose row has one of `wanted` (one query per stage and 500 keys)."""
         by_stage: dict[str, list[str]] = {}
         for stage, key in jobs:
             by_stage.setdefault(stage, []).append(key)
+        found: dict[str, str] = {}
         with self.store.session() as s:
             for stage, keys in by_stage.items():
                 table = ROW_TYPES[stage]
                 for start in range(0, len(keys), 500):
                     chunk = keys[start : start + 500]
-                    found = s.scalar(select(func.count()).select_from(table).where(table.key.in_(chunk), table.status == "ok"))
-                    if found != len(set(chunk)):
-                        return False
-        return True
+                    found |= {key: status for key, status in s.execute(select(table.key, table.status).where(table.key.in_(chunk), table.status.in_(wanted))).all()}
+        return found
 
     def finished(self, stage: str, key: str) -> schema.JobColumns | None:
         """The row of a job that already finished with status ok, or None."""
@@ -142,6 +141,12 @@ class Recorder:
     def rejected(self, stage: str, key: str) -> schema.JobColumns | None:
         """The row of a job judged not viable with these very inputs (its key), or None: not tried again."""
         return self._row(stage, key, "rejected")
+
+    def error(self, stage: str, key: str) -> str | None:
+        """The stored one-line error of a job's row (a rejection's reason), or None."""
+        with self.store.session() as s:
+            row = s.get(ROW_TYPES[stage], key)
+            return row.error if row is not None else None
 
     def _row(self, stage: str, key: str, status: str) -> schema.JobColumns | None:
         with self.store.session() as s:
