@@ -90,23 +90,12 @@ def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Ta
             escape(c.target),
             str(c.batch_size),
             escape(c.engine),
-            *(agreement_cell(c) if m == "top1_agreement" else METRICS[m].format(c.value(m)) for m in WINNER_METRICS),
+            *(c.agreement if m == "top1_agreement" else METRICS[m].format(c.value(m)) for m in WINNER_METRICS),
             "-" if c.speedup_vs_torch is None else f"{c.speedup_vs_torch:.2f}x",
             verdict_short(c.verdict),
             escape(c.runner_up or "-"),
         )
     return table
-
-
-def agreement_cell(c: Candidate) -> str:
-    """`16/16 [0.81, 1.00]`: agreement as counts with its 95% Wilson interval (a bare share for rows from before
-    evidence was recorded), `speed only` where the reference judges nothing."""
-    if c.reference_note:
-        return "speed only"
-    if c.evidence is None:
-        return METRICS["top1_agreement"].format(c.top1_agreement)
-    low, high = c.evidence.interval
-    return f"{c.evidence.agreed}/{c.evidence.samples} [{low:.2f}, {high:.2f}]"
 
 
 def untimed_table(rows: list[Untimed]) -> Table:

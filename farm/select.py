@@ -175,6 +175,17 @@ class Candidate:
         return not Constraints.of(constraints).failures(self)
 
     @property
+    def agreement(self) -> str:
+        """`16/16 [0.81, 1.00]`: agreement as counts with its 95% Wilson interval (a bare share for rows from before
+        evidence was recorded), `speed only` where the reference judges nothing."""
+        if self.reference_note:
+            return "speed only"
+        if self.evidence is None:
+            return METRICS["top1_agreement"].format(self.top1_agreement)
+        low, high = self.evidence.interval
+        return f"{self.evidence.agreed}/{self.evidence.samples} [{low:.2f}, {high:.2f}]"
+
+    @property
     def reference_note(self) -> str | None:
         """Why its fidelity means nothing (a degenerate fp32 reference), else None."""
         return self.evidence.reference_note if self.evidence is not None else None
