@@ -241,9 +241,7 @@ def best(
             rejected = rejected_variants(s, model=model, sweep_id=sweep_id)
             groups = answers(found, chosen, constraints, rejected)
             build_only = untimed(s, model=model, target=target, sweep_id=sweep_id)
-            if not any(a.winner for a in groups) and not build_only:
-                if groups and not as_json:  # every candidate excluded: say which, and by how much, before the error line
-                    print_answers(err, groups, [], chosen, "", constraints.confident_margin)
+            if not any(a.winner for a in groups) and not build_only:  # one line: the closest build and by how much it missed
                 raise fail(*_why_no_answer(s, found, model, target, sweep_id, constraints))
             shown = [answer_json(a, queries.build_provenance(s, a.winner.build_key) if a.winner else None, constraints.confident_margin)
                      for a in groups]

@@ -242,3 +242,31 @@ def test_a_variant_the_fallback_rejects_is_a_finding_answered_with_exit_0_and_no
     # and `farm pull --precision int8` says by how much it missed
     pulled = CliRunner().invoke(app, ["pull", "digits", "--target", "cpu", "--precision", "int8", "--data-dir", str(tmp_path / "data")])
     assert pulled.exit_code == 3 and f"top-1 {numbers['agreed']}/100 [" in pulled.output and "not viable" in pulled.output
+
+
+@pytest.mark.slow
+def test_the_quickstart_exits_0_when_its_int8_is_not_viable(ray_cluster: None, tmp_path: Path) -> None:
+    """The README's first command, reduced to the model whose int8 the fallback judges (mobilenet_v3_small) on
+    one thread setting and batch size: every job done or judged, exit 0, and a rejection listed with its numbers."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
+    spec["models"] = [m for m in spec["models"] if m["name"] == "mobilenet_v3_small"]
+    spec |= {"precisions": ["fp32", "int8"], "batch_sizes": [1], "targets": ["cpu"],
+             "backends": {"onnxruntime": {"intra_op_threads": [2], "graph_optimization_level": "all"}},
+             "benchmark": {"warmup_s": 0.0, "duration_s": 0.1, "min_iterations": 3, "window_s": 0.05, "max_duration_s": 0.5},
+             "selection": {"retime": {"enabled": False}}}
+    spec["calibration"]["data"] = str(CALIBRATION_DATA)
+    path = tmp_path / "quickstart.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["sweep", str(path), "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert " 0 failed" in result.output
+    with open_store(StoreLocation.resolve(tmp_path / "data")).session() as s:
+        int8 = s.scalars(select(schema.Variant).where(schema.Variant.precision == "int8")).all()
+        assert int8 and all(v.status in ("ok", "rejected") for v in int8)
+        for v in int8:
+            if v.status == "rejected":
+                assert "1 rejected" in result.output and "rejected: int8 minmax" in " ".join(result.output.split())
