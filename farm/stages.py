@@ -184,17 +184,26 @@ class VariantStage(Stage):
             "min_top1_agreement": job.min_top1_agreement, "min_cosine": job.min_cosine, "fallback_tries": job.fallback_tries,
             "layout": job.layout, "max_float_fraction": job.max_float_fraction}
         ranges = heldout = reference = labels = None
+        degenerate = (ctx.produced(job.reference_key).details or {}).get("note") if job.reference_key else None
+        if degenerate and job.fallback_tries:  # fidelity against such a reference means nothing: nothing to fall back for
+            settings["fallback_tries"] = 0
+            self.unjudged[job.key] = degenerate
         if job.calibration_key is not None:
             ranges = ctx.blob(ctx.produced(job.calibration_key).blobs["ranges"])
-            if job.fallback_tries and job.heldout is not None and job.reference_key is not None:
+            if settings.get("fallback_tries") and job.heldout is not None and job.reference_key is not None:
                 heldout, labels = ctx.rows(job.heldout)
                 reference = ctx.blob(ctx.produced(job.reference_key).blobs["reference"])
         return tasks.variant_task.options(**self.retries(ctx), **ctx.pin(job)).remote(
             ctx.blob(fp32_sha), job.precision, ranges, heldout, reference, labels, settings
         )
 
+    def __init__(self) -> None:
+        self.unjudged: dict[str, str] = {}  # variant key -> why its fallback did not run (a degenerate reference)
+
     def columns(self, job: VariantJob, value: Any) -> dict[str, Any]:
         details = value if isinstance(value, dict) else ({"fp16": job.fp16} if job.fp16 else None)
+        if job.key in self.unjudged and details is not None:
+            details = details | {"fallback": {"skipped": f"{self.unjudged.pop(job.key)}: quantized as calibrated, judged by speed"}}
         return {"model_key": job.export_key, "precision": job.precision, "method": job.method,
                 "calibration_key": job.calibration_key, "details": details}
 

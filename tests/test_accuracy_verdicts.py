@@ -245,16 +245,16 @@ def test_a_variant_the_fallback_rejects_is_a_finding_answered_with_exit_0_and_no
 
 
 @pytest.mark.slow
-def test_the_quickstart_exits_0_when_its_int8_is_not_viable(ray_cluster: None, tmp_path: Path) -> None:
-    """The README's first command, reduced to the model whose int8 the fallback judges (mobilenet_v3_small) on
-    one thread setting and batch size: every job done or judged, exit 0, and a rejection listed with its numbers."""
+def test_the_quickstart_readme_command_exits_0(ray_cluster: None, tmp_path: Path) -> None:
+    """The README's first command, reduced to mobilenet_v3_small (whose int8 variant used to fail it) on one
+    thread setting and batch size: every job done or judged, exit 0, and whatever the reference cannot judge said so."""
     import yaml
 
     from tests.conftest import REPO
 
     spec = yaml.safe_load((REPO / "sweeps" / "quickstart.yaml").read_text())
     spec["models"] = [m for m in spec["models"] if m["name"] == "mobilenet_v3_small"]
-    spec |= {"precisions": ["fp32", "int8"], "batch_sizes": [1], "targets": ["cpu"],
+    spec |= {"precisions": ["fp32", "fp16", "int8"], "batch_sizes": [1], "targets": ["cpu"],
              "backends": {"onnxruntime": {"intra_op_threads": [2], "graph_optimization_level": "all"}},
              "benchmark": {"warmup_s": 0.0, "duration_s": 0.1, "min_iterations": 3, "window_s": 0.05, "max_duration_s": 0.5},
              "selection": {"retime": {"enabled": False}}}
@@ -263,10 +263,13 @@ def test_the_quickstart_exits_0_when_its_int8_is_not_viable(ray_cluster: None, t
     path.write_text(yaml.safe_dump(spec))
     result = CliRunner().invoke(app, ["sweep", str(path), "--data-dir", str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
-    assert " 0 failed" in result.output
+    output = " ".join(result.output.split())
+    assert " 0 failed" in output
     with open_store(StoreLocation.resolve(tmp_path / "data")).session() as s:
         int8 = s.scalars(select(schema.Variant).where(schema.Variant.precision == "int8")).all()
         assert int8 and all(v.status in ("ok", "rejected") for v in int8)
-        for v in int8:
-            if v.status == "rejected":
-                assert "1 rejected" in result.output and "rejected: int8 minmax" in " ".join(result.output.split())
+        assert all("rejected: int8 minmax" in output for v in int8 if v.status == "rejected")
+        reference = s.scalars(select(schema.Reference)).one()
+        if reference.note:  # random-weight mobilenet_v3_small's logits are about 1e-9: no fidelity means anything
+            assert f"mobilenet_v3_small: {reference.note}: a speed result" in output
+            assert all(v.details["fallback"]["skipped"].startswith(fidelity.DEGENERATE) for v in int8)
