@@ -29,9 +29,9 @@ from farm.jobs import (
     RetimeJob,
     VariantJob,
 )
+from farm.evidence import columns_of, evidence_of
 from farm.metrics import METRICS, benchmark_columns, fidelity_columns
 from farm.metrics import values as metric_values
-from farm.evidence import columns_of, evidence_of
 from farm.select import Candidate
 from farm.spec import SweepSpec
 from farm.store.record import Blob, JobRow, Recorder
@@ -174,6 +174,9 @@ class VariantStage(Stage):
     job_type = VariantJob
     artifacts = {"onnx": ("onnx_sha256", "onnx")}
 
+    def __init__(self) -> None:
+        self.unjudged: dict[str, str] = {}  # variant key -> why its fallback did not run (a degenerate reference)
+
     def submit(self, ctx: Context, job: VariantJob) -> ray.ObjectRef | tasks.Outcome:
         fp32_sha = ctx.produced(job.export_key).blobs["onnx"]
         if job.precision == "fp32":  # the export itself: nothing to compute, but a row to record
@@ -196,9 +199,6 @@ class VariantStage(Stage):
         return tasks.variant_task.options(**self.retries(ctx), **ctx.pin(job)).remote(
             ctx.blob(fp32_sha), job.precision, ranges, heldout, reference, labels, settings
         )
-
-    def __init__(self) -> None:
-        self.unjudged: dict[str, str] = {}  # variant key -> why its fallback did not run (a degenerate reference)
 
     def columns(self, job: VariantJob, value: Any) -> dict[str, Any]:
         details = value if isinstance(value, dict) else ({"fp16": job.fp16} if job.fp16 else None)

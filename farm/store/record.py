@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from farm.store import schema
@@ -53,7 +53,6 @@ class JobRow:
     node: str | None = None
     device: dict[str, Any] | None = None  # host, Ray node, GPU UUIDs
     rejected: bool = False  # not ok, but a finding: stored as status "rejected", and read back instead of retried
-
 
     @property
     def status(self) -> str:
@@ -131,7 +130,8 @@ class Recorder:
                 table = ROW_TYPES[stage]
                 for start in range(0, len(keys), 500):
                     chunk = keys[start : start + 500]
-                    found |= {key: status for key, status in s.execute(select(table.key, table.status).where(table.key.in_(chunk), table.status.in_(wanted))).all()}
+                    rows = s.execute(select(table.key, table.status).where(table.key.in_(chunk), table.status.in_(wanted))).all()
+                    found |= {key: status for key, status in rows}
         return found
 
     def finished(self, stage: str, key: str) -> schema.JobColumns | None:
