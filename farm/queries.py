@@ -22,8 +22,8 @@ STATES = ("done", "cached", "rejected", "skipped", "failed", "blocked", "running
 # The metrics of a results row and of an engine's benchmark table, in column order.
 RESULT_METRICS = ("p50", "p99", "throughput", "cv", "top1_agreement", "cosine")
 BENCHMARK_METRICS = ("p50", "p90", "p99", "mean", "min", "max", "cv", "throughput", "iterations", "gpu_p50")
-FIDELITY_METRICS = ("top1_agreement", "top5_agreement", "cosine", "cosine_min", "max_abs_error", "accuracy",
-                    "reference_accuracy", "box_recall", "box_precision")
+FIDELITY_METRICS = ("top1_agreement", "agreement_low", "agreement_high", "top5_agreement", "cosine", "cosine_min", "kl",
+                    "max_abs_error", "accuracy", "reference_accuracy", "box_recall", "box_precision", "nonfinite")
 STAGES = schema.STAGES
 ROWS = schema.STAGE_TABLES
 # A running sweep whose driver wrote no heartbeat for this long (it writes one every few seconds,
@@ -360,8 +360,9 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
             for b in benches
         ],
         fidelity=None if fid is None else {
-            "status": fid.status, "samples": fid.samples, **{m: getattr(fid, METRICS[m].column) for m in FIDELITY_METRICS},
-            "error": fid.error,
+            "status": fid.status, "samples": fid.samples, "agreed": fid.agreed,
+            **{m: getattr(fid, METRICS[m].column) for m in FIDELITY_METRICS},
+            "flipped": len((fid.evidence or {}).get("flipped") or ()), "reference_note": fid.reference_note, "error": fid.error,
         },
     )
 

@@ -51,7 +51,7 @@ class Constraints:
         missed = list(found.missed)
         cosine = c.value("cosine")
         if self.min_cosine is not None and not (cosine is not None and cosine >= self.min_cosine):
-            missed.append(f"cosine {cosine} < {self.min_cosine}")
+            missed.append(f"cosine {'-' if cosine is None else f'{cosine:.5f}'} < {self.min_cosine}")
         if self.max_accuracy_drop is not None:
             accuracy, reference = c.value("accuracy"), c.value("reference_accuracy")
             if accuracy is None or reference is None or reference - accuracy > self.max_accuracy_drop:
