@@ -163,4 +163,4 @@ def answer_json(a: Answer, provenance: dict[str, Any] | None = None, margin: flo
     """One group as `farm best --json` prints it: the winner's fields (none when nothing is eligible) and `excluded`."""
     head = candidate_json(a.winner, provenance, margin) if a.winner is not None else {
         "model": a.model, "target": a.target, "batch_size": a.batch_size, "winner": None, "note": "no eligible build"}
-    return head | {"excluded": [x.to_json(margin) for x in a.excluded]}
+    return head | {"versus_runner_up": a.versus_runner_up, "excluded": [x.to_json(margin) for x in a.excluded]}

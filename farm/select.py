@@ -424,6 +424,7 @@ class Answer:
     batch_size: int
     winner: Candidate | None
     excluded: tuple[Exclusion, ...]
+    versus_runner_up: str | None = None  # McNemar of the winner against the runner-up on the same images, where they differ
 
     @property
     def speed_only(self) -> str | None:
@@ -449,14 +450,19 @@ def answers(found: Iterable[Candidate], objective: Objective = "p50", constraint
         winner = chosen.get(key)
         excluded = [_exclusion(c, missed, winner) for c in sorted(groups[key], key=lambda c: c.score(objective))
                     if (missed := constraints.failures(c))]
-        result.append(Answer(*key, winner, tuple(excluded + refused.get(key[0], []))))
+        runner = next((c for c in groups[key] if winner is not None and c.engine == winner.runner_up), None)
+        result.append(Answer(*key, winner, tuple(excluded + refused.get(key[0], [])), _paired(winner, runner, "runner-up")))
     return result
 
 
 def _exclusion(c: Candidate, missed: list[str], winner: Candidate | None) -> Exclusion:
-    test = winner.evidence.versus(c.evidence) if winner is not None and winner.evidence and c.evidence else None
-    versus = test.describe("winner", "this") if test is not None and test.only_first + test.only_second else None
-    return Exclusion(c.model, c.engine, tuple(missed), c.evidence, "fidelity", c.build_key, versus)
+    return Exclusion(c.model, c.engine, tuple(missed), c.evidence, "fidelity", c.build_key, _paired(winner, c, "this"))
+
+
+def _paired(winner: Candidate | None, other: Candidate | None, name: str) -> str | None:
+    """McNemar of the winner's agreement against another build's on the same images, where they differ on any."""
+    test = winner.evidence.versus(other.evidence) if winner is not None and other is not None and winner.evidence and other.evidence else None
+    return test.describe("winner", name) if test is not None and test.only_first + test.only_second else None
 
 
 def rejected_variants(session: Session, *, model: str | None = None, sweep_id: int | None = None) -> list[Exclusion]:

@@ -157,6 +157,11 @@ def test_every_group_lists_what_it_excluded_with_a_paired_test_against_the_winne
     assert excluded.versus_winner is not None and "McNemar on 3 discordant images" in excluded.versus_winner
     assert "exact p 0.250" in excluded.versus_winner  # 3 against 0: 2 x 0.5^3
     assert excluded.to_json()["evidence"]["flipped"][0] == {"image": 1, "reference_margin": 0.9}
+    # an eligible build that beats its runner-up on speed is compared with it on agreement too, image by image
+    torn = _candidate("fp16", Evidence("top-1", 16, 15, (12,), MARGINS), p50=1.5, precision="fp16")
+    (answer,) = answers([winner, torn], "p50", Constraints(0.9))
+    assert answer.winner is not None and answer.winner.build_key == "fp16" and not answer.excluded
+    assert answer.versus_runner_up is not None and "(winner only 0, runner-up only 1)" in answer.versus_runner_up
 
 
 # --- through sweeps ----------------------------------------------------------------------------------
