@@ -53,6 +53,12 @@ class NoiseFloor:
         return NoiseFloor(stored.get("perturbation", ""), int(stored["samples"]), int(stored["agreed"]),
                           tuple(stored.get("flipped") or ()), stored.get("cosine_mean"))
 
+    def to_json(self) -> dict[str, Any]:
+        low, high = wilson(self.agreed, self.samples)
+        return {"perturbation": self.perturbation, "agreed": self.agreed, "samples": self.samples,
+                "interval": [round(low, 4), round(high, 4)], "flipped": list(self.flipped), "cosine_mean": self.cosine_mean,
+                "text": self.describe()}
+
     def describe(self) -> str:
         low, high = wilson(self.agreed, self.samples)
         cosine = f", cosine {self.cosine_mean:.4f}" if self.cosine_mean is not None else ""
@@ -114,7 +120,7 @@ class Evidence:
                 "flips": len(self.flipped), "confident_flips": len(self.confident_flips(margin)), "confident_margin": margin,
                 "flipped": [{"image": i, "reference_margin": self.margins[i] if i < len(self.margins) else None} for i in self.flipped],
                 "nonfinite": self.nonfinite, "cosine_mean": self.cosine_mean, "kl_mean": self.kl_mean,
-                "reference_note": self.reference_note, "noise_floor": None if self.noise is None else self.noise.describe(),
+                "reference_note": self.reference_note, "noise_floor": None if self.noise is None else self.noise.to_json(),
                 "within_noise_floor": self.within_noise()}
 
 

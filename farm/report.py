@@ -122,6 +122,9 @@ def print_answers(console: Console, answers: list[Answer], untimed: list[Untimed
                 console.print(f"  {c.model} @ {escape(c.target)} batch {c.batch_size}: {escape(c.verdict.note)}", highlight=False)
             if c.kernel_note:
                 console.print(f"  {c.model} @ {escape(c.target)}: {escape(c.kernel_note)}", highlight=False)
+    floors = {a.winner.model: a.winner.evidence.noise for a in answers if a.winner and a.winner.evidence and a.winner.evidence.noise}
+    for model, noise in floors.items():  # what fp32 itself does to these images: no build is blamed for as much
+        console.print(f"  {model}: noise floor: {escape(noise.describe())}", highlight=False, soft_wrap=True)
     for note in dict.fromkeys(f"{a.model}: {a.speed_only}: a speed result over the builds with finite outputs"
                               for a in answers if a.speed_only):
         console.print(f"[yellow]{escape(note)}[/]", highlight=False, soft_wrap=True)

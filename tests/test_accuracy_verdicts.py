@@ -196,6 +196,11 @@ def test_a_degenerate_reference_is_named_in_every_fidelity_row_and_answer(ray_cl
     (winner,) = json.loads(shown.stdout)["winners"]
     assert winner["speed_only"] and fidelity.DEGENERATE in winner["note"]
     assert winner["evidence"]["reference_note"].startswith(fidelity.DEGENERATE)
+    floor = winner["evidence"]["noise_floor"]  # fp32 against itself on the shifted images, per model
+    assert floor["samples"] == 4 and floor["perturbation"] == "2-pixel shift" and floor["text"].startswith("fp32 under a 2-pixel shift")
+    table = CliRunner().invoke(app, ["best", "--data-dir", str(tmp_path / "data")])
+    assert table.exit_code == 0 and "tiny_logits: noise floor: fp32 under a 2-pixel shift" in " ".join(table.output.split())
+    assert f"tiny_logits: {fidelity.DEGENERATE}" in " ".join(table.output.split())
 
 
 @pytest.mark.slow
