@@ -182,6 +182,7 @@ def status(
                 raise fail(f"no sweep {sweep_id if sweep_id is not None else 'recorded yet'}")
             by_stage = queries.stage_progress(s, found.id)
             failures = queries.failures(s, found.id)
+            rejected = queries.failures(s, found.id, "rejected")
             loads = queries.node_loads(s, found.id)
             running = queries.running(s, found.id)
         shown = queries.sweep_status(found.status, found.heartbeat_at, found.started_at)
@@ -190,7 +191,8 @@ def status(
         print(json.dumps({"sweep": found.id, "name": found.name, "status": shown.split(" (")[0], "detail": shown,
                           "stored_status": found.status, "heartbeat_at": str(found.heartbeat_at) if found.heartbeat_at else None,
                           "stages": by_stage, "nodes": [asdict(n) for n in loads], "running": [asdict(r) for r in running],
-                          "eta_s": left_s, "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures]},
+                          "eta_s": left_s, "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures],
+                          "rejected": [{"stage": f.stage, "job": f.label, "reason": f.error} for f in rejected]},
                          default=str))
         return
     console.print(f"sweep {found.id} ({found.name}): {escape(shown)}, started {found.started_at:%Y-%m-%d %H:%M:%S}"
@@ -207,6 +209,9 @@ def status(
     for job in running:
         since = "" if job.started is None else f" since {job.started:%H:%M:%S}"
         console.print(f"[cyan]running[/] {job.stage} {escape(job.label)} on {escape(job.node or '?')}{since}", highlight=False, soft_wrap=True)
+    for finding in rejected:  # judged not viable: an answer, not a failure
+        console.print(f"[yellow]rejected[/] {finding.stage} {escape(finding.label)}: {escape(finding.error or '')}", highlight=False,
+                      soft_wrap=True)
     for failure in failures:  # one line each, however long the error: soft_wrap keeps it unbroken
         console.print(f"[red]failed[/] {failure.stage} {escape(failure.label)}: {escape(failure.error or '')}", highlight=False, soft_wrap=True)
 

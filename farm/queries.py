@@ -264,11 +264,11 @@ def remaining_seconds(sweep: schema.Sweep, by_stage: dict[str, dict[str, int]], 
     return (now - started).total_seconds() / ran * left
 
 
-def failures(s: Session, sweep_id: int) -> list[Failure]:
-    """The sweep's failed jobs with the error and log their stage row kept."""
+def failures(s: Session, sweep_id: int, state: str = "failed") -> list[Failure]:
+    """The sweep's failed jobs (or those in `state`: "rejected", judged not viable) with the error and log their stage row kept."""
     found = []
     for job in s.scalars(
-        select(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.state == "failed").order_by(schema.SweepJob.id)
+        select(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.state == state).order_by(schema.SweepJob.id)
     ):
         row = s.get(ROWS[job.stage], job.key) if job.stage in ROWS else None
         found.append(Failure(job.stage, job.label, (row.error if row else None) or job.error, row.log if row else None,

@@ -228,6 +228,7 @@ def test_a_variant_the_fallback_rejects_is_a_finding_answered_with_exit_0_and_no
     with store.session() as s:
         variant = s.scalars(select(schema.Variant).where(schema.Variant.precision == "int8")).one()
         assert variant.status == "rejected" and "not viable" in variant.error
+        variant_label = s.scalars(select(schema.SweepJob.label).where(schema.SweepJob.key == variant.key)).first()
         assert variant.details["fallback"]["refused"] and variant.details["fallback"]["plain"]["samples"] == 100
         judged_at = variant.created_at
     shown = CliRunner().invoke(app, ["best", "--json", "--data-dir", str(tmp_path / "data")])
@@ -249,6 +250,10 @@ def test_a_variant_the_fallback_rejects_is_a_finding_answered_with_exit_0_and_no
         assert s.scalars(select(schema.Variant).where(schema.Variant.precision == "int8")).one().created_at == judged_at
         sweep_jobs = s.scalars(select(schema.SweepJob).where(schema.SweepJob.sweep_id == again.sweep_id)).all()
         assert {j.state for j in sweep_jobs} == {"cached", "rejected", "skipped"}
+    status = CliRunner().invoke(app, ["status", "--json", "--data-dir", str(tmp_path / "data")])
+    shown_status = json.loads(status.stdout)
+    assert shown_status["failures"] == [] and [r["job"] for r in shown_status["rejected"]] == [variant_label]
+    assert shown_status["stages"]["variant"]["rejected"] == 1 and shown_status["stages"]["build"]["skipped"] == 1
     # and `farm pull --precision int8` says by how much it missed
     pulled = CliRunner().invoke(app, ["pull", "digits", "--target", "cpu", "--precision", "int8", "--data-dir", str(tmp_path / "data")])
     assert pulled.exit_code == 3 and f"top-1 {numbers['agreed']}/100 [" in pulled.output and "not viable" in pulled.output
