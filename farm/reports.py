@@ -46,7 +46,8 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
     constraints = Constraints(fidelity.get("min_top1_agreement", 0.99), fidelity.get("min_cosine"), fidelity.get("max_accuracy_drop"),
                               fidelity.get("eligibility", "evidence"), fidelity.get("confident_margin", 0.1))
     found = candidates(session, sweep_id=sweep_id)
-    groups = answers(found, objective, constraints, rejected_variants(session, sweep_id=sweep_id))
+    refused = rejected_variants(session, sweep_id=sweep_id)
+    groups = answers(found, objective, constraints, refused)
     rows = [a.winner for a in groups if a.winner is not None]
     noisy = [c for c in found if (c.value("cv") or 0) > 0.05 or c.value("converged") is False]
     targets = session.scalars(select(schema.Target).where(schema.Target.id.in_({c.target for c in found} | {u.target for u in untimed(session, sweep_id=sweep_id)}))).all()
@@ -58,6 +59,7 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
         "rule": constraints.rule_text(),
         "winners": [_winner(c, constraints.confident_margin) for c in rows],
         "excluded": _excluded(groups, constraints.confident_margin),
+        "rejected": [x.to_json(constraints.confident_margin) for x in refused],
         "noise": {"benchmarks": len(found), "noisy": len(noisy),
                   "unconverged": sum(1 for c in found if c.value("converged") is False),
                   "list": [{"engine": c.engine, "target": c.target, "batch": c.batch_size, "cv": c.value("cv"),

@@ -254,6 +254,12 @@ def test_a_variant_the_fallback_rejects_is_a_finding_answered_with_exit_0_and_no
     shown_status = json.loads(status.stdout)
     assert shown_status["failures"] == [] and [r["job"] for r in shown_status["rejected"]] == [variant_label]
     assert shown_status["stages"]["variant"]["rejected"] == 1 and shown_status["stages"]["build"]["skipped"] == 1
+    for format in ("json", "csv", "html"):  # the report a person mails lists it too, with its numbers
+        out = tmp_path / f"report.{format}"
+        made = CliRunner().invoke(app, ["report", str(first.sweep_id), "--format", format, "--out", str(out), "--data-dir", str(tmp_path / "data")])
+        assert made.exit_code == 0 and f"top-1 {numbers['agreed']}/100 [" in out.read_text()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [x["stage"] for x in report["excluded"]] == ["variant"] and report["rejected"][0]["evidence"]["samples"] == 100
     # and `farm pull --precision int8` says by how much it missed
     pulled = CliRunner().invoke(app, ["pull", "digits", "--target", "cpu", "--precision", "int8", "--data-dir", str(tmp_path / "data")])
     assert pulled.exit_code == 3 and f"top-1 {numbers['agreed']}/100 [" in pulled.output and "not viable" in pulled.output
