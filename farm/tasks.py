@@ -93,10 +93,10 @@ def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:
         message = " ".join(str(exc).split()) or type(exc).__name__
         log = capture.text + "\n" + traceback.format_exc()
         device["ended"] = time.time()
-        rejected = isinstance(exc, stages.Rejected)  # judged not viable: its numbers are the value
-        return Outcome(False, value=exc.details if isinstance(exc, stages.Rejected) else None,
-                       error=(message if rejected else f"{type(exc).__name__}: {message}")[:1000], log=log, seconds=time.perf_counter() - started,
-                       node=device["host"], device=device, rejected=rejected)
+        judged = exc if isinstance(exc, stages.Rejected) else None  # not viable: a finding, its numbers the value
+        error = message if judged is not None else f"{type(exc).__name__}: {message}"
+        return Outcome(False, value=judged.details if judged is not None else None, error=error[:1000], log=log,
+                       seconds=time.perf_counter() - started, node=device["host"], device=device, rejected=judged is not None)
     device["ended"] = time.time()
     value, blobs = value if isinstance(value, tuple) else (value, {})
     return Outcome(True, value, blobs, log=capture.text, seconds=time.perf_counter() - started, node=device["host"], device=device)

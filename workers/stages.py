@@ -30,6 +30,7 @@ from workers.structs import BuildRequest, Engine, Manifest, ModelRef
 __all__ = [
     "export_model",
     "reference_outputs",
+    "reference_run",
     "calibrate_model",
     "make_variant",
     "build_engine",
