@@ -90,7 +90,9 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
         export = ExportJob(content_key("export", model=model, **extra), f"{model.name}", model)
         calibration_data, heldout = data_refs(spec, base, model_spec, contents)
         # noise_floor: references recorded before fp32 was judged against its own shifted run are not reused
-        reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest, noise_floor=[SHIFT_PIXELS, SHIFT_MIN_WIDTH]),
+        boxes = spec.fidelity.box_score_threshold if model.task == "detection" else None  # what a detector's noise floor counts
+        reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest, noise_floor=[SHIFT_PIXELS, SHIFT_MIN_WIDTH],
+                                             boxes=boxes),
                                  f"{model.name} fp32 reference", export.key, model, heldout)
         jobs += [export, reference]
         calibrations: dict[str, CalibrateJob] = {}

@@ -143,7 +143,8 @@ class ReferenceStage(Stage):
     def submit(self, ctx: Context, job: ReferenceJob) -> ray.ObjectRef:
         fp32 = ctx.blob(ctx.produced(job.export_key).blobs["onnx"])
         inputs, _labels = ctx.rows(job.data)
-        return tasks.reference_task.options(**self.retries(ctx), **ctx.pin(job)).remote(fp32, inputs, max(ctx.spec.batch_sizes), job.model.task)
+        return tasks.reference_task.options(**self.retries(ctx), **ctx.pin(job)).remote(
+            fp32, inputs, max(ctx.spec.batch_sizes), job.model.task, ctx.spec.fidelity.box_score_threshold)
 
     def columns(self, job: ReferenceJob, value: Any) -> dict[str, Any]:
         return {"model_key": job.export_key, "data_digest": job.data.digest, "samples": value["samples"] if value else None,

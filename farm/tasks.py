@@ -110,8 +110,8 @@ def _export(model: ModelRef) -> tuple[Any, dict[str, bytes]]:
     return exported.info, blobs
 
 
-def _reference(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str) -> tuple[Any, dict[str, bytes]]:
-    found = stages.reference_run(fp32, inputs, batch_size, task)
+def _reference(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str, box_score_threshold: float) -> tuple[Any, dict[str, bytes]]:
+    found = stages.reference_run(fp32, inputs, batch_size, task, box_score_threshold=box_score_threshold)
     return {"samples": len(inputs), "noise_floor": found.noise_floor, "note": found.note}, {"reference": found.outputs}
 
 
@@ -167,8 +167,8 @@ def export_task(model: ModelRef) -> Outcome:
 
 
 @ray.remote(num_cpus=1)
-def reference_task(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str) -> Outcome:
-    return run_stage(_reference, fp32, inputs, batch_size, task)
+def reference_task(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str, box_score_threshold: float = 0.5) -> Outcome:
+    return run_stage(_reference, fp32, inputs, batch_size, task, box_score_threshold)
 
 
 @ray.remote(num_cpus=1)

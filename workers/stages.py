@@ -56,9 +56,10 @@ class Reference:
 
 
 def reference_run(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str = "classification",
-                  noise_floor: bool = True) -> Reference:
+                  noise_floor: bool = True, box_score_threshold: float = 0.5) -> Reference:
     """The reference outputs, and fp32's own agreement with them when every image is moved by
-    fidelity.SHIFT_PIXELS: the disagreement a candidate cannot be blamed for."""
+    fidelity.SHIFT_PIXELS: the disagreement a candidate cannot be blamed for (a detector's boxes
+    compared above `box_score_threshold`, as its builds' are)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"])
@@ -68,7 +69,8 @@ def reference_run(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str = 
     if task == "detection":
         found = [_detections(session.run(None, {name: x[None]})) for x in inputs]
         if moved is not None:
-            floor = asdict(compare_detections(found, [_detections(session.run(None, {name: x[None]})) for x in moved]))
+            shifted = [_detections(session.run(None, {name: x[None]})) for x in moved]
+            floor = asdict(compare_detections(found, shifted, score_threshold=box_score_threshold))
         return Reference(pack_detections(found), _perturbation(floor), None)
     outputs = fidelity_.run_batched(lambda x: session.run(None, {name: x})[0], inputs, batch_size)
     if moved is not None:
