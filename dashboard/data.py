@@ -20,7 +20,7 @@ from farm import queries
 from farm.delivery import engine_bundle, engine_bytes
 from farm.metrics import METRICS
 from farm.reports import render_report
-from farm.select import Candidate, Untimed, candidates
+from farm.select import Candidate, Exclusion, Untimed, candidates, rejected_variants
 from farm.select import untimed as build_only
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import shown_url
@@ -133,6 +133,12 @@ def timed_pair(at: Where) -> tuple[str, str] | None:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def found_candidates(at: Where, sweep_id: int | None) -> list[Candidate]:
     return _read(at, lambda s: candidates(s, sweep_id=sweep_id))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def rejected(at: Where, sweep_id: int | None) -> list[Exclusion]:
+    """Variants judged not viable before any build (farm.select.rejected_variants)."""
+    return _read(at, lambda s: rejected_variants(s, sweep_id=sweep_id))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -28,7 +28,9 @@ from farm.cli_common import (
     AsJson,
     DataDir,
     DbUrl,
+    EligibilityOption,
     FloorOption,
+    MarginOption,
     ObjectiveOption,
     OneLineGroup,
     check_address,
@@ -92,7 +94,7 @@ def sweep(
     from farm import cluster
     from farm.driver import run_sweep
     from farm.report import SweepProgress, print_answers
-    from farm.select import Constraints, candidates, untimed, winners
+    from farm.select import Constraints, answers, candidates, rejected_variants, untimed
     from farm.spec import check_inputs, load_spec
 
     # SIGTERM (a job scheduler, `timeout`) ends the sweep like Ctrl-C: recorded as interrupted, resumable.
@@ -115,16 +117,30 @@ def sweep(
                                on_build_progress=progress.on_build_progress)
         constraints = Constraints.of(parsed.fidelity.constraints())
         with store.session() as s:
-            rows = winners(candidates(s, sweep_id=result.sweep_id), objective, constraints)
+            found = answers(candidates(s, sweep_id=result.sweep_id), objective, constraints,
+                            rejected_variants(s, sweep_id=result.sweep_id))
             build_only = untimed(s, sweep_id=result.sweep_id)
-        if not rows:
+        if not any(a.winner for a in found):
             console.print(f"no eligible winner: no timed build passed every stage with {constraints.describe()}")
-        print_answers(console, rows, build_only, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, {constraints.describe()}")
+        print_answers(console, found, build_only, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, "
+                      f"{constraints.describe()}", constraints.confident_margin)
         code = sweep_exit_code(result.states)
-        ended = {OK: "every job ok", SOME_FAILED: "some jobs failed", NOTHING: "no job succeeded"}[code]
-        console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {result.failed} failed ({ended}); "
+        ended = {OK: "every job ok" if not result.rejected else "every job ok or judged", SOME_FAILED: "some jobs failed",
+                 NOTHING: "no job succeeded"}[code]
+        rejected = f", {result.rejected} rejected" if result.rejected else ""
+        console.print(f"sweep {result.sweep_id}: {len(result.states)} jobs, {result.failed} failed{rejected} ({ended}); "
                       f"results in {store.location.url}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def checked_constraints(min_top1_agreement: float | None, min_cosine: float | None, max_accuracy_drop: float | None,
+                        eligibility: str, confident_margin: float) -> Any:
+    from farm.evidence import RULES
+    from farm.select import Constraints
+
+    if eligibility not in RULES:
+        raise fail(f"--eligibility {eligibility!r}: expected one of {', '.join(RULES)}")
+    return Constraints(min_top1_agreement, min_cosine, max_accuracy_drop, eligibility, confident_margin)  # type: ignore[arg-type]
 
 
 def redone_stages(force: bool, redo_from: str | None) -> frozenset[str]:
@@ -141,10 +157,11 @@ def redone_stages(force: bool, redo_from: str | None) -> frozenset[str]:
 
 
 def sweep_exit_code(states: dict[str, str]) -> int:
-    """0: every job done or cached; 1: some failed (or were blocked by a failure); 3: not one succeeded."""
+    """0: every job done or cached, or judged not viable (rejected, and what it would have fed skipped): a
+    rejection is an answer, not a failure; 1: some failed (or were blocked by a failure); 3: not one succeeded."""
     if not any(state in ("done", "cached") for state in states.values()):
         return NOTHING
-    return OK if all(state in ("done", "cached") for state in states.values()) else SOME_FAILED
+    return OK if all(state in ("done", "cached", "rejected", "skipped") for state in states.values()) else SOME_FAILED
 
 
 @app.command()
@@ -165,6 +182,7 @@ def status(
                 raise fail(f"no sweep {sweep_id if sweep_id is not None else 'recorded yet'}")
             by_stage = queries.stage_progress(s, found.id)
             failures = queries.failures(s, found.id)
+            rejected = queries.failures(s, found.id, "rejected")
             loads = queries.node_loads(s, found.id)
             running = queries.running(s, found.id)
         shown = queries.sweep_status(found.status, found.heartbeat_at, found.started_at)
@@ -173,7 +191,8 @@ def status(
         print(json.dumps({"sweep": found.id, "name": found.name, "status": shown.split(" (")[0], "detail": shown,
                           "stored_status": found.status, "heartbeat_at": str(found.heartbeat_at) if found.heartbeat_at else None,
                           "stages": by_stage, "nodes": [asdict(n) for n in loads], "running": [asdict(r) for r in running],
-                          "eta_s": left_s, "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures]},
+                          "eta_s": left_s, "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures],
+                          "rejected": [{"stage": f.stage, "job": f.label, "reason": f.error} for f in rejected]},
                          default=str))
         return
     console.print(f"sweep {found.id} ({found.name}): {escape(shown)}, started {found.started_at:%Y-%m-%d %H:%M:%S}"
@@ -190,6 +209,9 @@ def status(
     for job in running:
         since = "" if job.started is None else f" since {job.started:%H:%M:%S}"
         console.print(f"[cyan]running[/] {job.stage} {escape(job.label)} on {escape(job.node or '?')}{since}", highlight=False, soft_wrap=True)
+    for finding in rejected:  # judged not viable: an answer, not a failure
+        console.print(f"[yellow]rejected[/] {finding.stage} {escape(finding.label)}: {escape(finding.error or '')}", highlight=False,
+                      soft_wrap=True)
     for failure in failures:  # one line each, however long the error: soft_wrap keeps it unbroken
         console.print(f"[red]failed[/] {failure.stage} {escape(failure.label)}: {escape(failure.error or '')}", highlight=False, soft_wrap=True)
 
@@ -202,6 +224,8 @@ def best(
     min_top1_agreement: FloorOption = 0.99,
     min_cosine: Annotated[float | None, typer.Option(min=-1.0, max=1.0, help="Fidelity constraint: mean cosine similarity with fp32, -1..1.")] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Fidelity constraint: labelled top-1 accuracy below fp32's, 0..1.")] = None,
+    eligibility: EligibilityOption = "evidence",
+    confident_margin: MarginOption = 0.1,
     sweep_id: Annotated[int | None, typer.Option("--sweep", help="Only results of this sweep.")] = None,
     data_dir: DataDir = None,
     db_url: DbUrl = None,
@@ -210,25 +234,30 @@ def best(
     """The answer per model, target and batch size: the fastest build that meets the constraints, with a
     verdict on whether it really beats the runner-up; and the builds of targets nothing here can time."""
     from farm import queries
-    from farm.report import candidate_json, print_answers
-    from farm.select import Constraints, candidates, untimed, winners
+    from farm.report import answer_json, print_answers
+    from farm.select import answers, candidates, rejected_variants, untimed
 
     with one_line_errors(as_json):
         chosen = checked_objective(objective)
-        constraints = Constraints(min_top1_agreement, min_cosine, max_accuracy_drop)
+        constraints = checked_constraints(min_top1_agreement, min_cosine, max_accuracy_drop, eligibility, confident_margin)
         store = results_store(data_dir, db_url)
         with store.session() as s:
             found = candidates(s, model=model, target=target, sweep_id=sweep_id)
-            rows = winners(found, chosen, constraints)
+            rejected = rejected_variants(s, model=model, sweep_id=sweep_id)
+            groups = answers(found, chosen, constraints, rejected)
             build_only = untimed(s, model=model, target=target, sweep_id=sweep_id)
-            if not rows and not build_only:
+            if not any(a.winner for a in groups) and not build_only:  # one line: the closest build and by how much it missed
                 raise fail(*_why_no_answer(s, found, model, target, sweep_id, constraints))
-            answers = [candidate_json(r, queries.build_provenance(s, r.build_key)) for r in rows]
+            shown = [answer_json(a, queries.build_provenance(s, a.winner.build_key) if a.winner else None, constraints.confident_margin)
+                     for a in groups]
     if as_json:
-        print(json.dumps({"objective": chosen, "constraints": asdict(constraints), "winners": answers,
+        print(json.dumps({"objective": chosen, "constraints": asdict(constraints), "rule": constraints.rule_text(),
+                          "winners": [g for g in shown if g.get("build_key")], "unanswered": [g for g in shown if not g.get("build_key")],
+                          "rejected": [x.to_json(constraints.confident_margin) for x in rejected],
                           "built_not_timed": [asdict(u) for u in build_only]}, indent=2, default=str))
         return
-    print_answers(console, rows, build_only, chosen, f"Winners by {objective}, {constraints.describe()}")
+    print_answers(console, groups, build_only, chosen, f"Winners by {objective}, {constraints.describe()}", constraints.confident_margin)
+    console.print(f"rule: {escape(constraints.rule_text())}", highlight=False, soft_wrap=True)
 
 
 def _why_no_answer(s: Any, found: list[Any], model: str | None, target: str | None, sweep_id: int | None,
@@ -249,8 +278,10 @@ def _why_no_answer(s: Any, found: list[Any], model: str | None, target: str | No
         return f"--target {target!r}: no such target in the store (known: {'; '.join(known) or 'none'})", BAD_INPUT
     if not found:
         return "no benchmarked build yet" + (" for these filters" if model or target or sweep_id else "") + ": run `farm sweep SPEC`", NOTHING
-    best = max((c.top1_agreement for c in found if c.top1_agreement is not None), default=None)
-    return (f"no build meets {constraints.describe()} among {len(found)} benchmarks (best top-1 agreement: {best}); "
+    closest = max(found, key=lambda c: (c.evidence.interval[1] if c.evidence else c.top1_agreement or 0.0))
+    reached = closest.evidence.describe(constraints.confident_margin) if closest.evidence else f"top-1 agreement {closest.top1_agreement}"
+    missed = "; ".join(constraints.failures(closest))
+    return (f"no build meets {constraints.describe()} among {len(found)} benchmarks (closest: {closest.engine}, {reached}: {missed}); "
             "relax the constraints (--min-top1-agreement ...)"), NOTHING
 
 

@@ -38,6 +38,9 @@ DbUrl = Annotated[str | None, typer.Option("--db-url", envvar="FARM_DB_URL", hel
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table (errors too: {\"error\": ...} on stdout).")]
 ObjectiveOption = Annotated[str, typer.Option(help="p50, p99 (latency) or throughput.")]
 FloorOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Fidelity floor: top-1 agreement with fp32, 0..1.")]
+EligibilityOption = Annotated[str, typer.Option(help="How the floor is read: evidence (no confident flips, Wilson upper bound "
+                                                     "or fp32's own noise floor; docs/verdicts.md) or threshold (the bare share).")]
+MarginOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="A flip where fp32's softmax margin p1-p2 is at least this is confident.")]
 
 out = Console()
 if not out.is_terminal:  # logs of `ray job submit` and CI: wide enough for the winners table

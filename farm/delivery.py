@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.queries import BuildDetail, build_detail, build_provenance
-from farm.select import Candidate, Constraints, Objective, Untimed, candidates, untimed, winners
+from farm.select import Candidate, Constraints, Objective, Untimed, candidates, rejected_variants, untimed, winners
 from farm.store import Store, schema
 
 ENGINE_SUFFIX = {"tensorrt": ".plan", "onnxruntime": ".onnx", "torch": ".pt"}
@@ -310,17 +311,30 @@ def pick_build(
     found = [c for c in timed if c.target == here and (precision is None or c.precision == precision)]
     sizes = sorted({c.batch_size for c in found})
     if not sizes:
+        refused = [x for x in rejected_variants(session, model=model) if precision and x.engine.split()[0] == precision]
+        if refused:  # judged before any build: say by how much
+            raise ExportError(f"no {precision} build of {model} on {here}: {refused[0].line(constraints.confident_margin)}", 3)
         raise ExportError(f"no {precision} build of {model} on {here}", 2)
     batch = default_batch(sizes, objective) if batch_size is None else batch_size
     if batch not in sizes:
         raise ExportError(f"{model} on {here} was benchmarked at batch sizes {sizes}, not {batch}", 2)
     best = winners([c for c in found if c.batch_size == batch], objective, constraints)
     if not best:
-        raise ExportError(f"no build of {model} on {here} reaches {constraints.describe()}: relax the constraints", 3)
+        raise ExportError(f"no {precision + ' ' if precision else ''}build of {model} on {here} reaches {constraints.describe()}: "
+                          f"{_shortfall([c for c in found if c.batch_size == batch], constraints)}; relax the constraints", 3)
     w = best[0]
     summary = (f"{w.label}: batch {w.batch_size}, p50 {w.p50_ms:.3f} ms, p99 {w.p99_ms:.3f} ms, {w.throughput:.1f} samples/s, "
                f"top-1 agreement {w.top1_agreement}" + (f"; {w.verdict.note}" if w.verdict and w.verdict.note else ""))
     return Picked(w.build_key, w.label, summary, f"the winner by {objective} under {constraints.describe()}")
+
+
+def _shortfall(found: list[Candidate], constraints: Constraints) -> str:
+    """By how much the closest build missed: its evidence, its reasons, and the floor it would meet."""
+    closest = max(found, key=lambda c: c.evidence.interval[1] if c.evidence is not None else c.top1_agreement or 0.0)
+    reached = closest.evidence.describe(constraints.confident_margin) if closest.evidence is not None else f"top-1 agreement {closest.top1_agreement}"
+    would = closest.evidence.interval[1] if closest.evidence is not None else closest.top1_agreement
+    floor = f" (its top-1 floor would be --min-top1-agreement {math.floor((would or 0.0) * 100) / 100:.2f})" if would is not None else ""
+    return f"closest {closest.engine}: {reached}, {'; '.join(constraints.failures(closest))}{floor}"
 
 
 def _pick_untimed(model: str, target: str, builds: list[Untimed], timed: list[Candidate], objective: Objective,

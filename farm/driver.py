@@ -64,6 +64,10 @@ class SweepResult:
     def failed(self) -> int:
         return sum(1 for state in self.states.values() if state == "failed")
 
+    @property
+    def rejected(self) -> int:
+        return sum(1 for state in self.states.values() if state == "rejected")
+
 
 def run_sweep(
     spec: SweepSpec,
@@ -87,11 +91,12 @@ def run_sweep(
         nodes = [cluster.Node("local", float(os.cpu_count() or 1), float(len(device.gpus)), device)]
         groups = cluster.group_targets(nodes, spec.rtx_targets())
         plan = expand(spec, base, groups)
-        if plan.jobs and recorder.all_finished([(j.stage, j.key) for j in plan.jobs]):
+        settled = settled_states(plan, recorder.statuses([(j.stage, j.key) for j in plan.jobs]))
+        if plan.jobs and settled is not None:
             recorded = _with_changes(spec, plan, recorder)
             if on_plan:
                 on_plan(plan, groups)
-            return _answered_from_store(spec_path, recorded, plan, recorder, listener)
+            return _answered_from_store(spec_path, recorded, plan, recorder, listener, settled)
     cluster.connect(address)
     nodes = cluster.probe()
     groups = cluster.group_targets(nodes, spec.rtx_targets())
@@ -118,15 +123,34 @@ def _with_changes(spec: SweepSpec, plan: Plan, recorder: Recorder) -> dict[str, 
     return recorded
 
 
-def _answered_from_store(spec_path: str, recorded: dict[str, Any], plan: Plan, recorder: Recorder, listener: Listener | None) -> SweepResult:
-    """A sweep whose every job already finished: recorded as such, all cached, without starting Ray."""
+def settled_states(plan: Plan, statuses: dict[str, str]) -> dict[str, str] | None:
+    """Each job's state when the store already answers the whole plan: "cached" (an ok row), "rejected" (a
+    row judged not viable), "skipped" (below a rejection); None when some job still has work to do."""
+    states: dict[str, str] = {}
+    for job in plan.jobs:  # parents come before their children
+        status = statuses.get(job.key)
+        if status in ("ok", "rejected"):
+            states[job.key] = "cached" if status == "ok" else "rejected"
+        elif not job.runs_after_failures and any(states.get(parent) in ("rejected", "skipped") for parent in job.needs):
+            states[job.key] = "skipped"
+        else:
+            return None
+    return states
+
+
+def _answered_from_store(spec_path: str, recorded: dict[str, Any], plan: Plan, recorder: Recorder, listener: Listener | None,
+                         states: dict[str, str]) -> SweepResult:
+    """A sweep whose every job already finished (or was judged): recorded as such, without starting Ray."""
     sweep_id = recorder.start_sweep(recorded["name"], spec_path, recorded, ((j.stage, j.key, j.label) for j in plan.jobs),
                                     state="cached")
-    if listener:
-        for job in plan.jobs:
-            listener(job.stage, "cached", job, None)
+    for job in plan.jobs:
+        why = recorder.error(job.stage, job.key) if states[job.key] == "rejected" else None
+        if states[job.key] != "cached":
+            recorder.mark(sweep_id, job.stage, job.key, states[job.key], why or "nothing to do: an upstream job was rejected")
+        if listener:
+            listener(job.stage, states[job.key], job, why)
     recorder.finish_sweep(sweep_id, "finished")
-    return SweepResult(sweep_id, plan, {j.key: "cached" for j in plan.jobs})
+    return SweepResult(sweep_id, plan, states)
 
 
 def _target_rows(groups: list[TargetGroup], nodes: list[cluster.Node]) -> list[schema.Target]:
@@ -181,9 +205,14 @@ class SweepRun:
     def execute(self, redo: frozenset[str] = frozenset()) -> None:
         """Run every job of the plan; one of a stage not in `redo` that already finished is read back."""
         for key, job in self.schedule.jobs.items():
-            if job.stage not in redo and (row := self.recorder.finished(job.stage, key)) is not None:
+            if job.stage in redo or key in self.schedule.states:  # skipped below a rejection read back just before
+                continue
+            if (row := self.recorder.finished(job.stage, key)) is not None:
                 self._produced[key] = self.stages[job.stage].produced(row)
                 self._report(self.schedule.finish(key, "cached"))
+            elif (row := self.recorder.rejected(job.stage, key)) is not None:  # judged with these inputs: not tried again
+                self.recorder.mark(self.sweep_id, job.stage, key, "rejected", row.error)
+                self._report(self.schedule.finish(key, "rejected", row.error))
         while not self.schedule.finished:
             self.recorder.heartbeat(self.sweep_id)  # throttled in the recorder; readers call a silent driver gone
             start, ended = self.schedule.advance()
@@ -270,11 +299,13 @@ class SweepRun:
         if outcome.ok:
             self._produced[job.key] = stage.produced(row)
             self._report(self.schedule.finish(job.key, "done"))
+        elif outcome.rejected:
+            self._report(self.schedule.finish(job.key, "rejected", outcome.error))
         else:
             self._report(self.schedule.finish(job.key, "failed", outcome.error))
 
     def _report(self, event: Event) -> None:
-        if event.state in ("blocked", "cached"):  # done and failed were marked with their row
+        if event.state in ("blocked", "cached", "skipped"):  # done, failed and rejected were marked with their row
             self.recorder.mark(self.sweep_id, event.job.stage, event.job.key, event.state, event.error)
         if self.listener:
             self.listener(event.job.stage, event.state, event.job, event.error)

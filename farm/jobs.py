@@ -214,7 +214,7 @@ class RetimeJob(Job):
     batch_size: int
     benchmark_keys: tuple[str, ...]
     fidelity_keys: tuple[str, ...]  # of the same builds, in the same order (a missing one: "")
-    constraints: dict[str, float]  # fidelity floors (farm.select.Constraints) a contender must meet
+    constraints: dict[str, Any]  # fidelity floors and their rule (farm.select.Constraints) a contender must meet
     settings: RetimeSettings
 
 

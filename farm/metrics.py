@@ -76,6 +76,10 @@ METRICS: dict[str, Metric] = {
         Metric("reference_accuracy", "fidelity", "reference_accuracy", "fp32 accuracy", "", None),
         Metric("box_recall", "fidelity", "box_recall", "box recall", "", "higher"),
         Metric("box_precision", "fidelity", "box_precision", "box precision", "", "higher"),
+        Metric("kl", "fidelity", "kl_mean", "KL", "", "lower", "{:.3g}"),
+        Metric("agreement_low", "fidelity", "agreement_low", "agr. low", "", None),
+        Metric("agreement_high", "fidelity", "agreement_high", "agr. high", "", None),
+        Metric("nonfinite", "fidelity", "nonfinite", "non-finite", "", None, "{:d}"),
     )
 }
 OBJECTIVES: tuple[str, ...] = ("p50", "p99", "throughput")  # what winners are chosen by
@@ -95,13 +99,19 @@ def benchmark_columns(timings: Timings) -> dict[str, Any]:
 
 def fidelity_columns(result: Fidelity | DetectionFidelity) -> dict[str, Any]:
     """A fidelity row's measured columns: a classifier's agreement, or a detector's box agreement."""
+    from farm.stats import wilson
     from workers.detection import DetectionFidelity
 
     if isinstance(result, DetectionFidelity):
+        low, high = wilson(result.matched, result.reference_boxes)
         return {"samples": result.images, "reference_boxes": result.reference_boxes, "candidate_boxes": result.candidate_boxes,
                 "box_recall": result.recall, "box_precision": result.precision, "score_diff_mean": result.score_diff_mean,
-                "score_diff_max": result.score_diff_max, "iou_mean": result.iou_mean}
-    return asdict(result)
+                "score_diff_max": result.score_diff_max, "iou_mean": result.iou_mean, "agreed": result.matched,
+                "agreement_low": low, "agreement_high": high, "evidence": {"per_image": [list(p) for p in result.per_image]}}
+    found = asdict(result)
+    evidence = {"flipped": list(found.pop("flipped")), "margins": list(found.pop("reference_margins"))}
+    low, high = wilson(result.agreed, result.samples)
+    return found | {"evidence": evidence, "agreement_low": low, "agreement_high": high}
 
 
 def values(row: Any, table: Table) -> dict[str, float | None]:

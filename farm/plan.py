@@ -26,12 +26,14 @@ from farm.jobs import (
     VariantJob,
     content_key,
 )
+from farm.evidence import EVIDENCE_VERSION
 from farm.judge_set import check_judge_set
 from farm.model_inputs import key_inputs, search_path
 from farm.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
 from workers.backends import BACKENDS
 from workers.backends.base import Backend
 from workers.bench import BenchSettings
+from workers.fidelity import SHIFT_MIN_WIDTH, SHIFT_PIXELS
 from workers.precision import DEFAULT_LAYOUT, INT8_LAYOUTS, calibration_settings
 from workers.structs import BuildRequest, ModelRef, Target
 
@@ -96,7 +98,10 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
         inputs = key_inputs(model_spec, model, base, search)
         export = ExportJob(content_key("export", model=model, inputs=inputs), f"{model.name}", model, inputs)
         calibration_data, heldout = data_refs(spec, base, model_spec, contents, judge_set.excluded)
-        reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest),
+        # noise_floor: references recorded before fp32 was judged against its own shifted run are not reused
+        boxes = spec.fidelity.box_score_threshold if model.task == "detection" else None  # what a detector's noise floor counts
+        reference = ReferenceJob(content_key("reference", export=export.key, data=heldout.digest, noise_floor=[SHIFT_PIXELS, SHIFT_MIN_WIDTH],
+                                             boxes=boxes),
                                  f"{model.name} fp32 reference", export.key, model, heldout)
         jobs += [export, reference]
         calibrations: dict[str, CalibrateJob] = {}
@@ -313,7 +318,7 @@ def _build_jobs(
         )
     jobs.append(
         FidelityJob(
-            content_key("fidelity", build=build.key, reference=reference.key,
+            content_key("fidelity", build=build.key, reference=reference.key, evidence=EVIDENCE_VERSION,
                         boxes=spec.fidelity.box_score_threshold if variant.model.task == "detection" else None),
             f"{build.label} fidelity",
             build.key,

@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 from farm.metrics import METRICS
 from farm.store import schema
 
-STATES = ("done", "cached", "failed", "blocked", "running", "pending")
+STATES = ("done", "cached", "rejected", "skipped", "failed", "blocked", "running", "pending")
 # The metrics of a results row and of an engine's benchmark table, in column order.
 RESULT_METRICS = ("p50", "p99", "throughput", "cv", "top1_agreement", "cosine")
 BENCHMARK_METRICS = ("p50", "p90", "p99", "mean", "min", "max", "cv", "throughput", "iterations", "gpu_p50")
-FIDELITY_METRICS = ("top1_agreement", "top5_agreement", "cosine", "cosine_min", "max_abs_error", "accuracy",
-                    "reference_accuracy", "box_recall", "box_precision")
+FIDELITY_METRICS = ("top1_agreement", "agreement_low", "agreement_high", "top5_agreement", "cosine", "cosine_min", "kl",
+                    "max_abs_error", "accuracy", "reference_accuracy", "box_recall", "box_precision", "nonfinite")
 STAGES = schema.STAGES
 ROWS = schema.STAGE_TABLES
 # A running sweep whose driver wrote no heartbeat for this long (it writes one every few seconds,
@@ -283,7 +283,7 @@ def running(s: Session, sweep_id: int, limit: int = 20) -> list[RunningJob]:
 def remaining_seconds(sweep: schema.Sweep, by_stage: dict[str, dict[str, int]], now: datetime) -> float | None:
     """At the pace so far, how long the sweep's pending and running jobs take: elapsed time per job that
     ran here (cached jobs cost nothing) times the jobs left. None before the first job finishes."""
-    ran = sum(states["done"] + states["failed"] + states["blocked"] for states in by_stage.values())
+    ran = sum(states["done"] + states["failed"] + states["blocked"] + states["rejected"] + states["skipped"] for states in by_stage.values())
     left = sum(states["pending"] + states["running"] for states in by_stage.values())
     if not ran or not left or sweep.status != "running":
         return None
@@ -291,11 +291,11 @@ def remaining_seconds(sweep: schema.Sweep, by_stage: dict[str, dict[str, int]], 
     return (now - started).total_seconds() / ran * left
 
 
-def failures(s: Session, sweep_id: int) -> list[Failure]:
-    """The sweep's failed jobs with the error and log their stage row kept."""
+def failures(s: Session, sweep_id: int, state: str = "failed") -> list[Failure]:
+    """The sweep's failed jobs (or those in `state`: "rejected", judged not viable) with the error and log their stage row kept."""
     found = []
     for job in s.scalars(
-        select(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.state == "failed").order_by(schema.SweepJob.id)
+        select(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.state == state).order_by(schema.SweepJob.id)
     ):
         row = s.get(ROWS[job.stage], job.key) if job.stage in ROWS else None
         found.append(Failure(job.stage, job.label, (row.error if row else None) or job.error, row.log if row else None,
@@ -387,8 +387,9 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
             for b in benches
         ],
         fidelity=None if fid is None else {
-            "status": fid.status, "samples": fid.samples, **{m: getattr(fid, METRICS[m].column) for m in FIDELITY_METRICS},
-            "error": fid.error,
+            "status": fid.status, "samples": fid.samples, "agreed": fid.agreed,
+            **{m: getattr(fid, METRICS[m].column) for m in FIDELITY_METRICS},
+            "flipped": len((fid.evidence or {}).get("flipped") or ()), "reference_note": fid.reference_note, "error": fid.error,
         },
     )
 

@@ -15,7 +15,8 @@ from rich.table import Table
 from farm.jobs import Job, Plan, TargetGroup
 from farm.stages import STAGES
 from farm.metrics import METRICS
-from farm.select import RANDOM_WEIGHTS, Candidate, Objective, Untimed
+from farm.evidence import CONFIDENT_MARGIN
+from farm.select import RANDOM_WEIGHTS, Answer, Candidate, Objective, Untimed
 from farm.verdict import short as verdict_short
 from workers.backends import BACKENDS
 from workers.backends.base import version_key
@@ -63,6 +64,8 @@ class SweepProgress:
         if state == "failed":
             # soft_wrap: a long error (ONNX Runtime's unknown-op message) stays one line, whatever the console's width
             self.console.print(f"[red]failed[/] {stage} {escape(job.label)}: {escape(error or '')}", soft_wrap=True, highlight=False)
+        elif state == "rejected":  # a finding: judged and not viable, kept (and not tried again) with its numbers
+            self.console.print(f"[yellow]rejected[/] {stage} {escape(job.label)}: {escape(error or '')}", soft_wrap=True, highlight=False)
 
     def on_build_progress(self, job: Job, phase: str, done: int, total: int) -> None:
         if "build" in self.bars:
@@ -89,7 +92,7 @@ def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Ta
             escape(c.target),
             str(c.batch_size),
             escape(c.engine),
-            *(METRICS[m].format(c.top1_agreement if m == "top1_agreement" else c.value(m)) for m in WINNER_METRICS),
+            *(c.agreement if m == "top1_agreement" else METRICS[m].format(c.value(m)) for m in WINNER_METRICS),
             "-" if c.speedup_vs_torch is None else f"{c.speedup_vs_torch:.2f}x",
             verdict_short(c.verdict),
             escape(c.runner_up or "-"),
@@ -109,8 +112,11 @@ def untimed_table(rows: list[Untimed]) -> Table:
     return table
 
 
-def print_answers(console: Console, rows: list[Candidate], untimed: list[Untimed], objective: Objective, title: str) -> None:
-    """The winners table with its verdicts, the build-only targets, and one line per verdict note."""
+def print_answers(console: Console, answers: list[Answer], untimed: list[Untimed], objective: Objective, title: str,
+                  margin: float = CONFIDENT_MARGIN) -> None:
+    """The winners table with its verdicts, one line per verdict note, every candidate the rule excluded
+    (and variants rejected before any build) with its numbers, and the build-only targets."""
+    rows = [a.winner for a in answers if a.winner is not None]
     if rows:
         console.print(winners_table(rows, objective, title))
         for c in rows:
@@ -118,6 +124,21 @@ def print_answers(console: Console, rows: list[Candidate], untimed: list[Untimed
                 console.print(f"  {c.model} @ {escape(c.target)} batch {c.batch_size}: {escape(c.verdict.note)}", highlight=False)
             if c.kernel_note:
                 console.print(f"  {c.model} @ {escape(c.target)}: {escape(c.kernel_note)}", highlight=False)
+    floors = {a.winner.model: a.winner.evidence.noise for a in answers if a.winner and a.winner.evidence and a.winner.evidence.noise}
+    for model, noise in floors.items():  # what fp32 itself does to these images: no build is blamed for as much
+        console.print(f"  {model}: noise floor: {escape(noise.describe())}", highlight=False, soft_wrap=True)
+    for note in dict.fromkeys(f"{a.model}: {a.speed_only}: a speed result over the builds with finite outputs"
+                              for a in answers if a.speed_only):
+        console.print(f"[yellow]{escape(note)}[/]", highlight=False, soft_wrap=True)
+    shown: set[str] = set()
+    for a in answers:
+        head = f"{a.model} @ {a.target} batch {a.batch_size}" + ("" if a.winner else " (no eligible build)")
+        for x in a.excluded:
+            line = x.line(margin)
+            if x.stage == "variant" and line in shown:  # a rejected variant is one line, not one per group
+                continue
+            shown.add(line)
+            console.print(f"  {escape(head if x.stage != 'variant' else a.model)}: {escape(line)}", highlight=False, soft_wrap=True)
     if untimed:
         console.print(untimed_table(untimed))
 
@@ -128,13 +149,23 @@ def verdict_json(c: Candidate) -> dict[str, Any] | None:
     return asdict(c.verdict) if c.verdict is not None else None
 
 
-def candidate_json(c: Candidate, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+def candidate_json(c: Candidate, provenance: dict[str, Any] | None = None, margin: float = CONFIDENT_MARGIN) -> dict[str, Any]:
     """A winner as `farm best --json` prints it; `provenance` (farm.queries.build_provenance) adds
     `preprocess`, `weights` and `random_weights` under the names bundle manifests use."""
     from dataclasses import asdict
 
     found = asdict(c)
     found.pop("retimed")  # the raw rounds: in the store and the report, not in every answer
+    found["evidence"] = c.evidence.to_json(margin) if c.evidence is not None else None
+    notes = [n for n in (RANDOM_WEIGHTS if c.random_weights else None,
+                         f"{c.reference_note}: a speed result over the builds with finite outputs" if c.reference_note else None) if n]
     return found | {"engine": c.engine, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "throughput": c.throughput,
                     "cv": c.cv, "top1_agreement": c.top1_agreement, "cosine_mean": c.cosine_mean,
-                    "note": RANDOM_WEIGHTS if c.random_weights else None} | (provenance or {})
+                    "speed_only": c.reference_note is not None, "note": "; ".join(notes) or None} | (provenance or {})
+
+
+def answer_json(a: Answer, provenance: dict[str, Any] | None = None, margin: float = CONFIDENT_MARGIN) -> dict[str, Any]:
+    """One group as `farm best --json` prints it: the winner's fields (none when nothing is eligible) and `excluded`."""
+    head = candidate_json(a.winner, provenance, margin) if a.winner is not None else {
+        "model": a.model, "target": a.target, "batch_size": a.batch_size, "winner": None, "note": "no eligible build"}
+    return head | {"versus_runner_up": a.versus_runner_up, "excluded": [x.to_json(margin) for x in a.excluded]}

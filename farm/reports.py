@@ -20,13 +20,15 @@ from sqlalchemy.orm import Session
 
 from farm import queries
 from farm.metrics import METRICS
-from farm.select import RANDOM_WEIGHTS, Candidate, Constraints, candidates, untimed, winners
+from farm.select import RANDOM_WEIGHTS, Answer, Candidate, Constraints, answers, candidates, rejected_variants, untimed
 from farm.verdict import short
 from farm.store import schema
 
 FORMATS = ("csv", "html", "json")
 COLUMNS = ("model", "target", "batch", "engine", "p50 ms", "p50 interval ms", "p99 ms", "samples/s", "cv", "converged",
-           "top-1 agr.", "cosine", "vs torch", "verdict", "runner-up", "verdict note")
+           "top-1 agr.", "agreement", "confident flips", "noise floor", "cosine", "vs torch", "verdict", "runner-up", "verdict note",
+           "note")
+EXCLUDED_COLUMNS = ("model", "target", "batch", "stage", "engine", "evidence", "reason", "vs winner")
 
 
 class ReportError(ValueError):
@@ -41,9 +43,12 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
     spec = sweep.spec or {}
     objective = (spec.get("selection") or {}).get("objective", "p50")
     fidelity = spec.get("fidelity") or {}
-    constraints = Constraints(fidelity.get("min_top1_agreement", 0.99), fidelity.get("min_cosine"), fidelity.get("max_accuracy_drop"))
+    constraints = Constraints(fidelity.get("min_top1_agreement", 0.99), fidelity.get("min_cosine"), fidelity.get("max_accuracy_drop"),
+                              fidelity.get("eligibility", "evidence"), fidelity.get("confident_margin", 0.1))
     found = candidates(session, sweep_id=sweep_id)
-    rows = winners(found, objective, constraints)
+    refused = rejected_variants(session, sweep_id=sweep_id)
+    groups = answers(found, objective, constraints, refused)
+    rows = [a.winner for a in groups if a.winner is not None]
     noisy = [c for c in found if (c.value("cv") or 0) > 0.05 or c.value("converged") is False]
     targets = session.scalars(select(schema.Target).where(schema.Target.id.in_({c.target for c in found} | {u.target for u in untimed(session, sweep_id=sweep_id)}))).all()
     return {
@@ -51,7 +56,10 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
                   "started": str(sweep.started_at), "finished": str(sweep.finished_at) if sweep.finished_at else None},
         "objective": objective,
         "constraints": asdict(constraints),
-        "winners": [_winner(c) for c in rows],
+        "rule": constraints.rule_text(),
+        "winners": [_winner(c, constraints.confident_margin) for c in rows],
+        "excluded": _excluded(groups, constraints.confident_margin),
+        "rejected": [x.to_json(constraints.confident_margin) for x in refused],
         "noise": {"benchmarks": len(found), "noisy": len(noisy),
                   "unconverged": sum(1 for c in found if c.value("converged") is False),
                   "list": [{"engine": c.engine, "target": c.target, "batch": c.batch_size, "cv": c.value("cv"),
@@ -61,20 +69,42 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
         "environment": [{"target": t.id, "kind": t.kind, "description": t.description} for t in targets],
         "retiming": {"groups": sum(1 for c in rows if c.verdict and c.verdict.method == "interleaved"),
                      "reordered": sum(1 for c in rows if c.verdict and c.verdict.reordered)},
-        "notes": [RANDOM_WEIGHTS] if any(c.random_weights for c in rows) else [],
+        "notes": ([RANDOM_WEIGHTS] if any(c.random_weights for c in rows) else [])
+                 + list(dict.fromkeys(f"{a.model}: {a.speed_only}: a speed result over the builds with finite outputs"
+                                      for a in groups if a.speed_only)),
     }
 
 
-def _winner(c: Candidate) -> dict[str, Any]:
+def _winner(c: Candidate, margin: float) -> dict[str, Any]:
     low, high = c.value("p50_low"), c.value("p50_high")
+    e = c.evidence
     return {
         "model": c.model, "target": c.target, "batch": c.batch_size, "engine": c.engine, "build_key": c.build_key,
         "p50 ms": c.p50_ms, "p50 interval ms": None if low is None or high is None else [low, high], "p99 ms": c.p99_ms,
         "samples/s": c.throughput, "cv": c.cv, "converged": c.value("converged"),
-        "top-1 agr.": c.top1_agreement, "cosine": c.cosine_mean, "vs torch": c.speedup_vs_torch,
+        "top-1 agr.": c.top1_agreement, "agreement": c.agreement,
+        "confident flips": len(e.confident_flips(margin)) if e is not None and e.margins else None,
+        "noise floor": e.noise.describe() if e is not None and e.noise is not None else None,
+        "cosine": c.cosine_mean, "vs torch": c.speedup_vs_torch,
         "verdict": short(c.verdict), "runner-up": c.runner_up, "verdict note": c.verdict.note if c.verdict else None,
-        "random weights": c.random_weights,
+        "note": c.reference_note, "random weights": c.random_weights, "evidence": e.to_json(margin) if e is not None else None,
     }
+
+
+def _excluded(groups: list[Answer], margin: float) -> list[dict[str, Any]]:
+    """Every candidate the rule excluded, per group, and each rejected variant once."""
+    found: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for a in groups:
+        for x in a.excluded:
+            if x.stage == "variant" and (x.model + x.line(margin)) in seen:
+                continue
+            seen.add(x.model + x.line(margin))
+            found.append({"model": a.model, "target": a.target if x.stage != "variant" else None,
+                          "batch": a.batch_size if x.stage != "variant" else None, "stage": x.stage, "engine": x.engine,
+                          "evidence": x.evidence.describe(margin) if x.evidence else None, "reason": "; ".join(x.reasons),
+                          "vs winner": x.versus_winner, "detail": x.to_json(margin)})
+    return found
 
 
 def render_report(session: Session, sweep_id: int, format: str) -> str:
@@ -97,6 +127,11 @@ def _csv(data: dict[str, Any]) -> str:
     writer.writerow(COLUMNS)
     for w in data["winners"]:
         writer.writerow([_cell(w[c]) for c in COLUMNS])
+    writer.writerow([])
+    writer.writerow(["# excluded", "rule", data["rule"]])
+    writer.writerow(EXCLUDED_COLUMNS)
+    for x in data["excluded"]:
+        writer.writerow([_cell(x[c]) for c in EXCLUDED_COLUMNS])
     writer.writerow([])
     writer.writerow(["# failures", "stage", "job", "error"])
     for f in data["failures"]:
@@ -139,6 +174,8 @@ def _html(data: dict[str, Any]) -> str:
         f"winners by {html.escape(data['objective'])} under {html.escape(constraints)}.</p>",
         "".join(f"<p><b>Note:</b> {html.escape(n)}</p>" for n in data["notes"]),
         "<h2>Winners and verdicts</h2>", _table(COLUMNS, [[w[c] for c in COLUMNS] for w in data["winners"]]),
+        f"<h2>Excluded and rejected</h2><p>Rule: {html.escape(data['rule'])}.</p>",
+        _table(EXCLUDED_COLUMNS, [[x[c] for c in EXCLUDED_COLUMNS] for x in data["excluded"]]),
         f"<h2>Noise</h2><p>{data['noise']['noisy']} of {data['noise']['benchmarks']} benchmarks are noisy (a coefficient of "
         f"variation above 5%, or stability windows that never agreed: {data['noise']['unconverged']}).</p>",
         _table(["engine", "target", "batch", "cv", "converged"],

@@ -1,6 +1,6 @@
 """Which job runs next, and where: the sweep's bookkeeping without Ray, so it can be tested alone.
 
-`Schedule` holds each job's state (pending, running, done, cached, failed, blocked), starts a
+`Schedule` holds each job's state (pending, running, done, cached, rejected, failed, blocked, skipped), starts a
 job once every parent is done or cached and fewer than `max_inflight` jobs run, blocks the
 dependants of a failure, and says which running jobs have overrun their timeout. `Placement`
 spreads the jobs of a target over its nodes. farm.driver executes both through Ray.
@@ -17,12 +17,15 @@ from farm.jobs import Job, TargetGroup
 
 FINISHED = ("done", "cached")
 FAILED = ("failed", "blocked")
+# A job judged not viable ("rejected", a finding) leaves its dependants nothing to work on: they are
+# "skipped", which, unlike "blocked", is no failure of the sweep.
+SETTLED = ("rejected", "skipped")
 
 
 @dataclass(frozen=True)
 class Event:
     job: Job
-    state: str  # done | cached | failed | blocked
+    state: str  # done | cached | rejected | failed | blocked | skipped
     error: str | None = None
 
 
@@ -91,11 +94,15 @@ class Schedule:
         for child in self._children.get(key, ()):
             if child not in self._pending:
                 continue
-            if state in FAILED and not self.jobs[child].runs_after_failures:
+            if state in FAILED + SETTLED and not self.jobs[child].runs_after_failures:
                 self._pending.discard(child)
-                self.states[child], self.errors[child] = "blocked", "an upstream job failed"
-                self._ended.append(Event(self.jobs[child], "blocked", self.errors[child]))
-                self._tell_children(child, "blocked")
+                ended = "blocked" if state in FAILED else "skipped"
+                why = self.errors.get(key) if state == "skipped" else None
+                self.states[child] = ended
+                self.errors[child] = ("an upstream job failed" if ended == "blocked"
+                                      else why or f"nothing to do: its {self.jobs[key].stage} was rejected ({self.errors.get(key, '')})")
+                self._ended.append(Event(self.jobs[child], ended, self.errors[child]))
+                self._tell_children(child, ended)
                 continue
             self._waiting_on[child] -= 1
             if self._waiting_on[child] == 0:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm import verdict
+from farm.evidence import CONFIDENT_MARGIN, Evidence, Judged, Rule, columns_of, evidence_of, judge
 from farm.metrics import METRICS, values
 from farm.queries import random_weights
 from farm.verdict import Verdict
@@ -24,33 +25,42 @@ RANDOM_WEIGHTS = "random weights: a speed result, not an accuracy result"
 
 @dataclass(frozen=True)
 class Constraints:
-    """What a build must meet to win, like Model Analyzer's constraints (None: not constrained)."""
+    """What a build must meet to win, like Model Analyzer's constraints (None: not constrained), and the
+    rule that reads the agreement floor (farm.evidence): from evidence (the default) or as a bare threshold."""
 
     min_top1_agreement: float | None = 0.99  # detectors: the floor on box recall
     min_cosine: float | None = None
     max_accuracy_drop: float | None = None  # labelled top-1 accuracy below fp32's; a build without labels fails it
+    rule: Rule = "evidence"
+    confident_margin: float = CONFIDENT_MARGIN  # a flip where fp32's softmax margin is at least this is confident
 
     @staticmethod
-    def of(value: Constraints | float | dict[str, float]) -> Constraints:
+    def of(value: Constraints | float | dict[str, Any]) -> Constraints:
         if isinstance(value, Constraints):
             return value
         if isinstance(value, dict):
             return Constraints(**{"min_top1_agreement": None} | value)
         return Constraints(min_top1_agreement=value)
 
-    def failures(self, c: Candidate) -> list[str]:
-        """What `c` misses, one phrase each (empty: eligible)."""
-        missed = []
-        if self.min_top1_agreement is not None and not (c.top1_agreement is not None and c.top1_agreement >= self.min_top1_agreement):
-            missed.append(f"top-1 agreement {c.top1_agreement} < {self.min_top1_agreement}")
+    def judge(self, c: Candidate) -> Judged:
+        """Eligibility with its reasons: the agreement rule first (NaN, a degenerate reference), then the other floors."""
+        found = judge(c.evidence, self.min_top1_agreement, self.rule, self.confident_margin, fallback_share=c.top1_agreement,
+                      nonfinite=int(c.value("nonfinite") or 0))
+        if found.speed_only or not found.eligible and c.value("nonfinite"):
+            return found  # nothing else means anything against such a reference, or with such outputs
+        missed = list(found.missed)
         cosine = c.value("cosine")
         if self.min_cosine is not None and not (cosine is not None and cosine >= self.min_cosine):
-            missed.append(f"cosine {cosine} < {self.min_cosine}")
+            missed.append(f"cosine {'-' if cosine is None else f'{cosine:.5f}'} < {self.min_cosine}")
         if self.max_accuracy_drop is not None:
             accuracy, reference = c.value("accuracy"), c.value("reference_accuracy")
             if accuracy is None or reference is None or reference - accuracy > self.max_accuracy_drop:
                 missed.append(f"accuracy drop {None if accuracy is None or reference is None else round(reference - accuracy, 4)} > {self.max_accuracy_drop}")
-        return missed
+        return Judged(missed)
+
+    def failures(self, c: Candidate) -> list[str]:
+        """What `c` misses, one phrase each (empty: eligible)."""
+        return self.judge(c).missed
 
     @property
     def metric(self) -> str:
@@ -59,10 +69,28 @@ class Constraints:
             "accuracy" if self.max_accuracy_drop is not None and self.min_top1_agreement is None else "top1_agreement")
 
     def describe(self) -> str:
-        parts = [f"top-1 agreement >= {self.min_top1_agreement}" if self.min_top1_agreement is not None else "",
+        parts = [f"top-1 agreement >= {self.min_top1_agreement}" + (" (evidence)" if self.rule == "evidence" else "")
+                 if self.min_top1_agreement is not None else "",
                  f"cosine >= {self.min_cosine}" if self.min_cosine is not None else "",
                  f"accuracy drop <= {self.max_accuracy_drop}" if self.max_accuracy_drop is not None else ""]
         return " and ".join(p for p in parts if p) or "no constraint"
+
+    def rule_text(self) -> str:
+        """The selection rule in words: stored with every answer (docs/verdicts.md section 5)."""
+        floor = self.min_top1_agreement
+        others = " and ".join(p for p in (f"mean cosine >= {self.min_cosine}" if self.min_cosine is not None else "",
+                                          f"labelled accuracy drop <= {self.max_accuracy_drop}" if self.max_accuracy_drop is not None else "") if p)
+        if floor is None:
+            agreement = "no floor on agreement"
+        elif self.rule == "threshold":
+            agreement = f"top-1 agreement (detectors: box recall) >= {floor} (bare threshold)"
+        else:
+            agreement = (f"no confident flip (an image where fp32's softmax margin p1-p2 >= {self.confident_margin} changes class, "
+                         f"unless fp32 itself changes it under a 2-pixel shift) and the 95% Wilson upper bound of top-1 agreement "
+                         f"(detectors: box recall) >= {floor}, or no more disagreement than fp32 under that shift")
+        return (f"eligible when {agreement}" + (f", and {others}" if others else "")
+                + "; NaN or inf outputs are never eligible; a degenerate fp32 reference judges nothing (a speed result "
+                  "over the builds with finite outputs)")
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,7 @@ class Candidate:
     quantized_fraction: float | None = None  # int8 / fp8: share of quantizable activations still quantized
     kernel_note: str | None = None  # the build's own fidelity far below its variant's fake-quant arithmetic
     random_weights: bool = False  # a random-weight network: a speed result, not an accuracy result
+    evidence: Evidence | None = None  # its fidelity as counts, flips and the noise floor (None: recorded before evidence)
     retimed: Retimed | None = None  # its group's interleaved re-timing, where one ran
     verdict: Verdict | None = None  # set on winners: is it really faster than the runner-up?
     runner_up: str | None = None  # the runner-up's engine, on winners
@@ -145,6 +174,22 @@ class Candidate:
     def eligible(self, constraints: Constraints | float) -> bool:
         return not Constraints.of(constraints).failures(self)
 
+    @property
+    def agreement(self) -> str:
+        """`16/16 [0.81, 1.00]`: agreement as counts with its 95% Wilson interval (a bare share for rows from before
+        evidence was recorded), `speed only` where the reference judges nothing."""
+        if self.reference_note:
+            return "speed only"
+        if self.evidence is None:
+            return METRICS["top1_agreement"].format(self.top1_agreement)
+        low, high = self.evidence.interval
+        return f"{self.evidence.agreed}/{self.evidence.samples} [{low:.2f}, {high:.2f}]"
+
+    @property
+    def reference_note(self) -> str | None:
+        """Why its fidelity means nothing (a degenerate fp32 reference), else None."""
+        return self.evidence.reference_note if self.evidence is not None else None
+
 
 def candidates(
     session: Session,
@@ -155,11 +200,12 @@ def candidates(
 ) -> list[Candidate]:
     """Every successful benchmark with its build, variant and fidelity, filtered in SQL."""
     query = (
-        select(schema.Benchmark, schema.Build, schema.Variant, schema.Model, schema.Fidelity)
+        select(schema.Benchmark, schema.Build, schema.Variant, schema.Model, schema.Fidelity, schema.Reference)
         .join(schema.Build, schema.Benchmark.build_key == schema.Build.key)
         .join(schema.Variant, schema.Build.variant_key == schema.Variant.key)
         .join(schema.Model, schema.Variant.model_key == schema.Model.key)
         .outerjoin(schema.Fidelity, (schema.Fidelity.build_key == schema.Build.key) & (schema.Fidelity.status == "ok"))
+        .outerjoin(schema.Reference, schema.Reference.key == schema.Fidelity.reference_key)
         .where(schema.Benchmark.status == "ok", schema.Build.status == "ok")
     )
     if model:
@@ -171,7 +217,7 @@ def candidates(
         query = query.where(schema.Benchmark.key.in_(in_sweep))
     retimes = _retimes(session)
     found = []
-    for bench, build, variant, mod, fid in session.execute(query):
+    for bench, build, variant, mod, fid, ref in session.execute(query):
         found.append(
             Candidate(
                 build_key=build.key,
@@ -190,6 +236,7 @@ def candidates(
                 quantized_fraction=(variant.details or {}).get("quantized_fraction") if variant.method else None,
                 kernel_note=kernel_note(variant.details, fid.cosine_mean if fid else None),
                 random_weights=random_weights(mod.source, mod.weights),
+                evidence=evidence_of(columns_of(fid), ref.noise_floor if ref else None, ref.note if ref else None),
                 retimed=retimes.get((mod.name, build.target_id, bench.batch_size)),
             )
         )
@@ -342,3 +389,105 @@ def pareto_front(
         if not front or sign * (measure(c) or 0.0) > sign * (measure(front[-1]) or 0.0):
             front.append(c)
     return front
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A candidate that missed eligibility, or a variant judged not viable before any build: an answer too."""
+
+    model: str
+    engine: str  # what a person reads: "onnxruntime int8 minmax u8s8 7-bit threads=2", or "int8 minmax" for a variant
+    reasons: tuple[str, ...]
+    evidence: Evidence | None
+    stage: str = "fidelity"  # "fidelity": a timed build that missed the rule; "variant": rejected before any build
+    build_key: str | None = None
+    versus_winner: str | None = None  # McNemar of the group's winner against it on the same images
+
+    def line(self, margin: float = CONFIDENT_MARGIN) -> str:
+        """`excluded: int8 minmax  top-1 21/24 [0.69, 0.96], 2 confident flips (why)`."""
+        numbers = f"  {self.evidence.describe(margin)}" if self.evidence is not None else ""
+        word = "rejected" if self.stage == "variant" else "excluded"
+        return f"{word}: {self.engine}{numbers}: {'; '.join(self.reasons)}" + (f" ({self.versus_winner})" if self.versus_winner else "")
+
+    def to_json(self, margin: float = CONFIDENT_MARGIN) -> dict[str, Any]:
+        return {"engine": self.engine, "stage": self.stage, "build_key": self.build_key, "reasons": list(self.reasons),
+                "evidence": self.evidence.to_json(margin) if self.evidence is not None else None,
+                "versus_winner": self.versus_winner, "line": self.line(margin)}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One (model, target, batch size): its winner (None when nothing is eligible) and everything excluded."""
+
+    model: str
+    target: str
+    batch_size: int
+    winner: Candidate | None
+    excluded: tuple[Exclusion, ...]
+    versus_runner_up: str | None = None  # McNemar of the winner against the runner-up on the same images, where they differ
+
+    @property
+    def speed_only(self) -> str | None:
+        """A degenerate reference: the answer is a speed result, and why."""
+        notes = [c.reference_note for c in ((self.winner,) if self.winner else ()) if c.reference_note]
+        return notes[0] if notes else None
+
+
+def answers(found: Iterable[Candidate], objective: Objective = "p50", constraints: Constraints | float = 0.99,
+            rejected: Iterable[Exclusion] = ()) -> list[Answer]:
+    """winners() with what each group excluded and why, and the variants of its model rejected before any build."""
+    constraints = Constraints.of(constraints)
+    found = list(found)
+    chosen = {(c.model, c.target, c.batch_size): c for c in winners(found, objective, constraints)}
+    refused: dict[str, list[Exclusion]] = {}
+    for r in rejected:
+        refused.setdefault(r.model, []).append(r)
+    groups: dict[tuple[str, str, int], list[Candidate]] = {}
+    for c in found:
+        groups.setdefault((c.model, c.target, c.batch_size), []).append(c)
+    result = []
+    for key in sorted(groups):
+        winner = chosen.get(key)
+        excluded = [_exclusion(c, missed, winner) for c in sorted(groups[key], key=lambda c: c.score(objective))
+                    if (missed := constraints.failures(c))]
+        runner = next((c for c in groups[key] if winner is not None and c.engine == winner.runner_up), None)
+        result.append(Answer(*key, winner, tuple(excluded + refused.get(key[0], [])), _paired(winner, runner, "runner-up")))
+    return result
+
+
+def _exclusion(c: Candidate, missed: list[str], winner: Candidate | None) -> Exclusion:
+    return Exclusion(c.model, c.engine, tuple(missed), c.evidence, "fidelity", c.build_key, _paired(winner, c, "this"))
+
+
+def _paired(winner: Candidate | None, other: Candidate | None, name: str) -> str | None:
+    """McNemar of the winner's agreement against another build's on the same images, where they differ on any."""
+    test = winner.evidence.versus(other.evidence) if winner is not None and other is not None and winner.evidence and other.evidence else None
+    return test.describe("winner", name) if test is not None and test.only_first + test.only_second else None
+
+
+def rejected_variants(session: Session, *, model: str | None = None, sweep_id: int | None = None) -> list[Exclusion]:
+    """Variants judged not viable (status "rejected": the fallback refused them) with the numbers they were judged by."""
+    query = (select(schema.Variant, schema.Model).join(schema.Model, schema.Variant.model_key == schema.Model.key)
+             .where(schema.Variant.status == "rejected").order_by(schema.Model.name, schema.Variant.precision, schema.Variant.method))
+    if model:
+        query = query.where(schema.Model.name == model)
+    if sweep_id is not None:
+        in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "variant")
+        query = query.where(schema.Variant.key.in_(in_sweep))
+    found = []
+    for variant, mod in session.execute(query):
+        details = variant.details or {}
+        plain = (details.get("fallback") or {}).get("plain")
+        engine = " ".join(filter(None, (variant.precision, variant.method, details.get("layout_label"))))
+        found.append(Exclusion(mod.name, engine, (variant.error or "not viable",), _plain_evidence(plain), "variant"))
+    return found
+
+
+def _plain_evidence(plain: dict[str, Any] | None) -> Evidence | None:
+    """The evidence of a quantized variant before any fallback (workers.fidelity.Fidelity as a dict)."""
+    if not plain or not plain.get("samples"):
+        return None
+    samples = int(plain["samples"])
+    agreed = int(plain["agreed"]) if plain.get("agreed") is not None else round(plain["top1_agreement"] * samples)
+    return Evidence("top-1", samples, agreed, tuple(plain.get("flipped") or ()), tuple(plain.get("reference_margins") or ()),
+                    int(plain.get("nonfinite") or 0), plain.get("reference_note"), None, plain.get("cosine_mean"), plain.get("kl_mean"))

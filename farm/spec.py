@@ -340,6 +340,10 @@ class FidelitySpec(Strict):
     min_cosine: float | None = Field(None, ge=-1, le=1)  # mean cosine similarity of outputs with fp32
     max_accuracy_drop: float | None = Field(None, ge=0, le=1)  # labelled top-1 accuracy below fp32's (labels needed)
     box_score_threshold: float = Field(0.5, ge=0, le=1)  # detectors: boxes below it are not compared
+    # How min_top1_agreement is read (docs/verdicts.md): "evidence" (no confident flips, and the 95% Wilson
+    # upper bound reaches the floor or the disagreement is within fp32's own noise floor) or "threshold" (the bare share).
+    eligibility: Literal["evidence", "threshold"] = "evidence"
+    confident_margin: float = Field(0.1, ge=0, le=1)  # a flip where fp32's softmax p1 - p2 is at least this is confident
     fallback: FallbackSpec = FallbackSpec()
 
     def folder(self, base: Path, calibration: CalibrationSpec) -> Path:
@@ -348,10 +352,10 @@ class FidelitySpec(Strict):
     def labels_file(self, base: Path) -> Path | None:
         return _resolve(base, self.labels) if self.labels else None
 
-    def constraints(self) -> dict[str, float]:
-        """The floors a winner must meet, by name (farm.select.Constraints)."""
+    def constraints(self) -> dict[str, Any]:
+        """The floors a winner must meet and the rule that reads them, by name (farm.select.Constraints)."""
         found = {"min_top1_agreement": self.min_top1_agreement, "min_cosine": self.min_cosine,
-                 "max_accuracy_drop": self.max_accuracy_drop}
+                 "max_accuracy_drop": self.max_accuracy_drop, "rule": self.eligibility, "confident_margin": self.confident_margin}
         return {name: value for name, value in found.items() if value is not None}
 
 

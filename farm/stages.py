@@ -29,6 +29,7 @@ from farm.jobs import (
     RetimeJob,
     VariantJob,
 )
+from farm.evidence import columns_of, evidence_of
 from farm.metrics import METRICS, benchmark_columns, fidelity_columns
 from farm.metrics import values as metric_values
 from farm.select import Candidate
@@ -102,9 +103,10 @@ class Stage:
 
     def row(self, job: Any, outcome: tasks.Outcome, blobs: dict[str, Blob]) -> JobRow:
         shas = {role: blob.sha256 for role, blob in blobs.items()} | outcome.inherited
-        columns = self.columns(job, outcome.value if outcome.ok else None)
+        columns = self.columns(job, outcome.value if outcome.ok or outcome.rejected else None)
         columns |= {column: shas.get(role) for role, (column, _kind) in self.artifacts.items()}
-        return JobRow(self.name, job.key, outcome.ok, columns, outcome.error, outcome.log, outcome.seconds, outcome.node, outcome.device)
+        return JobRow(self.name, job.key, outcome.ok, columns, outcome.error, outcome.log, outcome.seconds, outcome.node, outcome.device,
+                      outcome.rejected)
 
     def produced(self, row: Any) -> Produced:
         return Produced({role: sha for role, (column, _kind) in self.artifacts.items() if (sha := getattr(row, column))})
@@ -141,10 +143,15 @@ class ReferenceStage(Stage):
     def submit(self, ctx: Context, job: ReferenceJob) -> ray.ObjectRef:
         fp32 = ctx.blob(ctx.produced(job.export_key).blobs["onnx"])
         inputs, _labels = ctx.rows(job.data)
-        return tasks.reference_task.options(**self.retries(ctx), **ctx.pin(job)).remote(fp32, inputs, max(ctx.spec.batch_sizes), job.model.task)
+        return tasks.reference_task.options(**self.retries(ctx), **ctx.pin(job)).remote(
+            fp32, inputs, max(ctx.spec.batch_sizes), job.model.task, ctx.spec.fidelity.box_score_threshold)
 
     def columns(self, job: ReferenceJob, value: Any) -> dict[str, Any]:
-        return {"model_key": job.export_key, "data_digest": job.data.digest, "samples": value["samples"] if value else None}
+        return {"model_key": job.export_key, "data_digest": job.data.digest, "samples": value["samples"] if value else None,
+                "noise_floor": value.get("noise_floor") if value else None, "note": value.get("note") if value else None}
+
+    def produced(self, row: Any) -> Produced:
+        return replace(super().produced(row), details={"noise_floor": row.noise_floor, "note": row.note})
 
 
 class CalibrateStage(Stage):
@@ -168,6 +175,9 @@ class VariantStage(Stage):
     job_type = VariantJob
     artifacts = {"onnx": ("onnx_sha256", "onnx")}
 
+    def __init__(self) -> None:
+        self.unjudged: dict[str, str] = {}  # variant key -> why its fallback did not run (a degenerate reference)
+
     def submit(self, ctx: Context, job: VariantJob) -> ray.ObjectRef | tasks.Outcome:
         fp32_sha = ctx.produced(job.export_key).blobs["onnx"]
         if job.precision == "fp32":  # the export itself: nothing to compute, but a row to record
@@ -178,9 +188,13 @@ class VariantStage(Stage):
             "min_top1_agreement": job.min_top1_agreement, "min_cosine": job.min_cosine, "fallback_tries": job.fallback_tries,
             "layout": job.layout, "max_float_fraction": job.max_float_fraction}
         ranges = heldout = reference = labels = None
+        degenerate = (ctx.produced(job.reference_key).details or {}).get("note") if job.reference_key else None
+        if degenerate and job.fallback_tries:  # fidelity against such a reference means nothing: nothing to fall back for
+            settings["fallback_tries"] = 0
+            self.unjudged[job.key] = degenerate
         if job.calibration_key is not None:
             ranges = ctx.blob(ctx.produced(job.calibration_key).blobs["ranges"])
-            if job.fallback_tries and job.heldout is not None and job.reference_key is not None:
+            if settings.get("fallback_tries") and job.heldout is not None and job.reference_key is not None:
                 heldout, labels = ctx.rows(job.heldout)
                 reference = ctx.blob(ctx.produced(job.reference_key).blobs["reference"])
         return tasks.variant_task.options(**self.retries(ctx), **ctx.pin(job)).remote(
@@ -189,6 +203,8 @@ class VariantStage(Stage):
 
     def columns(self, job: VariantJob, value: Any) -> dict[str, Any]:
         details = value if isinstance(value, dict) else ({"fp16": job.fp16} if job.fp16 else None)
+        if job.key in self.unjudged and details is not None:
+            details = details | {"fallback": {"skipped": f"{self.unjudged.pop(job.key)}: quantized as calibrated, judged by speed"}}
         return {"model_key": job.export_key, "precision": job.precision, "method": job.method,
                 "calibration_key": job.calibration_key, "details": details}
 
@@ -315,7 +331,7 @@ class FidelityStage(Stage):
         return found
 
     def produced(self, row: Any) -> Produced:
-        return Produced(values=metric_values(row, "fidelity"))
+        return Produced(values=metric_values(row, "fidelity"), details=columns_of(row))
 
 
 class RetimeStage(Stage):
@@ -345,9 +361,12 @@ class RetimeStage(Stage):
                 continue
             build = ctx.job(ctx.job(bench_key).build_key)  # type: ignore[attr-defined]
             assert isinstance(build, BuildJob)
+            reference = (ctx.finished(ctx.job(fid_key).reference_key) if fid_key else None)  # type: ignore[attr-defined]
+            floor = (reference.details or {}) if reference is not None else {}
             found.append(Candidate(build.key, build.label, job.model, build.request.precision, build.request.backend,
                                    build.request.options, job.target.id, job.batch_size, None,
-                                   (bench.values or {}) | ((fid.values if fid else None) or {})))
+                                   (bench.values or {}) | ((fid.values if fid else None) or {}),
+                                   evidence=evidence_of(fid.details if fid else None, floor.get("noise_floor"), floor.get("note"))))
         objective = job.settings.objective
         eligible = sorted((c for c in found if c.eligible(job.constraints)), key=lambda c: c.score(objective))  # type: ignore[arg-type]
         if len(eligible) < 2:

@@ -43,6 +43,7 @@ class Outcome:
     node: str = ""
     inherited: dict[str, str] = field(default_factory=dict)  # artifacts reused from a parent: role -> sha256
     device: dict[str, Any] | None = None  # where it ran: host, Ray node, the GPUs it held (UUIDs)
+    rejected: bool = False  # not ok, but judged: a finding (value holds its numbers), stored as "rejected" and not retried
 
 
 @dataclass
@@ -93,8 +94,10 @@ def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:
         message = " ".join(str(exc).split()) or type(exc).__name__
         log = capture.text + "\n" + traceback.format_exc()
         device["ended"] = time.time()
-        return Outcome(False, error=f"{type(exc).__name__}: {message}"[:1000], log=log, seconds=time.perf_counter() - started,
-                       node=device["host"], device=device)
+        judged = exc if isinstance(exc, stages.Rejected) else None  # not viable: a finding, its numbers the value
+        error = message if judged is not None else f"{type(exc).__name__}: {message}"
+        return Outcome(False, value=judged.details if judged is not None else None, error=error[:1000], log=log,
+                       seconds=time.perf_counter() - started, node=device["host"], device=device, rejected=judged is not None)
     device["ended"] = time.time()
     value, blobs = value if isinstance(value, tuple) else (value, {})
     return Outcome(True, value, blobs, log=capture.text, seconds=time.perf_counter() - started, node=device["host"], device=device)
@@ -108,8 +111,9 @@ def _export(model: ModelRef) -> tuple[Any, dict[str, bytes]]:
     return exported.info, blobs
 
 
-def _reference(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str) -> tuple[Any, dict[str, bytes]]:
-    return {"samples": len(inputs)}, {"reference": stages.reference_outputs(fp32, inputs, batch_size, task)}
+def _reference(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str, box_score_threshold: float) -> tuple[Any, dict[str, bytes]]:
+    found = stages.reference_run(fp32, inputs, batch_size, task, box_score_threshold=box_score_threshold)
+    return {"samples": len(inputs), "noise_floor": found.noise_floor, "note": found.note}, {"reference": found.outputs}
 
 
 def _calibrate(fp32: bytes, inputs: np.ndarray, method: str, percentile: float) -> tuple[Any, dict[str, bytes]]:
@@ -164,8 +168,8 @@ def export_task(model: ModelRef) -> Outcome:
 
 
 @ray.remote(num_cpus=1)
-def reference_task(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str) -> Outcome:
-    return run_stage(_reference, fp32, inputs, batch_size, task)
+def reference_task(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str, box_score_threshold: float = 0.5) -> Outcome:
+    return run_stage(_reference, fp32, inputs, batch_size, task, box_score_threshold)
 
 
 @ray.remote(num_cpus=1)

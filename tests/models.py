@@ -46,3 +46,18 @@ def small_convnet() -> nn.Module:
         nn.Flatten(),
         nn.Linear(32, 10),
     )
+
+
+class _Scaled(nn.Module):
+    def __init__(self, inner: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.inner, self.factor = inner, factor
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.inner(x) * self.factor
+
+
+def degenerate_logits() -> nn.Module:
+    """A classifier over 3x64x64 whose logits are about 1e-14, like random-weight efficientnet_b0's:
+    in fp16 every one rounds to zero, so no agreement with it means anything."""
+    return _Scaled(tiny_cnn(), 1e-14)

@@ -221,6 +221,12 @@ def test_winners_follow_the_objective_and_the_floor(seeded_on: Seeded, monkeypat
     at.radio(key="objective").set_value("p99").run()
     assert winner_of(at, "resnet50", H200, 1) == fp16_o5
 
+    # what the floor excluded is an answer too: int8 at 0.985 misses 0.99, with its numbers and reason
+    [excluded] = [d.value for d in at.dataframe if "reason" in d.value.columns]
+    int8_rows = excluded.query("model == 'resnet50' and target == @H200 and batch == 1 and engine.str.contains('int8')")
+    assert len(int8_rows) == 1 and "top-1 agreement 0.985 < 0.99" in int8_rows.iloc[0]["reason"]
+    assert any("Rule: eligible when" in c.value for c in at.caption)
+
     at.radio(key="objective").set_value("p50")
     at.slider(key="floor").set_value(0.98).run()
     assert winner_of(at, "resnet50", H200, 1) == int8  # top-1 agreement 0.985 is now enough

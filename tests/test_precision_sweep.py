@@ -124,3 +124,8 @@ def test_a_detector_is_judged_by_box_agreement(ray_cluster: None, tmp_path: Path
         assert fidelity.reference_boxes > 0 and fidelity.candidate_boxes == fidelity.reference_boxes
         assert fidelity.box_recall == 1.0 and fidelity.box_precision == 1.0 and fidelity.score_diff_max < 1e-3
         assert fidelity.top1_agreement is None
+        # box recall as k/n with its interval, per image, and fp32's own box agreement under a 2-pixel shift
+        assert fidelity.agreed == fidelity.reference_boxes and fidelity.agreement_high == 1.0 and fidelity.agreement_low < 1.0
+        assert [n for n, _matched in fidelity.evidence["per_image"]] and sum(m for _n, m in fidelity.evidence["per_image"]) == fidelity.agreed
+        floor = s.scalars(select(schema.Reference)).one().noise_floor
+        assert floor["perturbation"] == "2-pixel shift" and 0 <= floor["matched"] <= floor["reference_boxes"] == fidelity.reference_boxes

@@ -58,6 +58,20 @@ def test_a_failure_blocks_its_whole_subtree_and_nothing_else() -> None:
     assert schedule.errors == {"a": "ValueError: boom", "a1": "an upstream job failed", "a2": "an upstream job failed"}
 
 
+def test_a_rejection_skips_its_subtree_which_is_no_failure() -> None:
+    jobs = [export("a"), child("a1", "a"), child("a2", "a1")]
+    schedule = Schedule(jobs, max_inflight=8, timeout_s=60)
+    schedule.advance()
+    schedule.finish("a", "rejected", "int8 is not viable")
+    _, ended = schedule.advance()
+    assert [(e.job.key, e.state) for e in ended] == [("a1", "skipped"), ("a2", "skipped")] and schedule.finished
+    assert schedule.errors["a2"] == "nothing to do: its export was rejected (int8 is not viable)"
+    from farm.cli import sweep_exit_code
+
+    assert sweep_exit_code({"x": "done", **schedule.states}) == 0  # judged, not failed
+    assert sweep_exit_code({"x": "done", "y": "blocked"}) == 1
+
+
 def test_the_last_failure_is_not_finished_until_its_blocked_jobs_are_reported() -> None:
     schedule = Schedule([export("a"), child("a1", "a")], max_inflight=8, timeout_s=60)
     schedule.advance()

@@ -56,6 +56,7 @@ class DetectionFidelity:
     iou_mean: float  # over matched pairs (0 when none matched)
     iou: float  # the thresholds this was measured with
     score_threshold: float
+    per_image: tuple[tuple[int, int], ...] = ()  # per image: (reference boxes, of them matched)
 
 
 def compare_detections(
@@ -67,11 +68,14 @@ def compare_detections(
     n_ref = n_cand = 0
     score_diffs: list[float] = []
     ious: list[float] = []
+    per_image: list[tuple[int, int]] = []
     for ref, cand in zip(reference, candidate, strict=True):
         ref, cand = ref.above(score_threshold), cand.above(score_threshold)
         n_ref += len(ref.scores)
         n_cand += len(cand.scores)
-        for i, j, overlap in match(ref, cand, iou):
+        pairs = match(ref, cand, iou)
+        per_image.append((len(ref.scores), len(pairs)))
+        for i, j, overlap in pairs:
             score_diffs.append(abs(float(ref.scores[i]) - float(cand.scores[j])))
             ious.append(overlap)
     matched = len(ious)
@@ -87,6 +91,7 @@ def compare_detections(
         iou_mean=float(np.mean(ious)) if ious else 0.0,
         iou=iou,
         score_threshold=score_threshold,
+        per_image=tuple(per_image),
     )
 
 

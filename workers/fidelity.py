@@ -1,7 +1,13 @@
 """How close a build's outputs are to the fp32 reference on the same real inputs.
 
-Classifiers: top-1 / top-5 agreement, cosine similarity and max abs error against the reference,
-plus labelled accuracy where labels exist. Detectors: workers.detection.
+Classifiers: top-1 / top-5 agreement (and which images flipped, with the reference's own softmax
+margin on each: a flip where fp32 itself could hardly choose is not a flip where it was sure), cosine
+similarity, KL divergence and max abs error against the reference, plus labelled accuracy where
+labels exist. Detectors: workers.detection.
+
+The reference itself is checked too (`degenerate`): logits that half precision cannot tell apart, or
+outputs that are the same for every image, make every agreement number meaningless. And `shifted`
+gives the harmless perturbation the reference is run under to measure fp32's own noise floor.
 """
 
 from __future__ import annotations
@@ -16,6 +22,14 @@ import numpy as np
 # kernels, not the quantization, lose the accuracy (ONNX Runtime's int8 on x86 without VNNI gave a
 # mobile classifier 0.69 against 0.975).
 KERNEL_GAP = 0.01
+# A reference row whose logits span less than this share of their magnitude (fp16 keeps about three
+# decimal digits), or less than fp16's smallest normal, cannot be told apart in half precision.
+RESOLUTION = 1e-3
+FP16_SMALLEST_NORMAL = 6.103515625e-05
+DEGENERATE = "reference degenerate: fidelity not meaningful"
+SHIFT_PIXELS = 2  # the noise floor's perturbation: the image content moved this far, edges repeated
+# Narrower images get no noise floor: 2 pixels of a 32-pixel digit is no longer a change a classifier should ignore.
+SHIFT_MIN_WIDTH = 64
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,11 @@ class Fidelity:
     reference_accuracy: float | None = None  # the reference's, on the same samples
     labelled: int = 0  # how many samples had a known label
     nonfinite: int = 0  # samples whose candidate or reference output holds NaN or inf (counted as wrong)
+    agreed: int = 0  # samples whose top-1 class agrees: top1_agreement = agreed / samples
+    kl_mean: float = 0.0  # KL(reference softmax || candidate softmax), mean over samples (inf with a non-finite one)
+    flipped: tuple[int, ...] = ()  # indices of the samples whose top-1 class differs from the reference's
+    reference_margins: tuple[float, ...] = ()  # per sample: the reference's softmax p1 - p2
+    reference_note: str | None = None  # why the reference cannot judge anything (degenerate), else None
 
 
 def run_batched(infer: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch_size: int) -> np.ndarray:
@@ -77,9 +96,12 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
     # Two all-zero outputs agree; an all-zero output against a non-zero one does not.
     cosine = np.where(finite & ~both, (ref_norm == cand_norm).astype(np.float64), np.where(finite, cosine, 0.0))
     labelled = 0 if labels is None else int((np.asarray(labels) >= 0).sum())
+    agrees = (cand.argmax(axis=1) == ref_top1) & finite
+    ref_log, cand_log = log_softmax(ref), log_softmax(cand)
+    kl = (np.exp(ref_log) * (ref_log - cand_log)).sum(axis=1)
     return Fidelity(
         samples=len(ref),
-        top1_agreement=float(((cand.argmax(axis=1) == ref_top1) & finite).mean()),
+        top1_agreement=float(agrees.mean()),
         top5_agreement=float(((cand_top5 == ref_top1[:, None]).any(axis=1) & finite).mean()),
         cosine_mean=float(cosine.mean()),
         cosine_min=float(cosine.min()),
@@ -88,7 +110,61 @@ def compare(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | N
         reference_accuracy=accuracy(reference, labels) if labels is not None and labelled else None,
         labelled=labelled,
         nonfinite=int((~finite).sum()),
+        agreed=int(agrees.sum()),
+        kl_mean=float(kl.mean()) if finite.all() else float("inf"),
+        flipped=tuple(int(i) for i in np.flatnonzero(~agrees)),
+        reference_margins=tuple(round(float(m), 6) for m in margins(ref)),
+        reference_note=degenerate(reference),
     )
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def margins(scores: np.ndarray) -> np.ndarray:
+    """Per row, the softmax probability of the top class less that of the second (1.0 with one class)."""
+    if scores.shape[1] < 2:
+        return np.ones(len(scores))
+    probabilities = np.exp(log_softmax(scores))
+    top2 = -np.partition(-probabilities, 1, axis=1)[:, :2]
+    return top2[:, 0] - top2[:, 1]
+
+
+def degenerate(reference: np.ndarray) -> str | None:
+    """Why these reference outputs [N, ...] cannot judge a candidate, or None when they can.
+
+    Non-finite outputs; logits whose spread per image is below what fp16/bf16 resolve (random-weight
+    efficientnet_b0 gives logits around 3e-14: in fp16 every one rounds to zero); or the same output
+    for every image (a network that ignores its input).
+    """
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    if len(ref) == 0:
+        return None
+    bad = int((~np.isfinite(ref).all(axis=1)).sum())
+    if bad:
+        return f"{DEGENERATE} (fp32 outputs are NaN or inf on {bad} of {len(ref)} images)"
+    spread = ref.max(axis=1) - ref.min(axis=1)
+    floor = np.maximum(FP16_SMALLEST_NORMAL, RESOLUTION * np.abs(ref).max(axis=1))
+    if ref.shape[1] > 1 and (spread < floor).all():
+        return (f"{DEGENERATE} (fp32 logits span at most {spread.max():.3g} per image, below what fp16/bf16 can "
+                "resolve: every class looks alike)")
+    if len(ref) > 1 and np.allclose(ref, ref[0], rtol=1e-6, atol=FP16_SMALLEST_NORMAL):
+        return f"{DEGENERATE} (fp32 outputs are the same for all {len(ref)} images)"
+    return None
+
+
+def shifted(inputs: np.ndarray, pixels: int = SHIFT_PIXELS) -> np.ndarray | None:
+    """The images [N, C, H, W] (or [N, H, W]) with their content moved `pixels` to the right, the left
+    edge repeated: a change no classifier should care about. None for inputs that are not images, or
+    images narrower than SHIFT_MIN_WIDTH."""
+    if inputs.ndim < 3 or inputs.shape[-1] < SHIFT_MIN_WIDTH:
+        return None
+    moved = np.empty_like(inputs)
+    moved[..., pixels:] = inputs[..., :-pixels]
+    moved[..., :pixels] = inputs[..., :1]
+    return moved
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:

@@ -30,6 +30,7 @@ from workers.structs import BuildRequest, Engine, Manifest, ModelRef
 __all__ = [
     "export_model",
     "reference_outputs",
+    "reference_run",
     "calibrate_model",
     "make_variant",
     "build_engine",
@@ -44,14 +45,41 @@ def export_model(model: ModelRef, onnx_file: bytes | None = None) -> Exported:
 
 def reference_outputs(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str = "classification") -> bytes:
     """The fp32 model's outputs on `inputs` from ONNX Runtime's CPU provider (the reference), as .npz bytes."""
+    return reference_run(fp32, inputs, batch_size, task, noise_floor=False).outputs
+
+
+@dataclass
+class Reference:
+    outputs: bytes  # .npz: "outputs", or a detector's per-image boxes
+    noise_floor: dict[str, Any] | None  # fp32 against itself on the shifted images: what no candidate can beat
+    note: str | None  # workers.fidelity.degenerate: why these outputs cannot judge anything
+
+
+def reference_run(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str = "classification",
+                  noise_floor: bool = True, box_score_threshold: float = 0.5) -> Reference:
+    """The reference outputs, and fp32's own agreement with them when every image is moved by
+    fidelity.SHIFT_PIXELS: the disagreement a candidate cannot be blamed for (a detector's boxes
+    compared above `box_score_threshold`, as its builds' are)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(fp32, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    moved = fidelity_.shifted(inputs) if noise_floor else None
+    floor: dict[str, Any] | None = None
     if task == "detection":
-        return pack_detections([_detections(session.run(None, {name: x[None]})) for x in inputs])
+        found = [_detections(session.run(None, {name: x[None]})) for x in inputs]
+        if moved is not None:
+            shifted = [_detections(session.run(None, {name: x[None]})) for x in moved]
+            floor = asdict(compare_detections(found, shifted, score_threshold=box_score_threshold))
+        return Reference(pack_detections(found), _perturbation(floor), None)
     outputs = fidelity_.run_batched(lambda x: session.run(None, {name: x})[0], inputs, batch_size)
-    return _npz(outputs=outputs)
+    if moved is not None:
+        floor = asdict(fidelity_.compare(outputs, fidelity_.run_batched(lambda x: session.run(None, {name: x})[0], moved, batch_size)))
+    return Reference(_npz(outputs=outputs), _perturbation(floor), fidelity_.degenerate(outputs))
+
+
+def _perturbation(floor: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if floor is None else floor | {"perturbation": f"{fidelity_.SHIFT_PIXELS}-pixel shift"}
 
 
 def calibrate_model(fp32: bytes, inputs: np.ndarray, method: str, percentile: float) -> precision_.CalibrationRanges:
@@ -69,6 +97,14 @@ def calibrate_model(fp32: bytes, inputs: np.ndarray, method: str, percentile: fl
 class Variant:
     onnx_bytes: bytes
     details: dict[str, Any]
+
+
+class Rejected(precision_.QuantizationError):
+    """The variant was judged and is not viable (the fallback refused it): a finding with its numbers, not a failure."""
+
+    def __init__(self, reason: str, details: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.details = details
 
 
 def make_variant(
@@ -130,7 +166,7 @@ def make_variant(
                    "seconds": s.seconds} for s in result.steps],
     }
     if result.refused:
-        raise precision_.QuantizationError(result.reason)
+        raise Rejected(result.reason, details)
     onnx_bytes = result.onnx_bytes or precision_.apply_quantization(fp32, calibration, precision, layout=layout)
     final = next((s for s in reversed(result.steps) if s.passed), result.steps[0])
     # kernel_gap: how far below this a build's own cosine must fall for its kernels to be at fault

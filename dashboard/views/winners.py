@@ -10,7 +10,8 @@ import streamlit as st
 
 from dashboard import data
 from farm.metrics import METRICS
-from farm.select import OBJECTIVES, RANDOM_WEIGHTS, Candidate, Constraints, Objective, pareto_front, winners
+from farm.evidence import RULES
+from farm.select import OBJECTIVES, RANDOM_WEIGHTS, Candidate, Constraints, Objective, answers, pareto_front
 from farm.verdict import short
 
 AXIS = {"p50": ("p50_ms", "p50 latency (ms)"), "p99": ("p99_ms", "p99 latency (ms)"), "throughput": ("throughput", "throughput (samples/s)")}
@@ -30,22 +31,28 @@ data.require(at, "benchmarks")
 
 sweeps = data.sweeps(at)
 sweep_names = {None: "all sweeps"} | {int(r.id): f"#{r.id} {r.name}" for r in sweeps.itertuples()}
-controls = st.columns([2, 2, 3, 2])
+controls = st.columns([2, 2, 3, 2, 2])
 objective: Objective = controls[0].radio("Objective", OBJECTIVES, format_func=OBJECTIVE_NAMES.__getitem__, key="objective", horizontal=True)
 metric = controls[1].selectbox("Constraint", list(CONSTRAINTS), format_func=lambda m: METRICS[m].header, key="constraint")
 label, low, high, default = CONSTRAINTS[metric]
 floor = controls[2].slider(label, min_value=low, max_value=high, value=default, step=0.001, format="%.3f", key=f"floor-{metric}"
                            if metric != "top1_agreement" else "floor")
 sweep_id = controls[3].selectbox("Sweep", list(sweep_names), format_func=sweep_names.__getitem__, key="winners_sweep")
-constraints = {"top1_agreement": Constraints(min_top1_agreement=floor), "cosine": Constraints(None, min_cosine=floor),
-               "accuracy": Constraints(None, max_accuracy_drop=floor)}[metric]
+rule = controls[4].radio("Eligibility", RULES, key="eligibility", horizontal=True,
+                         help="evidence: no confident flips, and the 95% Wilson upper bound of agreement (or fp32's own noise "
+                              "floor) reaches the floor; threshold: the bare share (docs/verdicts.md)")
+constraints = {"top1_agreement": Constraints(min_top1_agreement=floor, rule=rule), "cosine": Constraints(None, min_cosine=floor, rule=rule),
+               "accuracy": Constraints(None, max_accuracy_drop=floor, rule=rule)}[metric]
 
 found = data.found_candidates(at, sweep_id)
-best = winners(found, objective, constraints)
+groups = answers(found, objective, constraints, data.rejected(at, sweep_id))
+best = [a.winner for a in groups if a.winner is not None]
 build_only = data.untimed(at, sweep_id)
-if not best and not build_only:
+excluded = [(a, x) for a in groups for x in a.excluded]
+if not best and not build_only and not excluded:
     st.warning(f"No benchmarked build meets {constraints.describe()}: relax the constraint, or run a sweep with fidelity enabled.")
     st.stop()
+st.caption(f"Rule: {constraints.rule_text()}.")
 
 
 def _times(value: float | None) -> str:
@@ -57,6 +64,7 @@ if best:
         [
             {"model": c.model, "target": c.target, "batch": c.batch_size, "winner": c.engine,
              "p50 ms": c.p50_ms, "p99 ms": c.p99_ms, "samples/s": c.throughput, "top-1 agr.": c.top1_agreement,
+             "agreement": c.agreement, "noise floor": c.evidence.noise.describe() if c.evidence and c.evidence.noise else "-",
              "cosine": c.cosine_mean, "vs torch": _times(c.speedup_vs_torch), "vs fp32": _times(c.speedup_vs_fp32),
              "verdict": short(c.verdict), "runner-up": c.runner_up or "-",
              "quantized": "-" if c.quantized_fraction is None else f"{c.quantized_fraction:.0%}", "build": c.label}
@@ -77,6 +85,24 @@ if best:
     )
     if any(c.random_weights for c in best):
         st.caption(f"Random-weight models ({', '.join(sorted({c.model for c in best if c.random_weights}))}): {RANDOM_WEIGHTS}.")
+    for note in dict.fromkeys(f"{a.model}: {a.speed_only}: a speed result over the builds with finite outputs" for a in groups if a.speed_only):
+        st.warning(note)
+
+if excluded:
+    st.subheader("Excluded and rejected")
+    st.caption("Every build that missed eligibility under this rule, and every variant judged not viable before any build, "
+               "with its agreement (k/n and 95% Wilson interval), confident flips and reason.")
+    seen_lines: set[str] = set()
+    rows = []
+    for a, x in excluded:
+        if x.stage == "variant" and x.line(constraints.confident_margin) in seen_lines:
+            continue
+        seen_lines.add(x.line(constraints.confident_margin))
+        rows.append({"model": a.model, "target": a.target if x.stage != "variant" else "(any)",
+                     "batch": a.batch_size if x.stage != "variant" else None, "what": x.stage, "engine": x.engine,
+                     "evidence": x.evidence.describe(constraints.confident_margin) if x.evidence else "-",
+                     "reason": "; ".join(x.reasons), "vs winner": x.versus_winner or "-"})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="excluded_table")
     with st.expander("Verdicts: is each winner really faster than its runner-up?", expanded=False):
         for c in best:
             if c.verdict is not None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from farm.store import schema
@@ -52,6 +52,11 @@ class JobRow:
     seconds: float | None = None
     node: str | None = None
     device: dict[str, Any] | None = None  # host, Ray node, GPU UUIDs
+    rejected: bool = False  # not ok, but a finding: stored as status "rejected", and read back instead of retried
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ok else "rejected" if self.rejected else "failed"
 
 
 class Recorder:
@@ -114,26 +119,39 @@ class Recorder:
 
     # --- resume -------------------------------------------------------------------------
 
-    def all_finished(self, jobs: list[tuple[str, str]]) -> bool:
-        """Whether every (stage, key) already has a row with status ok (one query per stage and 500 keys)."""
+    def statuses(self, jobs: list[tuple[str, str]], wanted: tuple[str, ...] = ("ok", "rejected")) -> dict[str, str]:
+        """Job key -> stored status, for the (stage, key) pairs whose row has one of `wanted` (one query per stage and 500 keys)."""
         by_stage: dict[str, list[str]] = {}
         for stage, key in jobs:
             by_stage.setdefault(stage, []).append(key)
+        found: dict[str, str] = {}
         with self.store.session() as s:
             for stage, keys in by_stage.items():
                 table = ROW_TYPES[stage]
                 for start in range(0, len(keys), 500):
                     chunk = keys[start : start + 500]
-                    found = s.scalar(select(func.count()).select_from(table).where(table.key.in_(chunk), table.status == "ok"))
-                    if found != len(set(chunk)):
-                        return False
-        return True
+                    rows = s.execute(select(table.key, table.status).where(table.key.in_(chunk), table.status.in_(wanted))).all()
+                    found |= {key: status for key, status in rows}
+        return found
 
     def finished(self, stage: str, key: str) -> schema.JobColumns | None:
         """The row of a job that already finished with status ok, or None."""
+        return self._row(stage, key, "ok")
+
+    def rejected(self, stage: str, key: str) -> schema.JobColumns | None:
+        """The row of a job judged not viable with these very inputs (its key), or None: not tried again."""
+        return self._row(stage, key, "rejected")
+
+    def error(self, stage: str, key: str) -> str | None:
+        """The stored one-line error of a job's row (a rejection's reason), or None."""
         with self.store.session() as s:
             row = s.get(ROW_TYPES[stage], key)
-            return row if row is not None and row.status == "ok" else None
+            return row.error if row is not None else None
+
+    def _row(self, stage: str, key: str, status: str) -> schema.JobColumns | None:
+        with self.store.session() as s:
+            row = s.get(ROW_TYPES[stage], key)
+            return row if row is not None and row.status == status else None
 
     # --- builder caches (TensorRT timing caches, Inductor's) -----------------------------
 
@@ -171,9 +189,9 @@ class Recorder:
                 self._artifact_row(s, blob.sha256, blob.kind, blob.size)
             table: Any = ROW_TYPES[row.stage]  # a mapped class; mypy sees only the JobColumns mixin
             stored = table(
-                key=row.key, status="ok" if row.ok else "failed", error=row.error, log=row.log or None,
+                key=row.key, status=row.status, error=row.error, log=row.log or None,
                 seconds=row.seconds, node=row.node or None, device=row.device, created_at=datetime.now(UTC), **row.columns,
             )
             s.merge(stored)
-            self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else "failed", row.error)
+            self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else row.status, row.error)
         return stored

@@ -45,7 +45,8 @@ class JobColumns:
     """What every stage row records about the job that produced it."""
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # ok | failed
+    # ok | failed | rejected (judged and found not viable, e.g. int8 the fallback refused: a finding, kept and not retried)
+    status: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text, default=None)  # one line
     log: Mapped[str | None] = mapped_column(Text, default=None)
     seconds: Mapped[float | None] = mapped_column(Float, default=None)  # the job's own time on the worker
@@ -84,7 +85,7 @@ class SweepJob(Base):
     key: Mapped[str] = mapped_column(String(64), index=True)
     # what a person reads: "resnet18 fp32 onnxruntime[...] @ cpu:..."; cut to 256 by farm.store.record (PostgreSQL enforces it)
     label: Mapped[str] = mapped_column(String(256))
-    state: Mapped[str] = mapped_column(String(16))  # pending | running | done | cached | failed | blocked
+    state: Mapped[str] = mapped_column(String(16))  # pending | running | done | cached | rejected | failed | blocked | skipped
     error: Mapped[str | None] = mapped_column(Text, default=None)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     # where and since when it runs (or ran): what `farm status` shows of a sweep in progress
@@ -181,6 +182,10 @@ class Reference(JobColumns, Base):
     data_digest: Mapped[str] = mapped_column(String(64))
     samples: Mapped[int | None] = mapped_column(Integer, default=None)
     outputs_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
+    # fp32 against itself on the same images shifted by 2 pixels (workers.fidelity.Fidelity as a dict, or a
+    # detector's box agreement): the disagreement no candidate can be blamed for
+    noise_floor: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    note: Mapped[str | None] = mapped_column(Text, default=None)  # "reference degenerate: ..." where it cannot judge
 
 
 class Build(JobColumns, Base):
@@ -265,6 +270,14 @@ class Fidelity(JobColumns, Base):
     score_diff_mean: Mapped[float | None] = mapped_column(Float, default=None)
     score_diff_max: Mapped[float | None] = mapped_column(Float, default=None)
     iou_mean: Mapped[float | None] = mapped_column(Float, default=None)
+    # the evidence (docs/verdicts.md): agreed of samples (detectors: matched of reference boxes) with its 95%
+    # Wilson interval, KL(reference || candidate), and per image which flipped and the reference's softmax margin
+    agreed: Mapped[int | None] = mapped_column(Integer, default=None)
+    agreement_low: Mapped[float | None] = mapped_column(Float, default=None)
+    agreement_high: Mapped[float | None] = mapped_column(Float, default=None)
+    kl_mean: Mapped[float | None] = mapped_column(Float, default=None)
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # {"flipped": [i], "margins": [p1-p2]}
+    reference_note: Mapped[str | None] = mapped_column(Text, default=None)  # the reference is degenerate: nothing here means much
 
     build: Mapped[Build] = relationship(back_populates="fidelity")
 
