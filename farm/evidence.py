@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from farm.stats import McNemar, paired, wilson
+from workers.stats import McNemar, paired, wilson
 
 Rule = Literal["evidence", "threshold"]
 RULES: tuple[Rule, ...] = ("evidence", "threshold")

@@ -155,6 +155,7 @@ class VariantJob(Job):
     heldout: DataRef | None = None
     layout: str = DEFAULT_LAYOUT  # int8: how the Q/DQ graph is written (workers.precision.INT8_LAYOUTS)
     max_float_fraction: float = 0.25
+    confident_margin: float | None = None  # the evidence rule's, where the spec judges by evidence; None: the bare threshold
     form: str = "onnx"  # "module": no ONNX; a backend that builds from the checkpoint casts the module itself
 
 

@@ -99,7 +99,7 @@ def benchmark_columns(timings: Timings) -> dict[str, Any]:
 
 def fidelity_columns(result: Fidelity | DetectionFidelity) -> dict[str, Any]:
     """A fidelity row's measured columns: a classifier's agreement, or a detector's box agreement."""
-    from farm.stats import wilson
+    from workers.stats import wilson
     from workers.detection import DetectionFidelity
 
     if isinstance(result, DetectionFidelity):

@@ -265,17 +265,19 @@ def _variant_job(
     fallback = spec.fidelity.fallback
     tries = fallback.max_tries if fallback.enabled and model.task == "classification" else 0
     floor = spec.fidelity.min_top1_agreement
+    margin = spec.fidelity.confident_margin if spec.fidelity.eligibility == "evidence" else None
     # Fallbacks judged by fake-quant arithmetic ("evaluation") replaced ones judged by the worker CPU's kernels.
     key = content_key("variant", export=export.key, precision=precision, calibration=calibration.key,
                       layout=layout if layout != DEFAULT_LAYOUT else None,
                       fallback={"tries": tries, "floor": floor, "reference": reference.key, "evaluation": "fake_quant",
                                 "max_float_fraction": fallback.max_float_fraction,
-                                **({"min_cosine": spec.fidelity.min_cosine} if spec.fidelity.min_cosine is not None else {})}
+                                **({"min_cosine": spec.fidelity.min_cosine} if spec.fidelity.min_cosine is not None else {}),
+                                **({"confident_margin": margin} if margin is not None else {})}
                       if tries else None)
     label = " ".join(filter(None, (model.name, precision, method, INT8_LAYOUTS[layout].label)))
     return VariantJob(key, label, export.key, model, precision, calibration.key, reference.key, method,
                       min_top1_agreement=floor, min_cosine=spec.fidelity.min_cosine, fallback_tries=tries, heldout=heldout, layout=layout,
-                      max_float_fraction=fallback.max_float_fraction)
+                      max_float_fraction=fallback.max_float_fraction, confident_margin=margin)
 
 
 def _build_jobs(

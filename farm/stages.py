@@ -186,7 +186,7 @@ class VariantStage(Stage):
             return tasks.Outcome(True, value={"form": "module", "precision": job.precision})
         settings: dict[str, Any] = {"fp16": job.fp16} if job.precision == "fp16" else {
             "min_top1_agreement": job.min_top1_agreement, "min_cosine": job.min_cosine, "fallback_tries": job.fallback_tries,
-            "layout": job.layout, "max_float_fraction": job.max_float_fraction}
+            "layout": job.layout, "max_float_fraction": job.max_float_fraction, "confident_margin": job.confident_margin}
         ranges = heldout = reference = labels = None
         degenerate = (ctx.produced(job.reference_key).details or {}).get("note") if job.reference_key else None
         if degenerate and job.fallback_tries:  # fidelity against such a reference means nothing: nothing to fall back for
@@ -196,7 +196,10 @@ class VariantStage(Stage):
             ranges = ctx.blob(ctx.produced(job.calibration_key).blobs["ranges"])
             if settings.get("fallback_tries") and job.heldout is not None and job.reference_key is not None:
                 heldout, labels = ctx.rows(job.heldout)
-                reference = ctx.blob(ctx.produced(job.reference_key).blobs["reference"])
+                produced = ctx.produced(job.reference_key)
+                reference = ctx.blob(produced.blobs["reference"])
+                if job.confident_margin is not None:  # judged as eligibility will judge it: fp32's own flips forgiven
+                    settings["noise_flipped"] = list(((produced.details or {}).get("noise_floor") or {}).get("flipped") or [])
         return tasks.variant_task.options(**self.retries(ctx), **ctx.pin(job)).remote(
             ctx.blob(fp32_sha), job.precision, ranges, heldout, reference, labels, settings
         )

@@ -17,7 +17,7 @@ from farm.driver import run_sweep
 from farm.evidence import Evidence, NoiseFloor
 from farm.select import Candidate, Constraints, answers
 from farm.spec import load_spec
-from farm.stats import mcnemar, paired, wilson
+from workers.stats import mcnemar, paired, wilson
 from farm.store import StoreLocation, open_store, schema
 from tests import digits_model
 from tests.conftest import CALIBRATION_DATA, write_spec

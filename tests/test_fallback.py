@@ -262,3 +262,21 @@ def test_the_diagnosis_blames_the_right_side_in_every_layout(layout: str, outlie
         guilty = found.weights_only if culprit == "weights" else found.activations_only
         assert found.side == culprit and guilty.cosine_mean < 0.95 < 0.999 < innocent.cosine_mean, (culprit, found.reason)
         assert qdq_sides.count(qdq_sides.without(plain, culprit), culprit) == 0 < qdq_sides.count(plain, culprit)
+
+
+def test_the_fallback_judges_by_evidence_where_the_spec_does() -> None:
+    """The fallback passes a variant as eligibility (farm.evidence) would: flips on images fp32 itself
+    could hardly decide (margins 0.01, 0.02) or flipped under its own 2-pixel shift are no reason to fall
+    back; one flip fp32 was sure of is, and so is a bare 22/24 under the old threshold."""
+    from workers.fidelity import Fidelity
+
+    margins = tuple([0.9] * 22 + [0.01, 0.02])
+    undecided = Fidelity(24, 22 / 24, 1.0, 0.999, 0.99, 0.1, agreed=22, flipped=(22, 23), reference_margins=margins)
+    confident = Fidelity(24, 23 / 24, 1.0, 0.999, 0.99, 0.1, agreed=23, flipped=(0,), reference_margins=margins)
+    bare = Threshold(top1_agreement=0.99)
+    evidence = Threshold(top1_agreement=0.99, confident_margin=0.1, noise_flipped=(5, 22, 23))  # fp32 moved 3 images itself
+    assert evidence.passes(undecided) and not bare.passes(undecided)  # within fp32's own noise: 2 flips <= 3
+    assert not Threshold(top1_agreement=0.99, confident_margin=0.1).passes(undecided)  # no noise floor: 22/24 < [.., 0.977]
+    assert not evidence.passes(confident) and not bare.passes(confident)  # a confident flip fp32 did not make itself
+    assert Threshold(top1_agreement=0.99, confident_margin=0.1, noise_flipped=(0,)).passes(confident)  # ... unless it did
+    assert "no confident flip" in evidence.describe() and evidence.describe() != bare.describe()

@@ -41,6 +41,7 @@ import numpy as np
 import onnx
 
 from workers import fidelity as fidelity_
+from workers.stats import wilson
 from workers import qdq_sides
 from workers.qdq_sides import Side, channel_sqnr_db
 from workers.precision import DEFAULT_LAYOUT, CalibrationRanges, apply_quantization, cpu_session, fake_quant_session
@@ -57,14 +58,32 @@ class Threshold:
 
     top1_agreement: float | None = 0.99
     cosine_mean: float | None = None
+    # The evidence rule (docs/verdicts.md), as eligibility judges a build (farm.evidence): top-1 passes when
+    # no flip is confident (fp32's softmax margin p1 - p2 at least this, on an image fp32's own shifted run
+    # kept) and the Wilson upper bound on k/n reaches the floor, or the variant disagrees on no more images
+    # than fp32 does with itself. None: the bare threshold. A flip fp32 cannot decide is no reason to fall back.
+    confident_margin: float | None = None
+    noise_flipped: tuple[int, ...] = ()  # the images fp32 changed its mind on under the noise floor's shift
 
     def passes(self, result: fidelity_.Fidelity) -> bool:
-        return (self.top1_agreement is None or result.top1_agreement >= self.top1_agreement) and (
-            self.cosine_mean is None or result.cosine_mean >= self.cosine_mean
-        )
+        return self._top1_passes(result) and (self.cosine_mean is None or result.cosine_mean >= self.cosine_mean)
+
+    def _top1_passes(self, result: fidelity_.Fidelity) -> bool:
+        if self.top1_agreement is None:
+            return True
+        if self.confident_margin is None or len(result.reference_margins) != result.samples:
+            return result.top1_agreement >= self.top1_agreement
+        if result.nonfinite:
+            return False
+        noise = set(self.noise_flipped)
+        confident = [i for i in result.flipped if result.reference_margins[i] >= self.confident_margin and i not in noise]
+        within_noise = len(result.flipped) <= len(noise)
+        return not confident and (wilson(result.agreed, result.samples)[1] >= self.top1_agreement or within_noise)
 
     def describe(self) -> str:
-        parts = [f"top-1 agreement >= {self.top1_agreement}" if self.top1_agreement is not None else "",
+        top1 = (f"top-1 agreement >= {self.top1_agreement}" if self.confident_margin is None else
+                f"no confident flip (fp32 margin >= {self.confident_margin}) and top-1 agreement's 95% upper bound >= {self.top1_agreement}")
+        parts = [top1 if self.top1_agreement is not None else "",
                  f"mean cosine >= {self.cosine_mean}" if self.cosine_mean is not None else ""]
         return " and ".join(p for p in parts if p) or "no threshold"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from workers.calibration import IMAGE_SUFFIXES, CalibrationDataError, as_rgb
+from workers.stats import Z95
 
 DHASH_DISTANCE = 6
-WILSON_Z = 1.96  # 95%
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def overlaps(calibration: list[Fingerprint], judge: list[Fingerprint], max_dista
     return found
 
 
-def wilson_half_width(n: int, z: float = WILSON_Z) -> float:
+def wilson_half_width(n: int, z: float = Z95) -> float:
     """Half the width of the widest Wilson score interval a proportion over n trials can get (at p = 0.5)."""
     if n < 1:
         return 0.5

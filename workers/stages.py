@@ -121,6 +121,8 @@ def make_variant(
     min_cosine: float | None = None,
     fallback_tries: int = 0,
     max_float_fraction: float = 0.25,
+    confident_margin: float | None = None,
+    noise_flipped: tuple[int, ...] | list[int] = (),
 ) -> Variant:
     """fp16 by graph conversion; int8 / fp8 as explicit Q/DQ in `layout` from stored calibration ranges.
 
@@ -148,7 +150,9 @@ def make_variant(
     expected = unpack(reference)["outputs"]
     result = find_fallback(
         fp32, calibration, heldout, expected, precision=precision, layout=layout,
-        threshold=Threshold(top1_agreement=min_top1_agreement, cosine_mean=min_cosine), max_tries=fallback_tries,
+        threshold=Threshold(top1_agreement=min_top1_agreement, cosine_mean=min_cosine, confident_margin=confident_margin,
+                            noise_flipped=tuple(noise_flipped)),
+        max_tries=fallback_tries,
         max_float_fraction=max_float_fraction, labels=labels,
     )
     details["quantized_fraction"] = round(result.quantized_fraction, 4)
