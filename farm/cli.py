@@ -307,6 +307,41 @@ def doctor(as_json: AsJson = False) -> None:
     console.print("targets   " + ", ".join(t.id for t in info.targets()))
 
 
+@app.command()
+def verify(
+    repair: Annotated[bool, typer.Option("--repair", help="Delete corrupt and unreferenced artifact files, mark the jobs that "
+                                                          "used a corrupt or missing one for redo (the next sweep rebuilds "
+                                                          "them), upgrade an old schema. Results that are fine are kept.")] = False,
+    data_dir: DataDir = None,
+    db_url: DbUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Check the store (an fsck): every artifact's bytes against its sha256, rows without files, files without
+    rows, the schema version and SQLite's integrity_check. One line per problem and exit 1, or one "ok" line."""
+    from farm.store.verify import live_sweeps, repair_store, verify_store
+
+    with one_line_errors(as_json):
+        store = writable_store(data_dir, db_url) if repair else results_store(data_dir, db_url)
+        found = verify_store(store)
+        done: list[str] = []
+        if repair and not found.ok:
+            if live := live_sweeps(store):
+                raise fail(f"sweep {live[0]} is running on this store: repair it once the sweep has ended "
+                           "(a file being written now has no row yet)")
+            done = repair_store(store, found).done
+            found = verify_store(store)
+    if as_json:
+        print(json.dumps(found.as_json() | {"repaired": done}))
+    else:
+        for line in done:
+            out.print(f"repaired {line}", highlight=False, soft_wrap=True, markup=False)
+        for problem in found.problems:
+            out.print(problem.line, highlight=False, soft_wrap=True, markup=False)
+        if found.ok:
+            out.print(found.summary, highlight=False, soft_wrap=True, markup=False)
+    raise typer.Exit(OK if found.ok else SOME_FAILED)
+
+
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
 def dashboard(
