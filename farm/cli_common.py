@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 
 from farm.select import OBJECTIVES, Objective
 from farm.store import Store, StoreLocation, open_store
-from farm.store.db import has_schema, shown_url
+from farm.store.db import STORE_ATTRIBUTE, has_schema, shown_url
 
 # Exit codes a script can trust (README, `farm --help`).
 OK = 0  # everything asked for was done: every job of the sweep ended done or cached
@@ -87,10 +87,12 @@ WRITES = ("INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "DROP")
 def store_failure(exc: DBAPIError) -> str:
     """One line on what the database refused, in the right words: opening it, writing to it, or reading it."""
     reason = " ".join(str(exc.orig).split())  # PostgreSQL's messages run over several lines
+    # farm.store.db names the database on every error of its engines: which file is malformed or full
+    where = f" {name}" if (name := getattr(exc, STORE_ATTRIBUTE, None)) else ""
     if exc.statement is None:  # the connection itself failed: a server down, a wrong host or password
-        return f"cannot open the store: {reason}"
+        return f"cannot open the store{where}: {reason}"
     words = exc.statement.split(None, 1)
-    return f"cannot {'write to' if words and words[0].upper() in WRITES else 'read'} the store: {reason}"
+    return f"cannot {'write to' if words and words[0].upper() in WRITES else 'read'} the store{where}: {reason}"
 
 
 @contextmanager

@@ -88,8 +88,37 @@ def _postgres_session(readonly: bool) -> Any:
     return on_connect
 
 
+STORE_ATTRIBUTE = "farm_store"  # set on every database error: the database it came from, as farm.cli_common prints it
+
+
+def store_name(url: str) -> str:
+    """The database as an error line names it: a SQLite file's path, any other URL without its password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return parsed.database
+    return shown_url(url)
+
+
+def _name_the_store(engine: Engine, url: str) -> None:
+    """Every database error of this engine carries the database's name (SQLite's "database disk image is
+    malformed" or "database or disk is full" say nothing of which file)."""
+    name = store_name(url)
+
+    def on_error(context: Any) -> None:
+        if context.sqlalchemy_exception is not None:
+            setattr(context.sqlalchemy_exception, STORE_ATTRIBUTE, name)
+
+    event.listen(engine, "handle_error", on_error)
+
+
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """An engine for the URL; `readonly` makes SQLite and PostgreSQL refuse writes (other databases: not enforced)."""
+    engine = _make_engine(url, readonly)
+    _name_the_store(engine, url)
+    return engine
+
+
+def _make_engine(url: str, readonly: bool) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend != "sqlite":
@@ -199,6 +228,7 @@ def _transactional_sqlite(engine: Engine) -> Engine:
 
     event.listen(migrating, "connect", on_connect)
     event.listen(migrating, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    _name_the_store(migrating, engine.url.render_as_string(hide_password=False))
     return migrating
 
 
