@@ -321,7 +321,7 @@ def verify(
     from farm.store.verify import live_sweeps, repair_store, verify_store
 
     with one_line_errors(as_json):
-        store = writable_store(data_dir, db_url) if repair else results_store(data_dir, db_url)
+        store = writable_store(data_dir, db_url) if repair else results_store(data_dir, db_url, current=False)
         found = verify_store(store)
         done: list[str] = []
         if repair and not found.ok:

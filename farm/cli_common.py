@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 
 from farm.select import OBJECTIVES, Objective
 from farm.store import Store, StoreLocation, open_store
-from farm.store.db import STORE_ATTRIBUTE, has_schema, shown_url
+from farm.store.db import STORE_ATTRIBUTE, farm_tables, has_schema, head_revision, schema_revision, shown_url, store_name
 
 # Exit codes a script can trust (README, `farm --help`).
 OK = 0  # everything asked for was done: every job of the sweep ended done or cached
@@ -162,8 +162,9 @@ def checked_objective(objective: str) -> Objective:
     return cast(Objective, objective)
 
 
-def results_store(data_dir: Path | None, db_url: str | None) -> Store:
-    """The store, read-only, or one line saying there are no results yet."""
+def results_store(data_dir: Path | None, db_url: str | None, *, current: bool = True) -> Store:
+    """The store, read-only, or one line saying there are no results yet; with `current`, also one line
+    when its schema is not this farm's (an older farm's, or a creation cut off half way)."""
     location = StoreLocation.resolve(data_dir, db_url)
     if location.url.startswith("sqlite:///"):
         path = Path(location.url.removeprefix("sqlite:///"))
@@ -172,9 +173,14 @@ def results_store(data_dir: Path | None, db_url: str | None) -> Store:
         if not path.exists():
             raise UserError(f"no results yet: {location.url} does not exist (run `farm sweep SPEC` first)")
     store = open_store(location, readonly=True)
-    if not has_schema(store.engine):  # a database server's new, empty database
+    if not has_schema(store.engine) and not farm_tables(store.engine):  # a database server's new, empty database
         store.close()
         raise UserError(f"no results yet: {shown_url(location.url)} has no farm tables (run `farm sweep SPEC` first)")
+    if current and (revision := schema_revision(store.engine)) != (head := head_revision()):
+        store.close()  # read-only commands never migrate: the queries would fail on a missing column or table
+        found = f"at revision {revision}" if revision else "half-made (no alembic_version row: its creation was cut off)"
+        raise UserError(f"{store_name(location.url)}: the store's schema is {found}, this farm's is {head}: "
+                        "`farm verify --repair` mends it")
     return store
 
 

@@ -258,6 +258,12 @@ def upgrade(engine: Engine) -> None:
             migrating.dispose()
 
 
+def farm_tables(connectable: Engine | Connection) -> list[str]:
+    """farm's tables that the database holds, whatever its alembic_version says."""
+    with _connected(connectable) as connection:
+        return sorted(_columns(connection))
+
+
 def _columns(connection: Connection) -> dict[str, set[str]]:
     """farm's tables in the database and their columns (a shared PostgreSQL database may hold others' tables too)."""
     from farm.store.schema import Base
