@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 
 from farm.select import OBJECTIVES, Objective
 from farm.store import Store, StoreLocation, open_store
-from farm.store.db import STORE_ATTRIBUTE, farm_tables, has_schema, head_revision, schema_revision, shown_url, store_name
+from farm.store.db import STORE_ATTRIBUTE, FailedAt, farm_tables, has_schema, head_revision, schema_revision, shown_url, store_name
 
 # Exit codes a script can trust (README, `farm --help`).
 OK = 0  # everything asked for was done: every job of the sweep ended done or cached
@@ -88,9 +88,12 @@ def store_failure(exc: DBAPIError) -> str:
     """One line on what the database refused, in the right words: opening it, writing to it, or reading it."""
     reason = " ".join(str(exc.orig).split())  # PostgreSQL's messages run over several lines
     # farm.store.db names the database on every error of its engines: which file is malformed or full
-    where = f" {name}" if (name := getattr(exc, STORE_ATTRIBUTE, None)) else ""
-    if exc.statement is None:  # the connection itself failed: a server down, a wrong host or password
-        return f"cannot open the store{where}: {reason}"
+    failed: FailedAt | None = getattr(exc, STORE_ATTRIBUTE, None)
+    where = f" {failed.store}" if failed else ""
+    if exc.statement is None:
+        if failed is not None and failed.connected:  # a COMMIT: what failed was a write
+            return f"cannot write to the store{where}: {reason}"
+        return f"cannot open the store{where}: {reason}"  # a server down, a wrong host or password
     words = exc.statement.split(None, 1)
     return f"cannot {'write to' if words and words[0].upper() in WRITES else 'read'} the store{where}: {reason}"
 

@@ -88,7 +88,17 @@ def _postgres_session(readonly: bool) -> Any:
     return on_connect
 
 
-STORE_ATTRIBUTE = "farm_store"  # set on every database error: the database it came from, as farm.cli_common prints it
+STORE_ATTRIBUTE = "farm_store"  # set on every database error of farm's engines: a FailedAt
+
+
+@dataclass(frozen=True)
+class FailedAt:
+    """Where a database error happened, for its one line: which database, and whether a connection was open
+    (a COMMIT that fails on a full disk has no statement, like a failed connect, but it is a write)."""
+
+    store: str
+    connected: bool
+
 
 
 def store_name(url: str) -> str:
@@ -106,7 +116,7 @@ def _name_the_store(engine: Engine, url: str) -> None:
 
     def on_error(context: Any) -> None:
         if context.sqlalchemy_exception is not None:
-            setattr(context.sqlalchemy_exception, STORE_ATTRIBUTE, name)
+            setattr(context.sqlalchemy_exception, STORE_ATTRIBUTE, FailedAt(name, context.connection is not None))
 
     event.listen(engine, "handle_error", on_error)
 
@@ -250,7 +260,7 @@ def upgrade(engine: Engine) -> None:
                 # Held until this transaction commits (PostgreSQL's DDL is transactional): whoever comes
                 # second waits here, then finds the schema at head and has nothing to do.
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            mend_half_made(connection, shown_url(str(engine.url)))
+            mend_half_made(connection, store_name(engine.url.render_as_string(hide_password=False)))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     finally:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from farm.store import schema
 from farm.store.artifacts import PARTIAL
-from farm.store.db import Store, head_revision, schema_revision, shown_url, upgrade
+from farm.store.db import Store, head_revision, schema_revision, store_name, upgrade
 
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 REDO_ERROR = "artifact {sha} was {state}: removed by `farm verify --repair`; the next sweep redoes this job"
@@ -83,7 +83,7 @@ def referencing_jobs(s: Session, sha256: str) -> list[tuple[str, str]]:
 def _integrity(store: Store) -> tuple[str, list[Problem]]:
     if store.engine.dialect.name != "sqlite":
         return f"skipped on {store.engine.dialect.name}", []
-    where = shown_url(store.location.url).removeprefix("sqlite:///")
+    where = store_name(store.location.url)
     try:
         with store.engine.connect() as connection:
             lines = [row[0] for row in connection.execute(text("PRAGMA integrity_check"))]
@@ -105,7 +105,7 @@ def verify_store(store: Store) -> Verdict:
     verdict.integrity, verdict.problems = _integrity(store)
     if verdict.problems:
         return verdict
-    where = shown_url(store.location.url)
+    where = store_name(store.location.url)
     verdict.revision = schema_revision(store.engine)
     if verdict.revision != verdict.head:
         verdict.problems.append(Problem("schema", where, f"at revision {verdict.revision or 'none'}, not {verdict.head} "
