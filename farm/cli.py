@@ -167,7 +167,7 @@ def status(
             failures = queries.failures(s, found.id)
             loads = queries.node_loads(s, found.id)
             running = queries.running(s, found.id)
-        shown = queries.sweep_status(found.status, found.heartbeat_at, found.started_at)
+        shown = queries.sweep_status(found.status, found.heartbeat_at, found.started_at, finished=found.finished_at)
         left_s = queries.remaining_seconds(found, by_stage, datetime.now(UTC)) if shown == "running" else None
     if as_json:
         print(json.dumps({"sweep": found.id, "name": found.name, "status": shown.split(" (")[0], "detail": shown,

@@ -21,7 +21,8 @@ from typer.core import TyperGroup
 
 from farm.select import OBJECTIVES, Objective
 from farm.store import Store, StoreLocation, open_store
-from farm.store.db import STORE_ATTRIBUTE, FailedAt, farm_tables, has_schema, head_revision, schema_revision, shown_url, store_name
+from farm.store.db import STORE_ATTRIBUTE, FailedAt, farm_tables, has_schema, head_revision, make_engine, schema_revision, shown_url, store_name
+from farm.store.record import close_abandoned, plain
 
 # Exit codes a script can trust (README, `farm --help`).
 OK = 0  # everything asked for was done: every job of the sweep ended done or cached
@@ -59,7 +60,8 @@ def fail(message: str, code: int = BAD_INPUT) -> UserError:
 
 
 def _flat(message: str) -> str:
-    return " ".join(str(message).split())
+    """One line, without terminal codes (Ray's exceptions carry colour codes in their text)."""
+    return " ".join((plain(str(message)) or "").split())
 
 
 def print_error(message: str, as_json: bool = False) -> None:
@@ -184,11 +186,27 @@ def results_store(data_dir: Path | None, db_url: str | None, *, current: bool = 
         found = f"at revision {revision}" if revision else "half-made (no alembic_version row: its creation was cut off)"
         raise UserError(f"{store_name(location.url)}: the store's schema is {found}, this farm's is {head}: "
                         "`farm verify --repair` mends it")
+    if current:
+        _close_abandoned(location.url)
     return store
 
 
+def _close_abandoned(url: str) -> None:
+    """A read command stores what it finds too: sweeps whose driver is gone become "interrupted". Where the
+    store cannot be written (a read-only medium, a read-only role), it still reads them as interrupted."""
+    engine = make_engine(url)
+    try:
+        close_abandoned(engine)
+    except DBAPIError:
+        pass
+    finally:
+        engine.dispose()
+
+
 def writable_store(data_dir: Path | None, db_url: str | None) -> Store:
-    return open_store(StoreLocation.resolve(data_dir, db_url))
+    store = open_store(StoreLocation.resolve(data_dir, db_url))
+    close_abandoned(store.engine)
+    return store
 
 
 class WarningLines(logging.Handler):

@@ -1,0 +1,118 @@
+"""Stored state tells the truth (issue 22, must-have 7): a sweep whose driver is gone is stored as interrupted,
+with its running jobs, by the next command that opens the store; no terminal codes reach stored text or pipes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+from typer.testing import CliRunner
+
+from farm.cli import app
+from farm.store import Store, schema
+from farm.store.record import GONE, STALE_S, JobRow, Recorder, close_abandoned
+
+runner = CliRunner()
+KEYS = ("a" * 32, "b" * 32, "c" * 32)
+
+
+def _sweep(recorder: Recorder) -> int:
+    """A sweep with one job done, one running on a node, one pending."""
+    sweep_id = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [("export", key, key[:1]) for key in KEYS])
+    recorder.record(sweep_id, JobRow("export", KEYS[0], True, {"name": "m", "source": "x.onnx", "weights": None, "input_shape": [1]}))
+    recorder.started(sweep_id, "export", KEYS[1], "host-1 0123abcd")
+    return sweep_id
+
+
+def _silent_since(store: Store, sweep_id: int, when: datetime) -> None:
+    """The driver's last heartbeat was at `when` (what kill -9 leaves: a row nobody updates any more)."""
+    with store.session() as s, s.begin():
+        s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(heartbeat_at=when))
+
+
+def _where(store: Store) -> list[str]:
+    return ["--data-dir", str(store.location.data_dir), "--db-url", store.location.url]
+
+
+def test_the_next_command_stores_a_gone_driver_as_interrupted(store: Store) -> None:
+    """SQLite and PostgreSQL: `farm status` (a read command) stores the truth; a live sweep beside it is left alone."""
+    recorder = Recorder(store)
+    gone = _sweep(recorder)
+    last = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=STALE_S * 10)
+    _silent_since(store, gone, last)
+    live = _sweep(recorder)
+
+    result = runner.invoke(app, ["status", str(gone), "--json", *_where(store)])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["stored_status"] == "interrupted"
+    assert shown["detail"] == f"interrupted (driver gone since {last:%H:%M:%S} UTC)"
+    assert shown["stages"]["export"] == {"done": 1, "cached": 0, "failed": 0, "blocked": 0, "running": 0, "pending": 1,
+                                              "interrupted": 1}
+    with store.session() as s:
+        jobs = {j.key: j for j in s.scalars(select(schema.SweepJob).where(schema.SweepJob.sweep_id == gone))}
+        assert jobs[KEYS[1]].state == "interrupted" and jobs[KEYS[1]].error == GONE.format(seconds=STALE_S)
+        assert jobs[KEYS[0]].state == "done" and jobs[KEYS[2]].state == "pending"  # what ended stays as it ended
+        assert s.get(schema.Sweep, live).status == "running"
+        assert s.scalar(select(schema.SweepJob.state).where(schema.SweepJob.sweep_id == live, schema.SweepJob.key == KEYS[1])) == "running"
+    listed = runner.invoke(app, ["status", str(live), "--json", *_where(store)])
+    assert json.loads(listed.stdout)["stored_status"] == "running"
+
+
+def test_a_stalled_driver_takes_its_sweep_back_and_ctrl_c_reads_plainly(store: Store) -> None:
+    """A driver that only stalled past STALE_S beats again: its sweep is running again. A sweep its driver ended
+    itself (Ctrl-C) reads "interrupted", without "driver gone"."""
+    from farm.queries import sweep_status
+
+    recorder = Recorder(store)
+    sweep_id = _sweep(recorder)
+    _silent_since(store, sweep_id, datetime.now(UTC) - timedelta(seconds=STALE_S * 2))
+    assert close_abandoned(store.engine) == [sweep_id]
+    assert close_abandoned(store.engine) == []  # once
+    recorder.heartbeat(sweep_id)
+    with store.session() as s:
+        again = s.get(schema.Sweep, sweep_id)
+        assert again.status == "running" and again.finished_at is None
+    recorder.finish_sweep(sweep_id, "interrupted")
+    with store.session() as s:
+        ended = s.get(schema.Sweep, sweep_id)
+        assert sweep_status(ended.status, ended.heartbeat_at, ended.started_at, finished=ended.finished_at) == "interrupted"
+
+
+@pytest.mark.slow
+def test_no_terminal_codes_in_stored_errors_or_ray_lines(ray_cluster: None, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real task failure: Ray colours its text (the task name in a RayTaskError); the store keeps it plain.
+    And Ray's own "(raylet) ..." lines carry no colour where farm's stderr is not a terminal."""
+    import ray
+    from ray._private import worker
+
+    from farm import cluster
+
+    @ray.remote
+    def fails() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(ray.exceptions.RayTaskError) as raised:
+        ray.get(fails.remote())
+    text = str(raised.value)
+    assert "\x1b[" in text  # what Ray gives: the test would catch codes that got through
+    recorder = Recorder(store)
+    sweep_id = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [("export", KEYS[0], "a")])
+    recorder.record(sweep_id, JobRow("export", KEYS[0], False, {"name": "m", "source": "x.onnx", "weights": None, "input_shape": [1]},
+                                     error=text.splitlines()[0], log=text))
+    with store.session() as s:
+        row = s.get(schema.Model, KEYS[0])
+        job = s.scalars(select(schema.SweepJob)).one()
+        assert "\x1b" not in (row.error or "") + (row.log or "") + (job.error or "")
+        assert "boom" in (row.log or "")
+
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    cluster.connect()  # stderr here is pytest's capture, not a terminal
+    assert os.environ["RAY_COLOR_PREFIX"] == "0"
+    printed = io.StringIO()
+    worker.print_worker_logs({"pid": "raylet", "ip": "h", "localhost": "h", "lines": ["A worker died or was killed"]}, printed)
+    assert "A worker died" in printed.getvalue() and "\x1b" not in printed.getvalue()
