@@ -7,6 +7,7 @@ import io
 import json
 import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -57,7 +58,8 @@ def test_the_next_command_stores_a_gone_driver_as_interrupted(store: Store) -> N
         jobs = {j.key: j for j in s.scalars(select(schema.SweepJob).where(schema.SweepJob.sweep_id == gone))}
         assert jobs[KEYS[1]].state == "interrupted" and jobs[KEYS[1]].error == GONE.format(seconds=STALE_S)
         assert jobs[KEYS[0]].state == "done" and jobs[KEYS[2]].state == "pending"  # what ended stays as it ended
-        assert s.get(schema.Sweep, live).status == "running"
+        kept = s.get(schema.Sweep, live)
+        assert kept is not None and kept.status == "running"
         assert s.scalar(select(schema.SweepJob.state).where(schema.SweepJob.sweep_id == live, schema.SweepJob.key == KEYS[1])) == "running"
     listed = runner.invoke(app, ["status", str(live), "--json", *_where(store)])
     assert json.loads(listed.stdout)["stored_status"] == "running"
@@ -76,10 +78,11 @@ def test_a_stalled_driver_takes_its_sweep_back_and_ctrl_c_reads_plainly(store: S
     recorder.heartbeat(sweep_id)
     with store.session() as s:
         again = s.get(schema.Sweep, sweep_id)
-        assert again.status == "running" and again.finished_at is None
+        assert again is not None and again.status == "running" and again.finished_at is None
     recorder.finish_sweep(sweep_id, "interrupted")
     with store.session() as s:
         ended = s.get(schema.Sweep, sweep_id)
+        assert ended is not None
         assert sweep_status(ended.status, ended.heartbeat_at, ended.started_at, finished=ended.finished_at) == "interrupted"
 
 
@@ -106,6 +109,7 @@ def test_no_terminal_codes_in_stored_errors_or_ray_lines(ray_cluster: None, stor
                                      error=text.splitlines()[0], log=text))
     with store.session() as s:
         row = s.get(schema.Model, KEYS[0])
+        assert row is not None
         job = s.scalars(select(schema.SweepJob)).one()
         assert "\x1b" not in (row.error or "") + (row.log or "") + (job.error or "")
         assert "boom" in (row.log or "")
@@ -114,5 +118,6 @@ def test_no_terminal_codes_in_stored_errors_or_ray_lines(ray_cluster: None, stor
     cluster.connect()  # stderr here is pytest's capture, not a terminal
     assert os.environ["RAY_COLOR_PREFIX"] == "0"
     printed = io.StringIO()
-    worker.print_worker_logs({"pid": "raylet", "ip": "h", "localhost": "h", "lines": ["A worker died or was killed"]}, printed)
+    line: dict[str, Any] = {"pid": "raylet", "ip": "h", "localhost": "h", "lines": ["A worker died or was killed"]}
+    worker.print_worker_logs(line, printed)
     assert "A worker died" in printed.getvalue() and "\x1b" not in printed.getvalue()

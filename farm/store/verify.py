@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, select, text, update
+from sqlalchemy import Column, delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -202,5 +202,5 @@ def _forget(s: Session, sha256: str, state: str) -> list[str]:
         if sha256 in cache.sha256s:
             cache.sha256s = [old for old in cache.sha256s if old != sha256]
     s.flush()
-    s.execute(schema.Artifact.__table__.delete().where(schema.Artifact.sha256 == sha256))
+    s.execute(delete(schema.Artifact).where(schema.Artifact.sha256 == sha256))
     return marked
