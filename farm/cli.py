@@ -263,6 +263,7 @@ def report(
     db_url: DbUrl = None,
 ) -> None:
     """Write one file a person can mail: the winners with verdicts, the noise, the failures, the environment."""
+    from farm.delivery import writing
     from farm.reports import render_report
 
     with one_line_errors():
@@ -270,7 +271,8 @@ def report(
         with store.session() as s:
             text = render_report(s, sweep_id, format)  # ReportError: no such sweep or format, exit 2
         path = out_file or Path(f"farm-sweep-{sweep_id}.{format}")
-        path.write_text(text)  # an OSError (a read-only folder, a full disk) is one line, exit 1
+        with writing(path):  # an OSError (a read-only folder, a full disk) is one line naming the file, exit 1
+            path.write_text(text)
     out.print(f"report of sweep {sweep_id} in {path}", highlight=False, markup=False)
 
 

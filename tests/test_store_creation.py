@@ -3,6 +3,7 @@ leaves no half-made schema, and a half-made store an older farm left behind is m
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -121,3 +122,25 @@ def test_a_half_made_store_of_no_known_version_is_refused_with_what_to_do(tmp_pa
     repaired = runner.invoke(app, ["verify", "--repair", "--data-dir", str(data)])
     assert repaired.exit_code == 2 and repaired.stderr.strip() == f"error: {refused.value}"
     assert "sweeps" in farm_tables(create_engine(f"sqlite:///{data / 'farm.db'}"))  # nothing was dropped
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """A real full tmpfs: ENOSPC names no file of its own; farm's line names the report, and an artifact
+    write names the artifact, where before they said only "No space left on device"."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("mounting a tmpfs needs root and unshare (CI runs as root)")
+    from tests.seed import seed
+
+    seeded = seed(tmp_path / "seeded")
+    medium = tmp_path / "medium"
+    medium.mkdir()
+    put = (f"{sys.executable} -c \"from pathlib import Path; from farm.store import ArtifactStore; "
+           f"ArtifactStore(Path('{medium}/artifacts')).put(bytes(3000))\" 2>&1 | tail -1")
+    script = (f"mount -t tmpfs -o size=64k tmpfs {medium} && mkdir {medium}/artifacts && "
+              f"(dd if=/dev/zero of={medium}/filler bs=4k 2>/dev/null; true) && "  # every block taken
+              f"{sys.executable} -m farm.cli report 1 --out {medium}/report.html --data-dir {seeded.location.data_dir}; echo exit $?; {put}")
+    result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                            env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert result.stderr.splitlines() == [f"error: {medium}/report.html: cannot write (No space left on device)"], result.stderr
+    sha = hashlib.sha256(bytes(3000)).hexdigest()
+    assert result.stdout.splitlines() == ["exit 1", f"OSError: [Errno 28] No space left on device: '{medium}/artifacts/{sha[:2]}/{sha}'"]
