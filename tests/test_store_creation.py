@@ -23,10 +23,10 @@ from tests.conftest import REPO
 runner = CliRunner()
 
 
-def _older_store(database: Path, revision: str) -> None:
+def _older_store(database: Path | str, revision: str) -> None:
     """The tables of `revision`, made by its migrations, then its alembic_version row deleted: what an older
-    farm left when its creation was cut off before the version was written."""
-    engine = create_engine(f"sqlite:///{database}")
+    farm left when its creation was cut off before the version was written. `database`: a SQLite file or a URL."""
+    engine = create_engine(database if isinstance(database, str) else f"sqlite:///{database}")
     config = _alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -35,8 +35,8 @@ def _older_store(database: Path, revision: str) -> None:
     engine.dispose()
 
 
-def _add_sweep(database: Path) -> None:
-    engine = create_engine(f"sqlite:///{database}")
+def _add_sweep(database: Path | str) -> None:
+    engine = create_engine(database if isinstance(database, str) else f"sqlite:///{database}")
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO sweeps (name, spec_path, spec, status, started_at) "
                                 "VALUES ('kept', 'x.yaml', '{}', 'finished', CURRENT_TIMESTAMP)"))
@@ -89,14 +89,16 @@ def test_a_half_made_empty_store_is_made_again(tmp_path: Path) -> None:
     assert runner.invoke(app, ["status", "--data-dir", str(data)]).stderr.strip() == "error: no sweep recorded yet"
 
 
-def test_a_half_made_store_holding_rows_is_stamped_and_upgraded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_half_made_store_holding_rows_is_stamped_and_upgraded(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Rows are never dropped: a store whose tables are exactly an older revision's is stamped with it and
     upgraded from there, its rows kept."""
     data = tmp_path / "data"
     data.mkdir()
-    _older_store(data / "farm.db", "0005")
-    _add_sweep(data / "farm.db")
-    store = open_store(StoreLocation.resolve(data))
+    database: Path | str = request.getfixturevalue("postgres_url") if backend == "postgresql" else data / "farm.db"
+    _older_store(database, "0005")
+    _add_sweep(database)
+    store = open_store(StoreLocation.resolve(data, database if isinstance(database, str) else None))
     assert schema_revision(store.engine) == head_revision()
     with store.session() as s:
         [kept] = s.query(schema.Sweep).all()
