@@ -3,7 +3,8 @@ SQLAlchemy URL) and an artifact folder, which stays under the data dir whatever 
 
 The driver is the only writer; the dashboard opens the same database read-only. The schema
 is created and upgraded by Alembic, never by `create_all`, so an old farm-data folder is
-migrated in place when a newer farm opens it. Two farms opening one new store at once take
+migrated in place when a newer farm opens it; creation and each upgrade are one transaction
+(SQLite's DDL too), so a full disk or a kill leaves the schema as it was, never half made. Two farms opening one new store at once take
 turns: a file lock beside a SQLite database, an advisory lock on PostgreSQL.
 """
 
@@ -98,7 +99,6 @@ class FailedAt:
 
     store: str
     connected: bool
-
 
 
 def store_name(url: str) -> str:
