@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from farm.cli import app
 from farm.driver import run_sweep
 from farm.spec import load_spec
+from farm.stages import stages_from
 from farm.store import Store, StoreLocation, open_store, schema
 from farm.store.record import JobRow, Recorder
 from farm.store.verify import verify_store
@@ -89,6 +90,15 @@ def test_a_corrupt_engine_is_named_repaired_and_rebuilt_by_the_next_sweep(ray_cl
     delivered = next((tmp_path / "out").glob("engine.*"))
     session = ort.InferenceSession(str(delivered), providers=["CPUExecutionProvider"])  # the delivered engine really loads
     assert [i.shape[1:] for i in session.get_inputs()] == [[3, 32, 32]]
+
+    # The issue's own path, without verify: `--redo-from build` builds the same bytes again, and the store
+    # now replaces the corrupt file instead of keeping it.
+    with store.session() as s:
+        rebuilt = s.get(schema.Build, build.key)
+        assert rebuilt is not None and rebuilt.engine_sha256 == build.engine_sha256  # ONNX Runtime builds are deterministic
+    engine.write_bytes(engine.read_bytes()[:-16] + b"\0" * 16)
+    run_sweep(spec, base, str(spec_path), store, redo=stages_from("build"))
+    assert store.artifacts.verify(build.engine_sha256 or "") and _verify(data)[0] == 0
     store.close()
 
 
