@@ -3,19 +3,28 @@ with its running jobs, by the next command that opens the store; no terminal cod
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
 from farm.cli import app
-from farm.store import Store, schema
+from farm.store import Store, StoreLocation, open_store, schema
 from farm.store.record import GONE, STALE_S, JobRow, Recorder, close_abandoned
+from tests.conftest import CALIBRATION_DATA, REPO, write_spec
 
 runner = CliRunner()
 KEYS = ("a" * 32, "b" * 32, "c" * 32)
@@ -121,3 +130,70 @@ def test_no_terminal_codes_in_stored_errors_or_ray_lines(ray_cluster: None, stor
     line: dict[str, Any] = {"pid": "raylet", "ip": "h", "localhost": "h", "lines": ["A worker died or was killed"]}
     worker.print_worker_logs(line, printed)
     assert "A worker died" in printed.getvalue() and "\x1b" not in printed.getvalue()
+
+
+def _ray_of(driver: int) -> list[psutil.Process]:
+    """The Ray processes a killed driver started (their command lines name its session, which ends in its pid)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(f"_{driver}/" in arg or arg.endswith(f"_{driver}") for arg in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+@pytest.mark.slow
+def test_a_driver_killed_mid_sweep_is_stored_as_interrupted(tmp_path: Path) -> None:
+    """The issue's case for real: `farm sweep` killed with SIGKILL while a benchmark runs leaves its sweep
+    "running" with a running job; once its heartbeat is older than STALE_S, the next `farm status` stores both
+    as interrupted."""
+    spec = write_spec(tmp_path, f"""
+        name: killed
+        models:
+          - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
+        backends: {{onnxruntime: {{intra_op_threads: 1}}}}
+        batch_sizes: [1, 2]
+        benchmark: {{warmup_s: 0, duration_s: 2, min_iterations: 3, window_s: 0.5, max_duration_s: 3}}
+        fidelity: {{data: {CALIBRATION_DATA}, samples: 2}}
+        selection: {{retime: {{enabled: false}}}}
+        limits: {{isolate_builds: false}}
+    """)
+    data = tmp_path / "data"
+    driver = subprocess.Popen([sys.executable, "-m", "farm.cli", "sweep", str(spec), "--data-dir", str(data)],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=os.environ | {"PYTHONPATH": str(REPO)})
+    store: Store | None = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None:
+            if (data / "farm.db").exists():
+                store = store or open_store(StoreLocation.resolve(data), readonly=True)
+                with contextlib.suppress(DBAPIError), store.session() as s:
+                    if s.scalar(select(schema.SweepJob.id).where(schema.SweepJob.stage == "benchmark",
+                                                                 schema.SweepJob.state == "running").limit(1)):
+                        break
+            time.sleep(0.3)
+        assert driver.poll() is None, "the sweep ended before a benchmark ran: nothing to kill"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        deadline = time.monotonic() + 30  # Ray's processes share the driver's fate, a few seconds later
+        while _ray_of(driver.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for left in _ray_of(driver.pid):
+            left.kill()
+    assert store is not None
+    store.close()
+    writable = open_store(StoreLocation.resolve(data))
+    with writable.session() as s:
+        [sweep] = s.scalars(select(schema.Sweep)).all()
+        assert sweep.status == "running"  # what kill -9 leaves
+        assert sweep.heartbeat_at is not None
+        last = sweep.heartbeat_at - timedelta(seconds=STALE_S + 60)
+    _silent_since(writable, sweep.id, last)  # a minute and more went by without a heartbeat
+    writable.close()
+
+    result = runner.invoke(app, ["status", "--json", "--data-dir", str(data)])
+    shown = json.loads(result.stdout)
+    assert shown["stored_status"] == "interrupted" and shown["detail"].startswith("interrupted (driver gone since ")
+    assert shown["stages"]["benchmark"]["interrupted"] >= 1
+    assert not any(states["running"] for states in shown["stages"].values())
