@@ -181,12 +181,13 @@ def results_store(data_dir: Path | None, db_url: str | None, *, current: bool = 
     if not has_schema(store.engine) and not farm_tables(store.engine):  # a database server's new, empty database
         store.close()
         raise UserError(f"no results yet: {shown_url(location.url)} has no farm tables (run `farm sweep SPEC` first)")
-    if current and (revision := schema_revision(store.engine)) != (head := head_revision()):
+    revision, head = schema_revision(store.engine), head_revision()
+    if current and revision != head:
         store.close()  # read-only commands never migrate: the queries would fail on a missing column or table
         found = f"at revision {revision}" if revision else "half-made (no alembic_version row: its creation was cut off)"
         raise UserError(f"{store_name(location.url)}: the store's schema is {found}, this farm's is {head}: "
                         "`farm verify --repair` mends it")
-    if current:
+    if revision == head:
         _close_abandoned(location.url)
     return store
 
