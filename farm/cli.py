@@ -185,7 +185,7 @@ def status(
             rejected = queries.failures(s, found.id, "rejected")
             loads = queries.node_loads(s, found.id)
             running = queries.running(s, found.id)
-        shown = queries.sweep_status(found.status, found.heartbeat_at, found.started_at)
+        shown = queries.sweep_status(found.status, found.heartbeat_at, found.started_at, finished=found.finished_at)
         left_s = queries.remaining_seconds(found, by_stage, datetime.now(UTC)) if shown == "running" else None
     if as_json:
         print(json.dumps({"sweep": found.id, "name": found.name, "status": shown.split(" (")[0], "detail": shown,
@@ -294,6 +294,7 @@ def report(
     db_url: DbUrl = None,
 ) -> None:
     """Write one file a person can mail: the winners with verdicts, the noise, the failures, the environment."""
+    from farm.delivery import writing
     from farm.reports import render_report
 
     with one_line_errors():
@@ -301,7 +302,8 @@ def report(
         with store.session() as s:
             text = render_report(s, sweep_id, format)  # ReportError: no such sweep or format, exit 2
         path = out_file or Path(f"farm-sweep-{sweep_id}.{format}")
-        path.write_text(text)  # an OSError (a read-only folder, a full disk) is one line, exit 1
+        with writing(path):  # an OSError (a read-only folder, a full disk) is one line naming the file, exit 1
+            path.write_text(text)
     out.print(f"report of sweep {sweep_id} in {path}", highlight=False, markup=False)
 
 
@@ -336,6 +338,41 @@ def doctor(as_json: AsJson = False) -> None:
         table.add_row(b.name, escape(b.version) if b.version else "[red]missing[/]", escape(b.detail))
     console.print(table)
     console.print("targets   " + ", ".join(t.id for t in info.targets()))
+
+
+@app.command()
+def verify(
+    repair: Annotated[bool, typer.Option("--repair", help="Delete corrupt and unreferenced artifact files, mark the jobs that "
+                                                          "used a corrupt or missing one for redo (the next sweep rebuilds "
+                                                          "them), upgrade an old schema. Results that are fine are kept.")] = False,
+    data_dir: DataDir = None,
+    db_url: DbUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Check the store (an fsck): every artifact's bytes against its sha256, rows without files, files without
+    rows, the schema version and SQLite's integrity_check. One line per problem and exit 1, or one "ok" line."""
+    from farm.store.verify import live_sweeps, repair_store, verify_store
+
+    with one_line_errors(as_json):
+        store = writable_store(data_dir, db_url) if repair else results_store(data_dir, db_url, current=False)
+        found = verify_store(store)
+        done: list[str] = []
+        if repair and not found.ok:
+            if live := live_sweeps(store):
+                raise fail(f"sweep {live[0]} is running on this store: repair it once the sweep has ended "
+                           "(a file being written now has no row yet)")
+            done = repair_store(store, found).done
+            found = verify_store(store)
+    if as_json:
+        print(json.dumps(found.as_json() | {"repaired": done}))
+    else:
+        for line in done:
+            out.print(f"repaired {line}", highlight=False, soft_wrap=True, markup=False)
+        for problem in found.problems:
+            out.print(problem.line, highlight=False, soft_wrap=True, markup=False)
+        if found.ok:
+            out.print(found.summary, highlight=False, soft_wrap=True, markup=False)
+    raise typer.Exit(OK if found.ok else SOME_FAILED)
 
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"

@@ -21,7 +21,8 @@ from typer.core import TyperGroup
 
 from farm.select import OBJECTIVES, Objective
 from farm.store import Store, StoreLocation, open_store
-from farm.store.db import has_schema, shown_url
+from farm.store.db import STORE_ATTRIBUTE, FailedAt, farm_tables, has_schema, head_revision, make_engine, schema_revision, shown_url, store_name
+from farm.store.record import close_abandoned, plain
 
 # Exit codes a script can trust (README, `farm --help`).
 OK = 0  # everything asked for was done: every job of the sweep ended done or cached
@@ -62,7 +63,8 @@ def fail(message: str, code: int = BAD_INPUT) -> UserError:
 
 
 def _flat(message: str) -> str:
-    return " ".join(str(message).split())
+    """One line, without terminal codes (Ray's exceptions carry colour codes in their text)."""
+    return " ".join((plain(str(message)) or "").split())
 
 
 def print_error(message: str, as_json: bool = False) -> None:
@@ -90,10 +92,15 @@ WRITES = ("INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "DROP")
 def store_failure(exc: DBAPIError) -> str:
     """One line on what the database refused, in the right words: opening it, writing to it, or reading it."""
     reason = " ".join(str(exc.orig).split())  # PostgreSQL's messages run over several lines
-    if exc.statement is None:  # the connection itself failed: a server down, a wrong host or password
-        return f"cannot open the store: {reason}"
+    # farm.store.db names the database on every error of its engines: which file is malformed or full
+    failed: FailedAt | None = getattr(exc, STORE_ATTRIBUTE, None)
+    where = f" {failed.store}" if failed else ""
+    if exc.statement is None:
+        if failed is not None and failed.connected:  # a COMMIT: what failed was a write
+            return f"cannot write to the store{where}: {reason}"
+        return f"cannot open the store{where}: {reason}"  # a server down, a wrong host or password
     words = exc.statement.split(None, 1)
-    return f"cannot {'write to' if words and words[0].upper() in WRITES else 'read'} the store: {reason}"
+    return f"cannot {'write to' if words and words[0].upper() in WRITES else 'read'} the store{where}: {reason}"
 
 
 @contextmanager
@@ -163,8 +170,9 @@ def checked_objective(objective: str) -> Objective:
     return cast(Objective, objective)
 
 
-def results_store(data_dir: Path | None, db_url: str | None) -> Store:
-    """The store, read-only, or one line saying there are no results yet."""
+def results_store(data_dir: Path | None, db_url: str | None, *, current: bool = True) -> Store:
+    """The store, read-only, or one line saying there are no results yet; with `current`, also one line
+    when its schema is not this farm's (an older farm's, or a creation cut off half way)."""
     location = StoreLocation.resolve(data_dir, db_url)
     if location.url.startswith("sqlite:///"):
         path = Path(location.url.removeprefix("sqlite:///"))
@@ -173,14 +181,36 @@ def results_store(data_dir: Path | None, db_url: str | None) -> Store:
         if not path.exists():
             raise UserError(f"no results yet: {location.url} does not exist (run `farm sweep SPEC` first)")
     store = open_store(location, readonly=True)
-    if not has_schema(store.engine):  # a database server's new, empty database
+    if not has_schema(store.engine) and not farm_tables(store.engine):  # a database server's new, empty database
         store.close()
         raise UserError(f"no results yet: {shown_url(location.url)} has no farm tables (run `farm sweep SPEC` first)")
+    revision, head = schema_revision(store.engine), head_revision()
+    if current and revision != head:
+        store.close()  # read-only commands never migrate: the queries would fail on a missing column or table
+        found = f"at revision {revision}" if revision else "half-made (no alembic_version row: its creation was cut off)"
+        raise UserError(f"{store_name(location.url)}: the store's schema is {found}, this farm's is {head}: "
+                        "`farm verify --repair` mends it")
+    if revision == head:
+        _close_abandoned(location.url)
     return store
 
 
+def _close_abandoned(url: str) -> None:
+    """A read command stores what it finds too: sweeps whose driver is gone become "interrupted". Where the
+    store cannot be written (a read-only medium, a read-only role), it still reads them as interrupted."""
+    engine = make_engine(url)
+    try:
+        close_abandoned(engine)
+    except DBAPIError:
+        pass
+    finally:
+        engine.dispose()
+
+
 def writable_store(data_dir: Path | None, db_url: str | None) -> Store:
-    return open_store(StoreLocation.resolve(data_dir, db_url))
+    store = open_store(StoreLocation.resolve(data_dir, db_url))
+    close_abandoned(store.engine)
+    return store
 
 
 class WarningLines(logging.Handler):

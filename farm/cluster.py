@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -71,6 +72,10 @@ def labels_of(resources: dict[str, float]) -> tuple[str, ...]:
 
 def connect(address: str | None = None) -> None:
     """Join the cluster at `address` or RAY_ADDRESS, or start a local one sized to this machine."""
+    if not sys.stderr.isatty():
+        # Ray colours the lines it prints for its workers ("(raylet) A worker died ...") whatever the stream;
+        # in a log file or a pipe those codes are noise. Ray reads this when it prints, in this process.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from farm.metrics import METRICS
 from farm.store import schema
+from farm.store.record import STALE_S
 
-STATES = ("done", "cached", "rejected", "skipped", "failed", "blocked", "running", "pending")
+STATES = ("done", "cached", "rejected", "skipped", "failed", "blocked", "running", "pending", "interrupted")
 # The metrics of a results row and of an engine's benchmark table, in column order.
 RESULT_METRICS = ("p50", "p99", "throughput", "cv", "top1_agreement", "cosine")
 BENCHMARK_METRICS = ("p50", "p90", "p99", "mean", "min", "max", "cv", "throughput", "iterations", "gpu_p50")
@@ -26,14 +27,15 @@ FIDELITY_METRICS = ("top1_agreement", "agreement_low", "agreement_high", "top5_a
                     "max_abs_error", "accuracy", "reference_accuracy", "box_recall", "box_precision", "nonfinite")
 STAGES = schema.STAGES
 ROWS = schema.STAGE_TABLES
-# A running sweep whose driver wrote no heartbeat for this long (it writes one every few seconds,
-# farm.store.record.HEARTBEAT_S) lost its driver: kill -9, a crash, a full disk.
-STALE_S = 60
-
-
-def sweep_status(status: str, heartbeat: datetime | None, started: datetime, now: datetime | None = None) -> str:
+def sweep_status(status: str, heartbeat: datetime | None, started: datetime, now: datetime | None = None,
+                 finished: datetime | None = None) -> str:
     """What a person is told of a sweep: its stored status, except that a "running" sweep whose driver
-    stopped beating is "interrupted (driver gone since HH:MM:SS UTC)"."""
+    stopped beating is "interrupted (driver gone since HH:MM:SS UTC)", and so is one stored as interrupted
+    for that reason (farm.store.record.close_abandoned: finished long after its last heartbeat)."""
+    if status == "interrupted" and finished is not None:
+        last = heartbeat or started
+        if _naive(finished) - _naive(last) > timedelta(seconds=STALE_S):
+            return f"interrupted (driver gone since {last:%H:%M:%S} UTC)"
     if status != "running":
         return status
     last = heartbeat or started  # a sweep recorded before heartbeats existed: its start is all we know
@@ -43,6 +45,11 @@ def sweep_status(status: str, heartbeat: datetime | None, started: datetime, now
     if now - last <= timedelta(seconds=STALE_S):
         return status
     return f"interrupted (driver gone since {last:%H:%M:%S} UTC)"
+
+
+def _naive(moment: datetime) -> datetime:
+    """UTC without its zone: SQLite gives naive UTC back, PostgreSQL aware."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,7 @@ def sweeps(s: Session) -> list[SweepSummary]:
         .outerjoin(jobs, jobs.c.sweep_id == schema.Sweep.id)
         .order_by(schema.Sweep.id.desc())
     ).all()
-    return [SweepSummary(r[0], r[1], sweep_status(r[2], r[9], r[4]), r[3], r[4], r[5], int(r[6] or 0), int(r[7] or 0), int(r[8] or 0))
+    return [SweepSummary(r[0], r[1], sweep_status(r[2], r[9], r[4], finished=r[5]), r[3], r[4], r[5], int(r[6] or 0), int(r[7] or 0), int(r[8] or 0))
             for r in rows]
 
 

@@ -475,9 +475,28 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
     return spec, file.absolute().parent
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that a mapping holds twice: YAML forbids it, and PyYAML would
+    keep the last one silently (`name:` three times ran the third). Merged keys (`<<: *base`) may still be
+    overridden: only keys written in the mapping itself count."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _value in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {one_line(str(key))!r}, first on line {first[key].start_mark.line + 1}",
+                    key_node.start_mark)
+            first[key] = key_node
+        return super().construct_mapping(node, deep)
+
+
 def _parse_yaml(file: Path, text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -127,7 +127,7 @@ def test_an_unreachable_database_is_one_line(postgres: PostgresServer, tmp_path:
         result = runner.invoke(app, ["status", "--data-dir", str(tmp_path), "--db-url", url])
     assert result.exit_code == 2
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("error: cannot open the store: connection failed") and "Connection refused" in line
+    assert line.startswith(f"error: cannot open the store {url}: connection failed") and "Connection refused" in line  # named
 
 
 def test_store_failures_say_read_or_write(tmp_path: Path) -> None:
@@ -148,8 +148,9 @@ def test_store_failures_say_read_or_write(tmp_path: Path) -> None:
         with pytest.raises(DBAPIError) as read:
             connection.execute(text("SELECT * FROM no_such_table"))
     reader.close()
-    assert store_failure(write.value) == "cannot write to the store: attempt to write a readonly database"
-    assert store_failure(read.value) == "cannot read the store: no such table: no_such_table"
+    database = location.data_dir / "farm.db"  # every line names the database it is about
+    assert store_failure(write.value) == f"cannot write to the store {database}: attempt to write a readonly database"
+    assert store_failure(read.value) == f"cannot read the store {database}: no such table: no_such_table"
 
 
 def test_version_and_exit_codes_in_help() -> None:

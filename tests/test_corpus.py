@@ -85,6 +85,44 @@ def _stale_store(path: Path) -> None:
     store.close()
 
 
+def _damaged_store(path: Path) -> None:
+    """A real store with one sweep, whose sweeps table's page a bad disk overwrote: SQLite reads it as malformed."""
+    store = open_store(StoreLocation.resolve(path))
+    with store.session() as s, s.begin():
+        s.add(schema.Sweep(name="kept", spec_path="x.yaml", spec={}, status="finished"))
+    store.close()
+    with sqlite3.connect(path / "farm.db") as connection:
+        page = connection.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sweeps'").fetchone()[0]
+        size = connection.execute("PRAGMA page_size").fetchone()[0]
+    connection.close()
+    with (path / "farm.db").open("r+b") as handle:
+        handle.seek((page - 1) * size)
+        handle.write(b"\xff" * size)
+
+
+def _half_made_store(path: Path, revision: str, drop: str | None = None, rows: bool = False) -> None:
+    """The tables an older farm made before its creation was cut off: `revision`'s, less `drop`, and no
+    alembic_version row; `rows` adds a sweep to them."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from farm.store.db import _alembic_config
+
+    path.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path / 'farm.db'}")
+    config = _alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+        connection.execute(text("DELETE FROM alembic_version"))
+        if drop:
+            connection.execute(text(f"DROP TABLE {drop}"))
+        if rows:
+            connection.execute(text("INSERT INTO sweeps (name, spec_path, spec, status, started_at) "
+                                    "VALUES ('kept', 'x.yaml', '{}', 'finished', CURRENT_TIMESTAMP)"))
+    engine.dispose()
+
+
 MAKERS: dict[str, Callable[..., None]] = {
     "bytes": lambda path, hex: path.write_bytes(bytes.fromhex(hex)),
     "repeat": lambda path, text, times: path.write_text(text * times),
@@ -97,6 +135,9 @@ MAKERS: dict[str, Callable[..., None]] = {
     "npz": _npz,
     "stale_store": _stale_store,
     "corrupt_db": lambda path: path.write_bytes(b"SQLite format? no: " + bytes(range(256)) * 8),
+    "damaged_store": _damaged_store,
+    "half_made_store": _half_made_store,
+    "symlink": lambda path, to: path.symlink_to(to),
 }
 
 

@@ -228,7 +228,24 @@ def _array_header(path: Path) -> tuple[int, ...]:
     except CalibrationDataError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise CalibrationDataError(f"not a readable numpy file ({exc})") from exc
+        raise CalibrationDataError(numpy_problem(exc, path)) from exc
+
+
+def numpy_problem(exc: BaseException, path: Path) -> str:
+    """Why an .npy/.npz did not load, in farm's words only. numpy's own messages quote the file: a wrong
+    magic says `got b'root:*'` (the first bytes of whatever the path points at, /etc/shadow through a
+    symlink), a bad header repeats the header; none of it may reach an error line or a log."""
+    if isinstance(exc, OSError):
+        return f"cannot read it ({(exc.strerror or type(exc).__name__).lower()})"
+    suffix = path.suffix.lower()
+    if isinstance(exc, zipfile.BadZipFile):
+        return "not a .npz file"
+    if isinstance(exc, EOFError):
+        return "not a readable numpy file (it ends inside its header)"
+    # np.load calls anything that is neither .npy nor zip "pickled data": it is not an array file either way
+    if "magic string" in str(exc) or "pickled" in str(exc):
+        return f"not a {suffix} file" if suffix in ARRAY_SUFFIXES else "not a .npy or .npz file"
+    return "not a readable numpy file (its header is damaged)"
 
 
 def _npy_shape(handle: IO[bytes]) -> tuple[int, ...]:
@@ -293,8 +310,8 @@ def _load_array_folder(root: Path, input_shape: Sequence[int | str]) -> Samples:
 def _read_array(path: Path) -> np.ndarray:
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise CalibrationDataError(f"{path}: not a readable numpy file ({exc})") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CalibrationDataError(f"{path}: {numpy_problem(exc, path)}") from exc
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             names = list(loaded.files)

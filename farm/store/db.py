@@ -3,7 +3,8 @@ SQLAlchemy URL) and an artifact folder, which stays under the data dir whatever 
 
 The driver is the only writer; the dashboard opens the same database read-only. The schema
 is created and upgraded by Alembic, never by `create_all`, so an old farm-data folder is
-migrated in place when a newer farm opens it. Two farms opening one new store at once take
+migrated in place when a newer farm opens it; creation and each upgrade are one transaction
+(SQLite's DDL too), so a full disk or a kill leaves the schema as it was, never half made. Two farms opening one new store at once take
 turns: a file lock beside a SQLite database, an advisory lock on PostgreSQL.
 """
 
@@ -18,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from farm.store.artifacts import ArtifactStore
 
@@ -87,8 +89,46 @@ def _postgres_session(readonly: bool) -> Any:
     return on_connect
 
 
+STORE_ATTRIBUTE = "farm_store"  # set on every database error of farm's engines: a FailedAt
+
+
+@dataclass(frozen=True)
+class FailedAt:
+    """Where a database error happened, for its one line: which database, and whether a connection was open
+    (a COMMIT that fails on a full disk has no statement, like a failed connect, but it is a write)."""
+
+    store: str
+    connected: bool
+
+
+def store_name(url: str) -> str:
+    """The database as an error line names it: a SQLite file's path, any other URL without its password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return parsed.database
+    return shown_url(url)
+
+
+def _name_the_store(engine: Engine, url: str) -> None:
+    """Every database error of this engine carries the database's name (SQLite's "database disk image is
+    malformed" or "database or disk is full" say nothing of which file)."""
+    name = store_name(url)
+
+    def on_error(context: Any) -> None:
+        if context.sqlalchemy_exception is not None:
+            setattr(context.sqlalchemy_exception, STORE_ATTRIBUTE, FailedAt(name, context.connection is not None))
+
+    event.listen(engine, "handle_error", on_error)
+
+
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
     """An engine for the URL; `readonly` makes SQLite and PostgreSQL refuse writes (other databases: not enforced)."""
+    engine = _make_engine(url, readonly)
+    _name_the_store(engine, url)
+    return engine
+
+
+def _make_engine(url: str, readonly: bool) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend != "sqlite":
@@ -150,25 +190,139 @@ def _exclusive(lock_file: Path | None) -> Iterator[None]:
         yield
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision, one farm process at a time.
-
-    Without the lock, two sweeps started together on a new store both find no tables and both
-    create them: the second dies on "table artifacts already exists".
-    """
-    from alembic import command
+def _alembic_config() -> Any:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", os.fspath(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration's revision: what a store of this farm is at."""
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory.from_config(_alembic_config()).get_current_head())
+
+
+def schema_revision(connectable: Engine | Connection) -> str | None:
+    """The revision the store's alembic_version names; None when it has no table or no row."""
+    with _connected(connectable) as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+@contextmanager
+def _connected(connectable: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(connectable, Connection):
+        yield connectable
+    else:
+        with connectable.connect() as connection:
+            yield connection
+
+
+def _transactional_sqlite(engine: Engine) -> Engine:
+    """An engine on the same SQLite file whose transactions hold DDL too.
+
+    Python's sqlite3 module opens a transaction before INSERT/UPDATE/DELETE only: every CREATE TABLE of
+    a migration committed on its own, so a full disk or a kill half way left a half-made schema
+    with no alembic_version row. Here sqlite3 opens nothing itself and every transaction is an
+    explicit BEGIN IMMEDIATE (the write lock at once), so creation and each upgrade commit whole or not at all.
+    """
+    migrating = create_engine(engine.url, poolclass=NullPool)
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        _sqlite_pragmas(False)(dbapi_connection, record)
+
+    event.listen(migrating, "connect", on_connect)
+    event.listen(migrating, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    _name_the_store(migrating, engine.url.render_as_string(hide_password=False))
+    return migrating
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision in one transaction, one farm process at a time.
+
+    Without the lock, two sweeps started together on a new store both find no tables and both
+    create them: the second dies on "table artifacts already exists". A schema left half-made by an
+    older farm (its creation interrupted) is mended first (`mend_half_made`).
+    """
+    from alembic import command
+
+    config = _alembic_config()
     database = _sqlite_file(engine)
-    with _exclusive(database.with_name(database.name + ".lock") if database else None), engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            # Held until this transaction commits (PostgreSQL's DDL is transactional): whoever comes
-            # second waits here, then finds the schema at head and has nothing to do.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    migrating = _transactional_sqlite(engine) if engine.dialect.name == "sqlite" else engine
+    try:
+        with _exclusive(database.with_name(database.name + ".lock") if database else None), migrating.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Held until this transaction commits (PostgreSQL's DDL is transactional): whoever comes
+                # second waits here, then finds the schema at head and has nothing to do.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            mend_half_made(connection, store_name(engine.url.render_as_string(hide_password=False)))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        if migrating is not engine:
+            migrating.dispose()
+
+
+def farm_tables(connectable: Engine | Connection) -> list[str]:
+    """farm's tables that the database holds, whatever its alembic_version says."""
+    with _connected(connectable) as connection:
+        return sorted(_columns(connection))
+
+
+def _columns(connection: Connection) -> dict[str, set[str]]:
+    """farm's tables in the database and their columns (a shared PostgreSQL database may hold others' tables too)."""
+    from farm.store.schema import Base
+
+    found = inspect(connection)
+    return {table: {c["name"] for c in found.get_columns(table)} for table in found.get_table_names() if table in Base.metadata.tables}
+
+
+def _revision_schemas() -> list[tuple[str, dict[str, set[str]]]]:
+    """Each revision's tables and columns, oldest first, as its migrations make them (in a memory database)."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    config = _alembic_config()
+    revisions = [r.revision for r in reversed(list(ScriptDirectory.from_config(config).walk_revisions()))]
+    memory = create_engine("sqlite://")
+    schemas = []
+    with memory.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        for revision in revisions:
+            command.upgrade(config, revision)
+            schemas.append((revision, _columns(connection)))
+    memory.dispose()
+    return schemas
+
+
+def mend_half_made(connection: Connection, where: str) -> None:
+    """A store with farm's tables but no alembic_version row: its creation by an older farm was cut off.
+
+    Empty, it is dropped and created again. Holding rows, it is stamped with the revision whose
+    schema it has exactly, and upgraded from there; matching none, it is refused in one line.
+    """
+    tables = _columns(connection)
+    if not tables or schema_revision(connection) is not None:
+        return
+    reflected = MetaData()
+    reflected.reflect(bind=connection, only=[*tables, *(["alembic_version"] if inspect(connection).has_table("alembic_version") else [])])
+    rows = sum(connection.execute(select(func.count()).select_from(t)).scalar() or 0 for t in reflected.sorted_tables)
+    if rows == 0:
+        reflected.drop_all(connection)
+        return
+    for revision, expected in _revision_schemas():
+        if expected == tables:
+            if not inspect(connection).has_table("alembic_version"):
+                connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+            connection.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": revision})
+            return
+    raise StoreError(f"{where}: a half-made schema (no alembic_version row, tables of no farm version) that holds {rows} rows: "
+                     "move the database aside (e.g. `mv farm.db farm.db.broken`) and run the sweep again to rebuild it")
 
 
 def open_store(location: StoreLocation | None = None, *, readonly: bool = False) -> Store:

@@ -7,13 +7,14 @@ columns every stage table shares and the stage's own columns) with the artifacts
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from farm.store import schema
@@ -21,6 +22,16 @@ from farm.store.db import Store
 
 ROW_TYPES = schema.STAGE_TABLES
 HEARTBEAT_S = 5.0  # at most one heartbeat write per this many seconds; readers call a driver gone after STALE_S
+# A running sweep whose driver wrote no heartbeat for this long lost its driver: kill -9, a crash, a full disk.
+STALE_S = 60
+GONE = "interrupted: its driver was gone (no heartbeat for over {seconds} s)"
+# Colour and cursor codes (Ray's RayTaskError colours its task name): stored text is read in files and pipes.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def plain(text: str | None) -> str | None:
+    """The text without terminal escape codes."""
+    return ANSI.sub("", text) if text else text
 
 # One sweep job's row, by bound parameters: built once, not per job (building the expression cost as much
 # as running it), and run without the ORM's session synchronisation (no SweepJob objects are loaded here).
@@ -83,7 +94,9 @@ class Recorder:
             return
         self._beats[sweep_id] = now
         with self.store.session() as s, s.begin():
-            s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(heartbeat_at=datetime.now(UTC)))
+            # "running" again if a reader took this driver's silence (a stall over STALE_S) for its death
+            s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id, schema.Sweep.status.in_(("running", "interrupted")))
+                      .values(heartbeat_at=datetime.now(UTC), status="running", finished_at=None))
 
     def finish_sweep(self, sweep_id: int, status: str) -> str:
         """End the sweep; "finished" is stored as "failed" when not one of its jobs ended done or cached
@@ -189,9 +202,27 @@ class Recorder:
                 self._artifact_row(s, blob.sha256, blob.kind, blob.size)
             table: Any = ROW_TYPES[row.stage]  # a mapped class; mypy sees only the JobColumns mixin
             stored = table(
-                key=row.key, status=row.status, error=row.error, log=row.log or None,
+                key=row.key, status=row.status, error=plain(row.error), log=plain(row.log) or None,
                 seconds=row.seconds, node=row.node or None, device=row.device, created_at=datetime.now(UTC), **row.columns,
             )
             s.merge(stored)
-            self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else row.status, row.error)
+            self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else row.status, plain(row.error))
         return stored
+
+
+def close_abandoned(engine: Engine, now: datetime | None = None) -> list[int]:
+    """Store the truth about sweeps whose driver is gone: "running" with no heartbeat for STALE_S becomes
+    "interrupted", and so do its running jobs; their finished_at is now, their heartbeat_at stays the last sign
+    of life. Returns the sweeps closed. A driver that was only stalled sets its sweep running again (`heartbeat`)."""
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(seconds=STALE_S)
+    with Session(engine) as s, s.begin():
+        gone = list(s.scalars(select(schema.Sweep.id).where(
+            schema.Sweep.status == "running", func.coalesce(schema.Sweep.heartbeat_at, schema.Sweep.started_at) < cutoff)))
+        if gone:
+            s.execute(update(schema.SweepJob).where(schema.SweepJob.sweep_id.in_(gone), schema.SweepJob.state == "running")
+                      .values(state="interrupted", error=GONE.format(seconds=STALE_S), updated_at=now)
+                      .execution_options(synchronize_session=False))
+            s.execute(update(schema.Sweep).where(schema.Sweep.id.in_(gone)).values(status="interrupted", finished_at=now)
+                      .execution_options(synchronize_session=False))
+    return gone
