@@ -61,7 +61,7 @@ def test_the_next_command_stores_a_gone_driver_as_interrupted(store: Store) -> N
     shown = json.loads(result.stdout)
     assert shown["stored_status"] == "interrupted"
     assert shown["detail"] == f"interrupted (driver gone since {last:%H:%M:%S} UTC)"
-    assert shown["stages"]["export"] == {"done": 1, "cached": 0, "failed": 0, "blocked": 0, "running": 0, "pending": 1,
+    assert shown["stages"]["export"] == {"done": 1, "cached": 0, "rejected": 0, "skipped": 0, "failed": 0, "blocked": 0, "running": 0, "pending": 1,
                                               "interrupted": 1}
     with store.session() as s:
         jobs = {j.key: j for j in s.scalars(select(schema.SweepJob).where(schema.SweepJob.sweep_id == gone))}

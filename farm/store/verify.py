@@ -13,17 +13,18 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, delete, select, text, update
+from sqlalchemy import Column, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from farm.store import schema
 from farm.store.artifacts import PARTIAL
 from farm.store.db import Store, head_revision, schema_revision, store_name, upgrade
+from farm.store.record import STALE_S
 
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 REDO_ERROR = "artifact {sha} was {state}: removed by `farm verify --repair`; the next sweep redoes this job"
@@ -151,13 +152,13 @@ class Repaired:
 
 
 def live_sweeps(store: Store) -> list[int]:
-    """Sweeps whose driver still beats: repairing under them could delete a file a row is about to name."""
-    from farm.queries import sweep_status  # farm.queries imports farm.store: not at module level
+    """Sweeps whose driver still beats: repairing under them could delete a file a row is about to name.
 
+    The same rule as close_abandoned: "running" with a heartbeat (or start) within STALE_S."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=STALE_S)
     with store.session() as s:
-        running = s.execute(select(schema.Sweep.id, schema.Sweep.status, schema.Sweep.heartbeat_at, schema.Sweep.started_at)
-                            .where(schema.Sweep.status == "running")).all()
-    return [sweep_id for sweep_id, status, beat, started in running if sweep_status(status, beat, started) == "running"]
+        return list(s.scalars(select(schema.Sweep.id).where(
+            schema.Sweep.status == "running", func.coalesce(schema.Sweep.heartbeat_at, schema.Sweep.started_at) >= cutoff)))
 
 
 def repair_store(store: Store, verdict: Verdict) -> Repaired:
