@@ -18,6 +18,7 @@ Prints the table and writes benchmarks/results/int8_configs.json.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import platform
@@ -172,7 +173,7 @@ def main() -> None:
         print(f"{r.config:43} {r.samples.split(' (')[0]:>26} {r.layout:>10} {r.weight_bias_quantization:>4} {r.top1:>13} {r.cosine:8.4f} "
               f"{r.fake_quant_top1:>16} {r.fake_quant_cosine:8.4f} {r.p50_ms:7.3f} {r.vs_fp32:6.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cpu": asdict(cpu), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+    args.out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "cpu": asdict(cpu), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                                     "rounds": args.rounds, "window": asdict(WINDOW), "batch": BATCH, **extra,
                                     "rows": [asdict(r) for r in rows]}, indent=1))
     print(f"wrote {args.out}")
