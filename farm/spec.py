@@ -634,6 +634,9 @@ def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
             if problem:
                 where = " (relative paths start at the spec's folder)" if not path.exists() else ""
                 raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}{where}"))
+            problem = _onnx_input_problem(path, model, model_batch_sizes(spec, model), i)
+            if problem:
+                raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}"))
     for field, path, needed in _data_needs(spec, base):
         if not path.exists():
             raise SpecError(one_line(f"{spec_path}: {field}: {path} does not exist (relative paths start at the spec's folder)"))
@@ -666,6 +669,36 @@ def _source_problem(model: ModelSpec) -> str | None:
         known = torchvision_models(search_path())
         return f"torchvision has no model named {name!r}{closest(name, known)}" if known is not None and name not in known else None
     return None if model.source.endswith(".onnx") else factory_problem(model.source, search_path())
+
+
+def _onnx_input_problem(path: Path, model: ModelSpec, batches: list[int], index: int) -> str | None:
+    """Where an ONNX file's graph input contradicts the spec, read from the graph alone (no weights): a
+    batch dimension fixed at one size while others are asked for (what a default torch.onnx.export
+    leaves), or fixed dimensions other than input_shape. Either fails every job of the model mid-sweep."""
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a file that does not parse is the export stage's to record
+        return None
+    initializers = {i.name for i in proto.graph.initializer}
+    graph_input = next((i for i in proto.graph.input if i.name not in initializers), None)
+    if graph_input is None or not graph_input.type.tensor_type.HasField("shape"):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
+    shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+    if not dims:
+        return None
+    fixed_batch = dims[0]
+    if fixed_batch is not None and any(b != fixed_batch for b in batches):
+        return (f"{path.name} fixes input {graph_input.name!r} at batch {fixed_batch} (shape {shown}) but batch sizes "
+                f"{', '.join(map(str, batches))} are asked for: export with dynamic_axes={{{graph_input.name!r}: {{0: 'batch'}}}}, "
+                f"or give this model batch_sizes: [{fixed_batch}]")
+    sample = dims[1:]
+    if len(sample) != len(model.input_shape) or any(d is not None and d != want for d, want in zip(sample, model.input_shape, strict=False)):
+        return (f"{path.name}'s input {graph_input.name!r} has shape {shown} but models[{index}].input_shape is "
+                f"{list(model.input_shape)}: give input_shape: [{', '.join('?' if d is None else str(d) for d in sample)}]")
+    return None
 
 
 def _external_data(path: Path, problem_of: Any) -> str | None:

@@ -246,3 +246,58 @@ def test_a_preprocess_that_would_make_images_nan_is_refused(tmp_path: Path) -> N
     result = CliRunner().invoke(app, ["sweep", str(spec), "--data-dir", str(tmp_path / "data")])
     assert result.exit_code == 2 and "models[0].preprocess.std" in result.output and "greater than 0" in result.output, result.output
     assert not (tmp_path / "data").exists()
+
+
+def _onnx_file(path: Path, shape: list[int | str]) -> Path:
+    """A one-node ONNX model (Relu) whose input has `shape` (a str is a named, dynamic dimension)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shape", "batch_sizes", "input_shape", "message"),
+    [
+        ([1, 3, 32, 32], [1, 8], [3, 32, 32],
+         "net.onnx fixes input 'input' at batch 1 (shape [1, 3, 32, 32]) but batch sizes 1, 8 are asked for: "
+         "export with dynamic_axes={'input': {0: 'batch'}}, or give this model batch_sizes: [1]"),
+        (["batch", 3, 64, 64], [1, 8], [3, 32, 32],
+         "net.onnx's input 'input' has shape [?, 3, 64, 64] but models[0].input_shape is [3, 32, 32]: give input_shape: [3, 64, 64]"),
+    ],
+    ids=["fixed-batch", "other-shape"],
+)
+def test_an_onnx_file_that_contradicts_the_spec_is_refused_before_any_work(
+        tmp_path: Path, shape: list[int | str], batch_sizes: list[int], input_shape: list[int], message: str) -> None:
+    model = _onnx_file(tmp_path / "net.onnx", shape)
+    spec = write_spec(tmp_path, f"""
+        name: t
+        models: [{{name: net, source: {model}, weights: null, input_shape: {input_shape}}}]
+        batch_sizes: {batch_sizes}
+        backends: {{onnxruntime: {{}}}}
+        fidelity: {{data: {CALIBRATION_DATA}}}
+    """)
+    result = subprocess.run([sys.executable, "-m", "farm.cli", "sweep", str(spec), "--data-dir", str(tmp_path / "data")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {spec}: models[0].source: {message}"]
+    assert not (tmp_path / "data").exists()  # refused before any work: no store, no Ray
+
+
+def test_an_onnx_file_with_a_dynamic_batch_and_the_spec_s_shape_passes_the_checks(tmp_path: Path) -> None:
+    from farm.spec import check_inputs, load_spec
+
+    model = _onnx_file(tmp_path / "net.onnx", ["batch", 3, 32, 32])
+    spec_file = write_spec(tmp_path, f"""
+        name: t
+        models: [{{name: net, source: {model}, weights: null, input_shape: [3, 32, 32]}}]
+        batch_sizes: [1, 8]
+        backends: {{onnxruntime: {{}}}}
+        fidelity: {{data: {CALIBRATION_DATA}}}
+    """)
+    spec, base = load_spec(spec_file)
+    check_inputs(spec, base, str(spec_file))  # raises SpecError on a contradiction
