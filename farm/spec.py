@@ -23,10 +23,13 @@ from pydantic import (
     PositiveFloat,
     Field,
     ValidationError,
+    ValidationInfo,
     computed_field,
     field_validator,
     model_validator,
 )
+
+from pydantic_core import PydanticCustomError
 
 from workers.bench import BenchSettings
 from workers.structs import ModelRef, Preprocess
@@ -102,12 +105,16 @@ RTX_TARGET = re.compile(r"^rtx:sm_\d{2,3}(\+sm_\d{2,3})*$")
 MODEL_SOURCE = re.compile(r"^(torchvision:[A-Za-z0-9_]+|.+\.onnx|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 
 
+UNSET_WEIGHTS = "\0unset"  # no `weights:` key: an error for torchvision sources, None for the others
+
+
 class ModelSpec(Strict):
     name: Name
     source: str = Field(max_length=4096)
-    # Required, even as null: offline machines must ask for random weights explicitly, so a
-    # missing download never turns silently into an untrained model.
-    weights: str | None = Field(..., max_length=64)
+    # torchvision sources only, and there required, even as null: offline machines must ask for random
+    # weights explicitly, so a missing download never turns silently into an untrained model. A
+    # factory or an .onnx file carries its own weights.
+    weights: str | None = Field(UNSET_WEIGHTS, max_length=64, validate_default=True)
     input_shape: tuple[Int, ...] = Field((3, 224, 224), max_length=8)
     opset: Int = Field(17, ge=13, le=21)
     # detection: torchvision-style detectors (boxes, labels, scores per image); fidelity is box agreement
@@ -127,6 +134,18 @@ class ModelSpec(Strict):
     def _source(cls, value: str) -> str:
         if not MODEL_SOURCE.match(value):
             raise ValueError("expected torchvision:NAME, a path ending in .onnx, or package.module:function")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, value: str | None, info: ValidationInfo) -> str | None:
+        torchvision = str(info.data.get("source", "")).startswith("torchvision:")
+        if value == UNSET_WEIGHTS:
+            if torchvision:
+                raise PydanticCustomError("missing", "required field is missing")
+            return None
+        if value is not None and not torchvision:
+            raise ValueError("applies to torchvision sources only (a factory or an .onnx file carries its own weights): leave it out")
         return value
 
     @field_validator("input_shape")

@@ -294,7 +294,7 @@ def test_an_onnx_file_with_a_dynamic_batch_and_the_spec_s_shape_passes_the_check
     model = _onnx_file(tmp_path / "net.onnx", ["batch", 3, 32, 32])
     spec_file = write_spec(tmp_path, f"""
         name: t
-        models: [{{name: net, source: {model}, weights: null, input_shape: [3, 32, 32]}}]
+        models: [{{name: net, source: {model}, input_shape: [3, 32, 32]}}]  # no weights: an ONNX file carries its own
         batch_sizes: [1, 8]
         backends: {{onnxruntime: {{}}}}
         fidelity: {{data: {CALIBRATION_DATA}}}
