@@ -649,13 +649,16 @@ def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
             raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}"))
         if model.source.endswith(".onnx"):
             path = Path(model.ref(base).source)
-            problem = onnx_file_problem(path) or _external_data(path, external_data_problem)
+            problem = onnx_file_problem(path)
             if problem:
                 where = " (relative paths start at the spec's folder)" if not path.exists() else ""
                 raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}{where}"))
-            problem = _onnx_input_problem(path, model, model_batch_sizes(spec, model), i)
-            if problem:
-                raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}"))
+            proto = _parsed_onnx(path)  # once: the graph with its inline weights, never the external data
+            if proto is not None:
+                found = external_data_problem(proto)
+                problem = (f"{path}: {found}" if found else None) or _onnx_input_problem(proto, path, model, model_batch_sizes(spec, model), i)
+                if problem:
+                    raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}"))
     for field, path, needed in _data_needs(spec, base):
         if not path.exists():
             raise SpecError(one_line(f"{spec_path}: {field}: {path} does not exist (relative paths start at the spec's folder)"))
@@ -690,16 +693,10 @@ def _source_problem(model: ModelSpec) -> str | None:
     return None if model.source.endswith(".onnx") else factory_problem(model.source, search_path())
 
 
-def _onnx_input_problem(path: Path, model: ModelSpec, batches: list[int], index: int) -> str | None:
-    """Where an ONNX file's graph input contradicts the spec, read from the graph alone (no weights): a
-    batch dimension fixed at one size while others are asked for (what a default torch.onnx.export
-    leaves), or fixed dimensions other than input_shape. Either fails every job of the model mid-sweep."""
-    import onnx
-
-    try:
-        proto = onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - a file that does not parse is the export stage's to record
-        return None
+def _onnx_input_problem(proto: Any, path: Path, model: ModelSpec, batches: list[int], index: int) -> str | None:
+    """Where an ONNX file's graph input contradicts the spec: a batch dimension fixed at one size while
+    others are asked for (what a default torch.onnx.export leaves), or fixed dimensions other than
+    input_shape. Either fails every job of the model mid-sweep."""
     initializers = {i.name for i in proto.graph.initializer}
     graph_input = next((i for i in proto.graph.input if i.name not in initializers), None)
     if graph_input is None or not graph_input.type.tensor_type.HasField("shape"):
@@ -720,17 +717,15 @@ def _onnx_input_problem(path: Path, model: ModelSpec, batches: list[int], index:
     return None
 
 
-def _external_data(path: Path, problem_of: Any) -> str | None:
-    """The external-data problem of an ONNX file that parses; one that does not parse is left to the
-    export stage, which records why (a broken model fails alone, the sweep goes on)."""
+def _parsed_onnx(path: Path) -> Any:
+    """The ONNX file's graph without external data, or None where it does not parse: the export stage
+    records why (a broken model fails alone, the sweep goes on)."""
     import onnx
 
     try:
-        proto = onnx.load_model(str(path), load_external_data=False)
+        return onnx.load_model(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - any parse failure: reported by the export job
         return None
-    found: str | None = problem_of(proto)
-    return f"{path}: {found}" if found else None
 
 
 def _data_needs(spec: SweepSpec, base: Path) -> list[tuple[str, Path, int]]:
