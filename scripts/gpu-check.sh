@@ -14,6 +14,8 @@
 #             (cold sweep 449 s, warm 83 s): a call of its own
 #   lowp      sweeps/gpu-lowp.yaml: ViT-B/16 bf16 against torchao fp8 / int8, and its anchor; did not finish in
 #             585 s on 2026-12-06, so the sweep is cut at $LOWP_LIMIT s (default 420) and `farm status` shows how far it got
+#   gap       benchmarks/compile_gap_probe.py: the farm's compiled ResNet-50 against the same compile by hand, in
+#             and out of Ray, ~5 min (estimated)
 #   aoti      benchmarks/aoti_probe.py: which way of loading an AOTInductor package works, ~2 min (60 s a way at most)
 #   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host, ~6 min (estimated)
 #
@@ -80,12 +82,20 @@ for part in "${PARTS[@]}"; do
       keep "$RESULTS/warm_sweep.json" "$RESULTS/gpu_anchor_autotune.json" "$RESULTS/gpu_autotune_best.json"
       ;;
     lowp)
-      run_part lowp_sweep timeout "${LOWP_LIMIT:-420}" python3 -m farm.cli sweep sweeps/gpu-lowp.yaml --data-dir "$WORK/lowp"
-      python3 -m farm.cli status --data-dir "$WORK/lowp" > "$LOGS/lowp_status.log" 2>&1  # how far it got, if cut
+      # cut with SIGABRT so that faulthandler prints where the driver waited; the workers' own logs follow
+      run_part lowp_sweep env PYTHONFAULTHANDLER=1 timeout -s ABRT "${LOWP_LIMIT:-420}" \
+        python3 -m farm.cli sweep sweeps/gpu-lowp.yaml --data-dir "$WORK/lowp"
+      { python3 -m farm.cli status --data-dir "$WORK/lowp"  # how far it got, if cut
+        for log in $(find /tmp -name 'worker-*.err' -newer "$WORK" -size +0 2>/dev/null); do echo "--- $log"; tail -n 40 "$log"; done
+      } > "$LOGS/lowp_status.log" 2>&1
       run_part lowp_anchor python3 benchmarks/gpu_anchor.py --models vit_b_16 --batches 256 \
         --data-dir "$WORK/lowp" --out "$RESULTS/gpu_anchor_lowp.json"
       python3 -m farm.cli best --json --objective throughput --data-dir "$WORK/lowp" > "$RESULTS/gpu_lowp_best.json"
       keep "$RESULTS/gpu_anchor_lowp.json" "$RESULTS/gpu_lowp_best.json"
+      ;;
+    gap)
+      run_part gap python3 benchmarks/compile_gap_probe.py --budget-s "${GAP_LIMIT:-300}" --out "$RESULTS/compile_gap_probe.json"
+      keep "$RESULTS/compile_gap_probe.json"
       ;;
     aoti)
       run_part aoti python3 benchmarks/aoti_probe.py --out "$RESULTS/aoti_probe.json"
@@ -96,7 +106,7 @@ for part in "${PARTS[@]}"; do
       keep "$RESULTS/fleet_scaling_16core.json"
       ;;
     *)
-      echo "gpu-check: unknown part '$part' (tests, autotune, lowp, aoti, scaling)" >&2
+      echo "gpu-check: unknown part '$part' (tests, autotune, lowp, gap, aoti, scaling)" >&2
       failed=$((failed + 1))
       ;;
   esac
