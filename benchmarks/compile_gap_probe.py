@@ -14,6 +14,10 @@ one call, median of --calls), so the variant that loses the time names the cause
 Later variants reuse the first one's autotuning through Inductor's caches, so they compile faster.
 A variant is skipped once --budget-s is spent.
 
+Found with it (H100, 2026-12-06; docs/gpu.md): plain 10.35 ms, the farm's runner 11.38 ms, because
+the farm gave freezing in torch.compile's options, where it is silently not applied
+(pytorch/pytorch#139272). The runner now patches Inductor's config around the compiling calls.
+
     PYTHONPATH=/tmp/site:$PWD python3 benchmarks/compile_gap_probe.py --out $OUT/compile_gap_probe.json
 """
 

