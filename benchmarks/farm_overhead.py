@@ -31,15 +31,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from farm.cluster import WARM_WORKERS  # noqa: E402
-from farm.driver import run_sweep  # noqa: E402
-from farm.jobs import BuildJob  # noqa: E402
-from farm.spec import SweepSpec  # noqa: E402
-from farm.stages import stages_from  # noqa: E402
+from farm.run.cluster import WARM_WORKERS  # noqa: E402
+from farm.run.driver import run_sweep  # noqa: E402
+from farm.run.jobs import BuildJob  # noqa: E402
+from farm.run.spec import SweepSpec  # noqa: E402
+from farm.run.stages import stages_from  # noqa: E402
 from farm.store import Store, StoreLocation, open_store  # noqa: E402
 from workers import stages  # noqa: E402
-from farm.driver import load_rows  # noqa: E402
-from farm.plan import data_refs  # noqa: E402
+from farm.run.driver import load_rows  # noqa: E402
+from farm.run.plan import data_refs  # noqa: E402
 from workers.device import describe  # noqa: E402
 from workers.models import Exported  # noqa: E402
 from workers.structs import BuildRequest  # noqa: E402

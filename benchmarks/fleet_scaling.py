@@ -11,8 +11,8 @@ Efficiency = (sum of job seconds / worker slots) / wall time: 1.0 is a fleet nev
 driver that costs nothing. Nodes on one machine share its cores and its host (a timing holds the
 host), so this measures the farm's bookkeeping and placement, not a speed-up a machine cannot give.
 
-Driver part. No Ray: the real planner (farm.plan.expand over a simulated fleet of 100 nodes of 10
-kinds), the real store (SQLite files), and the driver's loop as farm.driver runs it (Schedule and
+Driver part. No Ray: the real planner (farm.run.plan.expand over a simulated fleet of 100 nodes of 10
+kinds), the real store (SQLite files), and the driver's loop as farm.run.driver runs it (Schedule and
 Placement pick, one job finishes per turn, its row is written). Each job "finishes" at once, so
 what is left is the driver's cost per job: what a fleet pays on top of the work.
 
@@ -51,15 +51,15 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from farm import cluster  # noqa: E402
-from farm.jobs import TargetGroup  # noqa: E402
-from farm.plan import expand  # noqa: E402
-from farm.schedule import TIMING_STAGES, Placement, Schedule  # noqa: E402
-from farm.spec import SweepSpec  # noqa: E402
-from farm.stages import registry  # noqa: E402
+from farm.run import cluster  # noqa: E402
+from farm.run.jobs import TargetGroup  # noqa: E402
+from farm.run.plan import expand  # noqa: E402
+from farm.run.schedule import TIMING_STAGES, Placement, Schedule  # noqa: E402
+from farm.run.spec import SweepSpec  # noqa: E402
+from farm.run.stages import registry  # noqa: E402
 from farm.store import StoreLocation, open_store, schema  # noqa: E402
 from farm.store.record import Recorder  # noqa: E402
-from farm.tasks import Outcome  # noqa: E402
+from farm.run.tasks import Outcome  # noqa: E402
 from workers.device import NODE_IS_HOST, describe  # noqa: E402
 
 # The CLI as a module: on a machine where farm's dependencies are wheels on PYTHONPATH, no `farm` script exists.

@@ -59,7 +59,7 @@ def anchor(model: str, batch: int, replays: int = 60) -> dict[str, float]:
 
 def farm_winners(data_dir: str, models: list[str]) -> dict[tuple[str, int], Any]:
     """The farm's throughput winners on a GPU target, per (model, batch size)."""
-    from farm.select import candidates, winners
+    from farm.results.select import candidates, winners
     from farm.store import StoreLocation, open_store
 
     store = open_store(StoreLocation.resolve(Path(data_dir)), readonly=True)

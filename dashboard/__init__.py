@@ -1,1 +1,1 @@
-"""The farm dashboard (Streamlit): reads the store through farm.store and farm.select, never writes it."""
+"""The farm dashboard (Streamlit): reads the store through farm.store and farm.results.select, never writes it."""

@@ -16,12 +16,12 @@ import streamlit as st
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from farm import queries
-from farm.delivery import engine_bundle, engine_bytes
-from farm.metrics import METRICS
-from farm.reports import render_report
-from farm.select import Candidate, Exclusion, Untimed, candidates, rejected_variants
-from farm.select import untimed as build_only
+from farm.results import queries
+from farm.results.delivery import engine_bundle, engine_bytes
+from farm.results.metrics import METRICS
+from farm.results.report import render_report
+from farm.results.select import Candidate, Exclusion, Untimed, candidates, rejected_variants
+from farm.results.select import untimed as build_only
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import shown_url
 
@@ -109,7 +109,7 @@ def results(at: Where, filters: queries.Filters, limit: int, offset: int) -> tup
 
 
 def column(metric: str) -> Any:
-    """A table column for a metric of farm.metrics: its header and its number format."""
+    """A table column for a metric of farm.results.metrics: its header and its number format."""
     m = METRICS[metric]
     percent = m.fmt.endswith("%}")
     return st.column_config.NumberColumn(m.header, format="percent" if percent else m.fmt.replace("{:", "%").replace("}", ""))
@@ -137,7 +137,7 @@ def found_candidates(at: Where, sweep_id: int | None) -> list[Candidate]:
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def rejected(at: Where, sweep_id: int | None) -> list[Exclusion]:
-    """Variants judged not viable before any build (farm.select.rejected_variants)."""
+    """Variants judged not viable before any build (farm.results.select.rejected_variants)."""
     return _read(at, lambda s: rejected_variants(s, sweep_id=sweep_id))
 
 
@@ -147,7 +147,7 @@ def untimed(at: Where, sweep_id: int | None) -> list[Untimed]:
 
 
 def report(at: Where, sweep_id: int, format: str) -> Callable[[], bytes]:
-    """The sweep's report, made when someone clicks (farm.reports, the same file as `farm report`)."""
+    """The sweep's report, made when someone clicks (farm.results.report, the same file as `farm report`)."""
     return lambda: _read(at, lambda s: render_report(s, sweep_id, format)).encode()
 
 

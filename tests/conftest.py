@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from farm.cluster import WARM_WORKERS
+from farm.run.cluster import WARM_WORKERS
 from farm.store import Store, StoreLocation, open_store
 from tests.postgres import PostgresServer, PostgresUnavailable, running_server
 

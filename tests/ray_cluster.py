@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from farm.cluster import WARM_WORKERS
+from farm.run.cluster import WARM_WORKERS
 from workers.device import NODE_IS_HOST
 
 

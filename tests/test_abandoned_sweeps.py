@@ -77,7 +77,7 @@ def test_the_next_command_stores_a_gone_driver_as_interrupted(store: Store) -> N
 def test_a_stalled_driver_takes_its_sweep_back_and_ctrl_c_reads_plainly(store: Store) -> None:
     """A driver that only stalled past STALE_S beats again: its sweep is running again. A sweep its driver ended
     itself (Ctrl-C) reads "interrupted", without "driver gone"."""
-    from farm.queries import sweep_status
+    from farm.results.queries import sweep_status
 
     recorder = Recorder(store)
     sweep_id = _sweep(recorder)
@@ -102,7 +102,7 @@ def test_no_terminal_codes_in_stored_errors_or_ray_lines(ray_cluster: None, stor
     import ray
     from ray._private import worker
 
-    from farm import cluster
+    from farm.run import cluster
 
     @ray.remote
     def fails() -> None:

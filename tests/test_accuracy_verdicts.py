@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from farm.cli import app, sweep_exit_code
-from farm.driver import run_sweep
-from farm.evidence import Evidence, NoiseFloor
-from farm.select import Candidate, Constraints, answers
-from farm.spec import load_spec
+from farm.cli.commands import app, sweep_exit_code
+from farm.run.driver import run_sweep
+from farm.results.evidence import Evidence, NoiseFloor
+from farm.results.select import Candidate, Constraints, answers
+from farm.run.spec import load_spec
 from workers.stats import mcnemar, paired, wilson
 from farm.store import StoreLocation, open_store, schema
 from tests import digits_model

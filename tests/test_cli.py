@@ -135,7 +135,7 @@ def test_store_failures_say_read_or_write(tmp_path: Path) -> None:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    from farm.cli_common import store_failure
+    from farm.cli.common import store_failure
     from farm.store import StoreLocation, open_store
 
     location = StoreLocation.resolve(tmp_path / "farm-data")
@@ -179,7 +179,7 @@ def test_a_usage_error_is_one_line_from_the_console_script(tmp_path: Path) -> No
     ({"a": "failed", "b": "blocked"}, 3),
 ])
 def test_sweep_exit_codes(states: dict[str, str], code: int) -> None:
-    from farm.cli import sweep_exit_code
+    from farm.cli.commands import sweep_exit_code
 
     assert sweep_exit_code(states) == code
 
@@ -194,14 +194,14 @@ def test_store_errors_say_whether_reading_or_writing_failed(statement: str, reas
     import typer
     from sqlalchemy.exc import OperationalError
 
-    from farm.cli_common import one_line_errors
+    from farm.cli.common import one_line_errors
 
     with pytest.raises(typer.Exit) as ended:
         with one_line_errors():
             raise OperationalError(statement, {}, Exception(reason))
     assert ended.value.exit_code == code
     # the message itself is checked through the console it prints to
-    from farm.cli_common import _store_error
+    from farm.cli.common import _store_error
 
     assert f"error: {_store_error(OperationalError(statement, {}, Exception(reason)))[0]}" == line
 
@@ -289,7 +289,7 @@ def test_an_onnx_file_that_contradicts_the_spec_is_refused_before_any_work(
 
 
 def test_an_onnx_file_with_a_dynamic_batch_and_the_spec_s_shape_passes_the_checks(tmp_path: Path) -> None:
-    from farm.spec import check_inputs, load_spec
+    from farm.run.spec import check_inputs, load_spec
 
     model = _onnx_file(tmp_path / "net.onnx", ["batch", 3, 32, 32])
     spec_file = write_spec(tmp_path, f"""

@@ -236,12 +236,12 @@ def test_case(case: dict[str, Any], tmp_path: Path, request: pytest.FixtureReque
     if case.get("ray"):
         request.getfixturevalue("ray_cluster")
     elif not case.get("subprocess"):  # the corpus promise: a bad input fails before Ray starts
-        import farm.cluster
+        import farm.run.cluster
 
         def no_ray(address: str | None = None) -> None:
             raise AssertionError("Ray was started for an input that should have failed before it")
 
-        monkeypatch.setattr(farm.cluster, "connect", no_ray)
+        monkeypatch.setattr(farm.run.cluster, "connect", no_ray)
     argv = _value(case.get("argv") or ["sweep", "{spec}", "--data-dir", "{tmp}/data"], fill)
     env = _value(case.get("env") or {}, fill)
     if "RAY_ADDRESS" not in env and not case.get("ray"):

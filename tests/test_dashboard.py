@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from farm import queries
+from farm.results import queries
 from farm.store import StoreLocation, open_store, schema
 from tests.conftest import BACKENDS
 from tests.postgres import PostgresServer
@@ -78,13 +78,13 @@ def text(at: AppTest) -> str:
 
 
 def test_dashboard_reads_through_farm_only() -> None:
-    """docs/architecture.md: the dashboard never imports workers (directly or through farm.delivery / farm.select)."""
+    """docs/architecture.md: the dashboard never imports workers (directly or through farm.results.delivery / farm.results.select)."""
     for script in APP.parent.rglob("*.py"):
         tree = ast.parse(script.read_text())
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not {m for m in imported if m.split(".")[0] == "workers"}, script
-    code = "import sys, dashboard.data, farm.queries; print(sorted(m for m in sys.modules if m.split('.')[0] == 'workers'))"
+    code = "import sys, dashboard.data, farm.results.queries; print(sorted(m for m in sys.modules if m.split('.')[0] == 'workers'))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     # workers.stats is plain arithmetic (Wilson, McNemar) that eligibility and the precision fallback share
     assert loaded in ("[]", "['workers', 'workers.stats']"), loaded
@@ -291,7 +291,7 @@ def test_compare_page(app: AppTest, seeded: Seeded) -> None:
     assert (level["A"], level["B"], level["differs"]) == ("3", "5", True)
     p99 = timings[(timings["batch"] == 1) & (timings["metric"] == "p99 ms")].iloc[0]
     assert p99["ratio"] < 0.5 and p99["B / A"] == f"{p99['ratio']:.2f}x"  # level 5 has no tail
-    assert all(len(value.split(".")[-1]) <= 3 for value in timings["A"] if "." in value)  # rounded as farm.metrics formats them
+    assert all(len(value.split(".")[-1]) <= 3 for value in timings["A"] if "." in value)  # rounded as farm.results.metrics formats them
     assert "options › optimization level" in set(manifest["field"]) and manifest["differs"].all()
     assert "optimization_level" in at.code[0].value  # the unified diff
     [histogram] = at.get("plotly_chart")  # both builds' iterations, overlaid

@@ -265,7 +265,7 @@ def test_the_diagnosis_blames_the_right_side_in_every_layout(layout: str, outlie
 
 
 def test_the_fallback_judges_by_evidence_where_the_spec_does() -> None:
-    """The fallback passes a variant as eligibility (farm.evidence) would: flips on images fp32 itself
+    """The fallback passes a variant as eligibility (farm.results.evidence) would: flips on images fp32 itself
     could hardly decide (margins 0.01, 0.02) or flipped under its own 2-pixel shift are no reason to fall
     back; one flip fp32 was sure of is, and so is a bare 22/24 under the old threshold."""
     from workers.fidelity import Fidelity

@@ -3,7 +3,7 @@
 - the spec loader: any bytes, any YAML text, any YAML value, any change to a valid spec gives a
   valid spec or a SpecError whose str is one line naming the file, never another exception;
 - the manifest readers: workers.structs.Manifest.from_json gives a Manifest or a ManifestError, and
-  farm.delivery's reading of a stored manifest (max_batch_size, config_pbtxt, runtime_options,
+  farm.results.delivery's reading of a stored manifest (max_batch_size, config_pbtxt, runtime_options,
   engine_file, bundle_manifest) gives its answer or an ExportError.
 """
 
@@ -20,8 +20,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from farm.delivery import ExportError, StoredEngine, bundle_manifest, config_pbtxt, max_batch_size, runtime_options
-from farm.spec import SpecError, SweepSpec, load_spec
+from farm.results.delivery import ExportError, StoredEngine, bundle_manifest, config_pbtxt, max_batch_size, runtime_options
+from farm.run.spec import SpecError, SweepSpec, load_spec
 from workers.structs import Manifest, ManifestError, TensorSpec
 
 BOUNDED = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow], database=None)

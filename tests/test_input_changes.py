@@ -1,12 +1,12 @@
-"""farm.input_changes: the line `farm sweep` prints for a model whose export inputs changed, and the
+"""farm.run.input_changes: the line `farm sweep` prints for a model whose export inputs changed, and the
 last export it compares with (on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from farm.input_changes import change_line
-from farm.queries import last_exports
+from farm.run.input_changes import change_line
+from farm.results.queries import last_exports
 from farm.store import Store
 from farm.store.record import Recorder
 

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from farm.jobs import CalibrateJob
-from farm.plan import expand
-from farm.spec import load_spec
+from farm.run.jobs import CalibrateJob
+from farm.run.plan import expand
+from farm.run.spec import load_spec
 from tests import digits_model
 from tests.conftest import CALIBRATION_DATA, write_spec
 from tests.test_plan import CPU

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from farm.driver import load_rows
-from farm.jobs import ReferenceJob
-from farm.plan import data_refs, expand
-from farm.spec import SpecError, load_spec
+from farm.run.driver import load_rows
+from farm.run.jobs import ReferenceJob
+from farm.run.plan import data_refs, expand
+from farm.run.spec import SpecError, load_spec
 from tests.conftest import CALIBRATION_DATA, write_spec
 from tests.test_plan import CPU
 from workers.judge_set import DHASH_DISTANCE, image_fingerprints, overlaps, wilson_half_width

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from farm.driver import SweepResult, run_sweep
-from farm.select import candidates
+from farm.run.driver import SweepResult, run_sweep
+from farm.results.select import candidates
 from workers.device import describe
 from workers.precision import onnxruntime_int8_layout
-from farm.spec import load_spec
+from farm.run.spec import load_spec
 from farm.store import Store, StoreLocation, open_store, schema
 from tests import digits_model
 from tests.conftest import CALIBRATION_DATA, write_spec

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from farm.jobs import BenchmarkJob, BuildJob, ExportJob, Job, ReferenceJob, TargetGroup
-from farm.schedule import Placement, Schedule
+from farm.run.jobs import BenchmarkJob, BuildJob, ExportJob, Job, ReferenceJob, TargetGroup
+from farm.run.schedule import Placement, Schedule
 from workers.bench import BenchSettings
 from workers.structs import BuildRequest, ModelRef, Target
 
@@ -66,7 +66,7 @@ def test_a_rejection_skips_its_subtree_which_is_no_failure() -> None:
     _, ended = schedule.advance()
     assert [(e.job.key, e.state) for e in ended] == [("a1", "skipped"), ("a2", "skipped")] and schedule.finished
     assert schedule.errors["a2"] == "nothing to do: its export was rejected (int8 is not viable)"
-    from farm.cli import sweep_exit_code
+    from farm.cli.commands import sweep_exit_code
 
     assert sweep_exit_code({"x": "done", **schedule.states}) == 0  # judged, not failed
     assert sweep_exit_code({"x": "done", "y": "blocked"}) == 1

@@ -97,8 +97,8 @@ def test_model_files_are_bounded(tmp_path: Path) -> None:
 
 def test_names_cannot_escape_output_folders(tmp_path: Path) -> None:
     """Spec names become folders: '..' is refused by the spec (and by delivery, for stores written before)."""
-    from farm.delivery import ExportError, safe_folder
-    from farm.spec import SpecError, load_spec
+    from farm.results.delivery import ExportError, safe_folder
+    from farm.run.spec import SpecError, load_spec
 
     spec = write_spec(tmp_path, "name: t\nmodels: [{name: '..', source: 'torchvision:resnet18', weights: null}]\nbackends: {torch: {}}\n")
     with pytest.raises(SpecError, match=r"models\[0\]\.name: '\.\.' cannot be a name"):

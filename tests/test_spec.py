@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from farm.spec import SpecError, SweepSpec, load_spec
+from farm.run.spec import SpecError, SweepSpec, load_spec
 from tests.conftest import REPO, write_spec
 
 VALID = """
@@ -115,7 +115,7 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
 def test_several_errors_are_counted_on_one_line() -> None:
     from pydantic import ValidationError
 
-    from farm.spec import describe_error
+    from farm.run.spec import describe_error
 
     with pytest.raises(ValidationError) as caught:
         SweepSpec.model_validate(_with(batch_sizes=[0], precisions=["int4"]))

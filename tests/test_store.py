@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
-from farm import queries
-from farm.jobs import ExportJob, content_key
+from farm.results import queries
+from farm.run.jobs import ExportJob, content_key
 from farm.store import Store, StoreLocation, open_store, schema
 from farm.store.db import StoreError
 from farm.store.record import Blob, JobRow, Recorder
@@ -159,8 +159,8 @@ def test_recorder_round_trip(store: Store) -> None:
 
 
 def test_a_stage_turns_a_job_into_a_row_and_back(store: Store) -> None:
-    from farm.stages import Produced, registry
-    from farm.tasks import Outcome
+    from farm.run.stages import Produced, registry
+    from farm.run.tasks import Outcome
 
     stage, job, recorder = registry()["export"], _export_job(), Recorder(store)
     sweep_id = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [(job.stage, job.key, job.label)])

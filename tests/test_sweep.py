@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from farm.cli import app
-from farm.driver import SweepResult, run_sweep
-from farm.select import Constraints, candidates, winners
-from farm.spec import SweepSpec, load_spec
+from farm.run.driver import SweepResult, run_sweep
+from farm.results.select import Constraints, candidates, winners
+from farm.run.spec import SweepSpec, load_spec
 from farm.store import Store, schema
 from tests.conftest import CALIBRATION_DATA, write_spec
 
@@ -305,7 +305,7 @@ def test_a_sweep_on_postgresql(ray_cluster: None, postgres_url: str, tmp_path: P
 def test_a_rerun_with_nothing_left_is_answered_from_the_store_without_ray(ray_cluster: None, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """On one machine, a sweep whose every job already finished needs no cluster: Ray is never asked."""
-    from farm import cluster
+    from farm.run import cluster
     from farm.store import StoreLocation, open_store
 
     spec_path = write_spec(tmp_path, f"""

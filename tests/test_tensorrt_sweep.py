@@ -9,8 +9,8 @@ import pytest
 from onnx import TensorProto, helper
 from sqlalchemy import select
 
-from farm.driver import SweepResult, run_sweep
-from farm.spec import load_spec
+from farm.run.driver import SweepResult, run_sweep
+from farm.run.spec import load_spec
 from farm.store import Store, StoreLocation, open_store, schema
 from tests.conftest import CALIBRATION_DATA, write_spec
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import ray.cloudpickle
 
-from farm import tasks
+from farm.run import tasks
 from tests.conftest import REPO
 from workers import stages
 from workers.backends.base import NO_CONTEXT

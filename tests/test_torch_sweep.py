@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from farm.driver import SweepResult, run_sweep
-from farm.select import candidates
-from farm.spec import load_spec
+from farm.run.driver import SweepResult, run_sweep
+from farm.results.select import candidates
+from farm.run.spec import load_spec
 from farm.store import Store, StoreLocation, open_store, schema
 from tests.conftest import CALIBRATION_DATA, write_spec
 

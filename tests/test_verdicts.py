@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from farm import verdict
+from farm.results import verdict
 from workers import stages
 from workers.device import describe
 from workers.models import Exported, export

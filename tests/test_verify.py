@@ -12,9 +12,9 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from farm.cli import app
-from farm.driver import run_sweep
-from farm.spec import load_spec
-from farm.stages import stages_from
+from farm.run.driver import run_sweep
+from farm.run.spec import load_spec
+from farm.run.stages import stages_from
 from farm.store import Store, StoreLocation, open_store, schema
 from farm.store.record import JobRow, Recorder
 from farm.store.verify import verify_store

@@ -58,7 +58,7 @@ class Threshold:
 
     top1_agreement: float | None = 0.99
     cosine_mean: float | None = None
-    # The evidence rule (docs/verdicts.md), as eligibility judges a build (farm.evidence): top-1 passes when
+    # The evidence rule (docs/verdicts.md), as eligibility judges a build (farm.results.evidence): top-1 passes when
     # no flip is confident (fp32's softmax margin p1 - p2 at least this, on an image fp32's own shifted run
     # kept) and the Wilson upper bound on k/n reaches the floor, or the variant disagrees on no more images
     # than fp32 does with itself. None: the bare threshold. A flip fp32 cannot decide is no reason to fall back.

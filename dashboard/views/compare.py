@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
-from farm.metrics import METRICS
-from farm.queries import BuildDetail
+from farm.results.metrics import METRICS
+from farm.results.queries import BuildDetail
 
 TIMING_METRICS = ("p50", "p99", "throughput", "cv")
 

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
-from farm.delivery import ENGINE_SUFFIX
+from farm.results.delivery import ENGINE_SUFFIX
 
 st.title("Engine")
 at = data.where()

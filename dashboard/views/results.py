@@ -7,7 +7,7 @@ import math
 import streamlit as st
 
 from dashboard import data
-from farm import queries
+from farm.results import queries
 
 PAGE_SIZES = (50, 100, 250)
 

@@ -9,10 +9,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
-from farm.metrics import METRICS
-from farm.evidence import RULES
-from farm.select import OBJECTIVES, RANDOM_WEIGHTS, Candidate, Constraints, Objective, answers, pareto_front
-from farm.verdict import short
+from farm.results.metrics import METRICS
+from farm.results.evidence import RULES
+from farm.results.select import OBJECTIVES, RANDOM_WEIGHTS, Candidate, Constraints, Objective, answers, pareto_front
+from farm.results.verdict import short
 
 AXIS = {"p50": ("p50_ms", "p50 latency (ms)"), "p99": ("p99_ms", "p99 latency (ms)"), "throughput": ("throughput", "throughput (samples/s)")}
 OBJECTIVE_NAMES = {"p50": "p50 latency", "p99": "p99 latency", "throughput": "throughput"}

@@ -2,7 +2,7 @@
 
 The store knows rows, not jobs: a finished job arrives as a `JobRow` (its stage, key, the
 columns every stage table shares and the stage's own columns) with the artifacts it made, and
-`row(stage, key)` gives back what an earlier sweep left. farm.stages turns jobs into rows.
+`row(stage, key)` gives back what an earlier sweep left. farm.run.stages turns jobs into rows.
 """
 
 from __future__ import annotations

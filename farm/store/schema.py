@@ -198,7 +198,7 @@ class Build(JobColumns, Base):
     backend: Mapped[str] = mapped_column(String(32), index=True)
     backend_version: Mapped[str | None] = mapped_column(String(64), default=None)
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
-    label: Mapped[str] = mapped_column(String(256))  # cut to 256 by farm.stages, as sweep_jobs.label
+    label: Mapped[str] = mapped_column(String(256))  # cut to 256 by farm.run.stages, as sweep_jobs.label
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     engine_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
     engine_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
@@ -283,7 +283,7 @@ class Fidelity(JobColumns, Base):
 
 
 class Retime(JobColumns, Base):
-    """A group's leading builds timed again, interleaved on one node (farm.verdict reads the verdict off it)."""
+    """A group's leading builds timed again, interleaved on one node (farm.results.verdict reads the verdict off it)."""
 
     __tablename__ = "retimes"
 

@@ -257,10 +257,10 @@ def supports(backend: Backend, target: Target) -> bool:
 
 
 def version_key(backend: type[Backend], target_kind: str) -> str:
-    """Backend.version_key for callers that hold the class in a variable (farm.report)."""
+    """Backend.version_key for callers that hold the class in a variable (farm.cli.terminal)."""
     return backend.version_key(target_kind)
 
 
 def cache_key(backend: type[Backend], request: BuildRequest, backend_version: str) -> str | None:
-    """Backend.cache_key for callers that hold the class in a variable (farm.stages)."""
+    """Backend.cache_key for callers that hold the class in a variable (farm.run.stages)."""
     return backend.cache_key(request, backend_version)

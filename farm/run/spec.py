@@ -176,7 +176,7 @@ class ModelSpec(Strict):
     @property
     def preprocess_used(self) -> dict[str, Any]:
         """The preprocessing this model's inputs get, resolved: stored with the sweep, so that bundles and
-        `farm best --json` can say how to feed a delivered engine (farm.queries.model_provenance)."""
+        `farm best --json` can say how to feed a delivered engine (farm.results.queries.model_provenance)."""
         used = self.preprocessing()
         return {"resize": used.resize, "crop": used.crop, "mean": list(used.mean), "std": list(used.std)}
 
@@ -372,7 +372,7 @@ class FidelitySpec(Strict):
         return _resolve(base, self.labels) if self.labels else None
 
     def constraints(self) -> dict[str, Any]:
-        """The floors a winner must meet and the rule that reads them, by name (farm.select.Constraints)."""
+        """The floors a winner must meet and the rule that reads them, by name (farm.results.select.Constraints)."""
         found = {"min_top1_agreement": self.min_top1_agreement, "min_cosine": self.min_cosine,
                  "max_accuracy_drop": self.max_accuracy_drop, "rule": self.eligibility, "confident_margin": self.confident_margin}
         return {name: value for name, value in found.items() if value is not None}
@@ -396,11 +396,11 @@ class SelectionSpec(Strict):
 class LimitsSpec(Strict):
     job_timeout_s: float = Field(1800, gt=0)
     retries: Int = Field(1, ge=0, le=5)
-    # A process forked per build (farm.isolated) contains native crashes and leaks, at about 0.2 s a build
+    # A process forked per build (farm.run.isolated) contains native crashes and leaks, at about 0.2 s a build
     # (the fork, a fresh heap, the model and engine bytes in and out); turn off for many small builds on backends you trust.
     isolate_builds: bool = True
     # How long a ready timing lets its host run other ready work before the host takes no more
-    # (farm.schedule.Placement): timings taken in a row cost one drain of the host, not one each.
+    # (farm.run.schedule.Placement): timings taken in a row cost one drain of the host, not one each.
     timing_patience_s: float = Field(300, ge=0)
     # The most one batch may need, estimated as input values x batch x 4 bytes x ACTIVATION_FACTOR:
     # a shape or batch size past it is refused before any work (a worker killed for memory says little).
@@ -565,7 +565,7 @@ def describe_error(exc: ValidationError, data: Any = None) -> str:
 
 
 def model_batch_sizes(spec: SweepSpec, model: ModelSpec) -> list[int]:
-    """Every batch size some build of `model` runs at (farm.plan's rule: a block's own batch sizes, else
+    """Every batch size some build of `model` runs at (farm.run.plan's rule: a block's own batch sizes, else
     the sweep's, kept only where the model takes them)."""
     found: set[int] = set()
     for blocks in spec.backends.enabled().values():
@@ -730,7 +730,7 @@ def _parsed_onnx(path: Path) -> Any:
 
 def _data_needs(spec: SweepSpec, base: Path) -> list[tuple[str, Path, int]]:
     """(field, path, samples needed) of the data the sweep reads: held-out rows always, calibration rows
-    for int8 / fp8; one path serving both must hold both (farm.plan.data_refs takes them from its two ends)."""
+    for int8 / fp8; one path serving both must hold both (farm.run.plan.data_refs takes them from its two ends)."""
     fidelity = spec.fidelity.folder(base, spec.calibration)
     field = "fidelity.data" if spec.fidelity.data else "calibration.data"
     if not spec.needs_calibration():

@@ -164,7 +164,7 @@ class Judged:
 
 def judge(evidence: Evidence | None, floor: float | None, rule: Rule, margin: float, *, fallback_share: float | None = None,
           nonfinite: int = 0) -> Judged:
-    """The agreement part of eligibility (min_cosine and max_accuracy_drop are farm.select's)."""
+    """The agreement part of eligibility (min_cosine and max_accuracy_drop are farm.results.select's)."""
     bad = evidence.nonfinite if evidence is not None else nonfinite
     if bad:
         of = f" of {evidence.samples}" if evidence is not None and evidence.metric == "top-1" else ""

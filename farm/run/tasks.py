@@ -3,7 +3,7 @@
 A Python exception becomes a failed Outcome with a one-line error and the traceback as its
 log; everything the stage printed (native libraries included: the file descriptors are
 redirected) is kept as the log too. The driver runs each build in a fresh process
-forked for it (farm.isolated, unless the spec turns `limits.isolate_builds` off), so a native
+forked for it (farm.run.isolated, unless the spec turns `limits.isolate_builds` off), so a native
 crash or leaked memory costs only that job.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from farm import isolated
+from farm.run import isolated
 from workers import stages
 from workers.backends.base import BuildContext
 from workers.bench import BenchSettings
@@ -194,7 +194,7 @@ def variant_task(
 
 @ray.remote(num_cpus=1)
 def isolated_build_task(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext) -> Outcome:
-    """A build in a child process forked for it (farm.isolated): a native crash or a leak ends that child only."""
+    """A build in a child process forked for it (farm.run.isolated): a native crash or a leak ends that child only."""
     forwarder = context.progress if isinstance(context.progress, ProgressForwarder) else None
     # A child that dies raises isolated.ChildDied, which the driver submits with retry_exceptions: Ray tries again.
     outcome: Outcome = isolated.call(_build_in_child, request, variant, checkpoint, context.caches,
@@ -208,7 +208,7 @@ def _ignore(_message: Any) -> None:
 
 
 class _Posting:
-    """A queue's put_nowait that posts to the parent of an isolated build (farm.isolated)."""
+    """A queue's put_nowait that posts to the parent of an isolated build (farm.run.isolated)."""
 
     def __init__(self, post: Callable[[Any], None]) -> None:
         self.put_nowait = post

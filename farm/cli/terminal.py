@@ -12,12 +12,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from farm.jobs import Job, Plan, TargetGroup
-from farm.stages import STAGES
-from farm.metrics import METRICS
-from farm.evidence import CONFIDENT_MARGIN
-from farm.select import RANDOM_WEIGHTS, Answer, Candidate, Objective, Untimed
-from farm.verdict import short as verdict_short
+from farm.run.jobs import Job, Plan, TargetGroup
+from farm.run.stages import STAGES
+from farm.results.metrics import METRICS
+from farm.results.evidence import CONFIDENT_MARGIN
+from farm.results.select import RANDOM_WEIGHTS, Answer, Candidate, Objective, Untimed
+from farm.results.verdict import short as verdict_short
 from workers.backends import BACKENDS
 from workers.backends.base import version_key
 
@@ -150,7 +150,7 @@ def verdict_json(c: Candidate) -> dict[str, Any] | None:
 
 
 def candidate_json(c: Candidate, provenance: dict[str, Any] | None = None, margin: float = CONFIDENT_MARGIN) -> dict[str, Any]:
-    """A winner as `farm best --json` prints it; `provenance` (farm.queries.build_provenance) adds
+    """A winner as `farm best --json` prints it; `provenance` (farm.results.queries.build_provenance) adds
     `preprocess`, `weights` and `random_weights` under the names bundle manifests use."""
     from dataclasses import asdict
 

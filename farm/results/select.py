@@ -10,11 +10,11 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm import verdict
-from farm.evidence import CONFIDENT_MARGIN, Evidence, Judged, Rule, columns_of, evidence_of, judge
-from farm.metrics import METRICS, values
-from farm.queries import random_weights
-from farm.verdict import Verdict
+from farm.results import verdict
+from farm.results.evidence import CONFIDENT_MARGIN, Evidence, Judged, Rule, columns_of, evidence_of, judge
+from farm.results.metrics import METRICS, values
+from farm.results.queries import random_weights
+from farm.results.verdict import Verdict
 from farm.store import schema
 
 Objective = Literal["p50", "p99", "throughput"]
@@ -26,7 +26,7 @@ RANDOM_WEIGHTS = "random weights: a speed result, not an accuracy result"
 @dataclass(frozen=True)
 class Constraints:
     """What a build must meet to win, like Model Analyzer's constraints (None: not constrained), and the
-    rule that reads the agreement floor (farm.evidence): from evidence (the default) or as a bare threshold."""
+    rule that reads the agreement floor (farm.results.evidence): from evidence (the default) or as a bare threshold."""
 
     min_top1_agreement: float | None = 0.99  # detectors: the floor on box recall
     min_cosine: float | None = None
@@ -105,7 +105,7 @@ class Retimed:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One benchmarked build at one batch size, with every metric farm.metrics defines."""
+    """One benchmarked build at one batch size, with every metric farm.results.metrics defines."""
 
     build_key: str
     label: str
@@ -116,7 +116,7 @@ class Candidate:
     target: str
     batch_size: int
     engine_sha256: str | None
-    metrics: dict[str, float | None]  # metric name (farm.metrics) -> value; None where not measured
+    metrics: dict[str, float | None]  # metric name (farm.results.metrics) -> value; None where not measured
     speedup_vs_torch: float | None = None
     speedup_vs_fp32: float | None = None
     method: str | None = None  # int8 / fp8 calibration method
@@ -317,7 +317,7 @@ def _speedup(winner: Candidate, other: Candidate | None, objective: Objective) -
 
 def winners(found: Iterable[Candidate], objective: Objective = "p50", constraints: Constraints | float = 0.99) -> list[Candidate]:
     """The answer per (model, target, batch size): the best candidate that meets the constraints, with a
-    verdict (farm.verdict) on whether it really beats the runner-up, and its speedups.
+    verdict (farm.results.verdict) on whether it really beats the runner-up, and its speedups.
 
     Speedup vs torch compares with the PyTorch baseline of the same group (eager fp32, as people
     run a model; `is_baseline`); speedup vs fp32 with the fastest fp32 build of the group.

@@ -26,8 +26,8 @@ from multiprocessing import reduction
 from multiprocessing.context import ForkServerContext
 from typing import Any
 
-PRELOAD = ["farm.tasks"]  # what every child would import anyway: farm's workers and their backends
-_DONE = "farm.isolated: done"  # the end of a child's messages
+PRELOAD = ["farm.run.tasks"]  # what every child would import anyway: farm's workers and their backends
+_DONE = "farm.run.isolated: done"  # the end of a child's messages
 
 
 class ChildDied(RuntimeError):

@@ -25,8 +25,8 @@ from typing import IO, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.queries import BuildDetail, build_detail, build_provenance
-from farm.select import Candidate, Constraints, Objective, Untimed, candidates, rejected_variants, untimed, winners
+from farm.results.queries import BuildDetail, build_detail, build_provenance
+from farm.results.select import Candidate, Constraints, Objective, Untimed, candidates, rejected_variants, untimed, winners
 from farm.store import Store, schema
 
 ENGINE_SUFFIX = {"tensorrt": ".plan", "onnxruntime": ".onnx", "torch": ".pt"}
@@ -42,7 +42,7 @@ TRITON_DTYPES = {
 class ExportError(Exception):
     """A delivery that cannot be made; the message is one line for the terminal or the page.
 
-    `code` is the CLI's exit status (farm.cli_common): 2 for a request that names nothing (an
+    `code` is the CLI's exit status (farm.cli.common): 2 for a request that names nothing (an
     unknown model, target or batch size, an --out that is a file), 3 when nothing is eligible,
     1 when the delivery failed part way (a corrupt artifact, a write that failed)."""
 
@@ -51,7 +51,7 @@ class ExportError(Exception):
         self.code = code
 
 
-MAX_NAME = 200  # characters of a folder name here: farm.spec allows model names of 100, plus suffixes like _onnxruntime
+MAX_NAME = 200  # characters of a folder name here: farm.run.spec allows model names of 100, plus suffixes like _onnxruntime
 # ONNX Runtime's graph_optimization_level as Triton's onnxruntime backend spells it (optimization.graph.level):
 # -1 basic, 1 extended, 2 disabled; "all" is its default and is left out.
 ORT_GRAPH_LEVELS = {"disable": 2, "basic": -1, "extended": 1}
@@ -59,7 +59,7 @@ ORT_GRAPH_LEVELS = {"disable": 2, "basic": -1, "extended": 1}
 
 def safe_folder(root: Path, name: str) -> Path:
     """`root / name`, refused unless `name` is one plain folder name: ".", "..", a separator or an
-    overlong name (a store written before farm.spec checked names) would write, or rmtree, elsewhere."""
+    overlong name (a store written before farm.run.spec checked names) would write, or rmtree, elsewhere."""
     plain = name not in ("", ".", "..") and not re.search(r"[/\\\x00]", name) and len(name) <= MAX_NAME
     folder = root / name
     if not plain or folder.resolve().parent != root.resolve():
@@ -144,7 +144,7 @@ def load_engine(session: Session, build_key: str) -> StoredEngine:
         raise ExportError(f"no build {build_key}")
     if detail.status != "ok" or not detail.engine_sha256:
         raise ExportError(f"build {detail.label} has no engine (status {detail.status})")
-    # What a bundle carries of its measurements: the metrics that succeeded, by their farm.metrics names.
+    # What a bundle carries of its measurements: the metrics that succeeded, by their farm.results.metrics names.
     timed = [{k: v for k, v in b.items() if k not in ("status", "raw_ms", "error")} for b in detail.benchmarks if b["status"] == "ok"]
     fidelity = detail.fidelity if detail.fidelity and detail.fidelity["status"] == "ok" else None
     return replace(

@@ -5,7 +5,7 @@ how its result becomes a row, and which artifacts it leaves for its children.
 
 The driver walks this registry to submit and record jobs, resume reads it to turn a stored row
 back into what children need, and nothing else dispatches on a job's type. A new stage is one
-`Stage` subclass here, a job type in farm.jobs, a table in farm.store.schema and a function in
+`Stage` subclass here, a job type in farm.run.jobs, a table in farm.store.schema and a function in
 workers.stages.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, ClassVar, Protocol
 
 import ray
 
-from farm import isolated, tasks
-from farm.jobs import (
+from farm.run import isolated, tasks
+from farm.run.jobs import (
     BenchmarkJob,
     BuildJob,
     CalibrateJob,
@@ -29,11 +29,11 @@ from farm.jobs import (
     RetimeJob,
     VariantJob,
 )
-from farm.evidence import columns_of, evidence_of
-from farm.metrics import METRICS, benchmark_columns, fidelity_columns
-from farm.metrics import values as metric_values
-from farm.select import Candidate
-from farm.spec import SweepSpec
+from farm.results.evidence import columns_of, evidence_of
+from farm.results.metrics import METRICS, benchmark_columns, fidelity_columns
+from farm.results.metrics import values as metric_values
+from farm.results.select import Candidate
+from farm.run.spec import SweepSpec
 from farm.store.record import Blob, JobRow, Recorder
 from farm.store.schema import JobColumns
 from workers.backends import BACKENDS
@@ -48,7 +48,7 @@ class Produced:
     blobs: dict[str, str] = field(default_factory=dict)  # role -> artifact sha256
     manifest: dict[str, Any] | None = None  # a build's
     details: dict[str, Any] | None = None  # a variant's: what its builds record in their manifests
-    values: dict[str, Any] | None = None  # a benchmark's or fidelity's metrics (farm.metrics), for the re-timing
+    values: dict[str, Any] | None = None  # a benchmark's or fidelity's metrics (farm.results.metrics), for the re-timing
 
 
 class Context(Protocol):
@@ -75,7 +75,7 @@ class Context(Protocol):
         ...
 
     def pin(self, job: Job) -> dict[str, Any]:
-        """Ray options that run the job's task on the node farm.schedule.Placement chose for it."""
+        """Ray options that run the job's task on the node farm.run.schedule.Placement chose for it."""
         ...
 
     def timing_resources(self, job: Job) -> dict[str, Any]:

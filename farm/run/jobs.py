@@ -47,7 +47,7 @@ class TargetGroup:
 
 @dataclass(frozen=True)
 class KeyInputs:
-    """What a model's export depends on beyond its spec's fields (farm.model_inputs says what and how)."""
+    """What a model's export depends on beyond its spec's fields (farm.run.model_inputs says what and how)."""
 
     files: dict[str, dict[str, str]]  # kind (FACTORY, ONNX_FILE, EXTERNAL_DATA) -> {path as shown: sha256}
     versions: dict[str, str]  # "torchvision": its version; "version": the spec's
@@ -215,7 +215,7 @@ class RetimeJob(Job):
     batch_size: int
     benchmark_keys: tuple[str, ...]
     fidelity_keys: tuple[str, ...]  # of the same builds, in the same order (a missing one: "")
-    constraints: dict[str, Any]  # fidelity floors and their rule (farm.select.Constraints) a contender must meet
+    constraints: dict[str, Any]  # fidelity floors and their rule (farm.results.select.Constraints) a contender must meet
     settings: RetimeSettings
 
 

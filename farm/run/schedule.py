@@ -3,7 +3,7 @@
 `Schedule` holds each job's state (pending, running, done, cached, rejected, failed, blocked, skipped), starts a
 job once every parent is done or cached and fewer than `max_inflight` jobs run, blocks the
 dependants of a failure, and says which running jobs have overrun their timeout. `Placement`
-spreads the jobs of a target over its nodes. farm.driver executes both through Ray.
+spreads the jobs of a target over its nodes. farm.run.driver executes both through Ray.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from farm.jobs import Job, TargetGroup
+from farm.run.jobs import Job, TargetGroup
 
 FINISHED = ("done", "cached")
 FAILED = ("failed", "blocked")

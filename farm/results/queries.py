@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
-from farm.metrics import METRICS
+from farm.results.metrics import METRICS
 from farm.store import schema
 from farm.store.record import STALE_S
 
@@ -192,7 +192,7 @@ def model_provenance(s: Session, model_key: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class LastExport:
     """A model's export in the newest earlier sweep of a spec: its key and its entry in that sweep's
-    stored spec (its fields, and the `key_inputs` farm.model_inputs hashed)."""
+    stored spec (its fields, and the `key_inputs` farm.run.model_inputs hashed)."""
 
     key: str
     entry: dict[str, Any]

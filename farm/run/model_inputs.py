@@ -9,7 +9,7 @@ answer comes from an artifact whose inputs changed; and how they differ from the
 
 Every downstream key (reference, calibrate, variant, build, benchmark, fidelity) hashes its parents'
 keys, so all of them follow. Hashing reads files and package metadata only: the driver never imports
-torch. farm.input_changes says, after a sweep of the same spec, what differs.
+torch. farm.run.input_changes says, after a sweep of the same spec, what differs.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from farm.jobs import KeyInputs
-from farm.spec import ModelSpec
+from farm.run.jobs import KeyInputs
+from farm.run.spec import ModelSpec
 from workers.models import external_data_files
 from workers.sources import FactoryNotFound, factory_source, file_sha256, search_path
 from workers.structs import ModelRef
@@ -38,7 +38,7 @@ def key_inputs(model: ModelSpec, ref: ModelRef, base: Path, search: Sequence[str
             source = factory_source(ref.source.partition(":")[0], search)
             files[FACTORY] = {source.shown(path): file_sha256(path) for path in source.files}
         except FactoryNotFound:
-            files[FACTORY] = {}  # the driver cannot see it (farm.spec.check_inputs refuses this before a sweep)
+            files[FACTORY] = {}  # the driver cannot see it (farm.run.spec.check_inputs refuses this before a sweep)
     elif ref.kind == "torchvision":
         versions["torchvision"] = _installed("torchvision")
     else:

@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm import queries
-from farm.metrics import METRICS
-from farm.select import RANDOM_WEIGHTS, Answer, Candidate, Constraints, answers, candidates, rejected_variants, untimed
-from farm.verdict import short
+from farm.results import queries
+from farm.results.metrics import METRICS
+from farm.results.select import RANDOM_WEIGHTS, Answer, Candidate, Constraints, answers, candidates, rejected_variants, untimed
+from farm.results.verdict import short
 from farm.store import schema
 
 FORMATS = ("csv", "html", "json")
@@ -184,7 +184,7 @@ def _html(data: dict[str, Any]) -> str:
         "<h2>Built, not timed</h2>", _table(["model", "target", "engine", "MB"],
                                             [[u["model"], u["target"], u["label"], (u["engine_bytes"] or 0) / 1e6] for u in data["built_not_timed"]]),
         "<h2>Environment</h2>", _table(["target", "kind", "backends", "CPU"], environment),
-        f"<p>Metrics as farm.metrics defines them: {html.escape(', '.join(m.header for m in METRICS.values()))}.</p>",
+        f"<p>Metrics as farm.results.metrics defines them: {html.escape(', '.join(m.header for m in METRICS.values()))}.</p>",
         "</body></html>",
     ]
     return "\n".join(parts)

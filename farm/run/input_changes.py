@@ -1,8 +1,8 @@
 """Which models' inputs changed since the last sweep of a spec, in one line each for `farm sweep`.
 
-A sweep stores, with its spec, each model's `key_inputs` (farm.model_inputs: the files and versions
+A sweep stores, with its spec, each model's `key_inputs` (farm.run.model_inputs: the files and versions
 its export key hashed). The next sweep of the same spec name compares its export keys with the
-newest earlier sweep's (farm.queries.last_exports, a read-only query) and, for a model whose key
+newest earlier sweep's (farm.results.queries.last_exports, a read-only query) and, for a model whose key
 differs, names what did: `model tiny: its factory source (mynets/layers.py) changed since the last
 sweep: exported again`.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from farm.jobs import ExportJob, KeyInputs, Plan
-from farm.queries import last_exports
-from farm.spec import SweepSpec
+from farm.run.jobs import ExportJob, KeyInputs, Plan
+from farm.results.queries import last_exports
+from farm.run.spec import SweepSpec
 from farm.store.record import Recorder
 
 # The spec fields that go into the export key (through ModelRef), as the stored spec names them.

@@ -1,4 +1,4 @@
-"""expand(): a validated spec and the cluster's targets become jobs (farm.jobs) with content keys.
+"""expand(): a validated spec and the cluster's targets become jobs (farm.run.jobs) with content keys.
 
 What the spec asks for and the fleet cannot do becomes a note, never an error: a backend
 installed on no selected target, the PyTorch baseline of an ONNX-file model.
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from farm.jobs import (
+from farm.run.jobs import (
     BenchmarkJob,
     BuildJob,
     CalibrateJob,
@@ -26,10 +26,10 @@ from farm.jobs import (
     VariantJob,
     content_key,
 )
-from farm.evidence import EVIDENCE_VERSION
-from farm.judge_set import check_judge_set
-from farm.model_inputs import key_inputs, search_path
-from farm.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
+from farm.results.evidence import EVIDENCE_VERSION
+from farm.run.judge_set import check_judge_set
+from farm.run.model_inputs import key_inputs, search_path
+from farm.run.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
 from workers.backends import BACKENDS
 from workers.backends.base import Backend
 from workers.bench import BenchSettings
@@ -49,7 +49,7 @@ def data_refs(spec: SweepSpec, base: Path, model: ModelSpec, contents: dict[Path
     """The calibration rows and the held-out rows for one model's preprocessing.
 
     `contents` caches each path's content hash, so a sweep of many models reads its data once.
-    `excluded`: the held-out files not judged (farm.judge_set; checked here when not given).
+    `excluded`: the held-out files not judged (farm.run.judge_set; checked here when not given).
     """
     contents = {} if contents is None else contents
     excluded = check_judge_set(spec, base).excluded if excluded is None else excluded

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from farm.jobs import TargetGroup
+from farm.run.jobs import TargetGroup
 from workers.backends import BACKENDS
 from workers.device import DeviceInfo, describe
 from workers.structs import Target

@@ -6,8 +6,8 @@
                        -> build (per variant x backend x options x target)
                        -> benchmark (per batch size, exclusive use of the device), fidelity (against the reference)
 
-`run_sweep` probes the cluster, expands the spec, and runs the jobs: farm.schedule says which
-job is ready, farm.stages how each stage submits its job and turns the result into a row, and
+`run_sweep` probes the cluster, expands the spec, and runs the jobs: farm.run.schedule says which
+job is ready, farm.run.stages how each stage submits its job and turns the result into a row, and
 the store records each result the moment it arrives (the driver is the only writer). A job whose
 key already finished is read back, not redone (unless its stage is in `redo`); a failed job is recorded with its error and
 log, its dependants are marked blocked, and everything else goes on.
@@ -28,14 +28,14 @@ from ray.exceptions import RayError, TaskCancelledError
 from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from farm import cluster, isolated, tasks
-from farm.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
-from farm.input_changes import input_changes, recorded_spec
-from farm.plan import expand
-from farm.schedule import Event, Placement, Schedule
+from farm.run import cluster, isolated, tasks
+from farm.run.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
+from farm.run.input_changes import input_changes, recorded_spec
+from farm.run.plan import expand
+from farm.run.schedule import Event, Placement, Schedule
 # check_inputs: files the spec names that cannot serve fail the sweep before Ray starts
-from farm.spec import SweepSpec, check_inputs
-from farm.stages import Produced, Stage, registry
+from farm.run.spec import SweepSpec, check_inputs
+from farm.run.stages import Produced, Stage, registry
 from farm.store import schema
 from farm.store.db import Store
 from farm.store.record import Recorder
@@ -161,7 +161,7 @@ def _target_rows(groups: list[TargetGroup], nodes: list[cluster.Node]) -> list[s
 
 
 class SweepRun:
-    """One sweep's jobs through Ray: what farm.stages asks of a running sweep (the `Context`)."""
+    """One sweep's jobs through Ray: what farm.run.stages asks of a running sweep (the `Context`)."""
 
     def __init__(
         self,
@@ -318,7 +318,7 @@ class SweepRun:
             if key in self.schedule.jobs:
                 self.on_build_progress(self.schedule.jobs[key], phase, done, total)
 
-    # --- what stages ask for (farm.stages.Context) --------------------------------------
+    # --- what stages ask for (farm.run.stages.Context) --------------------------------------
 
     def job(self, key: str) -> Job:
         return self.schedule.jobs[key]

@@ -19,7 +19,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from farm.cli_common import (
+from farm.cli.common import (
     BAD_INPUT,
     EXIT_CODES,
     NOTHING,
@@ -43,8 +43,8 @@ from farm.cli_common import (
     warn,
     writable_store,
 )
-from farm.cli_common import out as console
-from farm.cli_common import out
+from farm.cli.common import out as console
+from farm.cli.common import out
 from farm.store import StoreLocation
 
 app = typer.Typer(cls=OneLineGroup, add_completion=False, no_args_is_help=True, help=f"{__doc__}\n\n{EXIT_CODES}",
@@ -91,11 +91,11 @@ def sweep(
 
     Exits 0 when every job ended done or cached, 1 when some failed, 3 when none succeeded, 2 when the
     spec or its files are wrong (checked before Ray starts: nothing ran)."""
-    from farm import cluster
-    from farm.driver import run_sweep
-    from farm.report import SweepProgress, print_answers
-    from farm.select import Constraints, answers, candidates, rejected_variants, untimed
-    from farm.spec import check_inputs, load_spec
+    from farm.run import cluster
+    from farm.run.driver import run_sweep
+    from farm.cli.terminal import SweepProgress, print_answers
+    from farm.results.select import Constraints, answers, candidates, rejected_variants, untimed
+    from farm.run.spec import check_inputs, load_spec
 
     # SIGTERM (a job scheduler, `timeout`) ends the sweep like Ctrl-C: recorded as interrupted, resumable.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -135,8 +135,8 @@ def sweep(
 
 def checked_constraints(min_top1_agreement: float | None, min_cosine: float | None, max_accuracy_drop: float | None,
                         eligibility: str, confident_margin: float) -> Any:
-    from farm.evidence import RULES
-    from farm.select import Constraints
+    from farm.results.evidence import RULES
+    from farm.results.select import Constraints
 
     if eligibility not in RULES:
         raise fail(f"--eligibility {eligibility!r}: expected one of {', '.join(RULES)}")
@@ -144,7 +144,7 @@ def checked_constraints(min_top1_agreement: float | None, min_cosine: float | No
 
 
 def redone_stages(force: bool, redo_from: str | None) -> frozenset[str]:
-    from farm.stages import STAGES, stages_from
+    from farm.run.stages import STAGES, stages_from
 
     if force and redo_from:
         raise fail("--force redoes every stage: give it or --redo-from, not both")
@@ -172,7 +172,7 @@ def status(
     as_json: AsJson = False,
 ) -> None:
     """Show a sweep's progress per stage and its failures."""
-    from farm import queries
+    from farm.results import queries
 
     with one_line_errors(as_json):
         store = results_store(data_dir, db_url)
@@ -233,9 +233,9 @@ def best(
 ) -> None:
     """The answer per model, target and batch size: the fastest build that meets the constraints, with a
     verdict on whether it really beats the runner-up; and the builds of targets nothing here can time."""
-    from farm import queries
-    from farm.report import answer_json, print_answers
-    from farm.select import answers, candidates, rejected_variants, untimed
+    from farm.results import queries
+    from farm.cli.terminal import answer_json, print_answers
+    from farm.results.select import answers, candidates, rejected_variants, untimed
 
     with one_line_errors(as_json):
         chosen = checked_objective(objective)
@@ -294,8 +294,8 @@ def report(
     db_url: DbUrl = None,
 ) -> None:
     """Write one file a person can mail: the winners with verdicts, the noise, the failures, the environment."""
-    from farm.delivery import writing
-    from farm.reports import render_report
+    from farm.results.delivery import writing
+    from farm.results.report import render_report
 
     with one_line_errors():
         store = results_store(data_dir, db_url)
@@ -416,7 +416,7 @@ def pull(
 
     On a build-only target (TensorRT-RTX ahead of time) nothing was timed: say --precision, or let
     --rule choose, and the rule used is printed."""
-    from farm.delivery import load_engine, pick_build, write_engine
+    from farm.results.delivery import load_engine, pick_build, write_engine
 
     with one_line_errors():
         store = results_store(data_dir, db_url)
@@ -445,7 +445,7 @@ def export_triton(
     db_url: DbUrl = None,
 ) -> None:
     """Write a Triton model repository: per model, the winning TensorRT engine of every GPU (cc_model_filenames)."""
-    from farm.delivery import triton_repository
+    from farm.results.delivery import triton_repository
 
     with one_line_errors():
         store = results_store(data_dir, db_url)

@@ -19,7 +19,7 @@ from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
-from farm.select import OBJECTIVES, Objective
+from farm.results.select import OBJECTIVES, Objective
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import STORE_ATTRIBUTE, FailedAt, farm_tables, has_schema, head_revision, make_engine, schema_revision, shown_url, store_name
 from farm.store.record import close_abandoned, plain
@@ -109,10 +109,10 @@ def one_line_errors(as_json: bool = False) -> Iterator[None]:
     from ray.exceptions import RayError
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    from farm.cluster import ClusterError
-    from farm.delivery import ExportError
-    from farm.reports import ReportError
-    from farm.spec import SpecError
+    from farm.run.cluster import ClusterError
+    from farm.results.delivery import ExportError
+    from farm.results.report import ReportError
+    from farm.run.spec import SpecError
     from farm.store.db import StoreError
     from workers.calibration import CalibrationDataError
 

@@ -1,0 +1,5 @@
+"""`python -m farm.cli`."""
+
+from farm.cli.commands import app
+
+app()
