@@ -375,7 +375,7 @@ def verify(
     raise typer.Exit(OK if found.ok else SOME_FAILED)
 
 
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 
 def dashboard(
     host: Annotated[str, typer.Option(help="Address to listen on; loopback unless you mean to share it.")] = "127.0.0.1",
