@@ -72,6 +72,8 @@ def engine_bytes(store: Store, build_key: str) -> bytes:
 
 
 def write_verified(store: Store, sha256: str, destination: Path) -> None:
+    """The artifact at `destination`, through a temporary file beside it that is renamed into place only
+    once its bytes hashed to sha256: a failed check leaves no partial engine behind."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=destination.parent, prefix=".partial-", delete=False) as tmp:
         try:
