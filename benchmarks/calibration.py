@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from workers import fidelity, precision
+from workers import cpu_sessions, fidelity, precision, precision_variants
 from workers.bench import BenchSettings, measure
 from workers.calibration import Samples, SamplesReader, load_images, split
 from workers.models import export
@@ -127,7 +127,7 @@ def _calibration(arch: str, model: bytes, photos: Samples, counts: list[int], me
             rows.append(row)
             reader = SamplesReader(split(photos, count, HELD_OUT)[0], "input", batch_size=8)
             try:
-                ranges = precision.calibrate(model, reader, method)  # type: ignore[arg-type]
+                ranges = precision_variants.calibrate(model, reader, method)  # type: ignore[arg-type]
             except precision.QuantizationError as exc:
                 row.error = str(exc)
                 continue
@@ -136,7 +136,7 @@ def _calibration(arch: str, model: bytes, photos: Samples, counts: list[int], me
                 if method not in (precision.INT8_METHODS if variant_precision == "int8" else precision.FP8_METHODS):
                     continue
                 started = time.perf_counter()
-                variant = precision.apply_quantization(model, ranges, variant_precision)  # type: ignore[arg-type]
+                variant = precision_variants.apply_quantization(model, ranges, variant_precision)  # type: ignore[arg-type]
                 row.quantize_s = time.perf_counter() - started
                 result = fidelity.compare(reference, _outputs(variant, variant_precision, held_out.array))
                 setattr(row, f"{variant_precision}_top1", result.top1_agreement)
@@ -147,14 +147,14 @@ def _calibration(arch: str, model: bytes, photos: Samples, counts: list[int], me
 
 
 def _variants(arch: str, model: bytes, quantized: dict[str, bytes], held_out: Samples, reference: np.ndarray) -> list[VariantRow]:
-    variants = {"fp32": model, "fp16": precision.to_fp16(model), **quantized}
+    variants = {"fp32": model, "fp16": precision_variants.to_fp16(model), **quantized}
     rows = []
     for name, data in variants.items():
         variant_precision = name.split()[0]
         result = fidelity.compare(reference, _outputs(data, variant_precision, held_out.array))
         b1, b8 = (_latency(data, variant_precision, held_out.array, batch) for batch in (1, 8))
         rows.append(VariantRow(arch, name, len(data) / 1e6, b1.latency.median, b8.latency.median, b8.latency.cv,
-                               result.top1_agreement, result.cosine_mean, precision.cpu_graph_optimization(variant_precision)))
+                               result.top1_agreement, result.cosine_mean, cpu_sessions.cpu_graph_optimization(variant_precision)))
     return rows
 
 
@@ -170,7 +170,7 @@ def _pre_process(arch: str, model: bytes, photos: Samples, held_out: Samples, re
     cosines, seconds = [], []
     for data in (model, pre):
         started = time.perf_counter()
-        quantized = precision.quantize(data, SamplesReader(split(photos, 16, HELD_OUT)[0], "input", 8), method="minmax")
+        quantized = precision_variants.quantize(data, SamplesReader(split(photos, 16, HELD_OUT)[0], "input", 8), method="minmax")
         seconds.append(time.perf_counter() - started)
         cosines.append(fidelity.compare(reference, _outputs(quantized.onnx_bytes, "int8", held_out.array)).cosine_mean)
     nodes = [len(onnx.load_from_string(d).graph.node) for d in (model, pre)]
@@ -178,13 +178,13 @@ def _pre_process(arch: str, model: bytes, photos: Samples, held_out: Samples, re
 
 
 def _outputs(model: bytes, variant_precision: str, inputs: np.ndarray) -> np.ndarray:
-    session = precision.cpu_session(model, variant_precision)
+    session = cpu_sessions.cpu_session(model, variant_precision)
     return fidelity.run_batched(lambda x: session.run(None, {"input": x})[0], inputs, 8)
 
 
 def _latency(model: bytes, variant_precision: str, inputs: np.ndarray, batch: int) -> Any:
     """The run with the lowest p50 of REPEATS: other jobs on a shared machine only ever add time."""
-    session = precision.cpu_session(model, variant_precision)
+    session = cpu_sessions.cpu_session(model, variant_precision)
     feeds = {"input": np.resize(inputs, (batch, *inputs.shape[1:])).astype(np.float32)}
     runs = [measure(lambda: session.run(None, feeds), batch, SETTINGS) for _ in range(REPEATS)]
     return min(runs, key=lambda t: t.latency.median)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from workers import fidelity, precision, qdq_sides
+from workers import cpu_sessions, fidelity, precision, precision_variants, qdq_sides
 from workers.bench import BenchSettings, measure
 from workers.calibration import SamplesReader, augment
 from workers.device import describe
@@ -104,7 +104,7 @@ def _session(model: bytes, wbq: bool) -> Any:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    return precision.cpu_inference_session(model, options, () if wbq else precision.DISABLED_OPTIMIZERS)
+    return cpu_sessions.cpu_inference_session(model, options, () if wbq else cpu_sessions.DISABLED_OPTIMIZERS)
 
 
 def run(rounds: int) -> tuple[list[Row], dict[str, Any]]:
@@ -123,16 +123,16 @@ def run(rounds: int) -> tuple[list[Row], dict[str, Any]]:
         real = data.train_inputs[: config.rows]
         topped = augment(real, config.augment_to) if config.augment_to else None
         calibration_rows = topped.array if topped else real
-        ranges = precision.calibrate(fp32, SamplesReader(calibration_rows, "input", 8), config.method,  # type: ignore[arg-type]
+        ranges = precision_variants.calibrate(fp32, SamplesReader(calibration_rows, "input", 8), config.method,  # type: ignore[arg-type]
                                      entropy_bins=config.bins or precision.ENTROPY_BINS, moving_average=config.moving_average)
         layout = config.layout or cpu_layout
-        variant = precision.apply_quantization(fp32, ranges, "int8", layout=layout, per_channel=config.per_channel)
+        variant = precision_variants.apply_quantization(fp32, ranges, "int8", layout=layout, per_channel=config.per_channel)
         if config.weights_kept_float:
             variant = qdq_sides.keep_weights_float(variant, config.weights_kept_float)
         session = _session(variant, config.weight_bias_quantization)
         reference = references[config.model]
         kernels = fidelity.compare(reference, _outputs(session, heldout))
-        fake = fidelity.compare(reference, _outputs(precision.fake_quant_session(variant), heldout))
+        fake = fidelity.compare(reference, _outputs(cpu_sessions.fake_quant_session(variant), heldout))
         n = len(heldout)
         rows.append(Row(config.name, config.method, config.bins,
                         topped.description if topped and topped.description else f"{len(real)} rows",

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from workers import fidelity, precision
+from workers import cpu_sessions, fidelity, precision, precision_variants
 from workers.bench import BenchSettings, measure
 from workers.calibration import SamplesReader, load_images
 from workers.device import describe
@@ -76,14 +76,14 @@ def _outputs(session: Any, inputs: np.ndarray) -> np.ndarray:
 def run_model(name: str, rounds: int) -> list[Row]:
     fp32, calibration_rows, heldout, batches = _inputs(name)
     input_name = onnx.load_from_string(fp32).graph.input[0].name
-    ranges = precision.calibrate(fp32, SamplesReader(calibration_rows, input_name, 8), "minmax")
-    models = {"fp32": fp32} | {layout: precision.apply_quantization(fp32, ranges, "int8", layout=layout) for layout in precision.INT8_LAYOUTS}
-    sessions = {v: precision.cpu_session(m, "int8" if v != "fp32" else "fp32") for v, m in models.items()}
+    ranges = precision_variants.calibrate(fp32, SamplesReader(calibration_rows, input_name, 8), "minmax")
+    models = {"fp32": fp32} | {layout: precision_variants.apply_quantization(fp32, ranges, "int8", layout=layout) for layout in precision.INT8_LAYOUTS}
+    sessions = {v: cpu_sessions.cpu_session(m, "int8" if v != "fp32" else "fp32") for v, m in models.items()}
     reference = _outputs(sessions["fp32"], heldout)
     judged = {}
     for variant, model in models.items():
         kernels = fidelity.compare(reference, _outputs(sessions[variant], heldout))
-        fake = fidelity.compare(reference, _outputs(precision.fake_quant_session(model), heldout)) if variant != "fp32" else None
+        fake = fidelity.compare(reference, _outputs(cpu_sessions.fake_quant_session(model), heldout)) if variant != "fp32" else None
         judged[variant] = (kernels, fake)
     rows = []
     for batch in batches:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers import precision
+from workers import precision, precision_variants
 from workers.calibration import (
     CalibrationDataError,
     Samples,
@@ -229,8 +229,8 @@ def test_calibration_counts_the_samples_it_saw(photos: Samples) -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     reader = SamplesReader(split(photos, 12, 5)[0], "input", batch_size=5)
-    ranges = precision.calibrate(model, reader, "minmax")
+    ranges = precision_variants.calibrate(model, reader, "minmax")
     assert ranges.samples == 12
-    assert precision.calibrate(model, reader, "minmax").samples == 12  # rewound, not exhausted
+    assert precision_variants.calibrate(model, reader, "minmax").samples == 12  # rewound, not exhausted
     with pytest.raises(precision.QuantizationError, match="no samples"):
-        precision.calibrate(model, SamplesReader(np.zeros((0, 3, 32, 32), np.float32), "input"), "minmax")
+        precision_variants.calibrate(model, SamplesReader(np.zeros((0, 3, 32, 32), np.float32), "input"), "minmax")

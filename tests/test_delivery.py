@@ -250,7 +250,7 @@ def test_export_triton(seeded: Seeded, tmp_path: Path) -> None:
 
 
 def test_triton_config_reproduces_the_graph_optimization_level() -> None:
-    from farm.results.delivery import ORT_GRAPH_LEVELS, config_pbtxt
+    from farm.results.delivery.triton import ORT_GRAPH_LEVELS, config_pbtxt
 
     manifest = {"inputs": [{"name": "input", "shape": ["batch", 3, 8, 8], "dtype": "float32"}],
                 "outputs": [{"name": "output", "shape": ["batch", 10], "dtype": "float32"}]}
@@ -277,7 +277,7 @@ def test_bundles_and_best_json_say_how_to_feed_the_model(seeded: Seeded, store: 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "x" * 300])
 def test_a_name_never_leaves_the_output_folder(tmp_path: Path, name: str) -> None:
-    from farm.results.delivery import safe_folder
+    from farm.results.delivery.folders import safe_folder
 
     (tmp_path / "out").mkdir()
     (tmp_path / "keep").write_text("outside --out")

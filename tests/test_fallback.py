@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
-from workers import fidelity, precision, qdq_sides
+from workers import cpu_sessions, fidelity, precision, precision_variants, qdq_sides
 from workers.calibration import SamplesReader
 from workers.fallback import Threshold, diagnose, find_fallback
 
@@ -38,11 +38,11 @@ def held_out(digits: digits_model.DigitsData) -> np.ndarray:
 
 
 def fp32_outputs(model: bytes, inputs: np.ndarray) -> np.ndarray:
-    return precision.cpu_session(model, "fp32").run(None, {"input": inputs})[0]  # type: ignore[no-any-return]
+    return cpu_sessions.cpu_session(model, "fp32").run(None, {"input": inputs})[0]  # type: ignore[no-any-return]
 
 
 def calibrate(model: bytes, digits: digits_model.DigitsData) -> precision.CalibrationRanges:
-    return precision.calibrate(model, SamplesReader(digits.calibration_inputs, "input", 16), "minmax")
+    return precision_variants.calibrate(model, SamplesReader(digits.calibration_inputs, "input", 16), "minmax")
 
 
 def test_the_outlier_model_is_the_same_function_in_fp32(outlier: bytes, held_out: np.ndarray) -> None:
@@ -82,10 +82,10 @@ def test_fallback_rescues_int8_that_the_plain_variant_fails(outlier: bytes, held
     assert result.quantized_fraction == passing.quantized / result.quantizable
 
     # The returned variant really passes, and is exactly what the stored ranges give with that exclusion list.
-    outputs = precision.fake_quant_session(result.onnx_bytes).run(None, {"input": held_out})[0]
+    outputs = cpu_sessions.fake_quant_session(result.onnx_bytes).run(None, {"input": held_out})[0]
     final = fidelity.compare(reference, outputs, labels)
     assert final.top1_agreement >= 0.99 and final.accuracy is not None and final.accuracy > 0.95
-    assert result.onnx_bytes == precision.apply_quantization(outlier, ranges, "int8", sorted(excluded))
+    assert result.onnx_bytes == precision_variants.apply_quantization(outlier, ranges, "int8", sorted(excluded))
     graph = onnx.load_from_string(result.onnx_bytes).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     still_int8 = {n.name for n in graph.node if n.op_type != "DequantizeLinear" and set(n.input) & dequantized}
@@ -142,7 +142,7 @@ def test_the_fallback_judges_by_fake_quant_so_every_cpu_gives_one_answer(held_ou
     reference = fp32_outputs(plain, held_out)
     result = find_fallback(plain, ranges, held_out, reference)
     assert result.passed and len(result.steps) == 1 and result.quantized_fraction == 1.0
-    fake = precision.fake_quant_session(result.onnx_bytes).run(None, {"input": held_out})[0]
+    fake = cpu_sessions.fake_quant_session(result.onnx_bytes).run(None, {"input": held_out})[0]
     assert fidelity.compare(reference, fake).top1_agreement == result.steps[0].fidelity.top1_agreement
 
 
@@ -193,7 +193,7 @@ def test_weights_at_fault_are_kept_in_float_per_layer(outlier_weights: bytes, he
     assert conv.input[1] == "features.2.weight" and produced_by[conv.input[0]].op_type == "DequantizeLinear"
     other = next(n for n in graph.node if n.name == "/features/features.5/Conv")
     assert produced_by[other.input[1]].op_type == "DequantizeLinear"
-    final = fidelity.compare(reference, precision.fake_quant_session(result.onnx_bytes).run(None, {"input": held_out})[0])
+    final = fidelity.compare(reference, cpu_sessions.fake_quant_session(result.onnx_bytes).run(None, {"input": held_out})[0])
     assert final.top1_agreement >= 0.99
 
 
@@ -224,23 +224,23 @@ def test_a_weight_kept_in_float_stays_float_in_the_int8_session(outlier_weights:
     def optimized(layout: str, disabled: tuple[str, ...]) -> tuple[onnx.GraphProto, float]:
         import onnxruntime as ort
 
-        variant = qdq_sides.keep_weights_float(precision.apply_quantization(outlier_weights, ranges, "int8", layout=layout), [SECOND_CONV])
+        variant = qdq_sides.keep_weights_float(precision_variants.apply_quantization(outlier_weights, ranges, "int8", layout=layout), [SECOND_CONV])
         options = ort.SessionOptions()
         options.optimized_model_filepath = str(tmp_path / f"{layout}{len(disabled)}.onnx")
         options.log_severity_level = 3
-        outputs = precision.cpu_inference_session(variant, options, disabled).run(None, {"input": held_out})[0]
+        outputs = cpu_sessions.cpu_inference_session(variant, options, disabled).run(None, {"input": held_out})[0]
         return onnx.load(options.optimized_model_filepath).graph, fidelity.compare(reference, outputs).cosine_mean
 
     def weight_type(graph: onnx.GraphProto) -> int | None:
         return {i.name: i.data_type for i in graph.initializer}.get("features.2.weight")
 
-    farm_graph, farm_cosine = optimized("tensorrt", precision.DISABLED_OPTIMIZERS)
+    farm_graph, farm_cosine = optimized("tensorrt", cpu_sessions.DISABLED_OPTIMIZERS)
     ort_graph, ort_cosine = optimized("tensorrt", ())
     assert weight_type(farm_graph) == onnx.TensorProto.FLOAT and weight_type(ort_graph) is None  # ORT re-quantized it
     assert ort_cosine < 0.9 < 0.999 < farm_cosine
 
     cpu = describe().cpu
-    own_graph, own_cosine = optimized(precision.onnxruntime_int8_layout(cpu.arch, cpu.int8_dot_32bit), precision.DISABLED_OPTIMIZERS)
+    own_graph, own_cosine = optimized(precision.onnxruntime_int8_layout(cpu.arch, cpu.int8_dot_32bit), cpu_sessions.DISABLED_OPTIMIZERS)
     assert weight_type(own_graph) == onnx.TensorProto.FLOAT and own_cosine > 0.99
     assert {"QLinearConv", "QGemm"} & {n.op_type for n in own_graph.node}  # the other layers still run int8 kernels
 
@@ -254,9 +254,9 @@ def test_the_diagnosis_blames_the_right_side_in_every_layout(layout: str, outlie
         reference = fp32_outputs(model, held_out)
 
         def judge(variant: bytes) -> fidelity.Fidelity:
-            return fidelity.compare(reference, precision.fake_quant_session(variant).run(None, {"input": held_out})[0])
+            return fidelity.compare(reference, cpu_sessions.fake_quant_session(variant).run(None, {"input": held_out})[0])
 
-        plain = precision.apply_quantization(model, calibrate(model, digits), "int8", layout=layout)
+        plain = precision_variants.apply_quantization(model, calibrate(model, digits), "int8", layout=layout)
         found = diagnose(plain, judge)
         innocent = found.activations_only if culprit == "weights" else found.weights_only
         guilty = found.weights_only if culprit == "weights" else found.activations_only

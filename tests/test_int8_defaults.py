@@ -16,7 +16,7 @@ from farm.run.spec import load_spec
 from tests import digits_model
 from tests.conftest import CALIBRATION_DATA, write_spec
 from tests.test_plan import CPU
-from workers import precision, qdq_sides
+from workers import cpu_sessions, precision, precision_variants, qdq_sides
 from workers.calibration import AUGMENTATIONS, SamplesReader, augment, load_images
 from workers.structs import Preprocess
 
@@ -60,7 +60,7 @@ def test_the_calibrate_stage_augments_and_records_it(photo_rows: np.ndarray) -> 
     stored = precision.CalibrationRanges.from_bytes(ranges.to_bytes())
     assert stored.augmentation == ranges.augmentation and stored.tensors == ranges.tensors
     # More rows than a flip of the same photos: the flipped copies really were seen (ranges can only grow).
-    plain = precision.calibrate(fp32, SamplesReader(photo_rows, "input", 8), "minmax")
+    plain = precision_variants.calibrate(fp32, SamplesReader(photo_rows, "input", 8), "minmax")
     assert all(ranges.tensors[t].highest >= plain.tensors[t].highest for t in plain.tensors)
     details = make_variant(fp32, "int8", ranges=ranges.to_bytes()).details
     assert details["calibration_samples"] == 32 and details["calibration_augmentation"] == ranges.augmentation
@@ -70,8 +70,8 @@ def test_minmax_is_never_a_moving_average(digits: digits_model.DigitsData) -> No
     """A moving average of batch ranges forgets the rare large activations; the farm's minmax keeps the true extremes."""
     fp32 = digits_model.export_onnx()
     reader = SamplesReader(digits.calibration_inputs, "input", 8)
-    farm = precision.calibrate(fp32, reader, "minmax")
-    averaged = precision.calibrate(fp32, reader, "minmax", moving_average=True)
+    farm = precision_variants.calibrate(fp32, reader, "minmax")
+    averaged = precision_variants.calibrate(fp32, reader, "minmax", moving_average=True)
     assert all(farm.tensors[t].highest >= averaged.tensors[t].highest for t in farm.tensors)
     assert any(farm.tensors[t].highest > averaged.tensors[t].highest for t in farm.tensors)
     assert precision.calibration_settings("minmax")["moving_average"] is False
@@ -100,8 +100,8 @@ def test_the_onnxruntime_backend_keeps_a_float_weight_float(digits: digits_model
     fp32 = digits_model.export_onnx("outlier_weights_digits_cnn")
     cpu = describe().cpu
     layout = precision.onnxruntime_int8_layout(cpu.arch, cpu.int8_dot_32bit)
-    ranges = precision.calibrate(fp32, SamplesReader(digits.calibration_inputs, "input", 16), "minmax")
-    variant = qdq_sides.keep_weights_float(precision.apply_quantization(fp32, ranges, "int8", layout=layout), ["/features/features.2/Conv"])
+    ranges = precision_variants.calibrate(fp32, SamplesReader(digits.calibration_inputs, "input", 16), "minmax")
+    variant = qdq_sides.keep_weights_float(precision_variants.apply_quantization(fp32, ranges, "int8", layout=layout), ["/features/features.2/Conv"])
     request = BuildRequest(ModelRef("digits", "x", None, digits_model.INPUT_SHAPE), "int8", "onnxruntime", {}, Target("cpu", "here"), (16,))
     backend = OnnxRuntimeBackend()
     engine = backend.build(request, variant, None)
@@ -110,7 +110,7 @@ def test_the_onnxruntime_backend_keeps_a_float_weight_float(digits: digits_model
     assert {i.name: i.data_type for i in graph.initializer}.get("features.2.weight") == onnx.TensorProto.FLOAT
     assert {"QLinearConv", "QGemm"} & {n.op_type for n in graph.node}
     inputs = digits.test_inputs[:16]
-    reference = precision.cpu_session(fp32, "fp32").run(None, {"input": inputs})[0]
+    reference = cpu_sessions.cpu_session(fp32, "fp32").run(None, {"input": inputs})[0]
     with backend.open(engine.data, engine.manifest) as runner:
         outputs = runner.infer({"input": inputs})[0]
     assert (outputs.argmax(1) == reference.argmax(1)).mean() >= 0.9

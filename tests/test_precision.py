@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from workers import fidelity, precision
+from workers import cpu_sessions, fidelity, precision, precision_variants
 from workers.calibration import SamplesReader
 from workers.device import CpuInfo, describe
 from workers.models import export
@@ -39,17 +39,17 @@ def reference(fp32: bytes, digits: digits_model.DigitsData) -> np.ndarray:
 @pytest.fixture(scope="module")
 def variants(fp32: bytes, digits: digits_model.DigitsData) -> dict[tuple[str, str], precision.Quantized]:
     reader = SamplesReader(digits.calibration_inputs, "input", batch_size=16)
-    return {(p, m): precision.quantize(fp32, reader, precision=p, method=m) for p, m in QUANT_CASES}  # type: ignore[arg-type]
+    return {(p, m): precision_variants.quantize(fp32, reader, precision=p, method=m) for p, m in QUANT_CASES}  # type: ignore[arg-type]
 
 
 def run(model: bytes, variant_precision: str, inputs: np.ndarray, level: str | None = None) -> np.ndarray:
-    session = precision.cpu_session(model, variant_precision, level=level)
+    session = cpu_sessions.cpu_session(model, variant_precision, level=level)
     return fidelity.run_batched(lambda x: session.run(None, {"input": x})[0], inputs, 128)  # type: ignore[no-any-return]
 
 
 def fake_quant(model: bytes, inputs: np.ndarray) -> np.ndarray:
     """Q/DQ arithmetic as written (TensorRT's, and every 32-bit-accumulating CPU's): the same on every CPU."""
-    session = precision.fake_quant_session(model)
+    session = cpu_sessions.fake_quant_session(model)
     return fidelity.run_batched(lambda x: session.run(None, {"input": x})[0], inputs, 128)  # type: ignore[no-any-return]
 
 
@@ -69,7 +69,7 @@ def cpu_variants(fp32: bytes, variants: dict[tuple[str, str], precision.Quantize
     for method in ("minmax", "entropy", "percentile"):
         calibration = variants[("int8", method)].calibration
         assert calibration is not None
-        found[method] = precision.apply_quantization(fp32, calibration, "int8", layout=this_cpu_layout())
+        found[method] = precision_variants.apply_quantization(fp32, calibration, "int8", layout=this_cpu_layout())
     return found
 
 
@@ -134,7 +134,7 @@ def test_layouts_write_what_they_say(fp32: bytes, variants: dict[tuple[str, str]
 
     def grids(layout: str) -> tuple[set[int], float]:
         """The activations' zero-point types, and the largest integer code any weight channel uses."""
-        graph = onnx.load_from_string(precision.apply_quantization(fp32, calibration, "int8", layout=layout)).graph
+        graph = onnx.load_from_string(precision_variants.apply_quantization(fp32, calibration, "int8", layout=layout)).graph
         init = {i.name: i for i in graph.initializer}
         quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
         activations = {init[n.input[2]].data_type for n in quantize if n.input[0] not in init}
@@ -148,9 +148,9 @@ def test_layouts_write_what_they_say(fp32: bytes, variants: dict[tuple[str, str]
     assert grids("u8s8") == ({onnx.TensorProto.UINT8}, pytest.approx(127, abs=0.6))
     assert grids("u8s8_7bit") == ({onnx.TensorProto.UINT8}, pytest.approx(63.5, abs=0.6))
     with pytest.raises(precision.QuantizationError, match="fp8 has one layout"):
-        precision.apply_quantization(fp32, calibration, "fp8", layout="u8s8")
+        precision_variants.apply_quantization(fp32, calibration, "fp8", layout="u8s8")
     with pytest.raises(precision.QuantizationError, match="expected one of tensorrt, u8s8, u8s8_7bit"):
-        precision.apply_quantization(fp32, calibration, "int8", layout="s4")
+        precision_variants.apply_quantization(fp32, calibration, "int8", layout="s4")
 
 
 def test_the_planner_layout_follows_the_cpu() -> None:
@@ -166,7 +166,7 @@ def test_the_planner_layout_follows_the_cpu() -> None:
 
 
 def test_fp16_runs_and_agrees(fp32: bytes, reference: np.ndarray, digits: digits_model.DigitsData) -> None:
-    converted = precision.to_fp16(fp32)
+    converted = precision_variants.to_fp16(fp32)
     graph = onnx.load_from_string(converted).graph
     assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
@@ -175,7 +175,7 @@ def test_fp16_runs_and_agrees(fp32: bytes, reference: np.ndarray, digits: digits
 
 
 def test_fp16_block_lists_keep_nodes_in_fp32(fp32: bytes) -> None:
-    blocked = precision.to_fp16(fp32, op_block_list=["Gemm"], node_block_list=["/features/features.0/Conv"])
+    blocked = precision_variants.to_fp16(fp32, op_block_list=["Gemm"], node_block_list=["/features/features.0/Conv"])
     graph = onnx.load_from_string(blocked).graph
     fp32_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     assert {"classifier.weight", "features.0.weight"} <= fp32_weights
@@ -186,7 +186,7 @@ def test_fp16_block_lists_keep_nodes_in_fp32(fp32: bytes) -> None:
 def test_fp16_torchvision_models_run_on_ort_cpu(arch: str) -> None:
     exported = export(ModelRef(arch, f"torchvision:{arch}", None, (3, 64, 64)))
     inputs = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    result = fidelity.compare(run(exported.onnx_bytes, "fp32", inputs), run(precision.to_fp16(exported.onnx_bytes), "fp16", inputs))
+    result = fidelity.compare(run(exported.onnx_bytes, "fp32", inputs), run(precision_variants.to_fp16(exported.onnx_bytes), "fp16", inputs))
     assert result.top1_agreement == 1.0 and result.cosine_min > 0.999
 
 
@@ -196,12 +196,12 @@ def test_calibrating_once_is_enough_to_requantize(fp32: bytes, digits: digits_mo
         assert quantized.calibration is not None
         stored = precision.CalibrationRanges.from_bytes(quantized.calibration.to_bytes())
         assert stored == quantized.calibration
-        again = precision.apply_quantization(fp32, stored, quantized.precision)  # type: ignore[arg-type]
+        again = precision_variants.apply_quantization(fp32, stored, quantized.precision)  # type: ignore[arg-type]
         assert again == quantized.onnx_bytes, key
     # A different exclusion list from the same stored ranges: still no reader, and the node stays float.
     minmax = variants[("int8", "minmax")].calibration
     assert minmax is not None
-    partial = precision.apply_quantization(fp32, minmax, "int8", ["/classifier/Gemm"])
+    partial = precision_variants.apply_quantization(fp32, minmax, "int8", ["/classifier/Gemm"])
     graph = onnx.load_from_string(partial).graph
     gemm = next(n for n in graph.node if n.name == "/classifier/Gemm")
     assert "classifier.weight" in gemm.input  # the float weight, not a DequantizeLinear output
@@ -235,7 +235,7 @@ def test_entropy_keeps_ort_default_bins_and_percentile_clips(fp32: bytes, digits
     # ORT's default bins (128 into 128 quantized bins) leave the KL search the full range: no clipping.
     assert all(entropy[t] >= minmax[t] * 0.95 for t in minmax)
     # The 2048 bins the farm used before clip most tensors hard (issue 19: what cost an ImageNet model 0.13 of cosine).
-    wide = precision.calibrate(fp32, SamplesReader(digits.calibration_inputs, "input", 16), "entropy", entropy_bins=2048)
+    wide = precision_variants.calibrate(fp32, SamplesReader(digits.calibration_inputs, "input", 16), "entropy", entropy_bins=2048)
     assert sum(max(-r.lowest, r.highest) < entropy[t] * 0.95 for t, r in wide.tensors.items()) >= len(entropy) // 2
     assert all(percentile[t] <= minmax[t] for t in minmax)
     assert any(percentile[t] < minmax[t] for t in minmax)
@@ -243,8 +243,8 @@ def test_entropy_keeps_ort_default_bins_and_percentile_clips(fp32: bytes, digits
 
 def test_percentile_setting_is_used(fp32: bytes, digits: digits_model.DigitsData) -> None:
     reader = SamplesReader(digits.calibration_inputs, "input", 16)
-    loose = precision.calibrate(fp32, reader, "percentile", 99.999)
-    tight = precision.calibrate(fp32, reader, "percentile", 99.0)
+    loose = precision_variants.calibrate(fp32, reader, "percentile", 99.999)
+    tight = precision_variants.calibrate(fp32, reader, "percentile", 99.0)
     assert tight.percentile == 99.0 and loose.percentile == 99.999
     assert all(tight.tensors[t].highest <= loose.tensors[t].highest for t in tight.tensors)
     assert sum(tight.tensors[t].highest < loose.tensors[t].highest for t in tight.tensors) >= 5
@@ -264,17 +264,17 @@ def test_ranges_serialise_with_what_fp8_distribution_needs(variants: dict[tuple[
 def test_method_rules_are_errors_that_say_what_is_allowed(fp32: bytes, digits: digits_model.DigitsData) -> None:
     reader = SamplesReader(digits.calibration_inputs, "input", 16)
     with pytest.raises(precision.QuantizationError, match="int8 takes minmax, entropy, percentile"):
-        precision.quantize(fp32, reader, precision="int8", method="distribution")
+        precision_variants.quantize(fp32, reader, precision="int8", method="distribution")
     with pytest.raises(precision.QuantizationError, match="quantization makes int8 or fp8"):
-        precision.quantize(fp32, reader, precision="fp16", method="minmax")  # type: ignore[arg-type]
+        precision_variants.quantize(fp32, reader, precision="fp16", method="minmax")  # type: ignore[arg-type]
     with pytest.raises(precision.QuantizationError, match="expected one of"):
-        precision.calibrate(fp32, reader, "kl")  # type: ignore[arg-type]
+        precision_variants.calibrate(fp32, reader, "kl")  # type: ignore[arg-type]
 
 
 def test_one_calibration_serves_int8_and_fp8(fp32: bytes, variants: dict[tuple[str, str], precision.Quantized]) -> None:
     minmax = variants[("int8", "minmax")].calibration
     assert minmax is not None
-    assert precision.apply_quantization(fp32, minmax, "fp8") == variants[("fp8", "minmax")].onnx_bytes
+    assert precision_variants.apply_quantization(fp32, minmax, "fp8") == variants[("fp8", "minmax")].onnx_bytes
 
 
 def gate_model() -> bytes:
@@ -297,7 +297,7 @@ def test_fp8_amax_scales_keep_a_non_centred_gate_that_ort_distribution_saturates
     reference = run(model, "fp32", inputs)
     errors = {}
     for method in ("minmax", "distribution"):
-        variant = precision.quantize(model, SamplesReader(inputs, "input", 8), precision="fp8", method=method).onnx_bytes  # type: ignore[arg-type]
+        variant = precision_variants.quantize(model, SamplesReader(inputs, "input", 8), precision="fp8", method=method).onnx_bytes  # type: ignore[arg-type]
         errors[method] = float(np.abs(run(variant, "fp8", inputs) - reference).max())
     # The gate is 0.5 +- 0.0002: a scale from its spread (ORT) puts 0.5 far past fp8's largest value.
     assert errors["minmax"] < 0.1 < 1.0 < errors["distribution"]
@@ -316,7 +316,7 @@ def test_fp8_distribution_survives_a_constant_tensor() -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     inputs = np.random.default_rng(0).standard_normal((32, 16)).astype(np.float32)
-    quantized = precision.quantize(model, SamplesReader(inputs, "input", 8), precision="fp8", method="distribution")
+    quantized = precision_variants.quantize(model, SamplesReader(inputs, "input", 8), precision="fp8", method="distribution")
     assert quantized.calibration is not None
     assert all(r.std is not None and r.std > 0 for r in quantized.calibration.tensors.values())
     outputs = run(quantized.onnx_bytes, "fp8", inputs)
@@ -326,7 +326,7 @@ def test_fp8_distribution_survives_a_constant_tensor() -> None:
 def test_fp8_needs_basic_optimisation_on_ort_cpu(variants: dict[tuple[str, str], precision.Quantized], reference: np.ndarray,
                                                  digits: digits_model.DigitsData) -> None:
     fp8 = variants[("fp8", "minmax")].onnx_bytes
-    assert precision.runs_on_cpu("fp8") and precision.cpu_graph_optimization("fp8") == "basic"
+    assert cpu_sessions.runs_on_cpu("fp8") and cpu_sessions.cpu_graph_optimization("fp8") == "basic"
     basic = fidelity.compare(reference, run(fp8, "fp8", digits.test_inputs))
     full = fidelity.compare(reference, run(fp8, "fp8", digits.test_inputs, level="all"))
     assert basic.top1_agreement >= 0.97
@@ -338,7 +338,7 @@ def test_fp8_needs_basic_optimisation_on_ort_cpu(variants: dict[tuple[str, str],
 def test_fp8_survives_an_all_zero_weight_channel(digits: digits_model.DigitsData) -> None:
     # The outlier model's extra first-layer filter is all zeros: ORT gives it a zero fp8 scale (NaN outputs).
     model = digits_model.export_onnx("outlier_digits_cnn")
-    quantized = precision.quantize(model, SamplesReader(digits.calibration_inputs, "input", 16), precision="fp8", method="minmax")
+    quantized = precision_variants.quantize(model, SamplesReader(digits.calibration_inputs, "input", 16), precision="fp8", method="minmax")
     scales = [onnx.numpy_helper.to_array(i) for i in onnx.load_from_string(quantized.onnx_bytes).graph.initializer if i.name.endswith("_scale")]
     assert all((s > 0).all() for s in scales)
     outputs = run(quantized.onnx_bytes, "fp8", digits.test_inputs)
@@ -358,8 +358,8 @@ def test_calibration_failure_is_a_clear_error() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     inputs = (1 + np.arange(32, dtype=np.float32).reshape(8, 4) * 1e-7)
     with pytest.raises(precision.QuantizationError, match="percentile calibration failed.*use minmax"):
-        precision.calibrate(model, SamplesReader(inputs, "input", 4), "percentile")
-    assert precision.calibrate(model, SamplesReader(inputs, "input", 4), "minmax").samples == 8
+        precision_variants.calibrate(model, SamplesReader(inputs, "input", 4), "percentile")
+    assert precision_variants.calibrate(model, SamplesReader(inputs, "input", 4), "minmax").samples == 8
 
 
 def test_fidelity_counts_nan_outputs_as_wrong() -> None:

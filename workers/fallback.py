@@ -44,7 +44,9 @@ from workers import fidelity as fidelity_
 from workers.stats import wilson
 from workers import qdq_sides
 from workers.qdq_sides import Side, channel_sqnr_db
-from workers.precision import DEFAULT_LAYOUT, CalibrationRanges, apply_quantization, cpu_session, fake_quant_session
+from workers.cpu_sessions import cpu_session, fake_quant_session
+from workers.precision import DEFAULT_LAYOUT, CalibrationRanges
+from workers.precision_variants import apply_quantization
 
 
 # Ranking weights costs one fake-quant run per weight (mobilenet_v3_small: 54); it only orders the

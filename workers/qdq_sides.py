@@ -71,7 +71,7 @@ def without(model_bytes: bytes, side: Side) -> bytes:
 def keep_weights_float(model_bytes: bytes, nodes: Iterable[str]) -> bytes:
     """The Q/DQ model with the weights read by `nodes` in float (their pairs removed); activations stay quantized.
 
-    The model must then be opened with ORT's WeightBiasQuantization off (precision.DISABLED_OPTIMIZERS),
+    The model must then be opened with ORT's WeightBiasQuantization off (cpu_sessions.DISABLED_OPTIMIZERS),
     which would otherwise quantize those float weights again, per tensor."""
     chosen = set(nodes)
     return _drop(model_bytes, lambda pair, initializers: _side(pair, initializers) == "weights" and set(pair.consumers) <= chosen)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from workers import cpu_sessions, precision_variants
 from workers import fidelity as fidelity_
 from workers import precision as precision_
 from workers.backends import get_backend, random_feeds
@@ -89,7 +90,7 @@ def calibrate_model(fp32: bytes, inputs: np.ndarray, method: str, percentile: fl
     (workers.calibration.augment); the ranges record how."""
     name, batch = _input(fp32)
     rows = augment(inputs, precision_.MIN_CALIBRATION_SAMPLES)
-    return precision_.calibrate(fp32, SamplesReader(rows.array, name, batch_size=batch or 8), method, percentile,
+    return precision_variants.calibrate(fp32, SamplesReader(rows.array, name, batch_size=batch or 8), method, percentile,
                                 augmentation=rows.description)
 
 
@@ -135,7 +136,7 @@ def make_variant(
     if precision == "fp16":
         options = fp16 or {}
         try:
-            return Variant(precision_.to_fp16(fp32, **options), {"fp16": options})
+            return Variant(precision_variants.to_fp16(fp32, **options), {"fp16": options})
         except Exception as exc:  # the converter's own errors say nothing about where they come from
             raise precision_.QuantizationError(f"fp16 conversion (onnxconverter-common) failed: {type(exc).__name__}: {exc}") from exc
     if ranges is None:
@@ -146,7 +147,7 @@ def make_variant(
                                "calibration_augmentation": calibration.augmentation, "layout": form.name,
                                "layout_label": form.label, "layout_description": form.description, "quantized_fraction": 1.0}
     if not fallback_tries or heldout is None or reference is None:
-        return Variant(precision_.apply_quantization(fp32, calibration, precision, layout=layout), details)
+        return Variant(precision_variants.apply_quantization(fp32, calibration, precision, layout=layout), details)
     expected = unpack(reference)["outputs"]
     result = find_fallback(
         fp32, calibration, heldout, expected, precision=precision, layout=layout,
@@ -171,7 +172,7 @@ def make_variant(
     }
     if result.refused:
         raise Rejected(result.reason, details)
-    onnx_bytes = result.onnx_bytes or precision_.apply_quantization(fp32, calibration, precision, layout=layout)
+    onnx_bytes = result.onnx_bytes or precision_variants.apply_quantization(fp32, calibration, precision, layout=layout)
     final = next((s for s in reversed(result.steps) if s.passed), result.steps[0])
     # kernel_gap: how far below this a build's own cosine must fall for its kernels to be at fault
     details["fake_quant"] = {"top1_agreement": final.fidelity.top1_agreement, "cosine_mean": final.fidelity.cosine_mean,
@@ -185,7 +186,7 @@ def kernel_check(variant: bytes, inputs: np.ndarray, reference: np.ndarray, fake
     """The variant through this CPU's ONNX Runtime int8 kernels, against its fake-quant arithmetic."""
     from workers.device import describe
 
-    session = precision_.cpu_session(variant, "int8")
+    session = cpu_sessions.cpu_session(variant, "int8")
     name = session.get_inputs()[0].name
     found = fidelity_.compare(reference, fidelity_.run_batched(lambda x: session.run(None, {name: x})[0], inputs, 16))
     cpu = describe().cpu

@@ -438,3 +438,14 @@ def counts(s: Session) -> dict[str, int]:
     """Row counts of the main tables: what the empty states and the header look at."""
     return {name: s.scalar(select(func.count()).select_from(table)) or 0
             for name, table in (("sweeps", schema.Sweep), ("builds", schema.Build), ("benchmarks", schema.Benchmark))}
+
+
+# --- Delivery (farm.results.delivery): the target rows that name a build's compute capability -----------
+
+
+def target_by_id(s: Session, target_id: str) -> schema.Target | None:
+    return s.get(schema.Target, target_id)
+
+
+def targets_by_id(s: Session) -> dict[str, schema.Target]:
+    return {t.id: t for t in s.scalars(select(schema.Target))}

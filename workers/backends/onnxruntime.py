@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from workers.backends.base import NO_CONTEXT, Availability, Backend, BackendUnavailable, BuildContext, Feeds, Runner, Step
-from workers.precision import DISABLED_OPTIMIZERS, cpu_graph_optimization, cpu_inference_session, onnxruntime_int8_layout
+from workers.cpu_sessions import DISABLED_OPTIMIZERS, cpu_graph_optimization, cpu_inference_session
+from workers.precision import onnxruntime_int8_layout
 from workers.structs import BuildRequest, Engine, Manifest, TensorSpec
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -63,7 +64,7 @@ class OnnxRuntimeBackend(Backend):
         safe = cpu_graph_optimization(request.precision)
         if OPTIMIZATION_LEVELS.index(level) > OPTIMIZATION_LEVELS.index(safe):
             # ORT 1.32 fuses Relu into a following fp8 QuantizeLinear as if it were asymmetric int8, and
-            # the outputs go wrong (workers/precision.py): build at the highest level that stays right.
+            # the outputs go wrong (workers/cpu_sessions.py): build at the highest level that stays right.
             notes["graph_optimization_level_used"] = safe
             level = safe
         started = time.perf_counter()
