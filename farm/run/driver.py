@@ -34,7 +34,8 @@ from farm.run.input_changes import input_changes, recorded_spec
 from farm.run.plan import expand
 from farm.run.schedule import Event, Placement, Schedule
 # check_inputs: files the spec names that cannot serve fail the sweep before Ray starts
-from farm.run.spec import SweepSpec, check_inputs
+from farm.run.spec.checks import check_inputs
+from farm.run.spec.schema import SweepSpec
 from farm.run.stages import Produced, Stage, registry
 from farm.store import schema
 from farm.store.db import Store

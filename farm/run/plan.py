@@ -29,7 +29,9 @@ from farm.run.jobs import (
 from farm.results.evidence import EVIDENCE_VERSION
 from farm.run.judge_set import check_judge_set
 from farm.run.model_inputs import key_inputs, search_path
-from farm.run.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
+from farm.run.spec.checks import content_digest
+from farm.run.spec.errors import SpecError
+from farm.run.spec.schema import Axes, ModelSpec, SweepSpec
 from workers.backends import BACKENDS
 from workers.backends.base import Backend
 from workers.bench import BenchSettings
