@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from farm.run.jobs import BenchmarkJob, BuildJob, ExportJob, FidelityJob, KeyInputs, Plan, TargetGroup, content_key
-from farm.run.plan import expand
+from farm.run.plan import expand, same_targets
 from farm.run.spec import SpecError, load_spec
 from tests.conftest import CALIBRATION_DATA, write_spec
 from workers.structs import Target
@@ -295,3 +296,16 @@ def test_keys_follow_the_photos_and_the_labels(tmp_path: Path) -> None:
         old, new = _downstream(before), _downstream(after)
         assert old["export"] == new["export"] and old["build"] == new["build"]  # the engines do not depend on the photos
         assert not old["reference"] & new["reference"] and not old["fidelity"] & new["fidelity"]
+
+
+def test_which_nodes_hold_a_target_does_not_change_the_plan(tmp_path: Path) -> None:
+    """The driver plans once per sweep: the plan made for this machine's own look (its node named "local") stands
+    when Ray's probe finds the same targets under node ids; another backend version or target order is planned again."""
+    elsewhere = [replace(CPU, nodes=("node-x", "node-y")), replace(GPU, nodes=("node-z",))]
+    assert same_targets([CPU, GPU], elsewhere)
+    here, there = _plan(tmp_path), _plan(tmp_path, groups=elsewhere)
+    assert [(j.key, j.label) for j in here.jobs] == [(j.key, j.label) for j in there.jobs] and here.notes == there.notes
+    assert not same_targets([CPU, GPU], [CPU, replace(GPU, backends={"torch": "2.1"})])
+    assert not same_targets([CPU, GPU], [CPU, replace(GPU, int8_dot_32bit=False)])
+    assert not same_targets([CPU, GPU], [GPU, CPU])
+    assert not same_targets([CPU, GPU], [CPU])

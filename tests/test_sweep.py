@@ -6,6 +6,7 @@ import hashlib
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -15,6 +16,8 @@ from typer.testing import CliRunner
 
 from farm.cli import app
 from farm.run.driver import SweepResult, run_sweep
+from farm.run.jobs import Plan
+from farm.run.plan import expand
 from farm.results.select import Constraints, candidates, winners
 from farm.run.spec import SweepSpec, load_spec
 from farm.store import Store, schema
@@ -304,8 +307,9 @@ def test_a_sweep_on_postgresql(ray_cluster: None, postgres_url: str, tmp_path: P
 
 def test_a_rerun_with_nothing_left_is_answered_from_the_store_without_ray(ray_cluster: None, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """On one machine, a sweep whose every job already finished needs no cluster: Ray is never asked."""
-    from farm.run import cluster
+    """On one machine, a sweep whose every job already finished needs no cluster: Ray is never asked. One that
+    has work plans once: the plan made for this machine's own look, before Ray starts, is the one Ray runs."""
+    from farm.run import cluster, driver
     from farm.store import StoreLocation, open_store
 
     spec_path = write_spec(tmp_path, f"""
@@ -318,8 +322,16 @@ def test_a_rerun_with_nothing_left_is_answered_from_the_store_without_ray(ray_cl
     """)
     store = open_store(StoreLocation.resolve(tmp_path / "data"))
     spec, base = load_spec(spec_path)
+    plans: list[Plan] = []
+
+    def planned(*args: Any) -> Plan:
+        plans.append(expand(*args))
+        return plans[-1]
+
+    monkeypatch.setattr(driver, "expand", planned)
     first = run_sweep(spec, base, str(spec_path), store)
     assert set(first.states.values()) == {"done"}
+    assert len(plans) == 1 and first.plan is plans[0]
 
     def no_ray(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("Ray was asked")
@@ -328,5 +340,6 @@ def test_a_rerun_with_nothing_left_is_answered_from_the_store_without_ray(ray_cl
     monkeypatch.setattr(cluster, "probe", no_ray)
     second = run_sweep(spec, base, str(spec_path), store)
     assert second.states == {key: "cached" for key in first.states}
+    assert len(plans) == 2
     with store.session() as s:
         assert s.get(schema.Sweep, second.sweep_id).status == "finished"

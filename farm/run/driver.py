@@ -31,10 +31,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from farm.run import cluster, isolated, tasks
 from farm.run.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
 from farm.run.input_changes import input_changes, recorded_spec
-from farm.run.plan import expand
+from farm.run.plan import expand, same_targets
 from farm.run.schedule import Event, Placement, Schedule
 # check_inputs: files the spec names that cannot serve fail the sweep before Ray starts
-from farm.run.spec import SweepSpec, check_inputs
+from farm.run.spec.checks import check_inputs
+from farm.run.spec.schema import SweepSpec
 from farm.run.stages import Produced, Stage, registry
 from farm.store import schema
 from farm.store.db import Store
@@ -84,6 +85,7 @@ def run_sweep(
     check_inputs(spec, base, spec_path)
     recorder = Recorder(store)
     address = address or os.environ.get("RAY_ADDRESS")
+    local: tuple[list[TargetGroup], Plan] | None = None  # planned before Ray started, for this machine's targets
     if not redo and not address:
         # On this machine alone the probe is this process's own look at it: if every job of the plan
         # already finished, the answer is in the store and no Ray needs to start.
@@ -97,10 +99,13 @@ def run_sweep(
             if on_plan:
                 on_plan(plan, groups)
             return _answered_from_store(spec_path, recorded, plan, recorder, listener, settled)
+        local = (groups, plan)
     cluster.connect(address)
     nodes = cluster.probe()
     groups = cluster.group_targets(nodes, spec.rtx_targets())
-    plan = expand(spec, base, groups)
+    # The local Ray is this machine, so its probe mostly finds the targets planned for above: that plan stands.
+    # A Ray this process joined already (started with other resources) may differ: then it is planned for.
+    plan = local[1] if local is not None and same_targets(local[0], groups) else expand(spec, base, groups)
     recorded = _with_changes(spec, plan, recorder)
     if on_plan:
         on_plan(plan, groups)

@@ -13,7 +13,7 @@ from typing import Any
 
 from farm.run.jobs import ExportJob, KeyInputs, Plan
 from farm.results.queries import last_exports
-from farm.run.spec import SweepSpec
+from farm.run.spec.schema import SweepSpec
 from farm.store.record import Recorder
 
 # The spec fields that go into the export key (through ModelRef), as the stored spec names them.

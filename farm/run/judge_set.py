@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.run.spec import SpecError, SweepSpec
+from farm.run.spec.errors import SpecError
+from farm.run.spec.schema import SweepSpec
 from workers.calibration import ARRAY_SUFFIXES, CalibrationDataError, load_arrays
 from workers.judge_set import Fingerprint, Overlap, array_fingerprints, image_fingerprints, overlaps, wilson_half_width
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from farm.run.jobs import KeyInputs
-from farm.run.spec import ModelSpec
+from farm.run.spec.schema import ModelSpec
 from workers.models import external_data_files
 from workers.sources import FactoryNotFound, factory_source, file_sha256, search_path
 from workers.structs import ModelRef

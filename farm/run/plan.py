@@ -7,6 +7,7 @@ installed on no selected target, the PyTorch baseline of an ONNX-file model.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,9 @@ from farm.run.jobs import (
 from farm.results.evidence import EVIDENCE_VERSION
 from farm.run.judge_set import check_judge_set
 from farm.run.model_inputs import key_inputs, search_path
-from farm.run.spec import Axes, ModelSpec, SpecError, SweepSpec, content_digest
+from farm.run.spec.checks import content_digest
+from farm.run.spec.errors import SpecError
+from farm.run.spec.schema import Axes, ModelSpec, SweepSpec
 from workers.backends import BACKENDS
 from workers.backends.base import Backend
 from workers.bench import BenchSettings
@@ -75,6 +78,12 @@ def data_refs(spec: SweepSpec, base: Path, model: ModelSpec, contents: dict[Path
     return calibration, heldout
 
 
+def same_targets(groups: list[TargetGroup], others: list[TargetGroup]) -> bool:
+    """Whether `expand` plans the same jobs for both: it reads each group's target, backend versions and int8
+    traits, in order, never which nodes make it up (a local look names its node "local", Ray by its id)."""
+    return [replace(g, nodes=()) for g in groups] == [replace(g, nodes=()) for g in others]
+
+
 def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     jobs: list[Job] = []
     notes: list[str] = []
@@ -93,6 +102,11 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
         if not any(matches(g.target, [pattern]) for g in groups):
             notes.append(f"targets: {pattern!r} matches no target in the cluster now: its jobs are not planned "
                          f"(targets found: {'; '.join(g.target.id for g in groups)})")
+    # What the loops below read of the spec, read once: the (precision, method) pairs, and each backend's
+    # blocks with their option combinations and the options that vary between them.
+    variant_axes = _variant_axes(spec, notes)
+    grids = {name: [(block, block.combinations()) for block in blocks] for name, blocks in spec.backends.enabled().items()}
+    varying = {name: _varying(grid) for name, grid in grids.items()}
     for model_spec in spec.models:
         model = model_spec.ref(base)
         inputs = key_inputs(model_spec, model, base, search)
@@ -105,7 +119,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                                  f"{model.name} fp32 reference", export.key, model, heldout)
         jobs += [export, reference]
         calibrations: dict[str, CalibrateJob] = {}
-        for precision, method in _variant_axes(spec, notes):
+        for precision, method in variant_axes:
             if method is not None and method not in calibrations:
                 percentile = spec.calibration.percentile if method == "percentile" else 0.0
                 calibrations[method] = CalibrateJob(
@@ -128,7 +142,7 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                     jobs.append(variants[form])
                 return variants[form]
 
-            for backend_name, blocks in spec.backends.enabled().items():
+            for backend_name, grid in grids.items():
                 backend_type = BACKENDS[backend_name]
                 if backend_type.consumes == "checkpoint" and model.kind == "onnx":
                     notes.append(f"model {model.name}: {backend_name} backend skipped (an ONNX-file source has no PyTorch module)")
@@ -146,13 +160,12 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
                 if not usable:
                     notes.append(f"backend {backend_name}: not installed on any selected target ({_install_hint(backend_name)})")
                     continue
-                varying = _varying(blocks)
                 for group in usable:
                     form = _variant_form(backend_type, precision, group)
-                    for options, batch_sizes in _builds_of(backend_type, blocks, model.name, precision, group,
+                    for options, batch_sizes in _builds_of(backend_type, grid, model.name, precision, group,
                                                            spec.batch_sizes, model_spec.batch_sizes):
-                        jobs += _build_jobs(variant_for(form), backend_name, options, varying, group, spec, settings, reference,
-                                            export, batch_sizes)
+                        jobs += _build_jobs(variant_for(form), backend_name, options, varying[backend_name], group, spec, settings,
+                                            reference, export, batch_sizes)
     if spec.selection.retime.enabled:
         jobs += _retime_jobs(jobs, spec)
     return Plan(jobs=jobs, notes=list(dict.fromkeys(notes)))
@@ -183,11 +196,14 @@ def _retime_jobs(jobs: list[Job], spec: SweepSpec) -> list[Job]:
     return found
 
 
-def _varying(blocks: list[Axes]) -> set[str]:
+Grid = list[tuple[Axes, list[dict[str, Any]]]]  # a backend's blocks, each with its option combinations (Axes.combinations)
+
+
+def _varying(grid: Grid) -> set[str]:
     """The options whose value differs between some of a backend's builds: what their labels show."""
     seen: dict[str, set[str]] = {}
-    for block in blocks:
-        for options in block.combinations():
+    for _block, combinations in grid:
+        for options in combinations:
             for name, value in options.items():
                 seen.setdefault(name, set()).add(json.dumps(value))
     return {name for name, values in seen.items() if len(values) > 1}
@@ -200,18 +216,18 @@ def _variant_form(backend: type[Backend], precision: str, group: TargetGroup) ->
     return backend.int8_layout(group.cpu_arch, group.int8_dot_32bit) if precision == "int8" else DEFAULT_LAYOUT
 
 
-def _builds_of(backend: type[Backend], blocks: list[Axes], model: str, precision: str, group: TargetGroup,
+def _builds_of(backend: type[Backend], grid: Grid, model: str, precision: str, group: TargetGroup,
                sweep_batch_sizes: list[int], model_batch_sizes: list[int] | None) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
     """One (options, batch sizes) per distinct build: each block's combinations (for the blocks that
     take this model and precision), with what a backend says does not apply dropped (`applies`), and
     one build for options that several blocks share, timed at the union of their batch sizes."""
     found: dict[str, tuple[dict[str, Any], list[int]]] = {}
-    for block in blocks:
+    for block, combinations in grid:
         if not block.takes(model, precision):
             continue
         # a block's own batch sizes, else the sweep's; a model that takes only some keeps only those
         batch_sizes = [b for b in block.batch_sizes or sweep_batch_sizes if model_batch_sizes is None or b in model_batch_sizes]
-        for options in block.combinations():
+        for options in combinations:
             used = backend.applies(options, precision, group.target.kind)
             if used is None:
                 continue

@@ -1,20 +1,17 @@
-"""The sweep spec: pydantic models, YAML loading with errors that name the field.
+"""The sweep spec's schema: its pydantic models, the validators of their fields, and the bounds they hold.
 
 A spec is models x precisions x backends (each with its own option axes) x targets x batch
-sizes. Every invalid spec fails before any work, with one line:
-`sweeps/x.yaml: backends.onnxruntime.intra_op_threads[0]: expected an integer, got 'two'`.
+sizes. Reading a file into these models is farm.run.spec.loading; checking the files it names
+and what it would cost is farm.run.spec.checks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -22,7 +19,6 @@ from pydantic import (
     ConfigDict,
     PositiveFloat,
     Field,
-    ValidationError,
     ValidationInfo,
     computed_field,
     field_validator,
@@ -31,6 +27,7 @@ from pydantic import (
 
 from pydantic_core import PydanticCustomError
 
+from farm.results.metrics import OBJECTIVES
 from workers.bench import BenchSettings
 from workers.structs import ModelRef, Preprocess
 
@@ -39,22 +36,11 @@ MAX_BATCH = 65536  # the largest batch size a spec may ask for
 MAX_NAME = 100  # characters of a sweep or model name: names become folder and file names
 MAX_SIDE = 8192  # pixels of a preprocessing resize or crop: the driver resizes every photo to it
 MAX_SAMPLES = 1_000_000  # calibration or fidelity rows
-MAX_SPEC_BYTES = 1 << 20  # a spec is a few KB; anything this large is not one
-MAX_SPEC_NODES = 100_000  # values in the parsed spec, YAML aliases expanded (a "billion laughs" file)
-ACTIVATION_FACTOR = 16  # a CNN's activations run to several times its input: the estimate's margin
-BYTES_PER_VALUE = 4  # float32
-
-
-class SpecError(ValueError):
-    """An invalid sweep spec; str() is the one line shown to the user."""
 
 
 def _listify(value: Any) -> Any:
     """An axis may be written as one value or as a list of values."""
     return value if isinstance(value, list) else [value]
-
-
-Axis = Annotated[list[Any], BeforeValidator(_listify)]
 
 
 def _not_bool(value: Any) -> Any:
@@ -79,6 +65,22 @@ def _number_as_text(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_not_bool)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=MAX_NAME), AfterValidator(_file_name)]
 BatchSize = Annotated[Int, Field(ge=1, le=MAX_BATCH)]
+
+
+def _one_of(choices: tuple[str, ...]) -> BeforeValidator:
+    """One of `choices`, refused in the words pydantic uses for a Literal: the choices live in a tuple
+    elsewhere (farm.results.metrics), and the error text stays the one a Literal gave."""
+    expected = " or ".join(filter(None, (", ".join(map(repr, choices[:-1])), repr(choices[-1]))))
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or value not in choices:
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return value
+
+    return BeforeValidator(check)
+
+
+Objective = Annotated[str, _one_of(OBJECTIVES)]
 
 
 def _blocks(value: Any) -> Any:
@@ -389,7 +391,7 @@ class RetimeSpec(Strict):
 
 
 class SelectionSpec(Strict):
-    objective: Literal["p50", "p99", "throughput"] = "p50"  # what the sweep's verdicts rank by
+    objective: Objective = "p50"  # what the sweep's verdicts rank by
     retime: RetimeSpec = RetimeSpec()
 
 
@@ -459,283 +461,3 @@ def option_grid(axes: BaseModel) -> list[dict[str, Any]]:
     values = [getattr(axes, n) for n in names]
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
 
-
-def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
-    """Load and validate a spec file; returns the spec and the folder its relative paths start from.
-
-    Whatever the file holds, the result is a valid spec or a SpecError whose str is one line
-    naming the file (tests/test_fuzz.py holds it to that)."""
-    file = Path(path)
-    try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_SPEC_BYTES + 1)
-    except OSError as exc:
-        raise SpecError(one_line(f"{file}: cannot read the spec ({exc.strerror or exc})")) from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(one_line(f"{file}: over {MAX_SPEC_BYTES >> 20} MiB: not a sweep spec"))
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(one_line(f"{file}: not a text file (byte 0x{raw[exc.start]:02x} at offset {exc.start} is not UTF-8)")) from None
-    data = _parse_yaml(file, text)
-    if not isinstance(data, dict):
-        raise SpecError(one_line(f"{file}: expected a mapping with name, models and backends at the top level"))
-    if _size(data) > MAX_SPEC_NODES:
-        raise SpecError(one_line(f"{file}: over {MAX_SPEC_NODES} values once its YAML aliases are expanded: not a sweep spec"))
-    try:
-        spec = SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(one_line(f"{file}: {describe_error(exc, data)}")) from None
-    except RecursionError:
-        raise SpecError(one_line(f"{file}: nested too deeply to be a sweep spec")) from None
-    problem = resource_problem(spec)
-    if problem:
-        raise SpecError(one_line(f"{file}: {problem}"))
-    return spec, file.absolute().parent
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key that a mapping holds twice: YAML forbids it, and PyYAML would
-    keep the last one silently (`name:` three times ran the third). Merged keys (`<<: *base`) may still be
-    overridden: only keys written in the mapping itself count."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Any, yaml.Node] = {}
-        for key_node, _value in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node)
-            if key in first:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {one_line(str(key))!r}, first on line {first[key].start_mark.line + 1}",
-                    key_node.start_mark)
-            first[key] = key_node
-        return super().construct_mapping(node, deep)
-
-
-def _parse_yaml(file: Path, text: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(one_line(f"{file}{where}: not valid YAML ({problem})")) from None
-    except RecursionError:
-        raise SpecError(one_line(f"{file}: nested too deeply to be a sweep spec")) from None
-    except (ValueError, OverflowError, TypeError) as exc:  # a scalar PyYAML cannot build: `2001-13-45` as a date
-        raise SpecError(one_line(f"{file}: not valid YAML ({exc})")) from None
-
-
-def _size(data: Any, budget: int = MAX_SPEC_NODES + 1) -> int:
-    """How many values `data` holds with shared (aliased) parts counted each time; stops past `budget`."""
-    count, stack = 0, [data]
-    while stack and count <= budget:
-        item = stack.pop()
-        count += 1
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
-
-
-def one_line(message: str, limit: int = 2000) -> str:
-    """Messages carry what the user wrote (keys, values, paths): newlines and tabs in them must not
-    break the one-line promise, and a 5,000-character value is cut, not printed whole."""
-    flat = " ".join(message.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def describe_error(exc: ValidationError, data: Any = None) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    where = _location(first["loc"], data) or "(top level)"
-    message = first["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif first["type"] == "missing":
-        message = "required field is missing"
-    elif "input" in first and first["type"] not in ("model_type",) and not isinstance(first["input"], dict | list):
-        shown = repr(first["input"])
-        message = f"{message}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {message}{more}"
-
-
-def model_batch_sizes(spec: SweepSpec, model: ModelSpec) -> list[int]:
-    """Every batch size some build of `model` runs at (farm.run.plan's rule: a block's own batch sizes, else
-    the sweep's, kept only where the model takes them)."""
-    found: set[int] = set()
-    for blocks in spec.backends.enabled().values():
-        for block in blocks:
-            if block.models is None or model.name in block.models:
-                found |= {b for b in block.batch_sizes or spec.batch_sizes if model.batch_sizes is None or b in model.batch_sizes}
-    return sorted(found or set(model.batch_sizes or spec.batch_sizes))
-
-
-def resource_problem(spec: SweepSpec) -> str | None:
-    """The first model whose input would not fit the memory bound, as `field: what and why`, or None.
-
-    The estimate is input values x batch x 4 bytes x ACTIVATION_FACTOR per batch (a worker's
-    export, build or benchmark), and the calibration and held-out rows the driver holds at once;
-    both must stay under `limits.memory_gib`."""
-    limit = spec.limits.memory_gib * 2**30
-    rows = spec.calibration.samples + spec.fidelity.samples
-    for i, model in enumerate(spec.models):
-        values = math.prod(model.input_shape)
-        batch = max(model_batch_sizes(spec, model))
-        need = values * batch * BYTES_PER_VALUE * ACTIVATION_FACTOR
-        if need > limit:
-            return (f"models[{i}].input_shape: {list(model.input_shape)} at batch {batch} needs about {_gib(need)} "
-                    f"({values:,} values x batch {batch} x {BYTES_PER_VALUE} bytes x {ACTIVATION_FACTOR} for activations), "
-                    f"over limits.memory_gib {spec.limits.memory_gib:g}")
-        held = values * rows * BYTES_PER_VALUE
-        if held > limit:
-            return (f"models[{i}].input_shape: {rows} rows of {list(model.input_shape)} (calibration.samples + fidelity.samples) "
-                    f"need about {_gib(held)} in the driver, over limits.memory_gib {spec.limits.memory_gib:g}")
-    return None
-
-
-def _gib(size: int) -> str:
-    return f"{size / 2**30:,.0f} GiB" if size >= 2**30 else f"{size / 2**20:,.0f} MiB"
-
-
-def _location(loc: tuple[Any, ...], data: Any = None) -> str:
-    """`a.b[0].c` for pydantic's ("a", "b", 0, "c"); an index the spec never wrote (a mapping read as a
-    one-block list) is left out, so the path is the one the user typed."""
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int) and isinstance(data, dict):
-            continue  # the validator wrapped this mapping in a list: the user wrote no index
-        if isinstance(data, dict):
-            data = data.get(item)
-        elif isinstance(data, list) and isinstance(item, int) and 0 <= item < len(data):
-            data = data[item]
-        else:
-            data = None
-        if isinstance(item, int):
-            parts[-1:] = [f"{parts[-1] if parts else ''}[{item}]"]
-        else:
-            parts.append(str(item))
-    return ".".join(parts)
-
-
-def content_digest(path: Path) -> str:
-    """A content hash of input data (a folder's files or one file): a changed image means new
-    calibration ranges, references and fidelity."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
-    for file in files:
-        digest.update(file.name.encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()[:32]
-
-
-def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
-    """Fail before any work (before Ray starts) when the spec points at sources that cannot serve:
-    a torchvision name torchvision lacks, a factory that cannot be imported or has no such function,
-    an ONNX source that is missing, a directory, too large or with external data outside its folder;
-    calibration or fidelity data that is missing or holds too few samples (counted from file
-    headers, nothing decoded) or array rows holding NaN or Inf; a labels file that is not a file.
-    Raises SpecError, one line."""
-    from workers.calibration import CalibrationDataError, count_samples, nonfinite_problem
-    from workers.models import external_data_problem, onnx_file_problem
-
-    for i, model in enumerate(spec.models):
-        problem = _source_problem(model)
-        if problem:
-            raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}"))
-        if model.source.endswith(".onnx"):
-            path = Path(model.ref(base).source)
-            problem = onnx_file_problem(path)
-            if problem:
-                where = " (relative paths start at the spec's folder)" if not path.exists() else ""
-                raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}{where}"))
-            proto = _parsed_onnx(path)  # once: the graph with its inline weights, never the external data
-            if proto is not None:
-                found = external_data_problem(proto)
-                problem = (f"{path}: {found}" if found else None) or _onnx_input_problem(proto, path, model, model_batch_sizes(spec, model), i)
-                if problem:
-                    raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}"))
-    for field, path, needed in _data_needs(spec, base):
-        if not path.exists():
-            raise SpecError(one_line(f"{spec_path}: {field}: {path} does not exist (relative paths start at the spec's folder)"))
-        try:
-            count = count_samples(path)
-            for model in spec.models:
-                usable = count.samples(model.input_shape)
-                if usable < needed:
-                    detail = f"; {len(count.skipped)} skipped, first: {count.skipped[0]}" if count.skipped else ""
-                    raise SpecError(one_line(f"{spec_path}: {field}: {path} holds {usable} usable samples, {needed} needed{detail}"))
-            if (problem := nonfinite_problem(path)) is not None:
-                raise SpecError(one_line(f"{spec_path}: {field}: {problem}"))
-        except CalibrationDataError as exc:
-            raise SpecError(one_line(f"{spec_path}: {field}: {exc}")) from None
-        except OSError as exc:
-            raise SpecError(one_line(f"{spec_path}: {field}: cannot read {path} ({exc.strerror or exc})")) from None
-    labels = spec.fidelity.labels_file(base)
-    if labels is not None and not labels.is_file():
-        raise SpecError(one_line(f"{spec_path}: fidelity.labels: {labels} is not a file"))
-
-
-def _source_problem(model: ModelSpec) -> str | None:
-    """Why a torchvision or factory source cannot be loaded, found without importing torch: a torchvision
-    name it does not have (the closest suggested), a factory module not on the path, one that does not
-    parse, or one without the function. A driver without torchvision leaves that to the export stage."""
-    from workers.sources import closest, factory_problem, search_path, torchvision_models
-
-    kind, _, name = model.source.partition(":")
-    if kind == "torchvision":
-        known = torchvision_models(search_path())
-        return f"torchvision has no model named {name!r}{closest(name, known)}" if known is not None and name not in known else None
-    return None if model.source.endswith(".onnx") else factory_problem(model.source, search_path())
-
-
-def _onnx_input_problem(proto: Any, path: Path, model: ModelSpec, batches: list[int], index: int) -> str | None:
-    """Where an ONNX file's graph input contradicts the spec: a batch dimension fixed at one size while
-    others are asked for (what a default torch.onnx.export leaves), or fixed dimensions other than
-    input_shape. Either fails every job of the model mid-sweep."""
-    initializers = {i.name for i in proto.graph.initializer}
-    graph_input = next((i for i in proto.graph.input if i.name not in initializers), None)
-    if graph_input is None or not graph_input.type.tensor_type.HasField("shape"):
-        return None
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
-    shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-    if not dims:
-        return None
-    fixed_batch = dims[0]
-    if fixed_batch is not None and any(b != fixed_batch for b in batches):
-        return (f"{path.name} fixes input {graph_input.name!r} at batch {fixed_batch} (shape {shown}) but batch sizes "
-                f"{', '.join(map(str, batches))} are asked for: export with dynamic_axes={{{graph_input.name!r}: {{0: 'batch'}}}}, "
-                f"or give this model batch_sizes: [{fixed_batch}]")
-    sample = dims[1:]
-    if len(sample) != len(model.input_shape) or any(d is not None and d != want for d, want in zip(sample, model.input_shape, strict=False)):
-        return (f"{path.name}'s input {graph_input.name!r} has shape {shown} but models[{index}].input_shape is "
-                f"{list(model.input_shape)}: give input_shape: [{', '.join('?' if d is None else str(d) for d in sample)}]")
-    return None
-
-
-def _parsed_onnx(path: Path) -> Any:
-    """The ONNX file's graph without external data, or None where it does not parse: the export stage
-    records why (a broken model fails alone, the sweep goes on)."""
-    import onnx
-
-    try:
-        return onnx.load_model(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - any parse failure: reported by the export job
-        return None
-
-
-def _data_needs(spec: SweepSpec, base: Path) -> list[tuple[str, Path, int]]:
-    """(field, path, samples needed) of the data the sweep reads: held-out rows always, calibration rows
-    for int8 / fp8; one path serving both must hold both (farm.run.plan.data_refs takes them from its two ends)."""
-    fidelity = spec.fidelity.folder(base, spec.calibration)
-    field = "fidelity.data" if spec.fidelity.data else "calibration.data"
-    if not spec.needs_calibration():
-        return [(field, fidelity, spec.fidelity.samples)]
-    calibration = spec.calibration.folder(base)
-    if calibration.resolve() == fidelity.resolve():
-        return [("calibration.data", calibration, spec.calibration.samples + spec.fidelity.samples)]
-    return [(field, fidelity, spec.fidelity.samples), ("calibration.data", calibration, spec.calibration.samples)]
