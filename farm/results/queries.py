@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
@@ -26,9 +26,18 @@ ROWS = schema.STAGE_TABLES
 
 # --- The rows winners, reports and the CLI read (farm.results.select, farm.results.report, farm.cli) ---
 
-def _in_sweep(sweep_id: int, stage: str) -> Select[Any]:
-    """The keys of a sweep's jobs of one stage."""
-    return select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == stage)
+Query = TypeVar("Query", bound=Select)  # a query of any row shape
+
+
+def _filtered(query: Query, model: str | None, target: str | None, sweep_id: int | None, key: Any, stage: str) -> Query:
+    """`query` for one model, targets whose id contains `target`, and the rows whose `key` the sweep's jobs of `stage` had."""
+    if model:
+        query = query.where(schema.Model.name == model)
+    if target:
+        query = query.where(schema.Build.target_id.icontains(target, autoescape=True))
+    if sweep_id is not None:
+        query = query.where(key.in_(select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == stage)))
+    return query
 
 
 def benchmarked(s: Session, *, model: str | None = None, target: str | None = None,
@@ -44,13 +53,7 @@ def benchmarked(s: Session, *, model: str | None = None, target: str | None = No
         .outerjoin(schema.Reference, schema.Reference.key == schema.Fidelity.reference_key)
         .where(schema.Benchmark.status == "ok", schema.Build.status == "ok")
     )
-    if model:
-        query = query.where(schema.Model.name == model)
-    if target:
-        query = query.where(schema.Build.target_id.icontains(target, autoescape=True))
-    if sweep_id is not None:
-        query = query.where(schema.Benchmark.key.in_(_in_sweep(sweep_id, "benchmark")))
-    return [tuple(row) for row in s.execute(query)]
+    return [tuple(row) for row in s.execute(_filtered(query, model, target, sweep_id, schema.Benchmark.key, "benchmark"))]
 
 
 def built_not_timed(s: Session, *, model: str | None = None, target: str | None = None,
@@ -66,13 +69,7 @@ def built_not_timed(s: Session, *, model: str | None = None, target: str | None 
         .where(schema.Build.status == "ok", schema.Target.kind == "rtx", ~timed.exists())
         .order_by(schema.Model.name, schema.Build.target_id, schema.Build.label)
     )
-    if model:
-        query = query.where(schema.Model.name == model)
-    if target:
-        query = query.where(schema.Build.target_id.icontains(target, autoescape=True))
-    if sweep_id is not None:
-        query = query.where(schema.Build.key.in_(_in_sweep(sweep_id, "build")))
-    return [tuple(row) for row in s.execute(query)]
+    return [tuple(row) for row in s.execute(_filtered(query, model, target, sweep_id, schema.Build.key, "build"))]
 
 
 def retimings(s: Session) -> list[schema.Retime]:
@@ -84,11 +81,7 @@ def rejected_variant_rows(s: Session, *, model: str | None = None, sweep_id: int
     """Variants judged not viable (status "rejected") as (variant, model), by model, precision and method."""
     query = (select(schema.Variant, schema.Model).join(schema.Model, schema.Variant.model_key == schema.Model.key)
              .where(schema.Variant.status == "rejected").order_by(schema.Model.name, schema.Variant.precision, schema.Variant.method))
-    if model:
-        query = query.where(schema.Model.name == model)
-    if sweep_id is not None:
-        query = query.where(schema.Variant.key.in_(_in_sweep(sweep_id, "variant")))
-    return [tuple(row) for row in s.execute(query)]
+    return [tuple(row) for row in s.execute(_filtered(query, model, None, sweep_id, schema.Variant.key, "variant"))]
 
 
 def stored_targets(s: Session, ids: set[str]) -> list[schema.Target]:
@@ -107,6 +100,8 @@ def target_ids(s: Session, containing: str | None = None) -> list[str]:
     if containing is not None:
         query = query.where(schema.Target.id.contains(containing))
     return sorted(s.scalars(query))
+
+
 def sweep_status(status: str, heartbeat: datetime | None, started: datetime, now: datetime | None = None,
                  finished: datetime | None = None) -> str:
     """What a person is told of a sweep: its stored status, except that a "running" sweep whose driver
