@@ -304,7 +304,7 @@ def test_pareto_front(seeded: Seeded, store: Store) -> None:
     assert [(c.precision, c.backend) for c in front] == [
         ("int8", "tensorrt"), ("fp16", "tensorrt"), ("fp16", "tensorrt"), ("fp32", "tensorrt"), ("fp32", "onnxruntime"),
     ]
-    assert all(a.p50_ms < b.p50_ms and a.top1_agreement < b.top1_agreement for a, b in zip(front, front[1:]))  # type: ignore[operator]
+    assert all(a.p50 < b.p50 and a.top1_agreement < b.top1_agreement for a, b in zip(front, front[1:]))  # type: ignore[operator]
     dominated = [c for c in group if c not in front]
     assert [c.backend for c in dominated] == ["torch"]  # slower than onnxruntime at the same agreement (1.0)
     assert winners(group, "p50", 0.99)[0].build_key in {c.build_key for c in front}

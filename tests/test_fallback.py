@@ -280,3 +280,26 @@ def test_the_fallback_judges_by_evidence_where_the_spec_does() -> None:
     assert not evidence.passes(confident) and not bare.passes(confident)  # a confident flip fp32 did not make itself
     assert Threshold(top1_agreement=0.99, confident_margin=0.1, noise_flipped=(0,)).passes(confident)  # ... unless it did
     assert "no confident flip" in evidence.describe() and evidence.describe() != bare.describe()
+
+
+def test_the_fallback_and_eligibility_judge_top1_by_one_rule() -> None:
+    """workers.stats.top1_rule is the one evidence rule: on every case the fallback's Threshold passes exactly the
+    variants that eligibility (farm.results.evidence.judge) lets through, and the cases cover both answers."""
+    from farm.results.evidence import Evidence, NoiseFloor, judge
+    from workers.fidelity import Fidelity
+
+    margins = tuple([0.9] * 22 + [0.01, 0.02])  # fp32 is sure of images 0-21 and torn on 22 and 23
+    cases = [  # (agreed of 24, flipped, what fp32 itself flips under its shift)
+        (24, (), ()), (22, (22, 23), ()), (22, (22, 23), (5, 22, 23)), (23, (0,), ()), (23, (0,), (0,)),
+        (21, (0, 22, 23), (0, 1, 2)), (20, (0, 1, 22, 23), (0, 1, 2)), (23, (23,), ()), (22, (0, 1), (0, 1)),
+    ]
+    answers = set()
+    for floor in (0.9, 0.99):
+        for agreed, flipped, noise in cases:
+            result = Fidelity(24, agreed / 24, 1.0, 0.999, 0.99, 0.1, agreed=agreed, flipped=flipped, reference_margins=margins)
+            passes = Threshold(top1_agreement=floor, confident_margin=0.1, noise_flipped=noise).passes(result)
+            shifted = NoiseFloor("2-pixel shift", 24, 24 - len(noise), noise) if noise else None
+            eligible = judge(Evidence("top-1", 24, agreed, flipped, margins, noise=shifted), floor, "evidence", 0.1).eligible
+            assert passes == eligible, (floor, agreed, flipped, noise)
+            answers.add(passes)
+    assert answers == {True, False}

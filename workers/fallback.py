@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 
 from workers import fidelity as fidelity_
-from workers.stats import wilson
+from workers.stats import top1_rule
 from workers import qdq_sides
 from workers.qdq_sides import Side, channel_sqnr_db
 from workers.cpu_sessions import cpu_session, fake_quant_session
@@ -77,10 +77,9 @@ class Threshold:
             return result.top1_agreement >= self.top1_agreement
         if result.nonfinite:
             return False
-        noise = set(self.noise_flipped)
-        confident = [i for i in result.flipped if result.reference_margins[i] >= self.confident_margin and i not in noise]
-        within_noise = len(result.flipped) <= len(noise)
-        return not confident and (wilson(result.agreed, result.samples)[1] >= self.top1_agreement or within_noise)
+        # fp32's flips under the shift are all this knows of the noise floor, measured on these images
+        return top1_rule(result.agreed, result.samples, result.flipped, result.reference_margins, self.top1_agreement,
+                         self.confident_margin, noise_flipped=self.noise_flipped, noise_disagreed=len(self.noise_flipped)).eligible
 
     def describe(self) -> str:
         top1 = (f"top-1 agreement >= {self.top1_agreement}" if self.confident_margin is None else

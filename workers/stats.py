@@ -3,6 +3,8 @@ judged on the same images really differ. Plain math (no scipy): the dashboard im
 
 - `wilson`: the 95% Wilson score interval on a proportion. Unlike the normal approximation it
   stays inside [0, 1] and is honest at 0/n and n/n, which is where fidelity results live.
+- `top1_rule`: the evidence rule of top-1 eligibility (docs/verdicts.md), written once: eligibility
+  (farm.results.evidence) and the precision fallback (workers.fallback) both judge with it.
 - `mcnemar`: the exact conditional McNemar test on the discordant pairs of two paired binary
   outcomes (image agrees with fp32 under candidate A, under candidate B), with its mid-p variant,
   which Fagerland, Lydersen and Laake (2013) recommend over the conservative exact p.
@@ -11,7 +13,7 @@ judged on the same images really differ. Plain math (no scipy): the dashboard im
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 Z95 = 1.959963984540054  # the standard normal's 97.5th percentile
@@ -67,3 +69,37 @@ def paired(first_wrong: Sequence[int], second_wrong: Sequence[int], n: int) -> M
     if any(not 0 <= i < n for i in a | b):
         raise ValueError(f"image indices outside 0..{n - 1}")
     return mcnemar(len(b - a), len(a - b))
+
+
+def blamed_flips(flipped: Sequence[int], margins: Sequence[float], margin: float, excused: Collection[int] = ()) -> list[int]:
+    """Flipped images on which fp32 was sure (its softmax margin p1 - p2 at least `margin`), less those fp32's
+    own shifted run flipped too (`excused`): the flips a candidate is to blame for."""
+    return [i for i in flipped if i < len(margins) and margins[i] >= margin and i not in excused]
+
+
+@dataclass(frozen=True)
+class Top1Rule:
+    """What the evidence rule found of one k-of-n agreement against a floor."""
+
+    blamed: tuple[int, ...]  # confident flips fp32 did not make itself: any one excludes
+    interval: tuple[float, float]  # the 95% Wilson interval of k/n
+    within_noise: bool  # it disagrees on no more images than fp32 does with itself
+    floor: float
+
+    @property
+    def reaches_floor(self) -> bool:
+        """The Wilson upper bound reaches the floor, or the candidate is no worse than fp32 under its own shift."""
+        return self.interval[1] >= self.floor or self.within_noise
+
+    @property
+    def eligible(self) -> bool:
+        return not self.blamed and self.reaches_floor
+
+
+def top1_rule(agreed: int, samples: int, flipped: Sequence[int], margins: Sequence[float], floor: float, margin: float, *,
+              noise_flipped: Collection[int] = (), noise_disagreed: int | None = None) -> Top1Rule:
+    """The evidence rule: no confident flip that fp32's own shifted run did not make too, and the Wilson upper
+    bound of k/n reaches `floor`, or no more disagreement than fp32's with itself (`noise_disagreed`: None
+    where no noise floor was measured on these images)."""
+    within = noise_disagreed is not None and samples - agreed <= noise_disagreed
+    return Top1Rule(tuple(blamed_flips(flipped, margins, margin, set(noise_flipped))), wilson(agreed, samples), within, floor)

@@ -12,10 +12,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
-from farm.results.metrics import METRICS
+from farm.results.metrics import METRICS, SUMMARY_FIDELITY, TIMING_METRICS
 from farm.results.queries import BuildDetail
-
-TIMING_METRICS = ("p50", "p99", "throughput", "cv")
 
 st.title("Compare")
 at = data.where()
@@ -79,7 +77,7 @@ def summary(build: BuildDetail) -> dict[str, Any]:
                               "engine MB": None if build.engine_bytes is None else round(build.engine_bytes / 1e6, 2),
                               "build s": None if build.seconds is None else round(build.seconds, 1)}
     if build.fidelity:
-        fields |= {METRICS[m].header: METRICS[m].format(build.fidelity[m]) for m in ("top1_agreement", "cosine")}
+        fields |= {METRICS[m].header: METRICS[m].format(build.fidelity[m]) for m in SUMMARY_FIDELITY}
     return fields
 
 

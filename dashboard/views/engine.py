@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import data
 from farm.results.delivery import ENGINE_SUFFIX
+from farm.results.metrics import LATENCY_OBJECTIVES
 
 st.title("Engine")
 at = data.where()
@@ -77,7 +78,7 @@ with tabs[0]:
             batch = st.radio("Batch size", [b["batch_size"] for b in timed], horizontal=True, key="histogram_batch")
             chosen = next(b for b in timed if b["batch_size"] == batch)
             figure = go.Figure(go.Histogram(x=chosen["raw_ms"], nbinsx=60, name="latency"))
-            for name, colour in (("p50", "green"), ("p99", "red")):
+            for name, colour in zip(LATENCY_OBJECTIVES, ("green", "red", "blue"), strict=False):
                 if chosen[name] is not None:
                     figure.add_vline(x=chosen[name], line_dash="dash", line_color=colour, annotation_text=name)
             figure.update_layout(xaxis_title="latency per iteration (ms)", yaxis_title="iterations", height=360,

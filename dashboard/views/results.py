@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import data
 from farm.results import queries
+from farm.results.metrics import RESULT_METRICS
 
 PAGE_SIZES = (50, 100, 250)
 
@@ -50,9 +51,9 @@ event = st.dataframe(
     on_select="rerun",
     selection_mode="single-row",
     hide_index=True,
-    column_order=["model", "target", "backend", "precision", "batch", "status", *queries.RESULT_METRICS, "engine_MB", "options", "error"],
+    column_order=["model", "target", "backend", "precision", "batch", "status", *RESULT_METRICS, "engine_MB", "options", "error"],
     column_config={
-        **{metric: data.column(metric) for metric in queries.RESULT_METRICS},
+        **{metric: data.column(metric) for metric in RESULT_METRICS},
         "engine_MB": st.column_config.NumberColumn("engine MB", format="%.2f"),
     },
 )

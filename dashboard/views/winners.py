@@ -9,21 +9,20 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
-from farm.results.metrics import METRICS
+from farm.results.metrics import CONSTRAINED_METRICS, METRICS, OBJECTIVES, Objective
 from farm.results.evidence import RULES
-from farm.results.select import OBJECTIVES, RANDOM_WEIGHTS, Candidate, Constraints, Objective, answers, pareto_front
+from farm.results.select import RANDOM_WEIGHTS, Candidate, Constraints, answers, pareto_front
 from farm.results.verdict import short
 
-AXIS = {"p50": ("p50_ms", "p50 latency (ms)"), "p99": ("p99_ms", "p99 latency (ms)"), "throughput": ("throughput", "throughput (samples/s)")}
-OBJECTIVE_NAMES = {"p50": "p50 latency", "p99": "p99 latency", "throughput": "throughput"}
+# An objective in words, and as a chart's axis with its unit (farm.results.metrics).
+OBJECTIVE_NAMES: dict[str, str] = {m: f"{m} latency" if METRICS[m].unit == "ms" else m for m in OBJECTIVES}
+AXIS: dict[str, str] = {m: f"{OBJECTIVE_NAMES[m]} ({METRICS[m].unit})" for m in OBJECTIVES}
 COLOURS = {"tensorrt": "#76b900", "onnxruntime": "#1f77b4", "torch": "#ee4c2c"}
 SYMBOLS = {"fp32": "circle", "fp16": "diamond", "bf16": "diamond-open", "int8": "square", "fp8": "triangle-up"}
-# The constraint a page sets: its metric, the slider's label, range and default; accuracy drop is a maximum.
-CONSTRAINTS = {
-    "top1_agreement": ("Minimum top-1 agreement with fp32", 0.5, 1.0, 0.99),
-    "cosine": ("Minimum mean cosine with fp32", 0.9, 1.0, 0.999),
-    "accuracy": ("Maximum labelled accuracy drop", 0.0, 0.2, 0.01),
-}
+# The constraint a page sets, per metric of CONSTRAINED_METRICS: the slider's label, range and default; accuracy drop is a maximum.
+SLIDERS = (("Minimum top-1 agreement with fp32", 0.5, 1.0, 0.99), ("Minimum mean cosine with fp32", 0.9, 1.0, 0.999),
+           ("Maximum labelled accuracy drop", 0.0, 0.2, 0.01))
+CONSTRAINTS = dict(zip(CONSTRAINED_METRICS, SLIDERS, strict=True))
 
 st.title("Winners")
 at = data.where()
@@ -63,9 +62,9 @@ if best:
     table = pd.DataFrame(
         [
             {"model": c.model, "target": c.target, "batch": c.batch_size, "winner": c.engine,
-             "p50 ms": c.p50_ms, "p99 ms": c.p99_ms, "samples/s": c.throughput, "top-1 agr.": c.top1_agreement,
+             "p50 ms": c.p50, "p99 ms": c.p99, "samples/s": c.throughput, "top-1 agr.": c.agreement_share,
              "agreement": c.agreement, "noise floor": c.evidence.noise.describe() if c.evidence and c.evidence.noise else "-",
-             "cosine": c.cosine_mean, "vs torch": _times(c.speedup_vs_torch), "vs fp32": _times(c.speedup_vs_fp32),
+             "cosine": c.cosine, "vs torch": _times(c.speedup_vs_torch), "vs fp32": _times(c.speedup_vs_fp32),
              "verdict": short(c.verdict), "runner-up": c.runner_up or "-",
              "quantized": "-" if c.quantized_fraction is None else f"{c.quantized_fraction:.0%}", "build": c.label}
             for c in best
@@ -147,15 +146,14 @@ for c in best:
 
 
 def pareto_chart(group: list[Candidate], objective: Objective, floor: float, winner: Candidate | None) -> go.Figure:
-    column, title = AXIS[objective]
-    y_of = {"top1_agreement": lambda c: c.top1_agreement, "cosine": lambda c: c.cosine_mean,
+    y_of = {"top1_agreement": lambda c: c.agreement_share, "cosine": lambda c: c.cosine,
             "accuracy": lambda c: None if c.value("accuracy") is None or c.value("reference_accuracy") is None
             else (c.value("reference_accuracy") or 0.0) - (c.value("accuracy") or 0.0)}[metric]
     measured = [c for c in group if y_of(c) is not None]
     front = pareto_front(measured, objective, y_of, higher_is_better=metric != "accuracy")
 
     def x(c: Candidate) -> float:
-        return float(getattr(c, column))
+        return c.value(objective) or 0.0
 
     figure = go.Figure()
     for backend in sorted({c.backend for c in measured}):
@@ -172,7 +170,7 @@ def pareto_chart(group: list[Candidate], objective: Objective, floor: float, win
         figure.add_trace(go.Scatter(x=[x(winner)], y=[y_of(winner)], mode="markers", name="winner",
                                     marker={"symbol": "star", "size": 18, "color": "gold", "line": {"width": 1, "color": "black"}}))
     figure.add_hline(y=floor, line_dash="dash", line_color="red", annotation_text=f"{'ceiling' if metric == 'accuracy' else 'floor'} {floor:.3f}")
-    figure.update_layout(xaxis_title=title, yaxis_title=METRICS[metric].header + (" drop" if metric == "accuracy" else ""), height=360, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    figure.update_layout(xaxis_title=AXIS[objective], yaxis_title=METRICS[metric].header + (" drop" if metric == "accuracy" else ""), height=360, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                          legend={"orientation": "h", "y": -0.25})
     return figure
 

@@ -264,22 +264,19 @@ def _why_no_answer(s: Any, found: list[Any], model: str | None, target: str | No
                    constraints: Any) -> tuple[str, int]:
     """Advice that fits: a filter that names nothing (a typo: exit 2), an empty store, or constraints
     nothing meets (exit 3), with the best value reached."""
-    from sqlalchemy import select
+    from farm.results import queries
 
-    from farm.store import schema
-
-    if model is not None and s.scalar(select(schema.Model.key).where(schema.Model.name == model).limit(1)) is None:
-        known = sorted(set(s.scalars(select(schema.Model.name))))
+    if model is not None and model not in (known := queries.model_names(s)):
         return f"--model {model!r}: no such model in the store (known: {', '.join(known) or 'none'})", BAD_INPUT
-    if sweep_id is not None and s.get(schema.Sweep, sweep_id) is None:
+    if sweep_id is not None and queries.sweep(s, sweep_id) is None:
         return f"--sweep {sweep_id}: no such sweep", BAD_INPUT
-    if target is not None and s.scalar(select(schema.Target.id).where(schema.Target.id.contains(target)).limit(1)) is None:
-        known = sorted(s.scalars(select(schema.Target.id)))
+    if target is not None and not queries.target_ids(s, containing=target):
+        known = queries.target_ids(s)
         return f"--target {target!r}: no such target in the store (known: {'; '.join(known) or 'none'})", BAD_INPUT
     if not found:
         return "no benchmarked build yet" + (" for these filters" if model or target or sweep_id else "") + ": run `farm sweep SPEC`", NOTHING
-    closest = max(found, key=lambda c: (c.evidence.interval[1] if c.evidence else c.top1_agreement or 0.0))
-    reached = closest.evidence.describe(constraints.confident_margin) if closest.evidence else f"top-1 agreement {closest.top1_agreement}"
+    closest = max(found, key=lambda c: (c.evidence.interval[1] if c.evidence else c.agreement_share or 0.0))
+    reached = closest.evidence.describe(constraints.confident_margin) if closest.evidence else f"top-1 agreement {closest.agreement_share}"
     missed = "; ".join(constraints.failures(closest))
     return (f"no build meets {constraints.describe()} among {len(found)} benchmarks (closest: {closest.engine}, {reached}: {missed}); "
             "relax the constraints (--min-top1-agreement ...)"), NOTHING

@@ -19,7 +19,7 @@ from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
-from farm.results.select import OBJECTIVES, Objective
+from farm.results.metrics import OBJECTIVES, Objective
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import STORE_ATTRIBUTE, FailedAt, farm_tables, has_schema, head_revision, make_engine, schema_revision, shown_url, store_name
 from farm.store.record import close_abandoned, plain

@@ -14,9 +14,9 @@ from rich.table import Table
 
 from farm.run.jobs import Job, Plan, TargetGroup
 from farm.run.stages import STAGES
-from farm.results.metrics import METRICS
+from farm.results.metrics import METRICS, WINNER_METRICS, Objective
 from farm.results.evidence import CONFIDENT_MARGIN
-from farm.results.select import RANDOM_WEIGHTS, Answer, Candidate, Objective, Untimed
+from farm.results.select import RANDOM_WEIGHTS, Answer, Candidate, Untimed
 from farm.results.verdict import short as verdict_short
 from workers.backends import BACKENDS
 from workers.backends.base import version_key
@@ -77,8 +77,6 @@ class SweepProgress:
         with self.progress:
             yield self
 
-
-WINNER_METRICS = ("p50", "p99", "throughput", "cv", "top1_agreement")
 
 
 def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Table:
@@ -159,8 +157,10 @@ def candidate_json(c: Candidate, provenance: dict[str, Any] | None = None, margi
     found["evidence"] = c.evidence.to_json(margin) if c.evidence is not None else None
     notes = [n for n in (RANDOM_WEIGHTS if c.random_weights else None,
                          f"{c.reference_note}: a speed result over the builds with finite outputs" if c.reference_note else None) if n]
-    return found | {"engine": c.engine, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "throughput": c.throughput,
-                    "cv": c.cv, "top1_agreement": c.top1_agreement, "cosine_mean": c.cosine_mean,
+    # "top1_agreement" is the share the floor read: a detector's box recall there is kept for scripts reading it,
+    # under its own name in "box_recall" (and both in "metrics")
+    return found | {"engine": c.engine, "p50_ms": c.p50, "p99_ms": c.p99, "throughput": c.throughput,
+                    "cv": c.cv, "top1_agreement": c.agreement_share, "box_recall": c.box_recall, "cosine_mean": c.cosine,
                     "speed_only": c.reference_note is not None, "note": "; ".join(notes) or None} | (provenance or {})
 
 

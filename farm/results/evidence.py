@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from workers.stats import McNemar, paired, wilson
+from workers.stats import McNemar, Top1Rule, blamed_flips, paired, top1_rule, wilson
 
 Rule = Literal["evidence", "threshold"]
 RULES: tuple[Rule, ...] = ("evidence", "threshold")
@@ -86,16 +86,23 @@ class Evidence:
 
     def confident_flips(self, margin: float = CONFIDENT_MARGIN) -> list[int]:
         """Flipped images on which fp32 was sure (its margin at least `margin`)."""
-        return [i for i in self.flipped if i < len(self.margins) and self.margins[i] >= margin]
+        return blamed_flips(self.flipped, self.margins, margin)
+
+    def rule(self, floor: float, margin: float = CONFIDENT_MARGIN) -> Top1Rule:
+        """The evidence rule (workers.stats.top1_rule) on these counts, with fp32's noise floor where it was
+        measured on as many images (boxes)."""
+        noise = self.noise if self.noise is not None and self.noise.samples == self.samples else None
+        return top1_rule(self.agreed, self.samples, self.flipped, self.margins, floor, margin,
+                         noise_flipped=self.noise.flipped if self.noise is not None else (),
+                         noise_disagreed=noise.disagreed if noise is not None else None)
 
     def blamed_flips(self, margin: float = CONFIDENT_MARGIN) -> list[int]:
         """Confident flips that fp32's own shifted run did not make too: the ones the candidate is to blame for."""
-        excused = set(self.noise.flipped) if self.noise is not None else set()
-        return [i for i in self.confident_flips(margin) if i not in excused]
+        return list(self.rule(1.0, margin).blamed)
 
     def within_noise(self) -> bool:
         """It disagrees with fp32 on no more images (boxes) than fp32 does with itself: not worse than fp32."""
-        return self.noise is not None and self.noise.samples == self.samples and self.samples - self.agreed <= self.noise.disagreed
+        return self.rule(1.0).within_noise
 
     def versus(self, other: Evidence) -> McNemar | None:
         """The paired test of this build's agreement against another's on the same images (None: not comparable)."""
@@ -180,11 +187,11 @@ def judge(evidence: Evidence | None, floor: float | None, rule: Rule, margin: fl
                            + (f" ({evidence.describe(margin)})" if evidence is not None else "")])
         return Judged()
     missed = []
-    blamed = evidence.blamed_flips(margin)
-    if blamed:
-        missed.append(f"{len(blamed)} confident flip{'s' if len(blamed) != 1 else ''} (fp32 margin >= {margin})")
-    low, high = evidence.interval
-    if high < floor and not evidence.within_noise():
+    found = evidence.rule(floor, margin)
+    if found.blamed:
+        missed.append(f"{len(found.blamed)} confident flip{'s' if len(found.blamed) != 1 else ''} (fp32 margin >= {margin})")
+    low, high = found.interval
+    if not found.reaches_floor:
         noise = f"; {evidence.noise.describe()}" if evidence.noise is not None else ""
         missed.append(f"{evidence.metric} {evidence.agreed}/{evidence.samples} [{low:.2f}, {high:.2f}]: upper bound below {floor}{noise}")
     return Judged(missed)

@@ -82,7 +82,26 @@ METRICS: dict[str, Metric] = {
         Metric("nonfinite", "fidelity", "nonfinite", "non-finite", "", None, "{:d}"),
     )
 }
-OBJECTIVES: tuple[str, ...] = ("p50", "p99", "throughput")  # what winners are chosen by
+Objective = Literal["p50", "p99", "throughput"]
+OBJECTIVES: tuple[Objective, ...] = ("p50", "p99", "throughput")  # what winners are chosen by (--objective, a spec's selection)
+LATENCY_OBJECTIVES: tuple[Objective, ...] = tuple(m for m in OBJECTIVES if METRICS[m].unit == "ms")  # marked on latency histograms
+
+# The subsets every table shows, in column order: a table names one of these, never its own list.
+TIMING_METRICS = ("p50", "p99", "throughput", "cv")  # two builds' timings side by side (the dashboard's Compare)
+WINNER_METRICS = (*TIMING_METRICS, "top1_agreement")  # the terminal's winners table
+RESULT_METRICS = (*WINNER_METRICS, "cosine")  # a results row (farm.results.queries.results, the dashboard's Results)
+REPORT_METRICS = ("p50", "p99", "throughput", "cv", "converged", "top1_agreement", "cosine")  # a winner in the mailable report
+BENCHMARK_METRICS = ("p50", "p90", "p99", "mean", "min", "max", "cv", "throughput", "iterations", "gpu_p50")  # an engine's benchmarks
+FIDELITY_METRICS = ("top1_agreement", "agreement_low", "agreement_high", "top5_agreement", "cosine", "cosine_min", "kl",
+                    "max_abs_error", "accuracy", "reference_accuracy", "box_recall", "box_precision", "nonfinite")  # an engine's fidelity
+SUMMARY_FIDELITY = ("top1_agreement", "cosine")  # a build's fidelity in one line (the dashboard's Compare summary)
+CONSTRAINED_METRICS = ("top1_agreement", "cosine", "accuracy")  # the fidelity metrics a winners constraint is on
+# The agreement a fidelity floor (min_top1_agreement) reads: a classifier's top-1 agreement, a detector's box recall.
+AGREEMENT_METRICS = ("top1_agreement", "box_recall")
+SUBSETS = {"OBJECTIVES": OBJECTIVES, "TIMING_METRICS": TIMING_METRICS, "WINNER_METRICS": WINNER_METRICS,
+           "RESULT_METRICS": RESULT_METRICS, "REPORT_METRICS": REPORT_METRICS, "BENCHMARK_METRICS": BENCHMARK_METRICS,
+           "FIDELITY_METRICS": FIDELITY_METRICS, "SUMMARY_FIDELITY": SUMMARY_FIDELITY,
+           "CONSTRAINED_METRICS": CONSTRAINED_METRICS, "AGREEMENT_METRICS": AGREEMENT_METRICS}
 
 
 def of_table(table: Table) -> list[Metric]:

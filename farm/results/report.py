@@ -15,19 +15,18 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.results import queries
-from farm.results.metrics import METRICS
+from farm.results.metrics import METRICS, REPORT_METRICS
 from farm.results.select import RANDOM_WEIGHTS, Answer, Candidate, Constraints, answers, candidates, rejected_variants, untimed
 from farm.results.verdict import short
-from farm.store import schema
 
 FORMATS = ("csv", "html", "json")
-COLUMNS = ("model", "target", "batch", "engine", "p50 ms", "p50 interval ms", "p99 ms", "samples/s", "cv", "converged",
-           "top-1 agr.", "agreement", "confident flips", "noise floor", "cosine", "vs torch", "verdict", "runner-up", "verdict note",
-           "note")
+# Columns that explain a metric, shown right after it.
+EXPLAINING = {"p50": ("p50 interval ms",), "top1_agreement": ("agreement", "confident flips", "noise floor")}
+COLUMNS = ("model", "target", "batch", "engine", *(h for m in REPORT_METRICS for h in (METRICS[m].header, *EXPLAINING.get(m, ()))),
+           "vs torch", "verdict", "runner-up", "verdict note", "note")
 EXCLUDED_COLUMNS = ("model", "target", "batch", "stage", "engine", "evidence", "reason", "vs winner")
 
 
@@ -50,7 +49,7 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
     groups = answers(found, objective, constraints, refused)
     rows = [a.winner for a in groups if a.winner is not None]
     noisy = [c for c in found if (c.value("cv") or 0) > 0.05 or c.value("converged") is False]
-    targets = session.scalars(select(schema.Target).where(schema.Target.id.in_({c.target for c in found} | {u.target for u in untimed(session, sweep_id=sweep_id)}))).all()
+    targets = queries.stored_targets(session, {c.target for c in found} | {u.target for u in untimed(session, sweep_id=sweep_id)})
     return {
         "sweep": {"id": sweep.id, "name": sweep.name, "status": sweep.status, "spec_path": sweep.spec_path,
                   "started": str(sweep.started_at), "finished": str(sweep.finished_at) if sweep.finished_at else None},
@@ -78,14 +77,15 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
 def _winner(c: Candidate, margin: float) -> dict[str, Any]:
     low, high = c.value("p50_low"), c.value("p50_high")
     e = c.evidence
+    # the agreement column is the share the floor read (a detector's box recall); a timing not measured reads 0
+    shown = {"top1_agreement": c.agreement_share, "p50": c.p50, "p99": c.p99, "throughput": c.throughput, "cv": c.cv}
+    cells = {METRICS[m].header: shown[m] if m in shown else c.value(m) for m in REPORT_METRICS} | {
+        "p50 interval ms": None if low is None or high is None else [low, high], "agreement": c.agreement,
+        "confident flips": len(e.confident_flips(margin)) if e is not None and e.margins else None,
+        "noise floor": e.noise.describe() if e is not None and e.noise is not None else None}
     return {
         "model": c.model, "target": c.target, "batch": c.batch_size, "engine": c.engine, "build_key": c.build_key,
-        "p50 ms": c.p50_ms, "p50 interval ms": None if low is None or high is None else [low, high], "p99 ms": c.p99_ms,
-        "samples/s": c.throughput, "cv": c.cv, "converged": c.value("converged"),
-        "top-1 agr.": c.top1_agreement, "agreement": c.agreement,
-        "confident flips": len(e.confident_flips(margin)) if e is not None and e.margins else None,
-        "noise floor": e.noise.describe() if e is not None and e.noise is not None else None,
-        "cosine": c.cosine_mean, "vs torch": c.speedup_vs_torch,
+        **{column: cells[column] for column in COLUMNS if column in cells}, "vs torch": c.speedup_vs_torch,
         "verdict": short(c.verdict), "runner-up": c.runner_up, "verdict note": c.verdict.note if c.verdict else None,
         "note": c.reference_note, "random weights": c.random_weights, "evidence": e.to_json(margin) if e is not None else None,
     }

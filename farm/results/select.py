@@ -5,20 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.results import verdict
+from farm.results import queries, verdict
 from farm.results.evidence import CONFIDENT_MARGIN, Evidence, Judged, Rule, columns_of, evidence_of, judge
-from farm.results.metrics import METRICS, values
-from farm.results.queries import random_weights
+from farm.results.metrics import AGREEMENT_METRICS, METRICS, Objective, values
 from farm.results.verdict import Verdict
-from farm.store import schema
 
-Objective = Literal["p50", "p99", "throughput"]
-OBJECTIVES: tuple[Objective, ...] = ("p50", "p99", "throughput")
 BASELINE_BACKEND = "torch"
 RANDOM_WEIGHTS = "random weights: a speed result, not an accuracy result"
 
@@ -44,7 +39,7 @@ class Constraints:
 
     def judge(self, c: Candidate) -> Judged:
         """Eligibility with its reasons: the agreement rule first (NaN, a degenerate reference), then the other floors."""
-        found = judge(c.evidence, self.min_top1_agreement, self.rule, self.confident_margin, fallback_share=c.top1_agreement,
+        found = judge(c.evidence, self.min_top1_agreement, self.rule, self.confident_margin, fallback_share=c.agreement_share,
                       nonfinite=int(c.value("nonfinite") or 0))
         if found.speed_only or not found.eligible and c.value("nonfinite"):
             return found  # nothing else means anything against such a reference, or with such outputs
@@ -133,12 +128,13 @@ class Candidate:
     def value(self, metric: str) -> float | None:
         return self.metrics.get(metric)
 
+    # Each metric under its farm.results.metrics name (a timing that was not measured reads 0).
     @property
-    def p50_ms(self) -> float:
+    def p50(self) -> float:
         return self.value("p50") or 0.0
 
     @property
-    def p99_ms(self) -> float:
+    def p99(self) -> float:
         return self.value("p99") or 0.0
 
     @property
@@ -151,13 +147,41 @@ class Candidate:
 
     @property
     def top1_agreement(self) -> float | None:
-        """Top-1 agreement with fp32; for detectors, which have no classes to agree on, box recall."""
-        top1 = self.value("top1_agreement")
-        return top1 if top1 is not None else self.value("box_recall")
+        """A classifier's top-1 agreement with fp32 (None for a detector: see box_recall)."""
+        return self.value("top1_agreement")
+
+    @property
+    def box_recall(self) -> float | None:
+        """A detector's share of fp32's boxes it matched (None for a classifier)."""
+        return self.value("box_recall")
+
+    @property
+    def cosine(self) -> float | None:
+        return self.value("cosine")
+
+    @property
+    def agreement_metric(self) -> str:
+        """The agreement the fidelity floor reads (AGREEMENT_METRICS): top1_agreement, or box_recall for a
+        detector, which has no classes to agree on."""
+        return next((m for m in AGREEMENT_METRICS if self.value(m) is not None), AGREEMENT_METRICS[0])
+
+    @property
+    def agreement_share(self) -> float | None:
+        """The value of agreement_metric: what min_top1_agreement is a floor on."""
+        return self.value(self.agreement_metric)
+
+    # The names before the metric names, kept for callers not yet moved (farm.results.delivery); deprecated.
+    @property
+    def p50_ms(self) -> float:
+        return self.p50
+
+    @property
+    def p99_ms(self) -> float:
+        return self.p99
 
     @property
     def cosine_mean(self) -> float | None:
-        return self.value("cosine")
+        return self.cosine
 
     @property
     def engine(self) -> str:
@@ -181,7 +205,7 @@ class Candidate:
         if self.reference_note:
             return "speed only"
         if self.evidence is None:
-            return METRICS["top1_agreement"].format(self.top1_agreement)
+            return METRICS[self.agreement_metric].format(self.agreement_share)
         low, high = self.evidence.interval
         return f"{self.evidence.agreed}/{self.evidence.samples} [{low:.2f}, {high:.2f}]"
 
@@ -198,26 +222,10 @@ def candidates(
     target: str | None = None,
     sweep_id: int | None = None,
 ) -> list[Candidate]:
-    """Every successful benchmark with its build, variant and fidelity, filtered in SQL."""
-    query = (
-        select(schema.Benchmark, schema.Build, schema.Variant, schema.Model, schema.Fidelity, schema.Reference)
-        .join(schema.Build, schema.Benchmark.build_key == schema.Build.key)
-        .join(schema.Variant, schema.Build.variant_key == schema.Variant.key)
-        .join(schema.Model, schema.Variant.model_key == schema.Model.key)
-        .outerjoin(schema.Fidelity, (schema.Fidelity.build_key == schema.Build.key) & (schema.Fidelity.status == "ok"))
-        .outerjoin(schema.Reference, schema.Reference.key == schema.Fidelity.reference_key)
-        .where(schema.Benchmark.status == "ok", schema.Build.status == "ok")
-    )
-    if model:
-        query = query.where(schema.Model.name == model)
-    if target:
-        query = query.where(schema.Build.target_id.icontains(target, autoescape=True))
-    if sweep_id is not None:
-        in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "benchmark")
-        query = query.where(schema.Benchmark.key.in_(in_sweep))
+    """Every successful benchmark with its build, variant and fidelity, filtered in SQL (farm.results.queries.benchmarked)."""
     retimes = _retimes(session)
     found = []
-    for bench, build, variant, mod, fid, ref in session.execute(query):
+    for bench, build, variant, mod, fid, ref in queries.benchmarked(session, model=model, target=target, sweep_id=sweep_id):
         found.append(
             Candidate(
                 build_key=build.key,
@@ -235,7 +243,7 @@ def candidates(
                 layout_label=(variant.details or {}).get("layout_label", "") if variant.precision == "int8" else "",
                 quantized_fraction=(variant.details or {}).get("quantized_fraction") if variant.method else None,
                 kernel_note=kernel_note(variant.details, fid.cosine_mean if fid else None),
-                random_weights=random_weights(mod.source, mod.weights),
+                random_weights=queries.random_weights(mod.source, mod.weights),
                 evidence=evidence_of(columns_of(fid), ref.noise_floor if ref else None, ref.note if ref else None),
                 retimed=retimes.get((mod.name, build.target_id, bench.batch_size)),
             )
@@ -265,34 +273,17 @@ class Untimed:
 
 def untimed(session: Session, *, model: str | None = None, target: str | None = None, sweep_id: int | None = None) -> list[Untimed]:
     """Every successful build on a build-only target (rtx:*) that has no timings, filtered like candidates()."""
-    timed = select(schema.Benchmark.key).where(schema.Benchmark.build_key == schema.Build.key, schema.Benchmark.status == "ok")
-    query = (
-        select(schema.Build, schema.Variant, schema.Model)
-        .join(schema.Variant, schema.Build.variant_key == schema.Variant.key)
-        .join(schema.Model, schema.Variant.model_key == schema.Model.key)
-        .join(schema.Target, schema.Build.target_id == schema.Target.id)
-        .where(schema.Build.status == "ok", schema.Target.kind == "rtx", ~timed.exists())
-        .order_by(schema.Model.name, schema.Build.target_id, schema.Build.label)
-    )
-    if model:
-        query = query.where(schema.Model.name == model)
-    if target:
-        query = query.where(schema.Build.target_id.icontains(target, autoescape=True))
-    if sweep_id is not None:
-        in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "build")
-        query = query.where(schema.Build.key.in_(in_sweep))
     return [Untimed(build.key, build.label, mod.name, variant.precision, build.backend, build.options, build.target_id,
                     build.engine_bytes, build.seconds, build.engine_sha256, variant.method,
                     (variant.details or {}).get("quantized_fraction") if variant.method else None,
-                    random_weights(mod.source, mod.weights))
-            for build, variant, mod in session.execute(query)]
+                    queries.random_weights(mod.source, mod.weights))
+            for build, variant, mod in queries.built_not_timed(session, model=model, target=target, sweep_id=sweep_id)]
 
 
 def _retimes(session: Session) -> dict[tuple[str, str, int], Retimed]:
     """The newest successful re-timing of each (model, target, batch size) group."""
     found: dict[tuple[str, str, int], Retimed] = {}
-    query = select(schema.Retime).where(schema.Retime.status == "ok").order_by(schema.Retime.created_at)
-    for row in session.scalars(query):
+    for row in queries.retimings(session):
         found[(row.model, row.target_id, row.batch_size)] = Retimed(row.objective, tuple(row.contenders or ()), row.rounds or {}, row.reason)
     return found
 
@@ -371,13 +362,13 @@ def pareto_front(
     fidelity: Callable[[Candidate], float | None] | None = None,
     higher_is_better: bool = True,
 ) -> list[Candidate]:
-    """The candidates no other beats on both the objective and fidelity (top-1 agreement unless
-    `fidelity` reads another metric), best objective first.
+    """The candidates no other beats on both the objective and fidelity (agreement_share: top-1 agreement, a
+    detector's box recall; unless `fidelity` reads another metric), best objective first.
 
     Compare like with like: pass one (model, target, batch size) group. A candidate without a
     fidelity measurement cannot be placed on the fidelity axis and is left out.
     """
-    measure = fidelity or (lambda c: c.top1_agreement)
+    measure = fidelity or (lambda c: c.agreement_share)
     sign = 1.0 if higher_is_better else -1.0
     measured = sorted(
         (c for c in found if measure(c) is not None),
@@ -467,15 +458,8 @@ def _paired(winner: Candidate | None, other: Candidate | None, name: str) -> str
 
 def rejected_variants(session: Session, *, model: str | None = None, sweep_id: int | None = None) -> list[Exclusion]:
     """Variants judged not viable (status "rejected": the fallback refused them) with the numbers they were judged by."""
-    query = (select(schema.Variant, schema.Model).join(schema.Model, schema.Variant.model_key == schema.Model.key)
-             .where(schema.Variant.status == "rejected").order_by(schema.Model.name, schema.Variant.precision, schema.Variant.method))
-    if model:
-        query = query.where(schema.Model.name == model)
-    if sweep_id is not None:
-        in_sweep = select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "variant")
-        query = query.where(schema.Variant.key.in_(in_sweep))
     found = []
-    for variant, mod in session.execute(query):
+    for variant, mod in queries.rejected_variant_rows(session, model=model, sweep_id=sweep_id):
         details = variant.details or {}
         plain = (details.get("fallback") or {}).get("plain")
         engine = " ".join(filter(None, (variant.precision, variant.method, details.get("layout_label"))))
