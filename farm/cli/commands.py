@@ -264,14 +264,14 @@ def _why_no_answer(s: Any, found: list[Any], model: str | None, target: str | No
                    constraints: Any) -> tuple[str, int]:
     """Advice that fits: a filter that names nothing (a typo: exit 2), an empty store, or constraints
     nothing meets (exit 3), with the best value reached."""
-    from farm.results import queries
+    from farm.results import queries, rows
 
-    if model is not None and model not in (known := queries.model_names(s)):
+    if model is not None and model not in (known := rows.model_names(s)):
         return f"--model {model!r}: no such model in the store (known: {', '.join(known) or 'none'})", BAD_INPUT
     if sweep_id is not None and queries.sweep(s, sweep_id) is None:
         return f"--sweep {sweep_id}: no such sweep", BAD_INPUT
-    if target is not None and not queries.target_ids(s, containing=target):
-        known = queries.target_ids(s)
+    if target is not None and not rows.target_ids(s, containing=target):
+        known = rows.target_ids(s)
         return f"--target {target!r}: no such target in the store (known: {'; '.join(known) or 'none'})", BAD_INPUT
     if not found:
         return "no benchmarked build yet" + (" for these filters" if model or target or sweep_id else "") + ": run `farm sweep SPEC`", NOTHING

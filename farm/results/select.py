@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from farm.results import queries, verdict
+from farm.results import queries, rows, verdict
 from farm.results.evidence import CONFIDENT_MARGIN, Evidence, Judged, Rule, columns_of, evidence_of, judge
 from farm.results.metrics import AGREEMENT_METRICS, METRICS, Objective, values
 from farm.results.verdict import Verdict
@@ -170,19 +170,6 @@ class Candidate:
         """The value of agreement_metric: what min_top1_agreement is a floor on."""
         return self.value(self.agreement_metric)
 
-    # The names before the metric names, kept for callers not yet moved (farm.results.delivery); deprecated.
-    @property
-    def p50_ms(self) -> float:
-        return self.p50
-
-    @property
-    def p99_ms(self) -> float:
-        return self.p99
-
-    @property
-    def cosine_mean(self) -> float | None:
-        return self.cosine
-
     @property
     def engine(self) -> str:
         """What a person reads: backend, precision with what makes it that precision, and the options."""
@@ -222,10 +209,10 @@ def candidates(
     target: str | None = None,
     sweep_id: int | None = None,
 ) -> list[Candidate]:
-    """Every successful benchmark with its build, variant and fidelity, filtered in SQL (farm.results.queries.benchmarked)."""
+    """Every successful benchmark with its build, variant and fidelity, filtered in SQL (farm.results.rows.benchmarked)."""
     retimes = _retimes(session)
     found = []
-    for bench, build, variant, mod, fid, ref in queries.benchmarked(session, model=model, target=target, sweep_id=sweep_id):
+    for bench, build, variant, mod, fid, ref in rows.benchmarked(session, model=model, target=target, sweep_id=sweep_id):
         found.append(
             Candidate(
                 build_key=build.key,
@@ -277,13 +264,13 @@ def untimed(session: Session, *, model: str | None = None, target: str | None = 
                     build.engine_bytes, build.seconds, build.engine_sha256, variant.method,
                     (variant.details or {}).get("quantized_fraction") if variant.method else None,
                     queries.random_weights(mod.source, mod.weights))
-            for build, variant, mod in queries.built_not_timed(session, model=model, target=target, sweep_id=sweep_id)]
+            for build, variant, mod in rows.built_not_timed(session, model=model, target=target, sweep_id=sweep_id)]
 
 
 def _retimes(session: Session) -> dict[tuple[str, str, int], Retimed]:
     """The newest successful re-timing of each (model, target, batch size) group."""
     found: dict[tuple[str, str, int], Retimed] = {}
-    for row in queries.retimings(session):
+    for row in rows.retimings(session):
         found[(row.model, row.target_id, row.batch_size)] = Retimed(row.objective, tuple(row.contenders or ()), row.rounds or {}, row.reason)
     return found
 
@@ -459,7 +446,7 @@ def _paired(winner: Candidate | None, other: Candidate | None, name: str) -> str
 def rejected_variants(session: Session, *, model: str | None = None, sweep_id: int | None = None) -> list[Exclusion]:
     """Variants judged not viable (status "rejected": the fallback refused them) with the numbers they were judged by."""
     found = []
-    for variant, mod in queries.rejected_variant_rows(session, model=model, sweep_id=sweep_id):
+    for variant, mod in rows.rejected_variant_rows(session, model=model, sweep_id=sweep_id):
         details = variant.details or {}
         plain = (details.get("fallback") or {}).get("plain")
         engine = " ".join(filter(None, (variant.precision, variant.method, details.get("layout_label"))))

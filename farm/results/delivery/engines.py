@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from farm.results.delivery.errors import ExportError
-from farm.results.queries import BuildDetail, build_detail, build_provenance, target_by_id
+from farm.results.queries import BuildDetail, build_detail, build_provenance
+from farm.results.rows import target_by_id
 from farm.store import schema
 
 

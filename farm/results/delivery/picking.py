@@ -71,16 +71,16 @@ def pick_build(
         raise ExportError(f"no {precision + ' ' if precision else ''}build of {model} on {here} reaches {constraints.describe()}: "
                           f"{_shortfall([c for c in found if c.batch_size == batch], constraints)}; relax the constraints", 3)
     w = best[0]
-    summary = (f"{w.label}: batch {w.batch_size}, p50 {w.p50_ms:.3f} ms, p99 {w.p99_ms:.3f} ms, {w.throughput:.1f} samples/s, "
-               f"top-1 agreement {w.top1_agreement}" + (f"; {w.verdict.note}" if w.verdict and w.verdict.note else ""))
+    summary = (f"{w.label}: batch {w.batch_size}, p50 {w.p50:.3f} ms, p99 {w.p99:.3f} ms, {w.throughput:.1f} samples/s, "
+               f"{_agreement(w)}" + (f"; {w.verdict.note}" if w.verdict and w.verdict.note else ""))
     return Picked(w.build_key, w.label, summary, f"the winner by {objective} under {constraints.describe()}")
 
 
 def _shortfall(found: list[Candidate], constraints: Constraints) -> str:
     """By how much the closest build missed: its evidence, its reasons, and the floor it would meet."""
-    closest = max(found, key=lambda c: c.evidence.interval[1] if c.evidence is not None else c.top1_agreement or 0.0)
-    reached = closest.evidence.describe(constraints.confident_margin) if closest.evidence is not None else f"top-1 agreement {closest.top1_agreement}"
-    would = closest.evidence.interval[1] if closest.evidence is not None else closest.top1_agreement
+    closest = max(found, key=lambda c: c.evidence.interval[1] if c.evidence is not None else c.agreement_share or 0.0)
+    reached = closest.evidence.describe(constraints.confident_margin) if closest.evidence is not None else _agreement(closest)
+    would = closest.evidence.interval[1] if closest.evidence is not None else closest.agreement_share
     floor = f" (its top-1 floor would be --min-top1-agreement {math.floor((would or 0.0) * 100) / 100:.2f})" if would is not None else ""
     return f"closest {closest.engine}: {reached}, {'; '.join(constraints.failures(closest))}{floor}"
 
@@ -113,3 +113,9 @@ def _pick_untimed(model: str, target: str, builds: list[Untimed], timed: list[Ca
     size = f"{chosen.engine_bytes / 1e6:.1f} MB" if chosen.engine_bytes else "size unknown"
     summary = f"{chosen.label}: built, not timed ({size}; {chosen.why})"
     return Picked(chosen.build_key, chosen.label, summary, why)
+
+
+def _agreement(c: Candidate) -> str:
+    """'top-1 agreement 0.99', or 'box recall 0.9' for a detector: what the fidelity floor read."""
+    share = c.agreement_share
+    return f"{'top-1 agreement' if c.agreement_metric == 'top1_agreement' else 'box recall'} {share}"

@@ -14,7 +14,7 @@ from farm.results.delivery.errors import ExportError, writing
 from farm.results.delivery.folders import prepared_out, safe_folder
 from farm.results.delivery.picking import default_batch
 from farm.results.delivery.streaming import write_verified
-from farm.results.queries import targets_by_id
+from farm.results.rows import targets_by_id
 from farm.results.select import Candidate, Objective, candidates, winners
 from farm.store import Store, schema
 
