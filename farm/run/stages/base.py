@@ -4,15 +4,17 @@ what a stage may ask of the running sweep (Context)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import ray
 
 from farm.run import tasks
 from farm.run.jobs import DataRef, Job
-from farm.run.spec import SweepSpec
 from farm.store.record import Blob, JobRow, Recorder
 from workers.structs import Manifest
+
+if TYPE_CHECKING:  # the spec's loader (pydantic) stays out of the Ray workers that unpickle a stage's call
+    from farm.run.spec import SweepSpec
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,9 @@ class Stage(Generic[J]):
         raise NotImplementedError
 
     def options(self, ctx: Context, job: J) -> dict[str, Any]:
-        """Ray task options: retries and the node placement chose; a stage adds what it holds (a GPU, its whole host)."""
-        return {"max_retries": ctx.spec.limits.retries} | ctx.pin(job)
+        """Ray task options: retries and the node placement chose; a stage adds what it holds (a GPU, its whole host).
+        The name is what Ray's dashboard and state API show for the one generic task."""
+        return {"name": f"{self.name}_task", "max_retries": ctx.spec.limits.retries} | ctx.pin(job)
 
     def isolated(self, ctx: Context) -> bool:
         """Whether the call runs in a child process forked for it (farm.run.isolated)."""
