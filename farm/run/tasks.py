@@ -104,7 +104,7 @@ C = TypeVar("C", bound=Call)
 
 def run_call(call: Call) -> Outcome:
     started = time.perf_counter()
-    device = where_this_runs() if ray.is_initialized() else {"host": socket.gethostname(), "gpus": []}
+    device: dict[str, Any] = where_this_runs() if ray.is_initialized() else {"host": socket.gethostname(), "gpus": []}
     device["started"] = time.time()  # wall clock, so that jobs of different processes can be ordered
     capture = _Capture()
     try:
