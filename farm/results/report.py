@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from farm.results import queries, rows
+from farm.results import queries
+from farm.results.rows import stored_targets
 from farm.results.metrics import METRICS, REPORT_METRICS
 from farm.results.select import RANDOM_WEIGHTS, Answer, Candidate, Constraints, answers, candidates, rejected_variants, untimed
 from farm.results.verdict import short
@@ -49,7 +50,7 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
     groups = answers(found, objective, constraints, refused)
     rows = [a.winner for a in groups if a.winner is not None]
     noisy = [c for c in found if (c.value("cv") or 0) > 0.05 or c.value("converged") is False]
-    targets = rows.stored_targets(session, {c.target for c in found} | {u.target for u in untimed(session, sweep_id=sweep_id)})
+    targets = stored_targets(session, {c.target for c in found} | {u.target for u in untimed(session, sweep_id=sweep_id)})
     return {
         "sweep": {"id": sweep.id, "name": sweep.name, "status": sweep.status, "spec_path": sweep.spec_path,
                   "started": str(sweep.started_at), "finished": str(sweep.finished_at) if sweep.finished_at else None},
