@@ -30,7 +30,7 @@ MINIMAL_SPEC: dict[str, Any] = {
     "backends": {"onnxruntime": {}},
 }
 MARKER = re.compile(r"<!--\s*spec:\s*(?P<body>.*?)\s*-->")
-FENCE = re.compile(r"^```yaml\s*$")
+FENCE = re.compile(r"^```ya?ml\s*$")
 
 
 @dataclass(frozen=True)
