@@ -65,9 +65,10 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
+def check_inputs(spec: SweepSpec, base: Path, spec_path: str, *, call_factories: bool = True) -> None:
     """Fail before any work (before Ray starts) when the spec points at sources that cannot serve:
     a torchvision name torchvision lacks, a factory that cannot be imported or has no such function,
+    or (with `call_factories`: once, in a child interpreter) returns something that is not a torch.nn.Module;
     an ONNX source that is missing, a directory, too large or with external data outside its folder;
     calibration or fidelity data that is missing or holds too few samples (counted from file
     headers, nothing decoded) or array rows holding NaN or Inf; a labels file that is not a file.
@@ -76,7 +77,7 @@ def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
     from workers.models import external_data_problem, onnx_file_problem
 
     for i, model in enumerate(spec.models):
-        problem = _source_problem(model)
+        problem = _source_problem(model, call_factories)
         if problem:
             raise SpecError(one_line(f"{spec_path}: models[{i}].source: {problem}"))
         if model.source.endswith(".onnx"):
@@ -112,17 +113,22 @@ def check_inputs(spec: SweepSpec, base: Path, spec_path: str) -> None:
         raise SpecError(one_line(f"{spec_path}: fidelity.labels: {labels} is not a file"))
 
 
-def _source_problem(model: ModelSpec) -> str | None:
-    """Why a torchvision or factory source cannot be loaded, found without importing torch: a torchvision
+def _source_problem(model: ModelSpec, call_factory: bool) -> str | None:
+    """Why a torchvision or factory source cannot be loaded, found without importing torch here: a torchvision
     name it does not have (the closest suggested), a factory module not on the path, one that does not
-    parse, or one without the function. A driver without torchvision leaves that to the export stage."""
+    parse, or one without the function; then, with `call_factory`, a factory that returns no Module (a child
+    interpreter calls it). A driver without torchvision leaves that to the export stage."""
+    from workers.factory_call import factory_return_problem
     from workers.sources import closest, factory_problem, search_path, torchvision_models
 
     kind, _, name = model.source.partition(":")
     if kind == "torchvision":
         known = torchvision_models(search_path())
         return f"torchvision has no model named {name!r}{closest(name, known)}" if known is not None and name not in known else None
-    return None if model.source.endswith(".onnx") else factory_problem(model.source, search_path())
+    if model.source.endswith(".onnx"):
+        return None
+    problem = factory_problem(model.source, search_path())
+    return problem or (factory_return_problem(model.source, model.kwargs, search_path()) if call_factory else None)
 
 
 def _onnx_input_problem(proto: Any, path: Path, model: ModelSpec, batches: list[int], index: int) -> str | None:
