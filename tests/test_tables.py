@@ -4,7 +4,6 @@ print only what tells builds apart, short build keys that `farm pull` takes back
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -118,12 +117,11 @@ def test_pull_takes_a_short_key_and_refuses_an_ambiguous_one(seeded: Seeded, tmp
     assert code == 0, err
     assert json.loads((tmp_path / "by-key" / "manifest.json").read_text())["build_key"] == winner["build_key"]
 
-    keys = sorted(seeded.builds.values())
-    shared = max((os.path.commonprefix([a, b]) for a, b in zip(keys, keys[1:], strict=False)), key=len)
+    shared = seeded.ambiguous_prefix()
     assert shared, "the seeded keys share a first character"
     code, _, err = farm(seeded, "pull", shared, "--out", str(tmp_path / "ambiguous"))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "ambiguous" in err and sum(k[:SHORT_KEY] in err for k in keys if k.startswith(shared)) >= 2
+    assert "ambiguous" in err and sum(k[:SHORT_KEY] in err for k in seeded.builds.values() if k.startswith(shared)) >= 2
     assert not (tmp_path / "ambiguous").exists()
 
 

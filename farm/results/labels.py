@@ -26,8 +26,13 @@ def engine_text(backend: str, precision: str, method: str | None, layout_label: 
 
 
 class Labelled(Protocol):
-    backend: str
-    options: dict[str, Any]
+    """A build a table names (farm.results.select's Candidate and Untimed)."""
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def options(self) -> dict[str, Any]: ...
 
     def engine_label(self, options: Mapping[str, Any]) -> str: ...
 
