@@ -261,7 +261,7 @@ def best(
         print(json.dumps({"objective": chosen, "constraints": asdict(constraints), "rule": constraints.rule_text(),
                           "winners": [g for g in shown if g.get("build_key")], "unanswered": [g for g in shown if not g.get("build_key")],
                           "rejected": [x.to_json(constraints.confident_margin) for x in rejected],
-                          "built_not_timed": [asdict(u) for u in build_only]}, indent=2, default=str))
+                          "built_not_timed": [asdict(u) | {"short_key": u.short_key} for u in build_only]}, indent=2, default=str))
         return
     console = fitted_console()
     print_answers(console, groups, build_only, chosen, f"Winners by {objective}, {constraints.describe()}", constraints.confident_margin, wide)
