@@ -180,10 +180,11 @@ def print_answers(console: Console, answers: list[Answer], untimed: list[Untimed
     rows = [a.winner for a in answers if a.winner is not None]
     if rows:
         console.print(escape(title), highlight=False)
-        for model in dict.fromkeys(c.model for c in rows):  # one table per model: its rows compare like with like
-            console.print(winners_table([c for c in rows if c.model == model], objective,
-                                        model + (" (random weights)" if any(c.random_weights for c in rows if c.model == model) else ""),
-                                        wide, console.width))
+        # a table per model: its rows compare like with like, and the model's name is not a column to pay for
+        for model in dict.fromkeys(c.model for c in rows):
+            mine = [c for c in rows if c.model == model]
+            named = escape(model) + (" (random weights)" if any(c.random_weights for c in mine) else "")
+            console.print(winners_table(mine, objective, named, wide, console.width))
         for c in rows:
             if c.verdict is not None and c.verdict.note and c.verdict.outcome != "only":
                 console.print(f"  {c.model} @ {escape(c.target)} batch {c.batch_size}: {escape(c.verdict.note)}", highlight=False)

@@ -448,6 +448,11 @@ class Answer:
     versus_runner_up: str | None = None  # McNemar of the winner against the runner-up on the same images, where they differ
 
     @property
+    def rivals(self) -> tuple[Candidate, ...]:
+        """The builds named beside the winner: its runner-up, or every other build it tied with (Candidate.rivals)."""
+        return self.winner.rivals if self.winner is not None else ()
+
+    @property
     def speed_only(self) -> str | None:
         """A degenerate reference: the answer is a speed result, and why."""
         notes = [c.reference_note for c in ((self.winner,) if self.winner else ()) if c.reference_note]
