@@ -121,6 +121,12 @@ def build_detail(at: Where, key: str) -> queries.BuildDetail | None:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
+def builds_by_prefix(at: Where, prefix: str) -> list[tuple[str, str]]:
+    """(key, label) of the builds a key or a short key (its first characters) may name."""
+    return _read(at, lambda s: queries.builds_by_prefix(s, prefix))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
 def build_choices(at: Where) -> dict[str, str]:
     return _read(at, queries.build_choices)
 

@@ -17,6 +17,7 @@ One build fails (mobilenet_v3_large int8 on rtx:sm_89) with an error and a log; 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import statistics
 from dataclasses import dataclass, field
@@ -137,6 +138,11 @@ class Seeded:
 
     def key(self, model: str, precision: str, backend: str, options: dict[str, Any], target: str) -> str:
         return self.builds[label(model, precision, backend, options, target)]
+
+    def ambiguous_prefix(self) -> str:
+        """The longest start that two build keys share: a short key that names no single build."""
+        keys = sorted(self.builds.values())
+        return max((os.path.commonprefix([a, b]) for a, b in zip(keys, keys[1:], strict=False)), key=len)
 
 
 @dataclass

@@ -273,6 +273,18 @@ def test_engine_page(app: AppTest, seeded: Seeded) -> None:
     assert at.title[0].value == "Compare"
 
 
+def test_engine_page_takes_a_short_key_and_says_when_one_is_ambiguous(app: AppTest, seeded: Seeded) -> None:
+    key = seeded.key("resnet50", "int8", "tensorrt", TRT_O3, H200)
+    app.query_params["build"] = key[:8]  # the short key `farm best` prints
+    at = open_page(app, "engine")
+    assert at.selectbox[0].value == key and not at.warning
+    shared = seeded.ambiguous_prefix()
+    at.query_params["build"] = shared
+    at.session_state["engine_build"] = None
+    at.run()
+    assert len(at.warning) == 1 and "ambiguous" in at.warning[0].value and "\n" not in at.warning[0].value
+
+
 def test_engine_page_of_a_failed_build(app: AppTest, seeded: Seeded) -> None:
     app.session_state["engine_build"] = seeded.failed_build
     at = open_page(app, "engine")

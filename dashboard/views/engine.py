@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import data
 from farm.results.delivery import ENGINE_SUFFIX
+from farm.results.labels import UnknownBuild, one_build, short_key
 from farm.results.metrics import LATENCY_OBJECTIVES
 
 st.title("Engine")
@@ -19,14 +20,16 @@ data.require(at)
 choices = data.build_choices(at)
 wanted = st.query_params.get("build") or st.session_state.get("engine_build")
 if wanted and wanted not in choices:
-    detail = data.build_detail(at, wanted)
-    if detail is None:
-        st.warning(f"No build {wanted}; pick one below.")
-    else:
+    try:  # a short key (the first characters, as `farm best` prints them) names its build too
+        wanted = one_build(wanted, data.builds_by_prefix(at, wanted))
+    except UnknownBuild as exc:
+        st.warning(f"{exc}; pick one below.")
+    detail = data.build_detail(at, wanted) if wanted not in choices else None
+    if detail is not None:
         choices = {wanted: detail.label} | choices
 keys = list(choices)
 key = st.selectbox("Build", keys, index=keys.index(wanted) if wanted in choices else 0,
-                   format_func=choices.__getitem__, key=f"engine_pick-{wanted}")
+                   format_func=lambda k: f"{short_key(k)}  {choices[k]}", key=f"engine_pick-{wanted}")
 st.session_state["engine_build"] = key
 st.query_params["build"] = key
 build = data.build_detail(at, key)

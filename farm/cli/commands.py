@@ -38,6 +38,7 @@ from farm.cli.common import (
     data_warnings,
     err,
     fail,
+    fitted_console,
     one_line_errors,
     results_store,
     warn,
@@ -50,6 +51,8 @@ from farm.store import StoreLocation
 app = typer.Typer(cls=OneLineGroup, add_completion=False, no_args_is_help=True, help=f"{__doc__}\n\n{EXIT_CODES}",
                   pretty_exceptions_show_locals=False)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+Wide = Annotated[bool, typer.Option("--wide", help="Engine labels with every option (by default only those that differ "
+                                                   "between the builds a table shows, and not at their defaults).")]
 
 
 def _version(value: bool) -> None:
@@ -86,6 +89,7 @@ def sweep(
     redo_from: Annotated[str | None, typer.Option(help="Redo finished jobs of this stage and every later one (e.g. "
                                                         "benchmark: time the stored engines again, rebuild nothing).")] = None,
     objective: Annotated[str | None, typer.Option(help="Objective of the closing winners table: p50, p99 or throughput; default the spec's.")] = None,
+    wide: Wide = False,
 ) -> None:
     """Run a sweep: export, build, benchmark and compare every job of SPEC, then print the winners.
 
@@ -99,6 +103,7 @@ def sweep(
 
     # SIGTERM (a job scheduler, `timeout`) ends the sweep like Ctrl-C: recorded as interrupted, resumable.
     signal.signal(signal.SIGTERM, _interrupt)
+    console = fitted_console()
     with one_line_errors(), data_warnings():
         parsed, base = load_spec(spec)
         objective = checked_objective(objective or parsed.selection.objective)
@@ -123,7 +128,7 @@ def sweep(
         if not any(a.winner for a in found):
             console.print(f"no eligible winner: no timed build passed every stage with {constraints.describe()}")
         print_answers(console, found, build_only, objective, f"Winners of sweep {result.sweep_id} ({parsed.name}) by {objective}, "
-                      f"{constraints.describe()}", constraints.confident_margin)
+                      f"{constraints.describe()}", constraints.confident_margin, wide)
         code = sweep_exit_code(result.states)
         ended = {OK: "every job ok" if not result.rejected else "every job ok or judged", SOME_FAILED: "some jobs failed",
                  NOTHING: "no job succeeded"}[code]
@@ -172,7 +177,10 @@ def status(
     as_json: AsJson = False,
 ) -> None:
     """Show a sweep's progress per stage and its failures."""
+    from farm.cli.terminal import Column, compact_table
     from farm.results import queries
+
+    console = fitted_console()
 
     with one_line_errors(as_json):
         store = results_store(data_dir, db_url)
@@ -197,15 +205,13 @@ def status(
         return
     console.print(f"sweep {found.id} ({found.name}): {escape(shown)}, started {found.started_at:%Y-%m-%d %H:%M:%S}"
                   + ("" if left_s is None else f", about {timedelta(seconds=round(left_s))} left at this pace"), highlight=False)
-    table = Table("stage", *queries.STATES)
-    for stage, states in by_stage.items():
-        table.add_row(stage, *(str(states[state]) for state in queries.STATES))
-    console.print(table)
+    console.print(compact_table(["stage", *(Column(state, True) for state in queries.STATES)],
+                                [[stage, *(str(states[state]) for state in queries.STATES)] for stage, states in by_stage.items()],
+                                width=console.width))
     if loads:
-        nodes = Table("node", "running", "done", "failed")
-        for load in loads:
-            nodes.add_row(escape(load.node), str(load.running), str(load.done), str(load.failed))
-        console.print(nodes)
+        console.print(compact_table(["node", *(Column(state, True) for state in ("running", "done", "failed"))],
+                                    [[escape(load.node), str(load.running), str(load.done), str(load.failed)] for load in loads],
+                                    width=console.width))
     for job in running:
         since = "" if job.started is None else f" since {job.started:%H:%M:%S}"
         console.print(f"[cyan]running[/] {job.stage} {escape(job.label)} on {escape(job.node or '?')}{since}", highlight=False, soft_wrap=True)
@@ -230,6 +236,7 @@ def best(
     data_dir: DataDir = None,
     db_url: DbUrl = None,
     as_json: AsJson = False,
+    wide: Wide = False,
 ) -> None:
     """The answer per model, target and batch size: the fastest build that meets the constraints, with a
     verdict on whether it really beats the runner-up; and the builds of targets nothing here can time."""
@@ -254,9 +261,10 @@ def best(
         print(json.dumps({"objective": chosen, "constraints": asdict(constraints), "rule": constraints.rule_text(),
                           "winners": [g for g in shown if g.get("build_key")], "unanswered": [g for g in shown if not g.get("build_key")],
                           "rejected": [x.to_json(constraints.confident_margin) for x in rejected],
-                          "built_not_timed": [asdict(u) for u in build_only]}, indent=2, default=str))
+                          "built_not_timed": [asdict(u) | {"short_key": u.short_key} for u in build_only]}, indent=2, default=str))
         return
-    print_answers(console, groups, build_only, chosen, f"Winners by {objective}, {constraints.describe()}", constraints.confident_margin)
+    console = fitted_console()
+    print_answers(console, groups, build_only, chosen, f"Winners by {objective}, {constraints.describe()}", constraints.confident_margin, wide)
     console.print(f"rule: {escape(constraints.rule_text())}", highlight=False, soft_wrap=True)
 
 
@@ -397,8 +405,10 @@ def dashboard(
 
 
 def pull(
-    model: Annotated[str, typer.Argument(help="Model name, as in the sweep spec.")],
-    target: Annotated[str, typer.Option(help="Target id, or a unique part of one: 'NVIDIA H200', 'sm_89', 'cpu'.")],
+    model: Annotated[str, typer.Argument(help="Model name, as in the sweep spec; or a build's key, or its first characters "
+                                              "(the short key `farm best` prints), to pull that build.")],
+    target: Annotated[str | None, typer.Option(help="Target id, or a unique part of one: 'NVIDIA H200', 'sm_89', 'cpu' "
+                                                    "(required with a model name).")] = None,
     objective: ObjectiveOption = "p50",
     min_top1_agreement: FloorOption = 0.99,
     batch: Annotated[int | None, typer.Option(min=1, help="Batch size the winner is chosen at; default the smallest (largest for throughput).")] = None,
@@ -409,16 +419,20 @@ def pull(
     data_dir: DataDir = None,
     db_url: DbUrl = None,
 ) -> None:
-    """Write the winning engine of MODEL on a target and its manifest.json, checking the engine's sha256.
+    """Write the winning engine of MODEL on a target and its manifest.json, checking the engine's sha256;
+    or, given a build key (or its short key) and no --target, that build.
 
     On a build-only target (TensorRT-RTX ahead of time) nothing was timed: say --precision, or let
     --rule choose, and the rule used is printed."""
-    from farm.results.delivery import load_engine, pick_build, write_engine
+    from farm.results.delivery import load_engine, pick_build, pick_key, write_engine
 
     with one_line_errors():
         store = results_store(data_dir, db_url)
         with store.session() as s:
-            picked = pick_build(s, model, target, checked_objective(objective), min_top1_agreement, batch, precision, rule)
+            if target is None:
+                picked = pick_key(s, model)
+            else:
+                picked = pick_build(s, model, target, checked_objective(objective), min_top1_agreement, batch, precision, rule)
             record = load_engine(s, picked.build_key)
         engine_path, manifest_path = write_engine(store, picked.build_key, out_dir or Path(record.bundle_name))
     out.print(picked.summary, highlight=False, soft_wrap=True, markup=False)

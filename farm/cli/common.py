@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, cast
@@ -43,9 +44,27 @@ EligibilityOption = Annotated[str, typer.Option(help="How the floor is read: evi
                                                      "or fp32's own noise floor; docs/verdicts.md) or threshold (the bare share).")]
 MarginOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="A flip where fp32's softmax margin p1-p2 is at least this is confident.")]
 
-out = Console()
-if not out.is_terminal:  # logs of `ray job submit` and CI: wide enough for the winners table
-    out = Console(width=200)
+MIN_WIDTH = 100  # tables are laid out for at least this many columns (narrower terminals wrap them)
+LOG_WIDTH = 200  # no terminal and no COLUMNS (logs of `ray job submit`, CI): lines a log keeps whole
+
+
+def terminal_width(environ: Mapping[str, str] | None = None) -> int:
+    """The width tables are laid out for: COLUMNS where set (Rich reads it only in some cases), else the
+    terminal's, else LOG_WIDTH; never below MIN_WIDTH."""
+    columns = (os.environ if environ is None else environ).get("COLUMNS", "").strip()
+    if columns.isdigit():
+        return max(int(columns), MIN_WIDTH)
+    if sys.stdout.isatty():
+        return max(shutil.get_terminal_size().columns, MIN_WIDTH)
+    return LOG_WIDTH
+
+
+def fitted_console() -> Console:
+    """A console on stdout at terminal_width(), made when a command runs (COLUMNS is read then, not at import)."""
+    return Console(width=terminal_width())
+
+
+out = fitted_console()
 err = Console(stderr=True)
 
 

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.cells import cell_len
 from rich.table import Table
+from rich.text import Text
 
 from farm.run.jobs import Job, Plan, TargetGroup
 from farm.run.stages import STAGES
 from farm.results.metrics import METRICS, WINNER_METRICS, Objective
 from farm.results.evidence import CONFIDENT_MARGIN
+from farm.results.labels import EngineLabels
 from farm.results.select import RANDOM_WEIGHTS, Answer, Candidate, Untimed
 from farm.results.verdict import short as verdict_short
 from workers.backends import BACKENDS
@@ -79,44 +84,107 @@ class SweepProgress:
 
 
 
-def winners_table(rows: list[Candidate], objective: Objective, title: str) -> Table:
-    table = Table(title=title, title_justify="left", caption=RANDOM_WEIGHTS if any(c.random_weights for c in rows) else None)
-    for column in ("model", "target", "batch", "engine", *(METRICS[m].header for m in WINNER_METRICS), "vs torch", "verdict", "runner-up"):
-        table.add_column(column, justify="left" if column in ("model", "target", "engine", "verdict", "runner-up") else "right",
-                         overflow="fold")
-    for c in rows:
-        table.add_row(
-            c.model + (" (random weights)" if c.random_weights else ""),
-            escape(c.target),
-            str(c.batch_size),
-            escape(c.engine),
-            *(c.agreement if m == "top1_agreement" else METRICS[m].format(c.value(m)) for m in WINNER_METRICS),
-            "-" if c.speedup_vs_torch is None else f"{c.speedup_vs_torch:.2f}x",
-            verdict_short(c.verdict),
-            escape(c.runner_up or "-"),
-        )
+def option_defaults() -> dict[str, dict[str, Any]]:
+    """Each backend's options at their spec defaults: what engine labels leave out."""
+    from farm.run.spec.schema import Backends
+
+    return {name: Backends.model_validate({name: {}}).enabled()[name][0].combinations()[0] for name in Backends.model_fields}
+
+
+def table_labels(shown: Iterable[Candidate | Untimed], wide: bool = False) -> EngineLabels:
+    """The engine labels of one table: the options that tell its builds apart (every option with `wide`)."""
+    return EngineLabels.among(shown, option_defaults(), wide)
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    right: bool = False  # numbers: right-justified
+
+
+def compact_table(columns: Sequence[str | Column], rows: Iterable[Sequence[str]], *, width: int | None = None,
+                  title: str | None = None, caption: str | None = None) -> Table:
+    """A table that spends its width on cells: a rule under the heading, one space between columns. With
+    `width` (the console's), columns are sized so that no word is broken: each gets its longest word, and
+    what is left goes to the columns whose cells would otherwise wrap."""
+    heads = [c if isinstance(c, Column) else Column(c) for c in columns]
+    cells = [list(row) for row in rows]
+    table = Table(title=title, caption=caption, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=0,
+                  show_edge=False)
+    widths = _fitted_widths(heads, cells, width) if width is not None else [None] * len(heads)
+    for head, fixed in zip(heads, widths, strict=True):
+        table.add_column(head.header, justify="right" if head.right else "left", overflow="fold", width=fixed)
+    for row in cells:
+        table.add_row(*row)
     return table
 
 
-def untimed_table(rows: list[Untimed]) -> Table:
-    table = Table(title="Built, not timed (no runtime for these targets here: sizes and build times only)", title_justify="left")
-    for column in ("model", "target", "engine", "MB", "build s"):
-        table.add_column(column, justify="right" if column in ("MB", "build s") else "left", overflow="fold")
-    for u in rows:
-        share = f" ({u.quantized_fraction:.0%} {u.precision})" if u.quantized_fraction is not None and u.quantized_fraction < 1 else ""
-        options = " ".join(f"{k}={v}" for k, v in u.options.items())
-        table.add_row(u.model, escape(u.target), escape(f"{u.backend} {u.precision} {u.method or ''}{share} {options}".replace("  ", " ")),
-                      "-" if u.engine_bytes is None else f"{u.engine_bytes / 1e6:.1f}", "-" if u.build_seconds is None else f"{u.build_seconds:.1f}")
-    return table
+def _fitted_widths(heads: list[Column], rows: list[list[str]], width: int) -> list[int | None]:
+    """Each column's width within `width` (one space between columns): none below its longest word, the rest
+    shared out by how much each column's cells need; None for all where even the longest words do not fit."""
+    texts = [[Text.from_markup(h.header).plain, *(Text.from_markup(r[i]).plain for r in rows)] for i, h in enumerate(heads)]
+    shortest = [max((cell_len(word) for t in column for word in t.split()), default=1) for column in texts]
+    longest = [max((cell_len(line) for t in column for line in t.splitlines() or [""]), default=1) for column in texts]
+    spare = width - (len(heads) - 1) - sum(shortest)
+    if spare < 0:
+        return [None] * len(heads)
+    widths = list(shortest)
+    while spare > 0:
+        wanting = [i for i in range(len(heads)) if widths[i] < longest[i]]
+        if not wanting:
+            break
+        need = sum(longest[i] - widths[i] for i in wanting)
+        for i in wanting:
+            grant = min(longest[i] - widths[i], max(1, spare * (longest[i] - widths[i]) // need), spare)
+            widths[i] += grant
+            spare -= grant
+            if not spare:
+                break
+    return list(widths)
+
+
+def rivals_text(c: Candidate, labels: EngineLabels) -> str:
+    """A winner's verdict with the builds it was judged against: `winner 1.06x (intervals) over KEY label`,
+    `tie of 2 with KEY label`."""
+    text = verdict_short(c.verdict)
+    if not c.rivals:
+        return text
+    word = "with" if c.tied_with else "over"
+    return f"{text} {word} " + ", ".join(labels.named(r, r.build_key) for r in c.rivals)
+
+
+def winners_table(rows: list[Candidate], objective: Objective, title: str, wide: bool = False, width: int | None = None) -> Table:
+    """One model's winners: a row per target and batch size, its build by short key and label, and the
+    builds it was judged against (labels print the options that differ between the builds shown)."""
+    labels = table_labels([*rows, *(r for c in rows for r in c.rivals)], wide)
+    columns = [Column("target"), Column("batch", True), Column("engine"), *(Column(METRICS[m].header, True) for m in WINNER_METRICS),
+               Column("vs torch", True), Column("verdict")]
+    cells = [[escape(c.target), str(c.batch_size), escape(labels.named(c, c.build_key)),
+              *(c.agreement if m == "top1_agreement" else METRICS[m].format(c.value(m)) for m in WINNER_METRICS),
+              "-" if c.speedup_vs_torch is None else f"{c.speedup_vs_torch:.2f}x", escape(rivals_text(c, labels))] for c in rows]
+    return compact_table(columns, cells, width=width, title=title, caption=RANDOM_WEIGHTS if any(c.random_weights for c in rows) else None)
+
+
+def untimed_table(rows: list[Untimed], wide: bool = False, width: int | None = None) -> Table:
+    labels = table_labels(rows, wide)
+    cells = [[u.model, escape(u.target), escape(labels.named(u, u.build_key)), "-" if u.engine_bytes is None else f"{u.engine_bytes / 1e6:.1f}",
+              "-" if u.build_seconds is None else f"{u.build_seconds:.1f}"] for u in rows]
+    return compact_table(["model", "target", "engine", Column("MB", True), Column("build s", True)], cells, width=width,
+                         title="Built, not timed (no runtime for these targets here: sizes and build times only)")
 
 
 def print_answers(console: Console, answers: list[Answer], untimed: list[Untimed], objective: Objective, title: str,
-                  margin: float = CONFIDENT_MARGIN) -> None:
-    """The winners table with its verdicts, one line per verdict note, every candidate the rule excluded
-    (and variants rejected before any build) with its numbers, and the build-only targets."""
+                  margin: float = CONFIDENT_MARGIN, wide: bool = False) -> None:
+    """The winners, a table per model, with their verdicts, one line per verdict note, every candidate the
+    rule excluded (and variants rejected before any build) with its numbers, and the build-only targets."""
     rows = [a.winner for a in answers if a.winner is not None]
     if rows:
-        console.print(winners_table(rows, objective, title))
+        console.print(escape(title), highlight=False)
+        # a table per model: its rows compare like with like, and the model's name is not a column to pay for
+        for model in dict.fromkeys(c.model for c in rows):
+            mine = [c for c in rows if c.model == model]
+            named = escape(model) + (" (random weights)" if any(c.random_weights for c in mine) else "")
+            console.print(winners_table(mine, objective, named, wide, console.width))
         for c in rows:
             if c.verdict is not None and c.verdict.note and c.verdict.outcome != "only":
                 console.print(f"  {c.model} @ {escape(c.target)} batch {c.batch_size}: {escape(c.verdict.note)}", highlight=False)
@@ -138,7 +206,7 @@ def print_answers(console: Console, answers: list[Answer], untimed: list[Untimed
             shown.add(line)
             console.print(f"  {escape(head if x.stage != 'variant' else a.model)}: {escape(line)}", highlight=False, soft_wrap=True)
     if untimed:
-        console.print(untimed_table(untimed))
+        console.print(untimed_table(untimed, wide, console.width))
 
 
 def verdict_json(c: Candidate) -> dict[str, Any] | None:
@@ -154,12 +222,15 @@ def candidate_json(c: Candidate, provenance: dict[str, Any] | None = None, margi
 
     found = asdict(c)
     found.pop("retimed")  # the raw rounds: in the store and the report, not in every answer
+    found.pop("rivals")  # named below by key and engine
     found["evidence"] = c.evidence.to_json(margin) if c.evidence is not None else None
     notes = [n for n in (RANDOM_WEIGHTS if c.random_weights else None,
                          f"{c.reference_note}: a speed result over the builds with finite outputs" if c.reference_note else None) if n]
     # "top1_agreement" is the share the floor read: a detector's box recall there is kept for scripts reading it,
     # under its own name in "box_recall" (and both in "metrics")
-    return found | {"engine": c.engine, "p50_ms": c.p50, "p99_ms": c.p99, "throughput": c.throughput,
+    named = [{"build_key": r.build_key, "short_key": r.short_key, "engine": r.engine} for r in c.rivals]
+    return found | {"engine": c.engine, "short_key": c.short_key, "runner_up": c.runner_up, "runner_up_key": c.runner_up_key,
+                    "tied_with": named if c.tied_with else [], "p50_ms": c.p50, "p99_ms": c.p99, "throughput": c.throughput,
                     "cv": c.cv, "top1_agreement": c.agreement_share, "box_recall": c.box_recall, "cosine_mean": c.cosine,
                     "speed_only": c.reference_note is not None, "note": "; ".join(notes) or None} | (provenance or {})
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
+from farm.results.labels import one_build
 from farm.results.metrics import BENCHMARK_METRICS, FIDELITY_METRICS, METRICS, RESULT_METRICS
 from farm.store import schema
 from farm.store.record import STALE_S
@@ -425,6 +426,23 @@ def timed_pair(s: Session) -> tuple[str, str] | None:
                    key=lambda r: (r[3], r[4]))
     other = peers[0][0] if peers else next(r[0] for r in rows if r[0] != first[0])
     return first[0], other
+
+
+def builds_by_prefix(s: Session, prefix: str, limit: int = 50) -> list[tuple[str, str]]:
+    """(key, label) of the builds whose key is `prefix` or starts with it (a short key, farm.results.labels)."""
+    exact = s.execute(select(schema.Build.key, schema.Build.label).where(schema.Build.key == prefix)).all()
+    if exact:
+        return [(key, label) for key, label in exact]
+    # LIKE's wildcards in what a person typed match themselves
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    rows = s.execute(select(schema.Build.key, schema.Build.label).where(schema.Build.key.like(f"{escaped}%", escape="\\"))
+                     .order_by(schema.Build.key).limit(limit)).all()
+    return [(key, label) for key, label in rows]
+
+
+def build_key_for(s: Session, prefix: str) -> str:
+    """The one build a key or a short key names; UnknownBuild (one line) for none or several."""
+    return one_build(prefix, builds_by_prefix(s, prefix))
 
 
 def build_label(s: Session, key: str) -> str | None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from farm.results import queries, rows, verdict
+from farm.results.labels import engine_text, short_key
 from farm.results.evidence import CONFIDENT_MARGIN, Evidence, Judged, Rule, columns_of, evidence_of, judge
 from farm.results.metrics import AGREEMENT_METRICS, METRICS, Objective, values
 from farm.results.verdict import Verdict
@@ -123,7 +124,9 @@ class Candidate:
     evidence: Evidence | None = None  # its fidelity as counts, flips and the noise floor (None: recorded before evidence)
     retimed: Retimed | None = None  # its group's interleaved re-timing, where one ran
     verdict: Verdict | None = None  # set on winners: is it really faster than the runner-up?
-    runner_up: str | None = None  # the runner-up's engine, on winners
+    # Set on winners: the builds named beside it, the runner-up of a clear win, or every other build of a tie
+    # (simplest first). Never empty where another build was eligible.
+    rivals: tuple[Candidate, ...] = ()
 
     def value(self, metric: str) -> float | None:
         return self.metrics.get(metric)
@@ -172,10 +175,30 @@ class Candidate:
 
     @property
     def engine(self) -> str:
-        """What a person reads: backend, precision with what makes it that precision, and the options."""
-        share = f"({self.quantized_fraction:.0%} {self.precision})" if self.quantized_fraction is not None and self.quantized_fraction < 1 else ""
-        options = " ".join(f"{k}={v}" for k, v in self.options.items())
-        return " ".join(filter(None, (self.backend, self.precision, self.method, self.layout_label, share, options)))
+        """What a person reads: backend, precision with what makes it that precision, and every option."""
+        return self.engine_label(self.options)
+
+    def engine_label(self, options: Mapping[str, Any]) -> str:
+        """The engine with only these options (a table's, farm.results.labels.EngineLabels)."""
+        return engine_text(self.backend, self.precision, self.method, self.layout_label, self.quantized_fraction, options)
+
+    @property
+    def short_key(self) -> str:
+        return short_key(self.build_key)
+
+    @property
+    def runner_up(self) -> str | None:
+        """The engine of the runner-up (of a tie: the first other tied build), on winners with a rival."""
+        return self.rivals[0].engine if self.rivals else None
+
+    @property
+    def runner_up_key(self) -> str | None:
+        return self.rivals[0].build_key if self.rivals else None
+
+    @property
+    def tied_with(self) -> tuple[Candidate, ...]:
+        """The other builds of a tie, simplest first (empty for a clear win or the only build)."""
+        return self.rivals if self.verdict is not None and self.verdict.outcome == "tie" else ()
 
     def score(self, objective: Objective) -> float:
         """Lower is better for every objective."""
@@ -257,6 +280,17 @@ class Untimed:
     random_weights: bool = False
     why: str = "built ahead of time for a GPU this cluster does not have: nothing here can run or time it"
 
+    @property
+    def engine(self) -> str:
+        return self.engine_label(self.options)
+
+    def engine_label(self, options: Mapping[str, Any]) -> str:
+        return engine_text(self.backend, self.precision, self.method, "", self.quantized_fraction, options)
+
+    @property
+    def short_key(self) -> str:
+        return short_key(self.build_key)
+
 
 def untimed(session: Session, *, model: str | None = None, target: str | None = None, sweep_id: int | None = None) -> list[Untimed]:
     """Every successful build on a build-only target (rtx:*) that has no timings, filtered like candidates()."""
@@ -312,14 +346,23 @@ def winners(found: Iterable[Candidate], objective: Objective = "p50", constraint
             continue
         decided = _verdict(eligible, objective)
         best = next(c for c in eligible if c.build_key == decided.winner)
-        # the runner-up beside the answer: in a tie answered by its runner-up, the leader it tied with
-        other = decided.runner_up if decided.runner_up != decided.winner else eligible[0].build_key
-        runner_up = next((c.engine for c in eligible if c.build_key == other and other != decided.winner), None)
         baseline = min((c for c in group if is_baseline(c)), key=lambda c: c.score(objective), default=None)
         fp32 = min((c for c in group if c.precision == "fp32"), key=lambda c: c.score(objective), default=None)
-        chosen.append(replace(best, verdict=decided, runner_up=runner_up, speedup_vs_torch=_speedup(best, baseline, objective),
+        chosen.append(replace(best, verdict=decided, rivals=_rivals(decided, eligible), speedup_vs_torch=_speedup(best, baseline, objective),
                               speedup_vs_fp32=_speedup(best, fp32, objective)))
     return chosen
+
+
+def _rivals(decided: Verdict, eligible: list[Candidate]) -> tuple[Candidate, ...]:
+    """The builds to name beside the answer: a clear win's runner-up; a tie's other tied builds, simplest
+    first (where the verdict listed none, its runner-up, or the leader a tie answered by its runner-up tied with)."""
+    if decided.outcome == "only":
+        return ()
+    keys = [k for k in decided.tied if k != decided.winner] if decided.outcome == "tie" else []
+    if not keys:
+        keys = [next(k for k in (decided.runner_up, eligible[0].build_key, eligible[1].build_key) if k and k != decided.winner)]
+    by_key = {c.build_key: c for c in eligible}
+    return tuple(by_key[k] for k in keys if k in by_key)
 
 
 def is_baseline(c: Candidate) -> bool:
@@ -405,6 +448,11 @@ class Answer:
     versus_runner_up: str | None = None  # McNemar of the winner against the runner-up on the same images, where they differ
 
     @property
+    def rivals(self) -> tuple[Candidate, ...]:
+        """The builds named beside the winner: its runner-up, or every other build it tied with (Candidate.rivals)."""
+        return self.winner.rivals if self.winner is not None else ()
+
+    @property
     def speed_only(self) -> str | None:
         """A degenerate reference: the answer is a speed result, and why."""
         notes = [c.reference_note for c in ((self.winner,) if self.winner else ()) if c.reference_note]
@@ -428,7 +476,7 @@ def answers(found: Iterable[Candidate], objective: Objective = "p50", constraint
         winner = chosen.get(key)
         excluded = [_exclusion(c, missed, winner) for c in sorted(groups[key], key=lambda c: c.score(objective))
                     if (missed := constraints.failures(c))]
-        runner = next((c for c in groups[key] if winner is not None and c.engine == winner.runner_up), None)
+        runner = next((c for c in groups[key] if winner is not None and c.build_key == winner.runner_up_key), None)
         result.append(Answer(*key, winner, tuple(excluded + refused.get(key[0], [])), _paired(winner, runner, "runner-up")))
     return result
 

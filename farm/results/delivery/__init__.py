@@ -16,12 +16,12 @@ missing artifact is an error, never a silently broken deployment. Nothing here i
 from farm.results.delivery.engines import ENGINE_SUFFIX, StoredEngine, bundle_manifest, load_engine
 from farm.results.delivery.errors import ExportError, writing
 from farm.results.delivery.folders import safe_folder
-from farm.results.delivery.picking import pick_build
+from farm.results.delivery.picking import pick_build, pick_key
 from farm.results.delivery.streaming import engine_bundle, engine_bytes, write_engine
 from farm.results.delivery.triton import ORT_GRAPH_LEVELS, config_pbtxt, max_batch_size, runtime_options, triton_repository
 
 __all__ = [
     "ENGINE_SUFFIX", "ORT_GRAPH_LEVELS", "ExportError", "StoredEngine", "bundle_manifest", "config_pbtxt", "engine_bundle",
-    "engine_bytes", "load_engine", "max_batch_size", "pick_build", "runtime_options", "safe_folder", "triton_repository",
+    "engine_bytes", "load_engine", "max_batch_size", "pick_build", "pick_key", "runtime_options", "safe_folder", "triton_repository",
     "write_engine", "writing",
 ]

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from farm.results import rows
 from farm.results.delivery.errors import ExportError
+from farm.results.labels import UnknownBuild, short_key
+from farm.results.queries import build_key_for, build_label
 from farm.results.select import Candidate, Constraints, Objective, Untimed, candidates, rejected_variants, untimed, winners
 
 
@@ -74,6 +77,21 @@ def pick_build(
     summary = (f"{w.label}: batch {w.batch_size}, p50 {w.p50:.3f} ms, p99 {w.p99:.3f} ms, {w.throughput:.1f} samples/s, "
                f"{_agreement(w)}" + (f"; {w.verdict.note}" if w.verdict and w.verdict.note else ""))
     return Picked(w.build_key, w.label, summary, f"the winner by {objective} under {constraints.describe()}")
+
+
+def pick_key(session: Session, prefix: str) -> Picked:
+    """The build a key or a short key names (`farm pull KEY`): no rule applies, the person chose it."""
+    try:
+        key = build_key_for(session, prefix)
+    except UnknownBuild as exc:
+        known = rows.model_names(session)
+        if prefix in known:  # a model name without its target
+            raise ExportError(f"--target is required to pull the winner of model {prefix} (or give a build key)", 2) from None
+        raise ExportError(str(exc), 2) from None
+    timed = [c for c in candidates(session) if c.build_key == key]
+    measured = "; ".join(f"batch {c.batch_size}: p50 {c.p50:.3f} ms, p99 {c.p99:.3f} ms, {c.throughput:.1f} samples/s" for c in timed)
+    label = build_label(session, key) or key
+    return Picked(key, label, f"{label}: {measured or 'not timed'}", f"build {short_key(key)} by its key (no selection rule applied)")
 
 
 def _shortfall(found: list[Candidate], constraints: Constraints) -> str:
