@@ -120,14 +120,23 @@ def line_chart(title: str, series: list[Series], x_label: str, y_label: str, y_f
     return _svg("latency", title, len(series), body)
 
 
-def pareto_chart(title: str, points: list[Point], x_label: str, y_label: str, x_format: Format, y_format: Format) -> str:
-    """Every build as a hollow circle, the front as numbered dots joined by a line; the legend names the front."""
+def pareto_chart(title: str, points: list[Point], x_label: str, y_label: str, x_format: Format, y_format: Format,
+                 floor: float | None = None) -> str:
+    """Every build as a hollow circle, the front as numbered dots joined by a line, the fidelity floor (where one
+    is set) dashed; the legend names the front."""
     x_ticks = ticks(min(p.x for p in points), max(p.x for p in points))
-    y_ticks = ticks(min(p.y for p in points), max(p.y for p in points))
+    low, high = min(p.y for p in points), max(p.y for p in points)
+    if floor is not None:
+        low, high = min(low, floor), max(high, floor)
+    y_ticks = ticks(low, high + (high - low) * 0.05)  # room above the best, so that a point on 1.000 is not on the frame
     x = _Axis(x_ticks[0], x_ticks[-1], LEFT, WIDTH - RIGHT)
     y = _Axis(y_ticks[0], y_ticks[-1], TOP + PLOT_HEIGHT, TOP)
     body = _frame(x, y, [(v, x_format(v)) for v in x_ticks], y_ticks, y_format, x_label, y_label)
     front = sorted((p for p in points if p.front), key=lambda p: p.x)
+    if floor is not None:
+        body.append(f'<line class="floor" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(floor):.1f}" y2="{y(floor):.1f}" stroke="{PALETTE[2]}" '
+                    f'stroke-dasharray="5 4"/><text x="{WIDTH - RIGHT - 4}" y="{y(floor) - 4:.1f}" text-anchor="end" '
+                    f'fill="{PALETTE[2]}">floor {escape(y_format(floor))}</text>')
     body.append(f'<polyline class="front" fill="none" stroke="{PALETTE[0]}" stroke-width="1.5" '
                 f'points="{" ".join(f"{x(p.x):.1f},{y(p.y):.1f}" for p in front)}"/>')
     for p in points:

@@ -115,7 +115,7 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
         "built_not_timed": [asdict(u) | {"build": u.build_key[:SHORT_KEY], "engine": u.label, "MB": None if u.engine_bytes is None else u.engine_bytes / 1e6,
                                          "build s": u.build_seconds} for u in built_only],
         "environment": _environment(rows.stored_targets(session, {b.target_id for _, b, *_ in every if b is not None}), every),
-        "charts": _charts(found, objective if objective in LATENCY_OBJECTIVES else "p50"),
+        "charts": _charts(found, objective if objective in LATENCY_OBJECTIVES else "p50", constraints.min_top1_agreement),
         "retiming": {"groups": sum(1 for c in chosen if c.verdict and c.verdict.method == "interleaved"),
                      "reordered": sum(1 for c in chosen if c.verdict and c.verdict.reordered)},
         "notes": ([RANDOM_WEIGHTS] if any(c.random_weights for c in chosen) else [])
@@ -255,9 +255,9 @@ def _environment(targets: list[Any], every: list[tuple[Any, ...]]) -> list[dict[
     return found
 
 
-def _charts(found: list[Candidate], latency: str) -> dict[str, Any]:
+def _charts(found: list[Candidate], latency: str, floor: float | None) -> dict[str, Any]:
     """The chart data: per (model, target) the latency of each build against batch size, and at the smallest batch
-    size every build on the latency-fidelity plane with the Pareto front marked."""
+    size every build on the latency-fidelity plane with the Pareto front marked and the agreement floor."""
     by_group: dict[tuple[str, str], list[Candidate]] = {}
     for c in found:
         by_group.setdefault((c.model, c.target), []).append(c)
@@ -274,7 +274,7 @@ def _charts(found: list[Candidate], latency: str) -> dict[str, Any]:
         if len(at) < 2:
             continue  # one build is no trade-off
         front = {c.build_key for c in pareto_front(at, latency)}  # type: ignore[arg-type]
-        planes.append({"model": model, "target": target, "batch": batch, "x": latency, "y": at[0].agreement_metric,
+        planes.append({"model": model, "target": target, "batch": batch, "x": latency, "y": at[0].agreement_metric, "floor": floor,
                        "points": [{"engine": c.engine, "build": c.build_key[:SHORT_KEY], "x": c.value(latency), "y": c.agreement_share,
                                    "front": c.build_key in front} for c in at]})
     return {"latency": curves, "pareto": planes}
@@ -342,11 +342,11 @@ def _csv(data: dict[str, Any]) -> str:
         writer.writerow(columns)
         writer.writerows([text(c, row[c]) for c in columns] for row in found)
     writer.writerow([])
-    writer.writerow(["# excluded: rule", data["rule"]])
-    for floor in data["noise"]["floors"]:
-        writer.writerow(["# noise floor", floor["model"], floor["noise floor"]])
-    for note in data["notes"]:
-        writer.writerow(["# note", note])
+    writer.writerow(["# notes"])
+    writer.writerow(["about", "note"])
+    writer.writerow(["rule", data["rule"]])
+    writer.writerows([f"noise floor of {f['model']}", f["noise floor"]] for f in data["noise"]["floors"])
+    writer.writerows(["note", note] for note in data["notes"])
     return out.getvalue()
 
 
@@ -385,7 +385,7 @@ def _chart_svgs(data: dict[str, Any]) -> str:
               for c in data["charts"]["latency"] if c["series"]]
     planes = [charts.pareto_chart(f"{p['model']} @ {p['target']}, batch {p['batch']}",
                                   [charts.Point(q["engine"], q["x"], q["y"], q["front"]) for q in p["points"]],
-                                  METRICS[p["x"]].header, METRICS[p["y"]].header, fmt(p["x"]), fmt(p["y"]))
+                                  METRICS[p["x"]].header, METRICS[p["y"]].header, fmt(p["x"]), fmt(p["y"]), p["floor"])
               for p in data["charts"]["pareto"]]
     return ("<h2 id='charts'>Charts</h2><h3>Latency against batch size</h3><p>One line per build (engine), per model and target.</p>"
             + (f"<div class='charts'>{''.join(curves)}</div>" if curves else "<p>No build was timed: there is no curve.</p>")
