@@ -255,8 +255,9 @@ def test_a_tie_names_the_other_engine(tmp_path: Path) -> None:
     try:
         with store.session() as s, s.begin():
             leader = s.scalars(select(schema.Benchmark).where(schema.Benchmark.build_key == o3, schema.Benchmark.batch_size == 1)).one()
+            p50, low, high = leader.latency_p50 or 0.0, leader.latency_p50_low, leader.latency_p50_high or 0.0
             s.execute(update(schema.Benchmark).where(schema.Benchmark.build_key == o5, schema.Benchmark.batch_size == 1).values(
-                latency_p50=leader.latency_p50 * 1.001, latency_p50_low=leader.latency_p50_low, latency_p50_high=leader.latency_p50_high * 1.002))
+                latency_p50=p50 * 1.001, latency_p50_low=low, latency_p50_high=high * 1.002))
     finally:
         store.close()
     fleet = tied.sweeps["fleet"]
@@ -284,3 +285,14 @@ def test_the_dashboard_offers_the_same_file(seeded: Seeded, tmp_path: Path) -> N
     fleet = seeded.sweeps["fleet"]
     offered = data.report((str(seeded.location.data_dir), seeded.location.url), fleet, "html")().decode()
     assert offered == report(seeded, fleet, "html", tmp_path)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.018, 0.042), (0.962, 1.0), (0.0, 3.45), (5.28, 13.4), (0.99, 0.99)])
+def test_chart_ticks_are_round_cover_the_values_and_read_apart(low: float, high: float) -> None:
+    from farm.results.charts import tick_labels, ticks
+
+    found = ticks(low, high)
+    assert found[0] <= low and found[-1] >= high and 3 <= len(found) <= 11
+    for metric in ("p50", "top1_agreement"):
+        labels = tick_labels(found, METRICS[metric].format)
+        assert len(set(labels)) == len(labels), labels  # 0.035 and 0.040 never both read 0.04

@@ -52,14 +52,24 @@ class _Axis:
 
 
 def ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """About `count` round steps (1, 2, 2.5 or 5 times a power of ten) covering lo..hi."""
+    """About `count` round steps (1, 2 or 5 times a power of ten) covering lo..hi."""
     if not hi > lo:
         hi = lo + (abs(lo) * 0.1 or 1.0)
     raw = (hi - lo) / count
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.floor(lo / step + 1e-9) * step
     return [round(first + i * step, 12) for i in range(math.ceil((hi - first) / step - 1e-9) + 1)]
+
+
+def tick_labels(values: list[float], fmt: Format) -> list[str]:
+    """Each tick in the metric's own format, unless that makes two ticks read alike (0.035 and 0.040 as 0.04):
+    then with as many decimals as the step needs."""
+    labels = [fmt(v) for v in values]
+    if len(set(labels)) == len(labels) or len(values) < 2:
+        return labels
+    decimals = max(0, -math.floor(math.log10(values[1] - values[0]) + 1e-9))
+    return [f"{v:.{decimals}f}" for v in values]
 
 
 def _svg(kind: str, title: str, legend_rows: int, body: list[str]) -> str:
@@ -74,10 +84,10 @@ def _frame(x: _Axis, y: _Axis, x_ticks: list[tuple[float, str]], y_ticks: list[f
     """Grid lines with their tick labels, and the two axis titles."""
     bottom = TOP + PLOT_HEIGHT
     parts = [f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" height="{PLOT_HEIGHT}" fill="none" stroke="#999"/>']
-    for value in y_ticks:
+    for value, text in zip(y_ticks, tick_labels(y_ticks, y_format), strict=True):
         at = y(value)
         parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{at:.1f}" y2="{at:.1f}" stroke="#e6e6e6"/>'
-                     f'<text x="{LEFT - 6}" y="{at + 4:.1f}" text-anchor="end">{escape(y_format(value))}</text>')
+                     f'<text x="{LEFT - 6}" y="{at + 4:.1f}" text-anchor="end">{escape(text)}</text>')
     for value, text in x_ticks:
         at = x(value)
         parts.append(f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{TOP}" y2="{bottom}" stroke="#e6e6e6"/>'
@@ -131,7 +141,7 @@ def pareto_chart(title: str, points: list[Point], x_label: str, y_label: str, x_
     y_ticks = ticks(low, high + (high - low) * 0.05)  # room above the best, so that a point on 1.000 is not on the frame
     x = _Axis(x_ticks[0], x_ticks[-1], LEFT, WIDTH - RIGHT)
     y = _Axis(y_ticks[0], y_ticks[-1], TOP + PLOT_HEIGHT, TOP)
-    body = _frame(x, y, [(v, x_format(v)) for v in x_ticks], y_ticks, y_format, x_label, y_label)
+    body = _frame(x, y, list(zip(x_ticks, tick_labels(x_ticks, x_format), strict=True)), y_ticks, y_format, x_label, y_label)
     front = sorted((p for p in points if p.front), key=lambda p: p.x)
     if floor is not None:
         body.append(f'<line class="floor" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(floor):.1f}" y2="{y(floor):.1f}" stroke="{PALETTE[2]}" '

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from farm.results import charts, queries, rows
-from farm.results.metrics import BUILD_METRICS, LATENCY_OBJECTIVES, METRICS, REPORT_METRICS, values
+from farm.results.metrics import BUILD_METRICS, LATENCY_OBJECTIVES, METRICS, REPORT_METRICS, Objective, values
 from farm.results.select import (RANDOM_WEIGHTS, Answer, Candidate, Constraints, answers, candidates, pareto_front,
                                  rejected_variants, untimed)
 from farm.results.verdict import short
@@ -257,7 +257,7 @@ def _environment(targets: list[Any], every: list[tuple[Any, ...]]) -> list[dict[
     return found
 
 
-def _charts(found: list[Candidate], latency: str, floor: float | None) -> dict[str, Any]:
+def _charts(found: list[Candidate], latency: Objective, floor: float | None) -> dict[str, Any]:
     """The chart data: per (model, target) the latency of each build against batch size, and at the smallest batch
     size every build on the latency-fidelity plane with the Pareto front marked and the agreement floor."""
     by_group: dict[tuple[str, str], list[Candidate]] = {}
@@ -275,7 +275,7 @@ def _charts(found: list[Candidate], latency: str, floor: float | None) -> dict[s
         at = [c for c in group if c.batch_size == batch and c.agreement_share is not None and c.value(latency) is not None]
         if len(at) < 2:
             continue  # one build is no trade-off
-        front = {c.build_key for c in pareto_front(at, latency)}  # type: ignore[arg-type]
+        front = {c.build_key for c in pareto_front(at, latency)}
         planes.append({"model": model, "target": target, "batch": batch, "x": latency, "y": at[0].agreement_metric, "floor": floor,
                        "points": [{"engine": c.engine, "build": c.build_key[:SHORT_KEY], "x": c.value(latency), "y": c.agreement_share,
                                    "front": c.build_key in front} for c in at]})
