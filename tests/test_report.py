@@ -123,7 +123,9 @@ def test_the_html_is_one_self_contained_file_with_every_section(seeded: Seeded, 
     page = parse(text)
     assert page.h2 == SECTION_TITLES
     # nothing to fetch: no script, stylesheet link, font, image or any address at all
-    assert not [t for t, attrs in page.tags if t in ("script", "link", "img", "iframe", "object") or "src" in attrs or "href" in attrs]
+    assert not [t for t, attrs in page.tags if t in ("script", "link", "img", "iframe", "object") or "src" in attrs]
+    anchors = [attrs["href"] for t, attrs in page.tags if "href" in attrs]
+    assert anchors and all((a or "").startswith("#") for a in anchors)  # the contents: links within the file
     assert not re.search(r"https?://|@import|url\(", text)
     # no empty table: every table has a header row and at least one row; a section with nothing says so in a sentence
     assert page.tables and all(len(t) >= 2 for t in page.tables)
@@ -296,3 +298,25 @@ def test_chart_ticks_are_round_cover_the_values_and_read_apart(low: float, high:
     for metric in ("p50", "top1_agreement"):
         labels = tick_labels(found, METRICS[metric].format)
         assert len(set(labels)) == len(labels), labels  # 0.035 and 0.040 never both read 0.04
+
+
+def test_a_detectors_fidelity_is_its_box_recall(tmp_path: Path) -> None:
+    """A detector's builds have box recall where a classifier's have top-1 agreement: the builds table shows the one
+    each has (and the chart's fidelity axis is the recall)."""
+    detector = seed(tmp_path / "farm-data")
+    keys = [k for label, k in detector.builds.items() if label.startswith("resnet50 ")]
+    store = open_store(detector.location)
+    try:
+        with store.session() as s, s.begin():
+            s.execute(update(schema.Fidelity).where(schema.Fidelity.build_key.in_(keys)).values(top1_agreement=None, box_recall=0.875))
+    finally:
+        store.close()
+    fleet = detector.sweeps["fleet"]
+    page = parse(report(detector, fleet, "html", tmp_path))
+    builds = table_after(page, ("build", "model", "target", "batch", "engine", "status"))
+    recall, top1 = METRICS["box_recall"].header, METRICS["top1_agreement"].header
+    timed = [r for r in builds if r["status"] == "ok"]
+    assert {(r[recall], r[top1]) for r in timed if r["model"] == "resnet50"} == {("0.875", "-")}
+    assert {r[recall] for r in timed if r["model"] == "mobilenet_v3_large"} == {"-"}
+    data = json.loads(report(detector, fleet, "json", tmp_path))
+    assert {p["y"] for p in data["charts"]["pareto"] if p["model"] == "resnet50"} == {"box_recall"}

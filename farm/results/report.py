@@ -42,8 +42,8 @@ FAILURE_COLUMNS = ("stage", "job", "error", "node")
 NOISE_COLUMNS = ("model", "build", "engine", "target", "batch", METRICS["cv"].header, METRICS["converged"].header, "p50 interval ms")
 UNTIMED_COLUMNS = ("build", "model", "target", "engine", "MB", "build s")
 ENVIRONMENT_COLUMNS = ("target", "kind", "host", "CPU", "GPUs", "backends")
-LONG = ("verdict note", "note")
-  # sentences: listed under the winners table in html, not squeezed into cells
+LONG = ("verdict note", "note")  # sentences: listed under the winners table in html, not squeezed into cells
+NOT_IN_HTML_WINNERS = (*LONG, "noise floor")  # the noise floor is the model's, listed once under Noise
 
 
 class ReportError(ValueError):
@@ -397,6 +397,9 @@ def _chart_svgs(data: dict[str, Any]) -> str:
                "measurement: there is no trade-off to draw.</p>"))
 
 
+NAVIGATION = ((SECTIONS[0].id, SECTIONS[0].title), ("charts", "Charts"), *((s.id, s.title) for s in SECTIONS[1:]))
+
+
 def _html(data: dict[str, Any]) -> str:
     sweep = data["sweep"]
     e = html.escape
@@ -414,7 +417,8 @@ def _html(data: dict[str, Any]) -> str:
         f"{e(sweep['spec_path'])}; winners by {e(data['objective'])} under {e(constraints)}. {len(data['builds'])} build rows, "
         f"{len(data['winners'])} answers, {len(data['failures'])} failures.</p>",
         "".join(f"<p class='note'><b>Note:</b> {e(n)}</p>" for n in data["notes"]),
-        _section(data, sections["winners"], columns=tuple(c for c in COLUMNS if c not in LONG),
+        "<nav>" + " · ".join(f"<a href='#{i}'>{e(title)}</a>" for i, title in NAVIGATION) + "</nav>",
+        _section(data, sections["winners"], columns=tuple(c for c in COLUMNS if c not in NOT_IN_HTML_WINNERS),
                  after=f"<ul>{notes}</ul>" if notes else ""),
         _chart_svgs(data),
         _section(data, sections["builds"], "<p>Every build the sweep asked for, one row per batch size it was timed at; "
