@@ -397,6 +397,10 @@ def _chart_svgs(data: dict[str, Any]) -> str:
                "measurement: there is no trade-off to draw.</p>"))
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
 NAVIGATION = ((SECTIONS[0].id, SECTIONS[0].title), ("charts", "Charts"), *((s.id, s.title) for s in SECTIONS[1:]))
 
 
@@ -414,8 +418,8 @@ def _html(data: dict[str, Any]) -> str:
         f"<title>farm sweep {sweep['id']} ({e(sweep['name'])})</title><style>{STYLE}</style></head><body>",
         f"<h1>Sweep {sweep['id']}: {e(sweep['name'])}</h1>",
         f"<p>{e(sweep['status'])}; started {e(sweep['started'] or '-')}, finished {e(sweep['finished'] or '-')}; spec "
-        f"{e(sweep['spec_path'])}; winners by {e(data['objective'])} under {e(constraints)}. {len(data['builds'])} build rows, "
-        f"{len(data['winners'])} answers, {len(data['failures'])} failures.</p>",
+        f"{e(sweep['spec_path'])}; winners by {e(data['objective'])} under {e(constraints)}. {_count(len(data['builds']), 'build row')}, "
+        f"{_count(len(data['winners']), 'answer')}, {_count(len(data['failures']), 'failure')}.</p>",
         "".join(f"<p class='note'><b>Note:</b> {e(n)}</p>" for n in data["notes"]),
         "<nav>" + " · ".join(f"<a href='#{i}'>{e(title)}</a>" for i, title in NAVIGATION) + "</nav>",
         _section(data, sections["winners"], columns=tuple(c for c in COLUMNS if c not in NOT_IN_HTML_WINNERS),
