@@ -2,7 +2,7 @@
 
 The jobs: one model's fp32 reference, then N ONNX Runtime builds (every combination of thread
 count and graph optimisation level), each benchmarked for a fixed number of iterations at batch 1
-and compared with the reference. The direct path calls the same workers.stages functions in
+and compared with the reference. The direct path calls the same workers.stage_work functions in
 order; the farm path runs `farm sweep` machinery (Ray tasks, store writes, artifacts). Both run
 side by side in one process, alternating, so machine noise hits both.
 
@@ -33,11 +33,10 @@ sys.path.insert(0, str(REPO))
 
 from farm.run.cluster import WARM_WORKERS  # noqa: E402
 from farm.run.driver import run_sweep  # noqa: E402
-from farm.run.jobs import BuildJob  # noqa: E402
 from farm.run.spec import SweepSpec  # noqa: E402
-from farm.run.stages import stages_from  # noqa: E402
+from farm.run.stages import BuildJob, stages_from  # noqa: E402
 from farm.store import Store, StoreLocation, open_store  # noqa: E402
-from workers import stages  # noqa: E402
+from workers import stage_work  # noqa: E402
 from farm.run.driver import load_rows  # noqa: E402
 from farm.run.plan import data_refs  # noqa: E402
 from workers.device import describe  # noqa: E402
@@ -67,12 +66,12 @@ def direct(spec: SweepSpec, exported: Exported) -> float:
     model_spec = spec.models[0]
     model = model_spec.ref(REPO)
     inputs, _labels = load_rows(data_refs(spec, REPO, model_spec)[1])
-    reference = stages.reference_outputs(exported.onnx_bytes, inputs, 1)
+    reference = stage_work.reference_outputs(exported.onnx_bytes, inputs, 1)
     target = describe().targets()[0]
     for options in [o for block in spec.backends.onnxruntime or [] for o in block.combinations()]:
-        engine = stages.build_engine(BuildRequest(model, "fp32", "onnxruntime", options, target, (1,)), exported.onnx_bytes, None)
-        stages.benchmark_engine(engine.data, engine.manifest, 1, spec.benchmark.settings())
-        stages.engine_fidelity(engine.data, engine.manifest, inputs, reference, 1)
+        engine = stage_work.build_engine(BuildRequest(model, "fp32", "onnxruntime", options, target, (1,)), exported.onnx_bytes, None)
+        stage_work.benchmark_engine(engine.data, engine.manifest, 1, spec.benchmark.settings())
+        stage_work.engine_fidelity(engine.data, engine.manifest, inputs, reference, 1)
     return time.perf_counter() - started
 
 
@@ -107,7 +106,7 @@ def main() -> None:
     builds = 0
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(StoreLocation.resolve(Path(tmp)))
-        exported = stages.export_model(spec.models[0].ref(REPO))
+        exported = stage_work.export_model(spec.models[0].ref(REPO))
         through_farm(spec, store, isolate=True, redo=frozenset())  # untimed: the export, and warm Ray workers
         redo = stages_from("reference")
         for _ in range(args.repeats):

@@ -127,7 +127,7 @@ def test_a_rescue_that_keeps_too_much_in_float_is_refused(outlier: bytes, held_o
     assert "not viable" in result.reason and kept / result.quantizable > 0.25
     assert "max_float_fraction 0.25" in result.reason and "not a kernel" in result.reason
     # Through the variant stage the refusal is a failed job with that reason, never an "int8" variant.
-    from workers.stages import _npz, make_variant
+    from workers.stage_work import _npz, make_variant
 
     with pytest.raises(precision.QuantizationError, match="not viable"):
         make_variant(outlier, "int8", ranges=ranges.to_bytes(), heldout=held_out, reference=_npz(outputs=reference),
@@ -199,7 +199,7 @@ def test_weights_at_fault_are_kept_in_float_per_layer(outlier_weights: bytes, he
 
 def test_the_variant_record_says_which_side_and_why(outlier_weights: bytes, held_out: np.ndarray,
                                                     digits: digits_model.DigitsData) -> None:
-    from workers.stages import _npz, make_variant
+    from workers.stage_work import _npz, make_variant
 
     reference = fp32_outputs(outlier_weights, held_out)
     variant = make_variant(outlier_weights, "int8", ranges=calibrate(outlier_weights, digits).to_bytes(), heldout=held_out,

@@ -40,7 +40,7 @@ def test_nvml_finds_the_gpu_and_its_compute_capability() -> None:
 
 
 def test_torch_baseline_on_cuda_times_compute_apart_from_copies() -> None:
-    from workers import stages
+    from workers import stage_work
     from workers.bench import BenchSettings
     from workers.device import describe
     from workers.models import export
@@ -49,10 +49,10 @@ def test_torch_baseline_on_cuda_times_compute_apart_from_copies() -> None:
     model = ModelRef("resnet50", "torchvision:resnet50", None, (3, 224, 224))
     exported = export(model)
     target = next(t for t in describe().targets() if t.kind == "gpu")
-    engine = stages.build_engine(BuildRequest(model, "fp32", "torch", {"mode": "eager"}, target, (1, 32)), exported.onnx_bytes, exported.checkpoint)
+    engine = stage_work.build_engine(BuildRequest(model, "fp32", "torch", {"mode": "eager"}, target, (1, 32)), exported.onnx_bytes, exported.checkpoint)
     rows = []
     for batch in (1, 32):
-        timings = stages.benchmark_engine(engine.data, engine.manifest, batch, BenchSettings(warmup_s=1.0, duration_s=3.0, min_iterations=50))
+        timings = stage_work.benchmark_engine(engine.data, engine.manifest, batch, BenchSettings(warmup_s=1.0, duration_s=3.0, min_iterations=50))
         assert timings.gpu_compute is not None and timings.raw_gpu_ms is not None
         assert len(timings.raw_gpu_ms) == timings.iterations
         # compute alone never exceeds the host's end-to-end time of the same iterations
@@ -62,8 +62,8 @@ def test_torch_baseline_on_cuda_times_compute_apart_from_copies() -> None:
                      "gpu_compute_cv": timings.gpu_compute.cv, "throughput": timings.throughput})
     rng = np.random.default_rng(0)
     inputs = rng.standard_normal((8, 3, 224, 224)).astype(np.float32)
-    reference = stages.reference_outputs(exported.onnx_bytes, inputs, 8)
-    fidelity = stages.engine_fidelity(engine.data, engine.manifest, inputs, reference, 8)
+    reference = stage_work.reference_outputs(exported.onnx_bytes, inputs, 8)
+    fidelity = stage_work.engine_fidelity(engine.data, engine.manifest, inputs, reference, 8)
     assert fidelity.cosine_min > 0.99  # cuDNN and TF32 differ from ONNX Runtime's CPU kernels, slightly
     rows.append({"fidelity_vs_onnxruntime_cpu": fidelity.__dict__})
     _save("torch_cuda.json", rows)

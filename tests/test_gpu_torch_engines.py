@@ -240,19 +240,19 @@ def test_fidelity_of_a_compiled_engine_on_cuda_compiles_no_new_batch_size() -> N
     import torch
     import torch._dynamo
 
-    from workers import stages
+    from workers import stage_work
     from workers.structs import BuildRequest, ModelRef, Target
 
     model = ModelRef("small", "tests.models:small_convnet", None, SHAPE)
-    exported = stages.export_model(model)
+    exported = stage_work.export_model(model)
     target = Target("gpu", torch.cuda.get_device_name(), ".".join(map(str, torch.cuda.get_device_capability())))
     request = BuildRequest(model, "fp16", "torch", {"kind": "compile", "compile_mode": "reduce-overhead"}, target, (32,))
-    engine = stages.build_engine(request, None, exported.checkpoint)
+    engine = stage_work.build_engine(request, None, exported.checkpoint)
     inputs = _inputs(40)  # chunks of 32 and 8 before: a second compile
-    reference = stages.reference_outputs(exported.onnx_bytes, inputs, 32)
+    reference = stage_work.reference_outputs(exported.onnx_bytes, inputs, 32)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    found = stages.engine_fidelity(engine.data, engine.manifest, inputs, reference, batch_size=32,
+    found = stage_work.engine_fidelity(engine.data, engine.manifest, inputs, reference, batch_size=32,
                                    caches=(engine.builder_cache,) if engine.builder_cache else ())
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert found.samples == 40 and found.cosine_min > 0.99

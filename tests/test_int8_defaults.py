@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from farm.run.jobs import CalibrateJob
 from farm.run.plan import expand
 from farm.run.spec import load_spec
+from farm.run.stages import CalibrateJob
 from tests import digits_model
 from tests.conftest import CALIBRATION_DATA, write_spec
 from tests.test_plan import CPU
@@ -51,7 +51,7 @@ def test_enough_rows_or_non_image_rows_are_left_alone(photo_rows: np.ndarray) ->
 
 def test_the_calibrate_stage_augments_and_records_it(photo_rows: np.ndarray) -> None:
     from workers.models import export
-    from workers.stages import calibrate_model, make_variant
+    from workers.stage_work import calibrate_model, make_variant
     from workers.structs import ModelRef
 
     fp32 = export(ModelRef("tiny", "tests.models:tiny_cnn", None, (3, 32, 32))).onnx_bytes

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from farm.run.driver import load_rows
-from farm.run.jobs import ReferenceJob
 from farm.run.plan import data_refs, expand
 from farm.run.spec import SpecError, load_spec
+from farm.run.stages import ReferenceJob
 from tests.conftest import CALIBRATION_DATA, write_spec
 from tests.test_plan import CPU
 from workers.judge_set import DHASH_DISTANCE, image_fingerprints, overlaps, wilson_half_width

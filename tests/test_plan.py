@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm.run.jobs import BenchmarkJob, BuildJob, ExportJob, FidelityJob, KeyInputs, Plan, TargetGroup, content_key
+from farm.run.jobs import KeyInputs, Plan, TargetGroup, content_key
 from farm.run.plan import expand, same_targets
 from farm.run.spec import SpecError, load_spec
+from farm.run.stages import BenchmarkJob, BuildJob, ExportJob, FidelityJob
 from tests.conftest import CALIBRATION_DATA, write_spec
 from workers.structs import Target
 
@@ -110,7 +111,7 @@ def test_benchmark_jobs_carry_batch_and_target(tmp_path: Path) -> None:
 
 
 def test_int8_layout_follows_each_target_and_shares_one_calibration(tmp_path: Path) -> None:
-    from farm.run.jobs import CalibrateJob, VariantJob
+    from farm.run.stages import CalibrateJob, VariantJob
 
     avx2 = TargetGroup(Target("cpu", "AMD EPYC (x86_64, avx2)"), ("n1",), {"onnxruntime": "1.0", "tensorrt-rtx": "1.7"},
                        cpu_arch="x86_64", int8_dot_32bit=False)
@@ -140,7 +141,7 @@ calibration: {methods: [minmax]}
 
 
 def test_gpu_engine_kinds_fp16_bf16_and_blocks(tmp_path: Path) -> None:
-    from farm.run.jobs import VariantJob
+    from farm.run.stages import VariantJob
 
     body = """
 name: t

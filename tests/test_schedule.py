@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from farm.run.jobs import BenchmarkJob, BuildJob, ExportJob, Job, ReferenceJob, TargetGroup
+from farm.run.jobs import Job, TargetGroup
 from farm.run.schedule import Placement, Schedule
+from farm.run.stages import BenchmarkJob, BuildJob, ExportJob, ReferenceJob
 from workers.bench import BenchSettings
 from workers.structs import BuildRequest, ModelRef, Target
 

@@ -13,7 +13,8 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from farm.results import queries
-from farm.run.jobs import ExportJob, content_key
+from farm.run.jobs import content_key
+from farm.run.stages import ExportJob
 from farm.store import Store, StoreLocation, open_store, schema
 from farm.store.db import StoreError
 from farm.store.record import Blob, JobRow, Recorder

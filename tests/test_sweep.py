@@ -140,7 +140,7 @@ def test_winners_of_the_sweep(first_run: FirstRun) -> None:
         else:  # a tie is answered by its simplest engine, and the fastest is among the tied
             assert fastest.build_key in row.verdict.tied and row.build_key == row.verdict.tied[0]
         torch = next(c for c in group if c.backend == "torch")
-        assert row.speedup_vs_torch == pytest.approx(torch.p50_ms / row.p50_ms)
+        assert row.speedup_vs_torch == pytest.approx(torch.p50 / row.p50)
     # a floor nothing reaches leaves no winner (read as a bare threshold: under the evidence rule a build that
     # disagrees no more than fp32 under a 2-pixel shift is never called worse than fp32, whatever the floor),
     # except where the reference judges nothing: random-weight mobilenet_v3_small's logits (about 1e-9) are

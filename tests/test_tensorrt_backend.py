@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from workers import cuda, stages
+from workers import cuda, stage_work
 from workers.backends import BackendUnavailable, get_backend
 from workers.backends.base import BuildContext
 from workers.backends.tensorrt import (
@@ -59,7 +59,7 @@ def resnet_engines(resnet: Exported) -> dict[str, TensorRTEngine]:
     """fp32 engines for sm_86 and for sm_89, through the stage the driver calls (which fills the hashes)."""
     built = {}
     for target in (SM86, SM89):
-        engine = stages.build_engine(request(RESNET, target), resnet.onnx_bytes, resnet.checkpoint)
+        engine = stage_work.build_engine(request(RESNET, target), resnet.onnx_bytes, resnet.checkpoint)
         assert isinstance(engine, TensorRTEngine)
         built[target.name] = engine
     return built

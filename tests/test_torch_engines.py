@@ -24,9 +24,11 @@ import pytest
 import ray.cloudpickle
 
 from farm.run import tasks
+from farm.run.stages.benchmark import BenchmarkCall
+from farm.run.stages.build import BuildCall
+from farm.run.stages.export import ExportCall
 from tests.conftest import REPO
-from workers import stages
-from workers.backends.base import NO_CONTEXT
+from workers import stage_work
 from workers.backends.torch.aoti import AotiPackage, AotiRunner, build_aoti_package, check_aoti_package, read_package_metadata
 from workers.backends.torch.engines import INPUT, flatten_outputs, prepare_module
 from workers.backends.torch.kinds import RUNNERS, open_engine
@@ -205,15 +207,15 @@ def test_fidelity_of_a_compiled_engine_compiles_no_new_batch_size(tmp_path: Path
     import torch._dynamo
 
     model = ModelRef("small", "tests.models:small_convnet", None, SHAPE)
-    exported = stages.export_model(model)
+    exported = stage_work.export_model(model)
     request = BuildRequest(model, "fp32", "torch", {"kind": "compile"}, Target("cpu", "any"), (8,))
-    engine = stages.build_engine(request, None, exported.checkpoint)
+    engine = stage_work.build_engine(request, None, exported.checkpoint)
     assert engine.manifest.extra["batch_sizes"] == [8]
     inputs = np.random.default_rng(1).standard_normal((10, *SHAPE)).astype(np.float32)  # chunks of 8 and 2 before
-    reference = stages.reference_outputs(exported.onnx_bytes, inputs, 8)
+    reference = stage_work.reference_outputs(exported.onnx_bytes, inputs, 8)
     torch._dynamo.reset()  # the build compiled batch 8 in this process; count what the fidelity job compiles
     torch._dynamo.utils.counters.clear()
-    found = stages.engine_fidelity(engine.data, engine.manifest, inputs, reference, batch_size=8, caches=(engine.builder_cache or b"",)[:1])
+    found = stage_work.engine_fidelity(engine.data, engine.manifest, inputs, reference, batch_size=8, caches=(engine.builder_cache or b"",)[:1])
     compiled_shapes = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert compiled_shapes == 1, f"{compiled_shapes} graphs compiled for 10 judge images on an engine built for batch 8"
     assert found.samples == 10 and found.top1_agreement == 1.0 and found.cosine_min > 0.999
@@ -270,11 +272,12 @@ def test_what_torch_stages_return_reads_without_torch(tmp_path: Path) -> None:
     """The driver unpickles every Outcome; one that named a torch class (torch.__version__ is one)
     made it import torch, which hung a `ray job submit` driver inside ray.get."""
     model = ModelRef("small", "tests.models:small_convnet", None, SHAPE)
-    exported = tasks.run_stage(tasks._export, model)
+    exported = tasks.run_call(ExportCall(model=model))
     request = BuildRequest(model, "fp32", "torch", {"kind": "eager"}, Target("cpu", "any"), (2,))
-    built = tasks.run_stage(tasks._build, request, None, exported.blobs["checkpoint"], NO_CONTEXT)
+    built = tasks.run_call(BuildCall(request=request, variant=None, checkpoint=exported.blobs["checkpoint"], caches=()))
     settings = BenchSettings(warmup_s=0.0, duration_s=0.05, min_iterations=3, window_s=0.02, max_duration_s=0.3)
-    timed = tasks.run_stage(stages.benchmark_engine, built.blobs["engine"], built.value.manifest, 2, settings, ())
+    timed = tasks.run_call(BenchmarkCall(engine=built.blobs["engine"], manifest=built.value.manifest, batch_size=2, settings=settings,
+                                         caches=()))
     assert exported.ok and built.ok and timed.ok, (exported.error, built.error, timed.error)
     assert built.value.manifest.extra["torch_version"] == exported.value.torch_version
     pickled = tmp_path / "outcomes.pkl"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from farm.results import verdict
-from workers import stages
+from workers import stage_work
 from workers.device import describe
 from workers.models import Exported, export
 from workers.structs import BuildRequest, Engine, ModelRef
@@ -37,12 +37,12 @@ def resnet() -> Exported:
 def ort_engine(resnet: Exported, level: str) -> Engine:
     target = describe().targets()[0]
     options = {"intra_op_threads": 1, "graph_optimization_level": level}
-    return stages.build_engine(BuildRequest(RESNET, "fp32", "onnxruntime", options, target, (1,)), resnet.onnx_bytes, None)
+    return stage_work.build_engine(BuildRequest(RESNET, "fp32", "onnxruntime", options, target, (1,)), resnet.onnx_bytes, None)
 
 
 def test_the_same_engine_twice_is_a_tie_not_a_winner(resnet: Exported) -> None:
     engine = ort_engine(resnet, "all")
-    rounds = stages.retime_engines([(engine.data, engine.manifest, ()), (engine.data, engine.manifest, ())], 1, 8, 0.2)
+    rounds = stage_work.retime_engines([(engine.data, engine.manifest, ()), (engine.data, engine.manifest, ())], 1, 8, 0.2)
     # two labels, one engine: real timings that differ only by noise
     a, b = Entry("a", options={"intra_op_threads": 1}), Entry("b", options={"intra_op_threads": 1, "label": "again"})
     decided = verdict.from_retime([a, b], {"a": rounds[0], "b": rounds[1]}, "p50")
@@ -70,7 +70,7 @@ def test_a_clearly_faster_engine_wins_with_a_significant_margin(resnet: Exported
     # Real interleaved rounds of two engines give every round for each (their speed is benchmarks/' business:
     # on a loaded 2-core machine fused and plain ORT came out tied, p = 0.09) ...
     fused, plain = ort_engine(resnet, "all"), ort_engine(resnet, "disable")
-    live = stages.retime_engines([(plain.data, plain.manifest, ()), (fused.data, fused.manifest, ())], 1, 8, 0.05)
+    live = stage_work.retime_engines([(plain.data, plain.manifest, ()), (fused.data, fused.manifest, ())], 1, 8, 0.05)
     assert [sorted(r) for r in live] == [["mean", "median", "p99"]] * 2
     assert all(len(r["median"]) == 8 and min(r["median"]) > 0 for r in live)
     # ... and synthetic rounds, one engine 20% faster in each under 5% drift, decide as a real lead must.

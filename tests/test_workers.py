@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from workers import stages
+from workers import stage_work
 from workers.bench import BenchSettings, Stats, measure, nearest_rank, windows_agree
 from workers.calibration import CalibrationDataError, load_images
 from workers.device import describe
@@ -87,20 +87,20 @@ def test_onnx_file_that_does_not_parse(tmp_path: Path) -> None:
 )
 def test_build_benchmark_fidelity(exported: Exported, images: np.ndarray, backend: str, options: dict[str, object]) -> None:
     target = describe().targets()[0]
-    engine = stages.build_engine(BuildRequest(RESNET, "fp32", backend, options, target, (1, 4)), exported.onnx_bytes, exported.checkpoint)
+    engine = stage_work.build_engine(BuildRequest(RESNET, "fp32", backend, options, target, (1, 4)), exported.onnx_bytes, exported.checkpoint)
     assert engine.manifest.backend == backend
     assert engine.manifest.target == target.id
     assert len(engine.manifest.engine_sha256) == 64
     assert engine.manifest.inputs[0].shape[1:] == (3, 224, 224)
 
-    timings = stages.benchmark_engine(engine.data, engine.manifest, 4, FAST)
+    timings = stage_work.benchmark_engine(engine.data, engine.manifest, 4, FAST)
     assert timings.iterations >= 3 == FAST.min_iterations
     assert len(timings.raw_ms) == timings.iterations
     assert timings.latency.min <= timings.latency.median <= timings.latency.p99 <= timings.latency.max
     assert timings.throughput == pytest.approx(4 * timings.iterations / timings.wall_s)
 
-    reference = stages.reference_outputs(exported.onnx_bytes, images, 4)
-    fidelity = stages.engine_fidelity(engine.data, engine.manifest, images, reference, 4)
+    reference = stage_work.reference_outputs(exported.onnx_bytes, images, 4)
+    fidelity = stage_work.engine_fidelity(engine.data, engine.manifest, images, reference, 4)
     assert fidelity.samples == len(images)
     assert fidelity.top1_agreement == 1.0
     assert fidelity.cosine_min > 0.9999
@@ -110,7 +110,7 @@ def test_build_benchmark_fidelity(exported: Exported, images: np.ndarray, backen
 def test_onnxruntime_rejects_unknown_level(exported: Exported) -> None:
     request = BuildRequest(RESNET, "fp32", "onnxruntime", {"graph_optimization_level": "max"}, describe().targets()[0], (1,))
     with pytest.raises(ValueError, match="graph_optimization_level 'max'"):
-        stages.build_engine(request, exported.onnx_bytes, None)
+        stage_work.build_engine(request, exported.onnx_bytes, None)
 
 
 def test_nearest_rank_percentiles() -> None:

@@ -29,14 +29,14 @@ from ray.util.queue import Queue
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from farm.run import cluster, isolated, tasks
-from farm.run.jobs import BuildJob, DataRef, Job, Plan, TargetGroup
+from farm.run.jobs import DataRef, Job, Plan, TargetGroup
 from farm.run.input_changes import input_changes, recorded_spec
 from farm.run.plan import expand, same_targets
 from farm.run.schedule import Event, Placement, Schedule
 # check_inputs: files the spec names that cannot serve fail the sweep before Ray starts
 from farm.run.spec.checks import check_inputs
 from farm.run.spec.schema import SweepSpec
-from farm.run.stages import Produced, Stage, registry
+from farm.run.stages import BuildJob, Produced, Stage, registry
 from farm.store import schema
 from farm.store.db import Store
 from farm.store.record import Recorder
@@ -186,7 +186,7 @@ class SweepRun:
         self.on_build_progress = on_build_progress
         self.nodes = nodes
         self.groups = {g.target.id: g for g in groups}
-        self.stages: dict[str, Stage] = registry()
+        self.stages: dict[str, Stage[Any]] = registry()
         self.placement = Placement(groups, {n.node_id: (n.device.host_id or n.device.hostname, n.cpus) for n in nodes.values()},
                                    patience_s=spec.limits.timing_patience_s)
         # Submit no more than the cluster can run at once, so a job's timeout clock starts near its start.

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from farm.run.jobs import ExportJob, KeyInputs, Plan
+from farm.run.jobs import KeyInputs, Plan
 from farm.results.queries import last_exports
 from farm.run.spec.schema import SweepSpec
+from farm.run.stages import ExportJob
 from farm.store.record import Recorder
 
 # The spec fields that go into the export key (through ModelRef), as the stored spec names them.

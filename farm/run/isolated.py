@@ -26,7 +26,7 @@ from multiprocessing import reduction
 from multiprocessing.context import ForkServerContext
 from typing import Any
 
-PRELOAD = ["farm.run.tasks"]  # what every child would import anyway: farm's workers and their backends
+PRELOAD = ["farm.run.stages"]  # what every child would import anyway: the stages' calls, farm's workers and their backends
 _DONE = "farm.run.isolated: done"  # the end of a child's messages
 
 

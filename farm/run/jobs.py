@@ -3,7 +3,8 @@
 A job's key is a hash of everything that determines its result: its parents' keys, the
 backend and its version, the options and the target. The same spec on the same fleet
 always yields the same keys, which is what makes resume and caching free. A job names its
-parents by field (`BuildJob.variant_key`), never by position.
+parents by field (`BuildJob.variant_key`), never by position. Each stage's job type lives with its
+stage (farm.run.stages).
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from workers.bench import BenchSettings
-from workers.precision import DEFAULT_LAYOUT
-from workers.structs import BuildRequest, ModelRef, Preprocess, Target
+from workers.structs import Preprocess, Target
 
 KEY_VERSION = 1  # bump to invalidate every cached result after a change in what a stage computes
 
@@ -102,121 +101,6 @@ class Job:
             value = getattr(self, name)
             found += [key for key in value if key] if isinstance(value, tuple) else [value] if value else []
         return tuple(found)
-
-
-@dataclass(frozen=True)
-class ExportJob(Job):
-    stage: ClassVar[str] = "export"
-    model: ModelRef
-    inputs: KeyInputs = field(default_factory=lambda: KeyInputs({}, {}))  # what its key hashes beyond `model`
-
-
-@dataclass(frozen=True)
-class ReferenceJob(Job):
-    """The fp32 model's outputs on the held-out rows: what every build is judged against."""
-
-    stage: ClassVar[str] = "reference"
-    parents: ClassVar[tuple[str, ...]] = ("export_key",)
-    export_key: str
-    model: ModelRef
-    data: DataRef
-
-
-@dataclass(frozen=True)
-class CalibrateJob(Job):
-    """Activation ranges of the fp32 model over the calibration rows, once per method."""
-
-    stage: ClassVar[str] = "calibrate"
-    parents: ClassVar[tuple[str, ...]] = ("export_key",)
-    export_key: str
-    model: ModelRef
-    method: str
-    percentile: float
-    data: DataRef
-
-
-@dataclass(frozen=True)
-class VariantJob(Job):
-    """The model's ONNX after a precision transform; int8 / fp8 from a calibration, judged (by the
-    fallback) against the reference."""
-
-    stage: ClassVar[str] = "variant"
-    parents: ClassVar[tuple[str, ...]] = ("export_key", "calibration_key", "reference_key")
-    export_key: str
-    model: ModelRef
-    precision: str
-    calibration_key: str | None = None
-    reference_key: str | None = None
-    method: str | None = None
-    fp16: dict[str, Any] = field(default_factory=dict)
-    min_top1_agreement: float = 0.99
-    min_cosine: float | None = None  # the fallback must reach this too, where the spec constrains cosine
-    fallback_tries: int = 0  # 0: no fallback
-    heldout: DataRef | None = None
-    layout: str = DEFAULT_LAYOUT  # int8: how the Q/DQ graph is written (workers.precision.INT8_LAYOUTS)
-    max_float_fraction: float = 0.25
-    confident_margin: float | None = None  # the evidence rule's, where the spec judges by evidence; None: the bare threshold
-    form: str = "onnx"  # "module": no ONNX; a backend that builds from the checkpoint casts the module itself
-
-
-@dataclass(frozen=True)
-class BuildJob(Job):
-    stage: ClassVar[str] = "build"
-    parents: ClassVar[tuple[str, ...]] = ("variant_key", "export_key")
-    variant_key: str
-    export_key: str  # the export's checkpoint: what the PyTorch backends build from
-    request: BuildRequest
-    backend_version: str
-
-
-@dataclass(frozen=True)
-class BenchmarkJob(Job):
-    stage: ClassVar[str] = "benchmark"
-    parents: ClassVar[tuple[str, ...]] = ("build_key",)
-    build_key: str
-    target: Target
-    batch_size: int
-    settings: BenchSettings
-
-
-@dataclass(frozen=True)
-class FidelityJob(Job):
-    stage: ClassVar[str] = "fidelity"
-    parents: ClassVar[tuple[str, ...]] = ("build_key", "reference_key")
-    build_key: str
-    reference_key: str
-    target: Target
-    batch_size: int  # largest batch the engine accepts; inputs run in chunks of it
-    box_score_threshold: float = 0.5  # detectors only
-
-
-@dataclass(frozen=True)
-class RetimeSettings:
-    """The interleaved re-timing of a group's leading builds (docs/verdicts.md)."""
-
-    objective: str = "p50"  # what the sweep ranks by
-    reach: float = 0.10  # builds whose benchmark is within this fraction of the leader's are re-timed with it
-    max_candidates: int = 3
-    rounds: int = 8  # A B C, A B C, ...: each round times every candidate once, in a rotated order
-    window_s: float = 0.15  # how long each candidate runs per round
-    alpha: float = 0.05  # the significance level of the winner's paired test
-
-
-@dataclass(frozen=True)
-class RetimeJob(Job):
-    """The leading builds of one (model, target, batch size) timed again, interleaved on one node: a
-    winner is declared only where its lead holds against drift and neighbours alike."""
-
-    stage: ClassVar[str] = "retime"
-    parents: ClassVar[tuple[str, ...]] = ("benchmark_keys", "fidelity_keys")
-    runs_after_failures: ClassVar[bool] = True  # one failed build must not cost its group a verdict
-    model: str
-    target: Target
-    batch_size: int
-    benchmark_keys: tuple[str, ...]
-    fidelity_keys: tuple[str, ...]  # of the same builds, in the same order (a missing one: "")
-    constraints: dict[str, Any]  # fidelity floors and their rule (farm.results.select.Constraints) a contender must meet
-    settings: RetimeSettings
 
 
 @dataclass

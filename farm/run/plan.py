@@ -11,21 +11,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from farm.run.jobs import (
+from farm.run.jobs import DataRef, Job, Plan, TargetGroup, content_key
+from farm.run.stages import (
     BenchmarkJob,
     BuildJob,
     CalibrateJob,
-    DataRef,
     ExportJob,
     FidelityJob,
-    Job,
-    Plan,
     ReferenceJob,
     RetimeJob,
     RetimeSettings,
-    TargetGroup,
     VariantJob,
-    content_key,
 )
 from farm.results.evidence import EVIDENCE_VERSION
 from farm.run.judge_set import check_judge_set

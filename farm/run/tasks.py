@@ -1,10 +1,11 @@
-"""Ray tasks: each one calls a single workers.stages function and returns an Outcome.
+"""The one Ray task that runs any stage's call, and what it hands back: an Outcome.
 
-A Python exception becomes a failed Outcome with a one-line error and the traceback as its
-log; everything the stage printed (native libraries included: the file descriptors are
-redirected) is kept as the log too. The driver runs each build in a fresh process
-forked for it (farm.run.isolated, unless the spec turns `limits.isolate_builds` off), so a native
-crash or leaked memory costs only that job.
+A stage (farm.run.stages) builds one frozen `Call` per job, carrying its worker function's
+arguments; `submit` sends it to `call_task`, which runs `call.run()`. A Python exception becomes a
+failed Outcome with a one-line error and the traceback as its log; everything the stage printed
+(native libraries included: the file descriptors are redirected) is kept as the log too. A stage
+may ask for its call to run in a fresh process forked for it (farm.run.isolated: builds, unless
+the spec turns `limits.isolate_builds` off), so a native crash or leaked memory costs only that job.
 """
 
 from __future__ import annotations
@@ -17,17 +18,13 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
-import numpy as np
 import ray
 
 from farm.run import isolated
-from workers import stages
-from workers.backends.base import BuildContext
-from workers.bench import BenchSettings
-from workers.structs import BuildRequest, Manifest, ModelRef
+from workers.stage_work import Rejected
 
 LOG_LIMIT = 200_000  # characters of log kept per job
 
@@ -82,58 +79,48 @@ def where_this_runs() -> dict[str, Any]:
     return {"host": socket.gethostname(), "host_id": host_id(), "ray_node": ray.get_runtime_context().get_node_id(), "gpus": held}
 
 
-def run_stage(stage: Callable[..., Any], *args: Any) -> Outcome:
+@dataclass(frozen=True, kw_only=True)
+class Call:
+    """One job's arguments, built once by its stage, and the worker function they go to.
+
+    A stage's call is a frozen, keyword-only dataclass of its own. A field may hold a ray.ObjectRef, or a tuple
+    of them, where the worker wants the bytes or array it names: the task receives the value."""
+
+    def run(self) -> Any:
+        """The worker function's answer: a value, or (value, {role: bytes}) when it leaves artifacts."""
+        raise NotImplementedError
+
+    def progress(self) -> ProgressForwarder | None:
+        """Where the call reports how far it got; None for a call that reports nothing."""
+        return None
+
+    def reporting_to(self, progress: ProgressForwarder | None) -> Call:
+        """The same call, reporting through `progress` (an isolated child posts to its parent)."""
+        return self
+
+
+C = TypeVar("C", bound=Call)
+
+
+def run_call(call: Call) -> Outcome:
     started = time.perf_counter()
-    device = where_this_runs() if ray.is_initialized() else {"host": socket.gethostname(), "gpus": []}
+    device: dict[str, Any] = where_this_runs() if ray.is_initialized() else {"host": socket.gethostname(), "gpus": []}
     device["started"] = time.time()  # wall clock, so that jobs of different processes can be ordered
     capture = _Capture()
     try:
         with _captured_output(capture):
-            value = stage(*args)
+            value = call.run()
     except Exception as exc:  # the farm keeps going: the failure becomes a row
         message = " ".join(str(exc).split()) or type(exc).__name__
         log = capture.text + "\n" + traceback.format_exc()
         device["ended"] = time.time()
-        judged = exc if isinstance(exc, stages.Rejected) else None  # not viable: a finding, its numbers the value
+        judged = exc if isinstance(exc, Rejected) else None  # not viable: a finding, its numbers the value
         error = message if judged is not None else f"{type(exc).__name__}: {message}"
         return Outcome(False, value=judged.details if judged is not None else None, error=error[:1000], log=log,
                        seconds=time.perf_counter() - started, node=device["host"], device=device, rejected=judged is not None)
     device["ended"] = time.time()
     value, blobs = value if isinstance(value, tuple) else (value, {})
     return Outcome(True, value, blobs, log=capture.text, seconds=time.perf_counter() - started, node=device["host"], device=device)
-
-
-def _export(model: ModelRef) -> tuple[Any, dict[str, bytes]]:
-    exported = stages.export_model(model)
-    blobs = {"onnx": exported.onnx_bytes}
-    if exported.checkpoint is not None:
-        blobs["checkpoint"] = exported.checkpoint
-    return exported.info, blobs
-
-
-def _reference(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str, box_score_threshold: float) -> tuple[Any, dict[str, bytes]]:
-    found = stages.reference_run(fp32, inputs, batch_size, task, box_score_threshold=box_score_threshold)
-    return {"samples": len(inputs), "noise_floor": found.noise_floor, "note": found.note}, {"reference": found.outputs}
-
-
-def _calibrate(fp32: bytes, inputs: np.ndarray, method: str, percentile: float) -> tuple[Any, dict[str, bytes]]:
-    ranges = stages.calibrate_model(fp32, inputs, method, percentile)
-    return {"samples": ranges.samples, "tensors": len(ranges.tensors), "seconds": ranges.seconds}, {"ranges": ranges.to_bytes()}
-
-
-def _variant(fp32: bytes, precision: str, data: dict[str, Any], settings: dict[str, Any]) -> tuple[Any, dict[str, bytes]]:
-    variant = stages.make_variant(fp32, precision, **data, **settings)
-    return variant.details, {"onnx": variant.onnx_bytes}
-
-
-def _build(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext) -> tuple[Any, dict[str, bytes]]:
-    engine = stages.build_engine(request, variant, checkpoint, context)
-    blobs = {"engine": engine.data}
-    engine.data = b""  # the bytes travel once, as a blob
-    if engine.builder_cache:
-        blobs["builder_cache"] = engine.builder_cache
-        engine.builder_cache = None
-    return engine, blobs
 
 
 class ProgressForwarder:
@@ -158,47 +145,65 @@ class ProgressForwarder:
             pass
 
 
-def build_context(key: str, caches: tuple[bytes, ...], progress: Any | None) -> BuildContext:
-    return BuildContext(progress=ProgressForwarder(progress, key) if progress is not None else None, caches=caches)
+def submit(call: Call, options: dict[str, Any], isolate: bool = False) -> ray.ObjectRef:
+    """Start `call` in a Ray task with `options` (resources, retries, placement); with `isolate`, in a
+    child process forked for it."""
+    held, refs = _lift(call)
+    return (isolated_call_task if isolate else call_task).options(**options).remote(held, *refs)
+
+
+@dataclass(frozen=True)
+class _Lifted:
+    """Where a call held an object ref: its place among the task's top-level arguments."""
+
+    index: int
+
+
+def _lift(call: C) -> tuple[C, list[ray.ObjectRef]]:
+    """The call with each object ref replaced by its place, and the refs. Ray resolves refs only among a
+    task's top-level arguments; left inside the call, the task would have to ray.get them, and a task
+    blocked in ray.get hands its CPUs back, so another job could start beside a timing that holds its host."""
+    refs: list[ray.ObjectRef] = []
+
+    def lift(value: Any) -> Any:
+        if isinstance(value, ray.ObjectRef):
+            refs.append(value)
+            return _Lifted(len(refs) - 1)
+        if isinstance(value, tuple) and any(isinstance(v, ray.ObjectRef) for v in value):
+            return tuple(lift(v) for v in value)
+        return value
+
+    return replace(call, **{f.name: lift(getattr(call, f.name)) for f in fields(call)}), refs
+
+
+def _land(call: C, resolved: tuple[Any, ...]) -> C:
+    """`_lift` undone in the task: each place gets the value Ray resolved there."""
+
+    def land(value: Any) -> Any:
+        if isinstance(value, _Lifted):
+            return resolved[value.index]
+        if isinstance(value, tuple) and any(isinstance(v, _Lifted) for v in value):
+            return tuple(land(v) for v in value)
+        return value
+
+    return replace(call, **{f.name: land(getattr(call, f.name)) for f in fields(call)})
 
 
 @ray.remote(num_cpus=1)
-def export_task(model: ModelRef) -> Outcome:
-    return run_stage(_export, model)
+def call_task(call: Call, *resolved: Any) -> Outcome:
+    """Any stage's call; `resolved`: the values of the object refs `submit` lifted out of it."""
+    return run_call(_land(call, resolved))
 
 
 @ray.remote(num_cpus=1)
-def reference_task(fp32: bytes, inputs: np.ndarray, batch_size: int, task: str, box_score_threshold: float = 0.5) -> Outcome:
-    return run_stage(_reference, fp32, inputs, batch_size, task, box_score_threshold)
-
-
-@ray.remote(num_cpus=1)
-def calibrate_task(fp32: bytes, inputs: np.ndarray, method: str, percentile: float) -> Outcome:
-    return run_stage(_calibrate, fp32, inputs, method, percentile)
-
-
-@ray.remote(num_cpus=1)
-def variant_task(
-    fp32: bytes,
-    precision: str,
-    ranges: bytes | None,
-    heldout: np.ndarray | None,
-    reference: bytes | None,
-    labels: np.ndarray | None,
-    settings: dict[str, Any],
-) -> Outcome:
-    """The data come as top-level arguments: Ray resolves object refs there, not inside a dict."""
-    data = {"ranges": ranges, "heldout": heldout, "reference": reference, "labels": labels}
-    return run_stage(_variant, fp32, precision, data, settings)
-
-
-@ray.remote(num_cpus=1)
-def isolated_build_task(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext) -> Outcome:
-    """A build in a child process forked for it (farm.run.isolated): a native crash or a leak ends that child only."""
-    forwarder = context.progress if isinstance(context.progress, ProgressForwarder) else None
-    # A child that dies raises isolated.ChildDied, which the driver submits with retry_exceptions: Ray tries again.
-    outcome: Outcome = isolated.call(_build_in_child, request, variant, checkpoint, context.caches,
-                                     forwarder.key if forwarder else None, on_message=forwarder.send if forwarder else _ignore)
+def isolated_call_task(call: Call, *resolved: Any) -> Outcome:
+    """A call in a child process forked for it (farm.run.isolated): a native crash or a leak ends that child only."""
+    call = _land(call, resolved)
+    forwarder = call.progress()
+    # The progress queue (a Ray actor) stays in this process: the child posts to it here, and this forwards.
+    # A child that dies raises isolated.ChildDied, which the stage submits with retry_exceptions: Ray tries again.
+    outcome: Outcome = isolated.call(_call_in_child, call.reporting_to(None), forwarder.key if forwarder else None,
+                                     on_message=forwarder.send if forwarder else _ignore)
     outcome.device = where_this_runs() | {k: v for k, v in (outcome.device or {}).items() if k in ("started", "ended")}
     return outcome
 
@@ -208,46 +213,11 @@ def _ignore(_message: Any) -> None:
 
 
 class _Posting:
-    """A queue's put_nowait that posts to the parent of an isolated build (farm.run.isolated)."""
+    """A queue's put_nowait that posts to the parent of an isolated call (farm.run.isolated)."""
 
     def __init__(self, post: Callable[[Any], None]) -> None:
         self.put_nowait = post
 
 
-def _build_in_child(post: Callable[[Any], None], request: BuildRequest, variant: bytes | None, checkpoint: bytes | None,
-                    caches: tuple[bytes, ...], progress_key: str | None) -> Outcome:
-    progress = ProgressForwarder(_Posting(post), progress_key) if progress_key is not None else None
-    return run_stage(_build, request, variant, checkpoint, BuildContext(progress=progress, caches=caches))
-
-
-@ray.remote(num_cpus=1)
-def build_task(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext) -> Outcome:
-    return run_stage(_build, request, variant, checkpoint, context)
-
-
-@ray.remote
-def benchmark_task(engine: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings, caches: tuple[bytes, ...] = ()) -> Outcome:
-    return run_stage(stages.benchmark_engine, engine, manifest, batch_size, settings, caches)
-
-
-@ray.remote(num_cpus=1)
-def fidelity_task(
-    engine: bytes, manifest: Manifest, inputs: np.ndarray, reference: bytes, batch_size: int, labels: np.ndarray | None,
-    task: str, box_score_threshold: float, caches: tuple[bytes, ...] = (),
-) -> Outcome:
-    return run_stage(stages.engine_fidelity, engine, manifest, inputs, reference, batch_size, labels, task, box_score_threshold, caches)
-
-
-@ray.remote
-def retime_task(
-    keys: list[str], manifests: list[Manifest], caches: list[tuple[bytes, ...]], batch_size: int, rounds: int, window_s: float,
-    data_transfers: bool, *engines: bytes,
-) -> Outcome:
-    """The engines come last, each its own argument: Ray resolves object refs there, not inside a list."""
-    return run_stage(_retime, keys, list(zip(engines, manifests, caches, strict=True)), batch_size, rounds, window_s, data_transfers)
-
-
-def _retime(keys: list[str], engines: list[tuple[bytes, Manifest, tuple[bytes, ...]]], batch_size: int, rounds: int,
-            window_s: float, data_transfers: bool) -> dict[str, Any]:
-    found = stages.retime_engines(engines, batch_size, rounds, window_s, data_transfers)
-    return {"contenders": keys, "rounds": dict(zip(keys, found, strict=True)), "reason": None}
+def _call_in_child(post: Callable[[Any], None], call: Call, progress_key: str | None) -> Outcome:
+    return run_call(call.reporting_to(ProgressForwarder(_Posting(post), progress_key) if progress_key is not None else None))

@@ -1,8 +1,9 @@
 """The worker side of each pipeline stage, one function each, in pipeline order.
 
-export -> reference -> calibrate -> variant -> build -> benchmark, fidelity. The driver calls
-these inside Ray tasks; tests and the GPU machine call them directly. Outputs that are many
-arrays (reference outputs, detections) travel as .npz bytes.
+export -> reference -> calibrate -> variant -> build -> benchmark, fidelity -> retime. Each stage's
+call (farm.run.stages) names its function here and runs it inside the one Ray task; tests and the GPU
+machine call them directly. Outputs that are many arrays (reference outputs, detections) travel as
+.npz bytes.
 """
 
 from __future__ import annotations
