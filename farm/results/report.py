@@ -355,7 +355,7 @@ def _csv(data: dict[str, Any]) -> str:
 STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}h1{font-size:1.5em}h2{margin-top:1.6em;"
          "border-bottom:1px solid #ddd}table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 7px;"
          "font-size:12px;text-align:left;vertical-align:top}th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}"
-         "tr.winner td{background:#eef6ee}tr.excluded td{color:#8a4b00}.charts{display:flex;flex-wrap:wrap;gap:16px}"
+         "tr.winner td,tr.tie td{background:#eef6ee}tr.excluded td{color:#8a4b00}.charts{display:flex;flex-wrap:wrap;gap:16px}"
          "p.note{background:#fff7e0;padding:4px 8px}")
 NUMERIC = {*BY_HEADER, *FORMATTERS, "batch", "confident flips"} - {"tied with", "converged"}
 
@@ -364,10 +364,16 @@ def _table(columns: tuple[str, ...], found: list[dict[str, Any]], mark: str | No
     """A table of `columns`; `mark` names a column whose value becomes the row's class (winner, excluded)."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        f"<tr class='{html.escape(str(row.get(mark) or '').split()[0] if mark and row.get(mark) else '')}'>"
+        f"<tr class='{html.escape(_row_class(row, mark))}'>"
         + "".join(f"<td{' class=n' if c in NUMERIC else ''}>{html.escape(text(c, row[c]))}</td>" for c in columns) + "</tr>"
         for row in found)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _row_class(row: dict[str, Any], mark: str | None) -> str:
+    """The first word of the row's `mark` column (winner, tie, excluded): the style colours those rows."""
+    value = str(row.get(mark) or "") if mark else ""
+    return value.split()[0] if value else ""
 
 
 def _section(data: dict[str, Any], section: Section, intro: str = "", after: str = "", columns: tuple[str, ...] | None = None,
