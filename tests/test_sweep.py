@@ -174,8 +174,11 @@ def test_the_report_holds_verdicts_failures_and_environment(first_run: FirstRun,
     assert report["environment"] and report["environment"][0]["description"]["cpu"]["model"]
     assert "random weights" in report["notes"][0]
     assert (tmp_path / "r.csv").read_text().splitlines()[1].startswith("model,target,batch,engine")
+    # a tie names the builds it tied with (or its runner-up); every build of the sweep is listed, the broken ones too
+    assert all(w["tied with"] or w["runner-up"] for w in report["winners"] if w["verdict"].startswith("tie"))
+    assert {b["model"] for b in report["builds"]} >= {"mobilenet", "tiny"}
     page = (tmp_path / "r.html").read_text()
-    assert "<h2>Winners and verdicts</h2>" in page and "Frobnicate" in page
+    assert "Winners and verdicts</h2>" in page and "Frobnicate" in page and "<svg class=\"latency\"" in page
     missing = runner.invoke(app, ["report", "99", "--data-dir", data_dir])
     assert missing.exit_code == 2 and missing.stderr.strip() == "error: no sweep 99"
 

@@ -98,10 +98,12 @@ SUMMARY_FIDELITY = ("top1_agreement", "cosine")  # a build's fidelity in one lin
 CONSTRAINED_METRICS = ("top1_agreement", "cosine", "accuracy")  # the fidelity metrics a winners constraint is on
 # The agreement a fidelity floor (min_top1_agreement) reads: a classifier's top-1 agreement, a detector's box recall.
 AGREEMENT_METRICS = ("top1_agreement", "box_recall")
+BUILD_METRICS = (*TIMING_METRICS, *AGREEMENT_METRICS, "cosine")  # every build of a sweep in the mailable report
 SUBSETS = {"OBJECTIVES": OBJECTIVES, "TIMING_METRICS": TIMING_METRICS, "WINNER_METRICS": WINNER_METRICS,
            "RESULT_METRICS": RESULT_METRICS, "REPORT_METRICS": REPORT_METRICS, "BENCHMARK_METRICS": BENCHMARK_METRICS,
            "FIDELITY_METRICS": FIDELITY_METRICS, "SUMMARY_FIDELITY": SUMMARY_FIDELITY,
-           "CONSTRAINED_METRICS": CONSTRAINED_METRICS, "AGREEMENT_METRICS": AGREEMENT_METRICS}
+           "CONSTRAINED_METRICS": CONSTRAINED_METRICS, "AGREEMENT_METRICS": AGREEMENT_METRICS,
+           "BUILD_METRICS": BUILD_METRICS}
 
 
 def of_table(table: Table) -> list[Metric]:

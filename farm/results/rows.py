@@ -90,6 +90,26 @@ def target_ids(s: Session, containing: str | None = None) -> list[str]:
     return sorted(s.scalars(query))
 
 
+def sweep_builds(s: Session, sweep_id: int) -> list[tuple[Any, ...]]:
+    """Every build job of a sweep, whatever became of it, as (job, build or None, variant or None, model or None,
+    benchmark or None, fidelity or None): one row per benchmark the sweep ran of the build (any status), one row
+    without a benchmark for a build it never timed (failed, pending, build-only). By model, target, label, batch."""
+    def jobs(stage: str) -> Any:
+        return select(schema.SweepJob.key).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == stage)
+
+    query = (
+        select(schema.SweepJob, schema.Build, schema.Variant, schema.Model, schema.Benchmark, schema.Fidelity)
+        .outerjoin(schema.Build, schema.Build.key == schema.SweepJob.key)
+        .outerjoin(schema.Variant, schema.Build.variant_key == schema.Variant.key)
+        .outerjoin(schema.Model, schema.Variant.model_key == schema.Model.key)
+        .outerjoin(schema.Benchmark, (schema.Benchmark.build_key == schema.Build.key) & schema.Benchmark.key.in_(jobs("benchmark")))
+        .outerjoin(schema.Fidelity, (schema.Fidelity.build_key == schema.Build.key) & schema.Fidelity.key.in_(jobs("fidelity")))
+        .where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.stage == "build")
+        .order_by(schema.Model.name, schema.Build.target_id, schema.SweepJob.label, schema.Benchmark.batch_size)
+    )
+    return [tuple(row) for row in s.execute(query)]
+
+
 
 # Delivery's: the target rows that name a build's compute capability
 
@@ -100,3 +120,4 @@ def target_by_id(s: Session, target_id: str) -> schema.Target | None:
 
 def targets_by_id(s: Session) -> dict[str, schema.Target]:
     return {t.id: t for t in s.scalars(select(schema.Target))}
+
