@@ -298,12 +298,14 @@ def test_a_sweep_on_postgresql(ray_cluster: None, postgres_url: str, tmp_path: P
 
     spec, base = load_spec(spec_path)
     again = run_sweep(spec, base, str(spec_path), store)
-    assert again.sweep_id == 2 and again.count("build", "cached") == 2 and again.count("build", "done") == 0
+    # nothing left to do: a re-run of sweep 1, counted there rather than added as a sweep
+    assert again.sweep_id == 1 and again.count("build", "cached") == 2 and again.count("build", "done") == 0
     store.close()
 
     status = runner.invoke(app, ["status", "--json", *where])
     assert status.exit_code == 0, status.output
-    assert json.loads(status.stdout)["stages"]["build"]["cached"] == 2
+    shown = json.loads(status.stdout)
+    assert shown["sweep"] == 1 and shown["reruns"] == 1 and shown["stages"]["build"]["done"] == 2
     best = runner.invoke(app, ["best", "--model", "tiny", "--json", *where])
     assert best.exit_code == 0 and '"model": "tiny"' in best.stdout
 
@@ -343,6 +345,7 @@ def test_a_rerun_with_nothing_left_is_answered_from_the_store_without_ray(ray_cl
     monkeypatch.setattr(cluster, "probe", no_ray)
     second = run_sweep(spec, base, str(spec_path), store)
     assert second.states == {key: "cached" for key in first.states}
+    assert second.sweep_id == first.sweep_id  # a re-run of it: no sweep row of its own
     assert len(plans) == 2
     with store.session() as s:
         assert s.get(schema.Sweep, second.sweep_id).status == "finished"

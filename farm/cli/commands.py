@@ -113,7 +113,7 @@ def sweep(
         if address or os.environ.get("RAY_ADDRESS"):
             # Before the store: a cluster that refuses us (auth) leaves nothing behind. A local Ray starts
             # later, and not at all when the store already holds every job of the plan.
-            cluster.connect(address)
+            cluster.connect(address, cluster.ray_log_file(StoreLocation.resolve(data_dir, db_url).data_dir))
         store = writable_store(data_dir, db_url)
         progress = SweepProgress(console)
         with progress.shown():
@@ -198,13 +198,16 @@ def status(
     if as_json:
         print(json.dumps({"sweep": found.id, "name": found.name, "status": shown.split(" (")[0], "detail": shown,
                           "stored_status": found.status, "heartbeat_at": str(found.heartbeat_at) if found.heartbeat_at else None,
+                          "reruns": found.reruns, "last_rerun_at": str(found.last_rerun_at) if found.last_rerun_at else None,
                           "stages": by_stage, "nodes": [asdict(n) for n in loads], "running": [asdict(r) for r in running],
                           "eta_s": left_s, "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures],
                           "rejected": [{"stage": f.stage, "job": f.label, "reason": f.error} for f in rejected]},
                          default=str))
         return
     console.print(f"sweep {found.id} ({found.name}): {escape(shown)}, started {found.started_at:%Y-%m-%d %H:%M:%S}"
-                  + ("" if left_s is None else f", about {timedelta(seconds=round(left_s))} left at this pace"), highlight=False)
+                  + ("" if left_s is None else f", about {timedelta(seconds=round(left_s))} left at this pace")
+                  + (f", re-run {found.reruns}x from the store since (last {found.last_rerun_at:%Y-%m-%d %H:%M:%S})"
+                     if found.reruns and found.last_rerun_at else ""), highlight=False)
     console.print(compact_table(["stage", *(Column(state, True) for state in queries.STATES)],
                                 [[stage, *(str(states[state]) for state in queries.STATES)] for stage, states in by_stage.items()],
                                 width=console.width))
@@ -315,10 +318,12 @@ def report(
 @app.command()
 def doctor(as_json: AsJson = False) -> None:
     """What this machine offers: CPU, GPUs, and each backend's version (or how to install it)."""
+    from farm.run.ray_token import token_source
     from workers.backends import BACKENDS
     from workers.device import NODE_IS_HOST, describe, node_is_host
 
     info = describe()
+    ray_token = token_source(os.environ, Path.home())
     backends = [BACKENDS[name]().availability() for name in BACKENDS]
     if node_is_host():  # the switch of benchmarks/fleet_scaling.py: loud, so that nobody keeps it on a fleet
         warn(f"{NODE_IS_HOST}=1 (benchmark only): each Ray node started with it counts as a host of its own, so timings "
@@ -328,7 +333,7 @@ def doctor(as_json: AsJson = False) -> None:
     if as_json:
         print(json.dumps({"device": asdict(info), "backends": [asdict(b) | {"ok": b.ok} for b in backends],
                           "targets": [t.id for t in info.targets()], "python": sys.version.split()[0],
-                          "node_is_host": node_is_host()}, default=str))
+                          "node_is_host": node_is_host(), "ray_token": ray_token}, default=str))
         return
     cpu = info.cpu
     console.print(f"host      {info.hostname}")
@@ -343,6 +348,7 @@ def doctor(as_json: AsJson = False) -> None:
         table.add_row(b.name, escape(b.version) if b.version else "[red]missing[/]", escape(b.detail))
     console.print(table)
     console.print("targets   " + ", ".join(t.id for t in info.targets()))
+    console.print(f"ray token {escape(ray_token)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

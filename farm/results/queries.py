@@ -137,35 +137,50 @@ class SweepSummary:
     jobs: int
     done: int
     failed: int
+    reruns: int = 0  # later sweeps of the same jobs that the store answered whole (nothing ran)
 
 
-def sweeps(s: Session) -> list[SweepSummary]:
-    """Every sweep, newest first, with its job counts."""
-    jobs = (
+def _job_counts() -> Any:
+    """Per sweep: its jobs, those done or cached, failed, and those that ran or were to run (not answered from the store)."""
+    return (
         select(
             schema.SweepJob.sweep_id,
             func.count().label("jobs"),
             func.sum(case((schema.SweepJob.state.in_(("done", "cached")), 1), else_=0)).label("finished"),
             func.sum(case((schema.SweepJob.state == "failed", 1), else_=0)).label("failed"),
+            func.sum(case((schema.SweepJob.state.in_(schema.ANSWERED_STATES), 0), else_=1)).label("worked"),
         )
         .group_by(schema.SweepJob.sweep_id)
         .subquery()
     )
+
+
+def _worked_first(jobs: Any) -> tuple[Any, Any]:
+    """Sweeps that did work, newest first, then those the store answered whole (recorded by farm before re-runs
+    were counted on the sweep they repeat): what `farm status` and the dashboard open on is the first."""
+    return case((func.coalesce(jobs.c.worked, 1) > 0, 0), else_=1), schema.Sweep.id.desc()
+
+
+def sweeps(s: Session) -> list[SweepSummary]:
+    """Every sweep with its job counts: those that did work newest first, then those that did none."""
+    jobs = _job_counts()
     rows = s.execute(
         select(schema.Sweep.id, schema.Sweep.name, schema.Sweep.status, schema.Sweep.spec_path, schema.Sweep.started_at,
-               schema.Sweep.finished_at, jobs.c.jobs, jobs.c.finished, jobs.c.failed, schema.Sweep.heartbeat_at)
+               schema.Sweep.finished_at, jobs.c.jobs, jobs.c.finished, jobs.c.failed, schema.Sweep.heartbeat_at, schema.Sweep.reruns)
         .outerjoin(jobs, jobs.c.sweep_id == schema.Sweep.id)
-        .order_by(schema.Sweep.id.desc())
+        .order_by(*_worked_first(jobs))
     ).all()
-    return [SweepSummary(r[0], r[1], sweep_status(r[2], r[9], r[4], finished=r[5]), r[3], r[4], r[5], int(r[6] or 0), int(r[7] or 0), int(r[8] or 0))
+    return [SweepSummary(r[0], r[1], sweep_status(r[2], r[9], r[4], finished=r[5]), r[3], r[4], r[5], int(r[6] or 0), int(r[7] or 0), int(r[8] or 0),
+                         int(r[10] or 0))
             for r in rows]
 
 
 def sweep(s: Session, sweep_id: int | None = None) -> schema.Sweep | None:
-    """One sweep, or the newest when no id is given."""
+    """One sweep, or when no id is given the newest that did work (else the newest)."""
     if sweep_id is not None:
         return s.get(schema.Sweep, sweep_id)
-    return s.scalars(select(schema.Sweep).order_by(schema.Sweep.id.desc()).limit(1)).first()
+    jobs = _job_counts()
+    return s.scalars(select(schema.Sweep).outerjoin(jobs, jobs.c.sweep_id == schema.Sweep.id).order_by(*_worked_first(jobs)).limit(1)).first()
 
 
 def model_provenance(s: Session, model_key: str) -> dict[str, Any]:

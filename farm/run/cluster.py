@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -70,8 +71,34 @@ def labels_of(resources: dict[str, float]) -> tuple[str, ...]:
     return tuple(sorted(name.removeprefix(LABEL_RESOURCE) for name in resources if name.startswith(LABEL_RESOURCE)))
 
 
-def connect(address: str | None = None) -> None:
-    """Join the cluster at `address` or RAY_ADDRESS, or start a local one sized to this machine."""
+class RayLogFile(logging.FileHandler):
+    """Where Ray's own log lines go instead of the terminal: farm's handler, told apart from Ray's own."""
+
+
+def ray_log_file(data_dir: Path) -> Path:
+    return data_dir / "logs" / "ray.log"
+
+
+def quiet_ray(log_file: Path) -> None:
+    """Ray's Python lines ("Token authentication is enabled ...", "Started a local Ray instance") go to `log_file`
+    rather than the terminal, whose promise is farm's progress and answer; its errors still reach stderr."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("ray")
+    for handler in list(logger.handlers):
+        if isinstance(handler, RayLogFile):  # an earlier connect of this process, to another data dir
+            logger.removeHandler(handler)
+            handler.close()
+        elif isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.ERROR)
+    logger.addHandler(RayLogFile(log_file, encoding="utf-8"))
+    logger.propagate = False
+
+
+def connect(address: str | None = None, log_file: Path | None = None) -> None:
+    """Join the cluster at `address` or RAY_ADDRESS, or start a local one sized to this machine. With `log_file`,
+    Ray's own log lines go there (quiet_ray); without, only its warnings and errors are printed."""
+    if log_file is not None:
+        quiet_ray(log_file)
     if not sys.stderr.isatty():
         # Ray colours the lines it prints for its workers ("(raylet) A worker died ...") whatever the stream;
         # in a log file or a pipe those codes are noise. Ray reads this when it prints, in this process.
@@ -79,11 +106,13 @@ def connect(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    # WARNING: Ray's INFO lines ("Connecting to existing Ray cluster", "Started a local Ray instance") are noise on farm's stderr
+    # Printed, Ray's INFO lines ("Connecting to existing Ray cluster", "Started a local Ray instance") are noise on
+    # farm's stderr; in the log file they are what a person debugging the cluster wants.
+    level = logging.WARNING if log_file is None else logging.INFO
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=False, logging_level=level)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, _system_config=WARM_WORKERS)
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=level, _system_config=WARM_WORKERS)
 
 
 def probe(timeout_s: float = 120, known: set[str] | frozenset[str] = frozenset()) -> list[Node]:

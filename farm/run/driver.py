@@ -102,7 +102,7 @@ def run_sweep(
                 on_plan(plan, groups)
             return _answered_from_store(spec_path, recorded, plan, recorder, listener, settled)
         local = (groups, plan)
-    cluster.connect(address)
+    cluster.connect(address, cluster.ray_log_file(store.location.data_dir))
     nodes = cluster.probe()
     groups = cluster.group_targets(nodes, spec.rtx_targets())
     # The local Ray is this machine, so its probe mostly finds the targets planned for above: that plan stands.
@@ -111,6 +111,9 @@ def run_sweep(
     recorded = _with_changes(spec, plan, recorder)
     if on_plan:
         on_plan(plan, groups)
+    if not redo and plan.jobs and (settled := settled_states(plan, recorder.statuses([(j.stage, j.key) for j in plan.jobs]))):
+        # a cluster joined (or a local Ray that planned otherwise) with nothing to do: a re-run, as above
+        return _answered_from_store(spec_path, recorded, plan, recorder, listener, settled)
     recorder.save_targets(_target_rows(groups, nodes))
     sweep_id = recorder.start_sweep(spec.name, spec_path, recorded, ((j.stage, j.key, j.label) for j in plan.jobs))
     run = SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, listener, on_build_progress)
@@ -147,16 +150,22 @@ def settled_states(plan: Plan, statuses: dict[str, str]) -> dict[str, str] | Non
 
 def _answered_from_store(spec_path: str, recorded: dict[str, Any], plan: Plan, recorder: Recorder, listener: Listener | None,
                          states: dict[str, str]) -> SweepResult:
-    """A sweep whose every job already finished (or was judged): recorded as such, without starting Ray."""
-    sweep_id = recorder.start_sweep(recorded["name"], spec_path, recorded, ((j.stage, j.key, j.label) for j in plan.jobs),
-                                    state="cached")
-    for job in plan.jobs:
-        why = recorder.error(job.stage, job.key) if states[job.key] == "rejected" else None
-        if states[job.key] != "cached":
-            recorder.mark(sweep_id, job.stage, job.key, states[job.key], why or "nothing to do: an upstream job was rejected")
-        if listener:
-            listener(job.stage, states[job.key], job, why)
-    recorder.finish_sweep(sweep_id, "finished")
+    """A sweep whose every job already finished (or was judged), without starting Ray. A re-run of a sweep of the
+    same jobs counts on that sweep (the newest sweep stays the newest that did work, and its answer is this one);
+    other jobs (another spec's, a subset) are recorded as a sweep of their own, in which nothing ran."""
+    reasons = {job.key: recorder.error(job.stage, job.key) if states[job.key] == "rejected" else None for job in plan.jobs}
+    sweep_id = recorder.rerun_of(recorded["name"], ((j.stage, j.key) for j in plan.jobs))
+    if sweep_id is None:
+        sweep_id = recorder.start_sweep(recorded["name"], spec_path, recorded, ((j.stage, j.key, j.label) for j in plan.jobs),
+                                        state="cached")
+        for job in plan.jobs:
+            if states[job.key] != "cached":
+                recorder.mark(sweep_id, job.stage, job.key, states[job.key],
+                              reasons[job.key] or "nothing to do: an upstream job was rejected")
+        recorder.finish_sweep(sweep_id, "finished")
+    if listener:
+        for job in plan.jobs:
+            listener(job.stage, states[job.key], job, reasons[job.key])
     return SweepResult(sweep_id, plan, states)
 
 

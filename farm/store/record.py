@@ -24,6 +24,8 @@ ROW_TYPES = schema.STAGE_TABLES
 HEARTBEAT_S = 5.0  # at most one heartbeat write per this many seconds; readers call a driver gone after STALE_S
 # A running sweep whose driver wrote no heartbeat for this long lost its driver: kill -9, a crash, a full disk.
 STALE_S = 60
+SETTLED = ("done", *schema.ANSWERED_STATES)  # a sweep's job that needs nothing more: a re-run finds it in the store
+RERUN_LOOKBACK = 10  # the newest sweeps of a name that a re-run may repeat: enough for a spec edited back and forth
 GONE = "interrupted: its driver was gone (no heartbeat for over {seconds} s)"
 # Colour and cursor codes (Ray's RayTaskError colours its task name): stored text is read in files and pipes.
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -86,6 +88,23 @@ class Recorder:
             s.add(sweep)
             s.flush()
             return sweep.id
+
+    def rerun_of(self, name: str, jobs: Iterable[tuple[str, str]]) -> int | None:
+        """The sweep named `name` that a re-run of exactly these (stage, key) jobs repeats, if one of the newest
+        RERUN_LOOKBACK ended with every one of them settled: its re-run count goes up and its id comes back. None
+        when no such sweep exists (the caller records a sweep of its own)."""
+        wanted = set(jobs)
+        with self.store.session() as s, s.begin():
+            recent = s.scalars(select(schema.Sweep.id).where(schema.Sweep.name == name, schema.Sweep.status.in_(("finished", "failed")))
+                               .order_by(schema.Sweep.id.desc()).limit(RERUN_LOOKBACK)).all()
+            for sweep_id in recent:
+                rows = s.execute(select(schema.SweepJob.stage, schema.SweepJob.key, schema.SweepJob.state)
+                                 .where(schema.SweepJob.sweep_id == sweep_id)).all()
+                if {(stage, key) for stage, key, _ in rows} == wanted and all(state in SETTLED for *_, state in rows):
+                    s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id)
+                              .values(reruns=schema.Sweep.reruns + 1, last_rerun_at=datetime.now(UTC)))
+                    return sweep_id
+        return None
 
     def heartbeat(self, sweep_id: int) -> None:
         """The driver is alive: called from its loop as often as it likes, written at most every HEARTBEAT_S."""

@@ -69,8 +69,16 @@ class Sweep(Base):
     # The driver's last sign of life (every few seconds while it runs): a "running" sweep whose
     # heartbeat is old lost its driver (kill -9, a full disk) and is shown as interrupted.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # Sweeps of the same jobs answered wholly from the store since (nothing ran): counted here, not added as sweeps,
+    # so that the newest sweep is the newest that did work.
+    reruns: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_rerun_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
     jobs: Mapped[list[SweepJob]] = relationship(back_populates="sweep", cascade="all, delete-orphan")
+
+
+# How a sweep's job ends when the store answered it and nothing ran: a sweep whose every job ended so did no work.
+ANSWERED_STATES = ("cached", "rejected", "skipped")
 
 
 class SweepJob(Base):
