@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from farm.results.labels import one_build
@@ -156,9 +156,11 @@ def _job_counts() -> Any:
 
 
 def _worked_first(jobs: Any) -> tuple[Any, Any]:
-    """Sweeps that did work, newest first, then those the store answered whole (recorded by farm before re-runs
-    were counted on the sweep they repeat): what `farm status` and the dashboard open on is the first."""
-    return case((func.coalesce(jobs.c.worked, 1) > 0, 0), else_=1), schema.Sweep.id.desc()
+    """Sweeps that did work (or have not ended: a running or interrupted one is about work), newest first, then
+    the ended ones the store answered whole (recorded by farm before re-runs were counted on the sweep they
+    repeat, or a spec whose jobs no one sweep had): what `farm status` and the dashboard open on is the first."""
+    worked = or_(func.coalesce(jobs.c.worked, 1) > 0, schema.Sweep.status.not_in(("finished", "failed")))
+    return case((worked, 0), else_=1), schema.Sweep.id.desc()
 
 
 def sweeps(s: Session) -> list[SweepSummary]:
