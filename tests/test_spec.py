@@ -112,14 +112,28 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
         load_spec(write_spec(tmp_path, "- a\n- b\n"))
 
 
-def test_several_errors_are_counted_on_one_line() -> None:
-    from pydantic import ValidationError
+def test_every_error_of_a_spec_is_named_at_once(tmp_path: Path) -> None:
+    """Three mistakes cost one run, not three: each is its own line naming the file and the field."""
+    path = write_spec(tmp_path, yaml.safe_dump(_with(batch_sizes=[0], precisions=["int4"], colour="blue")))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"{path}: ") for line in lines), lines
+    assert sorted(line.split(": ")[1] for line in lines) == ["batch_sizes[0]", "colour", "precisions[0]"]
+    assert "more" not in str(caught.value)
 
-    from farm.run.spec import describe_error
 
-    with pytest.raises(ValidationError) as caught:
-        SweepSpec.model_validate(_with(batch_sizes=[0], precisions=["int4"]))
-    assert describe_error(caught.value).endswith("(and 1 more)")
+def test_the_cli_prints_each_spec_error_on_its_own_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from farm.cli import app
+
+    path = write_spec(tmp_path, yaml.safe_dump(_with(batch_sizes=[0], precisions=["int4"])))
+    done = CliRunner().invoke(app, ["sweep", str(path), "--data-dir", str(tmp_path / "data")])
+    assert done.exit_code == 2
+    errors = [line for line in done.output.splitlines() if line.strip()]
+    assert len(errors) == 2 and all(line.startswith("error: ") and str(path) in line for line in errors), errors
+    assert not done.output.startswith("\n") and not (tmp_path / "data").exists()
 
 
 def test_preprocessing_from_spec_weights_or_input_shape(tmp_path: Path) -> None:

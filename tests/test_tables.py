@@ -174,3 +174,19 @@ def test_a_tie_reordered_by_its_retiming_still_names_the_other_build() -> None:
     [answer] = winners(found, "p50", 0.9)
     assert answer.verdict is not None and answer.verdict.outcome == "tie" and answer.build_key == "plain"
     assert [r.build_key for r in answer.tied_with] == ["half"] and answer.runner_up == found[1].engine
+
+
+def test_a_sweep_refused_before_its_plan_leaves_no_blank_line() -> None:
+    """The live bars start with the plan: an error before it (a cluster that refuses us) is the first
+    thing on the terminal, not a line after an empty live display's blank one."""
+    import io
+
+    from rich.console import Console
+
+    from farm.cli.terminal import SweepProgress
+
+    written = io.StringIO()
+    progress = SweepProgress(Console(file=written, force_terminal=True, width=100))
+    with pytest.raises(RuntimeError), progress.shown():
+        raise RuntimeError("refused before the plan")
+    assert written.getvalue() == ""

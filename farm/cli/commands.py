@@ -99,7 +99,8 @@ def sweep(
     from farm.run.driver import run_sweep
     from farm.cli.terminal import SweepProgress, print_answers
     from farm.results.select import Constraints, answers, candidates, rejected_variants, untimed
-    from farm.run.spec import check_inputs, load_spec
+    from farm.run.plan import target_problem
+    from farm.run.spec import SpecError, check_inputs, load_spec
 
     # SIGTERM (a job scheduler, `timeout`) ends the sweep like Ctrl-C: recorded as interrupted, resumable.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -114,6 +115,8 @@ def sweep(
             # Before the store: a cluster that refuses us (auth) leaves nothing behind. A local Ray starts
             # later, and not at all when the store already holds every job of the plan.
             cluster.connect(address, cluster.ray_log_file(StoreLocation.resolve(data_dir, db_url).data_dir))
+        elif (problem := target_problem(parsed, cluster.local_targets(parsed.rtx_targets()))) is not None:
+            raise SpecError(f"{spec}: {problem}")  # this machine is the cluster: no store for a sweep with nothing to run
         store = writable_store(data_dir, db_url)
         progress = SweepProgress(console)
         with progress.shown():

@@ -87,11 +87,16 @@ def _flat(message: str) -> str:
 
 
 def print_error(message: str, as_json: bool = False) -> None:
-    """One line: `error: ...` on stderr, or {"error": ...} on stdout for --json."""
+    """One line per problem: `error: ...` on stderr, or {"error": ..., "errors": [...]} on stdout for --json.
+
+    A message holds several problems only where they are independent (a spec's fields), so each is
+    its own line and the user fixes them all at once."""
+    problems = [_flat(line) for line in message.splitlines() if line.strip()] or [_flat(message)]
     if as_json:
-        print(json.dumps({"error": _flat(message)}))
+        print(json.dumps({"error": problems[0], **({"errors": problems} if len(problems) > 1 else {})}))
     else:
-        err.print(f"[red]error:[/] {escape(_flat(message))}", highlight=False, soft_wrap=True)
+        for problem in problems:
+            err.print(f"[red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:

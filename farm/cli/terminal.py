@@ -59,6 +59,7 @@ class SweepProgress:
             if total:
                 self.counts[stage] = Counter()
                 self.bars[stage] = self.progress.add_task(stage, total=total, summary="")
+        self.progress.start()
 
     def on_job(self, stage: str, state: str, job: Job, error: str | None) -> None:
         if stage not in self.bars:
@@ -79,8 +80,13 @@ class SweepProgress:
 
     @contextmanager
     def shown(self) -> Iterator[SweepProgress]:
-        with self.progress:
+        """The bars, live from the plan on (on_plan starts them): a sweep refused before it has a plan
+        prints nothing here, not even the blank line an empty live display leaves."""
+        try:
             yield self
+        finally:
+            if self.progress.live.is_started:
+                self.progress.stop()
 
 
 

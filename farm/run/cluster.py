@@ -62,6 +62,12 @@ def this_machine(labels: tuple[str, ...] = ()) -> DeviceInfo:
     return replace(info, backends=versions, labels=labels)
 
 
+def local_targets(rtx_targets: Sequence[str] = ()) -> list[TargetGroup]:
+    """This machine's targets, as a local Ray's probe would find them, without starting Ray."""
+    device = this_machine()
+    return group_targets([Node("local", float(os.cpu_count() or 1), float(len(device.gpus)), device)], rtx_targets)
+
+
 @ray.remote(num_cpus=0)
 def _probe(labels: tuple[str, ...]) -> DeviceInfo:
     return this_machine(labels)

@@ -35,6 +35,7 @@ from farm.run.plan import expand, same_targets
 from farm.run.schedule import Event, Placement, Schedule
 # check_inputs: files the spec names that cannot serve fail the sweep before Ray starts
 from farm.run.spec.checks import check_inputs
+from farm.run.spec.errors import SpecError
 from farm.run.spec.schema import SweepSpec
 from farm.run.stages import BuildJob, Produced, Stage, registry
 from farm.store import schema
@@ -91,10 +92,8 @@ def run_sweep(
     if not redo and not address:
         # On this machine alone the probe is this process's own look at it: if every job of the plan
         # already finished, the answer is in the store and no Ray needs to start.
-        device = cluster.this_machine()
-        nodes = [cluster.Node("local", float(os.cpu_count() or 1), float(len(device.gpus)), device)]
-        groups = cluster.group_targets(nodes, spec.rtx_targets())
-        plan = expand(spec, base, groups)
+        groups = cluster.local_targets(spec.rtx_targets())
+        plan = _expand(spec, base, groups, spec_path)
         settled = settled_states(plan, recorder.statuses([(j.stage, j.key) for j in plan.jobs]))
         if plan.jobs and settled is not None:
             recorded = _with_changes(spec, plan, recorder)
@@ -107,7 +106,7 @@ def run_sweep(
     groups = cluster.group_targets(nodes, spec.rtx_targets())
     # The local Ray is this machine, so its probe mostly finds the targets planned for above: that plan stands.
     # A Ray this process joined already (started with other resources) may differ: then it is planned for.
-    plan = local[1] if local is not None and same_targets(local[0], groups) else expand(spec, base, groups)
+    plan = local[1] if local is not None and same_targets(local[0], groups) else _expand(spec, base, groups, spec_path)
     recorded = _with_changes(spec, plan, recorder)
     if on_plan:
         on_plan(plan, groups)
@@ -124,6 +123,14 @@ def run_sweep(
         raise
     recorder.finish_sweep(sweep_id, "finished")
     return SweepResult(sweep_id, plan, run.schedule.states, run.schedule.errors)
+
+
+def _expand(spec: SweepSpec, base: Path, groups: list[TargetGroup], spec_path: str) -> Plan:
+    """The plan; a spec the cluster cannot serve is one line that names the spec's file."""
+    try:
+        return expand(spec, base, groups)
+    except SpecError as exc:
+        raise SpecError(f"{spec_path}: {exc}") from None
 
 
 def _with_changes(spec: SweepSpec, plan: Plan, recorder: Recorder) -> dict[str, Any]:

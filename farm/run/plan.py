@@ -80,6 +80,14 @@ def same_targets(groups: list[TargetGroup], others: list[TargetGroup]) -> bool:
     return [replace(g, nodes=()) for g in groups] == [replace(g, nodes=()) for g in others]
 
 
+def target_problem(spec: SweepSpec, groups: list[TargetGroup]) -> str | None:
+    """Why no job of the spec could run on these targets: none matches its `targets` patterns."""
+    if any(matches(g.target, spec.targets) for g in groups):
+        return None
+    seen = "; ".join(g.target.id for g in groups) or "none"
+    return f"targets: {', '.join(spec.targets)}: no target in the cluster matches (targets found: {seen})"
+
+
 def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     jobs: list[Job] = []
     notes: list[str] = []
@@ -91,9 +99,8 @@ def expand(spec: SweepSpec, base: Path, groups: list[TargetGroup]) -> Plan:
     targets = [g for g in groups if matches(g.target, spec.targets)]
     if any(g.target.kind == "rtx" for g in targets):
         notes.append("rtx targets are build-only: engines are built and recorded, not benchmarked (no RTX GPU runtime here)")
-    if not targets:  # nothing could run: a bad input, not a sweep of notes that exits 0
-        seen = "; ".join(g.target.id for g in groups) or "none"
-        raise SpecError(f"targets: {', '.join(spec.targets)}: no target in the cluster matches (targets found: {seen})")
+    if (problem := target_problem(spec, groups)) is not None:  # nothing could run: a bad input, not a sweep of notes that exits 0
+        raise SpecError(problem)
     for pattern in spec.targets:
         if not any(matches(g.target, [pattern]) for g in groups):
             notes.append(f"targets: {pattern!r} matches no target in the cluster now: its jobs are not planned "

@@ -44,7 +44,7 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, Path]:
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(one_line(f"{file}: {describe_error(exc, data)}")) from None
+        raise SpecError(spec_errors(file, exc, data)) from None
     except RecursionError:
         raise SpecError(one_line(f"{file}: nested too deeply to be a sweep spec")) from None
     problem = resource_problem(spec)
@@ -100,20 +100,46 @@ def _size(data: Any, budget: int = MAX_SPEC_NODES + 1) -> int:
     return count
 
 
+MAX_ERRORS = 20  # a spec with more is probably not a sweep spec at all: the first ones say so
+
+
+def describe_errors(exc: ValidationError, data: Any = None) -> list[str]:
+    """Every problem pydantic found, one `field.path: message` each, in the schema's order; a field
+    that failed several ways (a union's alternatives) is named once, by its first problem."""
+    lines: dict[str, str] = {}
+    for error in exc.errors():
+        where = _location(error["loc"], data) or "(top level)"
+        if where not in lines:
+            lines[where] = f"{where}: {_message(error)}"
+    return list(lines.values())
+
+
 def describe_error(exc: ValidationError, data: Any = None) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    where = _location(first["loc"], data) or "(top level)"
-    message = first["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif first["type"] == "missing":
-        message = "required field is missing"
-    elif "input" in first and first["type"] not in ("model_type",) and not isinstance(first["input"], dict | list):
-        shown = repr(first["input"])
-        message = f"{message}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {message}{more}"
+    """The first problem alone (describe_errors gives them all)."""
+    return describe_errors(exc, data)[0]
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ").replace("Input should be", "expected")
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    if error["type"] == "missing":
+        return "required field is missing"
+    if "input" in error and error["type"] not in ("model_type",) and not isinstance(error["input"], dict | list):
+        shown = repr(error["input"])
+        return f"{message}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"
+    return message
+
+
+def spec_errors(file: Path, exc: ValidationError, data: Any) -> str:
+    """All of a spec's problems at once, one line each naming the file and the field, so a user fixes
+    them in one edit instead of one run each."""
+    found = describe_errors(exc, data)
+    lines = [one_line(f"{file}: {line}") for line in found[:MAX_ERRORS]]
+    if len(found) > MAX_ERRORS:
+        lines.append(f"{file}: {len(found) - MAX_ERRORS} more problems not shown")
+    return "\n".join(lines)
+
 
 def _location(loc: tuple[Any, ...], data: Any = None) -> str:
     """`a.b[0].c` for pydantic's ("a", "b", 0, "c"); an index the spec never wrote (a mapping read as a
