@@ -107,6 +107,20 @@ def test_build_benchmark_fidelity(exported: Exported, images: np.ndarray, backen
     assert fidelity.max_abs_error < 1e-3
 
 
+@pytest.mark.parametrize(("level", "threads"), [("all", 1), ("basic", 2)])
+def test_onnxruntime_build_logs_its_session_options_and_providers(exported: Exported, level: str, threads: int) -> None:
+    """The Build log tab shows what ORT was asked to do, as it shows a TensorRT builder's log; the build's peak memory is kept."""
+    request = BuildRequest(RESNET, "fp32", "onnxruntime", {"intra_op_threads": threads, "graph_optimization_level": level},
+                           describe().targets()[0], (1,))
+    engine = stage_work.build_engine(request, exported.onnx_bytes, None)
+    lines = engine.log.splitlines()
+    assert f"providers: {', '.join(engine.manifest.extra['providers'])}" in lines
+    assert f"graph_optimization_level: ORT_ENABLE_{level.upper()}" in lines
+    assert any(line.startswith(f"intra_op_num_threads: {threads} ") for line in lines)
+    assert lines[0] == f"onnxruntime {engine.manifest.backend_version}"
+    assert engine.peak_host_memory_bytes is not None and engine.peak_host_memory_bytes > 0  # ORT holds the model while it optimises
+
+
 def test_onnxruntime_rejects_unknown_level(exported: Exported) -> None:
     request = BuildRequest(RESNET, "fp32", "onnxruntime", {"graph_optimization_level": "max"}, describe().targets()[0], (1,))
     with pytest.raises(ValueError, match="graph_optimization_level 'max'"):

@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import data
 from farm.results.delivery import ENGINE_SUFFIX
+from farm.results.evidence import CONFIDENT_MARGIN
 from farm.results.labels import UnknownBuild, one_build, short_key
 from farm.results.metrics import LATENCY_OBJECTIVES
 
@@ -92,6 +93,17 @@ with tabs[1]:
         st.info("No fidelity measurement for this build.")
     else:
         st.dataframe(pd.DataFrame([build.fidelity]), hide_index=True)
+        if build.flips:
+            st.markdown(f"**Flipped images** ({len(build.flips)}): judge images whose top-1 class differs from fp32's, "
+                        "surest of fp32's first")
+            st.caption(f"fp32 margin: fp32's softmax p1 - p2 on the image; confident: at least {CONFIDENT_MARGIN}, a flip the "
+                       "evidence rule counts against the build, unless fp32 flips it too under its own 2-pixel shift (docs/verdicts.md).")
+            st.dataframe(pd.DataFrame([{"image": f.image, "fp32 margin": f.reference_margin, "confident": f.confident,
+                                        "fp32 flips it too": f.reference_flips_too} for f in build.flips]),
+                         hide_index=True, key="flipped_images",
+                         column_config={"fp32 margin": st.column_config.NumberColumn(format="%.4f")})
+        elif build.fidelity.get("status") == "ok":
+            st.caption("No judge image flipped, or this row was measured before per-image evidence was recorded.")
 with tabs[2]:
     if build.manifest:
         st.json(build.manifest, expanded=2)

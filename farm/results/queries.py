@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
+from farm.results.evidence import Flip, flips_of
 from farm.results.labels import one_build
 from farm.results.metrics import BENCHMARK_METRICS, FIDELITY_METRICS, METRICS, RESULT_METRICS
 from farm.store import schema
@@ -103,6 +104,7 @@ class BuildDetail:
     created_at: datetime
     benchmarks: list[dict[str, Any]] = field(default_factory=list)
     fidelity: dict[str, Any] | None = None
+    flips: list[Flip] = field(default_factory=list)  # the judge images its fidelity run flipped, surest of fp32's first
 
     @property
     def layers(self) -> list[dict[str, str]]:
@@ -396,7 +398,13 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
             **{m: getattr(fid, METRICS[m].column) for m in FIDELITY_METRICS},
             "flipped": len((fid.evidence or {}).get("flipped") or ()), "reference_note": fid.reference_note, "error": fid.error,
         },
+        flips=[] if fid is None else flips_of(fid.evidence, _noise_floor(s, fid.reference_key)),
     )
+
+
+def _noise_floor(s: Session, reference_key: str) -> dict[str, Any] | None:
+    reference = s.get(schema.Reference, reference_key)
+    return None if reference is None else reference.noise_floor
 
 
 def build_choices(s: Session, limit: int = 2000) -> dict[str, str]:
