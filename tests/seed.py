@@ -265,6 +265,7 @@ def _seed_build(w: _Writer, m: ModelSpec, t: TargetSpec, c: Config, variant: tup
                        variant_key=variant[0], target_id=t.id, backend=c.backend, backend_version=version,
                        options=c.options, label=text, manifest=manifest.to_json(), engine_sha256=sha,
                        engine_bytes=len(engine), peak_host_memory_bytes=int(2.5e9) if c.backend == "tensorrt" else int(8e8),
+                       peak_device_memory_bytes=int(4.2e9) if t.kind == "gpu" else None,
                        log=_build_log(c, t, m)))
     w.job(m.sweep, "build", build_key, text, "done")
     w.seeded.builds[text] = build_key
@@ -368,6 +369,7 @@ def _benchmark(key: str, build_key: str, batch: int, m: ModelSpec, t: TargetSpec
         gpu_compute_p50=statistics.median(raw) * 0.9 if gpu else None, gpu_compute_mean=mean * 0.9 if gpu else None,
         gpu_compute_cv=cv if gpu else None, noisy=cv > 0.1, raw_ms=raw, raw_gpu_ms=[round(x * 0.9, 5) for x in raw] if gpu else None,
         converged=True, latency_p50_low=low, latency_p50_high=high, data_transfers=True,
+        peak_host_memory_bytes=int(3e8 + batch * 2e7), peak_device_memory_bytes=int(6e8 + batch * 5e7) if gpu else None,
     )
 
 

@@ -272,6 +272,15 @@ def test_engine_page(app: AppTest, seeded: Seeded) -> None:
     [layers] = [d.value for d in at.dataframe if "LayerType" in d.value.columns]  # the engine inspector's JSON
     assert len(layers) == 16 and layers["Outputs"].str.contains("Int8").all()
     assert "Optimization profile" in at.code[0].value  # the build log
+    # peak memory, of the build (host and GPU) and of each benchmark, as recorded
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Build memory"] == "2,500 MB" and shown["Build GPU memory"] == "4,200 MB"
+    timings = next(d.value for d in at.dataframe if "host MB" in d.value.columns)
+    store = open_store(seeded.location, readonly=True)
+    with store.session() as s:
+        stored = {b.batch_size: (b.peak_host_memory_bytes / 1e6, b.peak_device_memory_bytes / 1e6)
+                  for b in s.scalars(select(schema.Benchmark).where(schema.Benchmark.build_key == key))}
+    assert {r["batch_size"]: (r["host MB"], r["device MB"]) for r in timings.to_dict("records")} == stored
 
     at.radio(key="histogram_batch").set_value(8).run()
     assert not at.exception

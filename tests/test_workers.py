@@ -14,7 +14,7 @@ import pytest
 from workers import stage_work
 from workers.bench import BenchSettings, Stats, measure, nearest_rank, windows_agree
 from workers.calibration import CalibrationDataError, load_images
-from workers.device import describe
+from workers.device import describe, first_gpu
 from workers.fidelity import compare
 from workers.models import Exported, ModelSourceError, export
 from workers.structs import BuildRequest, ModelRef, Preprocess
@@ -98,6 +98,10 @@ def test_build_benchmark_fidelity(exported: Exported, images: np.ndarray, backen
     assert len(timings.raw_ms) == timings.iterations
     assert timings.latency.min <= timings.latency.median <= timings.latency.p99 <= timings.latency.max
     assert timings.throughput == pytest.approx(4 * timings.iterations / timings.wall_s)
+    # peak memory of the build and of the benchmark; on the GPU only where this process has one to use
+    assert (engine.peak_host_memory_bytes or 0) > 0 and timings.peak_host_memory_bytes is not None
+    if first_gpu() is None:
+        assert engine.peak_device_memory_bytes is None and timings.peak_device_memory_bytes is None
 
     reference = stage_work.reference_outputs(exported.onnx_bytes, images, 4)
     fidelity = stage_work.engine_fidelity(engine.data, engine.manifest, images, reference, 4)

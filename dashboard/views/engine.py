@@ -1,4 +1,5 @@
-"""Engine: one build's manifest, options, log, layers, latency histogram and downloads."""
+"""Engine: one build's manifest, options, log, layers, latency histogram, peak memory (host and GPU, of the build and
+of each benchmark), its fidelity with the judge images it flipped, and downloads."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from farm.results.delivery import ENGINE_SUFFIX
 from farm.results.evidence import CONFIDENT_MARGIN
 from farm.results.labels import UnknownBuild, one_build, short_key
 from farm.results.metrics import LATENCY_OBJECTIVES
+
+
+def megabytes(count: int | None) -> str:
+    return "-" if count is None else f"{count / 1e6:,.0f} MB"
+
 
 st.title("Engine")
 at = data.where()
@@ -44,6 +50,10 @@ metrics.metric("Backend", build.backend, help=f"version {build.backend_version o
 metrics.metric("Precision", build.precision, width="content")
 metrics.metric("Engine", "-" if build.engine_bytes is None else f"{build.engine_bytes / 1e6:.2f} MB", width="content")
 metrics.metric("Build time", "-" if build.seconds is None else f"{build.seconds:.1f} s", width="content")
+metrics.metric("Build memory", megabytes(build.peak_host_memory_bytes), width="content",
+               help="peak host memory the build added to its worker (sampled)")
+metrics.metric("Build GPU memory", megabytes(build.peak_device_memory_bytes), width="content",
+               help="this build's process on its GPU, as the driver counts it; - for a CPU build or one recorded before")
 st.caption(f"{build.model} · target `{build.target}` · {build.backend} {build.backend_version or ''} · node {build.node or '-'}"
            f" · built {build.created_at:%Y-%m-%d %H:%M} · key `{build.key}`"
            + (f" · sha256 `{build.engine_sha256}`" if build.engine_sha256 else ""))

@@ -102,6 +102,8 @@ class BuildDetail:
     seconds: float | None
     node: str | None
     created_at: datetime
+    peak_host_memory_bytes: int | None = None  # the build's, grown above the worker's own
+    peak_device_memory_bytes: int | None = None  # the build's on its GPU (None: a CPU build, or not recorded)
     benchmarks: list[dict[str, Any]] = field(default_factory=list)
     fidelity: dict[str, Any] | None = None
     flips: list[Flip] = field(default_factory=list)  # the judge images its fidelity run flipped, surest of fp32's first
@@ -388,9 +390,11 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
         backend_version=build.backend_version, target=build.target_id, target_kind=build.target.kind,
         options=dict(build.options), manifest=build.manifest, engine_sha256=build.engine_sha256,
         engine_bytes=build.engine_bytes, seconds=build.seconds, node=build.node, created_at=build.created_at,
+        peak_host_memory_bytes=build.peak_host_memory_bytes, peak_device_memory_bytes=build.peak_device_memory_bytes,
         benchmarks=[
             {"batch_size": b.batch_size, "status": b.status, **{m: getattr(b, METRICS[m].column) for m in BENCHMARK_METRICS},
-             "noisy": b.noisy, "raw_ms": b.raw_ms or [], "error": b.error}
+             "noisy": b.noisy, "host MB": _megabytes(b.peak_host_memory_bytes), "device MB": _megabytes(b.peak_device_memory_bytes),
+             "raw_ms": b.raw_ms or [], "error": b.error}
             for b in benches
         ],
         fidelity=None if fid is None else {
@@ -400,6 +404,10 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
         },
         flips=[] if fid is None else flips_of(fid.evidence, _noise_floor(s, fid.reference_key)),
     )
+
+
+def _megabytes(count: int | None) -> float | None:
+    return None if count is None else count / 1e6
 
 
 def _noise_floor(s: Session, reference_key: str) -> dict[str, Any] | None:
