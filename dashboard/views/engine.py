@@ -86,7 +86,11 @@ with tabs[0]:
             st.info("No benchmark for this build yet (its benchmark jobs are pending, failed or were blocked: see Sweeps).")
     else:
         table = pd.DataFrame(build.benchmarks).drop(columns=["raw_ms"])
-        st.dataframe(table, hide_index=True)
+        for memory, shown in (("peak_host_memory_bytes", "host MB"), ("peak_device_memory_bytes", "device MB")):
+            table.insert(table.columns.get_loc(memory), shown, pd.to_numeric(table.pop(memory)) / 1e6)
+        st.dataframe(table, hide_index=True, column_config={
+            "host MB": st.column_config.NumberColumn(format="%.0f", help="peak host memory opening and timing the engine added"),
+            "device MB": st.column_config.NumberColumn(format="%.0f", help="this benchmark's process on its GPU (GPU benchmarks)")})
         timed = [b for b in build.benchmarks if b["raw_ms"]]
         if timed:
             batch = st.radio("Batch size", [b["batch_size"] for b in timed], horizontal=True, key="histogram_batch")

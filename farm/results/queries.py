@@ -392,9 +392,9 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
         engine_bytes=build.engine_bytes, seconds=build.seconds, node=build.node, created_at=build.created_at,
         peak_host_memory_bytes=build.peak_host_memory_bytes, peak_device_memory_bytes=build.peak_device_memory_bytes,
         benchmarks=[
-            {"batch_size": b.batch_size, "status": b.status, **{m: getattr(b, METRICS[m].column) for m in BENCHMARK_METRICS},
-             "noisy": b.noisy, "host MB": _megabytes(b.peak_host_memory_bytes), "device MB": _megabytes(b.peak_device_memory_bytes),
-             "raw_ms": b.raw_ms or [], "error": b.error}
+            {"batch_size": b.batch_size, "status": b.status, "peak_host_memory_bytes": b.peak_host_memory_bytes,
+             "peak_device_memory_bytes": b.peak_device_memory_bytes, **{m: getattr(b, METRICS[m].column) for m in BENCHMARK_METRICS},
+             "noisy": b.noisy, "raw_ms": b.raw_ms or [], "error": b.error}
             for b in benches
         ],
         fidelity=None if fid is None else {
@@ -404,10 +404,6 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
         },
         flips=[] if fid is None else flips_of(fid.evidence, _noise_floor(s, fid.reference_key)),
     )
-
-
-def _megabytes(count: int | None) -> float | None:
-    return None if count is None else count / 1e6
 
 
 def _noise_floor(s: Session, reference_key: str) -> dict[str, Any] | None:
