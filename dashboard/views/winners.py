@@ -71,11 +71,11 @@ if best:
                       for w, c in zip(where_, best, strict=True)]),
         hide_index=True,
         column_config={
-            "model": st.column_config.TextColumn(width=100), "target": st.column_config.TextColumn(width=130),
+            "model": st.column_config.TextColumn(width=100), "target": st.column_config.TextColumn(width=120),
             "batch": st.column_config.NumberColumn(width=45),
-            "winner": st.column_config.TextColumn(width=200, help="short key (`farm pull` and the Engine page take it), then the engine"),
-            "verdict": st.column_config.TextColumn(width=120, help="is the winner really faster than the runner-up? (Verdicts below)"),
-            "runner-up": st.column_config.TextColumn(width=200),
+            "winner": st.column_config.TextColumn(width=195, help="short key (`farm pull` and the Engine page take it), then the engine"),
+            "verdict": st.column_config.TextColumn(width=145, help="is the winner really faster than the runner-up? (Verdicts below)"),
+            "runner-up": st.column_config.TextColumn(width=190),
         },
         key="winners_table",
     )
