@@ -13,6 +13,7 @@ PAGES = [
     st.Page("views/sweeps.py", title="Sweeps", icon=":material/progress_activity:", default=True),
     st.Page("views/results.py", title="Results", icon=":material/table:"),
     st.Page("views/winners.py", title="Winners", icon=":material/emoji_events:"),
+    st.Page("views/curves.py", title="Curves", icon=":material/show_chart:"),
     st.Page("views/engine.py", title="Engine", icon=":material/memory:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
 ]

@@ -203,7 +203,7 @@ def _seed_model(w: _Writer, m: ModelSpec) -> None:
     w.job(m.sweep, "export", model_key, f"{m.name} from {m.source}", "done")
     reference_key = _key("reference", m.name)
     s.add(schema.Reference(key=reference_key, status="ok", created_at=w.tick(4), model_key=model_key,
-                           data_digest=_key("calibration_data"), samples=64))
+                           data_digest=_key("calibration_data"), samples=64, noise_floor=NOISE_FLOOR))
     w.job(m.sweep, "reference", reference_key, f"{m.name} fp32 reference on 64 images", "done")
     variants = {}
     for precision in ("fp32", "fp16", "int8"):
@@ -265,6 +265,7 @@ def _seed_build(w: _Writer, m: ModelSpec, t: TargetSpec, c: Config, variant: tup
                        variant_key=variant[0], target_id=t.id, backend=c.backend, backend_version=version,
                        options=c.options, label=text, manifest=manifest.to_json(), engine_sha256=sha,
                        engine_bytes=len(engine), peak_host_memory_bytes=int(2.5e9) if c.backend == "tensorrt" else int(8e8),
+                       peak_device_memory_bytes=int(4.2e9) if t.kind == "gpu" else None,
                        log=_build_log(c, t, m)))
     w.job(m.sweep, "build", build_key, text, "done")
     w.seeded.builds[text] = build_key
@@ -275,8 +276,21 @@ def _seed_build(w: _Writer, m: ModelSpec, t: TargetSpec, c: Config, variant: tup
     s.add(schema.Fidelity(key=fidelity_key, status="ok", created_at=w.tick(3), build_key=build_key, reference_key=reference_key,
                           samples=64, top1_agreement=top1, top5_agreement=min(1.0, top1 + 0.01),
                           cosine_mean=1.0 - (1.0 - top1) / 4, cosine_min=1.0 - (1.0 - top1) * 2,
-                          max_abs_error=0.0 if top1 == 1.0 else round((1.0 - top1) * 40, 4)))
+                          max_abs_error=0.0 if top1 == 1.0 else round((1.0 - top1) * 40, 4), evidence=_evidence(top1, rng)))
     w.job(m.sweep, "fidelity", fidelity_key, text, "done")
+
+
+# fp32 against itself under a 2-pixel shift (workers.fidelity): these judge images change class.
+NOISE_FLIPPED = (0, 16, 32, 48)
+NOISE_FLOOR = {"perturbation": "2-pixel shift", "samples": 64, "agreed": 64 - len(NOISE_FLIPPED), "flipped": list(NOISE_FLIPPED)}
+
+
+def _evidence(top1: float, rng: random.Random) -> dict[str, Any]:
+    """The per-image detail workers.fidelity stores: which of the 64 judge images flipped, fp32's margin on each image.
+    (Its counts, `agreed`, stay unset: the seeded builds are judged by their top-1 share, as rows from before evidence.)"""
+    margins = [round(rng.uniform(0.0, 0.9), 4) for _ in range(64)]
+    flipped = sorted(rng.sample(range(64), round((1.0 - top1) * 64)))
+    return {"flipped": flipped, "margins": margins}
 
 
 def _extra(c: Config, t: TargetSpec, m: ModelSpec) -> dict[str, Any]:
@@ -355,6 +369,7 @@ def _benchmark(key: str, build_key: str, batch: int, m: ModelSpec, t: TargetSpec
         gpu_compute_p50=statistics.median(raw) * 0.9 if gpu else None, gpu_compute_mean=mean * 0.9 if gpu else None,
         gpu_compute_cv=cv if gpu else None, noisy=cv > 0.1, raw_ms=raw, raw_gpu_ms=[round(x * 0.9, 5) for x in raw] if gpu else None,
         converged=True, latency_p50_low=low, latency_p50_high=high, data_transfers=True,
+        peak_host_memory_bytes=int(3e8 + batch * 2e7), peak_device_memory_bytes=int(6e8 + batch * 5e7) if gpu else None,
     )
 
 

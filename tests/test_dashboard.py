@@ -20,10 +20,12 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from farm.results import queries
+from farm.results.evidence import CONFIDENT_MARGIN
+from farm.results.labels import short_key
 from farm.store import StoreLocation, open_store, schema
 from tests.conftest import BACKENDS
 from tests.postgres import PostgresServer
-from tests.seed import H200, L4, TRT_O3, TRT_O5, Seeded, beat, seed, seed_bulk
+from tests.seed import CPU, H200, L4, RTX, TRT_O3, TRT_O5, Seeded, beat, seed, seed_bulk
 
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 EMPTY_HINT = "farm sweep sweeps/quickstart.yaml"
@@ -90,7 +92,7 @@ def test_dashboard_reads_through_farm_only() -> None:
     assert loaded in ("[]", "['workers', 'workers.stats']"), loaded
 
 
-@pytest.mark.parametrize("page", ["sweeps", "results", "winners", "engine", "compare"])
+@pytest.mark.parametrize("page", ["sweeps", "results", "winners", "curves", "engine", "compare"])
 def test_empty_store_explains_what_to_do(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FARM_DATA_DIR", str(tmp_path / "nothing-here"))
     monkeypatch.delenv("FARM_DB_URL", raising=False)
@@ -198,10 +200,11 @@ def test_results_page_with_10000_builds(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def winner_of(at: AppTest, model: str, target: str, batch: int) -> str:
+    """The winner's short key: the first word of its cell (`1a2b3c4d tensorrt fp16 ...`)."""
     table = frame(at)
     row = table[(table["model"] == model) & (table["target"] == target) & (table["batch"] == batch)]
     assert len(row) == 1, table
-    return str(row.iloc[0]["build"])
+    return str(row.iloc[0]["winner"]).split()[0]
 
 
 @pytest.mark.parametrize("seeded_on", BACKENDS, indirect=True)
@@ -209,19 +212,24 @@ def test_winners_follow_the_objective_and_the_floor(seeded_on: Seeded, monkeypat
     seeded = seeded_on
     at = open_page(app_on(seeded, monkeypatch), "winners")
     labels = {key: label for label, key in seeded.builds.items()}
-    fp16_o3 = labels[seeded.key("resnet50", "fp16", "tensorrt", TRT_O3, H200)]
-    fp16_o5 = labels[seeded.key("resnet50", "fp16", "tensorrt", TRT_O5, H200)]
-    int8 = labels[seeded.key("resnet50", "int8", "tensorrt", TRT_O3, H200)]
+    fp16_o3, fp16_o5, int8 = (seeded.key("resnet50", precision, "tensorrt", level, H200)
+                              for precision, level in (("fp16", TRT_O3), ("fp16", TRT_O5), ("int8", TRT_O3)))
 
-    assert winner_of(at, "resnet50", H200, 1) == fp16_o3  # lowest p50
-    assert fp16_o3 in text(at)  # named beside its download button
-    row = frame(at).query("model == 'resnet50' and target == @H200 and batch == 1").iloc[0]
-    assert row["vs torch"] == "5.19x" and row["vs fp32"] == "2.00x"
+    assert winner_of(at, "resnet50", H200, 1) == short_key(fp16_o3)  # lowest p50
+    assert labels[fp16_o3] in text(at)  # named in full beside its download button
+    answer = frame(at).query("model == 'resnet50' and target == @H200 and batch == 1").iloc[0]
+    # the runner-up is named by its key too, and the labels keep only the option that tells the two apart
+    assert answer["winner"] == f"{short_key(fp16_o3)} tensorrt fp16 optimization_level=3"
+    assert answer["runner-up"] == f"{short_key(fp16_o5)} tensorrt fp16 optimization_level=5"
+    assert answer["verdict"].startswith("winner")
+    assert any(f"**resnet50** on `{H200}`, batch 1: " in m.value for m in at.markdown)  # its verdict, not collapsed
+    numbers = frame(at, 1).query("model == 'resnet50' and target == @H200 and batch == 1").iloc[0]
+    assert numbers["key"] == short_key(fp16_o3) and numbers["vs torch"] == "5.19x" and numbers["vs fp32"] == "2.00x"
 
     at.radio(key="objective").set_value("throughput").run()
-    assert winner_of(at, "resnet50", H200, 1) == fp16_o5  # steadier, so more samples per second
+    assert winner_of(at, "resnet50", H200, 1) == short_key(fp16_o5)  # steadier, so more samples per second
     at.radio(key="objective").set_value("p99").run()
-    assert winner_of(at, "resnet50", H200, 1) == fp16_o5
+    assert winner_of(at, "resnet50", H200, 1) == short_key(fp16_o5)
 
     # what the floor excluded is an answer too: int8 at 0.985 misses 0.99, with its numbers and reason
     [excluded] = [d.value for d in at.dataframe if "reason" in d.value.columns]
@@ -231,11 +239,11 @@ def test_winners_follow_the_objective_and_the_floor(seeded_on: Seeded, monkeypat
 
     at.radio(key="objective").set_value("p50")
     at.slider(key="floor").set_value(0.98).run()
-    assert winner_of(at, "resnet50", H200, 1) == int8  # top-1 agreement 0.985 is now enough
-    assert int8 in text(at)
+    assert winner_of(at, "resnet50", H200, 1) == short_key(int8)  # top-1 agreement 0.985 is now enough
+    assert labels[int8] in text(at)
 
     at.slider(key="floor").set_value(1.0).run()
-    assert {" ".join(frame(at)["winner"].iloc[i].split()[:2]) for i in range(len(frame(at)))} <= {"torch fp32", "onnxruntime fp32"}
+    assert {" ".join(frame(at)["winner"].iloc[i].split()[1:3]) for i in range(len(frame(at)))} <= {"torch fp32", "onnxruntime fp32"}
 
 
 def test_winners_page_draws_a_pareto_chart_per_target_and_offers_downloads(app: AppTest, seeded: Seeded) -> None:
@@ -244,9 +252,9 @@ def test_winners_page_draws_a_pareto_chart_per_target_and_offers_downloads(app: 
     at.selectbox(key="pareto_model").set_value("resnet50").run()
     charts = at.get("plotly_chart")
     assert len(charts) == 4  # H200, L4, rtx:sm_89, CPU
-    winners_shown = {str(r) for r in frame(at)["build"]}
+    winners_shown = {str(r).split()[0] for r in frame(at)["winner"]}
     buttons = at.get("download_button")
-    assert len(buttons) == len({seeded.builds[label] for label in winners_shown})
+    assert len(buttons) == len(winners_shown)
 
     at.selectbox(key="winners_sweep").set_value(seeded.sweeps["nightly"]).run()
     assert set(frame(at)["model"]) == {"efficientnet_b0"}
@@ -264,6 +272,15 @@ def test_engine_page(app: AppTest, seeded: Seeded) -> None:
     [layers] = [d.value for d in at.dataframe if "LayerType" in d.value.columns]  # the engine inspector's JSON
     assert len(layers) == 16 and layers["Outputs"].str.contains("Int8").all()
     assert "Optimization profile" in at.code[0].value  # the build log
+    # peak memory, of the build (host and GPU) and of each benchmark, as recorded
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Build memory"] == "2,500 MB" and shown["Build GPU memory"] == "4,200 MB"
+    timings = next(d.value for d in at.dataframe if "host MB" in d.value.columns)
+    store = open_store(seeded.location, readonly=True)
+    with store.session() as s:
+        stored = {b.batch_size: (b.peak_host_memory_bytes / 1e6, b.peak_device_memory_bytes / 1e6)
+                  for b in s.scalars(select(schema.Benchmark).where(schema.Benchmark.build_key == key))}
+    assert {r["batch_size"]: (r["host MB"], r["device MB"]) for r in timings.to_dict("records")} == stored
 
     at.radio(key="histogram_batch").set_value(8).run()
     assert not at.exception
@@ -271,6 +288,40 @@ def test_engine_page(app: AppTest, seeded: Seeded) -> None:
     at.button(key="to_compare").click().run()
     assert at.session_state["compare_a"] == key
     assert at.title[0].value == "Compare"
+
+
+def test_curves_page_draws_each_engines_latency_and_throughput_against_batch_size(app: AppTest, seeded: Seeded) -> None:
+    at = open_page(app, "curves")
+    at.selectbox(key="curves_model").set_value("resnet50").run()
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2 * len((H200, L4, RTX, CPU))  # latency and throughput per target resnet50 was timed on
+    latency = json.loads(charts[0].proto.spec)["data"]
+    fp16 = seeded.key("resnet50", "fp16", "tensorrt", TRT_O3, H200)
+    p50 = next(t for t in latency if t["name"].startswith(short_key(fp16)) and t["name"].endswith("p50"))
+    store = open_store(seeded.location, readonly=True)
+    with store.session() as s:
+        stored = dict(s.execute(select(schema.Benchmark.batch_size, schema.Benchmark.latency_p50)
+                                .where(schema.Benchmark.build_key == fp16, schema.Benchmark.status == "ok")).all())
+    assert dict(zip(p50["x"], p50["y"], strict=True)) == stored and len(stored) > 1  # one point per batch size it was timed at
+    assert {t["name"].rsplit(" ", 1)[1] for t in latency} == {"p50", "p99"}
+
+
+def test_engine_page_shows_each_flipped_image_with_fp32s_margin(app: AppTest, seeded: Seeded) -> None:
+    key = seeded.key("resnet50", "int8", "tensorrt", TRT_O3, H200)
+    app.query_params["build"] = key
+    at = open_page(app, "engine")
+    flips = next(d.value for d in at.dataframe if "fp32 margin" in d.value.columns)
+    store = open_store(seeded.location, readonly=True)
+    with store.session() as s:
+        fidelity = s.scalars(select(schema.Fidelity).where(schema.Fidelity.build_key == key)).one()
+        noise = s.get(schema.Reference, fidelity.reference_key).noise_floor
+    stored = fidelity.evidence
+    assert sorted(flips["image"]) == sorted(stored["flipped"]) and len(flips) > 0
+    for row in flips.to_dict("records"):
+        margin = stored["margins"][row["image"]]
+        assert row["fp32 margin"] == margin and row["confident"] == (margin >= CONFIDENT_MARGIN)
+        assert row["fp32 flips it too"] == (row["image"] in noise["flipped"])
+    assert list(flips["fp32 margin"]) == sorted(flips["fp32 margin"], reverse=True)  # surest of fp32's first
 
 
 def test_engine_page_takes_a_short_key_and_says_when_one_is_ambiguous(app: AppTest, seeded: Seeded) -> None:

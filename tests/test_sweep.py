@@ -93,6 +93,12 @@ def test_sweep_records_every_job(first_run: FirstRun) -> None:
         assert all(f.top1_agreement == 1.0 and f.cosine_min > 0.999 for f in fidelity)
         bench = s.scalars(select(schema.Benchmark).where(schema.Benchmark.status == "ok")).first()
         assert bench.iterations >= 3 and len(bench.raw_ms) == bench.iterations and bench.latency_p50 > 0
+        # every backend's build and benchmark records its peak memory; ONNX Runtime's build log names its session options
+        assert all(b.peak_host_memory_bytes is not None for b in ok)
+        assert all(b.peak_host_memory_bytes is not None
+                   for b in s.scalars(select(schema.Benchmark).where(schema.Benchmark.status == "ok")))
+        assert all("providers: CPUExecutionProvider" in (b.log or "") and "graph_optimization_level: " in (b.log or "")
+                   for b in ok if b.backend == "onnxruntime")
     assert len(events) == len(result.plan.jobs)
 
 

@@ -14,7 +14,7 @@ import pytest
 from workers import stage_work
 from workers.bench import BenchSettings, Stats, measure, nearest_rank, windows_agree
 from workers.calibration import CalibrationDataError, load_images
-from workers.device import describe
+from workers.device import describe, first_gpu
 from workers.fidelity import compare
 from workers.models import Exported, ModelSourceError, export
 from workers.structs import BuildRequest, ModelRef, Preprocess
@@ -98,6 +98,10 @@ def test_build_benchmark_fidelity(exported: Exported, images: np.ndarray, backen
     assert len(timings.raw_ms) == timings.iterations
     assert timings.latency.min <= timings.latency.median <= timings.latency.p99 <= timings.latency.max
     assert timings.throughput == pytest.approx(4 * timings.iterations / timings.wall_s)
+    # peak memory of the build and of the benchmark; on the GPU only where this process has one to use
+    assert (engine.peak_host_memory_bytes or 0) > 0 and timings.peak_host_memory_bytes is not None
+    if first_gpu() is None:
+        assert engine.peak_device_memory_bytes is None and timings.peak_device_memory_bytes is None
 
     reference = stage_work.reference_outputs(exported.onnx_bytes, images, 4)
     fidelity = stage_work.engine_fidelity(engine.data, engine.manifest, images, reference, 4)
@@ -105,6 +109,20 @@ def test_build_benchmark_fidelity(exported: Exported, images: np.ndarray, backen
     assert fidelity.top1_agreement == 1.0
     assert fidelity.cosine_min > 0.9999
     assert fidelity.max_abs_error < 1e-3
+
+
+@pytest.mark.parametrize(("level", "threads"), [("all", 1), ("basic", 2)])
+def test_onnxruntime_build_logs_its_session_options_and_providers(exported: Exported, level: str, threads: int) -> None:
+    """The Build log tab shows what ORT was asked to do, as it shows a TensorRT builder's log; the build's peak memory is kept."""
+    request = BuildRequest(RESNET, "fp32", "onnxruntime", {"intra_op_threads": threads, "graph_optimization_level": level},
+                           describe().targets()[0], (1,))
+    engine = stage_work.build_engine(request, exported.onnx_bytes, None)
+    lines = engine.log.splitlines()
+    assert f"providers: {', '.join(engine.manifest.extra['providers'])}" in lines
+    assert f"graph_optimization_level: ORT_ENABLE_{level.upper()}" in lines
+    assert any(line.startswith(f"intra_op_num_threads: {threads} ") for line in lines)
+    assert lines[0] == f"onnxruntime {engine.manifest.backend_version}"
+    assert engine.peak_host_memory_bytes is not None and engine.peak_host_memory_bytes > 0  # ORT holds the model while it optimises
 
 
 def test_onnxruntime_rejects_unknown_level(exported: Exported) -> None:

@@ -115,6 +115,8 @@ class Timings:
     p50_interval: tuple[float, float] | None = None  # 95% bootstrap interval on the median latency (ms)
     clocks: dict[str, int | None] = field(default_factory=dict)  # GPU: SM clock (MHz) at start and end, and its maximum
     data_transfers: bool = True
+    peak_host_memory_bytes: int | None = None  # grown while the engine was opened and timed
+    peak_device_memory_bytes: int | None = None  # this process's on the GPU it timed on (GPU runners)
 
     @property
     def throughput(self) -> float:

@@ -228,12 +228,17 @@ def assigned_gpus() -> tuple[GpuInfo, ...]:
     return tuple(chosen)
 
 
-def sm_clock_reader() -> Callable[[], int | None] | None:
-    """Reads the SM clock of the first GPU this process uses (what a GPU benchmark times), or None."""
+def first_gpu() -> int | None:
+    """The NVML index of the first GPU this process uses (what a GPU benchmark times), or None."""
     gpus = assigned_gpus()
-    if not gpus:
+    return gpus[0].index if gpus else None
+
+
+def sm_clock_reader() -> Callable[[], int | None] | None:
+    """Reads the SM clock of the first GPU this process uses, or None."""
+    index = first_gpu()
+    if index is None:
         return None
-    index = gpus[0].index
     return lambda: _as_int(gpu_clocks(index)["sm_mhz"])
 
 

@@ -22,10 +22,11 @@ from workers import precision as precision_
 from workers.backends import get_backend, random_feeds
 from workers.backends.base import NO_CONTEXT, BuildContext
 from workers.bench import BenchSettings, Timings, measure, nearest_rank, time_window
-from workers.device import sm_clock_reader
+from workers.device import first_gpu, sm_clock_reader
 from workers.calibration import SamplesReader, augment
 from workers.detection import DetectionFidelity, Detections, compare_detections
 from workers.fallback import Threshold, find_fallback
+from workers.memory import PeakMemory
 from workers.models import Exported, export
 from workers.structs import BuildRequest, Engine, Manifest, ModelRef
 
@@ -199,9 +200,18 @@ def kernel_check(variant: bytes, inputs: np.ndarray, reference: np.ndarray, fake
     return check
 
 
+BENCH_MEMORY_INTERVAL_S = 0.1
+
+
 def build_engine(request: BuildRequest, variant: bytes | None, checkpoint: bytes | None, context: BuildContext = NO_CONTEXT) -> Engine:
-    """`variant` is the ONNX a backend builds from; None for a module variant (the backend casts the checkpoint)."""
-    engine = get_backend(request.backend).build(request, variant, checkpoint, context)  # type: ignore[arg-type]
+    """`variant` is the ONNX a backend builds from; None for a module variant (the backend casts the checkpoint).
+    Every build records its peak memory: host from the backend where it samples its own (subprocesses, a
+    plan's copy), else grown here; device as this process's on its GPU, for whichever backend used one."""
+    with PeakMemory(gpu=first_gpu()) as memory:
+        engine = get_backend(request.backend).build(request, variant, checkpoint, context)  # type: ignore[arg-type]
+    if engine.peak_host_memory_bytes is None:
+        engine.peak_host_memory_bytes = memory.growth_bytes
+    engine.peak_device_memory_bytes = memory.peak_device_bytes
     if request.variant:
         engine.manifest.extra["variant"] = dict(request.variant)
     engine.manifest.variant_sha256 = hashlib.sha256(variant if variant is not None else checkpoint or b"").hexdigest()
@@ -212,11 +222,16 @@ def build_engine(request: BuildRequest, variant: bytes | None, checkpoint: bytes
 def benchmark_engine(
     engine: bytes, manifest: Manifest, batch_size: int, settings: BenchSettings, caches: tuple[bytes, ...] = ()
 ) -> Timings:
-    with get_backend(manifest.backend).open(engine, manifest, caches) as runner:
-        step = runner.prepare(random_feeds(runner.inputs, batch_size), data_transfers=settings.data_transfers)
-        timer = runner.gpu_timer()
-        clock = sm_clock_reader() if timer is not None else None  # a GPU runner: watch its clock too
-        return measure(step, batch_size, settings, synchronize=runner.synchronize, gpu_timer=timer, clock=clock)
+    # Sampled every BENCH_MEMORY_INTERVAL_S: often enough for an engine's buffers, seldom enough not to steal the timed loop's CPU.
+    with PeakMemory(BENCH_MEMORY_INTERVAL_S, gpu=first_gpu()) as memory:
+        with get_backend(manifest.backend).open(engine, manifest, caches) as runner:
+            step = runner.prepare(random_feeds(runner.inputs, batch_size), data_transfers=settings.data_transfers)
+            timer = runner.gpu_timer()
+            clock = sm_clock_reader() if timer is not None else None  # a GPU runner: watch its clock too
+            timings = measure(step, batch_size, settings, synchronize=runner.synchronize, gpu_timer=timer, clock=clock)
+    timings.peak_host_memory_bytes = memory.growth_bytes
+    timings.peak_device_memory_bytes = memory.peak_device_bytes
+    return timings
 
 
 def retime_engines(

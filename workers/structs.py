@@ -170,4 +170,5 @@ class Engine:
     log: str = ""
     seconds: float = 0.0
     peak_host_memory_bytes: int | None = None
+    peak_device_memory_bytes: int | None = None  # this process's on the GPU it built on (GPU builds)
     builder_cache: bytes | None = None  # what the next build on this target may start from (BuildContext.caches)

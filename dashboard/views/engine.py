@@ -1,4 +1,5 @@
-"""Engine: one build's manifest, options, log, layers, latency histogram and downloads."""
+"""Engine: one build's manifest, options, log, layers, latency histogram, peak memory (host and GPU, of the build and
+of each benchmark), its fidelity with the judge images it flipped, and downloads."""
 
 from __future__ import annotations
 
@@ -10,8 +11,14 @@ import streamlit as st
 
 from dashboard import data
 from farm.results.delivery import ENGINE_SUFFIX
+from farm.results.evidence import CONFIDENT_MARGIN
 from farm.results.labels import UnknownBuild, one_build, short_key
 from farm.results.metrics import LATENCY_OBJECTIVES
+
+
+def megabytes(count: int | None) -> str:
+    return "-" if count is None else f"{count / 1e6:,.0f} MB"
+
 
 st.title("Engine")
 at = data.where()
@@ -43,6 +50,10 @@ metrics.metric("Backend", build.backend, help=f"version {build.backend_version o
 metrics.metric("Precision", build.precision, width="content")
 metrics.metric("Engine", "-" if build.engine_bytes is None else f"{build.engine_bytes / 1e6:.2f} MB", width="content")
 metrics.metric("Build time", "-" if build.seconds is None else f"{build.seconds:.1f} s", width="content")
+metrics.metric("Build memory", megabytes(build.peak_host_memory_bytes), width="content",
+               help="peak host memory the build added to its worker (sampled)")
+metrics.metric("Build GPU memory", megabytes(build.peak_device_memory_bytes), width="content",
+               help="this build's process on its GPU, as the driver counts it; - for a CPU build or one recorded before")
 st.caption(f"{build.model} · target `{build.target}` · {build.backend} {build.backend_version or ''} · node {build.node or '-'}"
            f" · built {build.created_at:%Y-%m-%d %H:%M} · key `{build.key}`"
            + (f" · sha256 `{build.engine_sha256}`" if build.engine_sha256 else ""))
@@ -75,7 +86,11 @@ with tabs[0]:
             st.info("No benchmark for this build yet (its benchmark jobs are pending, failed or were blocked: see Sweeps).")
     else:
         table = pd.DataFrame(build.benchmarks).drop(columns=["raw_ms"])
-        st.dataframe(table, hide_index=True)
+        for memory, shown in (("peak_host_memory_bytes", "host MB"), ("peak_device_memory_bytes", "device MB")):
+            table.insert(table.columns.get_loc(memory), shown, pd.to_numeric(table.pop(memory)) / 1e6)
+        st.dataframe(table, hide_index=True, column_config={
+            "host MB": st.column_config.NumberColumn(format="%.0f", help="peak host memory opening and timing the engine added"),
+            "device MB": st.column_config.NumberColumn(format="%.0f", help="this benchmark's process on its GPU (GPU benchmarks)")})
         timed = [b for b in build.benchmarks if b["raw_ms"]]
         if timed:
             batch = st.radio("Batch size", [b["batch_size"] for b in timed], horizontal=True, key="histogram_batch")
@@ -92,6 +107,17 @@ with tabs[1]:
         st.info("No fidelity measurement for this build.")
     else:
         st.dataframe(pd.DataFrame([build.fidelity]), hide_index=True)
+        if build.flips:
+            st.markdown(f"**Flipped images** ({len(build.flips)}): judge images whose top-1 class differs from fp32's, "
+                        "surest of fp32's first")
+            st.caption(f"fp32 margin: fp32's softmax p1 - p2 on the image; confident: at least {CONFIDENT_MARGIN}, a flip the "
+                       "evidence rule counts against the build, unless fp32 flips it too under its own 2-pixel shift (docs/verdicts.md).")
+            st.dataframe(pd.DataFrame([{"image": f.image, "fp32 margin": f.reference_margin, "confident": f.confident,
+                                        "fp32 flips it too": f.reference_flips_too} for f in build.flips]),
+                         hide_index=True, key="flipped_images",
+                         column_config={"fp32 margin": st.column_config.NumberColumn(format="%.4f")})
+        elif build.fidelity.get("status") == "ok":
+            st.caption("No judge image flipped, or this row was measured before per-image evidence was recorded.")
 with tabs[2]:
     if build.manifest:
         st.json(build.manifest, expanded=2)

@@ -11,6 +11,7 @@ import streamlit as st
 from dashboard import data
 from farm.results.metrics import CONSTRAINED_METRICS, METRICS, OBJECTIVES, Objective
 from farm.results.evidence import RULES
+from farm.results.labels import EngineLabels
 from farm.results.select import RANDOM_WEIGHTS, Candidate, Constraints, answers, pareto_front
 from farm.results.verdict import short
 
@@ -59,29 +60,49 @@ def _times(value: float | None) -> str:
 
 
 if best:
-    table = pd.DataFrame(
-        [
-            {"model": c.model, "target": c.target, "batch": c.batch_size, "winner": c.engine,
-             "p50 ms": c.p50, "p99 ms": c.p99, "samples/s": c.throughput, "top-1 agr.": c.agreement_share,
-             "agreement": c.agreement, "noise floor": c.evidence.noise.describe() if c.evidence and c.evidence.noise else "-",
-             "cosine": c.cosine, "vs torch": _times(c.speedup_vs_torch), "vs fp32": _times(c.speedup_vs_fp32),
-             "verdict": short(c.verdict), "runner-up": c.runner_up or "-",
-             "quantized": "-" if c.quantized_fraction is None else f"{c.quantized_fraction:.0%}", "build": c.label}
-            for c in best
-        ]
-    )
+    # Each table fits a 1280-px window: the answer (who won, is it really faster, and than what) first, its
+    # numbers second. A build reads as its short key and the options that tell this page's builds apart;
+    # the full label is beside its download button.
+    labels = EngineLabels.among([*best, *(r for c in best for r in c.rivals)])
+    where_ = [{"model": c.model, "target": c.target, "batch": c.batch_size} for c in best]
     st.dataframe(
-        table,
+        pd.DataFrame([w | {"winner": labels.named(c, c.build_key), "verdict": short(c.verdict),
+                           "runner-up": labels.named(c.rivals[0], c.rivals[0].build_key) if c.rivals else "-"}
+                      for w, c in zip(where_, best, strict=True)]),
         hide_index=True,
         column_config={
-            "p50 ms": st.column_config.NumberColumn(format="%.3f"),
-            "p99 ms": st.column_config.NumberColumn(format="%.3f"),
-            "samples/s": st.column_config.NumberColumn(format="%.1f"),
-            "top-1 agr.": st.column_config.NumberColumn(format="%.4f"),
-            "cosine": st.column_config.NumberColumn(format="%.5f"),
+            "model": st.column_config.TextColumn(width=100), "target": st.column_config.TextColumn(width=120),
+            "batch": st.column_config.NumberColumn(width=45),
+            "winner": st.column_config.TextColumn(width=195, help="short key (`farm pull` and the Engine page take it), then the engine"),
+            "verdict": st.column_config.TextColumn(width=145, help="is the winner really faster than the runner-up? (Verdicts below)"),
+            "runner-up": st.column_config.TextColumn(width=190),
         },
         key="winners_table",
     )
+    st.dataframe(
+        pd.DataFrame([w | {"key": c.short_key, "p50 ms": c.p50, "p99 ms": c.p99, "samples/s": c.throughput, "agreement": c.agreement,
+                           "vs torch": _times(c.speedup_vs_torch), "vs fp32": _times(c.speedup_vs_fp32),
+                           "quantized": "-" if c.quantized_fraction is None else f"{c.quantized_fraction:.0%}"}
+                      for w, c in zip(where_, best, strict=True)]),
+        hide_index=True,
+        column_config={
+            "model": st.column_config.TextColumn(width=100), "target": st.column_config.TextColumn(width=100),
+            "batch": st.column_config.NumberColumn(width=45), "key": st.column_config.TextColumn(width=75),
+            "p50 ms": st.column_config.NumberColumn(format="%.3f", width=65),
+            "p99 ms": st.column_config.NumberColumn(format="%.3f", width=65),
+            "samples/s": st.column_config.NumberColumn(format="%.1f", width=75),
+            "agreement": st.column_config.TextColumn(width=105, help="top-1 agreement with fp32 as k/n [95% Wilson interval]"),
+            "vs torch": st.column_config.TextColumn(width=60), "vs fp32": st.column_config.TextColumn(width=60),
+            "quantized": st.column_config.TextColumn(width=65),
+        },
+        key="winners_numbers",
+    )
+    st.subheader("Verdicts")
+    st.caption("Is each winner really faster than its runner-up, and how noisy is fp32 against itself?")
+    for c in best:
+        if c.verdict is not None:
+            noise = f" ({c.evidence.noise.describe()})" if c.evidence and c.evidence.noise else ""
+            st.markdown(f"**{c.model}** on `{c.target}`, batch {c.batch_size}: {c.verdict.note or c.verdict.outcome}{noise}")
     if any(c.random_weights for c in best):
         st.caption(f"Random-weight models ({', '.join(sorted({c.model for c in best if c.random_weights}))}): {RANDOM_WEIGHTS}.")
     for note in dict.fromkeys(f"{a.model}: {a.speed_only}: a speed result over the builds with finite outputs" for a in groups if a.speed_only):
@@ -102,10 +123,6 @@ if excluded:
                      "evidence": x.evidence.describe(constraints.confident_margin) if x.evidence else "-",
                      "reason": "; ".join(x.reasons), "vs winner": x.versus_winner or "-"})
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="excluded_table")
-    with st.expander("Verdicts: is each winner really faster than its runner-up?", expanded=False):
-        for c in best:
-            if c.verdict is not None:
-                st.markdown(f"**{c.model}** on `{c.target}`, batch {c.batch_size}: {c.verdict.note or c.verdict.outcome}")
 
 if build_only:
     st.subheader("Built, not timed")

@@ -131,6 +131,28 @@ class Evidence:
                 "within_noise_floor": self.within_noise()}
 
 
+@dataclass(frozen=True)
+class Flip:
+    """One judge image whose top-1 class the build changed, with how sure fp32 was of its own class there."""
+
+    image: int  # index into the judge set
+    reference_margin: float | None  # fp32's softmax p1 - p2 on it (None: recorded without margins)
+    confident: bool  # the margin reaches the confident margin: a flip the evidence rule counts
+    reference_flips_too: bool  # fp32 itself flipped it under the noise floor's perturbation: not the build's fault
+
+
+def flips_of(detail: dict[str, Any] | None, noise_floor: dict[str, Any] | None = None, margin: float = CONFIDENT_MARGIN) -> list[Flip]:
+    """The flipped images of a fidelity row's stored evidence ({"flipped": [i], "margins": [p1-p2 per image]}),
+    surest first."""
+    detail = detail or {}
+    margins = list(detail.get("margins") or ())
+    noise = NoiseFloor.of(noise_floor)
+    noisy = set(noise.flipped) if noise is not None else set()
+    found = [Flip(int(i), margins[i] if i < len(margins) else None, i < len(margins) and margins[i] >= margin, i in noisy)
+             for i in detail.get("flipped") or ()]
+    return sorted(found, key=lambda f: -(f.reference_margin or 0.0))
+
+
 # The fidelity row's columns evidence is read from (farm.store.schema.Fidelity).
 COLUMNS = ("samples", "agreed", "evidence", "reference_note", "box_recall", "reference_boxes", "nonfinite", "cosine_mean", "kl_mean")
 

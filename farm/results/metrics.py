@@ -115,7 +115,8 @@ def benchmark_columns(timings: Timings) -> dict[str, Any]:
     found = {m.column: m.of(timings) for m in of_table("benchmark") if m.of is not None}
     return found | {"noisy": timings.noisy, "raw_ms": timings.raw_ms, "raw_gpu_ms": timings.raw_gpu_ms,
                     "converged": timings.converged, "window_medians": timings.window_medians,
-                    "data_transfers": timings.data_transfers, "clocks": timings.clocks or None}
+                    "data_transfers": timings.data_transfers, "clocks": timings.clocks or None,
+                    "peak_host_memory_bytes": timings.peak_host_memory_bytes, "peak_device_memory_bytes": timings.peak_device_memory_bytes}
 
 
 def fidelity_columns(result: Fidelity | DetectionFidelity) -> dict[str, Any]:

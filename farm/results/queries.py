@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session
 
+from farm.results.evidence import Flip, flips_of
 from farm.results.labels import one_build
 from farm.results.metrics import BENCHMARK_METRICS, FIDELITY_METRICS, METRICS, RESULT_METRICS
 from farm.store import schema
@@ -101,8 +102,11 @@ class BuildDetail:
     seconds: float | None
     node: str | None
     created_at: datetime
+    peak_host_memory_bytes: int | None = None  # the build's, grown above the worker's own
+    peak_device_memory_bytes: int | None = None  # the build's on its GPU (None: a CPU build, or not recorded)
     benchmarks: list[dict[str, Any]] = field(default_factory=list)
     fidelity: dict[str, Any] | None = None
+    flips: list[Flip] = field(default_factory=list)  # the judge images its fidelity run flipped, surest of fp32's first
 
     @property
     def layers(self) -> list[dict[str, str]]:
@@ -403,8 +407,10 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
         backend_version=build.backend_version, target=build.target_id, target_kind=build.target.kind,
         options=dict(build.options), manifest=build.manifest, engine_sha256=build.engine_sha256,
         engine_bytes=build.engine_bytes, seconds=build.seconds, node=build.node, created_at=build.created_at,
+        peak_host_memory_bytes=build.peak_host_memory_bytes, peak_device_memory_bytes=build.peak_device_memory_bytes,
         benchmarks=[
-            {"batch_size": b.batch_size, "status": b.status, **{m: getattr(b, METRICS[m].column) for m in BENCHMARK_METRICS},
+            {"batch_size": b.batch_size, "status": b.status, "peak_host_memory_bytes": b.peak_host_memory_bytes,
+             "peak_device_memory_bytes": b.peak_device_memory_bytes, **{m: getattr(b, METRICS[m].column) for m in BENCHMARK_METRICS},
              "noisy": b.noisy, "raw_ms": b.raw_ms or [], "error": b.error}
             for b in benches
         ],
@@ -413,7 +419,13 @@ def build_detail(s: Session, key: str) -> BuildDetail | None:
             **{m: getattr(fid, METRICS[m].column) for m in FIDELITY_METRICS},
             "flipped": len((fid.evidence or {}).get("flipped") or ()), "reference_note": fid.reference_note, "error": fid.error,
         },
+        flips=[] if fid is None else flips_of(fid.evidence, _noise_floor(s, fid.reference_key)),
     )
+
+
+def _noise_floor(s: Session, reference_key: str) -> dict[str, Any] | None:
+    reference = s.get(schema.Reference, reference_key)
+    return None if reference is None else reference.noise_floor
 
 
 def build_choices(s: Session, limit: int = 2000) -> dict[str, str]:

@@ -210,7 +210,8 @@ class Build(JobColumns, Base):
     manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     engine_sha256: Mapped[str | None] = mapped_column(ForeignKey("artifacts.sha256"), default=None)
     engine_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    peak_host_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    peak_host_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)  # grown above the worker's own
+    peak_device_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)  # GPU builds: this process's on its GPU
 
     variant: Mapped[Variant] = relationship()
     target: Mapped[Target] = relationship()
@@ -249,6 +250,8 @@ class Benchmark(JobColumns, Base):
     latency_p50_high: Mapped[float | None] = mapped_column(Float, default=None)
     data_transfers: Mapped[bool | None] = mapped_column(Boolean, default=None)
     clocks: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)  # GPU SM clock at start, settled, end
+    peak_host_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)  # opening and timing the engine
+    peak_device_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)  # GPU benchmarks: this process's
 
     build: Mapped[Build] = relationship(back_populates="benchmarks")
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from workers.backends.base import NO_CONTEXT, Availability, Backend, BackendUnavailable, BuildContext, Feeds, Runner, Step
 from workers.cpu_sessions import DISABLED_OPTIMIZERS, cpu_graph_optimization, cpu_inference_session
+from workers.memory import PeakMemory
 from workers.precision import onnxruntime_int8_layout
 from workers.structs import BuildRequest, Engine, Manifest, TensorSpec
 
@@ -68,7 +69,7 @@ class OnnxRuntimeBackend(Backend):
             notes["graph_optimization_level_used"] = safe
             level = safe
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
+        with PeakMemory() as memory, tempfile.TemporaryDirectory() as tmp:
             optimized = Path(tmp) / "optimized.onnx"
             so = _session_options(request.options, level)
             so.optimized_model_filepath = os.fspath(optimized)
@@ -86,10 +87,30 @@ class OnnxRuntimeBackend(Backend):
             variant_sha256="",
             extra={"providers": session.get_providers(), "disabled_optimizers": list(DISABLED_OPTIMIZERS), **notes},
         )
-        return Engine(data=optimized_model, manifest=manifest, seconds=time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log = build_log(ort.__version__, so, session.get_providers(), notes, len(variant), len(optimized_model), seconds)
+        return Engine(data=optimized_model, manifest=manifest, seconds=seconds, log=log, peak_host_memory_bytes=memory.growth_bytes)
 
     def open(self, engine: bytes, manifest: Manifest, caches: tuple[bytes, ...] = ()) -> OnnxRuntimeRunner:
         return OnnxRuntimeRunner(engine, manifest)
+
+
+def build_log(version: str, so: Any, providers: list[str], notes: dict[str, str], variant_bytes: int, optimized_bytes: int,
+              seconds: float) -> str:
+    """What ORT was asked to do and did: its session options and providers, as the Build log tab shows a
+    TensorRT builder's log (ORT itself logs nothing at the severity the farm runs it at)."""
+    level = str(so.graph_optimization_level).rsplit(".", 1)[-1]
+    lines = [f"onnxruntime {version}",
+             f"providers: {', '.join(providers)}",
+             f"graph_optimization_level: {level}"
+             + (f" (lowered from the requested level: {notes['graph_optimization_level_used']} is the highest that keeps "
+                "this precision's outputs right)" if "graph_optimization_level_used" in notes else ""),
+             f"intra_op_num_threads: {so.intra_op_num_threads} (0: one per physical core)",
+             f"inter_op_num_threads: {so.inter_op_num_threads}",
+             f"execution_mode: {str(so.execution_mode).rsplit('.', 1)[-1]}",
+             f"disabled_optimizers: {', '.join(DISABLED_OPTIMIZERS) or '-'}",
+             f"optimised model: {variant_bytes / 1e6:.2f} MB in, {optimized_bytes / 1e6:.2f} MB out in {seconds:.2f} s"]
+    return "\n".join(lines) + "\n"
 
 
 class OnnxRuntimeRunner(Runner):

@@ -99,7 +99,8 @@ class BuildStage(Stage[BuildJob]):
         found: dict[str, Any] = {"variant_key": job.variant_key, "target_id": r.target.id, "backend": r.backend,
                                  "backend_version": job.backend_version, "options": r.options, "label": job.label[:256]}
         if value is not None:
-            found |= {"manifest": value.manifest.to_json(), "peak_host_memory_bytes": value.peak_host_memory_bytes}
+            found |= {"manifest": value.manifest.to_json(), "peak_host_memory_bytes": value.peak_host_memory_bytes,
+                      "peak_device_memory_bytes": value.peak_device_memory_bytes}
         return found
 
     def row(self, job: BuildJob, outcome: Outcome, blobs: dict[str, Blob]) -> JobRow:
