@@ -8,7 +8,6 @@ import json
 import multiprocessing
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,22 +180,19 @@ def test_results_page_with_10000_builds(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("FARM_DATA_DIR", str(location.data_dir))
     at = AppTest.from_file(str(APP), default_timeout=30)
     at.run()
-    started = time.perf_counter()
+    # How fast it renders is benchmarks/' business; here: it renders one page of it, not all 10,000 rows.
     at.switch_page("views/results.py").run()
-    first = time.perf_counter() - started
     assert not at.exception
     assert len(frame(at)) == 50
     assert any("10097 rows" in c.value for c in at.caption)  # 97 seeded rows + 10,000
     assert at.number_input(key="page").max == 202
     first_page = set(frame(at)["build_key"])
-    started = time.perf_counter()
     at.number_input(key="page").set_value(150).run()
-    later = time.perf_counter() - started
+    assert not at.exception and len(frame(at)) == 50
     assert set(frame(at)["build_key"]).isdisjoint(first_page)
     at.multiselect(key="f_target").set_value([L4]).run()
     assert at.number_input(key="page").value == 1  # a new filter starts at the first page
     assert set(frame(at)["target"]) == {L4}
-    assert first < 3.0 and later < 3.0, (first, later)
 
 
 def winner_of(at: AppTest, model: str, target: str, batch: int) -> str:

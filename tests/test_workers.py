@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -146,35 +145,53 @@ def test_measure_respects_iteration_bounds() -> None:
     timings = measure(lambda: calls.append(1), 2, BenchSettings(warmup_s=0, duration_s=10, min_iterations=5, max_iterations=7))
     assert timings.iterations == 7 and len(timings.raw_ms) == 7
     assert len(calls) == 8  # one warm-up call, then the timed ones
-    quick = measure(lambda: None, 1, BenchSettings(warmup_s=0, duration_s=0, min_iterations=4, window_s=0.001, stable_windows=1))
-    assert quick.iterations >= 4 and quick.converged and quick.wall_s < 1
+    clock = FakeClock()
+    quick = measure(clock.step(lambda _: 2.0), 1, BenchSettings(warmup_s=0, duration_s=0, min_iterations=4, window_s=0.001, stable_windows=1),
+                    now=clock.now)
+    assert quick.iterations == 4 and quick.converged  # stopped at the floor, the first moment every rule held
+    assert quick.raw_ms == [2.0] * 4 and quick.wall_s == pytest.approx(0.008)
 
 
-def sleeper(ms: float) -> Callable[[], None]:
-    return lambda: time.sleep(ms / 1e3)
+class FakeClock:
+    """A seconds clock that moves only when a step says how long it took: measure()'s stopping rules
+    are checked by what they count, never by how fast this machine is."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def now(self) -> float:
+        return self.seconds
+
+    def step(self, duration_ms: Callable[[float], float]) -> Callable[[], None]:
+        """A step that takes duration_ms(now) milliseconds of this clock."""
+        def run() -> None:
+            self.seconds += duration_ms(self.seconds) / 1e3
+        return run
 
 
 def test_stability_windows_converge_on_a_steady_workload() -> None:
-    settings = BenchSettings(warmup_s=0.05, duration_s=0.3, min_iterations=10, window_s=0.1, stable_windows=3, stability=0.1, max_duration_s=5)
-    timings = measure(sleeper(2.0), 1, settings)
-    assert timings.converged and len(timings.window_medians) >= 3
+    # Binary fractions keep the sums exact: 64 steps of 1/512 s fill each 0.125 s window.
+    settings = BenchSettings(warmup_s=0.0625, duration_s=0.375, min_iterations=10, window_s=0.125, stable_windows=3, stability=0.1,
+                             max_duration_s=5)
+    clock = FakeClock()
+    timings = measure(clock.step(lambda _: 1000 / 512), 1, settings, now=clock.now)
+    assert timings.converged and timings.window_medians == [1000 / 512] * 3
     assert windows_agree(timings.window_medians, 3, 0.1)  # the rule it stopped on
-    assert timings.wall_s < 3  # converged well before the cap
+    assert timings.wall_s == settings.duration_s and timings.iterations == 192  # at the floor, long before the cap
     low, high = timings.p50_interval or (0, 0)
-    assert low <= timings.latency.median <= high and low >= 2.0  # sleep(2 ms) never takes less
+    assert low <= timings.latency.median <= high and low == 1000 / 512
 
 
 def test_a_drifting_workload_never_converges_and_says_so() -> None:
-    started = time.perf_counter()
-
-    def slower_and_slower() -> None:  # 1 ms, growing 1 ms per 0.1 s: every window's median differs from the last
-        time.sleep((1 + 10 * (time.perf_counter() - started)) / 1e3)
-
+    clock = FakeClock()
+    # 1 ms, growing 1 ms per 0.1 s: every window's median differs from the last
+    slower_and_slower = clock.step(lambda seconds: 1 + 10 * seconds)
     settings = BenchSettings(warmup_s=0, duration_s=0.2, min_iterations=5, window_s=0.1, stable_windows=3, stability=0.05, max_duration_s=1.0)
-    timings = measure(slower_and_slower, 1, settings)
+    timings = measure(slower_and_slower, 1, settings, now=clock.now)
     assert not timings.converged and timings.noisy
-    assert 1.0 <= timings.wall_s < 1.5  # stopped at the cap, not before, not much after
-    assert timings.window_medians == sorted(timings.window_medians)
+    # stopped by the cap: the last step crossed it, and the one before had not
+    assert timings.wall_s >= 1.0 > timings.wall_s - timings.raw_ms[-1] / 1e3
+    assert timings.window_medians == sorted(timings.window_medians) and len(timings.window_medians) >= 9
 
 
 def test_median_interval_covers_the_median_and_narrows_with_more_samples() -> None:

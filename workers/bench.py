@@ -135,9 +135,10 @@ GpuTimer = Callable[[], float]
 ClockReader = Callable[[], int | None]
 
 
-def _warm_up(step: Callable[[], None], synchronize: Callable[[], None], settings: BenchSettings, clock: ClockReader | None) -> None:
+def _warm_up(
+    step: Callable[[], None], synchronize: Callable[[], None], settings: BenchSettings, clock: ClockReader | None, now: Callable[[], float]
+) -> None:
     """Run for warmup_s; on a GPU, go on (up to CLOCK_SETTLE_CAP_S) until two SM clock reads agree."""
-    now = time.perf_counter
     step()  # at least once: first calls allocate and autotune
     synchronize()
     until = now() + settings.warmup_s
@@ -165,16 +166,17 @@ def measure(
     synchronize: Callable[[], None] = lambda: None,
     gpu_timer: GpuTimer | None = None,
     clock: ClockReader | None = None,
+    now: Callable[[], float] = time.perf_counter,
 ) -> Timings:
     """Time `step` (one complete inference, copies included unless the runner was prepared without)
     under `settings`, in stability windows.
 
     `synchronize` must wait for all work `step` queued (a no-op for CPU backends), so that
-    each host-side time covers the whole inference.
+    each host-side time covers the whole inference. `now` is the seconds clock (tests pass a
+    fake one so that the stopping rules are checked without timing anything).
     """
-    now = time.perf_counter
     start_clock = clock() if clock else None
-    _warm_up(step, synchronize, settings, clock)
+    _warm_up(step, synchronize, settings, clock, now)
     settled_clock = clock() if clock else None
 
     raw: list[float] = []
