@@ -4,8 +4,9 @@ Real weights and real labels without a download, so int8 accuracy and the precis
 tested for what they mean. As a farm model source: `tests.digits_model:trained_digits_cnn` with
 input_shape (1, 8, 8); `save_digits_arrays` writes matching calibration / held-out .npy files and labels.
 
-The trained weights are cached in the temp folder, keyed by the training recipe and torch version,
-so every process of one session (Ray workers included) trains at most once.
+The trained weights are cached in the temp folder, keyed by the training recipe, torch version, this
+file's code and the CPU (see weights_cache), so every process of one session (Ray workers included)
+trains at most once and no other code or machine's weights are read.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers.device import CpuInfo, describe
+
 INPUT_SHAPE = (1, 8, 8)
 TEST_COUNT = 500
 CALIBRATION_COUNT = 64
 SEED = 0
 EPOCHS = 12
-# Names the cached weights: bump v1 when DigitsCNN or _train changes.
+# Part of the cached weights' key (with this file's code, which changes whenever DigitsCNN or _train does).
 RECIPE = f"digits-cnn-v1-seed{SEED}-epochs{EPOCHS}-test{TEST_COUNT}-torch{torch.__version__}"
 
 
@@ -73,9 +77,20 @@ def digits_data() -> DigitsData:
     return DigitsData(inputs[train], labels[train], inputs[test], labels[test])
 
 
+def weights_cache(source: str | None = None, cpu: CpuInfo | None = None) -> Path:
+    """Where the trained weights are kept between sessions, keyed by everything that shapes them:
+    the recipe and torch version, the training code (this file, unless `source` is given), and the CPU
+    (this one unless given: kernels round differently per instruction set), so weights from other code
+    or another machine sharing the temp folder are never reused."""
+    code = Path(__file__).read_text() if source is None else source
+    cpu = describe().cpu if cpu is None else cpu
+    key = "\n".join((RECIPE, code, platform.platform(), cpu.arch, cpu.model, " ".join(cpu.isa)))
+    return Path(tempfile.gettempdir()) / f"farm-digits-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
 def trained_digits_cnn() -> nn.Module:
     """The trained CNN in eval mode (the farm factory source)."""
-    cache = Path(tempfile.gettempdir()) / f"farm-{hashlib.sha256(RECIPE.encode()).hexdigest()[:16]}.pt"
+    cache = weights_cache()
     module = DigitsCNN()
     if cache.is_file():
         module.load_state_dict(torch.load(cache, weights_only=True))

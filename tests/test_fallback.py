@@ -8,7 +8,7 @@ tensor, keep it in float and pass, from the stored ranges alone.
 
 from __future__ import annotations
 
-
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import pytest
 
 from workers import cpu_sessions, fidelity, precision, precision_variants, qdq_sides
 from workers.calibration import SamplesReader
+from workers.device import describe
 from workers.fallback import Threshold, diagnose, find_fallback
 
 from tests import digits_model
@@ -58,22 +59,29 @@ def test_fallback_rescues_int8_that_the_plain_variant_fails(outlier: bytes, held
     result = find_fallback(outlier, ranges, held_out, reference, threshold=Threshold(top1_agreement=0.99), max_tries=6,
                            max_float_fraction=0.5, labels=labels)
 
+    # Relations only, no numbers from this session's training (they move with torch and the CPU's kernels).
     plain = result.steps[0]
-    assert plain.kept_float == 0 and not plain.passed and plain.fidelity.top1_agreement < 0.5
+    assert plain.kept_float == 0 and not plain.passed and plain.fidelity.top1_agreement < 0.99
+    assert plain.fidelity.top1_agreement < result.steps[-1].fidelity.top1_agreement
     assert result.passed and result.onnx_bytes is not None, result.reason
 
     # Activations are at fault, measured: quantized alone they lose far more than the weights alone.
     assert result.side == "activations" and result.diagnosis is not None
     assert result.diagnosis.activations_only.cosine_mean < result.diagnosis.weights_only.cosine_mean
-    assert result.diagnosis.activations_only.top1_agreement < 0.5 < 0.99 <= result.diagnosis.weights_only.top1_agreement
+    assert result.diagnosis.activations_only.top1_agreement < 0.99 <= result.diagnosis.weights_only.top1_agreement
     assert result.reason.startswith("activations cause the loss")
 
     # The outlier tensors are ranked first, far below the rest, and are what the result keeps in float.
     assert {s.tensor for s in result.ranking[:2]} == OUTLIER_TENSORS
-    assert result.ranking[1].sqnr_db + 10 < result.ranking[2].sqnr_db
+    assert [s.sqnr_db for s in result.ranking] == sorted(s.sqnr_db for s in result.ranking)
+    assert result.ranking[1].sqnr_db < result.ranking[2].sqnr_db
+    # What is kept in float is the outlier tensors' producers and consumers, and nothing else.
     excluded = {e.node for e in result.excluded}
-    assert excluded == {"/features/features.0/Conv", "/features/features.1/Relu", "/features/features.2/Conv"}
-    assert all(e.score > 0.5 and "SQNR" in e.reason and "rank" in e.reason for e in result.excluded)
+    assert excluded == {node for s in result.ranking[:2] for node in s.nodes}
+    assert {"/features/features.0/Conv", "/features/features.1/Relu"} <= excluded
+    outlier_scores = {s.score for s in result.ranking[:2]}
+    assert all(e.score in outlier_scores and e.score > result.ranking[2].score for e in result.excluded)
+    assert all("SQNR" in e.reason and "rank" in e.reason for e in result.excluded)
     assert 2 <= len(result.steps) <= 7 and result.steps[-1].passed
 
     # What stays quantized is what the passing variant counts, and part of it went back to float.
@@ -84,7 +92,9 @@ def test_fallback_rescues_int8_that_the_plain_variant_fails(outlier: bytes, held
     # The returned variant really passes, and is exactly what the stored ranges give with that exclusion list.
     outputs = cpu_sessions.fake_quant_session(result.onnx_bytes).run(None, {"input": held_out})[0]
     final = fidelity.compare(reference, outputs, labels)
-    assert final.top1_agreement >= 0.99 and final.accuracy is not None and final.accuracy > 0.95
+    assert final.top1_agreement >= 0.99 and final.accuracy is not None and final.reference_accuracy is not None
+    # agreeing with fp32 on 99% of images, its accuracy is fp32's within the 1% that may differ
+    assert abs(final.accuracy - final.reference_accuracy) <= 1 - final.top1_agreement + 1e-9
     assert result.onnx_bytes == precision_variants.apply_quantization(outlier, ranges, "int8", sorted(excluded))
     graph = onnx.load_from_string(result.onnx_bytes).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
@@ -303,3 +313,14 @@ def test_the_fallback_and_eligibility_judge_top1_by_one_rule() -> None:
             assert passes == eligible, (floor, agreed, flipped, noise)
             answers.add(passes)
     assert answers == {True, False}
+
+
+def test_cached_digits_weights_are_keyed_by_code_and_cpu() -> None:
+    # The weights shared through the temp folder are only reused by the same training code on the same kind of CPU.
+    here = describe().cpu
+    source = Path(digits_model.__file__).read_text()
+    assert digits_model.weights_cache() == digits_model.weights_cache(source, here)
+    assert digits_model.weights_cache(source + "\n# changed", here) != digits_model.weights_cache()
+    other_isa = dataclasses.replace(here, isa=tuple(f for f in ("avx2", "avx512f", "amx_tile") if f not in here.isa))
+    assert digits_model.weights_cache(source, other_isa) != digits_model.weights_cache()
+    assert digits_model.weights_cache(source, dataclasses.replace(here, arch="aarch64")) != digits_model.weights_cache()
