@@ -51,7 +51,7 @@ def test_the_same_engine_twice_is_a_tie_not_a_winner() -> None:
     assert decided.outcome == "tie", decided.note
     assert set(decided.tied) == {"a", "b"} and decided.winner == "a"  # the simpler of the two (fewer options) is answered
     # not a winner: either the rounds do not agree, or they agree on a lead too small to count
-    assert decided.p_value is not None and (decided.p_value >= 0.05 or decided.margin < 1 + verdict.MIN_MARGIN)
+    assert decided.p_value is not None and (decided.p_value >= 0.05 or (decided.margin or 0.0) < 1 + verdict.MIN_MARGIN)
     assert "tie" in decided.note
     # The same holds with the labels swapped: which one is named first decides nothing.
     swapped = verdict.from_retime([a, b], {"a": rounds["b"], "b": rounds["a"]}, "p50")
