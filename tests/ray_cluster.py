@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import psutil
@@ -37,16 +38,29 @@ def ray_cli() -> list[str]:
 RAY = ray_cli()
 
 
+def free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """`count` distinct free ports, none in `avoid`: every socket stays bound until all are chosen, so
+    the OS cannot hand out one port twice (one port for two agents failed `ray start` once in CI)."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            if (port := int(s.getsockname()[1])) not in avoid:
+                ports.append(port)
+        return ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
-def _agent_ports() -> list[str]:
-    # A second Ray on one machine needs its own of every port the first may hold.
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+def _agent_ports(args: list[str]) -> list[str]:
+    # A second Ray on one machine needs its own of every port the first may hold, and none of the ports
+    # this `ray start` is already given (the head's, a node manager's).
+    given = {int(value) for arg in args if "port" in arg and (value := arg.rsplit("=", 1)[-1].rsplit(":", 1)[-1]).isdigit()}
+    names = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+    return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names), given), strict=True)]
 
 
 class LocalFleet:
@@ -80,7 +94,7 @@ class LocalFleet:
         # runtime-env agent's folder, and unpacking a job's working dir there at once races.
         temp = self.temp / f"node{len(before)}"
         self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--resources={resources}", f"--temp-dir={temp}",
-                     f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+                     *(f"--{name}-port={port}" for name, port in zip(("node-manager", "object-manager"), free_ports(2), strict=True)),
                      *([] if gpus is None else [f"--num-gpus={gpus}"])],
                     {NODE_IS_HOST: "1"} if own_host else {})
         (node,) = set(self._raylets()) - before
@@ -120,7 +134,7 @@ class LocalFleet:
 
     def _start(self, args: list[str], env: dict[str, str] | None = None) -> None:
         # The node's raylet, and every worker it starts, inherit this environment.
-        started = subprocess.run([*RAY, "start", *args, "--disable-usage-stats", *_agent_ports()],
+        started = subprocess.run([*RAY, "start", *args, "--disable-usage-stats", *_agent_ports(args)],
                                  env=self.env | (env or {}), capture_output=True, text=True, timeout=180)
         if started.returncode:
             self.stop()
