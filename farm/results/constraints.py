@@ -9,8 +9,8 @@ from typing import Any, Protocol
 from farm.results.evidence import CONFIDENT_MARGIN, Evidence, Judged, Rule, judge
 
 
-class Candidate(Protocol):
-    """What the constraints read of a build (farm.results.select.Candidate has it)."""
+class Judgeable(Protocol):
+    """What the constraints read of a build: farm.results.select.Candidate (a Protocol, so this module need not import select)."""
 
     @property
     def evidence(self) -> Evidence | None: ...
@@ -40,7 +40,7 @@ class Constraints:
             return Constraints(**{"min_top1_agreement": None} | value)
         return Constraints(min_top1_agreement=value)
 
-    def judge(self, c: Candidate) -> Judged:
+    def judge(self, c: Judgeable) -> Judged:
         """Eligibility with its reasons: the agreement rule first (NaN, a degenerate reference), then the other floors."""
         found = judge(c.evidence, self.min_top1_agreement, self.rule, self.confident_margin, fallback_share=c.agreement_share,
                       nonfinite=int(c.value("nonfinite") or 0))
@@ -56,7 +56,7 @@ class Constraints:
                 missed.append(f"accuracy drop {None if accuracy is None or reference is None else round(reference - accuracy, 4)} > {self.max_accuracy_drop}")
         return Judged(missed)
 
-    def failures(self, c: Candidate) -> list[str]:
+    def failures(self, c: Judgeable) -> list[str]:
         """What `c` misses, one phrase each (empty: eligible)."""
         return self.judge(c).missed
 
