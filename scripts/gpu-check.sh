@@ -8,18 +8,18 @@
 #   there:  scripts/gpu-check.sh [PART ...]             # default: tests autotune
 #
 # PART is one of (times as measured on an H100 on 2026-12-06, or estimated where it says so):
-#   tests     the GPU tests (tests/test_gpu.py, tests/test_gpu_torch_engines.py: no dashboard imports); 15 of them
-#             took 210 s, the rest did not fit: give it a call of its own (TESTS_LIMIT, default 540)
+#   tests     the GPU tests (tests/test_gpu.py, tests/test_gpu_torch_engines.py: no dashboard imports): 19 tests in
+#             216 s (cut at TESTS_LIMIT, default 540)
 #   autotune  sweeps/gpu-autotune.yaml cold, then warm from the store alone (benchmarks/warm_sweep.py),
-#             the placement tests on its store, and the plain-PyTorch anchor against its winner: 9.5 min
-#             (cold sweep 449 s, warm 83 s): a call of its own
-#   lowp      sweeps/gpu-lowp.yaml: ViT-B/16 bf16 against torchao fp8, and its anchor: 132 s (with int8_dynamic, whose
-#             build did not end in 4.5 min, it did not finish); cut at $LOWP_LIMIT s (default 420), then `farm status`
+#             the placement tests on its store, and the plain-PyTorch anchor against its winner: 6.9 min
+#             (cold sweep 304 s, warm 73 s): a call of its own
+#   lowp      sweeps/gpu-lowp.yaml: ViT-B/16 bf16 against torchao fp8 rowwise and tensorwise, and its anchor: 5.3 min
+#             (with int8_dynamic, whose build did not end in 4.5 min, it did not finish); cut at $LOWP_LIMIT s (default 420), then `farm status`
 #             and the Ray workers' logs show how far it got
 #   gap       benchmarks/compile_gap_probe.py: the farm's compiled ResNet-50 against the same compile by hand, in
 #             and out of Ray; each variant compiles cold for 3-6 min, so cut by $GAP_LIMIT s (default 300)
 #   aoti      benchmarks/aoti_probe.py: which way of loading an AOTInductor package works, ~2 min (60 s a way at most)
-#   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host, ~6 min (estimated)
+#   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host: 5.3 min
 #
 # Results go to benchmarks/results/<gpu>/ (h100, h200, ...) and, where $OUT is set (the device
 # tool's folder that comes back), to $OUT as well, with one log per part. The last lines say what
