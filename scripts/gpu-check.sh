@@ -18,6 +18,9 @@
 #             and the Ray workers' logs show how far it got
 #   gap       benchmarks/compile_gap_probe.py: the farm's compiled ResNet-50 against the same compile by hand, in
 #             and out of Ray; each variant compiles cold for 3-6 min, so cut by $GAP_LIMIT s (default 300)
+#   vit       benchmarks/vit_lowp_probe.py: ViT-B/16 batch 256 by hand (eager fp16/bf16 CUDA graphs, compile default and
+#             max-autotune-no-cudagraphs, torchao fp8 rowwise/tensorwise and int8): does the farm or the model limit the
+#             low-precision gain? No way starts after $VIT_LIMIT s (default 400); give the call 600 s (estimated)
 #   aoti      benchmarks/aoti_probe.py: which way of loading an AOTInductor package works, ~2 min (60 s a way at most)
 #   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host: 5.3 min
 #
@@ -99,6 +102,11 @@ for part in "${PARTS[@]}"; do
       run_part gap python3 benchmarks/compile_gap_probe.py --budget-s "${GAP_LIMIT:-300}" --out "$RESULTS/compile_gap_probe.json"
       keep "$RESULTS/compile_gap_probe.json"
       ;;
+    vit)
+      # written straight into $LOGS ($OUT on the device), after every way: a call cut by its limit still brings it back
+      run_part vit python3 benchmarks/vit_lowp_probe.py --budget-s "${VIT_LIMIT:-400}" --out "$LOGS/vit_lowp_probe.json"
+      cp "$LOGS/vit_lowp_probe.json" "$RESULTS/" 2>/dev/null
+      ;;
     aoti)
       run_part aoti python3 benchmarks/aoti_probe.py --out "$RESULTS/aoti_probe.json"
       keep "$RESULTS/aoti_probe.json"
@@ -108,7 +116,7 @@ for part in "${PARTS[@]}"; do
       keep "$RESULTS/fleet_scaling_16core.json"
       ;;
     *)
-      echo "gpu-check: unknown part '$part' (tests, autotune, lowp, gap, aoti, scaling)" >&2
+      echo "gpu-check: unknown part '$part' (tests, autotune, lowp, vit, gap, aoti, scaling)" >&2
       failed=$((failed + 1))
       ;;
   esac
