@@ -111,10 +111,11 @@ def fleet_run(nodes: int, spec_path: Path, work: Path, cpus: int = 1, own_host: 
         for _ in range(nodes):
             fleet.add_node(cpus=cpus, own_host=own_host, gpus=gpus)
         data = work / f"data-{nodes}"
-        started = time.perf_counter()
+        started, started_wall = time.perf_counter(), time.time()
         result = subprocess.run([*FARM, "sweep", str(spec_path), "--data-dir", str(data), "--address", fleet.address, "--force"],
                                 env=fleet.env, capture_output=True, text=True, timeout=3600)
         wall = time.perf_counter() - started
+        ended_wall = time.time()
     finally:
         fleet.stop()
     if result.returncode not in (0, 1):  # 1: some jobs failed, which the row counts say
@@ -126,7 +127,27 @@ def fleet_run(nodes: int, spec_path: Path, work: Path, cpus: int = 1, own_host: 
             "wall_s": wall, "with_ray_s": time.perf_counter() - began, "job_seconds": busy,
             "timing_seconds": sum(r.seconds for r in rows if r.timing), "ideal_s": busy / slots,
             "efficiency": busy / slots / wall, "hosts": len({r.host for r in rows if r.host}),
-            "most_timings_at_once": most_at_once([(r.started, r.ended) for r in rows if r.timing])}
+            "most_timings_at_once": most_at_once([(r.started, r.ended) for r in rows if r.timing])} | where_time_went(rows, started_wall, ended_wall)
+
+
+def where_time_went(rows: list[StageRow], started: float, ended: float) -> dict[str, Any]:
+    """What the wall time holds besides jobs: the CLI and driver before the first job starts (interpreter, checks,
+    Ray's connection, planning) and after the last ends (the closing table), and per host the share of the jobs'
+    span it was busy with at least one job (a host idle while others work is lost scaling)."""
+    spans = [(r.started, r.ended) for r in rows if r.started and r.ended]
+    if not spans:
+        return {}
+    first, last = min(a for a, _ in spans), max(b for _, b in spans)
+    busy = {}
+    for host in sorted({r.host for r in rows if r.host}):
+        mine = sorted((r.started, r.ended) for r in rows if r.host == host and r.started and r.ended)
+        covered, reach = 0.0, first
+        for a, b in mine:  # the union of its jobs' spans
+            covered += max(0.0, b - max(a, reach))
+            reach = max(reach, b)
+        busy[host[:12]] = round(covered / (last - first), 3) if last > first else None
+    return {"before_first_job_s": first - started, "after_last_job_s": ended - last, "jobs_span_s": last - first,
+            "host_busy_share": busy}
 
 
 @dataclass(frozen=True)
@@ -203,6 +224,10 @@ def hosts_scaling(nodes: list[int], cpus: int, models: int, work: Path) -> dict[
               f"{run['most_timings_at_once']:>9}{run['wall_s']:>9.1f}{run['job_seconds']:>9.1f}{run['efficiency']:>7.2f}"
               f"{run['speedup']:>9.2f}{run['scaling_efficiency']:>11.2f}")
     print("timings: most benchmarks/re-timings running at once; busy: job seconds / CPUs / wall")
+    for run in runs:
+        if "jobs_span_s" in run:
+            print(f"{run['nodes']} node(s): {run['before_first_job_s']:.1f} s before the first job, {run['after_last_job_s']:.1f} s after the "
+                  f"last; hosts busy for {', '.join(f'{v:.0%}' for v in run['host_busy_share'].values())} of the {run['jobs_span_s']:.1f} s between")
     return {"switch": f"{NODE_IS_HOST}=1 on every worker node (benchmark only)", "spec": spec, "cpus_per_node": cpus,
             "efficiency": "T1 / (N * TN), T1 the 1-node wall time", "runs": runs}
 
