@@ -149,3 +149,23 @@ def test_cheapest_command_answers_per_model_and_says_why_a_target_has_none(seede
     assert code == 0 and "cheapest" in out and "USD/M" in out
     code, out = farm(seeded, "cheapest", "--max-p99-ms", "0.001")
     assert code == 3 and "p99 above 0.001 ms" in out
+
+
+def test_dashboard_winners_rank_by_cost_and_answer_the_cheapest_target(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_dashboard import app_on, open_page
+
+    at = open_page(app_on(seeded, monkeypatch), "winners")
+    at.radio(key="objective").set_value("cost").run()
+    assert not at.exception, [e.value for e in at.exception]
+    numbers = next(d.value for d in at.dataframe if "USD/M" in d.value.columns and "key" in d.value.columns)
+    h200 = numbers[numbers["target"].str.startswith("NVIDIA H200")]
+    assert len(h200) and h200["USD/M"].notna().all()
+    offers = next(d.value for d in at.dataframe if "answer" in d.value.columns)
+    answered = offers[offers["answer"] == "cheapest"]
+    assert set(answered["model"]) == set(offers["model"])  # every model has a cheapest target under the default bound
+    for model, rows in offers.groupby("model", sort=False):
+        priced = rows["USD/M"].dropna().tolist()
+        assert priced == sorted(priced) and rows.iloc[0]["answer"] == "cheapest", model
+    at.number_input(key="p99_bound").set_value(0.001).run()
+    offers = next(d.value for d in at.dataframe if "answer" in d.value.columns)
+    assert (offers["answer"] == "").all() and offers["engine"].str.contains("p99 above 0.001 ms").any()
