@@ -169,3 +169,19 @@ def test_dashboard_winners_rank_by_cost_and_answer_the_cheapest_target(seeded: S
     at.number_input(key="p99_bound").set_value(0.001).run()
     offers = next(d.value for d in at.dataframe if "answer" in d.value.columns)
     assert (offers["answer"] == "").all() and offers["engine"].str.contains("p99 above 0.001 ms").any()
+
+
+def test_the_report_prices_its_winners(seeded: Seeded, tmp_path: Path) -> None:
+    import csv
+
+    out = tmp_path / "report.csv"
+    code, text = farm(seeded, "report", str(seeded.sweeps["nightly"]), "--format", "csv", "--out", str(out))
+    assert code == 0, text
+    lines = [line for line in out.read_text().splitlines() if not line.startswith("#")]
+    rows = list(csv.DictReader(lines[: lines.index("")] if "" in lines else lines))  # the winners, the first table
+    priced = [r for r in rows if r.get("USD/M") not in (None, "", "-")]
+    assert priced, rows[:2]
+    for r in priced:
+        throughput, cost = float(r["samples/s"]), float(r["USD/M"])
+        assert cost == pytest.approx(cost_per_million(Prices.default().hourly(r["target"], None) or 0, throughput), rel=1e-3) \
+            or r["target"].startswith("cpu:")

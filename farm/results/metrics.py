@@ -96,7 +96,7 @@ LATENCY_OBJECTIVES: tuple[Objective, ...] = tuple(m for m in OBJECTIVES if METRI
 TIMING_METRICS = ("p50", "p99", "throughput", "cv")  # two builds' timings side by side (the dashboard's Compare)
 WINNER_METRICS = (*TIMING_METRICS, "cost", "top1_agreement")  # the terminal's winners table
 RESULT_METRICS = (*TIMING_METRICS, "top1_agreement", "cosine")  # a results row (farm.results.queries.results, the dashboard's Results)
-REPORT_METRICS = ("p50", "p99", "throughput", "cv", "converged", "top1_agreement", "cosine")  # a winner in the mailable report
+REPORT_METRICS = ("p50", "p99", "throughput", "cost", "cv", "converged", "top1_agreement", "cosine")  # a winner in the mailable report
 BENCHMARK_METRICS = ("p50", "p90", "p99", "mean", "min", "max", "cv", "throughput", "iterations", "gpu_p50")  # an engine's benchmarks
 FIDELITY_METRICS = ("top1_agreement", "agreement_low", "agreement_high", "top5_agreement", "cosine", "cosine_min", "kl",
                     "max_abs_error", "accuracy", "reference_accuracy", "box_recall", "box_precision", "nonfinite")  # an engine's fidelity
