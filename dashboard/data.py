@@ -20,7 +20,7 @@ from farm.results import queries
 from farm.results.delivery import engine_bundle, engine_bytes
 from farm.results.metrics import METRICS
 from farm.results.report import render_report
-from farm.results.select import Candidate, Exclusion, Untimed, candidates, rejected_variants
+from farm.results.select import Candidate, Exclusion, Untimed, candidates, prices_for, rejected_variants
 from farm.results.select import untimed as build_only
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import shown_url
@@ -138,7 +138,8 @@ def timed_pair(at: Where) -> tuple[str, str] | None:
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def found_candidates(at: Where, sweep_id: int | None) -> list[Candidate]:
-    return _read(at, lambda s: candidates(s, sweep_id=sweep_id))
+    """Priced with the sweep's prices: (the newest sweep's that has them, for all sweeps) over farm's defaults."""
+    return _read(at, lambda s: candidates(s, sweep_id=sweep_id, prices=prices_for(s, sweep_id)))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

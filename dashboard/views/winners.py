@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
+from farm.results.cheapest import cheapest
 from farm.results.metrics import CONSTRAINED_METRICS, METRICS, OBJECTIVES, Objective
 from farm.results.evidence import RULES
 from farm.results.labels import EngineLabels
@@ -16,8 +17,8 @@ from farm.results.select import RANDOM_WEIGHTS, Candidate, Constraints, answers,
 from farm.results.verdict import short
 
 # An objective in words, and as a chart's axis with its unit (farm.results.metrics).
-OBJECTIVE_NAMES: dict[str, str] = {m: f"{m} latency" if METRICS[m].unit == "ms" else m for m in OBJECTIVES}
-AXIS: dict[str, str] = {m: f"{OBJECTIVE_NAMES[m]} ({METRICS[m].unit})" for m in OBJECTIVES}
+OBJECTIVE_NAMES: dict[str, str] = {m: f"{m} latency" if METRICS[m].unit == "ms" else m for m in OBJECTIVES} | {"cost": "cost"}
+AXIS: dict[str, str] = {m: f"{OBJECTIVE_NAMES[m]} ({METRICS[m].unit})" for m in OBJECTIVES} | {"cost": "cost (USD per million inferences)"}
 COLOURS = {"tensorrt": "#76b900", "onnxruntime": "#1f77b4", "torch": "#ee4c2c"}
 SYMBOLS = {"fp32": "circle", "fp16": "diamond", "bf16": "diamond-open", "int8": "square", "fp8": "triangle-up"}
 # The constraint a page sets, per metric of CONSTRAINED_METRICS: the slider's label, range and default; accuracy drop is a maximum.
@@ -80,7 +81,8 @@ if best:
         key="winners_table",
     )
     st.dataframe(
-        pd.DataFrame([w | {"key": c.short_key, "p50 ms": c.p50, "p99 ms": c.p99, "samples/s": c.throughput, "agreement": c.agreement,
+        pd.DataFrame([w | {"key": c.short_key, "p50 ms": c.p50, "p99 ms": c.p99, "samples/s": c.throughput, "USD/M": c.value("cost"),
+                           "agreement": c.agreement,
                            "vs torch": _times(c.speedup_vs_torch), "vs fp32": _times(c.speedup_vs_fp32),
                            "quantized": "-" if c.quantized_fraction is None else f"{c.quantized_fraction:.0%}"}
                       for w, c in zip(where_, best, strict=True)]),
@@ -91,6 +93,7 @@ if best:
             "p50 ms": st.column_config.NumberColumn(format="%.3f", width=65),
             "p99 ms": st.column_config.NumberColumn(format="%.3f", width=65),
             "samples/s": st.column_config.NumberColumn(format="%.1f", width=75),
+            "USD/M": st.column_config.NumberColumn(format="%.4f", width=65, help="USD per million inferences at the target's price (docs/cost.md)"),
             "agreement": st.column_config.TextColumn(width=105, help="top-1 agreement with fp32 as k/n [95% Wilson interval]"),
             "vs torch": st.column_config.TextColumn(width=60), "vs fp32": st.column_config.TextColumn(width=60),
             "quantized": st.column_config.TextColumn(width=65),
@@ -107,6 +110,21 @@ if best:
         st.caption(f"Random-weight models ({', '.join(sorted({c.model for c in best if c.random_weights}))}): {RANDOM_WEIGHTS}.")
     for note in dict.fromkeys(f"{a.model}: {a.speed_only}: a speed result over the builds with finite outputs" for a in groups if a.speed_only):
         st.warning(note)
+
+if best:
+    st.subheader("Cheapest target under a p99 bound")
+    bound = st.number_input("p99 bound (ms)", min_value=0.001, value=float(round(max(c.p99 for c in best), 3)) or 10.0, step=1.0,
+                            format="%.3f", key="p99_bound", help="the p99 latency of one batch the deployment must stay under")
+    st.caption("Per model, each target's cheapest build and batch size whose p99 stays under the bound and that meets the constraint; "
+               "cheapest target first. Prices: USD per hour per GPU, or per CPU core a benchmark used (docs/cost.md); a sweep's "
+               "`prices:` replace farm's defaults.")
+    offers = [{"model": a.model, "target": o.target, "batch": o.candidate.batch_size if o.candidate else None,
+               "engine": o.candidate.label if o.candidate else o.why, "p99 ms": o.candidate.p99 if o.candidate else None,
+               "USD/h": o.candidate.usd_per_hour if o.candidate else None, "USD/M": o.cost,
+               "answer": "cheapest" if o is a.answer else ""} for a in cheapest(found, bound, constraints) for o in a.offers]
+    st.dataframe(pd.DataFrame(offers), hide_index=True, key="cheapest_table",
+                 column_config={"p99 ms": st.column_config.NumberColumn(format="%.3f"), "USD/h": st.column_config.NumberColumn(format="%.2f"),
+                                "USD/M": st.column_config.NumberColumn(format="%.4f")})
 
 if excluded:
     st.subheader("Excluded and rejected")

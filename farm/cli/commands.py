@@ -33,8 +33,10 @@ from farm.cli.common import (
     MarginOption,
     ObjectiveOption,
     OneLineGroup,
+    PricesOption,
     check_address,
     checked_objective,
+    checked_prices,
     data_warnings,
     err,
     fail,
@@ -239,6 +241,7 @@ def best(
     eligibility: EligibilityOption = "evidence",
     confident_margin: MarginOption = 0.1,
     sweep_id: Annotated[int | None, typer.Option("--sweep", help="Only results of this sweep.")] = None,
+    prices_file: PricesOption = None,
     data_dir: DataDir = None,
     db_url: DbUrl = None,
     as_json: AsJson = False,
@@ -248,14 +251,15 @@ def best(
     verdict on whether it really beats the runner-up; and the builds of targets nothing here can time."""
     from farm.results import queries
     from farm.cli.terminal import answer_json, print_answers
-    from farm.results.select import answers, candidates, rejected_variants, untimed
+    from farm.results.select import answers, candidates, prices_for, rejected_variants, untimed
 
     with one_line_errors(as_json):
         chosen = checked_objective(objective)
         constraints = checked_constraints(min_top1_agreement, min_cosine, max_accuracy_drop, eligibility, confident_margin)
+        override = checked_prices(prices_file)
         store = results_store(data_dir, db_url)
         with store.session() as s:
-            found = candidates(s, model=model, target=target, sweep_id=sweep_id)
+            found = candidates(s, model=model, target=target, sweep_id=sweep_id, prices=prices_for(s, sweep_id, override))
             rejected = rejected_variants(s, model=model, sweep_id=sweep_id)
             groups = answers(found, chosen, constraints, rejected)
             build_only = untimed(s, model=model, target=target, sweep_id=sweep_id)
@@ -272,6 +276,48 @@ def best(
     console = fitted_console()
     print_answers(console, groups, build_only, chosen, f"Winners by {objective}, {constraints.describe()}", constraints.confident_margin, wide)
     console.print(f"rule: {escape(constraints.rule_text())}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def cheapest(
+    max_p99_ms: Annotated[float, typer.Option("--max-p99-ms", min=0.0, help="The latency bound: p99 of one batch, in ms.")],
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="Only this batch size (by default any batch size the sweep timed).")] = None,
+    min_top1_agreement: FloorOption = 0.99,
+    min_cosine: Annotated[float | None, typer.Option(min=-1.0, max=1.0, help="Fidelity constraint: mean cosine similarity with fp32, -1..1.")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Fidelity constraint: labelled top-1 accuracy below fp32's, 0..1.")] = None,
+    eligibility: EligibilityOption = "evidence",
+    confident_margin: MarginOption = 0.1,
+    sweep_id: Annotated[int | None, typer.Option("--sweep", help="Only results of this sweep.")] = None,
+    prices_file: PricesOption = None,
+    data_dir: DataDir = None,
+    db_url: DbUrl = None,
+    as_json: AsJson = False,
+    wide: Wide = False,
+) -> None:
+    """The cheapest target for each model under a p99 bound: per target, the build and batch size with the lowest
+    cost per million inferences whose p99 is at most --max-p99-ms and that meets the fidelity constraints."""
+    from farm.cli.terminal import cheapest_json, print_cheapest
+    from farm.results.cheapest import cheapest as cheapest_of
+    from farm.results.select import candidates, prices_for
+
+    with one_line_errors(as_json):
+        constraints = checked_constraints(min_top1_agreement, min_cosine, max_accuracy_drop, eligibility, confident_margin)
+        override = checked_prices(prices_file)
+        store = results_store(data_dir, db_url)
+        with store.session() as s:
+            prices = prices_for(s, sweep_id, override)
+            found = candidates(s, model=model, sweep_id=sweep_id, prices=prices)
+            if not found:
+                raise fail(*_why_no_answer(s, found, model, None, sweep_id, constraints))
+        answers = cheapest_of(found, max_p99_ms, constraints, batch)
+    if as_json:
+        print(json.dumps({"max_p99_ms": max_p99_ms, "constraints": asdict(constraints), "prices": asdict(prices),
+                          "models": [cheapest_json(a) for a in answers]}, indent=2, default=str))
+    else:
+        print_cheapest(fitted_console(), answers, prices, wide)
+    if not any(a.answer for a in answers):
+        raise typer.Exit(NOTHING)
 
 
 def _why_no_answer(s: Any, found: list[Any], model: str | None, target: str | None, sweep_id: int | None,

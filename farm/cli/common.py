@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
 from farm.results.metrics import OBJECTIVES, Objective
+from farm.results.prices import Prices, PricesError
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import STORE_ATTRIBUTE, FailedAt, farm_tables, has_schema, head_revision, make_engine, schema_revision, shown_url, store_name
 from farm.store.record import close_abandoned, plain
@@ -38,7 +39,9 @@ EXIT_CODES = (f"Exit codes: {OK} every job ok; {SOME_FAILED} some jobs failed (t
 DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="FARM_DATA_DIR", help="Where farm.db and artifacts/ live.")]
 DbUrl = Annotated[str | None, typer.Option("--db-url", envvar="FARM_DB_URL", help="SQLAlchemy URL; default SQLite in the data dir.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table (errors too: {\"error\": ...} on stdout).")]
-ObjectiveOption = Annotated[str, typer.Option(help="p50, p99 (latency) or throughput.")]
+ObjectiveOption = Annotated[str, typer.Option(help="p50, p99 (latency), throughput, or cost (USD per million inferences at the target's price).")]
+PricesOption = Annotated[Path | None, typer.Option("--prices", help="A prices YAML ({gpu: {H100: 3.0}, cpu_core_hour: 0.04}) over the "
+                                                   "sweep's prices: and farm's defaults (docs/cost.md).")]
 FloorOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Fidelity floor: top-1 agreement with fp32, 0..1.")]
 EligibilityOption = Annotated[str, typer.Option(help="How the floor is read: evidence (no confident flips, Wilson upper bound "
                                                      "or fp32's own noise floor; docs/verdicts.md) or threshold (the bare share).")]
@@ -186,6 +189,16 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
         raise UserError(f"{name} {given}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
+def checked_prices(path: Path | None) -> Prices | None:
+    """--prices FILE read, or one line naming the file and the field at fault."""
+    if path is None:
+        return None
+    try:
+        return Prices.from_file(path)
+    except PricesError as error:
+        raise fail(str(error)) from None
 
 
 def checked_objective(objective: str) -> Objective:

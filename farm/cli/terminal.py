@@ -18,7 +18,9 @@ from rich.text import Text
 
 from farm.run.jobs import Job, Plan, TargetGroup
 from farm.run.stages import STAGES
+from farm.results.cheapest import Cheapest
 from farm.results.metrics import METRICS, WINNER_METRICS, Objective
+from farm.results.prices import Prices
 from farm.results.evidence import CONFIDENT_MARGIN
 from farm.results.labels import EngineLabels
 from farm.results.select import RANDOM_WEIGHTS, Answer, Candidate, Untimed
@@ -237,7 +239,7 @@ def candidate_json(c: Candidate, provenance: dict[str, Any] | None = None, margi
     named = [{"build_key": r.build_key, "short_key": r.short_key, "engine": r.engine} for r in c.rivals]
     return found | {"engine": c.engine, "short_key": c.short_key, "runner_up": c.runner_up, "runner_up_key": c.runner_up_key,
                     "tied_with": named if c.tied_with else [], "p50_ms": c.p50, "p99_ms": c.p99, "throughput": c.throughput,
-                    "cv": c.cv, "top1_agreement": c.agreement_share, "box_recall": c.box_recall, "cosine_mean": c.cosine,
+                    "cv": c.cv, "cost_per_million": c.value("cost"), "top1_agreement": c.agreement_share, "box_recall": c.box_recall, "cosine_mean": c.cosine,
                     "speed_only": c.reference_note is not None, "note": "; ".join(notes) or None} | (provenance or {})
 
 
@@ -246,3 +248,31 @@ def answer_json(a: Answer, provenance: dict[str, Any] | None = None, margin: flo
     head = candidate_json(a.winner, provenance, margin) if a.winner is not None else {
         "model": a.model, "target": a.target, "batch_size": a.batch_size, "winner": None, "note": "no eligible build"}
     return head | {"versus_runner_up": a.versus_runner_up, "excluded": [x.to_json(margin) for x in a.excluded]}
+
+
+def cheapest_table(answers: list[Cheapest], wide: bool = False, width: int | None = None) -> Table:
+    """Each model's targets, cheapest first: the build and batch size that costs least under the bound, or why none."""
+    labels = table_labels([o.candidate for a in answers for o in a.offers if o.candidate is not None], wide)
+    cells = []
+    for a in answers:
+        for rank, o in enumerate(a.offers):
+            c = o.candidate
+            cells.append([a.model, escape(o.target), "-" if c is None else str(c.batch_size),
+                          escape(o.why) if c is None else escape(labels.named(c, c.build_key)),
+                          "-" if c is None else METRICS["p99"].format(c.p99), "-" if c is None else METRICS["throughput"].format(c.throughput),
+                          "-" if c is None or c.usd_per_hour is None else f"{c.usd_per_hour:.2f}", METRICS["cost"].format(o.cost),
+                          "cheapest" if rank == 0 and c is not None else ""])
+    return compact_table(["model", "target", Column("batch", True), "engine", Column("p99 ms", True), Column("samples/s", True),
+                          Column("USD/h", True), Column("USD/M", True), ""], cells, width=width,
+                         title=f"Cheapest target with p99 <= {answers[0].max_p99_ms:g} ms" if answers else "Cheapest target")
+
+
+def print_cheapest(console: Console, answers: list[Cheapest], prices: Prices, wide: bool = False) -> None:
+    console.print(cheapest_table(answers, wide, console.width))
+    console.print(f"prices: USD per hour, {escape(prices.origin)} (sources: `farm cheapest --json`, docs/cost.md)", highlight=False, soft_wrap=True)
+
+
+def cheapest_json(a: Cheapest) -> dict[str, Any]:
+    return {"model": a.model, "answer": a.answer.target if a.answer else None,
+            "targets": [{"target": o.target, "why": o.why or None, "cost_per_million": o.cost,
+                         "build": candidate_json(o.candidate) if o.candidate is not None else None} for o in a.offers]}

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the dashboard reads this table and must not import workers
     from workers.detection import DetectionFidelity
     from workers.fidelity import Fidelity
 
-Table = Literal["benchmark", "fidelity"]
+Table = Literal["benchmark", "fidelity", "derived"]  # derived: computed when answering (cost), never stored
 
 
 @dataclass(frozen=True)
@@ -80,17 +80,23 @@ METRICS: dict[str, Metric] = {
         Metric("agreement_low", "fidelity", "agreement_low", "agr. low", "", None),
         Metric("agreement_high", "fidelity", "agreement_high", "agr. high", "", None),
         Metric("nonfinite", "fidelity", "nonfinite", "non-finite", "", None, "{:d}"),
+        # USD per million inferences at the measured throughput and the target's price (farm.results.prices)
+        Metric("cost", "derived", "", "USD/M", "USD", "lower", "{:.4f}"),
+        Metric("cost_low", "derived", "", "USD/M low", "USD", None, "{:.4f}"),  # the cost of the p50 interval's ends
+        Metric("cost_high", "derived", "", "USD/M high", "USD", None, "{:.4f}"),
     )
 }
-Objective = Literal["p50", "p99", "throughput"]
-OBJECTIVES: tuple[Objective, ...] = ("p50", "p99", "throughput")  # what winners are chosen by (--objective, a spec's selection)
+Objective = Literal["p50", "p99", "throughput", "cost"]
+OBJECTIVES: tuple[Objective, ...] = ("p50", "p99", "throughput", "cost")  # what winners are chosen by (--objective, a spec's selection)
+# What a sweep's re-timing ranks by (its spec's selection.objective); cost is priced when answering, not measured.
+TIMED_OBJECTIVES: tuple[Objective, ...] = ("p50", "p99", "throughput")
 LATENCY_OBJECTIVES: tuple[Objective, ...] = tuple(m for m in OBJECTIVES if METRICS[m].unit == "ms")  # marked on latency histograms
 
 # The subsets every table shows, in column order: a table names one of these, never its own list.
 TIMING_METRICS = ("p50", "p99", "throughput", "cv")  # two builds' timings side by side (the dashboard's Compare)
-WINNER_METRICS = (*TIMING_METRICS, "top1_agreement")  # the terminal's winners table
-RESULT_METRICS = (*WINNER_METRICS, "cosine")  # a results row (farm.results.queries.results, the dashboard's Results)
-REPORT_METRICS = ("p50", "p99", "throughput", "cv", "converged", "top1_agreement", "cosine")  # a winner in the mailable report
+WINNER_METRICS = (*TIMING_METRICS, "cost", "top1_agreement")  # the terminal's winners table
+RESULT_METRICS = (*TIMING_METRICS, "top1_agreement", "cosine")  # a results row (farm.results.queries.results, the dashboard's Results)
+REPORT_METRICS = ("p50", "p99", "throughput", "cost", "cv", "converged", "top1_agreement", "cosine")  # a winner in the mailable report
 BENCHMARK_METRICS = ("p50", "p90", "p99", "mean", "min", "max", "cv", "throughput", "iterations", "gpu_p50")  # an engine's benchmarks
 FIDELITY_METRICS = ("top1_agreement", "agreement_low", "agreement_high", "top5_agreement", "cosine", "cosine_min", "kl",
                     "max_abs_error", "accuracy", "reference_accuracy", "box_recall", "box_precision", "nonfinite")  # an engine's fidelity

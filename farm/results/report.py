@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from farm.results import charts, queries, rows
 from farm.results.metrics import BUILD_METRICS, LATENCY_OBJECTIVES, METRICS, REPORT_METRICS, Objective, values
-from farm.results.select import (RANDOM_WEIGHTS, Answer, Candidate, Constraints, answers, candidates, pareto_front,
+from farm.results.select import (RANDOM_WEIGHTS, Answer, Candidate, Constraints, answers, candidates, pareto_front, prices_for,
                                  rejected_variants, untimed)
 from farm.results.verdict import short
 
@@ -88,7 +88,7 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
     constraints = Constraints(fidelity.get("min_top1_agreement", 0.99), fidelity.get("min_cosine"), fidelity.get("max_accuracy_drop"),
                               fidelity.get("eligibility", "evidence"), fidelity.get("confident_margin", 0.1))
     margin = constraints.confident_margin
-    found = candidates(session, sweep_id=sweep_id)
+    found = candidates(session, sweep_id=sweep_id, prices=prices_for(session, sweep_id))
     refused = rejected_variants(session, sweep_id=sweep_id)
     groups = answers(found, objective, constraints, refused)
     chosen = [a.winner for a in groups if a.winner is not None]

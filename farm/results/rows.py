@@ -121,3 +121,14 @@ def target_by_id(s: Session, target_id: str) -> schema.Target | None:
 def targets_by_id(s: Session) -> dict[str, schema.Target]:
     return {t.id: t for t in s.scalars(select(schema.Target))}
 
+
+
+# Prices': the specs a price section may come from
+
+
+def sweep_specs(s: Session, sweep_id: int | None = None) -> list[dict[str, Any]]:
+    """The stored spec of one sweep, or of every sweep newest first."""
+    query = select(schema.Sweep.spec).order_by(schema.Sweep.id.desc())
+    if sweep_id is not None:
+        query = query.where(schema.Sweep.id == sweep_id)
+    return list(s.scalars(query))

@@ -14,6 +14,7 @@ from farm.results.constraints import Constraints
 from farm.results.labels import engine_text, short_key
 from farm.results.evidence import CONFIDENT_MARGIN, Evidence, columns_of, evidence_of
 from farm.results.metrics import AGREEMENT_METRICS, METRICS, Objective, values
+from farm.results.prices import Prices, cores_used, cost_per_million
 from farm.results.verdict import Verdict
 
 BASELINE_BACKEND = "torch"
@@ -54,6 +55,7 @@ class Candidate:
     random_weights: bool = False  # a random-weight network: a speed result, not an accuracy result
     evidence: Evidence | None = None  # its fidelity as counts, flips and the noise floor (None: recorded before evidence)
     retimed: Retimed | None = None  # its group's interleaved re-timing, where one ran
+    usd_per_hour: float | None = None  # what its benchmark's share of the target costs (farm.results.prices)
     verdict: Verdict | None = None  # set on winners: is it really faster than the runner-up?
     # Set on winners: the builds named beside it, the runner-up of a clear win, or every other build of a tie
     # (simplest first). Never empty where another build was eligible.
@@ -162,8 +164,10 @@ def candidates(
     model: str | None = None,
     target: str | None = None,
     sweep_id: int | None = None,
+    prices: Prices | None = None,
 ) -> list[Candidate]:
-    """Every successful benchmark with its build, variant and fidelity, filtered in SQL (farm.results.rows.benchmarked)."""
+    """Every successful benchmark with its build, variant and fidelity, filtered in SQL (farm.results.rows.benchmarked),
+    priced by `prices` (farm's default table where None)."""
     retimes = _retimes(session)
     found = []
     for bench, build, variant, mod, fid, ref in rows.benchmarked(session, model=model, target=target, sweep_id=sweep_id):
@@ -189,7 +193,36 @@ def candidates(
                 retimed=retimes.get((mod.name, build.target_id, bench.batch_size)),
             )
         )
-    return found
+    return with_costs(found, prices or Prices.default(), _physical_cores(session))
+
+
+def with_costs(found: Iterable[Candidate], prices: Prices, physical_cores: Mapping[str, int | None]) -> list[Candidate]:
+    """Each candidate with its price per hour and its cost per million inferences (and of its p50 interval's ends)."""
+    priced = []
+    for c in found:
+        hourly = prices.hourly(c.target, cores_used(c.options, physical_cores.get(c.target)))
+
+        def at(p50_ms: float | None, c: Candidate = c, hourly: float | None = hourly) -> float | None:
+            return cost_per_million(hourly, c.batch_size * 1000.0 / p50_ms) if p50_ms else None
+
+        costs = {"cost": cost_per_million(hourly, c.value("throughput")), "cost_low": at(c.value("p50_low")), "cost_high": at(c.value("p50_high"))}
+        priced.append(replace(c, usd_per_hour=hourly, metrics=c.metrics | costs))
+    return priced
+
+
+def _physical_cores(session: Session) -> dict[str, int | None]:
+    """Each CPU target's physical cores, as its node described itself (what a benchmark at 0 threads ran on)."""
+    return {t.id: ((t.description or {}).get("cpu") or {}).get("physical_cores") for t in rows.targets_by_id(session).values()}
+
+
+def prices_for(session: Session, sweep_id: int | None = None, override: Prices | None = None) -> Prices:
+    """The prices an answer uses: `override` (--prices FILE) over the sweep's `prices:` (the newest sweep that has
+    them, where no sweep is named) over farm's defaults."""
+    found = Prices.default()
+    spec_prices = next((spec["prices"] for spec in rows.sweep_specs(session, sweep_id) if (spec or {}).get("prices")), None)
+    if spec_prices:
+        found = Prices.parse(spec_prices, "the sweep's prices").over(found)
+    return override.over(found) if override is not None else found
 
 
 @dataclass(frozen=True)
@@ -308,13 +341,25 @@ def _verdict(eligible: list[Candidate], objective: str) -> Verdict:
     if len(eligible) == 1:
         return verdict.only(eligible[0])
     retimed = eligible[0].retimed
-    if retimed is not None and retimed.objective == objective and retimed.contenders:
+    # cost ranks by mean time x price, so a re-timing for throughput (mean time) serves it, priced
+    covers = retimed is not None and (retimed.objective == objective or (objective == "cost" and retimed.objective == "throughput"))
+    if retimed is not None and covers and retimed.contenders:
         by_key = {c.build_key: c for c in eligible}
         contenders = [by_key[k] for k in retimed.contenders if k in by_key and k in retimed.rounds]
         # valid when it re-timed this leader and this runner-up (other floors can change either)
         if len(contenders) >= 2 and {eligible[0].build_key, eligible[1].build_key} <= {c.build_key for c in contenders}:
-            return verdict.from_retime(contenders, retimed.rounds, objective)
+            rounds = retimed.rounds if objective != "cost" else _priced_rounds(retimed.rounds, contenders)
+            if rounds is not None:
+                return verdict.from_retime(contenders, rounds, objective)
     return verdict.from_intervals(eligible, objective)
+
+
+def _priced_rounds(rounds: dict[str, dict[str, list[float]]], contenders: list[Candidate]) -> dict[str, dict[str, list[float]]] | None:
+    """Each contender's per-round mean times its price per hour: cost per inference up to one factor (same batch);
+    None where a contender has no price."""
+    if any(c.usd_per_hour is None for c in contenders):
+        return None
+    return {c.build_key: {"mean": [t * c.usd_per_hour for t in rounds[c.build_key]["mean"]]} for c in contenders}  # type: ignore[operator]
 
 
 def pareto_front(

@@ -34,7 +34,10 @@ Outcome = Literal["winner", "tie", "only"]
 PRECISION_ORDER = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3, "fp8": 4}
 KIND_ORDER = {"eager": 0, "cuda_graph": 1, "compile": 2, "aoti": 3}
 # The per-round statistic each objective is judged on; throughput is batch / mean time.
-ROUND_STATISTIC = {"p50": "median", "p99": "p99", "throughput": "mean"}
+ROUND_STATISTIC = {"p50": "median", "p99": "p99", "throughput": "mean", "cost": "mean"}  # cost: mean time x price
+# The interval each objective's benchmarks are compared on: the p50's, or for cost what that p50 interval costs.
+INTERVALS = {"cost": ("cost_low", "cost_high", "USD/M")}
+P50_INTERVAL = ("p50_low", "p50_high", "ms")
 MIN_MARGIN = 0.02  # the smallest lead that makes a winner: 1.02x
 
 
@@ -126,19 +129,21 @@ def from_intervals(ranked: list[Contender], objective: str, min_margin: float = 
     leader, runner = ranked[0], ranked[1]
     lead, other = leader.value(objective), runner.value(objective)
     margin = (lead / other if objective == "throughput" else other / lead) if lead and other else None
-    low, high = leader.value("p50_high"), runner.value("p50_low")
+    low_of, high_of, unit = INTERVALS.get(objective, P50_INTERVAL)
+    low, high = leader.value(high_of), runner.value(low_of)
     if low is None or high is None:
         return Verdict("tie", "intervals", leader.build_key, runner.build_key, margin,
                        note="no intervals recorded for these benchmarks: a tie until they are re-timed")
     if low < high and margin is not None and margin >= 1 + min_margin:
+        name = "cost" if objective == "cost" else "p50"
         return Verdict("winner", "intervals", leader.build_key, runner.build_key, margin,
-                       note=f"p50 intervals apart: {leader.value('p50_low'):.3f}-{low:.3f} ms against {high:.3f}-{runner.value('p50_high'):.3f} ms")
+                       note=f"{name} intervals apart: {leader.value(low_of):.3f}-{low:.3f} {unit} against {high:.3f}-{runner.value(high_of):.3f} {unit}")
 
     def near(c: Contender) -> bool:
-        """Its p50 interval reaches the leader's, or it is within min_margin of the leader."""
+        """Its interval reaches the leader's, or it is within min_margin of the leader."""
         value = c.value(objective)
         ratio = (lead / value if objective == "throughput" else value / lead) if lead and value else math.inf
-        return (c.value("p50_low") or math.inf) <= low or ratio < 1 + min_margin
+        return (c.value(low_of) or math.inf) <= low or ratio < 1 + min_margin
 
     tied = sorted([c for c in ranked if near(c)], key=simplicity)
     return Verdict("tie", "intervals", tied[0].build_key, runner.build_key, margin, tied=tuple(c.build_key for c in tied),

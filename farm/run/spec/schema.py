@@ -27,7 +27,8 @@ from pydantic import (
 
 from pydantic_core import PydanticCustomError
 
-from farm.results.metrics import OBJECTIVES
+from farm.results.metrics import TIMED_OBJECTIVES
+from farm.results.prices import Prices, PricesError
 from workers.bench import BenchSettings
 from workers.structs import ModelRef, Preprocess
 
@@ -80,7 +81,7 @@ def _one_of(choices: tuple[str, ...]) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-Objective = Annotated[str, _one_of(OBJECTIVES)]
+Objective = Annotated[str, _one_of(TIMED_OBJECTIVES)]
 
 
 def _blocks(value: Any) -> Any:
@@ -426,6 +427,18 @@ class SweepSpec(Strict):
     fidelity: FidelitySpec = FidelitySpec()
     selection: SelectionSpec = SelectionSpec()
     limits: LimitsSpec = LimitsSpec()
+    # USD per hour per GPU kind and per CPU core (farm.results.prices), over farm's default table: answers price with them
+    prices: dict[str, Any] | None = None
+
+    @field_validator("prices")
+    @classmethod
+    def _readable_prices(cls, prices: dict[str, Any] | None) -> dict[str, Any] | None:
+        if prices is not None:
+            try:
+                Prices.parse(prices, "prices")
+            except PricesError as error:
+                raise ValueError(str(error).removeprefix("prices: ")) from None
+        return prices
 
     @field_validator("models")
     @classmethod
