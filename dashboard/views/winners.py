@@ -159,7 +159,7 @@ for c in best:
         data=data.bundle(at, c.build_key),
         file_name=f"{c.model}-{c.build_key[:8]}.zip",
         mime="application/zip",
-        on_click="ignore",
+        on_click="rerun",  # as on the Engine page: a file gone bad since is checked again and shown as an error
         key=f"download-{c.build_key}",
         icon=":material/download:",
         width="stretch",
