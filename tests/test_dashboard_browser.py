@@ -204,8 +204,9 @@ def test_an_engine_gone_bad_after_the_page_was_drawn_shows_a_lasting_error(serve
     key = seeded.key("resnet50", "fp32", "tensorrt", TRT_O3, H200)  # not a winner: the other tests never download it
     store = open_store(seeded.location, readonly=True)
     with store.session() as s:
-        sha = s.get(schema.Build, key).engine_sha256
-    path = store.artifacts.path(sha)
+        build = s.get(schema.Build, key)
+        assert build is not None and build.engine_sha256
+        path = store.artifacts.path(build.engine_sha256)
     page.goto(f"{server}/engine?build={key}")
     page.get_by_role("button", name="Engine file").wait_for(timeout=30_000)
     settle(page)

@@ -128,6 +128,16 @@ def test_deliver_triton_skips_the_model_and_writes_nothing_outside(seeded: Seede
     assert not (tmp_path / "x").exists() and not (tmp_path / "deep" / "x").exists()
 
 
+def test_deliver_triton_with_every_model_refused_leaves_no_folder(seeded: Seeded, tmp_path: Path) -> None:
+    for i, model in enumerate(("resnet50", "mobilenet_v3_large", "efficientnet_b0")):
+        rename_model(seeded, model, f"../{i}")
+    out = tmp_path / "new" / "repo"
+    result = runner.invoke(app, ["deliver", "triton", "--out", str(out), "--data-dir", str(seeded.location.data_dir)])
+    assert result.exit_code == 3, result.output
+    assert len([line for line in result.stderr.splitlines() if "cannot be a file or folder name: refused" in line]) == 3
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_stored_compute_capability_cannot_name_a_file_outside_1(seeded: Seeded, tmp_path: Path) -> None:
     """The Triton file name model_sm<cc>.plan is made of targets.compute_capability, a stored name too."""
     with sqlite3.connect(database(seeded)) as db:

@@ -49,7 +49,8 @@ def prepared_out(out_dir: Path) -> Path:
 @contextlib.contextmanager
 def removed_on_failure(out_dir: Path) -> Iterator[Path]:
     """--out for a delivery that may fail part way: the folders it had to create for --out are removed
-    again when the delivery raises, so a refused or corrupt engine leaves no empty folder behind."""
+    again when the delivery raises, or when it wrote nothing (every model refused), so a refused name
+    or a corrupt engine leaves no empty folder behind."""
     missing = out_dir.absolute()
     while not missing.parent.exists() and missing.parent != missing:
         missing = missing.parent
@@ -60,6 +61,8 @@ def removed_on_failure(out_dir: Path) -> Iterator[Path]:
         if made:
             shutil.rmtree(missing, ignore_errors=True)
         raise
+    if made and out_dir.is_dir() and not any(out_dir.iterdir()):
+        shutil.rmtree(missing, ignore_errors=True)
 
 
 @contextlib.contextmanager
