@@ -151,8 +151,8 @@ for c in best:
     text, button = st.columns([4, 1], vertical_alignment="center")
     text.markdown(f"**{c.model}** on `{c.target}` (batch {batches}): `{c.label}`")
     check = data.engine_check(at, c.build_key)
-    if check is None or check.problem:  # said where the download would have failed, and it stays
-        st.error(check.problem if check else f"build {c.build_key[:12]} has no engine file", icon=":material/broken_image:")
+    if check is not None and check.problem:  # said where the download would have failed, and it stays
+        st.error(check.problem, icon=":material/broken_image:")
         continue
     button.download_button(
         "Engine bundle",
