@@ -7,7 +7,7 @@ changed FARM_DATA_DIR) never share a cache entry, and nothing unhashable reaches
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,13 +17,14 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from farm.results import queries
-from farm.results.delivery import engine_bundle, engine_bytes
+from farm.results.delivery import ExportError, artifact_problem, check_stored, engine_bundle, engine_bytes
 from farm.results.metrics import METRICS
 from farm.results.report import render_report
 from farm.results.select import Candidate, Exclusion, Untimed, candidates, prices_for, rejected_variants
 from farm.results.select import untimed as build_only
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import shown_url
+from farm.store.verify import ArtifactState, artifact_state
 
 TTL_S = 3  # a running sweep shows up within seconds, and a rerun storm costs one query per TTL
 EMPTY = "No results yet: run `farm sweep sweeps/quickstart.yaml` (or your own spec) and they appear here as jobs finish."
@@ -156,6 +157,40 @@ def untimed(at: Where, sweep_id: int | None) -> list[Untimed]:
 def report(at: Where, sweep_id: int, format: str) -> Callable[[], bytes]:
     """The sweep's report, made when someone clicks (farm.results.report, the same file as `farm report`)."""
     return lambda: _read(at, lambda s: render_report(s, sweep_id, format)).encode()
+
+
+@dataclass(frozen=True)
+class EngineCheck:
+    """Whether a build's engine can be downloaded: its artifact's state and, unless "ok", the line that says why not."""
+
+    state: str  # ok | missing | corrupt | refused (a stored name that cannot be a path)
+    problem: str | None = None
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _artifact_state(at: Where, sha256: str, size_bytes: int | None, stamp: tuple[int, int] | None) -> ArtifactState:
+    return artifact_state(store(at).artifacts, sha256, size_bytes)
+
+
+def engine_check(at: Where, build_key: str) -> EngineCheck | None:
+    """The build's engine file checked as `farm verify` checks it (size, then sha256), this one only; None
+    without an engine. The hash is cached by the file's size and mtime: a rerun costs a stat, and a file
+    that changed is hashed again."""
+    build = build_detail(at, build_key)
+    if build is None or not build.engine_sha256:
+        return None
+    try:
+        check_stored(build)
+    except ExportError as exc:
+        return EngineCheck("refused", str(exc))
+    path = store(at).artifacts.path(build.engine_sha256)
+    try:
+        found = path.stat()
+        stamp: tuple[int, int] | None = (found.st_size, found.st_mtime_ns)
+    except OSError:
+        stamp = None
+    state = _artifact_state(at, build.engine_sha256, build.engine_bytes, stamp)
+    return EngineCheck(state, None if state == "ok" else artifact_problem(build.engine_sha256, state))
 
 
 def bundle(at: Where, build_key: str) -> Callable[[], bytes]:

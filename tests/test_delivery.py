@@ -281,7 +281,7 @@ def test_a_name_never_leaves_the_output_folder(tmp_path: Path, name: str) -> Non
 
     (tmp_path / "out").mkdir()
     (tmp_path / "keep").write_text("outside --out")
-    with pytest.raises(ExportError, match="cannot be a folder name"):
+    with pytest.raises(ExportError, match="cannot be a file or folder name"):
         safe_folder(tmp_path / "out", name)
     assert (tmp_path / "keep").exists()
     assert safe_folder(tmp_path / "out", "resnet50") == tmp_path / "out" / "resnet50"

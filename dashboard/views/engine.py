@@ -60,13 +60,23 @@ st.caption(f"{build.model} · target `{build.target}` · {build.backend} {build.
 if build.error:
     st.error(build.error)
 
+check = data.engine_check(at, build.key)
+if check is not None:
+    metrics.metric("Artifact", check.state, width="content",
+                   help="the engine file as `farm verify` checks it: there (missing), of its size and sha256 (corrupt), or ok")
+if check is not None and check.problem:
+    st.error(check.problem, icon=":material/broken_image:")  # lasting, where the download would have failed
+
 actions = st.container(horizontal=True)
-if build.engine_sha256:
+if check is not None and check.state == "ok":
     suffix = ENGINE_SUFFIX.get(build.backend, ".bin")
+    # on_click="rerun": a file that went bad after this page was drawn fails its download with Streamlit's
+    # passing toast; the rerun checks the file again and puts the lasting error above in its place.
     actions.download_button("Bundle (.zip)", data=data.bundle(at, build.key), file_name=f"{build.model}-{build.key[:8]}.zip",
-                            mime="application/zip", on_click="ignore", key="engine-bundle", icon=":material/download:")
+                            mime="application/zip", on_click="rerun", key="engine-bundle", icon=":material/download:")
     actions.download_button("Engine file", data=data.raw_engine(at, build.key), file_name=f"{build.model}-{build.key[:8]}{suffix}",
-                            mime="application/octet-stream", on_click="ignore", key="engine-file")
+                            mime="application/octet-stream", on_click="rerun", key="engine-file")
+if build.engine_sha256:
     actions.download_button("manifest.json", data=json.dumps(build.manifest or {}, indent=2).encode(), file_name="manifest.json",
                             mime="application/json", on_click="ignore", key="engine-manifest")
 if actions.button("Compare with another build", key="to_compare", icon=":material/compare_arrows:"):

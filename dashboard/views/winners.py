@@ -168,12 +168,16 @@ for c in best:
     batches = ", ".join(str(w.batch_size) for w in best if w.build_key == c.build_key)
     text, button = st.columns([4, 1], vertical_alignment="center")
     text.markdown(f"**{c.model}** on `{c.target}` (batch {batches}): `{c.label}`")
+    check = data.engine_check(at, c.build_key)
+    if check is not None and check.problem:  # said where the download would have failed, and it stays
+        st.error(check.problem, icon=":material/broken_image:")
+        continue
     button.download_button(
         "Engine bundle",
         data=data.bundle(at, c.build_key),
         file_name=f"{c.model}-{c.build_key[:8]}.zip",
         mime="application/zip",
-        on_click="ignore",
+        on_click="rerun",  # as on the Engine page: a file gone bad since is checked again and shown as an error
         key=f"download-{c.build_key}",
         icon=":material/download:",
         width="stretch",

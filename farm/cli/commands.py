@@ -479,7 +479,7 @@ def pull(
 
     On a build-only target (TensorRT-RTX ahead of time) nothing was timed: say --precision, or let
     --rule choose, and the rule used is printed."""
-    from farm.results.delivery import load_engine, pick_build, pick_key, write_engine
+    from farm.results.delivery import load_engine, pick_build, pick_key, safe_folder, write_engine
 
     with one_line_errors():
         store = results_store(data_dir, db_url)
@@ -489,7 +489,9 @@ def pull(
             else:
                 picked = pick_build(s, model, target, checked_objective(objective), min_top1_agreement, batch, precision, rule)
             record = load_engine(s, picked.build_key)
-        engine_path, manifest_path = write_engine(store, picked.build_key, out_dir or Path(record.bundle_name))
+        # The default folder is named after the build's stored names: checked to be one folder here.
+        where = out_dir or safe_folder(Path(), record.bundle_name, "bundle name", record.row)
+        engine_path, manifest_path = write_engine(store, picked.build_key, where)
     out.print(picked.summary, highlight=False, soft_wrap=True, markup=False)
     out.print(f"chosen    {picked.rule}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"engine    {engine_path} (sha256 {record.engine_sha256} verified)", highlight=False, soft_wrap=True, markup=False)

@@ -15,14 +15,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Column, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from farm.store import schema
-from farm.store.artifacts import PARTIAL
+from farm.store.artifacts import PARTIAL, ArtifactStore
 from farm.store.db import Store, head_revision, schema_revision, store_name, upgrade
 from farm.store.record import STALE_S
 
@@ -100,6 +100,24 @@ def _files(root: Path) -> Iterator[Path]:
         yield from sorted(p for p in root.rglob("*") if not p.is_dir())
 
 
+ArtifactState = Literal["ok", "missing", "corrupt"]
+
+
+def artifact_state(artifacts: ArtifactStore, sha256: str, size_bytes: int | None = None) -> ArtifactState:
+    """One artifact's file against its row, as `verify` checks it: there, of the recorded size (a cheap
+    first look), and hashing to its name. What the dashboard shows beside a build, one engine at a time."""
+    path = artifacts.path(sha256)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if not path.is_file():
+        return "missing"
+    if size_bytes is not None and size != size_bytes:
+        return "corrupt"
+    return "ok" if artifacts.verify(sha256) else "corrupt"
+
+
 def verify_store(store: Store) -> Verdict:
     """Every check; a database that cannot be read at all ends the checks with its integrity problem."""
     verdict = Verdict(head=head_revision())
@@ -119,12 +137,13 @@ def verify_store(store: Store) -> Verdict:
         for sha, row in sorted(rows.items()):
             path = artifacts.path(sha)
             shown = path.relative_to(data_dir).as_posix()
-            if not path.is_file():
+            state = artifact_state(artifacts, sha)
+            if state == "missing":
                 verdict.problems.append(Problem("missing", shown, f"no such file for the {row.kind} artifact row{_used_by(s, sha)}", sha))
                 continue
             verdict.artifacts += 1
             verdict.bytes += path.stat().st_size
-            if not artifacts.verify(sha):
+            if state == "corrupt":
                 verdict.problems.append(Problem("corrupt", shown, f"its bytes do not hash to its name ({row.kind}){_used_by(s, sha)}", sha))
     for path in _files(artifacts.root):
         shown = path.relative_to(data_dir).as_posix()

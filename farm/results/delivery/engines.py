@@ -10,11 +10,14 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from farm.results.delivery.errors import ExportError
+from farm.results.delivery.folders import plain_name
+from farm.results.labels import short_key
 from farm.results.queries import BuildDetail, build_detail, build_provenance
 from farm.results.rows import target_by_id
 from farm.store import schema
 
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
 ENGINE_SUFFIX = {"tensorrt": ".plan", "onnxruntime": ".onnx", "torch": ".pt"}
 
 
@@ -34,8 +37,9 @@ class StoredEngine(BuildDetail):
 
     @property
     def sha256(self) -> str:
-        """The engine's sha256 (load_engine refuses a build without an engine)."""
+        """The engine's sha256 (load_engine refuses a build without an engine), checked by check_stored."""
         assert self.engine_sha256
+        check_stored(self)
         return self.engine_sha256
 
     @property
@@ -58,8 +62,30 @@ class StoredEngine(BuildDetail):
         return "engine" + ENGINE_SUFFIX.get(self.backend, ".bin")  # a manifest's odd name is never used as a path
 
     @property
+    def row(self) -> str:
+        return stored_row(self)
+
+    @property
     def bundle_name(self) -> str:
+        """The folder a bundle unpacks to (and `farm pull` writes by default), of names check_stored accepted."""
+        check_stored(self)
         return f"{self.model}-{self.backend}-{self.precision}-{slug(self.target)}-{self.build_key[:8]}"
+
+
+def stored_row(detail: BuildDetail) -> str:
+    """Where a build's stored names were read, for a line that refuses one."""
+    return f"build {short_key(detail.key)}"
+
+
+def check_stored(detail: BuildDetail) -> None:
+    """ExportError (one line naming the name and the build) unless the build's stored names that delivery
+    makes paths of are plain names, and its engine's sha256 (the artifact's file name) is 64 hex digits:
+    a store written by an older farm, or edited by hand, may hold `../../x` or `/tmp/x` in any of them."""
+    for stored, name in (("model name", detail.model), ("backend", detail.backend), ("precision", detail.precision)):
+        plain_name(name, stored, stored_row(detail))
+    sha = detail.engine_sha256
+    if sha is not None and not SHA256.fullmatch(sha):
+        raise ExportError(f"engine sha256 {sha if len(sha) <= 40 else sha[:37] + '...'!r} of {stored_row(detail)} is not a sha256: refused", 2)
 
 
 def slug(text: str) -> str:

@@ -16,11 +16,18 @@ from typing import IO
 
 from farm.results.delivery.engines import bundle_manifest, load_engine
 from farm.results.delivery.errors import ExportError, writing
-from farm.results.delivery.folders import prepared_out
+from farm.results.delivery.folders import prepared_out, removed_on_failure
 from farm.store import Store
 
 
 CHUNK = 1 << 20
+REPAIR = " (`farm verify --repair` marks its build for redo; the next sweep rebuilds it)"
+
+
+def artifact_problem(sha256: str, state: str, detail: str = "") -> str:
+    """The line for an engine artifact that is missing or corrupt, with the command that mends the store:
+    the same words in `farm pull`, `farm deliver` and the dashboard."""
+    return f"engine artifact {sha256} is {state}{detail}{REPAIR}"
 
 
 def _verified_chunks(store: Store, sha256: str) -> Iterator[bytes]:
@@ -30,13 +37,13 @@ def _verified_chunks(store: Store, sha256: str) -> Iterator[bytes]:
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        raise ExportError(f"engine artifact {sha256} is missing from {store.artifacts.root}") from None
+        raise ExportError(artifact_problem(sha256, "missing", f" from {store.artifacts.root}")) from None
     with handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
             yield block
     if digest.hexdigest() != sha256:
-        raise ExportError(f"engine artifact {sha256} is corrupt: its bytes hash to {digest.hexdigest()}")
+        raise ExportError(artifact_problem(sha256, "corrupt", f": its bytes hash to {digest.hexdigest()}"))
 
 
 def _copy_verified(store: Store, sha256: str, out: IO[bytes]) -> None:
@@ -92,8 +99,8 @@ def write_engine(store: Store, build_key: str, out_dir: Path) -> tuple[Path, Pat
         record = load_engine(s, build_key)
     engine_path = out_dir / record.engine_file
     manifest_path = out_dir / "manifest.json"
-    prepared_out(out_dir)
-    with writing(out_dir):
+    with removed_on_failure(out_dir), writing(out_dir):
+        prepared_out(out_dir)
         write_verified(store, record.sha256, engine_path)
         manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
     return engine_path, manifest_path

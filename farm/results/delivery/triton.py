@@ -4,16 +4,16 @@ and a config.pbtxt written from the engine's manifest (tensors, batch profile, r
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from farm.results.delivery.engines import StoredEngine, bundle_manifest, compute_capability, load_engine
 from farm.results.delivery.errors import ExportError, writing
-from farm.results.delivery.folders import prepared_out, safe_folder
+from farm.results.delivery.folders import plain_name, prepared_out, removed_on_failure, safe_folder, staged
 from farm.results.delivery.picking import default_batch
 from farm.results.delivery.streaming import write_verified
+from farm.results.labels import short_key
 from farm.results.rows import targets_by_id
 from farm.results.select import Candidate, Objective, candidates, winners
 from farm.store import Store, schema
@@ -71,23 +71,24 @@ def triton_repository(
         targets = targets_by_id(s)
     if not found:
         raise ExportError("no benchmarked builds: run `farm sweep SPEC` first", 3)
-    prepared_out(out_dir)
-    for model in sorted({c.model for c in found}):
-        mine = [c for c in found if c.model == model]
-        try:
-            safe_folder(out_dir, model)
-        except ExportError as exc:
-            repo.notes.append(f"{str(exc)} (skipped)")
-            continue
-        chosen = _choose(mine, targets, objective, min_top1_agreement, batch_size, repo.notes)
-        gpu = {t: c for t, c in chosen.items() if targets[t].kind == "gpu" and c.backend == "tensorrt"}
-        cpu = {t: c for t, c in chosen.items() if targets[t].kind == "cpu" and c.backend == "onnxruntime"}
-        if gpu:
-            repo.models.append(_write_gpu_model(store, out_dir, model, gpu, targets, repo.notes))
-        if cpu:
-            repo.models.append(_write_cpu_model(store, out_dir, f"{model}_onnxruntime", cpu, repo.notes))
-        if not gpu and not cpu:
-            repo.notes.append(f"{model}: no eligible TensorRT (GPU) or ONNX Runtime (CPU) build; nothing written")
+    with removed_on_failure(out_dir):
+        prepared_out(out_dir)
+        for model in sorted({c.model for c in found}):
+            mine = [c for c in found if c.model == model]
+            try:
+                safe_folder(out_dir, model, row=f"build {short_key(mine[0].build_key)}")
+            except ExportError as exc:
+                repo.notes.append(f"{str(exc)} (skipped)")
+                continue
+            chosen = _choose(mine, targets, objective, min_top1_agreement, batch_size, repo.notes)
+            gpu = {t: c for t, c in chosen.items() if targets[t].kind == "gpu" and c.backend == "tensorrt"}
+            cpu = {t: c for t, c in chosen.items() if targets[t].kind == "cpu" and c.backend == "onnxruntime"}
+            if gpu and (written := _write_gpu_model(store, out_dir, model, gpu, targets, repo.notes)):
+                repo.models.append(written)
+            if cpu:
+                repo.models.append(_write_cpu_model(store, out_dir, f"{model}_onnxruntime", cpu, repo.notes))
+            if not gpu and not cpu:
+                repo.notes.append(f"{model}: no eligible TensorRT (GPU) or ONNX Runtime (CPU) build; nothing written")
     return repo
 
 
@@ -133,8 +134,9 @@ def _choose(
 
 def _write_gpu_model(
     store: Store, out_dir: Path, name: str, chosen: dict[str, Candidate], targets: dict[str, schema.Target], notes: list[str]
-) -> TritonModel:
+) -> TritonModel | None:
     by_cc: dict[str, Candidate] = {}
+    files: dict[str, str] = {}
     for target_id, c in sorted(chosen.items()):
         cc = compute_capability(targets[target_id])
         if cc is None:
@@ -142,8 +144,14 @@ def _write_gpu_model(
         elif cc in by_cc:
             notes.append(f"{name}: {target_id} and {by_cc[cc].target} share compute capability {cc}; Triton picks by capability, so {by_cc[cc].target} is used")
         else:
+            try:  # the capability is a stored name too (targets.compute_capability), and names a file in 1/
+                files[cc] = plain_name(f"model_sm{cc.replace('.', '')}.plan", "compute capability", f"target {target_id}")
+            except ExportError as exc:
+                notes.append(f"{exc} (skipped)")
+                continue
             by_cc[cc] = c
-    files = {cc: f"model_sm{cc.replace('.', '')}.plan" for cc in by_cc}
+    if not by_cc:
+        return None
     return _write_model(store, out_dir, name, "tensorrt_plan", "KIND_GPU", {files[cc]: c for cc, c in by_cc.items()}, files, notes)
 
 
@@ -164,7 +172,7 @@ def _write_model(
     files: dict[str, str],
     notes: list[str],
 ) -> TritonModel:
-    model_dir = safe_folder(out_dir, name)
+    model_dir = safe_folder(out_dir, name, row=f"build {short_key(next(iter(by_file.values())).build_key)}")
     records = {}
     with store.session() as s:
         for file_name, c in by_file.items():
@@ -177,16 +185,16 @@ def _write_model(
     timed = sorted({b for r in records.values() for b in r.batch_sizes})
     config = config_pbtxt(name, platform, kind, max_batch, first.engine_manifest, files,
                           options=runtime_options(first), batch_sizes=timed)
-    with writing(model_dir):
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
+    # Written beside the model's folder and renamed over it once every engine checked out: a corrupt one
+    # leaves the folder as it was (or absent), never emptied or half-written.
+    with writing(model_dir), staged(model_dir) as stage:
         for file_name, record in records.items():
-            write_verified(store, record.sha256, model_dir / "1" / file_name)
+            write_verified(store, record.sha256, stage / "1" / file_name)
             # Non-numeric folders are not versions to Triton, so the manifests can live beside 1/.
-            manifest_path = model_dir / "manifests" / f"{file_name}.json"
+            manifest_path = stage / "manifests" / f"{file_name}.json"
             manifest_path.parent.mkdir(parents=True, exist_ok=True)
             manifest_path.write_text(json.dumps(bundle_manifest(record), indent=2) + "\n")
-        (model_dir / "config.pbtxt").write_text(config)
+        (stage / "config.pbtxt").write_text(config)
     return TritonModel(name, platform, kind, max_batch, files, {f: r.label for f, r in records.items()}, config)
 
 
