@@ -27,6 +27,7 @@ STALE_S = 60
 SETTLED = ("done", *schema.ANSWERED_STATES)  # a sweep's job that needs nothing more: a re-run finds it in the store
 RERUN_LOOKBACK = 10  # the newest sweeps of a name that a re-run may repeat: enough for a spec edited back and forth
 GONE = "interrupted: its driver was gone (no heartbeat for over {seconds} s)"
+STOPPED = "interrupted: the sweep was stopped (Ctrl-C or SIGTERM) while this job ran"
 # Colour and cursor codes (Ray's RayTaskError colours its task name): stored text is read in files and pipes.
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -126,6 +127,9 @@ class Recorder:
                                                                schema.SweepJob.state.in_(("done", "cached"))).limit(1))
                 status = "finished" if ok is not None else "failed"
             now = datetime.now(UTC)
+            if status == "interrupted":  # its running jobs were stopped with it: none is left reading "running"
+                s.execute(update(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.state == "running")
+                          .values(state="interrupted", error=STOPPED, updated_at=now).execution_options(synchronize_session=False))
             s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(status=status, finished_at=now, heartbeat_at=now))
         self._beats.pop(sweep_id, None)
         return status
