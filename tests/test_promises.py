@@ -13,48 +13,29 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
-import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import numpy_helper
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from farm.cli import app
 from farm.run.driver import run_sweep
 from farm.run.plan import expand
 from farm.run.spec import load_spec
 from farm.store import Store, StoreLocation, open_store, schema
 from tests.conftest import CALIBRATION_DATA, REPO, write_spec
+from tests.onnx_models import classifier_onnx
 from tests.test_plan import CPU
 
 PHOTOS = sorted(p for p in CALIBRATION_DATA.iterdir() if p.suffix == ".jpg")
-
-
-def classifier_onnx(input_shape: tuple[int, int, int], classes: int, seed: int = 0) -> bytes:
-    """A real, tiny ONNX classifier over [batch, *input_shape]: global average pool, then a Gemm to `classes`."""
-    rng = np.random.default_rng(seed)
-    channels = input_shape[0]
-    weight = helper.make_tensor("weight", TensorProto.FLOAT, [channels, classes], rng.standard_normal((channels, classes)).astype(np.float32).ravel())
-    bias = helper.make_tensor("bias", TensorProto.FLOAT, [classes], rng.standard_normal(classes).astype(np.float32))
-    graph = helper.make_graph(
-        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-         helper.make_node("Flatten", ["pooled"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "weight", "bias"], ["output"])],
-        "classifier",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *input_shape])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", classes])],
-        [weight, bias],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by every ONNX Runtime the farm supports
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 # --- job keys follow the bytes of their inputs ------------------------------------------------------
@@ -124,7 +105,7 @@ def test_job_keys_change_with_the_bytes_of_photos_labels_and_onnx_files(tmp_path
 
     # the .onnx file: every job of that model, and none of the other's
     model = tmp_path / "model.onnx"
-    weights = onnx.numpy_helper.to_array(onnx.load(model).graph.initializer[0]).tobytes()
+    weights = numpy_helper.to_array(onnx.load(model).graph.initializer[0]).tobytes()
     _flip_one_byte(model, model.read_bytes().index(weights))  # the lowest bit of one weight: still a valid model
     changed = _changed(after_labels, _keys(spec))
     assert changed == {job for job in first if job[1].split()[0] == "file"}
@@ -186,9 +167,9 @@ SLOW_SPEC = f"""
 name: interrupted
 models:
   - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
-batch_sizes: [1, 2, 4]
+batch_sizes: [1, 2]
 backends: {{onnxruntime: {{intra_op_threads: 1}}}}
-benchmark: {{warmup_s: 0, duration_s: 1, min_iterations: 3, window_s: 0.5, max_duration_s: 1.5}}
+benchmark: {{warmup_s: 0, duration_s: 0.6, min_iterations: 3, window_s: 0.3, max_duration_s: 1}}
 fidelity: {{data: {CALIBRATION_DATA}, samples: 2}}
 selection: {{retime: {{enabled: false}}}}
 limits: {{isolate_builds: false}}
@@ -228,30 +209,196 @@ def _interrupt_while_timing(farm: Farm, spec: Path, signum: signal.Signals, afte
             store.close()
 
 
-def test_sigint_and_sigterm_exit_130_store_the_sweep_as_interrupted_and_it_resumes(ray_address: str, tmp_path: Path) -> None:
-    farm = Farm(tmp_path / "data", ray_address)
-    spec = write_spec(tmp_path, SLOW_SPEC)
-    finished: set[tuple[str, str]] = set()  # jobs done by an earlier, interrupted run
-    sweep = 0
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        sweep, ended = _interrupt_while_timing(farm, spec, signum, sweep)
-        assert ended.returncode == 130, ended.stderr
-        assert "interrupted: finished results are kept; run the same sweep again to resume" in ended.stderr
-        shown = farm.run("status", "--json")
-        assert json.loads(shown.stdout)["stored_status"] == "interrupted", shown.stdout
-        with closing(farm.store()) as store:
-            assert _newest_sweep(store).status == "interrupted"
-            states = _jobs(store, sweep)
-        assert "running" not in states.values() and "interrupted" in states.values()
-        assert all(states[job] == "cached" for job in finished), "a job finished before the interruption was done again"
-        finished |= {job for job, state in states.items() if state == "done"}
-        assert any(stage == "build" for stage, _ in finished)
+@dataclass(frozen=True)
+class Stopped:
+    """One `farm sweep` stopped by a signal: how it ended and the store's account of its sweep."""
 
-    resumed = farm.run("sweep", str(spec))
-    assert resumed.returncode == 0, resumed.stderr
+    signal: signal.Signals
+    ended: subprocess.CompletedProcess[str]
+    status: str  # the sweep row's
+    states: dict[tuple[str, str], str]  # its jobs'
+
+
+@dataclass(frozen=True)
+class Resumed:
+    farm: Farm
+    spec: Path
+    stopped: list[Stopped]
+    sweep_id: int  # the run that finished
+    states: dict[tuple[str, str], str]
+
+
+@pytest.fixture(scope="module")
+def resumed(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Resumed:
+    """`farm sweep` stopped by SIGINT while it times, run again and stopped by SIGTERM, then run to its end."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    farm = Farm(folder / "data", ray_address)
+    spec = write_spec(folder, SLOW_SPEC)
+    stopped, sweep_id = [], 0
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        sweep_id, ended = _interrupt_while_timing(farm, spec, signum, sweep_id)
+        with closing(farm.store()) as store:
+            stopped.append(Stopped(signum, ended, _newest_sweep(store).status, _jobs(store, sweep_id)))
+    # the last run in this process (a third CLI start would add only its imports); run_sweep is what `farm sweep` runs
+    store = open_store(StoreLocation.resolve(farm.data))
+    try:
+        result = run_sweep(*load_spec(spec), str(spec), store)
+        return Resumed(farm, spec, stopped, result.sweep_id, _jobs(store, result.sweep_id))
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_exit_130_store_the_sweep_as_interrupted_and_it_resumes(resumed: Resumed) -> None:
+    finished: set[tuple[str, str]] = set()  # jobs done by an earlier, stopped run
+    for run in resumed.stopped:
+        assert run.ended.returncode == 130, (run.signal, run.ended.stderr)
+        assert "interrupted: finished results are kept; run the same sweep again to resume" in run.ended.stderr
+        assert run.status == "interrupted"
+        assert "running" not in run.states.values() and "interrupted" in run.states.values()
+        assert all(run.states[job] == "cached" for job in finished), "a job finished before the interruption was done again"
+        finished |= {job for job, state in run.states.items() if state == "done"}
+        assert any(stage == "build" for stage, _ in finished)
+    # the run to the end: what was finished is read back, the rest is done
+    assert {job for job, state in resumed.states.items() if state == "cached"} == finished
+    assert set(resumed.states.values()) == {"cached", "done"} and "done" in resumed.states.values()
+    with closing(resumed.farm.store()) as store:
+        assert _newest_sweep(store).status == "finished"
+
+
+@pytest.mark.slow
+def test_force_redoes_every_job(resumed: Resumed, tmp_path: Path) -> None:
+    """`farm sweep --force`, on a copy of a store that holds every job of the spec: each is run again, none read back."""
+    farm = Farm(tmp_path / "data", resumed.farm.address)
+    shutil.copytree(resumed.farm.data, farm.data)
+    forced = farm.run("sweep", str(resumed.spec), "--force")
+    assert forced.returncode == 0, forced.stderr
     with closing(farm.store()) as store:
-        last = _newest_sweep(store)
-        assert last.id > sweep and last.status == "finished"
-        states = _jobs(store, last.id)
-    assert {job for job, state in states.items() if state == "cached"} == finished
-    assert set(states.values()) == {"cached", "done"} and any(state == "done" for state in states.values())
+        newest = _newest_sweep(store)
+        states = _jobs(store, newest.id)
+        assert newest.id != resumed.sweep_id and states.keys() == resumed.states.keys()
+        assert set(states.values()) == {"done"}, states
+        with store.session() as s:  # every stored row was written again by the forced sweep
+            for table in (schema.Model, schema.Reference, schema.Variant, schema.Build, schema.Benchmark, schema.Fidelity):
+                written = s.scalars(select(table.created_at)).all()  # type: ignore[attr-defined]
+                assert written and min(written) >= newest.started_at, table.__name__
+
+
+# --- limits.job_timeout_s -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_job_past_its_timeout_is_cancelled_and_recorded_as_timed_out(ray_address: str, tmp_path: Path) -> None:
+    farm = Farm(tmp_path / "data", ray_address)
+    spec = write_spec(tmp_path, f"""
+        name: timeout
+        models:
+          - {{name: slow, source: "tests.models:slow_to_export", weights: null, input_shape: [3, 32, 32]}}
+        batch_sizes: [1]
+        backends: {{onnxruntime: {{intra_op_threads: 1}}}}
+        {BENCHMARK}
+        fidelity: {{data: {CALIBRATION_DATA}, samples: 2}}
+        limits: {{job_timeout_s: 3}}
+    """)
+    ended = farm.run("sweep", str(spec))
+    assert ended.returncode == 3, ended.stderr  # nothing came of it: its one export failed
+    with closing(farm.store()) as store, store.session() as s:
+        [export] = s.scalars(select(schema.Model)).all()
+        assert export.status == "failed" and export.error == "timed out after 3 s"
+        states = {j.stage: j.state for j in s.scalars(select(schema.SweepJob))}
+    assert states.pop("export") == "failed" and set(states.values()) == {"blocked"}
+
+
+# --- one real sweep for fp8, pull and --force ----------------------------------------------------------
+
+# Two ONNX Runtime blocks, each timed at one batch size: the build that `pull --batch 8` must deliver is not
+# the one a plain pull (p50: the smallest batch) delivers. fp8 asks for graph optimization `all` (the default).
+SWEPT_SPEC = f"""
+name: promised
+models:
+  - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
+precisions: [fp32, fp8]
+batch_sizes: [1, 8]
+backends:
+  onnxruntime: [{{intra_op_threads: 1, batch_sizes: [1]}}, {{intra_op_threads: 2, batch_sizes: [8]}}]
+calibration: {{data: {CALIBRATION_DATA}, samples: 4, methods: minmax}}
+fidelity: {{data: {CALIBRATION_DATA}, samples: 2, min_top1_agreement: 0}}
+{BENCHMARK}
+selection: {{retime: {{enabled: false}}}}
+limits: {{isolate_builds: false}}
+"""
+
+
+@dataclass(frozen=True)
+class Swept:
+    farm: Farm
+    spec: Path
+    sweep_id: int
+
+
+@pytest.fixture(scope="module")
+def swept(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Swept:
+    folder = tmp_path_factory.mktemp("promised")
+    farm = Farm(folder / "data", ray_address)
+    spec = write_spec(folder, SWEPT_SPEC)
+    ended = farm.run("sweep", str(spec))
+    assert ended.returncode == 0, ended.stderr
+    with closing(farm.store()) as store:
+        return Swept(farm, spec, _newest_sweep(store).id)
+
+
+def _builds(farm: Farm) -> list[schema.Build]:
+    with closing(farm.store()) as store, store.session() as s:
+        found = list(s.scalars(select(schema.Build).where(schema.Build.status == "ok")))
+        for build in found:
+            s.expunge(build)
+        return found
+
+
+def _precision(build: schema.Build) -> str:
+    return str((build.manifest or {})["precision"])
+
+
+@pytest.mark.slow
+def test_fp8_on_onnx_runtime_is_built_at_basic_and_the_manifest_records_it(swept: Swept) -> None:
+    builds = _builds(swept.farm)
+    assert sorted(_precision(b) for b in builds) == ["fp32", "fp32", "fp8", "fp8"]
+    for build in builds:
+        assert build.options.get("graph_optimization_level", "all") == "all"  # what the spec asked for
+        level = "ORT_ENABLE_BASIC" if _precision(build) == "fp8" else "ORT_ENABLE_ALL"
+        assert f"graph_optimization_level: {level}" in (build.log or ""), build.log
+        assert (build.manifest or {})["extra"].get("graph_optimization_level_used") == ("basic" if _precision(build) == "fp8" else None)
+
+
+def _pull(swept: Swept, out: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """`farm pull tiny --target cpu ARGS`: the manifest it wrote and what it printed. (In this process: a
+    process of its own costs seconds of imports, and the sweeps above already run the CLI as one.)"""
+    ended = CliRunner().invoke(app, ["pull", "tiny", "--target", "cpu", "--out", str(out), "--data-dir", str(swept.farm.data), *args])
+    assert ended.exit_code == 0, ended.output
+    return json.loads((out / "manifest.json").read_text()), ended.stdout
+
+
+def _runs_in_onnx_runtime(engine: Path, batch: int) -> None:
+    """The delivered file is a model ONNX Runtime loads and runs: one output row of finite scores per input."""
+    session = ort.InferenceSession(str(engine), providers=["CPUExecutionProvider"])
+    [scores] = session.run(None, {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, 32, 32), dtype=np.float32)})
+    assert scores.shape == (batch, 10) and np.isfinite(scores).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp8", "fp32"])
+def test_pull_precision_delivers_that_precision(swept: Swept, tmp_path: Path, precision: str) -> None:
+    manifest, _printed = _pull(swept, tmp_path / "out", "--precision", precision)
+    assert manifest["precision"] == precision
+    assert manifest["extra"].get("graph_optimization_level_used") == ("basic" if precision == "fp8" else None)
+    _runs_in_onnx_runtime(tmp_path / "out" / "engine.onnx", 1)
+
+
+@pytest.mark.slow
+def test_pull_batch_8_delivers_the_winner_at_batch_8(swept: Swept, tmp_path: Path) -> None:
+    plain, printed = _pull(swept, tmp_path / "plain")
+    at_8, printed_8 = _pull(swept, tmp_path / "at8", "--batch", "8")
+    # only the intra_op_threads=2 builds were timed at batch 8, only the others at batch 1
+    assert plain["options"]["intra_op_threads"] == 1 and "batch 1," in printed
+    assert at_8["options"]["intra_op_threads"] == 2 and "batch 8," in printed_8
+    assert [b["batch_size"] for b in at_8["benchmarks"]] == [8]
+    _runs_in_onnx_runtime(tmp_path / "at8" / "engine.onnx", 8)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,9 +74,10 @@ class JobRow:
 
 
 class Recorder:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
-        self._beats: dict[int, float] = {}  # sweep id -> monotonic time of its last heartbeat write
+        self.clock = clock  # what heartbeats are throttled by: seconds, only differences matter
+        self._beats: dict[int, float] = {}  # sweep id -> the clock's time of its last heartbeat write
 
     # --- sweeps -------------------------------------------------------------------------
 
@@ -109,8 +110,8 @@ class Recorder:
 
     def heartbeat(self, sweep_id: int) -> None:
         """The driver is alive: called from its loop as often as it likes, written at most every HEARTBEAT_S."""
-        now = time.monotonic()
-        if now - self._beats.get(sweep_id, -HEARTBEAT_S) < HEARTBEAT_S:
+        now = self.clock()
+        if sweep_id in self._beats and now - self._beats[sweep_id] < HEARTBEAT_S:
             return
         self._beats[sweep_id] = now
         with self.store.session() as s, s.begin():
