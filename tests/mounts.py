@@ -27,4 +27,5 @@ def tmpfs(folder: Path, size: str = "128k", read_only: bool = False) -> Iterator
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(folder)], check=True)  # a file left open: detached now, freed when closed
