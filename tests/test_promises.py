@@ -308,7 +308,7 @@ def test_a_job_past_its_timeout_is_cancelled_and_recorded_as_timed_out(ray_addre
     assert states.pop("export") == "failed" and set(states.values()) == {"blocked"}
 
 
-# --- one real sweep for fp8, pull and --force ----------------------------------------------------------
+# --- one real sweep for fp8 and pull ----------------------------------------------------------
 
 # Two ONNX Runtime blocks, each timed at one batch size: the build that `pull --batch 8` must deliver is not
 # the one a plain pull (p50: the smallest batch) delivers. fp8 asks for graph optimization `all` (the default).
@@ -328,22 +328,14 @@ limits: {{isolate_builds: false}}
 """
 
 
-@dataclass(frozen=True)
-class Swept:
-    farm: Farm
-    spec: Path
-    sweep_id: int
-
-
 @pytest.fixture(scope="module")
-def swept(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Swept:
+def swept(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Farm:
+    """The store of one finished `farm sweep` of SWEPT_SPEC."""
     folder = tmp_path_factory.mktemp("promised")
     farm = Farm(folder / "data", ray_address)
-    spec = write_spec(folder, SWEPT_SPEC)
-    ended = farm.run("sweep", str(spec))
+    ended = farm.run("sweep", str(write_spec(folder, SWEPT_SPEC)))
     assert ended.returncode == 0, ended.stderr
-    with closing(farm.store()) as store:
-        return Swept(farm, spec, _newest_sweep(store).id)
+    return farm
 
 
 def _builds(farm: Farm) -> list[schema.Build]:
@@ -359,8 +351,8 @@ def _precision(build: schema.Build) -> str:
 
 
 @pytest.mark.slow
-def test_fp8_on_onnx_runtime_is_built_at_basic_and_the_manifest_records_it(swept: Swept) -> None:
-    builds = _builds(swept.farm)
+def test_fp8_on_onnx_runtime_is_built_at_basic_and_the_manifest_records_it(swept: Farm) -> None:
+    builds = _builds(swept)
     assert sorted(_precision(b) for b in builds) == ["fp32", "fp32", "fp8", "fp8"]
     for build in builds:
         assert build.options.get("graph_optimization_level", "all") == "all"  # what the spec asked for
@@ -369,10 +361,10 @@ def test_fp8_on_onnx_runtime_is_built_at_basic_and_the_manifest_records_it(swept
         assert (build.manifest or {})["extra"].get("graph_optimization_level_used") == ("basic" if _precision(build) == "fp8" else None)
 
 
-def _pull(swept: Swept, out: Path, *args: str) -> tuple[dict[str, Any], str]:
+def _pull(swept: Farm, out: Path, *args: str) -> tuple[dict[str, Any], str]:
     """`farm pull tiny --target cpu ARGS`: the manifest it wrote and what it printed. (In this process: a
     process of its own costs seconds of imports, and the sweeps above already run the CLI as one.)"""
-    ended = CliRunner().invoke(app, ["pull", "tiny", "--target", "cpu", "--out", str(out), "--data-dir", str(swept.farm.data), *args])
+    ended = CliRunner().invoke(app, ["pull", "tiny", "--target", "cpu", "--out", str(out), "--data-dir", str(swept.data), *args])
     assert ended.exit_code == 0, ended.output
     return json.loads((out / "manifest.json").read_text()), ended.stdout
 
@@ -386,7 +378,7 @@ def _runs_in_onnx_runtime(engine: Path, batch: int) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp8", "fp32"])
-def test_pull_precision_delivers_that_precision(swept: Swept, tmp_path: Path, precision: str) -> None:
+def test_pull_precision_delivers_that_precision(swept: Farm, tmp_path: Path, precision: str) -> None:
     manifest, _printed = _pull(swept, tmp_path / "out", "--precision", precision)
     assert manifest["precision"] == precision
     assert manifest["extra"].get("graph_optimization_level_used") == ("basic" if precision == "fp8" else None)
@@ -394,7 +386,7 @@ def test_pull_precision_delivers_that_precision(swept: Swept, tmp_path: Path, pr
 
 
 @pytest.mark.slow
-def test_pull_batch_8_delivers_the_winner_at_batch_8(swept: Swept, tmp_path: Path) -> None:
+def test_pull_batch_8_delivers_the_winner_at_batch_8(swept: Farm, tmp_path: Path) -> None:
     plain, printed = _pull(swept, tmp_path / "plain")
     at_8, printed_8 = _pull(swept, tmp_path / "at8", "--batch", "8")
     # only the intra_op_threads=2 builds were timed at batch 8, only the others at batch 1
