@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,18 +118,20 @@ BENCHMARK = "benchmark: {warmup_s: 0, duration_s: 0.05, min_iterations: 3, windo
 
 @dataclass(frozen=True)
 class Farm:
-    """`python -m farm.cli` in a process of its own, on one data dir; a sweep joins the tests' Ray cluster
-    (RAY_ADDRESS) rather than starting one, which would cost each test its start."""
+    """`python -m farm.cli` in a process of its own, on one data dir; a sweep joins the tests' Ray cluster at
+    `address` (RAY_ADDRESS) rather than starting one, which would cost each test its start; with None, it starts
+    its own local Ray, as a person's `farm sweep` does."""
 
     data: Path
-    address: str
+    address: str | None
 
     def _command(self, args: tuple[str, ...]) -> list[str]:
         return [sys.executable, "-m", "farm.cli", *args, "--data-dir", str(self.data)]
 
     def _env(self) -> dict[str, str]:
-        return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-                             "RAY_ADDRESS": self.address}
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        return env | ({"RAY_ADDRESS": self.address} if self.address else {})
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self._command(args), capture_output=True, text=True, timeout=300, env=self._env())
@@ -230,13 +232,14 @@ class Resumed:
 
 @pytest.fixture(scope="module")
 def resumed(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Resumed:
-    """`farm sweep` stopped by SIGINT while it times, run again and stopped by SIGTERM, then run to its end."""
+    """`farm sweep` stopped by SIGINT while it times (on the tests' cluster), run again and stopped by SIGTERM (on a
+    local Ray of its own: ray.init puts in a SIGTERM handler of Ray's), then run to its end."""
     folder = tmp_path_factory.mktemp("interrupted")
     farm = Farm(folder / "data", ray_address)
     spec = write_spec(folder, SLOW_SPEC)
     stopped, sweep_id = [], 0
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        sweep_id, ended = _interrupt_while_timing(farm, spec, signum, sweep_id)
+    for signum, on in ((signal.SIGINT, farm), (signal.SIGTERM, replace(farm, address=None))):
+        sweep_id, ended = _interrupt_while_timing(on, spec, signum, sweep_id)
         with closing(farm.store()) as store:
             stopped.append(Stopped(signum, ended, _newest_sweep(store).status, _jobs(store, sweep_id)))
     # the last run in this process (a third CLI start would add only its imports); run_sweep is what `farm sweep` runs
