@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from tests.onnx_models import classifier_onnx
 from workers.bench import median_interval
 from farm.store import Store, StoreLocation, open_store, schema
 from workers.structs import Manifest, TensorSpec
@@ -245,7 +246,11 @@ def _seed_build(w: _Writer, m: ModelSpec, t: TargetSpec, c: Config, variant: tup
         return
     rng = random.Random(build_key)
     size = int(m.base_ms * 200_000) if c.backend == "tensorrt" else int(m.base_ms * 120_000)
-    engine = f"farm-seed {c.backend} engine {text}\n".encode() + rng.randbytes(size)
+    # ONNX Runtime's engines are real models of the input and output the manifest states, so a delivered one can be
+    # loaded and run; TensorRT plans and torch recipes stay bytes (no TensorRT runtime on a CPU machine).
+    payload = rng.randbytes(size)  # drawn for every backend, so the numbers drawn after it stay as designed
+    engine = (classifier_onnx((3, 224, 224), 1000, seed=int.from_bytes(payload[:4])) if c.backend == "onnxruntime"
+              else f"farm-seed {c.backend} engine {text}\n".encode() + payload)
     sha = w.artifact(engine, "engine")
     manifest = Manifest(
         backend=c.backend,

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from typer.testing import CliRunner
@@ -18,6 +20,7 @@ from farm.cli import app
 from farm.results.delivery import ExportError, engine_bundle, write_engine
 from farm.results.select import candidates, pareto_front, winners
 from farm.store import Store, open_store
+from tests.mounts import tmpfs
 from tests.seed import CPU, H200, IMAGENET, L4, TRT_O3, TRT_O5, Seeded, seed
 
 runner = CliRunner()
@@ -98,7 +101,11 @@ def test_pull_cpu_target_and_batch(seeded: Seeded, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "cpu" / "manifest.json").read_text())
     assert manifest["target"] == CPU and manifest["backend"] == "onnxruntime"
-    assert (tmp_path / "cpu" / "engine.onnx").exists()
+    # what was delivered is a model ONNX Runtime loads and runs at the batch asked for, with the manifest's tensors
+    session = ort.InferenceSession(str(tmp_path / "cpu" / "engine.onnx"), providers=["CPUExecutionProvider"])
+    assert [(t.name, t.shape) for t in session.get_inputs()] == [(t["name"], t["shape"]) for t in manifest["inputs"]]
+    [scores] = session.run(None, {"input": np.random.default_rng(0).standard_normal((8, 3, 224, 224), dtype=np.float32)})
+    assert scores.shape == (8, 1000) and np.isfinite(scores).all()
 
 
 @pytest.mark.parametrize(
@@ -311,16 +318,12 @@ def test_pareto_front(seeded: Seeded, store: Store) -> None:
 
 
 @pytest.mark.parametrize("command", [["pull", "resnet50", "--target", "H200"], ["deliver", "triton"]])
-def test_a_read_only_medium_is_one_line(seeded: Seeded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
-    """Issue 13, item 11: --out on a read-only medium was a traceback. (Root ignores permission bits, so the
-    medium is simulated where the write starts: a mkdir that fails with EROFS, as a read-only mount does.)"""
-    import errno
-
-    def read_only(self: Path, *args: object, **kwargs: object) -> None:
-        raise OSError(errno.EROFS, "Read-only file system", str(self))
-
-    monkeypatch.setattr(Path, "mkdir", read_only)
+def test_a_read_only_medium_is_one_line(seeded: Seeded, tmp_path: Path, command: list[str]) -> None:
+    """Issue 13, item 11: --out on a read-only medium was a traceback. The medium is real: a read-only tmpfs
+    (root ignores permission bits, not a read-only mount)."""
     out = tmp_path / "ro" / "out"
-    result = runner.invoke(app, [*command, "--out", str(out), "--data-dir", str(seeded.location.data_dir)], prog_name="farm")
+    with tmpfs(tmp_path / "ro", read_only=True):
+        result = runner.invoke(app, [*command, "--out", str(out), "--data-dir", str(seeded.location.data_dir)], prog_name="farm")
+        assert not out.exists()
     assert result.exit_code == 1, result.output
     assert result.stderr.strip().splitlines() == [f"error: {out}: cannot write (Read-only file system)"]

@@ -3,6 +3,7 @@ recorder's round trip, read-only opens, two farms creating one store, and stores
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 from pathlib import Path
@@ -19,6 +20,7 @@ from farm.store import Store, StoreLocation, open_store, schema
 from farm.store.db import StoreError
 from farm.store.record import Blob, JobRow, Recorder
 from tests.conftest import BACKENDS, location_on
+from tests.mounts import tmpfs
 from workers.structs import ExportInfo, ModelRef, TensorSpec
 
 
@@ -239,22 +241,25 @@ def test_a_store_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
     assert str(raised.value) == f"cannot create the store in {tmp_path / 'file' / 'farm-data'}: not a directory"
 
 
-def test_heartbeats_are_throttled_and_a_silent_driver_reads_as_interrupted(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_heartbeats_are_throttled_and_a_silent_driver_reads_as_interrupted(store: Store) -> None:
     from datetime import UTC, datetime, timedelta
 
     from farm.store import record
 
-    recorder = Recorder(store)
+    clock = iter([100.0, 101.0, 100.0 + record.HEARTBEAT_S + 0.1])  # the recorder's clock: 1 s, then a beat's worth later
+    recorder = Recorder(store, clock=lambda: next(clock))
     sweep_id = recorder.start_sweep("s", "s.yaml", {"name": "s"}, [("export", "k" * 32, "m")])
-    writes: list[int] = []
-    real = store.session
-    monkeypatch.setattr(store, "session", lambda: writes.append(1) or real())
-    clock = iter([100.0, 101.0, 100.0 + record.HEARTBEAT_S + 0.1])
-    monkeypatch.setattr(record.time, "monotonic", lambda: next(clock))
+
+    def stored_beat() -> datetime | None:
+        with store.session() as s:
+            return s.scalar(select(schema.Sweep.heartbeat_at).where(schema.Sweep.id == sweep_id))
+
+    beats = []
     for _ in range(3):
         recorder.heartbeat(sweep_id)
-    assert len(writes) == 2  # the second call, 1 s after the first, wrote nothing
-    monkeypatch.undo()
+        beats.append(stored_beat())
+    assert beats[0] is not None and beats[1] == beats[0]  # the second call, 1 s after the first, wrote nothing
+    assert beats[2] is not None and beats[2] > beats[0]
     with store.session() as s:
         sweep = s.get(schema.Sweep, sweep_id)
         beat = sweep.heartbeat_at
@@ -280,35 +285,13 @@ def test_a_sweep_without_one_ok_job_is_stored_as_failed(store: Store) -> None:
         assert [(x.status) for x in queries.sweeps(s)] == ["interrupted", "failed"]
 
 
-def test_a_failed_artifact_write_leaves_no_temporary_file(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A full disk mid-write (issue 13, item 14): the error goes up, the partial file does not stay."""
-    import errno
-    import tempfile
-
-    real = tempfile.NamedTemporaryFile
-
-    class Full:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            self.file = real(*args, **kwargs)  # type: ignore[call-overload]
-            self.name = self.file.name
-
-        def write(self, data: bytes) -> int:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def flush(self) -> None:
-            self.file.flush()
-
-        def close(self) -> None:
-            self.file.close()
-
-        def __enter__(self) -> Full:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.file.close()
-
-    monkeypatch.setattr(tempfile, "NamedTemporaryFile", Full)
-    with pytest.raises(OSError, match="No space left"):
-        store.artifacts.put(b"an engine")
-    assert list(store.artifacts.root.rglob(".partial-*")) == [] and store.artifacts.partials() == []
-    assert not [p for p in store.artifacts.root.rglob("*") if p.is_file()]
+def test_a_failed_artifact_write_leaves_no_temporary_file(store: Store) -> None:
+    """A full disk mid-write (issue 13, item 14), for real: the artifacts on a 128 KiB tmpfs, an engine of 256 KiB.
+    The error goes up, the partial file does not stay."""
+    with tmpfs(store.artifacts.root, size="128k"):
+        with pytest.raises(OSError, match="No space left") as raised:
+            store.artifacts.put(b"an engine" * (256 * 1024 // 9))
+        assert raised.value.errno == errno.ENOSPC
+        assert list(store.artifacts.root.rglob(".partial-*")) == [] and store.artifacts.partials() == []
+        assert not [p for p in store.artifacts.root.rglob("*") if p.is_file()]
+        store.artifacts.put(b"a small engine")  # the disk is usable again: what failed took no space with it

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -115,10 +117,15 @@ def connect(address: str | None = None, log_file: Path | None = None) -> None:
     # Printed, Ray's INFO lines ("Connecting to existing Ray cluster", "Started a local Ray instance") are noise on
     # farm's stderr; in the log file they are what a person debugging the cluster wants.
     level = logging.WARNING if log_file is None else logging.INFO
+    # ray.init puts its own SIGTERM handler (a bare exit, status 1) in place of the caller's: `farm sweep`'s stops
+    # like Ctrl-C (exit 130, the sweep stored as interrupted), so the caller's is put back.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=level)
     else:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=level, _system_config=WARM_WORKERS)
+    if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def probe(timeout_s: float = 120, known: set[str] | frozenset[str] = frozenset()) -> list[Node]:

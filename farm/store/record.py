@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +27,7 @@ STALE_S = 60
 SETTLED = ("done", *schema.ANSWERED_STATES)  # a sweep's job that needs nothing more: a re-run finds it in the store
 RERUN_LOOKBACK = 10  # the newest sweeps of a name that a re-run may repeat: enough for a spec edited back and forth
 GONE = "interrupted: its driver was gone (no heartbeat for over {seconds} s)"
+STOPPED = "interrupted: the sweep was stopped (Ctrl-C or SIGTERM) while this job ran"
 # Colour and cursor codes (Ray's RayTaskError colours its task name): stored text is read in files and pipes.
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -73,9 +74,10 @@ class JobRow:
 
 
 class Recorder:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
-        self._beats: dict[int, float] = {}  # sweep id -> monotonic time of its last heartbeat write
+        self.clock = clock  # what heartbeats are throttled by: seconds, only differences matter
+        self._beats: dict[int, float] = {}  # sweep id -> the clock's time of its last heartbeat write
 
     # --- sweeps -------------------------------------------------------------------------
 
@@ -108,8 +110,8 @@ class Recorder:
 
     def heartbeat(self, sweep_id: int) -> None:
         """The driver is alive: called from its loop as often as it likes, written at most every HEARTBEAT_S."""
-        now = time.monotonic()
-        if now - self._beats.get(sweep_id, -HEARTBEAT_S) < HEARTBEAT_S:
+        now = self.clock()
+        if sweep_id in self._beats and now - self._beats[sweep_id] < HEARTBEAT_S:
             return
         self._beats[sweep_id] = now
         with self.store.session() as s, s.begin():
@@ -126,6 +128,9 @@ class Recorder:
                                                                schema.SweepJob.state.in_(("done", "cached"))).limit(1))
                 status = "finished" if ok is not None else "failed"
             now = datetime.now(UTC)
+            if status == "interrupted":  # its running jobs were stopped with it: none is left reading "running"
+                s.execute(update(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.state == "running")
+                          .values(state="interrupted", error=STOPPED, updated_at=now).execution_options(synchronize_session=False))
             s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(status=status, finished_at=now, heartbeat_at=now))
         self._beats.pop(sweep_id, None)
         return status
