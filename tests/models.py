@@ -79,7 +79,7 @@ class _Sleepy(nn.Sequential):
         return super().forward(x)
 
 
-def convnet_slowed_by_flag(flag: str, sleep_ms: float = 5.0) -> nn.Module:
+def convnet_slowed_by_flag(flag: str, sleep_ms: float = 200.0) -> nn.Module:
     """small_convnet that sleeps `sleep_ms` in every forward when the file `flag` exists as it is made: a torch eager
     engine (made from its recipe each time it is opened) becomes slower for real between two benchmarks of one
     build, while the ONNX exported before stays as fast (tests/test_diff.py)."""
