@@ -70,7 +70,7 @@ class _Sleepy(nn.Sequential):
     """small_convnet's layers (the same state dict) with a sleep before each forward."""
 
     def __init__(self, sleep_s: float) -> None:
-        super().__init__(*small_convnet())
+        super().__init__(*small_convnet().children())
         self.sleep_s = sleep_s
 
     def forward(self, x):  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from farm.cli.common import (
+    NOTHING,
     OK,
     SOME_FAILED,
     AsJson,
@@ -95,6 +96,9 @@ def diff(
             b_id, b_name, b_runs = _side(other, second, "sweep B")
         if other is not store:
             b_name += f" of {other.location.url}"
+        for name, runs in ((a_name, a_runs), (b_name, b_runs)):
+            if not runs:
+                raise fail(f"{name} timed no engine: nothing to compare", NOTHING)
         found = compare(a_runs, b_runs, a_name, b_name, min_change / 100)
         regressed = found.regressions(fail_on_regression) if fail_on_regression is not None else []
     if as_json:
@@ -172,7 +176,7 @@ def save(
     with one_line_errors():
         if not name.strip():
             raise fail("baseline name: empty")
-        results_store(data_dir, db_url).close()  # one line where there is no store or an old schema
+        results_store(data_dir, db_url, current=False).close()  # one line where there is no store (none is made)
         store = writable_store(data_dir, db_url)
         with store.session() as s, s.begin():
             found = queries.sweep(s, sweep_id)
