@@ -117,7 +117,7 @@ def diff(
 
 def _print_diff(console: Console, found: Diff, wide: bool) -> None:
     from farm.cli.terminal import Column, compact_table, option_defaults
-    from farm.results.diff import describe_versions
+    from farm.results.diff import describe_p, describe_ratio, describe_versions
     from farm.results.labels import EngineLabels
 
     shown = [run for p in found.pairs for run in (p.a, p.b)] + found.only_a + found.only_b
@@ -125,13 +125,10 @@ def _print_diff(console: Console, found: Diff, wide: bool) -> None:
     rows = []
     for p in found.pairs:
         colour = COLOURS.get(p.change)
-        speed = p.speed
         rows.append([
             escape(f"{p.a.model} {labels.of(p.a)}"), escape(p.a.target), str(p.a.batch_size), _ms(p.a.p50), _ms(p.b.p50),
-            f"{speed.ratio:.3f}x [{speed.interval[0]:.3f},{speed.interval[1]:.3f}]" if speed else "-",
-            ("<0.001" if speed.p_value < 0.001 else f"{speed.p_value:.3f}") if speed else "-",
-            f"[{colour}]{p.change}[/]" if colour else p.change,
-            escape(f"{_share(p.fidelity.before)}->{_share(p.fidelity.after)}" + (" dropped" if p.fidelity.dropped else "")),
+            describe_ratio(p.speed), describe_p(p.speed), f"[{colour}]{p.change}[/]" if colour else p.change,
+            escape(p.fidelity.describe()),
             escape("; ".join(filter(None, (describe_versions(p.versions), *p.changes))) or "-"),
         ])
     title = f"{escape(found.a_name)} -> {escape(found.b_name)}: {len(found.pairs)} engines matched"
@@ -151,10 +148,6 @@ def _print_diff(console: Console, found: Diff, wide: bool) -> None:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
-
-
-def _share(value: float | None) -> str:
-    return "?" if value is None else f"{value:.3f}"
 
 
 baseline_app = typer.Typer(no_args_is_help=True, help="Name a sweep as a baseline, and list the baselines (farm diff --baseline NAME).")

@@ -127,20 +127,14 @@ class FidelityChange:
     dropped: bool  # B's 95% Wilson interval lies wholly below A's
 
     def describe(self) -> str:
+        """`0.996->0.984 dropped`: the top-1 agreement before and after (the cosine is in --json and csv)."""
         if self.before is None and self.after is None:
             return "-"
-        text = f"{_share(self.before)} -> {_share(self.after)}"
-        if self.cosine_before is not None or self.cosine_after is not None:
-            text += f", cos {_cosine(self.cosine_before)} -> {_cosine(self.cosine_after)}"
-        return text + (" dropped" if self.dropped else "")
+        return f"{_share(self.before)}->{_share(self.after)}" + (" dropped" if self.dropped else "")
 
 
 def _share(value: float | None) -> str:
     return "?" if value is None else f"{value:.3f}"
-
-
-def _cosine(value: float | None) -> str:
-    return "?" if value is None else f"{value:.4f}"
 
 
 def compare_fidelity(a: EngineRun, b: EngineRun) -> FidelityChange:
@@ -280,8 +274,12 @@ def describe_versions(versions: dict[str, tuple[str | None, str | None]]) -> str
     return ", ".join(f"{name} {a or '-'}->{b or '-'}" for name, (a, b) in versions.items())
 
 
-def describe_speed(speed: SpeedChange | None) -> str:
+def describe_ratio(speed: SpeedChange | None) -> str:
+    """`1.120x [1.106,1.141]`: one word per number, so that a narrow table breaks between them."""
+    return f"{speed.ratio:.3f}x [{speed.interval[0]:.3f},{speed.interval[1]:.3f}]" if speed else "-"
+
+
+def describe_p(speed: SpeedChange | None) -> str:
     if speed is None:
         return "-"
-    p = f"p={speed.p_value:.3f}" if speed.p_value >= 0.001 else "p<0.001"
-    return f"{speed.ratio:.3f}x [{speed.interval[0]:.3f}, {speed.interval[1]:.3f}] {p}"
+    return "<0.001" if speed.p_value < 0.001 else f"{speed.p_value:.3f}"
