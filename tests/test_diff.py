@@ -20,9 +20,11 @@ from farm.results.diff import EngineRun, compare_timings, diff
 from farm.run.driver import run_sweep
 from farm.run.spec import load_spec
 from farm.run.stages import stages_from
+from farm.results import history
 from farm.store import Store, StoreLocation, open_store, schema
+from farm.store.record import JobRow, Recorder
 from tests import seed
-from tests.conftest import CALIBRATION_DATA, write_spec
+from tests.conftest import BACKENDS, CALIBRATION_DATA, location_on, write_spec
 
 SPEC = """
 name: history
@@ -177,7 +179,7 @@ def test_two_stores_pair_what_matches_and_list_the_rest_on_both_sides(tmp_path: 
     a = seed.seed(tmp_path / "a")
     b = seed.seed(tmp_path / "b")
     _change_store_b(b.location)
-    sweep = str(a.sweeps.get("fleet", 1))
+    sweep = str(a.sweeps["fleet"])
     shown = diff_json(tmp_path / "a", sweep, sweep, "--data-dir-b", str(tmp_path / "b"))
     assert shown["b"].endswith(f"of {b.location.url}")
 
@@ -206,6 +208,47 @@ def test_two_stores_pair_what_matches_and_list_the_rest_on_both_sides(tmp_path: 
     assert missing.exit_code == 2 and "sweep A: no sweep 7" in missing.output
     nowhere = farm("baseline", "save", "x", "--data-dir", str(tmp_path / "none"))
     assert nowhere.exit_code == 2 and "no results yet" in nowhere.output and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_sweep_reads_the_rows_it_measured_however_often_they_are_redone(backend: str, tmp_path: Path,
+                                                                              request: pytest.FixtureRequest) -> None:
+    """Three redos of one benchmark (slower, slower still, then failed), by the Recorder as the driver writes them:
+    every sweep still reads its own timings, on SQLite and PostgreSQL."""
+    location = location_on(backend, tmp_path / "farm-data", request)
+    seeded = seed.seed(location.data_dir, location.url)
+    build_key = seeded.key("resnet50", "fp32", "onnxruntime", seed.ORT_CPU, seed.CPU)
+    store = open_store(seeded.location)
+    recorder = Recorder(store)
+    with store.session() as s:
+        bench = s.scalars(select(schema.Benchmark).where(schema.Benchmark.build_key == build_key, schema.Benchmark.batch_size == 1)).one()
+        original, key = list(bench.raw_ms or []), bench.key
+        kept = {"build_key": build_key, "batch_size": 1, "settings": bench.settings}
+
+    def redo(factor: float | None) -> int:
+        sweep = recorder.start_sweep("redo", "spec.yaml", {}, [("build", build_key, "b"), ("benchmark", key, "b batch 1")])
+        recorder.mark(sweep, "build", build_key, "cached")
+        raw = [x * factor for x in original] if factor else None
+        recorder.record(sweep, JobRow("benchmark", key, factor is not None,
+                                      kept | ({"raw_ms": raw, "latency_p50": float(np.median(raw))} if raw else {}),
+                                      error=None if factor else "RuntimeError: the node ran out of memory"))
+        return sweep
+
+    slower, slowest, failed = redo(1.5), redo(2.0), redo(None)
+
+    def timings(sweep: int) -> list[tuple[float, ...]]:
+        with store.session() as s:
+            return [r.raw_ms for r in history.sweep_engines(s, sweep) if r.build_key == build_key and r.batch_size == 1]
+
+    assert timings(seeded.sweeps["fleet"]) == [tuple(original)]
+    assert timings(slower) == [tuple(x * 1.5 for x in original)]
+    assert timings(slowest) == [tuple(x * 2.0 for x in original)]
+    assert timings(failed) == []  # its benchmark failed: nothing of it to compare
+    with store.session() as s:
+        found = diff(history.sweep_engines(s, seeded.sweeps["fleet"]), history.sweep_engines(s, slower), "A", "B")
+    assert [(p.a.build_key, p.change, round(p.speed.ratio, 6) if p.speed else None) for p in found.pairs] == [(build_key, "slower", 1.5)]
+    assert len(found.only_a) > 10 and not found.only_b  # the seeded sweep's other engines
+    store.close()
 
 
 def _lognormal(rng: np.random.Generator, median_ms: float, n: int) -> list[float]:
