@@ -22,6 +22,7 @@ from farm.run.spec import load_spec
 from farm.run.stages import stages_from
 from farm.results import history
 from farm.store import Store, StoreLocation, open_store, schema
+from farm.store.db import shown_url
 from farm.store.record import JobRow, Recorder
 from tests import seed
 from tests.conftest import BACKENDS, CALIBRATION_DATA, location_on, write_spec
@@ -175,13 +176,17 @@ def _change_store_b(location: StoreLocation) -> None:
     store.close()
 
 
-def test_two_stores_pair_what_matches_and_list_the_rest_on_both_sides(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend_b", BACKENDS)
+def test_two_stores_pair_what_matches_and_list_the_rest_on_both_sides(backend_b: str, tmp_path: Path,
+                                                                      request: pytest.FixtureRequest) -> None:
     a = seed.seed(tmp_path / "a")
-    b = seed.seed(tmp_path / "b")
+    where_b = location_on(backend_b, tmp_path / "b", request)
+    b = seed.seed(where_b.data_dir, where_b.url)
     _change_store_b(b.location)
+    store_b = ("--data-dir-b", str(tmp_path / "b"), *(("--db-url-b", where_b.url) if backend_b == "postgresql" else ()))
     sweep = str(a.sweeps["fleet"])
-    shown = diff_json(tmp_path / "a", sweep, sweep, "--data-dir-b", str(tmp_path / "b"))
-    assert shown["b"].endswith(f"of {b.location.url}")
+    shown = diff_json(tmp_path / "a", sweep, sweep, *store_b)
+    assert shown["b"].endswith(f"of {shown_url(b.location.url)}")
 
     def named(runs: list[dict[str, Any]]) -> set[tuple[str, str, int]]:
         return {(r["engine"], r["target"].split(":")[0], r["batch_size"]) for r in runs}
@@ -199,7 +204,7 @@ def test_two_stores_pair_what_matches_and_list_the_rest_on_both_sides(tmp_path: 
     assert pairs and all(p["change"] == "no change" and p["ratio"] == 1.0 and p["p_value"] > 0.5 for p in pairs)
     assert len(pairs) + len(shown["only_a"]) == len(diff_json(tmp_path / "a", sweep, sweep)["pairs"])
 
-    table = farm("diff", sweep, sweep, "--data-dir", str(tmp_path / "a"), "--data-dir-b", str(tmp_path / "b"))
+    table = farm("diff", sweep, sweep, "--data-dir", str(tmp_path / "a"), *store_b)
     assert table.exit_code == 0, table.output
     assert f"median B/A over the {len(pairs)} pairs: 1.000x" in table.output
     only = [line for line in table.output.splitlines() if line.startswith("only in")]

@@ -28,6 +28,7 @@ from farm.cli.common import (
 from farm.results.labels import short_key
 from farm.results.verdict import MIN_MARGIN
 from farm.store import Store
+from farm.store.db import shown_url
 
 if TYPE_CHECKING:
     from farm.results.diff import Diff, EngineRun
@@ -95,7 +96,7 @@ def diff(
             a_id, a_name, a_runs = _side(store, first, "sweep A")
             b_id, b_name, b_runs = _side(other, second, "sweep B")
         if other is not store:
-            b_name += f" of {other.location.url}"
+            b_name += f" of {shown_url(other.location.url)}"  # a PostgreSQL URL's password is not printed
         for name, runs in ((a_name, a_runs), (b_name, b_runs)):
             if not runs:
                 raise fail(f"{name} timed no engine: nothing to compare", NOTHING)
