@@ -211,6 +211,8 @@ def test_two_stores_pair_what_matches_and_list_the_rest_on_both_sides(backend_b:
     assert len(only) == 3 * len(seed.BATCH_SIZES) and any("onnxruntime 1.22.1->1.23.0" in line for line in table.output.splitlines())
     missing = farm("diff", "7", "--data-dir", str(tmp_path / "a"))
     assert missing.exit_code == 2 and "sweep A: no sweep 7" in missing.output
+    none_saved = farm("baseline", "list", "--data-dir", str(tmp_path / "a"))
+    assert none_saved.exit_code == 0 and none_saved.output.startswith("no baselines saved")
     nowhere = farm("baseline", "save", "x", "--data-dir", str(tmp_path / "none"))
     assert nowhere.exit_code == 2 and "no results yet" in nowhere.output and not (tmp_path / "none").exists()
 

@@ -199,6 +199,9 @@ def list_baselines(data_dir: DataDir = None, db_url: DbUrl = None, as_json: AsJs
                           for n, i, sn, st, c in rows]))
         return
     console = fitted_console()
+    if not rows:
+        console.print("no baselines saved: farm baseline save NAME [SWEEP]", highlight=False, markup=False)
+        return
     console.print(compact_table(["name", Column("sweep", True), "sweep name", "sweep started", "saved"],
                                 [[escape(n), str(i), escape(sn), f"{st:%Y-%m-%d %H:%M}", f"{c:%Y-%m-%d %H:%M}"] for n, i, sn, st, c in rows],
                                 width=console.width))
