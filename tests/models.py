@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from torch import nn
 
 
@@ -72,3 +75,23 @@ def degenerate_logits() -> nn.Module:
     """A classifier over 3x64x64 whose logits are about 1e-14, like random-weight efficientnet_b0's:
     in fp16 every one rounds to zero, so no agreement with it means anything."""
     return _Scaled(tiny_cnn(), 1e-14)
+
+
+class _Sleepy(nn.Sequential):
+    """small_convnet's layers (the same state dict) with a sleep before each forward."""
+
+    def __init__(self, sleep_s: float) -> None:
+        super().__init__(*small_convnet().children())
+        self.sleep_s = sleep_s
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return super().forward(x)
+
+
+def convnet_slowed_by_flag(flag: str, sleep_ms: float = 200.0) -> nn.Module:
+    """small_convnet that sleeps `sleep_ms` in every forward when the file `flag` exists as it is made: a torch eager
+    engine (made from its recipe each time it is opened) becomes slower for real between two benchmarks of one
+    build, while the ONNX exported before stays as fast (tests/test_diff.py)."""
+    return _Sleepy(sleep_ms / 1000 if Path(flag).exists() else 0.0)

@@ -46,6 +46,7 @@ from farm.cli.common import (
     warn,
     writable_store,
 )
+from farm.cli import history
 from farm.cli.common import out as console
 from farm.cli.common import out
 from farm.store import StoreLocation
@@ -531,6 +532,8 @@ def export_triton(
 
 app.command()(dashboard)
 app.command()(pull)
+app.command()(history.diff)
+app.add_typer(history.baseline_app, name="baseline")
 deliver = typer.Typer(no_args_is_help=True, help="Write winners in a serving format.")
 deliver.command("triton")(export_triton)
 app.add_typer(deliver, name="deliver")

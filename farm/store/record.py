@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, bindparam, func, inspect, select, update
 from sqlalchemy.orm import Session
 
 from farm.store import schema
@@ -30,6 +30,17 @@ GONE = "interrupted: its driver was gone (no heartbeat for over {seconds} s)"
 STOPPED = "interrupted: the sweep was stopped (Ctrl-C or SIGTERM) while this job ran"
 # Colour and cursor codes (Ray's RayTaskError colours its task name): stored text is read in files and pipes.
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+# A redo writes these stages' rows again under the same key: the finished row it replaces is kept (ReplacedRow),
+# so that the sweeps before it can still be compared (`farm diff`) with what they measured.
+KEPT_ON_REDO = ("build", "benchmark", "fidelity")
+
+
+def row_columns(row: schema.JobColumns) -> dict[str, Any]:
+    """A stage row's columns as JSON values (datetimes as ISO text), for a ReplacedRow."""
+    found = {column.key: getattr(row, column.key) for column in inspect(type(row)).columns}
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in found.items()}
 
 
 def plain(text: str | None) -> str | None:
@@ -229,6 +240,8 @@ class Recorder:
                 key=row.key, status=row.status, error=plain(row.error), log=plain(row.log) or None,
                 seconds=row.seconds, node=row.node or None, device=row.device, created_at=datetime.now(UTC), **row.columns,
             )
+            if row.stage in KEPT_ON_REDO and (earlier := s.get(table, row.key)) is not None and earlier.status == "ok":
+                s.add(schema.ReplacedRow(stage=row.stage, key=row.key, replaced_by=sweep_id, columns=row_columns(earlier)))
             s.merge(stored)
             self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else row.status, plain(row.error))
         return stored

@@ -309,6 +309,33 @@ class Retime(JobColumns, Base):
     settings: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
+class Baseline(Base):
+    """A named sweep that later sweeps are compared with (`farm baseline save`, `farm diff --baseline`). It names
+    the sweep rather than copying its rows: a redo keeps every row it replaces (ReplacedRow), so the sweep's
+    results as it saw them stay readable however often its jobs are run again."""
+
+    __tablename__ = "baselines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(free_text(128), unique=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReplacedRow(Base):
+    """A finished build, benchmark or fidelity row as it was before a redo (--redo-from, --force) wrote the same
+    key again: the sweeps before `replaced_by` saw these values, and `farm diff` reads them back."""
+
+    __tablename__ = "replaced_rows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    replaced_by: Mapped[int] = mapped_column(ForeignKey("sweeps.id"))  # the sweep whose redo replaced it
+    replaced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    columns: Mapped[dict[str, Any]] = mapped_column(JSON)  # the row's columns, datetimes as ISO text
+
+
 # Each pipeline stage's table, in pipeline order: the one list the driver, the CLI and the dashboard share.
 STAGE_TABLES: dict[str, type[JobColumns]] = {
     "export": Model,
