@@ -16,6 +16,7 @@ PAGES = [
     st.Page("views/curves.py", title="Curves", icon=":material/show_chart:"),
     st.Page("views/engine.py", title="Engine", icon=":material/memory:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("views/history.py", title="History", icon=":material/history:"),
 ]
 
 page = st.navigation(PAGES)

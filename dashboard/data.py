@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -18,10 +19,12 @@ from sqlalchemy.orm import Session
 
 from farm.results import queries
 from farm.results.delivery import ExportError, artifact_problem, check_stored, engine_bundle, engine_bytes
+from farm.results.diff import EngineRun, describe_speed
 from farm.results.metrics import METRICS
 from farm.results.report import render_report
 from farm.results.select import Candidate, Exclusion, Untimed, candidates, prices_for, rejected_variants
 from farm.results.select import untimed as build_only
+from farm.results.timeline import MatchKey, Point, SweepRuns, latest_changes, latest_runs, sweeps_runs, timeline
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import shown_url
 from farm.store.verify import ArtifactState, artifact_state
@@ -200,3 +203,45 @@ def bundle(at: Where, build_key: str) -> Callable[[], bytes]:
 
 def raw_engine(at: Where, build_key: str) -> Callable[[], bytes]:
     return lambda: engine_bytes(store(at), build_key)
+
+
+# History: engines across sweeps (farm.results.timeline)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _sweep_runs(at: Where) -> list[SweepRuns]:
+    return _read(at, sweeps_runs)
+
+
+def history_engines(at: Where) -> dict[MatchKey, EngineRun]:
+    return latest_runs(_sweep_runs(at))
+
+
+def history_count(at: Where, key: MatchKey) -> int:
+    """How many sweeps timed this engine."""
+    return sum(any(run.match_key == key for run in sweep.runs) for sweep in _sweep_runs(at))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def history_points(at: Where, key: MatchKey) -> list[Point]:
+    return timeline(_sweep_runs(at), key)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def history_changes(at: Where) -> list[Point]:
+    return latest_changes(_sweep_runs(at))
+
+
+def speed_text(p: Point) -> str:
+    """`1.25x [1.21, 1.30], p = 0.001: slower` against the sweep before; `first` for the first point."""
+    if p.since is None:
+        return "first"
+    return f"{describe_speed(p.since.speed)}: {p.since.change}" if p.since.speed is not None else "not timed"
+
+
+def spread(p: Point) -> tuple[float, float]:
+    """How far below and above the p50 the raw timings' 5th and 95th percentiles lie (an error bar)."""
+    if not p.run.raw_ms or p.run.p50 is None:
+        return 0.0, 0.0
+    low, high = np.percentile(np.asarray(p.run.raw_ms, dtype=np.float64), [5, 95])
+    return max(0.0, p.run.p50 - float(low)), max(0.0, float(high) - p.run.p50)

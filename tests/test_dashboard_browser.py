@@ -24,7 +24,10 @@ from typing import Any
 import pytest
 
 from farm.store import open_store, schema
-from tests.seed import H200, TRT_O3, Seeded, seed
+from tests.history_store import add_history
+from tests.seed import CPU, H200, TRT_O3, Seeded, seed
+
+CPU_ORT = {"intra_op_threads": 8, "graph_optimization_level": "all"}
 
 CHROMIUM = Path(os.environ.get("FARM_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -55,7 +58,9 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout_
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Seeded:
-    return seed(tmp_path_factory.mktemp("browser") / "farm-data")
+    seeded = seed(tmp_path_factory.mktemp("browser") / "farm-data")
+    add_history(seeded.location, seeded.key("resnet50", "fp32", "onnxruntime", CPU_ORT, CPU))  # timed again, then slower
+    return seeded
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +118,7 @@ def settle(page: Any, timeout_ms: int = 30_000) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, page.locator('[data-testid="stException"]').first.inner_text()
     # The app's own navigation, not Streamlit's pages/-folder listing of the page scripts.
     words = page.locator('[data-testid="stSidebarNav"]').inner_text().split()  # icon names, then titles
-    assert [w for w in words if w[0].isupper()] == ["Sweeps", "Results", "Winners", "Curves", "Engine", "Compare"], words
+    assert [w for w in words if w[0].isupper()] == ["Sweeps", "Results", "Winners", "Curves", "Engine", "Compare", "History"], words
 
 
 def screenshot(page: Any, path: Path) -> None:
@@ -221,3 +226,17 @@ def test_an_engine_gone_bad_after_the_page_was_drawn_shows_a_lasting_error(serve
         assert page.get_by_role("button", name="Engine file").count() == 0
     finally:
         path.write_bytes(good)
+
+
+def test_history_page_flags_the_slower_sweep_and_draws_the_engine(server: str, page: Any, tmp_path: Path) -> None:
+    page.goto(f"{server}/history")
+    page.get_by_role("heading", name="History").first.wait_for(timeout=30_000)
+    settle(page)
+    assert page.get_by_text("Regressions in the newest sweeps").first.is_visible()
+    main = page.locator('[data-testid="stMain"]').inner_text()
+    assert "significantly slower or less faithful" in main
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    chart.locator(".main-svg").first.wait_for(state="attached", timeout=30_000)
+    assert chart.locator(".xtitle").first.text_content() == "sweep"
+    assert chart.locator(".scatterlayer .trace .points path").count() >= 2  # a point per sweep that timed the engine
+    screenshot(page, tmp_path / "history.png")
