@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from farm.results import queries
 from farm.results.delivery import ExportError, artifact_problem, check_stored, engine_bundle, engine_bytes
-from farm.results.diff import EngineRun, describe_speed
+from farm.results.diff import EngineRun, describe_p, describe_ratio
 from farm.results.metrics import METRICS
 from farm.results.report import render_report
 from farm.results.select import Candidate, Exclusion, Untimed, candidates, prices_for, rejected_variants
@@ -236,7 +236,7 @@ def speed_text(p: Point) -> str:
     """`1.25x [1.21, 1.30], p = 0.001: slower` against the sweep before; `first` for the first point."""
     if p.since is None:
         return "first"
-    return f"{describe_speed(p.since.speed)}: {p.since.change}" if p.since.speed is not None else "not timed"
+    return f"{describe_ratio(p.since.speed)} p={describe_p(p.since.speed)}: {p.since.change}" if p.since.speed is not None else "not timed"
 
 
 def spread(p: Point) -> tuple[float, float]:

@@ -36,7 +36,7 @@ def test_an_engine_s_points_flag_the_version_change_and_the_slowdown(seeded: tup
     same, upgrade, slower = (points[i] for i in history.sweeps)
     assert same.since is not None and same.since.change == "no change" and not same.regressed
     assert upgrade.since is not None and upgrade.since.change == "no change"
-    assert f"-> {NEW_VERSION}" in upgrade.versions_changed and "onnxruntime" in upgrade.versions_changed
+    assert f"->{NEW_VERSION}" in upgrade.versions_changed and "onnxruntime" in upgrade.versions_changed
     assert slower.slower and slower.regressed and slower.since is not None
     assert slower.since.speed is not None and slower.since.speed.ratio == pytest.approx(1.3, rel=0.05) and slower.since.speed.p_value < 0.05
     assert not slower.versions_changed  # what changed is the time, not the libraries

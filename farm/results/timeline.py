@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from farm.results.diff import EngineRun, Pair, pair
+from farm.results.diff import EngineRun, Pair, describe_versions, pair
 from farm.results.history import sweep_engines
 from farm.store import schema
 
@@ -52,10 +52,10 @@ class Point:
 
     @property
     def versions_changed(self) -> str:
-        """`onnxruntime 1.29.0 -> 1.30.0` for every library whose version differs from the point before."""
+        """`onnxruntime 1.29.0->1.30.0` for every library whose version differs from the point before."""
         if self.since is None:
             return ""
-        return ", ".join(f"{name} {a or '-'} -> {b or '-'}" for name, (a, b) in self.since.versions.items())
+        return describe_versions(self.since.versions)
 
 
 def sweeps_runs(s: Session) -> list[SweepRuns]:
