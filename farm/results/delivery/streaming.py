@@ -21,6 +21,7 @@ from farm.store import Store
 
 
 CHUNK = 1 << 20
+MENDS = "`farm verify --repair` and the same sweep again rebuild it"
 
 
 def _verified_chunks(store: Store, sha256: str) -> Iterator[bytes]:
@@ -30,13 +31,14 @@ def _verified_chunks(store: Store, sha256: str) -> Iterator[bytes]:
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        raise ExportError(f"engine artifact {sha256} is missing from {store.artifacts.root}") from None
+        raise ExportError(f"engine artifact {sha256} is missing: no file {path} ({MENDS})") from None
     with handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
             yield block
     if digest.hexdigest() != sha256:
-        raise ExportError(f"engine artifact {sha256} is corrupt: its bytes hash to {digest.hexdigest()}")
+        raise ExportError(f"engine artifact {path} is corrupt: its bytes hash to {digest.hexdigest()[:12]}..., "
+                          f"not to its name ({MENDS})")
 
 
 def _copy_verified(store: Store, sha256: str, out: IO[bytes]) -> None:
