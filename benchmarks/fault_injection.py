@@ -89,8 +89,10 @@ def driver(spec: Path, data: Path, log: Path) -> Iterator[subprocess.Popen[bytes
     """A `farm sweep` in its own session; on the way out it and every process it started (Ray's) are gone."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
+        # SIGINT as a terminal leaves it: a shell's background job (this script under nohup) inherits it ignored.
         process = subprocess.Popen([sys.executable, "-m", "farm.cli", "sweep", str(spec), "--data-dir", str(data)], cwd=ROOT,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                    env=os.environ | {"PYTHONPATH": str(ROOT)})
         try:
             yield process
@@ -312,11 +314,11 @@ def kill_build_worker(bench: Bench) -> Outcome:
 
 
 def interrupt(bench: Bench, after: int) -> Outcome:
-    outcome = Outcome(f"SIGINT after {after} jobs")
+    outcome = Outcome(f"SIGINT (Ctrl-C) after {after} jobs")
     data = bench.fresh("sigint")
     with driver(bench.spec, data, data.parent / "sweep.log") as process:
         if wait_for(process, lambda: finished_jobs(data) >= after):
-            process.send_signal(signal.SIGINT)
+            os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the driver and the local Ray it started
             outcome.injected = True
         outcome.first_rc = process.wait(timeout=SWEEP_TIMEOUT_S)
     with contextlib.closing(_read(data / "farm.db")) as c:
@@ -387,6 +389,8 @@ def corrupt_engine_redo(bench: Bench) -> Outcome:
 
 
 def delete_artifact(bench: Bench) -> Outcome:
+    """An engine file deleted: verify names it, --repair marks its build for redo, the re-run rebuilds it. (A
+    re-run alone does not look at files: it finds the build's row ok and keeps it, so verify comes first.)"""
     outcome = Outcome("artifact file deleted")
     data = bench.copy("deleted")
     before = snapshot(data)
@@ -396,8 +400,12 @@ def delete_artifact(bench: Bench) -> Outcome:
     found = farm("verify", "--data-dir", str(data))
     outcome.first_rc = found.returncode
     outcome.how = f"engine of build {key[:12]}; verify exit {found.returncode}: {' | '.join(found.stdout.splitlines()[:2])}"
+    mended = farm("verify", "--repair", "--data-dir", str(data))
+    outcome.repaired = True
+    outcome.notes.append(f"verify --repair exit {mended.returncode}: " + " | ".join(mended.stdout.splitlines()[:3]))
     rerun(outcome, bench.spec, data)
-    judge(outcome, data, before, repair=True)
+    judge(outcome, data, before)
+    outcome.verify_clean = outcome.verify_clean and found.returncode == 1
     return outcome
 
 
