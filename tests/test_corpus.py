@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from farm.cli import app
 from farm.store import StoreLocation, open_store, schema
 from tests.conftest import CALIBRATION_DATA, REPO
-from tests.seed import Seeded, seed
+from tests.seed import Seeded, beat, seed
 
 CASES: list[dict[str, Any]] = yaml.safe_load((Path(__file__).parent / "corpus" / "cases.yaml").read_text())
 # What every case starts from: one tiny CNN on ONNX Runtime, timed for milliseconds, judged on 2 photos.
@@ -123,6 +123,32 @@ def _half_made_store(path: Path, revision: str, drop: str | None = None, rows: b
     engine.dispose()
 
 
+def _damaged_artifacts(path: Path, damage: str, kind: str = "engine") -> None:
+    """A seeded store (tests/seed.py) with what a disk, a hand or a killed writer leaves among its artifacts:
+    `corrupt` (one byte of every `kind` artifact flipped), `missing` (every one deleted), `orphan` (a file no
+    row names), `partial` (a write cut off)."""
+    seeded = seed(path)
+    root = path / "artifacts"
+    with sqlite3.connect(path / "farm.db") as connection:
+        shas = [sha for (sha,) in connection.execute("SELECT sha256 FROM artifacts WHERE kind = ?", (kind,))]
+    connection.close()
+    for sha in shas if damage in ("corrupt", "missing") else []:
+        file = root / sha[:2] / sha
+        if damage == "missing":
+            file.unlink()
+        else:
+            data = bytearray(file.read_bytes())
+            data[0] ^= 0xFF
+            file.write_bytes(bytes(data))
+    if damage == "orphan":
+        (root / "ab" / ("ab" + "0" * 62)).parent.mkdir(exist_ok=True)
+        (root / "ab" / ("ab" + "0" * 62)).write_bytes(b"bytes no row names")
+    if damage == "partial":
+        (root / "ab").mkdir(exist_ok=True)
+        (root / "ab" / ".partial-cut").write_bytes(b"half an eng")
+    beat(seeded.location)  # its running sweep reads as running however long seeding took
+
+
 MAKERS: dict[str, Callable[..., None]] = {
     "bytes": lambda path, hex: path.write_bytes(bytes.fromhex(hex)),
     "repeat": lambda path, text, times: path.write_text(text * times),
@@ -137,6 +163,7 @@ MAKERS: dict[str, Callable[..., None]] = {
     "corrupt_db": lambda path: path.write_bytes(b"SQLite format? no: " + bytes(range(256)) * 8),
     "damaged_store": _damaged_store,
     "half_made_store": _half_made_store,
+    "damaged_artifacts": _damaged_artifacts,
     "symlink": lambda path, to: path.symlink_to(to),
 }
 

@@ -25,8 +25,8 @@ REPAIR = " (`farm verify --repair` marks its build for redo; the next sweep rebu
 
 
 def artifact_problem(sha256: str, state: str, detail: str = "") -> str:
-    """The line for an engine artifact that is missing or corrupt, with the command that mends the store:
-    the same words in `farm pull`, `farm deliver` and the dashboard."""
+    """The line for an engine artifact that is missing or corrupt, naming its file where `detail` does, with the
+    command that mends the store: the same words in `farm pull`, `farm deliver` and the dashboard."""
     return f"engine artifact {sha256} is {state}{detail}{REPAIR}"
 
 
@@ -37,13 +37,13 @@ def _verified_chunks(store: Store, sha256: str) -> Iterator[bytes]:
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        raise ExportError(artifact_problem(sha256, "missing", f" from {store.artifacts.root}")) from None
+        raise ExportError(artifact_problem(sha256, "missing", f": no file {path}")) from None
     with handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
             yield block
     if digest.hexdigest() != sha256:
-        raise ExportError(artifact_problem(sha256, "corrupt", f": its bytes hash to {digest.hexdigest()}"))
+        raise ExportError(artifact_problem(sha256, "corrupt", f": {path} hashes to {digest.hexdigest()[:12]}..., not to its name"))
 
 
 def _copy_verified(store: Store, sha256: str, out: IO[bytes]) -> None:
