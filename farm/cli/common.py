@@ -42,6 +42,9 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 ObjectiveOption = Annotated[str, typer.Option(help="p50, p99 (latency), throughput, or cost (USD per million inferences at the target's price).")]
 PricesOption = Annotated[Path | None, typer.Option("--prices", help="A prices YAML ({gpu: {H100: 3.0}, cpu_core_hour: 0.04}) over the "
                                                    "sweep's prices: and farm's defaults (docs/cost.md).")]
+MinCosineOption = Annotated[float | None, typer.Option(min=-1.0, max=1.0, help="Fidelity constraint: mean cosine similarity with fp32, -1..1.")]
+MaxAccuracyDropOption = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Fidelity constraint: labelled top-1 accuracy below fp32's, 0..1.")]
+SweepOption = Annotated[int | None, typer.Option("--sweep", help="Only results of this sweep.")]
 FloorOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Fidelity floor: top-1 agreement with fp32, 0..1.")]
 EligibilityOption = Annotated[str, typer.Option(help="How the floor is read: evidence (no confident flips, Wilson upper bound "
                                                      "or fp32's own noise floor; docs/verdicts.md) or threshold (the bare share).")]
