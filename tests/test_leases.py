@@ -1,0 +1,164 @@
+"""Job leases (issue 22, must-have 4): two drivers over one store never run the same job twice.
+
+The claim itself against real SQLite files and a real PostgreSQL server (atomic under threads racing for
+the same jobs, takeover of a dead owner's lease, never of a live one), the driver's waiting on a job another
+driver holds (a real local Ray), and two real `farm sweep` processes started at once over one store.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from farm.run.driver import run_sweep
+from farm.run.spec import load_spec
+from farm.store import Store, StoreLocation, open_store, schema
+from farm.store.leases import LEASE_S, DriverId, Holder
+from farm.store.record import JobRow, Recorder
+from tests.conftest import BACKENDS, CALIBRATION_DATA, REPO, location_on, write_spec
+
+STAGE = "export"
+KEY = "e" * 32
+EXPORT_COLUMNS = {"name": "m", "source": "x.onnx", "weights": None, "input_shape": [1]}
+
+
+def _sweep(recorder: Recorder, keys: tuple[str, ...] = (KEY,)) -> int:
+    return recorder.start_sweep("leased", "leased.yaml", {"name": "leased"}, [(STAGE, key, key[:4]) for key in keys])
+
+
+def _lease(store: Store, key: str = KEY) -> schema.JobLease | None:
+    with store.session() as s:
+        return s.get(schema.JobLease, (STAGE, key))
+
+
+def _hand_written_lease(store: Store, owner: DriverId, heartbeat_at: datetime, key: str = KEY) -> None:
+    """A lease as a driver elsewhere left it: its last renewal at `heartbeat_at`."""
+    with store.session() as s, s.begin():
+        s.add(schema.JobLease(stage=STAGE, key=key, owner=str(owner), sweep_id=None, heartbeat_at=heartbeat_at,
+                              expires_at=heartbeat_at + timedelta(seconds=LEASE_S)))
+
+
+def _utc(when: datetime) -> datetime:
+    """A stored time as UTC: SQLite gives it back naive, PostgreSQL in UTC (the session's time zone)."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _elsewhere() -> DriverId:
+    """A driver on another machine: its process cannot be looked at from here, only its heartbeat."""
+    return DriverId("another-host:boot:ns", 1, "elsewhere")
+
+
+def _dead_here() -> DriverId:
+    """A driver of this machine whose process has exited (killed): its pid names no process any more."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    mine = DriverId.mine()
+    return DriverId(mine.machine, int(child.stdout), "killed")
+
+
+def test_a_live_lease_is_not_taken_over_and_a_dead_ones_is(store: Store) -> None:
+    """SQLite and PostgreSQL. A lease renewed within LEASE_S by a driver elsewhere holds; one whose heartbeat stopped
+    LEASE_S ago is taken over; so is one of a process of this machine that is gone, at once."""
+    recorder = Recorder(store)
+    sweep_id = _sweep(recorder, (KEY, "f" * 32))
+    since = datetime.now(UTC)
+    now = datetime.now(UTC)
+
+    _hand_written_lease(store, _elsewhere(), now - timedelta(seconds=5))
+    held = recorder.claim(sweep_id, STAGE, KEY, "node-a", since)
+    assert not held.ours and held.answer is None
+    assert held.holder == Holder(str(_elsewhere()), None, False)
+    assert (lease := _lease(store)) is not None and lease.owner == str(_elsewhere())
+
+    with store.session() as s, s.begin():  # its heartbeat stopped just over LEASE_S ago
+        s.execute(update(schema.JobLease).values(heartbeat_at=now - timedelta(seconds=LEASE_S + 1),
+                                                 expires_at=now - timedelta(seconds=1)))
+    taken = recorder.claim(sweep_id, STAGE, KEY, "node-a", since)
+    assert taken.ours
+    assert (lease := _lease(store)) is not None and lease.owner == recorder.owner and lease.sweep_id == sweep_id
+    with store.session() as s:
+        job = s.scalars(select(schema.SweepJob).where(schema.SweepJob.key == KEY)).one()
+        assert (job.state, job.node) == ("running", "node-a")  # marked running in the claim's own transaction
+
+    killed = "f" * 32
+    _hand_written_lease(store, _dead_here(), datetime.now(UTC), killed)  # renewed a moment ago, but its process is gone
+    assert recorder.claim(sweep_id, STAGE, killed, "node-a", since).ours
+    assert (lease := _lease(store, killed)) is not None and lease.owner == recorder.owner
+
+
+def test_the_owner_keeps_its_leases_alive_and_lets_go_with_the_row(store: Store) -> None:
+    """One heartbeat renews every lease of its driver; the row and the lease's release are one write, and a
+    driver that waited finds the row (then a claim finds it too, failed or not: the owner's answer)."""
+    owner, other = Recorder(store), Recorder(store)
+    keys = tuple(c * 32 for c in "abc")
+    mine, theirs = _sweep(owner, keys), _sweep(other, keys)
+    since = datetime.now(UTC)
+    assert all(owner.claim(mine, STAGE, key, "n", since).ours for key in keys)
+    assert all(other.claim(theirs, STAGE, key, "n", since).holder is not None for key in keys)
+
+    past = datetime.now(UTC) - timedelta(seconds=LEASE_S + 5)
+    with store.session() as s, s.begin():  # as if the owner had stalled: every lease expired...
+        s.execute(update(schema.JobLease).values(heartbeat_at=past, expires_at=past + timedelta(seconds=LEASE_S)))
+    owner.heartbeat(mine)  # ...until its next heartbeat, one statement for all of them
+    with store.session() as s:
+        leased = s.scalars(select(schema.JobLease)).all()
+        assert len(leased) == 3 and all(lease.owner == owner.owner and _utc(lease.heartbeat_at) > past for lease in leased)
+    waited = other.look_again([(STAGE, key) for key in keys], since)
+    assert all(claim.holder is not None and claim.holder.owner == owner.owner for claim in waited.values())
+
+    owner.record(mine, JobRow(STAGE, keys[0], True, EXPORT_COLUMNS))
+    owner.record(mine, JobRow(STAGE, keys[1], False, EXPORT_COLUMNS, error="boom on the owner's node"))
+    assert _lease(store, keys[0]) is None and _lease(store, keys[1]) is None and _lease(store, keys[2]) is not None
+    waited = other.look_again([(STAGE, key) for key in keys], since)
+    assert waited[keys[0]].answer is not None and waited[keys[0]].answer.status == "ok"
+    assert waited[keys[1]].answer is not None and waited[keys[1]].answer.error == "boom on the owner's node"
+    assert waited[keys[2]].holder is not None
+    answered = other.claim(theirs, STAGE, keys[1], "n", since)  # the owner's failure is the answer: not run again
+    assert answered.answer is not None and answered.answer.status == "failed" and _lease(store, keys[1]) is None
+
+    owner.finish_sweep(mine, "interrupted")  # Ctrl-C: what it still held is free at once
+    assert _lease(store, keys[2]) is None
+    assert other.look_again([(STAGE, keys[2])], since)[keys[2]] == type(answered)()  # neither held nor answered: claim it
+    assert other.claim(theirs, STAGE, keys[2], "n", since).ours
+    # a failure recorded before this sweep began is an earlier sweep's, tried again as without leases
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    other.record(theirs, JobRow(STAGE, keys[2], False, EXPORT_COLUMNS, error="old failure"))
+    assert Recorder(store).claim(theirs, STAGE, keys[2], "n", later).ours
+
+
+def test_drivers_racing_for_the_same_jobs_each_get_a_job_once(store: Store) -> None:
+    """SQLite and PostgreSQL: eight drivers (each its own engine and connections) claim the same 40 jobs at
+    once, every one of them in a different order; every job is won by exactly one driver."""
+    keys = [f"{i:032x}" for i in range(40)]
+    recorders = [Recorder(open_store(store.location)) for _ in range(8)]
+    sweeps = [_sweep(recorder, tuple(keys)) for recorder in recorders]
+    since = datetime.now(UTC)
+    won: list[tuple[int, str]] = []
+    gate = threading.Barrier(len(recorders))
+
+    def claim_all(i: int) -> None:
+        gate.wait()
+        for key in keys[i:] + keys[:i]:
+            if recorders[i].claim(sweeps[i], STAGE, key, f"n{i}", since).ours:
+                won.append((i, key))
+
+    threads = [threading.Thread(target=claim_all, args=(i,)) for i in range(len(recorders))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for recorder in recorders:
+        recorder.store.close()
+    assert Counter(key for _, key in won) == Counter(keys)  # each key once, none lost
+    with store.session() as s:
+        owners = {lease.key: lease.owner for lease in s.scalars(select(schema.JobLease))}
+    assert owners == {key: recorders[i].owner for i, key in won}
