@@ -162,3 +162,100 @@ def test_drivers_racing_for_the_same_jobs_each_get_a_job_once(store: Store) -> N
     with store.session() as s:
         owners = {lease.key: lease.owner for lease in s.scalars(select(schema.JobLease))}
     assert owners == {key: recorders[i].owner for i, key in won}
+
+
+# --- the driver: a job another driver holds is awaited, not run ---------------------------------------------
+
+SPEC = """
+name: {name}
+models:
+  - {{name: tiny, source: "tests.models:tiny_cnn", weights: null, input_shape: [3, 32, 32]}}
+backends: {{onnxruntime: {{intra_op_threads: 1, graph_optimization_level: [basic, all]}}}}
+batch_sizes: [1, 2]
+benchmark: {{warmup_s: 0, duration_s: 0.3, min_iterations: 3, window_s: 0.1, max_duration_s: 1}}
+fidelity: {{data: {data}, samples: 2}}
+limits: {{isolate_builds: false}}
+"""
+
+
+def _spec(folder: Path, name: str) -> Path:
+    return write_spec(folder, SPEC.format(name=name, data=CALIBRATION_DATA), f"{name}.yaml")
+
+
+def _export_key(spec_path: Path) -> str:
+    from farm.run import cluster
+    from farm.run.plan import expand
+
+    spec, base = load_spec(spec_path)
+    [export] = expand(spec, base, cluster.local_targets(spec.rtx_targets())).by_stage("export")
+    return export.key
+
+
+def _once_the_sweep_waits(store: Store, held_by: int, then: Callable[[], None]) -> threading.Thread:
+    """Run `then` in a thread a while after another sweep than `held_by` has started: by then its driver has
+    claimed its first job, found it leased, and waits (the claim is its first write after the sweep row)."""
+    def act() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with store.session() as s:
+                if s.scalar(select(schema.Sweep.id).where(schema.Sweep.id != held_by)) is not None:
+                    break
+            time.sleep(0.2)
+        time.sleep(3)
+        then()
+
+    thread = threading.Thread(target=act, daemon=True)
+    thread.start()
+    return thread
+
+
+def _states(store: Store, sweep_id: int) -> dict[tuple[str, str], tuple[str, str | None]]:
+    with store.session() as s:
+        return {(j.stage, j.key): (j.state, j.error) for j in s.scalars(select(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id))}
+
+
+def test_a_failure_of_the_driver_that_held_the_job_is_its_answer(ray_cluster: None, tmp_path: Path) -> None:
+    """Another driver holds the export: this sweep waits instead of exporting; the other's failure ends it here
+    as that driver's failure (not run again), and everything below it is blocked."""
+    store = open_store(StoreLocation.resolve(tmp_path / "data"))
+    path = _spec(tmp_path, "held")
+    key = _export_key(path)
+    other = Recorder(store)
+    other_sweep = _sweep(other, (key,))
+    assert other.claim(other_sweep, STAGE, key, "elsewhere", datetime.now(UTC)).ours
+    thread = _once_the_sweep_waits(store, other_sweep, lambda: other.record(
+        other_sweep, JobRow(STAGE, key, False, EXPORT_COLUMNS, error="export failed on the other driver's node", node="elsewhere")))
+
+    spec, base = load_spec(path)
+    result = run_sweep(spec, base, str(path), store)
+    thread.join()
+    assert result.states[key] == "failed"
+    assert result.errors[key] == "failed in another driver's sweep: export failed on the other driver's node"
+    # the rest is blocked; a re-timing runs whatever its parents became, and finds nothing to time
+    assert {result.states[j.key] for j in result.plan.jobs if j.key != key and j.stage != "retime"} == {"blocked"}
+    assert _states(store, result.sweep_id)[(STAGE, key)] == ("failed", result.errors[key])
+    with store.session() as s:
+        row = s.get(schema.Model, key)
+        assert row is not None and row.node == "elsewhere"  # the other driver's row, never overwritten by a run here
+    assert _lease(store, key) is None
+
+
+def test_a_job_its_driver_let_go_of_is_claimed_and_run(ray_cluster: None, tmp_path: Path) -> None:
+    """The driver holding the export is interrupted (Ctrl-C: its leases are released, no row): the waiting sweep
+    claims the export and runs the whole plan itself; no lease is left behind."""
+    store = open_store(StoreLocation.resolve(tmp_path / "data"))
+    path = _spec(tmp_path, "released")
+    key = _export_key(path)
+    other = Recorder(store)
+    other_sweep = _sweep(other, (key,))
+    assert other.claim(other_sweep, STAGE, key, "elsewhere", datetime.now(UTC)).ours
+    thread = _once_the_sweep_waits(store, other_sweep, lambda: other.finish_sweep(other_sweep, "interrupted"))
+
+    spec, base = load_spec(path)
+    result = run_sweep(spec, base, str(path), store)
+    thread.join()
+    assert set(result.states.values()) == {"done"}
+    with store.session() as s:
+        assert s.scalars(select(schema.JobLease)).all() == []
+        row = s.get(schema.Model, key)
+        assert row is not None and row.status == "ok" and row.node != "elsewhere"
