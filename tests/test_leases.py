@@ -259,3 +259,52 @@ def test_a_job_its_driver_let_go_of_is_claimed_and_run(ray_cluster: None, tmp_pa
         assert s.scalars(select(schema.JobLease)).all() == []
         row = s.get(schema.Model, key)
         assert row is not None and row.status == "ok" and row.node != "elsewhere"
+
+
+# --- two real drivers: `farm sweep` twice at once over one store ---------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_drivers_started_at_once_run_every_job_once(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Two `farm sweep` processes of one spec, each with its own local Ray, over one store: both exit 0 and report
+    every job; across both, every job was run (ended "done") by exactly one driver, and the stored row is that
+    driver's; the store verifies clean (no artifact that no row names: nothing was made twice)."""
+    location = location_on(backend, tmp_path / "data", request)
+    open_store(location).close()  # the schema exists before both start, as on a fleet's server
+    path = _spec(tmp_path, "twice")
+    where = ["--data-dir", str(location.data_dir), "--db-url", location.url]
+    command = [sys.executable, "-m", "farm.cli", "sweep", str(path), *where]
+    env = os.environ | {"PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    env.pop("RAY_ADDRESS", None)
+    drivers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    try:
+        outputs = [driver.communicate(timeout=540)[0] for driver in drivers]
+    finally:
+        for driver in drivers:
+            if driver.poll() is None:
+                driver.kill()
+    for driver, output in zip(drivers, outputs, strict=True):
+        assert driver.returncode == 0, output[-3000:]
+
+    store = open_store(location, readonly=True)
+    with store.session() as s:
+        jobs = s.scalars(select(schema.SweepJob)).all()
+        rows = {(stage, row.key): row for stage, table in schema.STAGE_TABLES.items() for row in s.scalars(select(table))}
+        leased = s.scalars(select(schema.JobLease)).all()
+    store.close()
+    planned = {(j.stage, j.key) for j in jobs}
+    ran = Counter((j.stage, j.key) for j in jobs if j.state == "done")
+    assert ran == Counter(planned), "a job run by both drivers, or by neither"
+    assert {j.state for j in jobs} <= {"done", "cached"}
+    assert set(rows) == planned and all(row.status == "ok" for row in rows.values())
+    runner_of = {(j.stage, j.key): j.node for j in jobs if j.state == "done"}  # "host 1a2b3c4d": that driver's Ray node
+    for job, row in rows.items():  # (an fp32 variant is its export: recorded by the driver, no task, no device)
+        assert row.device is None or runner_of[job].endswith(row.device["ray_node"][:8]), f"{job}: the row of another run"
+    print("jobs each driver ran:", Counter(j.sweep_id for j in jobs if j.state == "done"))
+    assert leased == []
+    for output in outputs:  # each driver reports the whole sweep: every job, and the winners of the same groups
+        assert f"{len(planned)} jobs, 0 failed (every job ok)" in output, output[-3000:]
+        assert "Winners of sweep" in output and "tiny" in output
+    checked = subprocess.run([sys.executable, "-m", "farm.cli", "verify", *where], env=env, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
