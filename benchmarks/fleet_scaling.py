@@ -259,17 +259,20 @@ class DriverCost:
                 "total_per_job_ms": round(self.total_s / self.jobs * 1e3, 4)}
 
 
-def driver_cost(wanted: int, work: Path) -> DriverCost:
+def driver_cost(wanted: int, work: Path, leases: bool = True) -> DriverCost:
+    """The driver's own cost of `wanted` jobs; `leases` False: without job leases (a job marked running, no claim),
+    as the driver was before them, to compare."""
     nodes = simulated_fleet()
     groups = cluster.group_targets(nodes)
     spec = driver_spec(wanted, groups)
     t0 = time.perf_counter()
     plan = expand(spec, REPO, groups)
     t1 = time.perf_counter()
-    store = open_store(StoreLocation.resolve(work / f"driver-{wanted}"))
+    store = open_store(StoreLocation.resolve(work / f"driver-{wanted}-{'leases' if leases else 'none'}"))
     recorder = Recorder(store)
     recorder.save_targets([schema.Target(id=g.target.id, kind=g.target.kind, name=g.target.name) for g in groups])
     t2 = time.perf_counter()
+    since = datetime.now(UTC)
     sweep_id = recorder.start_sweep(spec.name, "driver", spec.model_dump(mode="json"), ((j.stage, j.key, j.label) for j in plan.jobs))
     t3 = time.perf_counter()
     for job in plan.jobs:  # what SweepRun.execute asks first: which jobs an earlier sweep finished
@@ -284,8 +287,13 @@ def driver_cost(wanted: int, work: Path) -> DriverCost:
         a = time.perf_counter()
         start, ended = schedule.advance()
         b = time.perf_counter()
+        if leases:
+            recorder.heartbeat(sweep_id)  # as the driver's loop: written every HEARTBEAT_S, renewing every lease at once
         for job, node in start:
-            recorder.started(sweep_id, job.stage, job.key, node or "")
+            if leases:
+                assert recorder.claim(sweep_id, job.stage, job.key, node or "", since).ours, "no other driver here"
+            else:
+                recorder.started(sweep_id, job.stage, job.key, node or "")
             running.append(job.key)
         c = time.perf_counter()
         scheduling += b - a

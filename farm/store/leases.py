@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, insert, select, tuple_, update
+from sqlalchemy import bindparam, delete, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from farm.store import schema
@@ -102,10 +102,21 @@ def _expiry(now: datetime) -> datetime:
     return now + timedelta(seconds=LEASE_S)
 
 
-def insert_lease(s: Session, stage: str, key: str, owner: str, sweep_id: int, now: datetime) -> None:
-    """Claim a free job: raises IntegrityError when another lease holds it (the caller's transaction is then lost)."""
-    s.execute(insert(schema.JobLease).values(stage=stage, key=key, owner=owner, sweep_id=sweep_id, heartbeat_at=now,
-                                             expires_at=_expiry(now)))
+# The per-job statements, built once and run on the session's connection with bound parameters: building an
+# expression per job cost more than running it (as farm.store.record's _SWEEP_JOB).
+_INSERT = insert(schema.JobLease)
+_RELEASE = delete(schema.JobLease).where(schema.JobLease.stage == bindparam("lease_stage"), schema.JobLease.key == bindparam("lease_key"),
+                                         schema.JobLease.owner == bindparam("lease_owner"))
+
+
+def claim(s: Session, stage: str, key: str, owner: str, sweep_id: int, now: datetime) -> None:
+    """Lease a free job: raises IntegrityError when another lease holds it (the caller's transaction is then lost).
+
+    Whether another driver answered the job meanwhile is the caller's next statement, not part of this one: on
+    PostgreSQL an INSERT that waited for the owner's release still judges a WHERE by the snapshot it started
+    with, and would miss the row committed with that release."""
+    s.connection().execute(_INSERT, {"stage": stage, "key": key, "owner": owner, "sweep_id": sweep_id, "heartbeat_at": now,
+                                     "expires_at": _expiry(now)})
 
 
 def holder(s: Session, stage: str, key: str, now: datetime) -> Holder | None:
@@ -132,8 +143,7 @@ def renew(s: Session, owner: str, now: datetime) -> None:
 
 def release(s: Session, stage: str, key: str, owner: str) -> None:
     """The job ended (its row is written in the same transaction): the lease goes, if `owner` still holds it."""
-    s.execute(delete(schema.JobLease).where(schema.JobLease.stage == stage, schema.JobLease.key == key, schema.JobLease.owner == owner)
-              .execution_options(synchronize_session=False))
+    s.connection().execute(_RELEASE, {"lease_stage": stage, "lease_key": key, "lease_owner": owner})
 
 
 def release_all(s: Session, owner: str) -> None:

@@ -45,6 +45,11 @@ _SWEEP_JOB = (update(schema.SweepJob)
               .execution_options(synchronize_session=False))
 
 
+# A stage row written at or after a time (another driver's answer to a job): built once per stage, as _SWEEP_JOB.
+_WRITTEN_SINCE = {stage: select(table.key).where(table.key == bindparam("row_key"), table.created_at >= bindparam("since"))
+                  for stage, table in ROW_TYPES.items()}
+
+
 @dataclass(frozen=True)
 class Blob:
     """An artifact in the store: its content hash, what it is, and its size."""
@@ -165,7 +170,7 @@ class Recorder:
         for _ in range(CLAIM_TRIES):
             try:
                 with self.store.session() as s, s.begin():
-                    leases.insert_lease(s, stage, key, self.owner, sweep_id, leases.now())
+                    leases.claim(s, stage, key, self.owner, sweep_id, leases.now())
                     return self._claimed(s, sweep_id, stage, key, node, since)
             except IntegrityError:  # leased already: by whom, and may it be taken over?
                 pass
@@ -181,12 +186,11 @@ class Recorder:
         return Claim(holder=leases.Holder("another driver (the lease changed hands while this one looked)", None, False))
 
     def _claimed(self, s: Session, sweep_id: int, stage: str, key: str, node: str, since: datetime) -> Claim:
-        """The lease is ours in this transaction: unless another driver wrote the job's row meanwhile, it runs."""
-        table = ROW_TYPES[stage]
-        answer = s.scalars(select(table).where(table.key == key, table.created_at >= since)).first()
-        if answer is not None:
+        """The lease is ours in this transaction: unless another driver wrote the job's row meanwhile (a statement
+        after the claim's, so it sees every row committed before the lease was ours), the job runs."""
+        if s.connection().execute(_WRITTEN_SINCE[stage], {"row_key": key, "since": since}).first() is not None:
             leases.release(s, stage, key, self.owner)
-            return Claim(answer=answer)
+            return Claim(answer=s.get(ROW_TYPES[stage], key))
         self._started(s, sweep_id, stage, key, node)
         return Claim(ours=True)
 
