@@ -13,7 +13,8 @@ host), so this measures the farm's bookkeeping and placement, not a speed-up a m
 
 Driver part. No Ray: the real planner (farm.run.plan.expand over a simulated fleet of 100 nodes of 10
 kinds), the real store (SQLite files), and the driver's loop as farm.run.driver runs it (Schedule and
-Placement pick, one job finishes per turn, its row is written). Each job "finishes" at once, so
+Placement pick, each job is claimed (its lease, farm.store.leases), one job finishes per turn, its row is
+written and its lease released). Each job "finishes" at once, so
 what is left is the driver's cost per job: what a fleet pays on top of the work.
 
     .venv/bin/python benchmarks/fleet_scaling.py [--nodes 1 2 4] [--jobs 1000 10000] [--skip-fleet] [--skip-driver]

@@ -8,7 +8,7 @@
 
 `run_sweep` probes the cluster, expands the spec, and runs the jobs: farm.run.schedule says which
 job is ready, farm.run.stages how each stage submits its job and turns the result into a row, and
-the store records each result the moment it arrives (the driver is the only writer). A job whose
+the store records each result the moment it arrives. A job whose
 key already finished is read back, not redone (unless its stage is in `redo`); a failed job is recorded with its error and
 log, its dependants are marked blocked, and everything else goes on. Before a job is submitted it is leased in the
 store (farm.store.leases): a job another driver of the same store holds is not run here, its row is awaited.
