@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, Update, bindparam, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -45,9 +45,19 @@ _SWEEP_JOB = (update(schema.SweepJob)
               .execution_options(synchronize_session=False))
 
 
-# A stage row written at or after a time (another driver's answer to a job): built once per stage, as _SWEEP_JOB.
-_WRITTEN_SINCE = {stage: select(table.key).where(table.key == bindparam("row_key"), table.created_at >= bindparam("since"))
-                  for stage, table in ROW_TYPES.items()}
+def _running_unless_answered(table: type[schema.JobColumns]) -> Update:
+    """A claimed job's sweep row marked running, unless the job's stage row was written at or after :since (another
+    driver's answer): one statement for both, run after the lease's INSERT, so it sees every row committed before
+    the lease was ours (PostgreSQL judges a statement's WHERE by the snapshot that statement starts with)."""
+    answered = exists().where(table.key == bindparam("job_key"), table.created_at >= bindparam("since"))
+    return (update(schema.SweepJob)
+            .where(schema.SweepJob.sweep_id == bindparam("job_sweep"), schema.SweepJob.stage == bindparam("job_stage"),
+                   schema.SweepJob.key == bindparam("job_key"), ~answered)
+            .values(state="running", node=bindparam("job_node"), started_at=bindparam("job_started")))
+
+
+# Built once per stage and run on the connection, as _SWEEP_JOB: an expression built per job cost as much as running it.
+_RUNNING_UNLESS_ANSWERED = {stage: _running_unless_answered(table) for stage, table in ROW_TYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -188,11 +198,16 @@ class Recorder:
     def _claimed(self, s: Session, sweep_id: int, stage: str, key: str, node: str, since: datetime) -> Claim:
         """The lease is ours in this transaction: unless another driver wrote the job's row meanwhile (a statement
         after the claim's, so it sees every row committed before the lease was ours), the job runs."""
-        if s.connection().execute(_WRITTEN_SINCE[stage], {"row_key": key, "since": since}).first() is not None:
-            leases.release(s, stage, key, self.owner)
-            return Claim(answer=s.get(ROW_TYPES[stage], key))
-        self._started(s, sweep_id, stage, key, node)
-        return Claim(ours=True)
+        marked = s.connection().execute(_RUNNING_UNLESS_ANSWERED[stage], {
+            "job_sweep": sweep_id, "job_stage": stage, "job_key": key, "job_node": node[:128], "job_started": datetime.now(UTC), "since": since})
+        if marked.rowcount == 1:  # type: ignore[attr-defined]
+            return Claim(ours=True)
+        table = ROW_TYPES[stage]
+        answer = s.scalars(select(table).where(table.key == key, table.created_at >= since)).first()
+        if answer is None:  # no sweep row names the job (a caller outside a sweep): nothing answered it, it runs
+            return Claim(ours=True)
+        leases.release(s, stage, key, self.owner)
+        return Claim(answer=answer)
 
     def look_again(self, jobs: list[tuple[str, str]], since: datetime) -> dict[str, Claim]:
         """Job key -> what a driver waiting on other drivers' jobs finds now: their rows (written at or after

@@ -112,10 +112,12 @@ class JobLease(Base):
 
     stage: Mapped[str] = mapped_column(String(16), primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(256), index=True)  # farm.store.leases.DriverId: unique per driver
+    # No index but the key: the table holds only the leases of jobs running now (a released lease is deleted),
+    # and every index more is one more write in each claim and release.
+    owner: Mapped[str] = mapped_column(String(256))  # farm.store.leases.DriverId: unique per driver
     sweep_id: Mapped[int | None] = mapped_column(Integer, default=None)  # the owner's sweep, for people
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)  # then any driver may take it over
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # then any driver may take it over
 
 
 class Model(JobColumns, Base):

@@ -26,13 +26,7 @@ def upgrade() -> None:
         sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint('stage', 'key'),
     )
-    with op.batch_alter_table('job_leases', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_job_leases_owner'), ['owner'], unique=False)
-        batch_op.create_index(batch_op.f('ix_job_leases_expires_at'), ['expires_at'], unique=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('job_leases', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_job_leases_expires_at'))
-        batch_op.drop_index(batch_op.f('ix_job_leases_owner'))
     op.drop_table('job_leases')
