@@ -164,11 +164,8 @@ class Recorder:
     def started(self, sweep_id: int, stage: str, key: str, node: str) -> None:
         """A job was submitted to `node` (a Ray node id, or a host name): running since now."""
         with self.store.session() as s, s.begin():
-            self._started(s, sweep_id, stage, key, node)
-
-    def _started(self, s: Session, sweep_id: int, stage: str, key: str, node: str) -> None:
-        s.execute(_SWEEP_JOB.values(state="running", node=node[:128], started_at=datetime.now(UTC)),
-                  {"job_sweep": sweep_id, "job_stage": stage, "job_key": key})
+            s.execute(_SWEEP_JOB.values(state="running", node=node[:128], started_at=datetime.now(UTC)),
+                      {"job_sweep": sweep_id, "job_stage": stage, "job_key": key})
 
     # --- leases (farm.store.leases) ------------------------------------------------------
 
