@@ -302,7 +302,6 @@ def test_two_drivers_started_at_once_run_every_job_once(backend: str, tmp_path: 
     runner_of = {(j.stage, j.key): j.node for j in jobs if j.state == "done"}  # "host 1a2b3c4d": that driver's Ray node
     for job, row in rows.items():  # (an fp32 variant is its export: recorded by the driver, no task, no device)
         assert row.device is None or (runner_of[job] or "").endswith(row.device["ray_node"][:8]), f"{job}: the row of another run"
-    print("jobs each driver ran:", Counter(j.sweep_id for j in jobs if j.state == "done"))
     assert leased == []
     for output in outputs:  # each driver reports the whole sweep: every job, and the winners of the same groups
         assert f"{len(planned)} jobs, 0 failed (every job ok)" in output, output[-3000:]
