@@ -13,7 +13,8 @@ host), so this measures the farm's bookkeeping and placement, not a speed-up a m
 
 Driver part. No Ray: the real planner (farm.run.plan.expand over a simulated fleet of 100 nodes of 10
 kinds), the real store (SQLite files), and the driver's loop as farm.run.driver runs it (Schedule and
-Placement pick, one job finishes per turn, its row is written). Each job "finishes" at once, so
+Placement pick, each job is claimed (its lease, farm.store.leases), one job finishes per turn, its row is
+written and its lease released). Each job "finishes" at once, so
 what is left is the driver's cost per job: what a fleet pays on top of the work.
 
     .venv/bin/python benchmarks/fleet_scaling.py [--nodes 1 2 4] [--jobs 1000 10000] [--skip-fleet] [--skip-driver]
@@ -284,17 +285,20 @@ class DriverCost:
                 "total_per_job_ms": round(self.total_s / self.jobs * 1e3, 4)}
 
 
-def driver_cost(wanted: int, work: Path) -> DriverCost:
+def driver_cost(wanted: int, work: Path, leases: bool = True) -> DriverCost:
+    """The driver's own cost of `wanted` jobs; `leases` False: without job leases (a job marked running, no claim),
+    as the driver was before them, to compare."""
     nodes = simulated_fleet()
     groups = cluster.group_targets(nodes)
     spec = driver_spec(wanted, groups)
     t0 = time.perf_counter()
     plan = expand(spec, REPO, groups)
     t1 = time.perf_counter()
-    store = open_store(StoreLocation.resolve(work / f"driver-{wanted}"))
+    store = open_store(StoreLocation.resolve(work / f"driver-{wanted}-{'leases' if leases else 'none'}"))
     recorder = Recorder(store)
     recorder.save_targets([schema.Target(id=g.target.id, kind=g.target.kind, name=g.target.name) for g in groups])
     t2 = time.perf_counter()
+    since = datetime.now(UTC)
     sweep_id = recorder.start_sweep(spec.name, "driver", spec.model_dump(mode="json"), ((j.stage, j.key, j.label) for j in plan.jobs))
     t3 = time.perf_counter()
     for job in plan.jobs:  # what SweepRun.execute asks first: which jobs an earlier sweep finished
@@ -309,8 +313,13 @@ def driver_cost(wanted: int, work: Path) -> DriverCost:
         a = time.perf_counter()
         start, ended = schedule.advance()
         b = time.perf_counter()
+        if leases:
+            recorder.heartbeat(sweep_id)  # as the driver's loop: written every HEARTBEAT_S, renewing every lease at once
         for job, node in start:
-            recorder.started(sweep_id, job.stage, job.key, node or "")
+            if leases:
+                assert recorder.claim(sweep_id, job.stage, job.key, node or "", since).ours, "no other driver here"
+            else:
+                recorder.started(sweep_id, job.stage, job.key, node or "")
             running.append(job.key)
         c = time.perf_counter()
         scheduling += b - a

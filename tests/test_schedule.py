@@ -200,3 +200,26 @@ def test_a_target_without_live_nodes_fails_its_jobs_at_once() -> None:
     assert placement.add_node("g2", "h3", 4, [GPU.id, "some other target"]) == [GPU.id]
     started, _ = schedule2.advance()
     assert [(job.key, node) for job, node in started] == [("later", "g2")]
+
+
+def test_a_job_set_aside_for_another_driver_frees_its_slot_and_keeps_the_sweep_open() -> None:
+    """A started job another driver holds (farm.store.leases) leaves the count in flight, so the next job starts
+    in its place; the schedule is not finished until its answer comes (finish) or it goes back in line (retry)."""
+    schedule = Schedule([export("a"), export("b"), child("a1", "a")], max_inflight=1, timeout_s=60)
+    start, _ = schedule.advance()
+    assert keys(start) == ["a"]
+    schedule.set_aside("a")
+    assert schedule.running == 0 and schedule.overdue() == []
+    start, _ = schedule.advance()
+    assert keys(start) == ["b"]  # a's slot, while a is awaited
+    schedule.finish("b", "done")
+    assert schedule.advance() == ([], []) and not schedule.finished  # a1 waits on a, and a is not ended
+    schedule.retry("a")  # its other driver let go of it: claimed again, first in line
+    start, _ = schedule.advance()
+    assert keys(start) == ["a"]
+    schedule.set_aside("a")
+    schedule.finish("a", "cached")  # the other driver's row answered it
+    start, _ = schedule.advance()
+    assert keys(start) == ["a1"]
+    schedule.finish("a1", "done")
+    assert schedule.finished and schedule.states["a"] == "cached"

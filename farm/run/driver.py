@@ -8,9 +8,10 @@
 
 `run_sweep` probes the cluster, expands the spec, and runs the jobs: farm.run.schedule says which
 job is ready, farm.run.stages how each stage submits its job and turns the result into a row, and
-the store records each result the moment it arrives (the driver is the only writer). A job whose
+the store records each result the moment it arrives. A job whose
 key already finished is read back, not redone (unless its stage is in `redo`); a failed job is recorded with its error and
-log, its dependants are marked blocked, and everything else goes on.
+log, its dependants are marked blocked, and everything else goes on. Before a job is submitted it is leased in the
+store (farm.store.leases): a job another driver of the same store holds is not run here, its row is awaited.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +42,12 @@ from farm.run.spec.schema import SweepSpec
 from farm.run.stages import BuildJob, Produced, Stage, registry
 from farm.store import schema
 from farm.store.db import Store
-from farm.store.record import Recorder
+from farm.store.record import Claim, Recorder
 from workers.calibration import CalibrationDataError, Samples, load_inputs, load_labels
 from workers.structs import Preprocess
 
 NODE_LOOK_S = 5.0  # how often the driver looks for nodes that died or joined
+WAIT_LOOK_S = 1.0  # how often it looks for the rows of jobs other drivers hold (one query for all of them)
 
 # Events the driver reports while it runs: (stage, state, job, error); state is done|cached|failed|blocked.
 Listener = Callable[[str, str, Job, str | None], None]
@@ -83,6 +86,8 @@ def run_sweep(
     on_plan: Callable[[Plan, list[TargetGroup]], None] | None = None,
     on_build_progress: BuildProgress | None = None,
 ) -> SweepResult:
+    # A job's row written from now on by another driver sharing the store answers this sweep's job (leases)
+    since = datetime.now(UTC)
     # `farm sweep` has called the factories before it made the store; a caller of run_sweep meets a factory's
     # mistake in its export job instead of paying a second interpreter here
     check_inputs(spec, base, spec_path, call_factories=False)
@@ -115,7 +120,7 @@ def run_sweep(
         return _answered_from_store(spec_path, recorded, plan, recorder, listener, settled)
     recorder.save_targets(_target_rows(groups, nodes))
     sweep_id = recorder.start_sweep(spec.name, spec_path, recorded, ((j.stage, j.key, j.label) for j in plan.jobs))
-    run = SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, listener, on_build_progress)
+    run = SweepRun(spec, plan, groups, {n.node_id: n for n in nodes}, recorder, sweep_id, listener, on_build_progress, since)
     try:
         run.execute(frozenset(redo))
     except BaseException:
@@ -196,8 +201,10 @@ class SweepRun:
         sweep_id: int,
         listener: Listener | None = None,
         on_build_progress: BuildProgress | None = None,
+        since: datetime | None = None,
     ) -> None:
         self.spec = spec
+        self.since = since or datetime.now(UTC)  # rows written from then on by other drivers answer this sweep's jobs
         self.recorder = recorder
         self.sweep_id = sweep_id
         self.listener = listener
@@ -212,6 +219,8 @@ class SweepRun:
                                  placement=self.placement)
         self._moves: dict[str, int] = {}  # job key -> times its node died under it
         self._next_look = time.monotonic() + NODE_LOOK_S
+        self._waiting: dict[str, Job] = {}  # job key -> a job another driver holds the lease of
+        self._next_wait_look = 0.0
         # Builders that report progress (TensorRT) send it here; the driver drains it while it waits.
         reports_progress = on_build_progress is not None and any(
             isinstance(j, BuildJob) and j.request.backend == "tensorrt" for j in plan.jobs
@@ -230,12 +239,9 @@ class SweepRun:
         for key, job in self.schedule.jobs.items():
             if job.stage in redo or key in self.schedule.states:  # skipped below a rejection read back just before
                 continue
-            if (row := self.recorder.finished(job.stage, key)) is not None:
-                self._produced[key] = self.stages[job.stage].produced(row)
-                self._report(self.schedule.finish(key, "cached"))
-            elif (row := self.recorder.rejected(job.stage, key)) is not None:  # judged with these inputs: not tried again
-                self.recorder.mark(self.sweep_id, job.stage, key, "rejected", row.error)
-                self._report(self.schedule.finish(key, "rejected", row.error))
+            # a rejection was judged with these inputs: not tried again
+            if (row := self.recorder.finished(job.stage, key) or self.recorder.rejected(job.stage, key)) is not None:
+                self._answered(job, row)
         while not self.schedule.finished:
             self.recorder.heartbeat(self.sweep_id)  # throttled in the recorder; readers call a silent driver gone
             start, ended = self.schedule.advance()
@@ -247,6 +253,7 @@ class SweepRun:
             for job, _node in start:
                 self._start(job)
             self._look_at_nodes()
+            self._look_at_waits()
             if not self._inflight:
                 if not start and not ended:
                     time.sleep(0.2)  # waiting for a node (a timing holds its host, or one may join)
@@ -266,6 +273,11 @@ class SweepRun:
             self.progress_queue.shutdown()
 
     def _start(self, job: Job) -> None:
+        node = self.placement.assigned.get(job.key, "")
+        claim = self.recorder.claim(self.sweep_id, job.stage, job.key, self._node_name(node), self.since)
+        if not claim.ours:
+            self._wait_or_take(job, claim)
+            return
         try:
             submitted = self.stages[job.stage].submit(self, job)
         except Exception as exc:  # e.g. input data that cannot be read: the job fails, the sweep goes on
@@ -274,8 +286,41 @@ class SweepRun:
             self._record(job, submitted)
         else:
             self._inflight[submitted] = job
-            node = self.placement.assigned.get(job.key, "")
-            self.recorder.started(self.sweep_id, job.stage, job.key, self._node_name(node))
+
+    def _wait_or_take(self, job: Job, claim: Claim) -> None:
+        """A job this driver did not get the lease of: another driver's row answers it, or it is awaited
+        (off its node, so this driver's other jobs use it), or, free again, it goes back in line to be claimed."""
+        if claim.answer is not None:
+            self._waiting.pop(job.key, None)
+            self._answered(job, claim.answer)
+        elif claim.holder is not None:
+            self._waiting[job.key] = job
+            self.schedule.set_aside(job.key)
+        else:
+            self._waiting.pop(job.key, None)
+            self.schedule.retry(job.key)
+
+    def _look_at_waits(self) -> None:
+        """Every WAIT_LOOK_S while jobs are awaited: one look at their rows and leases for all of them."""
+        if not self._waiting or time.monotonic() < self._next_wait_look:
+            return
+        self._next_wait_look = time.monotonic() + WAIT_LOOK_S
+        found = self.recorder.look_again([(j.stage, j.key) for j in self._waiting.values()], self.since)
+        for key, claim in found.items():
+            if claim.holder is None:  # answered, or let go of: either way no longer awaited
+                self._wait_or_take(self._waiting[key], claim)
+
+    def _answered(self, job: Job, row: schema.JobColumns) -> None:
+        """A job the store answers without running it here: an earlier sweep's row (ok or rejected), or one another
+        driver wrote while this sweep waited on it (then a failure too: that driver's failure, reported, not redone)."""
+        if row.status == "ok":
+            self._produced[job.key] = self.stages[job.stage].produced(row)
+            self._report(self.schedule.finish(job.key, "cached"))
+            return
+        state = "rejected" if row.status == "rejected" else "failed"
+        error = row.error if state == "rejected" else f"failed in another driver's sweep: {row.error}"
+        self.recorder.mark(self.sweep_id, job.stage, job.key, state, error)
+        self._report(self.schedule.finish(job.key, state, error))
 
     def _collect(self, job: Job, ref: ray.ObjectRef) -> None:
         try:

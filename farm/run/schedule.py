@@ -59,6 +59,7 @@ class Schedule:
         self._ready: dict[tuple[str | None, bool], list[tuple[int, int, str]]] = {}  # queue -> heap of (first?, order, key)
         self._ready_since: dict[str, float] = {}  # ready job key -> when its last parent ended
         self._ended: list[Event] = []  # blocked by a failure since the last turn
+        self._aside: set[str] = set()  # started, then found leased by another driver: its result is awaited
         for key in self.jobs:
             if self._waiting_on[key] == 0:
                 self._enqueue(key)
@@ -70,7 +71,7 @@ class Schedule:
     @property
     def finished(self) -> bool:
         """Nothing left to start, run or report (jobs a failure blocked are reported by the next `advance`)."""
-        return not self._pending and not self.started and not self._ended
+        return not self._pending and not self.started and not self._ended and not self._aside
 
     def _enqueue(self, key: str, first: bool = False) -> None:
         job = self.jobs[key]
@@ -81,6 +82,7 @@ class Schedule:
     def _end(self, key: str, state: str, error: str | None) -> Event:
         """A job reached its final state: its children learn of it."""
         self._pending.discard(key)
+        self._aside.discard(key)
         self._ready_since.pop(key, None)
         self.states[key] = state
         if error:
@@ -110,8 +112,7 @@ class Schedule:
 
     def finish(self, key: str, state: str, error: str | None = None) -> Event:
         """Record how a job ended (or that an earlier sweep already finished it: "cached")."""
-        if self.started.pop(key, None) is not None and self.placement is not None:
-            self.placement.finish(self.jobs[key])
+        self._free(key)
         return self._end(key, state, error)
 
     def advance(self) -> tuple[list[tuple[Job, str | None]], list[Event]]:
@@ -153,11 +154,22 @@ class Schedule:
         return start, ended
 
     def retry(self, key: str) -> None:
-        """Put a job that was running back in line (its node died): it goes first."""
-        if self.started.pop(key, None) is not None and self.placement is not None:
-            self.placement.finish(self.jobs[key])
+        """Put a job that was running back in line (its node died), or one set aside (its other driver let go of
+        it): it goes first."""
+        self._free(key)
+        self._aside.discard(key)
         self._pending.add(key)
         self._enqueue(key, first=True)
+
+    def set_aside(self, key: str) -> None:
+        """A started job that another driver runs: it gives its node back and leaves the count in flight, but
+        stays unfinished until `finish` (its result came) or `retry` (the other driver let go of it)."""
+        self._free(key)
+        self._aside.add(key)
+
+    def _free(self, key: str) -> None:
+        if self.started.pop(key, None) is not None and self.placement is not None:
+            self.placement.finish(self.jobs[key])
 
     def overdue(self) -> list[str]:
         """Running jobs older than the timeout, measured from their start."""

@@ -1,7 +1,7 @@
 """Where results live: a database (SQLite in WAL mode by default; PostgreSQL for a fleet; any
 SQLAlchemy URL) and an artifact folder, which stays under the data dir whatever the database.
 
-The driver is the only writer; the dashboard opens the same database read-only. The schema
+Drivers write (several may share one store: farm.store.leases); the dashboard opens the same database read-only. The schema
 is created and upgraded by Alembic, never by `create_all`, so an old farm-data folder is
 migrated in place when a newer farm opens it; creation and each upgrade are one transaction
 (SQLite's DDL too), so a full disk or a kill leaves the schema as it was, never half made. Two farms opening one new store at once take

@@ -14,16 +14,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, inspect, select, update
+from sqlalchemy import Engine, Update, bindparam, exists, func, inspect, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from farm.store import schema
+from farm.store import leases, schema
 from farm.store.db import Store
 
 ROW_TYPES = schema.STAGE_TABLES
 HEARTBEAT_S = 5.0  # at most one heartbeat write per this many seconds; readers call a driver gone after STALE_S
 # A running sweep whose driver wrote no heartbeat for this long lost its driver: kill -9, a crash, a full disk.
 STALE_S = 60
+CLAIM_TRIES = 3  # a lease released or taken over between a claim's two looks is looked at again, this often
 SETTLED = ("done", *schema.ANSWERED_STATES)  # a sweep's job that needs nothing more: a re-run finds it in the store
 RERUN_LOOKBACK = 10  # the newest sweeps of a name that a re-run may repeat: enough for a spec edited back and forth
 GONE = "interrupted: its driver was gone (no heartbeat for over {seconds} s)"
@@ -55,6 +57,21 @@ _SWEEP_JOB = (update(schema.SweepJob)
               .execution_options(synchronize_session=False))
 
 
+def _running_unless_answered(table: type[schema.JobColumns]) -> Update:
+    """A claimed job's sweep row marked running, unless the job's stage row was written at or after :since (another
+    driver's answer): one statement for both, run after the lease's INSERT, so it sees every row committed before
+    the lease was ours (PostgreSQL judges a statement's WHERE by the snapshot that statement starts with)."""
+    answered = exists().where(table.key == bindparam("job_key"), table.created_at >= bindparam("since"))
+    return (update(schema.SweepJob)
+            .where(schema.SweepJob.sweep_id == bindparam("job_sweep"), schema.SweepJob.stage == bindparam("job_stage"),
+                   schema.SweepJob.key == bindparam("job_key"), ~answered)
+            .values(state="running", node=bindparam("job_node"), started_at=bindparam("job_started")))
+
+
+# Built once per stage and run on the connection, as _SWEEP_JOB: an expression built per job cost as much as running it.
+_RUNNING_UNLESS_ANSWERED = {stage: _running_unless_answered(table) for stage, table in ROW_TYPES.items()}
+
+
 @dataclass(frozen=True)
 class Blob:
     """An artifact in the store: its content hash, what it is, and its size."""
@@ -84,10 +101,22 @@ class JobRow:
         return "ok" if self.ok else "rejected" if self.rejected else "failed"
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What claiming a job found: it is this driver's to run (`ours`); or another driver wrote its row while this
+    sweep ran (`answer`: use it as a cached result, failed or not); or another driver holds it (`holder`: wait
+    for its row). None of the three: the job is free again (its owner let go without a row), claim it anew."""
+
+    ours: bool = False
+    answer: schema.JobColumns | None = None
+    holder: leases.Holder | None = None
+
+
 class Recorder:
     def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.clock = clock  # what heartbeats are throttled by: seconds, only differences matter
+        self.owner = str(leases.DriverId.mine())  # this driver, as its job leases name it
         self._beats: dict[int, float] = {}  # sweep id -> the clock's time of its last heartbeat write
 
     # --- sweeps -------------------------------------------------------------------------
@@ -129,6 +158,7 @@ class Recorder:
             # "running" again if a reader took this driver's silence (a stall over STALE_S) for its death
             s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id, schema.Sweep.status.in_(("running", "interrupted")))
                       .values(heartbeat_at=datetime.now(UTC), status="running", finished_at=None))
+            leases.renew(s, self.owner, datetime.now(UTC))  # every job this driver runs, in one statement
 
     def finish_sweep(self, sweep_id: int, status: str) -> str:
         """End the sweep; "finished" is stored as "failed" when not one of its jobs ended done or cached
@@ -143,6 +173,7 @@ class Recorder:
                 s.execute(update(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id, schema.SweepJob.state == "running")
                           .values(state="interrupted", error=STOPPED, updated_at=now).execution_options(synchronize_session=False))
             s.execute(update(schema.Sweep).where(schema.Sweep.id == sweep_id).values(status=status, finished_at=now, heartbeat_at=now))
+            leases.release_all(s, self.owner)  # an interrupted sweep's jobs are free for another driver at once
         self._beats.pop(sweep_id, None)
         return status
 
@@ -151,6 +182,66 @@ class Recorder:
         with self.store.session() as s, s.begin():
             s.execute(_SWEEP_JOB.values(state="running", node=node[:128], started_at=datetime.now(UTC)),
                       {"job_sweep": sweep_id, "job_stage": stage, "job_key": key})
+
+    # --- leases (farm.store.leases) ------------------------------------------------------
+
+    def claim(self, sweep_id: int, stage: str, key: str, node: str, since: datetime) -> Claim:
+        """Lease a job before submitting it to `node`; claimed, it is marked running in the same transaction.
+
+        A row of the job written at or after `since` (this sweep's start) is another driver's answer: the claim
+        is given back and the row returned. An older failed row is a failure to try again, as without leases."""
+        for _ in range(CLAIM_TRIES):
+            try:
+                with self.store.session() as s, s.begin():
+                    leases.claim(s, stage, key, self.owner, sweep_id, leases.now())
+                    return self._claimed(s, sweep_id, stage, key, node, since)
+            except IntegrityError:  # leased already: by whom, and may it be taken over?
+                pass
+            with self.store.session() as s, s.begin():
+                now = leases.now()
+                held = leases.holder(s, stage, key, now)
+                if held is None:  # released since the insert failed: claim it again
+                    continue
+                if not held.may_take_over(self.owner):
+                    return Claim(holder=held)
+                if leases.take_over(s, stage, key, held.owner, self.owner, sweep_id, now):
+                    return self._claimed(s, sweep_id, stage, key, node, since)
+        return Claim(holder=leases.Holder("another driver (the lease changed hands while this one looked)", None, False))
+
+    def _claimed(self, s: Session, sweep_id: int, stage: str, key: str, node: str, since: datetime) -> Claim:
+        """The lease is ours in this transaction: unless another driver wrote the job's row meanwhile (a statement
+        after the claim's, so it sees every row committed before the lease was ours), the job runs."""
+        marked = s.connection().execute(_RUNNING_UNLESS_ANSWERED[stage], {
+            "job_sweep": sweep_id, "job_stage": stage, "job_key": key, "job_node": node[:128], "job_started": datetime.now(UTC), "since": since})
+        if marked.rowcount == 1:  # type: ignore[attr-defined]
+            return Claim(ours=True)
+        table = ROW_TYPES[stage]
+        answer = s.scalars(select(table).where(table.key == key, table.created_at >= since)).first()
+        if answer is None:  # no sweep row names the job (a caller outside a sweep): nothing answered it, it runs
+            return Claim(ours=True)
+        leases.release(s, stage, key, self.owner)
+        return Claim(answer=answer)
+
+    def look_again(self, jobs: list[tuple[str, str]], since: datetime) -> dict[str, Claim]:
+        """Job key -> what a driver waiting on other drivers' jobs finds now: their rows (written at or after
+        `since`), the leases still held, or neither (free: claim again). One query per stage and 500 keys."""
+        answers: dict[str, schema.JobColumns] = {}
+        by_stage: dict[str, list[str]] = {}
+        for stage, key in jobs:
+            by_stage.setdefault(stage, []).append(key)
+        with self.store.session() as s:
+            for stage, keys in by_stage.items():
+                table = ROW_TYPES[stage]
+                for start in range(0, len(keys), leases.LOOKUP_CHUNK):
+                    chunk = keys[start : start + leases.LOOKUP_CHUNK]
+                    answers |= {row.key: row for row in s.scalars(select(table).where(table.key.in_(chunk), table.created_at >= since))}
+            held = leases.holders(s, [(stage, key) for stage, key in jobs if key not in answers], leases.now())
+        found: dict[str, Claim] = {}
+        for stage, key in jobs:
+            holder = held.get((stage, key))
+            found[key] = (Claim(answer=answers[key]) if key in answers
+                          else Claim(holder=holder) if holder is not None and not holder.may_take_over(self.owner) else Claim())
+        return found
 
     def mark(self, sweep_id: int, stage: str, key: str, state: str, error: str | None = None) -> None:
         with self.store.session() as s, s.begin():
@@ -244,6 +335,7 @@ class Recorder:
                 s.add(schema.ReplacedRow(stage=row.stage, key=row.key, replaced_by=sweep_id, columns=row_columns(earlier)))
             s.merge(stored)
             self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else row.status, plain(row.error))
+            leases.release(s, row.stage, row.key, self.owner)  # with its row: a waiting driver finds one or the other
         return stored
 
 
@@ -262,4 +354,5 @@ def close_abandoned(engine: Engine, now: datetime | None = None) -> list[int]:
                       .execution_options(synchronize_session=False))
             s.execute(update(schema.Sweep).where(schema.Sweep.id.in_(gone)).values(status="interrupted", finished_at=now)
                       .execution_options(synchronize_session=False))
+            leases.release_sweeps(s, gone)  # expired already (leases.LEASE_S == STALE_S): nothing waits on them
     return gone

@@ -103,6 +103,23 @@ class SweepJob(Base):
     sweep: Mapped[Sweep] = relationship(back_populates="jobs")
 
 
+class JobLease(Base):
+    """A driver's claim on a job it is about to run (farm.store.leases): while the lease lives, no other
+    driver sharing the store runs that job; it waits for the row the owner writes. One row per (stage, key)
+    makes the claim atomic: an INSERT that a second driver's INSERT cannot also win."""
+
+    __tablename__ = "job_leases"
+
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # No index but the key: the table holds only the leases of jobs running now (a released lease is deleted),
+    # and every index more is one more write in each claim and release.
+    owner: Mapped[str] = mapped_column(String(256))  # farm.store.leases.DriverId: unique per driver
+    sweep_id: Mapped[int | None] = mapped_column(Integer, default=None)  # the owner's sweep, for people
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # then any driver may take it over
+
+
 class Model(JobColumns, Base):
     """A network exported to ONNX once (the export stage)."""
 
