@@ -24,7 +24,8 @@ from farm.results.metrics import METRICS
 from farm.results.report import render_report
 from farm.results.select import Candidate, Exclusion, Untimed, candidates, prices_for, rejected_variants
 from farm.results.select import untimed as build_only
-from farm.results.timeline import MatchKey, Point, SweepRuns, latest_changes, latest_runs, sweeps_runs, timeline
+from farm.results.history import sweeps_runs
+from farm.results.timeline import MatchKey, Point, SweepRuns, latest_changes, latest_runs, timeline
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import shown_url
 from farm.store.verify import ArtifactState, artifact_state

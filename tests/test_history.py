@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.results.timeline import latest_changes, sweeps_runs, timeline
+from farm.results.history import sweeps_runs
+from farm.results.timeline import latest_changes, timeline
 from farm.store import open_store
 from tests.history_store import NEW_VERSION, History, add_history
 from tests.seed import CPU, Seeded, seed

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from farm.results.diff import EngineRun
+from farm.results.timeline import SweepRuns
 from farm.store import schema
 from farm.store.record import row_columns
 
@@ -81,3 +82,9 @@ def baselines(s: Session) -> list[tuple[schema.Baseline, schema.Sweep]]:
     """Every baseline with its sweep, by name."""
     query = select(schema.Baseline, schema.Sweep).join(schema.Sweep, schema.Sweep.id == schema.Baseline.sweep_id).order_by(schema.Baseline.name)
     return [(b, sweep) for b, sweep in s.execute(query)]
+
+
+def sweeps_runs(s: Session) -> list[SweepRuns]:
+    """Every sweep, oldest first, with the engines it timed."""
+    sweeps = s.execute(select(schema.Sweep.id, schema.Sweep.name, schema.Sweep.started_at).order_by(schema.Sweep.id)).all()
+    return [SweepRuns(int(i), name, started, tuple(sweep_engines(s, int(i)))) for i, name, started in sweeps]

@@ -1,4 +1,4 @@
-"""One engine across every sweep that timed it: its p50 and fidelity sweep after sweep, each point compared
+"""One engine across every sweep that timed it (farm.results.history.sweeps_runs reads them): its p50 and fidelity sweep after sweep, each point compared
 with the one before it the way `farm diff` compares two sweeps (farm.results.diff.pair: a bootstrap on the raw
 timings' medians, Wilson intervals on agreement, the library versions and model graph that changed).
 The dashboard's History page draws it."""
@@ -9,12 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from farm.results.diff import EngineRun, Pair, describe_versions, pair
-from farm.results.history import sweep_engines
-from farm.store import schema
 
 MatchKey = tuple[str, ...]  # EngineRun.match_key
 
@@ -56,12 +51,6 @@ class Point:
         if self.since is None:
             return ""
         return describe_versions(self.since.versions)
-
-
-def sweeps_runs(s: Session) -> list[SweepRuns]:
-    """Every sweep, oldest first, with the engines it timed."""
-    sweeps = s.execute(select(schema.Sweep.id, schema.Sweep.name, schema.Sweep.started_at).order_by(schema.Sweep.id)).all()
-    return [SweepRuns(int(i), name, started, tuple(sweep_engines(s, int(i)))) for i, name, started in sweeps]
 
 
 def latest_runs(sweeps: Iterable[SweepRuns]) -> dict[MatchKey, EngineRun]:

@@ -335,6 +335,8 @@ class Recorder:
                 s.add(schema.ReplacedRow(stage=row.stage, key=row.key, replaced_by=sweep_id, columns=row_columns(earlier)))
             s.merge(stored)
             self._mark(s, sweep_id, row.stage, row.key, "done" if row.ok else row.status, plain(row.error))
+            if row.ok and row.device is None:  # answered by the driver itself (an fp32 variant): no node ran it, though the claim named one
+                s.execute(_SWEEP_JOB.values(node=None), {"job_sweep": sweep_id, "job_stage": row.stage, "job_key": row.key})
             leases.release(s, row.stage, row.key, self.owner)  # with its row: a waiting driver finds one or the other
         return stored
 
