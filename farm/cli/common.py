@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from farm.results.prices import Prices, PricesError
 from farm.store import Store, StoreLocation, open_store
 from farm.store.db import STORE_ATTRIBUTE, FailedAt, farm_tables, has_schema, head_revision, make_engine, schema_revision, shown_url, store_name
 from farm.store.record import close_abandoned, plain
+
+if TYPE_CHECKING:
+    from farm.results.constraints import Constraints
 
 # Exit codes a script can trust (README, `farm --help`).
 OK = 0  # everything asked for was done: every job of the sweep ended done or cached
@@ -44,6 +47,8 @@ PricesOption = Annotated[Path | None, typer.Option("--prices", help="A prices YA
                                                    "sweep's prices: and farm's defaults (docs/cost.md).")]
 MinCosineOption = Annotated[float | None, typer.Option(min=-1.0, max=1.0, help="Fidelity constraint: mean cosine similarity with fp32, -1..1.")]
 MaxAccuracyDropOption = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Fidelity constraint: labelled top-1 accuracy below fp32's, 0..1.")]
+Wide = Annotated[bool, typer.Option("--wide", help="Engine labels with every option (by default only those that differ "
+                                                   "between the builds a table shows, and not at their defaults).")]
 SweepOption = Annotated[int | None, typer.Option("--sweep", help="Only results of this sweep.")]
 FloorOption = Annotated[float, typer.Option(min=0.0, max=1.0, help="Fidelity floor: top-1 agreement with fp32, 0..1.")]
 EligibilityOption = Annotated[str, typer.Option(help="How the floor is read: evidence (no confident flips, Wilson upper bound "
@@ -202,6 +207,16 @@ def checked_prices(path: Path | None) -> Prices | None:
         return Prices.from_file(path)
     except PricesError as error:
         raise fail(str(error)) from None
+
+
+def checked_constraints(min_top1_agreement: float | None, min_cosine: float | None, max_accuracy_drop: float | None,
+                        eligibility: str, confident_margin: float) -> Constraints:
+    from farm.results.constraints import Constraints
+    from farm.results.evidence import RULES
+
+    if eligibility not in RULES:
+        raise fail(f"--eligibility {eligibility!r}: expected one of {', '.join(RULES)}")
+    return Constraints(min_top1_agreement, min_cosine, max_accuracy_drop, eligibility, confident_margin)  # type: ignore[arg-type]
 
 
 def checked_objective(objective: str) -> Objective:
