@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
+from dashboard.downloads import Download, engine_downloads, watch_engines
 from farm.results.delivery import ENGINE_SUFFIX
 from farm.results.evidence import CONFIDENT_MARGIN
 from farm.results.labels import UnknownBuild, one_build, short_key
@@ -64,18 +65,15 @@ check = data.engine_check(at, build.key)
 if check is not None:
     metrics.metric("Artifact", check.state, width="content",
                    help="the engine file as `farm verify` checks it: there (missing), of its size and sha256 (corrupt), or ok")
-if check is not None and check.problem:
-    st.error(check.problem, icon=":material/broken_image:")  # lasting, where the download would have failed
-
+suffix = ENGINE_SUFFIX.get(build.backend, ".bin")
+drawn = engine_downloads(at, build.key, [
+    Download("Bundle (.zip)", data.bundle(at, build.key), f"{build.model}-{build.key[:8]}.zip", "application/zip", "engine-bundle",
+             ":material/download:"),
+    Download("Engine file", data.raw_engine(at, build.key), f"{build.model}-{build.key[:8]}{suffix}", "application/octet-stream",
+             "engine-file"),
+])
+watch_engines(at, {build.key: drawn})
 actions = st.container(horizontal=True)
-if check is not None and check.state == "ok":
-    suffix = ENGINE_SUFFIX.get(build.backend, ".bin")
-    # on_click="rerun": a file that went bad after this page was drawn fails its download with Streamlit's
-    # passing toast; the rerun checks the file again and puts the lasting error above in its place.
-    actions.download_button("Bundle (.zip)", data=data.bundle(at, build.key), file_name=f"{build.model}-{build.key[:8]}.zip",
-                            mime="application/zip", on_click="rerun", key="engine-bundle", icon=":material/download:")
-    actions.download_button("Engine file", data=data.raw_engine(at, build.key), file_name=f"{build.model}-{build.key[:8]}{suffix}",
-                            mime="application/octet-stream", on_click="rerun", key="engine-file")
 if build.engine_sha256:
     actions.download_button("manifest.json", data=json.dumps(build.manifest or {}, indent=2).encode(), file_name="manifest.json",
                             mime="application/json", on_click="ignore", key="engine-manifest")

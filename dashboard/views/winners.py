@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import data
+from dashboard.downloads import Download, engine_downloads, watch_engines
 from farm.results.cheapest import cheapest
 from farm.results.metrics import CONSTRAINED_METRICS, METRICS, OBJECTIVES, Objective
 from farm.results.evidence import RULES
@@ -160,28 +161,16 @@ if not best:
 
 st.subheader("Download")
 st.caption("Each bundle is a ZIP of the engine file and its manifest.json (with the engine's sha256), made when you click.")
-seen: set[str] = set()
+drawn: dict[str, data.EngineCheck | None] = {}
 for c in best:
-    if c.build_key in seen:
+    if c.build_key in drawn:
         continue
-    seen.add(c.build_key)
     batches = ", ".join(str(w.batch_size) for w in best if w.build_key == c.build_key)
-    text, button = st.columns([4, 1], vertical_alignment="center")
-    text.markdown(f"**{c.model}** on `{c.target}` (batch {batches}): `{c.label}`")
-    check = data.engine_check(at, c.build_key)
-    if check is not None and check.problem:  # said where the download would have failed, and it stays
-        st.error(check.problem, icon=":material/broken_image:")
-        continue
-    button.download_button(
-        "Engine bundle",
-        data=data.bundle(at, c.build_key),
-        file_name=f"{c.model}-{c.build_key[:8]}.zip",
-        mime="application/zip",
-        on_click="rerun",  # as on the Engine page: a file gone bad since is checked again and shown as an error
-        key=f"download-{c.build_key}",
-        icon=":material/download:",
-        width="stretch",
-    )
+    bundle = Download("Engine bundle", data.bundle(at, c.build_key), f"{c.model}-{c.build_key[:8]}.zip", "application/zip",
+                      f"download-{c.build_key}", ":material/download:")
+    drawn[c.build_key] = engine_downloads(at, c.build_key, [bundle], width="stretch",
+                                          caption=f"**{c.model}** on `{c.target}` (batch {batches}): `{c.label}`")
+watch_engines(at, drawn)
 
 
 def pareto_chart(group: list[Candidate], objective: Objective, floor: float, winner: Candidate | None) -> go.Figure:
