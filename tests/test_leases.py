@@ -7,6 +7,7 @@ driver holds (a real local Ray), and two real `farm sweep` processes started at 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,8 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 from sqlalchemy import select, update
 
+from farm.cli import app
 from farm.run.driver import run_sweep
 from farm.run.spec import load_spec
 from farm.store import Store, StoreLocation, open_store, schema
@@ -134,6 +137,31 @@ def test_the_owner_keeps_its_leases_alive_and_lets_go_with_the_row(store: Store)
     later = datetime.now(UTC) + timedelta(seconds=1)
     other.record(theirs, JobRow(STAGE, keys[2], False, EXPORT_COLUMNS, error="old failure"))
     assert Recorder(store).claim(theirs, STAGE, keys[2], "n", later).ours
+
+
+def test_status_names_the_jobs_a_sweep_waits_on_and_who_runs_them(store: Store) -> None:
+    """A job another driver holds is pending here, but not for a node: `farm status` says which sweep runs it."""
+    keys = (KEY, "f" * 32)
+    other, mine = Recorder(store), Recorder(store)
+    theirs = _sweep(other, keys)
+    waiting = _sweep(mine, keys)
+    since = datetime.now(UTC)
+    assert other.claim(theirs, STAGE, KEY, "n", since).ours
+    assert mine.claim(waiting, STAGE, KEY, "n", since).holder is not None
+    assert mine.claim(waiting, STAGE, keys[1], "n", since).ours  # its own claim: not waiting on anybody
+    where = ["--data-dir", str(store.location.data_dir), "--db-url", store.location.url]
+
+    shown = CliRunner().invoke(app, ["status", str(waiting), "--json", *where])
+    assert shown.exit_code == 0, shown.output
+    [held] = json.loads(shown.stdout)["waiting"]
+    assert (held["stage"], held["label"], held["held_by_sweep"]) == (STAGE, KEY[:4], theirs)
+    text = CliRunner().invoke(app, ["status", str(waiting), *where], env={"COLUMNS": "200"}).stdout
+    assert f"waiting {STAGE} {KEY[:4]}: sweep {theirs} runs it" in text
+    [back] = json.loads(CliRunner().invoke(app, ["status", str(theirs), "--json", *where]).stdout)["waiting"]
+    assert (back["label"], back["held_by_sweep"]) == (keys[1][:4], waiting)  # and the other way round
+
+    other.record(theirs, JobRow(STAGE, KEY, True, EXPORT_COLUMNS, node="n"))  # answered: the lease goes with the row
+    assert json.loads(CliRunner().invoke(app, ["status", str(waiting), "--json", *where]).stdout)["waiting"] == []
 
 
 def test_drivers_racing_for_the_same_jobs_each_get_a_job_once(store: Store) -> None:

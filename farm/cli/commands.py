@@ -183,6 +183,7 @@ def status(
             rejected = queries.failures(s, found.id, "rejected")
             loads = queries.node_loads(s, found.id)
             running = queries.running(s, found.id)
+            waiting = queries.waiting(s, found.id)
         shown = queries.sweep_status(found.status, found.heartbeat_at, found.started_at, finished=found.finished_at)
         left_s = queries.remaining_seconds(found, by_stage, datetime.now(UTC)) if shown == "running" else None
     if as_json:
@@ -190,6 +191,7 @@ def status(
                           "stored_status": found.status, "heartbeat_at": str(found.heartbeat_at) if found.heartbeat_at else None,
                           "reruns": found.reruns, "last_rerun_at": str(found.last_rerun_at) if found.last_rerun_at else None,
                           "stages": by_stage, "nodes": [asdict(n) for n in loads], "running": [asdict(r) for r in running],
+                          "waiting": [asdict(w) for w in waiting],
                           "eta_s": left_s, "failures": [{"stage": f.stage, "job": f.label, "error": f.error} for f in failures],
                           "rejected": [{"stage": f.stage, "job": f.label, "reason": f.error} for f in rejected]},
                          default=str))
@@ -208,6 +210,10 @@ def status(
     for job in running:
         since = "" if job.started is None else f" since {job.started:%H:%M:%S}"
         console.print(f"[cyan]running[/] {job.stage} {escape(job.label)} on {escape(job.node or '?')}{since}", highlight=False, soft_wrap=True)
+    for held in waiting:  # pending, but not for a free node: another driver over this store runs it
+        holder = "another driver" if held.held_by_sweep is None else f"sweep {held.held_by_sweep}"
+        console.print(f"[cyan]waiting[/] {held.stage} {escape(held.label)}: {holder} runs it; this sweep uses its result "
+                      f"(or runs it if that lease lapses, at {held.expires_at:%H:%M:%S} UTC unless renewed)", highlight=False, soft_wrap=True)
     for finding in rejected:  # judged not viable: an answer, not a failure
         console.print(f"[yellow]rejected[/] {finding.stage} {escape(finding.label)}: {escape(finding.error or '')}", highlight=False,
                       soft_wrap=True)

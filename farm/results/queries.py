@@ -306,6 +306,29 @@ def running(s: Session, sweep_id: int, limit: int = 20) -> list[RunningJob]:
     return [RunningJob(*row) for row in rows]
 
 
+@dataclass(frozen=True)
+class WaitingJob:
+    """A pending job of this sweep that another driver holds the lease of (farm.store.leases): this sweep
+    uses the row that driver writes, or runs the job itself once the lease is let go of or expires."""
+
+    stage: str
+    label: str
+    held_by_sweep: int | None  # the holder's sweep (None for a lease written without one)
+    expires_at: datetime
+
+
+def waiting(s: Session, sweep_id: int, limit: int = 20) -> list[WaitingJob]:
+    """The sweep's pending jobs that another sweep's driver holds, soonest expiring first."""
+    job, lease = schema.SweepJob, schema.JobLease
+    rows = s.execute(
+        select(job.stage, job.label, lease.sweep_id, lease.expires_at)
+        .join(lease, (lease.stage == job.stage) & (lease.key == job.key))
+        .where(job.sweep_id == sweep_id, job.state == "pending", or_(lease.sweep_id.is_(None), lease.sweep_id != sweep_id))
+        .order_by(lease.expires_at, job.id).limit(limit)
+    ).all()
+    return [WaitingJob(*row) for row in rows]
+
+
 def remaining_seconds(sweep: schema.Sweep, by_stage: dict[str, dict[str, int]], now: datetime) -> float | None:
     """At the pace so far, how long the sweep's pending and running jobs take: elapsed time per job that
     ran here (cached jobs cost nothing) times the jobs left. None before the first job finishes."""
