@@ -31,6 +31,7 @@ from farm.store.db import shown_url
 from farm.store.verify import ArtifactState, artifact_state
 
 TTL_S = 3  # a running sweep shows up within seconds, and a rerun storm costs one query per TTL
+ANSWER_TTL_S = 60  # answers are keyed by the results stamp; this bounds only what a hand edit of the database hides
 EMPTY = "No results yet: run `farm sweep sweeps/quickstart.yaml` (or your own spec) and they appear here as jobs finish."
 
 T = TypeVar("T")
@@ -142,19 +143,39 @@ def timed_pair(at: Where) -> tuple[str, str] | None:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
+def results_stamp(at: Where) -> tuple[Any, ...]:
+    return _read(at, queries.results_stamp)
+
+
+# Answers are cached by the store's results stamp, not by a TTL: at 10,000 builds reading the candidates takes
+# seconds, and a slider's rerun should not pay it again unless something was written (benchmarks/dashboard_render.py).
+# `stamp` is part of the key (Streamlit leaves out of it only arguments named with a leading underscore).
 def found_candidates(at: Where, sweep_id: int | None) -> list[Candidate]:
     """Priced with the sweep's prices: (the newest sweep's that has them, for all sweeps) over farm's defaults."""
+    return _found_candidates(at, sweep_id, results_stamp(at))
+
+
+def rejected(at: Where, sweep_id: int | None) -> list[Exclusion]:
+    """Variants judged not viable before any build (farm.results.select.rejected_variants)."""
+    return _rejected(at, sweep_id, results_stamp(at))
+
+
+def untimed(at: Where, sweep_id: int | None) -> list[Untimed]:
+    return _untimed(at, sweep_id, results_stamp(at))
+
+
+@st.cache_data(ttl=ANSWER_TTL_S, show_spinner=False, max_entries=16)
+def _found_candidates(at: Where, sweep_id: int | None, stamp: tuple[Any, ...]) -> list[Candidate]:
     return _read(at, lambda s: candidates(s, sweep_id=sweep_id, prices=prices_for(s, sweep_id)))
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def rejected(at: Where, sweep_id: int | None) -> list[Exclusion]:
-    """Variants judged not viable before any build (farm.results.select.rejected_variants)."""
+@st.cache_data(ttl=ANSWER_TTL_S, show_spinner=False, max_entries=16)
+def _rejected(at: Where, sweep_id: int | None, stamp: tuple[Any, ...]) -> list[Exclusion]:
     return _read(at, lambda s: rejected_variants(s, sweep_id=sweep_id))
 
 
-@st.cache_data(ttl=TTL_S, show_spinner=False)
-def untimed(at: Where, sweep_id: int | None) -> list[Untimed]:
+@st.cache_data(ttl=ANSWER_TTL_S, show_spinner=False, max_entries=16)
+def _untimed(at: Where, sweep_id: int | None, stamp: tuple[Any, ...]) -> list[Untimed]:
     return _read(at, lambda s: build_only(s, sweep_id=sweep_id))
 
 

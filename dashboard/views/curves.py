@@ -12,6 +12,7 @@ from farm.results.metrics import LATENCY_OBJECTIVES, METRICS
 from farm.results.select import Candidate
 
 DASHES = ("solid", "dot")  # the latency objectives of one engine (p50, p99) share its colour
+MOST_SHOWN = 12
 
 st.title("Curves")
 at = data.where()
@@ -19,7 +20,7 @@ data.require(at, "benchmarks")
 
 sweeps = data.sweeps(at)
 sweep_names = {None: "all sweeps"} | {int(r.id): f"#{r.id} {r.name}" for r in sweeps.itertuples()}
-controls = st.columns(2)
+controls = st.columns(3)
 sweep_id = controls[1].selectbox("Sweep", list(sweep_names), format_func=sweep_names.__getitem__, key="curves_sweep")
 found = data.found_candidates(at, sweep_id)
 if not found:
@@ -27,8 +28,20 @@ if not found:
     st.stop()
 model = controls[0].selectbox("Model", sorted({c.model for c in found}), key="curves_model")
 mine = [c for c in found if c.model == model]
+# A chart of thousands of lines says nothing, and drawing it took seconds (benchmarks/dashboard_render.py).
+shown = int(controls[2].number_input("Engines per target", min_value=1, max_value=200, value=MOST_SHOWN, key="curves_shown",
+                                     help="the fastest engines by their best throughput at any batch size"))
 st.caption("One line per engine (its short key, then the options that tell this model's engines apart); latency solid for "
            "p50, dotted for p99. An engine timed at one batch size is a point.")
+
+
+def fastest(group: list[Candidate], most: int) -> list[Candidate]:
+    """The benchmarks of the `most` engines with the highest throughput at any batch size."""
+    best: dict[str, float] = {}
+    for c in group:
+        best[c.build_key] = max(best.get(c.build_key, 0.0), c.value("throughput") or 0.0)
+    kept = set(sorted(best, key=lambda key: (-best[key], key))[:most])
+    return [c for c in group if c.build_key in kept]
 
 
 def by_engine(group: list[Candidate]) -> dict[str, list[Candidate]]:
@@ -58,8 +71,12 @@ def curves(lines: dict[str, list[Candidate]], metrics: tuple[str, ...], axis: st
 
 
 for target in sorted({c.target for c in mine}):
-    lines = by_engine([c for c in mine if c.target == target])
+    group = [c for c in mine if c.target == target]
+    engines = len({c.build_key for c in group})
+    lines = by_engine(fastest(group, shown))
     st.subheader(target)
+    if engines > shown:
+        st.caption(f"The {shown} fastest of {engines} engines by their best throughput; `farm best` and the Results page have them all.")
     left, right = st.columns(2)
     left.plotly_chart(curves(lines, LATENCY_OBJECTIVES, f"latency ({METRICS[LATENCY_OBJECTIVES[0]].unit})"), key=f"latency-{target}")
     right.plotly_chart(curves(lines, ("throughput",), f"throughput ({METRICS['throughput'].unit})"), key=f"throughput-{target}")

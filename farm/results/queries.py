@@ -306,6 +306,23 @@ def running(s: Session, sweep_id: int, limit: int = 20) -> list[RunningJob]:
     return [RunningJob(*row) for row in rows]
 
 
+# The tables an answer (farm.results.select: candidates, rejected variants, build-only engines) is read from.
+ANSWER_TABLES = (schema.Model, schema.Variant, schema.Build, schema.Benchmark, schema.Fidelity, schema.Reference, schema.Retime)
+
+
+def results_stamp(s: Session) -> tuple[Any, ...]:
+    """Changes whenever an answer read from the store could: every write of a job row (a record, a redo, `farm
+    verify --repair`) sets its created_at, so each table's row count and newest created_at, with the sweeps'
+    jobs and the targets' last probe, tell a reader it must read again. One query of aggregates."""
+    columns: list[Any] = []
+    for table in ANSWER_TABLES:
+        columns += [select(func.count()).select_from(table).scalar_subquery(), select(func.max(table.created_at)).scalar_subquery()]
+    columns += [select(func.count()).select_from(schema.SweepJob).scalar_subquery(),
+                select(func.max(schema.Sweep.id)).scalar_subquery(),
+                select(func.max(schema.Target.last_seen)).scalar_subquery()]
+    return tuple(s.execute(select(*columns)).one())
+
+
 @dataclass(frozen=True)
 class WaitingJob:
     """A pending job of this sweep that another driver holds the lease of (farm.store.leases): this sweep
