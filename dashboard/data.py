@@ -17,7 +17,7 @@ import streamlit as st
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from farm.results import queries
+from farm.results import progress, queries
 from farm.results.delivery import ExportError, artifact_problem, check_stored, engine_bundle, engine_bytes
 from farm.results.diff import EngineRun, describe_p, describe_ratio
 from farm.results.metrics import METRICS
@@ -88,16 +88,16 @@ def sweeps(at: Where) -> pd.DataFrame:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def stage_progress(at: Where, sweep_id: int) -> pd.DataFrame:
     """One row per stage with its count per state, the total and the share no longer pending."""
-    counts = _read(at, lambda s: queries.stage_progress(s, sweep_id))
-    frame = pd.DataFrame([{"stage": stage, **states} for stage, states in counts.items()], columns=["stage", *queries.STATES])
-    frame["total"] = frame[list(queries.STATES)].sum(axis=1)
+    counts = _read(at, lambda s: progress.stage_progress(s, sweep_id))
+    frame = pd.DataFrame([{"stage": stage, **states} for stage, states in counts.items()], columns=["stage", *progress.STATES])
+    frame["total"] = frame[list(progress.STATES)].sum(axis=1)
     frame["progress"] = (frame["total"] - frame["pending"]) / frame["total"].where(frame["total"] > 0, 1)
     return frame
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
-def failures(at: Where, sweep_id: int) -> list[queries.Failure]:
-    return _read(at, lambda s: queries.failures(s, sweep_id))
+def failures(at: Where, sweep_id: int) -> list[progress.Failure]:
+    return _read(at, lambda s: progress.failures(s, sweep_id))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

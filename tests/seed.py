@@ -401,7 +401,7 @@ def _seed_sweeps(w: _Writer) -> None:
 
 def beat(location: StoreLocation) -> None:
     """A fresh heartbeat for the seeded running sweep, as its (pretend) driver would write: it reads
-    "running" for farm.results.queries.STALE_S seconds from now, then "interrupted"."""
+    "running" for farm.results.progress.STALE_S seconds from now, then "interrupted"."""
     store = open_store(location)
     try:
         with store.session() as s, s.begin():

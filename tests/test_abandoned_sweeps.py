@@ -77,7 +77,7 @@ def test_the_next_command_stores_a_gone_driver_as_interrupted(store: Store) -> N
 def test_a_stalled_driver_takes_its_sweep_back_and_ctrl_c_reads_plainly(store: Store) -> None:
     """A driver that only stalled past STALE_S beats again: its sweep is running again. A sweep its driver ended
     itself (Ctrl-C) reads "interrupted", without "driver gone"."""
-    from farm.results.queries import sweep_status
+    from farm.results.progress import sweep_status
 
     recorder = Recorder(store)
     sweep_id = _sweep(recorder)

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
-from farm.results import queries
+from farm.results import progress, queries
 from farm.results.evidence import CONFIDENT_MARGIN
 from farm.results.labels import short_key
 from farm.store import StoreLocation, open_store, schema
@@ -395,7 +395,7 @@ def test_reads_while_a_sweep_writes(tmp_path: Path) -> None:
             try:
                 with reader.session() as s:
                     seen.append(s.scalar(select(func.count()).select_from(schema.SweepJob).where(schema.SweepJob.key.like("concurrent-%"))) or 0)
-                    queries.stage_progress(s, 1)
+                    progress.stage_progress(s, 1)
                     queries.results(s, queries.Filters(), 50, 0)
             except Exception as exc:  # noqa: BLE001 - every failure counts, "database is locked" above all
                 errors.append(exc)

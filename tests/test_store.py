@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
-from farm.results import queries
+from farm.results import progress, queries
 from farm.run.jobs import content_key
 from farm.run.stages import ExportJob
 from farm.store import Store, StoreLocation, open_store, schema
@@ -264,10 +264,10 @@ def test_heartbeats_are_throttled_and_a_silent_driver_reads_as_interrupted(store
         sweep = s.get(schema.Sweep, sweep_id)
         beat = sweep.heartbeat_at
         assert beat is not None
-        assert queries.sweep_status(sweep.status, beat, sweep.started_at) == "running"
-        later = beat.replace(tzinfo=UTC) + timedelta(seconds=queries.STALE_S + 1)
-        assert queries.sweep_status(sweep.status, beat, sweep.started_at, later) == f"interrupted (driver gone since {beat:%H:%M:%S} UTC)"
-        assert queries.sweep_status("finished", beat, sweep.started_at, later) == "finished"  # a finished sweep needs no pulse
+        assert progress.sweep_status(sweep.status, beat, sweep.started_at) == "running"
+        later = beat.replace(tzinfo=UTC) + timedelta(seconds=progress.STALE_S + 1)
+        assert progress.sweep_status(sweep.status, beat, sweep.started_at, later) == f"interrupted (driver gone since {beat:%H:%M:%S} UTC)"
+        assert progress.sweep_status("finished", beat, sweep.started_at, later) == "finished"  # a finished sweep needs no pulse
     assert datetime.now(UTC).replace(tzinfo=None) - beat.replace(tzinfo=None) < timedelta(seconds=30)
 
 

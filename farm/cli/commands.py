@@ -168,7 +168,7 @@ def status(
 ) -> None:
     """Show a sweep's progress per stage and its failures."""
     from farm.cli.terminal import Column, compact_table
-    from farm.results import queries
+    from farm.results import progress, queries
 
     console = fitted_console()
 
@@ -178,14 +178,14 @@ def status(
             found = queries.sweep(s, sweep_id)
             if found is None:
                 raise fail(f"no sweep {sweep_id if sweep_id is not None else 'recorded yet'}")
-            by_stage = queries.stage_progress(s, found.id)
-            failures = queries.failures(s, found.id)
-            rejected = queries.failures(s, found.id, "rejected")
-            loads = queries.node_loads(s, found.id)
-            running = queries.running(s, found.id)
-            waiting = queries.waiting(s, found.id)
-        shown = queries.sweep_status(found.status, found.heartbeat_at, found.started_at, finished=found.finished_at)
-        left_s = queries.remaining_seconds(found, by_stage, datetime.now(UTC)) if shown == "running" else None
+            by_stage = progress.stage_progress(s, found.id)
+            failures = progress.failures(s, found.id)
+            rejected = progress.failures(s, found.id, "rejected")
+            loads = progress.node_loads(s, found.id)
+            running = progress.running(s, found.id)
+            waiting = progress.waiting(s, found.id)
+        shown = progress.sweep_status(found.status, found.heartbeat_at, found.started_at, finished=found.finished_at)
+        left_s = progress.remaining_seconds(found, by_stage, datetime.now(UTC)) if shown == "running" else None
     if as_json:
         print(json.dumps({"sweep": found.id, "name": found.name, "status": shown.split(" (")[0], "detail": shown,
                           "stored_status": found.status, "heartbeat_at": str(found.heartbeat_at) if found.heartbeat_at else None,
@@ -200,8 +200,8 @@ def status(
                   + ("" if left_s is None else f", about {timedelta(seconds=round(left_s))} left at this pace")
                   + (f", re-run {found.reruns}x from the store since (last {found.last_rerun_at:%Y-%m-%d %H:%M:%S})"
                      if found.reruns and found.last_rerun_at else ""), highlight=False)
-    console.print(compact_table(["stage", *(Column(state, True) for state in queries.STATES)],
-                                [[stage, *(str(states[state]) for state in queries.STATES)] for stage, states in by_stage.items()],
+    console.print(compact_table(["stage", *(Column(state, True) for state in progress.STATES)],
+                                [[stage, *(str(states[state]) for state in progress.STATES)] for stage, states in by_stage.items()],
                                 width=console.width))
     if loads:
         console.print(compact_table(["node", *(Column(state, True) for state in ("running", "done", "failed"))],

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from farm.results import charts, queries, rows
+from farm.results import charts, progress, queries, rows
 from farm.results.metrics import BUILD_METRICS, LATENCY_OBJECTIVES, METRICS, REPORT_METRICS, Objective, values
 from farm.results.select import (RANDOM_WEIGHTS, Answer, Candidate, Constraints, answers, candidates, pareto_front, prices_for,
                                  rejected_variants, untimed)
@@ -113,7 +113,7 @@ def report_data(session: Session, sweep_id: int) -> dict[str, Any]:
                             "batch": c.batch_size, METRICS["cv"].header: c.value("cv"), METRICS["converged"].header: c.value("converged"),
                             "p50 interval ms": _interval(c)} for c in sorted(noisy, key=lambda c: (c.model, c.target, c.engine, c.batch_size))],
                   "floors": [{"model": model, "noise floor": text} for model, text in _noise_floors(found).items()]},
-        "failures": [{"stage": f.stage, "job": f.label, "error": _one_line(f.error), "node": f.node} for f in queries.failures(session, sweep_id)],
+        "failures": [{"stage": f.stage, "job": f.label, "error": _one_line(f.error), "node": f.node} for f in progress.failures(session, sweep_id)],
         "built_not_timed": [asdict(u) | {"build": u.build_key[:SHORT_KEY], "engine": u.label, "MB": None if u.engine_bytes is None else u.engine_bytes / 1e6,
                                          "build s": u.build_seconds} for u in built_only],
         "environment": _environment(rows.stored_targets(session, {b.target_id for _, b, *_ in every if b is not None}), every),
