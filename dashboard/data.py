@@ -96,6 +96,12 @@ def stage_progress(at: Where, sweep_id: int) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
+def waiting(at: Where, sweep_id: int) -> list[progress.WaitingJob]:
+    """The sweep's pending jobs another driver over the store runs (its lease), as `farm status` lists them."""
+    return _read(at, lambda s: progress.waiting(s, sweep_id))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
 def failures(at: Where, sweep_id: int) -> list[progress.Failure]:
     return _read(at, lambda s: progress.failures(s, sweep_id))
 

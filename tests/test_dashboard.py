@@ -134,6 +134,25 @@ def test_sweeps_page_shows_progress_and_failures(seeded_on: Seeded, monkeypatch:
     assert "Error Code 2" in failure.code[0].value
 
 
+def test_sweeps_page_lists_the_jobs_another_driver_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pending build of the running sweep that another sweep's driver holds the lease of, as `farm status` lists it."""
+    from farm.store.record import Recorder
+
+    seeded = seed(tmp_path / "farm-data")  # its own: the lease would show on the shared store's pages
+    nightly, fleet = seeded.sweeps["nightly"], seeded.sweeps["fleet"]
+    store = open_store(seeded.location)
+    with store.session() as s:
+        key, label = s.execute(select(schema.SweepJob.key, schema.SweepJob.label).where(
+            schema.SweepJob.sweep_id == nightly, schema.SweepJob.stage == "build", schema.SweepJob.state == "pending")).first()
+    assert Recorder(store).claim(fleet, "build", key, "elsewhere", datetime.now(UTC)).ours
+    at = open_page(app_on(seeded, monkeypatch), "sweeps")
+    assert at.selectbox(key="sweep").value == nightly
+    [waiting] = [d.value for d in at.dataframe if "run by sweep" in d.value.columns]
+    assert waiting.to_dict("records")[0] | {"lease until (UTC)": None} == {"stage": "build", "job": label, "run by sweep": fleet,
+                                                                          "lease until (UTC)": None}
+    assert len(waiting) == 1
+
+
 def test_a_sweep_whose_driver_is_gone_reads_interrupted(app: AppTest, seeded: Seeded) -> None:
     """Issue 13: after kill -9 the sweep read "running" forever; its heartbeat says when the driver went."""
     import streamlit as st

@@ -47,6 +47,11 @@ def progress(sweep_id: int) -> None:
         hide_index=True,
         column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent")},
     )
+    if held := data.waiting(at, sweep_id):
+        st.caption("Pending, but not for a free node: another driver over this store runs these jobs (its lease); this sweep "
+                   "uses the results it writes, or runs a job itself once that lease lapses.")
+        st.dataframe(pd.DataFrame([{"stage": w.stage, "job": w.label, "run by sweep": w.held_by_sweep, "lease until (UTC)": w.expires_at}
+                                   for w in held]), hide_index=True, key="waiting_table")
 
 
 def _duration(seconds: float) -> str:
