@@ -148,9 +148,7 @@ def test_sweeps_page_lists_the_jobs_another_driver_runs(tmp_path: Path, monkeypa
     at = open_page(app_on(seeded, monkeypatch), "sweeps")
     assert at.selectbox(key="sweep").value == nightly
     [waiting] = [d.value for d in at.dataframe if "run by sweep" in d.value.columns]
-    assert waiting.to_dict("records")[0] | {"lease until (UTC)": None} == {"stage": "build", "job": label, "run by sweep": fleet,
-                                                                          "lease until (UTC)": None}
-    assert len(waiting) == 1
+    assert waiting[["stage", "job", "run by sweep"]].to_dict("records") == [{"stage": "build", "job": label, "run by sweep": fleet}]
 
 
 def test_a_sweep_whose_driver_is_gone_reads_interrupted(app: AppTest, seeded: Seeded) -> None:

@@ -243,15 +243,21 @@ def _states(store: Store, sweep_id: int) -> dict[tuple[str, str], tuple[str, str
         return {(j.stage, j.key): (j.state, j.error) for j in s.scalars(select(schema.SweepJob).where(schema.SweepJob.sweep_id == sweep_id))}
 
 
-def test_a_failure_of_the_driver_that_held_the_job_is_its_answer(ray_cluster: None, tmp_path: Path) -> None:
-    """Another driver holds the export: this sweep waits instead of exporting; the other's failure ends it here
-    as that driver's failure (not run again), and everything below it is blocked."""
+def _held_elsewhere(tmp_path: Path, name: str) -> tuple[Store, Path, str, Recorder, int]:
+    """A store whose export job another driver (its own sweep) holds the lease of before this spec's sweep starts."""
     store = open_store(StoreLocation.resolve(tmp_path / "data"))
-    path = _spec(tmp_path, "held")
+    path = _spec(tmp_path, name)
     key = _export_key(path)
     other = Recorder(store)
     other_sweep = _sweep(other, (key,))
     assert other.claim(other_sweep, STAGE, key, "elsewhere", datetime.now(UTC)).ours
+    return store, path, key, other, other_sweep
+
+
+def test_a_failure_of_the_driver_that_held_the_job_is_its_answer(ray_cluster: None, tmp_path: Path) -> None:
+    """Another driver holds the export: this sweep waits instead of exporting; the other's failure ends it here
+    as that driver's failure (not run again), and everything below it is blocked."""
+    store, path, key, other, other_sweep = _held_elsewhere(tmp_path, "held")
     thread = _once_the_sweep_waits(store, other_sweep, lambda: other.record(
         other_sweep, JobRow(STAGE, key, False, EXPORT_COLUMNS, error="export failed on the other driver's node", node="elsewhere")))
 
@@ -272,12 +278,7 @@ def test_a_failure_of_the_driver_that_held_the_job_is_its_answer(ray_cluster: No
 def test_a_job_its_driver_let_go_of_is_claimed_and_run(ray_cluster: None, tmp_path: Path) -> None:
     """The driver holding the export is interrupted (Ctrl-C: its leases are released, no row): the waiting sweep
     claims the export and runs the whole plan itself; no lease is left behind."""
-    store = open_store(StoreLocation.resolve(tmp_path / "data"))
-    path = _spec(tmp_path, "released")
-    key = _export_key(path)
-    other = Recorder(store)
-    other_sweep = _sweep(other, (key,))
-    assert other.claim(other_sweep, STAGE, key, "elsewhere", datetime.now(UTC)).ours
+    store, path, key, other, other_sweep = _held_elsewhere(tmp_path, "released")
     thread = _once_the_sweep_waits(store, other_sweep, lambda: other.finish_sweep(other_sweep, "interrupted"))
 
     spec, base = load_spec(path)
