@@ -101,16 +101,17 @@ SIMULATED_NODES, SIMULATED_KINDS, SIMULATED_CPUS = 100, 10, 4
 
 
 def fleet_run(nodes: int, spec_path: Path, work: Path, cpus: int = 1, own_host: bool = False, gpus: int | None = None,
-              env: dict[str, str] | None = None) -> dict[str, Any]:
+              env: dict[str, str] | None = None, layout: CoreLayout | None = None) -> dict[str, Any]:
     """The sweep through `farm sweep --address` on a fresh fleet of `nodes` worker nodes of `cpus` CPUs;
-    `own_host` starts them with the benchmark-only switch. Wall time is the sweep's, Ray's start not counted."""
+    `own_host` starts them with the benchmark-only switch; `layout` pins each node, and the head and
+    driver, to CPUs of their own. Wall time is the sweep's, Ray's start not counted."""
     from tests.ray_cluster import LocalFleet
 
     began = time.perf_counter()
-    fleet = LocalFleet(env=env)
+    fleet = LocalFleet(env=env)  # the head inherits this process's affinity: layout.rest where pinned
     try:
-        for _ in range(nodes):
-            fleet.add_node(cpus=cpus, own_host=own_host, gpus=gpus)
+        for i in range(nodes):
+            fleet.add_node(cpus=cpus, own_host=own_host, gpus=gpus, cores=layout.nodes[i] if layout else None)
         data = work / f"data-{nodes}"
         started, started_wall = time.perf_counter(), time.time()
         result = subprocess.run([*FARM, "sweep", str(spec_path), "--data-dir", str(data), "--address", fleet.address, "--force"],
@@ -124,9 +125,11 @@ def fleet_run(nodes: int, spec_path: Path, work: Path, cpus: int = 1, own_host: 
     rows = stage_rows(data)
     busy = sum(r.seconds for r in rows)
     slots = nodes * cpus
+    stages = sorted({r.stage for r in rows})
     return {"nodes": nodes, "cpus_per_node": cpus, "slots": slots, "jobs": len(rows), "failed": sum(not r.ok for r in rows),
             "wall_s": wall, "with_ray_s": time.perf_counter() - began, "job_seconds": busy,
             "timing_seconds": sum(r.seconds for r in rows if r.timing), "ideal_s": busy / slots,
+            "stage_seconds": {stage: round(sum(r.seconds for r in rows if r.stage == stage), 2) for stage in stages},
             "efficiency": busy / slots / wall, "hosts": len({r.host for r in rows if r.host}),
             "most_timings_at_once": most_at_once([(r.started, r.ended) for r in rows if r.timing])} | where_time_went(rows, started_wall, ended_wall)
 
@@ -146,13 +149,15 @@ def where_time_went(rows: list[StageRow], started: float, ended: float) -> dict[
         for a, b in mine:  # the union of its jobs' spans
             covered += max(0.0, b - max(a, reach))
             reach = max(reach, b)
-        busy[host[:12]] = round(covered / (last - first), 3) if last > first else None
+        # keyed by the id's end: the Ray node where each node is a host (their ids share the machine's part)
+        busy[host.rsplit(" ", 1)[-1][:12]] = round(covered / (last - first), 3) if last > first else None
     return {"before_first_job_s": first - started, "after_last_job_s": ended - last, "jobs_span_s": last - first,
             "host_busy_share": busy}
 
 
 @dataclass(frozen=True)
 class StageRow:
+    stage: str
     seconds: float
     ok: bool
     timing: bool  # a benchmark or re-timing
@@ -165,7 +170,7 @@ def stage_rows(data: Path) -> list[StageRow]:
     store = open_store(StoreLocation.resolve(data), readonly=True)
     try:
         with store.session() as s:
-            return [StageRow(row.seconds or 0.0, row.status == "ok", stage in TIMING_STAGES, (row.device or {}).get("host_id"),
+            return [StageRow(stage, row.seconds or 0.0, row.status == "ok", stage in TIMING_STAGES, (row.device or {}).get("host_id"),
                              (row.device or {}).get("started", 0.0), (row.device or {}).get("ended", 0.0))
                     for stage, table in schema.STAGE_TABLES.items() for row in s.query(table).all()]
     finally:
@@ -206,14 +211,47 @@ def hosts_spec(models: int) -> dict[str, Any]:
     }
 
 
-def hosts_scaling(nodes: list[int], cpus: int, models: int, work: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CoreLayout:
+    """Which logical CPUs each worker node may use, and the rest (head, driver, this script). Sibling
+    hyperthreads are kept together, so a node shares as few physical cores with the others as its
+    CPU count allows."""
+
+    nodes: list[list[int]]
+    rest: list[int]
+
+    @classmethod
+    def of(cls, nodes: int, cpus: int) -> CoreLayout | None:
+        """None where this process may not use enough CPUs for every node and at least one more."""
+        allowed = sorted(os.sched_getaffinity(0), key=_core_of)
+        if nodes * cpus >= len(allowed):
+            return None
+        return cls([allowed[i * cpus:(i + 1) * cpus] for i in range(nodes)], allowed[nodes * cpus:])
+
+
+def _core_of(cpu: int) -> tuple[int, int, int]:
+    """(package, core, cpu) from sysfs: sibling hyperthreads sort next to each other."""
+    topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    try:
+        return int((topology / "physical_package_id").read_text()), int((topology / "core_id").read_text()), cpu
+    except (OSError, ValueError):
+        return 0, cpu, cpu
+
+
+def hosts_scaling(nodes: list[int], cpus: int, models: int, work: Path, pin: bool = True) -> dict[str, Any]:
     """The scaling sweep on fleets of `nodes` worker nodes of `cpus` CPUs, each its own host; efficiency
-    against the 1-node run: T1 / (N * TN)."""
+    against the 1-node run: T1 / (N * TN). `pin`: each node on CPUs of its own (the same ones for node 1
+    in every run), the head and driver on the rest, as separate machines would be."""
     spec = hosts_spec(models)
     spec_path = work / "hosts.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
+    layout = CoreLayout.of(max(nodes), cpus) if pin else None
+    if layout:
+        os.sched_setaffinity(0, layout.rest)  # the head and the driver inherit it
+        print(f"pinned: node i on CPUs {layout.nodes}; head, driver and this script on {layout.rest}")
     # CPU work only: no node offers Ray the GPU, and no process of the run initialises CUDA.
-    runs = [fleet_run(n, spec_path, work, cpus=cpus, own_host=True, gpus=0, env={"CUDA_VISIBLE_DEVICES": ""}) for n in nodes]
+    runs = [fleet_run(n, spec_path, work, cpus=cpus, own_host=True, gpus=0, env={"CUDA_VISIBLE_DEVICES": ""}, layout=layout)
+            for n in nodes]
     one = runs[0]["wall_s"]
     for run in runs:
         run["speedup"] = one / run["wall_s"]
@@ -229,7 +267,10 @@ def hosts_scaling(nodes: list[int], cpus: int, models: int, work: Path) -> dict[
         if "jobs_span_s" in run:
             print(f"{run['nodes']} node(s): {run['before_first_job_s']:.1f} s before the first job, {run['after_last_job_s']:.1f} s after the "
                   f"last; hosts busy for {', '.join(f'{v:.0%}' for v in run['host_busy_share'].values())} of the {run['jobs_span_s']:.1f} s between")
+    print("job seconds by stage: " + "; ".join(f"{stage} " + " -> ".join(f"{run['stage_seconds'].get(stage, 0):.1f}" for run in runs)
+                                                  for stage in runs[0]["stage_seconds"]))
     return {"switch": f"{NODE_IS_HOST}=1 on every worker node (benchmark only)", "spec": spec, "cpus_per_node": cpus,
+            "pinned": {"nodes": layout.nodes, "rest": layout.rest} if layout else None,
             "efficiency": "T1 / (N * TN), T1 the 1-node wall time", "runs": runs}
 
 
@@ -383,6 +424,8 @@ def main() -> None:
     parser.add_argument("--cpus-per-node", type=int, default=3, help="--device-hosts: CPUs of each worker node (default 3)")
     parser.add_argument("--models", type=int, default=5, choices=range(1, len(HOSTS_MODELS) + 1), metavar=f"1..{len(HOSTS_MODELS)}",
                         help="--device-hosts: the sweep's size, in models of 38 jobs each (default 5)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="--device-hosts: let every node use every CPU (default: each node on CPUs of its own)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default benchmarks/results/fleet_scaling.json; --device-hosts: benchmarks/results/<gpu or host>/fleet_scaling_16core.json")
     args = parser.parse_args()
@@ -393,7 +436,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="farm-scaling-") as tmp:
         if args.device_hosts:
             out = args.out or REPO / "benchmarks" / "results" / results_folder() / "fleet_scaling_16core.json"
-            report = hosts_report(args.nodes or [1, 4], args.cpus_per_node, args.models, Path(tmp))
+            report = hosts_report(args.nodes or [1, 4], args.cpus_per_node, args.models, Path(tmp), pin=not args.no_pin)
         else:
             out = args.out or REPO / "benchmarks" / "results" / "fleet_scaling.json"
             report = default_report(args, out, Path(tmp))
@@ -402,13 +445,13 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def hosts_report(nodes: list[int], cpus: int, models: int, work: Path) -> dict[str, Any]:
+def hosts_report(nodes: list[int], cpus: int, models: int, work: Path, pin: bool) -> dict[str, Any]:
     began = time.perf_counter()
     info = describe()
     machine = {"cpu": info.cpu.model, "logical_cores": info.cpu.logical_cores, "physical_cores": info.cpu.physical_cores,
                "gpu": info.gpus[0].name if info.gpus else None, "hostname": info.hostname}
     report: dict[str, Any] = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine,
-              "hosts": hosts_scaling(nodes, cpus, models, work)}
+              "hosts": hosts_scaling(nodes, cpus, models, work, pin)}
     report["total_s"] = time.perf_counter() - began
     print(f"the whole scaling run, Ray's starts and stops included: {report['total_s']:.0f} s")
     return report

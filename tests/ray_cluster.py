@@ -84,10 +84,12 @@ class LocalFleet:
         self._start(["--head", f"--port={self.address.rsplit(':', 1)[1]}", f"--num-cpus={head_cpus}", f"--temp-dir={self.temp}", *web])
         self.head = next(iter(self._raylets()))
 
-    def add_node(self, cpus: int, labels: tuple[str, ...] = (), *, own_host: bool = False, gpus: int | None = None) -> str:
+    def add_node(self, cpus: int, labels: tuple[str, ...] = (), *, own_host: bool = False, gpus: int | None = None,
+                 cores: Collection[int] | None = None) -> str:
         """A worker node with `cpus` CPUs (and `gpus` GPUs, Ray's guess when None) and these farm labels;
         returns its Ray node id. `own_host` turns on the benchmark-only switch on this node
-        (workers.device.NODE_IS_HOST): it counts as a host of its own, as if on a machine of its own."""
+        (workers.device.NODE_IS_HOST): it counts as a host of its own, as if on a machine of its own.
+        `cores`: the logical CPUs its raylet and every worker it starts may run on (Linux affinity)."""
         before = set(self._raylets())
         resources = json.dumps({f"farm-label:{label}": 1 for label in labels})
         # A temp dir of its own, as on a machine of its own: nodes that share one also share the
@@ -96,7 +98,7 @@ class LocalFleet:
         self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--resources={resources}", f"--temp-dir={temp}",
                      *(f"--{name}-port={port}" for name, port in zip(("node-manager", "object-manager"), free_ports(2), strict=True)),
                      *([] if gpus is None else [f"--num-gpus={gpus}"])],
-                    {NODE_IS_HOST: "1"} if own_host else {})
+                    {NODE_IS_HOST: "1"} if own_host else {}, cores)
         (node,) = set(self._raylets()) - before
         return node
 
@@ -132,10 +134,11 @@ class LocalFleet:
                 process.kill()
         shutil.rmtree(self.temp, ignore_errors=True)
 
-    def _start(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        # The node's raylet, and every worker it starts, inherit this environment.
+    def _start(self, args: list[str], env: dict[str, str] | None = None, cores: Collection[int] | None = None) -> None:
+        # The node's raylet, and every worker it starts, inherit this environment and CPU affinity.
+        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
         started = subprocess.run([*RAY, "start", *args, "--disable-usage-stats", *_agent_ports(args)],
-                                 env=self.env | (env or {}), capture_output=True, text=True, timeout=180)
+                                 env=self.env | (env or {}), capture_output=True, text=True, timeout=180, preexec_fn=pin)
         if started.returncode:
             self.stop()
             raise RuntimeError(f"ray start {' '.join(args)} failed: {started.stdout[-2000:]} {started.stderr[-2000:]}")
