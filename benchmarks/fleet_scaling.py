@@ -137,22 +137,28 @@ def fleet_run(nodes: int, spec_path: Path, work: Path, cpus: int = 1, own_host: 
 def where_time_went(rows: list[StageRow], started: float, ended: float) -> dict[str, Any]:
     """What the wall time holds besides jobs: the CLI and driver before the first job starts (interpreter, checks,
     Ray's connection, planning) and after the last ends (the closing table), and per host the share of the jobs'
-    span it was busy with at least one job (a host idle while others work is lost scaling)."""
+    span it was busy with at least one job (a host idle while others work is lost scaling), and the idle gaps
+    between its jobs: many short ones are each job's hand-over (Ray, the driver), long ones a host with no work."""
     spans = [(r.started, r.ended) for r in rows if r.started and r.ended]
     if not spans:
         return {}
     first, last = min(a for a, _ in spans), max(b for _, b in spans)
-    busy = {}
+    busy, gaps = {}, []
     for host in sorted({r.host for r in rows if r.host}):
         mine = sorted((r.started, r.ended) for r in rows if r.host == host and r.started and r.ended)
-        covered, reach = 0.0, first
+        covered, reach = 0.0, mine[0][0]
         for a, b in mine:  # the union of its jobs' spans
+            if a > reach:
+                gaps.append(a - reach)
             covered += max(0.0, b - max(a, reach))
             reach = max(reach, b)
         # keyed by the id's end: the Ray node where each node is a host (their ids share the machine's part)
         busy[host.rsplit(" ", 1)[-1][:12]] = round(covered / (last - first), 3) if last > first else None
+    gaps.sort()
     return {"before_first_job_s": first - started, "after_last_job_s": ended - last, "jobs_span_s": last - first,
-            "host_busy_share": busy}
+            "host_busy_share": busy, "idle_gaps": {"count": len(gaps), "total_s": round(sum(gaps), 2),
+                                                   "median_s": round(gaps[len(gaps) // 2], 3) if gaps else None,
+                                                   "over_1s": sum(g > 1 for g in gaps), "over_1s_total_s": round(sum(g for g in gaps if g > 1), 2)}}
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,9 @@ def hosts_scaling(nodes: list[int], cpus: int, models: int, work: Path, pin: boo
         if "jobs_span_s" in run:
             print(f"{run['nodes']} node(s): {run['before_first_job_s']:.1f} s before the first job, {run['after_last_job_s']:.1f} s after the "
                   f"last; hosts busy for {', '.join(f'{v:.0%}' for v in run['host_busy_share'].values())} of the {run['jobs_span_s']:.1f} s between")
+            idle = run["idle_gaps"]
+            print(f"  idle between jobs: {idle['count']} gaps, {idle['total_s']:.1f} s in all (median {idle['median_s'] or 0:.2f} s); "
+                  f"{idle['over_1s']} over 1 s, {idle['over_1s_total_s']:.1f} s of it")
     print("job seconds by stage: " + "; ".join(f"{stage} " + " -> ".join(f"{run['stage_seconds'].get(stage, 0):.1f}" for run in runs)
                                                   for stage in runs[0]["stage_seconds"]))
     return {"switch": f"{NODE_IS_HOST}=1 on every worker node (benchmark only)", "spec": spec, "cpus_per_node": cpus,

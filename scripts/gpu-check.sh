@@ -22,7 +22,9 @@
 #             max-autotune-no-cudagraphs, torchao fp8 rowwise/tensorwise and int8): does the farm or the model limit the
 #             low-precision gain? No way starts after $VIT_LIMIT s (default 400); give the call 600 s (estimated)
 #   aoti      benchmarks/aoti_probe.py: which way of loading an AOTInductor package works, ~2 min (60 s a way at most)
-#   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host: 5.3 min
+#   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host and pinned to CPUs
+#             of its own: 6.7 min; then benchmarks/placement_sim.py on its result (what the scheduling alone would
+#             reach) and benchmarks/disk_probe.py (the disk the driver writes to)
 #
 # Results go to benchmarks/results/<gpu>/ (h100, h200, ...) and, where $OUT is set (the device
 # tool's folder that comes back), to $OUT as well, with one log per part. The last lines say what
@@ -112,8 +114,11 @@ for part in "${PARTS[@]}"; do
       keep "$RESULTS/aoti_probe.json"
       ;;
     scaling)
+      python3 benchmarks/disk_probe.py /tmp | tee "$LOGS/disk_probe.log"  # the driver's commits and artifacts go there
       run_part scaling python3 benchmarks/fleet_scaling.py --device-hosts --out "$RESULTS/fleet_scaling_16core.json"
-      keep "$RESULTS/fleet_scaling_16core.json"
+      # what the scheduling alone would reach with the job seconds just measured (no GPU; seconds)
+      python3 benchmarks/placement_sim.py "$RESULTS/fleet_scaling_16core.json" | tee "$LOGS/placement_sim.log"
+      keep "$RESULTS/fleet_scaling_16core.json" "$RESULTS/fleet_scaling_16core_sim.json"
       ;;
     *)
       echo "gpu-check: unknown part '$part' (tests, autotune, lowp, vit, gap, aoti, scaling)" >&2

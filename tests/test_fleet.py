@@ -163,14 +163,21 @@ def _overlaps(ran: list[Row]) -> list[tuple[Row, list[Row]]]:
 
 def test_nodes_with_the_benchmark_only_switch_are_hosts_of_their_own_and_time_at_once(tmp_path: Path) -> None:
     """FARM_NODE_IS_HOST=1 at `ray start` (benchmarks/fleet_scaling.py --device-hosts): two nodes of one machine
-    count as two hosts, so each holds only itself for a timing, and timings of the two run at once."""
+    count as two hosts, so each holds only itself for a timing, and timings of the two run at once. Each node is
+    pinned to a CPU of its own, as the benchmark starts them: its raylet and the workers it started stay there."""
     fleet = LocalFleet()
     try:
-        nodes = {fleet.add_node(cpus=1, own_host=True) for _ in range(2)}
+        pinned = {fleet.add_node(cpus=1, own_host=True, cores=[cpu]): cpu for cpu in (0, 1)}
+        nodes = set(pinned)
         spec = _spec(tmp_path, "own-hosts", models=3, batch_sizes="[1, 2, 4]", duration_s=1.0)
         data = tmp_path / "farm-data"
         result = subprocess.run([FARM, "sweep", str(spec), "--data-dir", str(data), "--address", fleet.address], env=fleet.env,
                                 capture_output=True, text=True, timeout=900)
+        for node, raylet in fleet._raylets().items():
+            if node in pinned:
+                started = raylet.children(recursive=True)  # its agents and workers ("ray::IDLE" between tasks)
+                assert any(" ".join(p.cmdline()).startswith("ray::") for p in started), "the node's workers are still up"
+                assert {tuple(p.cpu_affinity()) for p in [raylet, *started]} == {(pinned[node],)}
     finally:
         fleet.stop()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
