@@ -3,6 +3,8 @@ call the values of the object refs it holds."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import FrozenInstanceError, dataclass
 from typing import Any
 
@@ -15,6 +17,7 @@ from farm.run import tasks
 from farm.run.stages import STAGES, registry, stages_from
 from farm.run.stages.export import ExportCall
 from farm.store import schema
+from tests.conftest import REPO
 from workers.structs import ModelRef
 
 
@@ -70,3 +73,24 @@ def test_the_task_gets_the_values_of_the_refs_a_call_holds(isolate: bool) -> Non
     outcome = ray.get(tasks.submit(call, {"max_retries": 0}, isolate=isolate))
     assert outcome.ok, outcome.error
     assert outcome.value == {"blob": b"onnx", "rows": [0, 1, 2], "engines": [b"a", b"b"], "plain": "as is"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Family(tasks.Call):
+    """Says how many forkservers its process has started."""
+
+    def run(self) -> int:
+        import psutil
+
+        return sum("multiprocessing.forkserver" in " ".join(child.cmdline()) for child in psutil.Process().children())
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_a_sweep_that_isolates_builds_warms_each_worker_s_forkserver_before_its_first_build(warm: bool) -> None:
+    """The forkserver's imports (2 s) run beside a worker's earlier jobs, not in front of its first isolated build.
+    The task's own function, in a fresh process as a new Ray worker is (Ray reuses its workers, so a task of the
+    shared test cluster may find one an earlier test started)."""
+    script = ("from farm.run import tasks; from tests.test_stage_registry import Family; "
+              f"outcome = tasks.call_task._function(Family(), warm={warm}); print(outcome.value if outcome.ok else outcome.error)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == ("1" if warm else "0"), result.stdout + result.stderr

@@ -57,6 +57,15 @@ def _context() -> ForkServerContext:
     return context
 
 
+def warm() -> None:
+    """Start this process's forkserver now; it imports PRELOAD in its own process (2 s on a 2-core machine,
+    143 MiB), which then overlaps the job this process runs instead of delaying its first isolated build."""
+    _context()
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
 class _Fd:
     """A file descriptor handed to the child: duplicated into it as the Process starts (forkserver
     passes descriptors over its Unix socket), arriving there as a plain int."""

@@ -145,11 +145,14 @@ class ProgressForwarder:
             pass
 
 
-def submit(call: Call, options: dict[str, Any], isolate: bool = False) -> ray.ObjectRef:
+def submit(call: Call, options: dict[str, Any], isolate: bool = False, warm: bool = False) -> ray.ObjectRef:
     """Start `call` in a Ray task with `options` (resources, retries, placement); with `isolate`, in a
-    child process forked for it."""
+    child process forked for it. `warm`: the sweep isolates its builds, so a task that is not isolated
+    starts its worker's forkserver in the background, ready for the first build that worker gets."""
     held, refs = _lift(call)
-    return (isolated_call_task if isolate else call_task).options(**options).remote(held, *refs)
+    if isolate:
+        return isolated_call_task.options(**options).remote(held, *refs)
+    return call_task.options(**options).remote(held, *refs, warm=warm)
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,10 @@ def _land(call: C, resolved: tuple[Any, ...]) -> C:
 
 
 @ray.remote(num_cpus=1)
-def call_task(call: Call, *resolved: Any) -> Outcome:
+def call_task(call: Call, *resolved: Any, warm: bool = False) -> Outcome:
     """Any stage's call; `resolved`: the values of the object refs `submit` lifted out of it."""
+    if warm:
+        isolated.warm()
     return run_call(_land(call, resolved))
 
 

@@ -93,7 +93,7 @@ class Stage(Generic[J]):
         call = self.call(ctx, job)
         if isinstance(call, tasks.Outcome):
             return call
-        return tasks.submit(call, self.options(ctx, job), isolate=self.isolated(ctx))
+        return tasks.submit(call, self.options(ctx, job), isolate=self.isolated(ctx), warm=ctx.spec.limits.isolate_builds)
 
     def columns(self, job: J, value: Any) -> dict[str, Any]:
         """The stage table's own columns, from the job and (when it succeeded) the worker's value."""
