@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from farm.store import schema  # noqa: E402
-from farm.store.verify import artifact_columns  # noqa: E402
+from farm.store.schema import artifact_columns  # noqa: E402
 from workers.device import describe  # noqa: E402
 
 # The corpus's tiny CNN on ONNX Runtime, two optimisation levels and two batch sizes: 12 jobs, two engines.
@@ -390,7 +390,8 @@ def corrupt_engine_redo(bench: Bench) -> Outcome:
 
 def delete_artifact(bench: Bench) -> Outcome:
     """An engine file deleted: verify names it, --repair marks its build for redo, the re-run rebuilds it. (A
-    re-run alone does not look at files: it finds the build's row ok and keeps it, so verify comes first.)"""
+    re-run alone would rebuild it too, since it checks that the files of the rows it keeps are there: this case
+    checks verify's way.)"""
     outcome = Outcome("artifact file deleted")
     data = bench.copy("deleted")
     before = snapshot(data)

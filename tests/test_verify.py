@@ -4,6 +4,7 @@ and rows without files, a repair refused under a live driver, and `ArtifactStore
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from pathlib import Path
 
 import onnxruntime as ort
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from farm.cli import app
 from farm.run.driver import run_sweep
-from farm.run.spec import load_spec
+from farm.run.spec import SweepSpec, load_spec
 from farm.run.stages import stages_from
 from farm.store import Store, StoreLocation, open_store, schema
 from farm.store.record import JobRow, Recorder
@@ -29,11 +30,8 @@ def _verify(data_dir: Path, *options: str) -> tuple[int, list[str]]:
     return result.exit_code, result.stdout.splitlines() + result.stderr.splitlines()
 
 
-@pytest.mark.slow
-def test_a_corrupt_engine_is_named_repaired_and_rebuilt_by_the_next_sweep(ray_cluster: None, tmp_path: Path) -> None:
-    """Issue 22: one engine's bytes altered after a real sweep. `farm verify` names it and exits 1; `--repair`
-    removes it and marks its build for redo; the next sweep rebuilds it, and `farm pull` delivers an engine
-    that loads in ONNX Runtime. The benchmark and fidelity rows (fine results) are never touched."""
+def _tiny_sweep(tmp_path: Path) -> tuple[SweepSpec, Path, Path, Path, Store]:
+    """A real sweep of one small model on ONNX Runtime, finished: its spec, base folder, spec file, data dir and store."""
     spec_path = write_spec(tmp_path, f"""
         name: fsck
         models:
@@ -48,7 +46,16 @@ def test_a_corrupt_engine_is_named_repaired_and_rebuilt_by_the_next_sweep(ray_cl
     store = open_store(StoreLocation.resolve(data))
     spec, base = load_spec(spec_path)
     first = run_sweep(spec, base, str(spec_path), store)
-    assert set(first.states.values()) == {"done"}
+    assert set(first.states.values()) == {"done"}, first.errors
+    return spec, base, spec_path, data, store
+
+
+@pytest.mark.slow
+def test_a_corrupt_engine_is_named_repaired_and_rebuilt_by_the_next_sweep(ray_cluster: None, tmp_path: Path) -> None:
+    """Issue 22: one engine's bytes altered after a real sweep. `farm verify` names it and exits 1; `--repair`
+    removes it and marks its build for redo; the next sweep rebuilds it, and `farm pull` delivers an engine
+    that loads in ONNX Runtime. The benchmark and fidelity rows (fine results) are never touched."""
+    spec, base, spec_path, data, store = _tiny_sweep(tmp_path)
     code, lines = _verify(data)
     assert code == 0 and len(lines) == 1 and lines[0].startswith("ok: ") and "integrity_check ok" in lines[0], lines
 
@@ -100,6 +107,48 @@ def test_a_corrupt_engine_is_named_repaired_and_rebuilt_by_the_next_sweep(ray_cl
     run_sweep(spec, base, str(spec_path), store, redo=stages_from("build"))
     assert store.artifacts.verify(build.engine_sha256 or "") and _verify(data)[0] == 0
     store.close()
+
+
+@pytest.mark.slow
+def test_a_re_run_remakes_a_deleted_artifact_and_redoes_below_it_only_what_used_other_bytes(ray_cluster: None,
+                                                                                           tmp_path: Path) -> None:
+    """A store that a re-run mends, without `farm verify`: an engine file deleted by hand makes the next sweep build
+    it again (its ok row named a file that is gone). ONNX Runtime builds the same bytes, so the benchmark and the
+    fidelity that used them are read back. A build whose row named other bytes than it makes now has them timed
+    and judged again."""
+    spec, base, spec_path, data, store = _tiny_sweep(tmp_path)
+    with store.session() as s:
+        build = s.scalars(select(schema.Build)).one()
+    below = _timed_and_judged(store)
+    engine = store.artifacts.path(build.engine_sha256 or "")
+    engine.unlink()
+
+    again = run_sweep(spec, base, str(spec_path), store)
+    assert again.states[build.key] == "done", again.errors
+    assert {state for key, state in again.states.items() if key != build.key} == {"cached"}
+    assert engine.is_file() and store.artifacts.verify(build.engine_sha256 or "")
+    assert _timed_and_judged(store) == below
+    assert _verify(data)[0] == 0
+
+    # The row names bytes whose file is gone and that the build does not make: what used them is redone.
+    other = hashlib.sha256(b"an engine built some other day").hexdigest()
+    with store.session() as s, s.begin():
+        s.add(schema.Artifact(sha256=other, kind="engine", size_bytes=1, path=store.artifacts.relative_path(other)))
+        s.flush()
+        s.get(schema.Build, build.key).engine_sha256 = other  # type: ignore[union-attr]
+    third = run_sweep(spec, base, str(spec_path), store)
+    redone = {key for key, state in third.states.items() if state == "done"}
+    assert redone == {build.key} | {key for key, _at in below}, third.states
+    with store.session() as s:
+        assert s.get(schema.Build, build.key).engine_sha256 == build.engine_sha256  # type: ignore[union-attr]
+    store.close()
+
+
+def _timed_and_judged(store: Store) -> set[tuple[str, datetime]]:
+    """(key, when written) of every benchmark and fidelity row."""
+    with store.session() as s:
+        return ({(row.key, row.created_at) for row in s.scalars(select(schema.Benchmark))}
+                | {(row.key, row.created_at) for row in s.scalars(select(schema.Fidelity))})
 
 
 def _two_exports(store: Store) -> tuple[Recorder, dict[str, str]]:

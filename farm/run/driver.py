@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,7 +99,7 @@ def run_sweep(
         # already finished, the answer is in the store and no Ray needs to start.
         groups = cluster.local_targets(spec.rtx_targets())
         plan = _expand(spec, base, groups, spec_path)
-        settled = settled_states(plan, recorder.statuses([(j.stage, j.key) for j in plan.jobs]))
+        settled = settled_states(plan, stored_answers(plan, recorder))
         if plan.jobs and settled is not None:
             recorded = _with_changes(spec, plan, recorder)
             if on_plan:
@@ -115,7 +115,7 @@ def run_sweep(
     recorded = _with_changes(spec, plan, recorder)
     if on_plan:
         on_plan(plan, groups)
-    if not redo and plan.jobs and (settled := settled_states(plan, recorder.statuses([(j.stage, j.key) for j in plan.jobs]))):
+    if not redo and plan.jobs and (settled := settled_states(plan, stored_answers(plan, recorder))):
         # a cluster joined (or a local Ray that planned otherwise) with nothing to do: a re-run, as above
         return _answered_from_store(spec_path, recorded, plan, recorder, listener, settled)
     recorder.save_targets(_target_rows(groups, nodes))
@@ -143,6 +143,22 @@ def _with_changes(spec: SweepSpec, plan: Plan, recorder: Recorder) -> dict[str, 
     recorded = recorded_spec(spec, plan)
     plan.changes = input_changes(recorder, spec.name, plan, recorded)
     return recorded
+
+
+def stored_answers(plan: Plan, recorder: Recorder) -> dict[str, str]:
+    """Job key -> the status of its stored row (ok or rejected), leaving out ok rows whose artifact file is gone."""
+    jobs = [(j.stage, j.key) for j in plan.jobs]
+    gone = recorder.missing_artifacts(jobs)
+    return {key: status for key, status in recorder.statuses(jobs).items() if key not in gone}
+
+
+def below(jobs: Iterable[Job], roots: set[str]) -> set[str]:
+    """The keys of `roots` and of every job that needs one of them, at any depth (`jobs` in pipeline order)."""
+    found = set(roots)
+    for job in jobs:
+        if any(parent in found for parent in job.needs):
+            found.add(job.key)
+    return found
 
 
 def settled_states(plan: Plan, statuses: dict[str, str]) -> dict[str, str] | None:
@@ -227,6 +243,9 @@ class SweepRun:
         )
         self.progress_queue: Queue | None = Queue(maxsize=1000) if reports_progress else None
         self._produced: dict[str, Produced] = {}
+        self._remade: dict[str, dict[str, str]] = {}  # a job run again for a missing artifact -> what its old row named
+        self._undecided: set[str] = set()  # jobs below those: read back, or run again where a job above changed
+        self._changed: set[str] = set()  # jobs run again whose result differs from the row they replaced
         self._inflight: dict[ray.ObjectRef, Job] = {}
         self._blob_refs: dict[str, ray.ObjectRef] = {}
         self._row_refs: dict[str, tuple[ray.ObjectRef, ray.ObjectRef | None]] = {}
@@ -235,10 +254,19 @@ class SweepRun:
     # --- the loop -----------------------------------------------------------------------
 
     def execute(self, redo: frozenset[str] = frozenset()) -> None:
-        """Run every job of the plan; one of a stage not in `redo` that already finished is read back."""
+        """Run every job of the plan; one of a stage not in `redo` that already finished is read back.
+
+        An ok row whose artifact file is gone (deleted by hand, a disk) is no answer: its job runs again and
+        mends the store. The jobs below it are read back only where it made the same bytes again (`_start`)."""
+        gone = self.recorder.missing_artifacts([(j.stage, j.key) for j in self.schedule.jobs.values() if j.stage not in redo])
+        for key in gone:
+            stage = self.schedule.jobs[key].stage
+            if (old := self.recorder.finished(stage, key)) is not None:
+                self._remade[key] = self.stages[stage].produced(old).blobs
+        self._undecided = below(self.schedule.jobs.values(), gone) - gone
         for key, job in self.schedule.jobs.items():
-            if job.stage in redo or key in self.schedule.states:  # skipped below a rejection read back just before
-                continue
+            if job.stage in redo or key in self.schedule.states or key in gone or key in self._undecided:
+                continue  # skipped below a rejection read back just before; or waiting on a job made again
             # a rejection was judged with these inputs: not tried again
             if (row := self.recorder.finished(job.stage, key) or self.recorder.rejected(job.stage, key)) is not None:
                 self._answered(job, row)
@@ -273,6 +301,11 @@ class SweepRun:
             self.progress_queue.shutdown()
 
     def _start(self, job: Job) -> None:
+        if job.key in self._undecided and not self._changed.intersection(job.needs):
+            # what it used was made again byte for byte: its stored row still answers it
+            if (row := self.recorder.finished(job.stage, job.key) or self.recorder.rejected(job.stage, job.key)) is not None:
+                self._answered(job, row)
+                return
         node = self.placement.assigned.get(job.key, "")
         claim = self.recorder.claim(self.sweep_id, job.stage, job.key, self._node_name(node), self.since)
         if not claim.ours:
@@ -364,6 +397,9 @@ class SweepRun:
         stage.after(self, job, outcome)
         blobs = self.recorder.put_blobs(outcome.blobs, stage.kinds())
         row = self.recorder.record(self.sweep_id, stage.row(job, outcome, blobs), blobs.values())
+        if (job.key in self._remade or job.key in self._undecided) and not (
+                outcome.ok and self._remade.get(job.key) == stage.produced(row).blobs):
+            self._changed.add(job.key)  # the jobs below it that used its old result run again
         if outcome.ok:
             self._produced[job.key] = stage.produced(row)
             self._report(self.schedule.finish(job.key, "done"))

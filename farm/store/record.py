@@ -273,6 +273,27 @@ class Recorder:
                     found |= {key: status for key, status in rows}
         return found
 
+    def missing_artifacts(self, jobs: list[tuple[str, str]]) -> set[str]:
+        """Keys of the (stage, key) pairs whose ok row names an artifact whose file is gone from the store (deleted
+        by hand, a disk): such a row is no answer. One query per stage and 500 keys, and a stat per artifact;
+        bytes that went bad in place are `farm verify`'s to find (it reads them all)."""
+        by_stage: dict[str, list[str]] = {}
+        for stage, key in jobs:
+            by_stage.setdefault(stage, []).append(key)
+        gone: set[str] = set()
+        with self.store.session() as s:
+            for stage, keys in by_stage.items():
+                table: Any = ROW_TYPES[stage]
+                columns = schema.artifact_columns(table)
+                if not columns:
+                    continue
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start : start + 500]
+                    for key, *shas in s.execute(select(table.key, *columns).where(table.key.in_(chunk), table.status == "ok")):
+                        if any(sha and not self.store.artifacts.path(sha).is_file() for sha in shas):
+                            gone.add(key)
+        return gone
+
     def finished(self, stage: str, key: str) -> schema.JobColumns | None:
         """The row of a job that already finished with status ok, or None."""
         return self._row(stage, key, "ok")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
@@ -365,3 +365,8 @@ STAGE_TABLES: dict[str, type[JobColumns]] = {
     "retime": Retime,
 }
 STAGES = tuple(STAGE_TABLES)
+
+
+def artifact_columns(table: Any) -> list[Column[Any]]:
+    """The columns of a table that name an artifact (a foreign key to artifacts.sha256)."""
+    return [c for c in table.__table__.columns if any(fk.column.table.name == "artifacts" for fk in c.foreign_keys)]

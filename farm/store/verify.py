@@ -17,11 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Column, delete, func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from farm.store import schema
+from farm.store.schema import artifact_columns
 from farm.store.artifacts import PARTIAL, ArtifactStore
 from farm.store.db import Store, head_revision, schema_revision, store_name, upgrade
 from farm.store.record import STALE_S
@@ -65,11 +66,6 @@ class Verdict:
     def as_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": [asdict(p) | {"line": p.line} for p in self.problems], "artifacts": self.artifacts,
                 "bytes": self.bytes, "revision": self.revision, "head": self.head, "integrity": self.integrity}
-
-
-def artifact_columns(table: Any) -> list[Column[Any]]:
-    """The columns of a table that name an artifact (a foreign key to artifacts.sha256)."""
-    return [c for c in table.__table__.columns if any(fk.column.table.name == "artifacts" for fk in c.foreign_keys)]
 
 
 def referencing_jobs(s: Session, sha256: str) -> list[tuple[str, str]]:
