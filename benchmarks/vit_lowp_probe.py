@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--budget-s", type=float, default=330)
     parser.add_argument("--out", type=Path, default=Path("vit_lowp_probe.json"))
+    parser.add_argument("--only", nargs="+", default=None, metavar="WORD",
+                        help="only the ways whose name, spaces as underscores, holds one of these (e.g. int8_dynamic "
+                             "fp8_tensorwise_compile_max), and the two the others are compared with: the anchor and compile bf16 default")
     args = parser.parse_args()
     started = time.perf_counter()
     batch16 = torch.randn(args.batch, 3, 224, 224, device="cuda", dtype=torch.float16)
@@ -77,6 +80,9 @@ def main() -> None:
         "fp8_tensorwise compile max-autotune-no-cudagraphs": lambda: (torch.compile(quantized("fp8_tensorwise", torch.bfloat16), mode="max-autotune-no-cudagraphs"), batch_bf),
         "int8_dynamic compile default": lambda: (torch.compile(quantized("int8_dynamic", torch.bfloat16)), batch_bf),
     }
+    if args.only:
+        kept = {"eager fp16 cuda_graph (anchor)", "compile bf16 default"}
+        ways = {name: make for name, make in ways.items() if name in kept or any(word in name.replace(" ", "_") for word in args.only)}
     rows = []
     with torch.inference_mode():
         for name, make in ways.items():

@@ -20,7 +20,9 @@
 #             and out of Ray; each variant compiles cold for 3-6 min, so cut by $GAP_LIMIT s (default 300)
 #   vit       benchmarks/vit_lowp_probe.py: ViT-B/16 batch 256 by hand (eager fp16/bf16 CUDA graphs, compile default and
 #             max-autotune-no-cudagraphs, torchao fp8 rowwise/tensorwise and int8): does the farm or the model limit the
-#             low-precision gain? No way starts after $VIT_LIMIT s (default 400); give the call 600 s (estimated)
+#             low-precision gain? No way starts after $VIT_LIMIT s (default 400): 495 s on an H100.
+#             VIT_ONLY="int8_dynamic fp8_tensorwise_compile_max" runs only the two ways the 2026-12-06 window did
+#             not reach, with the anchor and compiled bf16 (--only: parts of the ways' names, spaces as underscores)
 #   aoti      benchmarks/aoti_probe.py: which way of loading an AOTInductor package works, ~2 min (60 s a way at most)
 #   scaling   benchmarks/fleet_scaling.py on the machine's CPUs: a head and 4 nodes, each its own host and pinned to CPUs
 #             of its own: 6.7 min; then benchmarks/placement_sim.py on its result (what the scheduling alone would
@@ -106,7 +108,8 @@ for part in "${PARTS[@]}"; do
       ;;
     vit)
       # written straight into $LOGS ($OUT on the device), after every way: a call cut by its limit still brings it back
-      run_part vit python3 benchmarks/vit_lowp_probe.py --budget-s "${VIT_LIMIT:-400}" --out "$LOGS/vit_lowp_probe.json"
+      run_part vit python3 benchmarks/vit_lowp_probe.py --budget-s "${VIT_LIMIT:-400}" --out "$LOGS/vit_lowp_probe.json" \
+        ${VIT_ONLY:+--only $VIT_ONLY}
       cp "$LOGS/vit_lowp_probe.json" "$RESULTS/" 2>/dev/null
       ;;
     aoti)
