@@ -255,6 +255,8 @@ def hosts_scaling(nodes: list[int], cpus: int, models: int, work: Path, pin: boo
     if layout:
         os.sched_setaffinity(0, layout.rest)  # the head and the driver inherit it
         print(f"pinned: node i on CPUs {layout.nodes}; head, driver and this script on {layout.rest}")
+    elif pin:
+        print(f"not pinned: {max(nodes)} nodes of {cpus} CPUs need more than the {len(os.sched_getaffinity(0))} CPUs here")
     # CPU work only: no node offers Ray the GPU, and no process of the run initialises CUDA.
     runs = [fleet_run(n, spec_path, work, cpus=cpus, own_host=True, gpus=0, env={"CUDA_VISIBLE_DEVICES": ""}, layout=layout)
             for n in nodes]

@@ -85,7 +85,7 @@ def main() -> None:
                   f"{run['scaling_efficiency']:>10.2f}")
     print("efficiency: the measured time before the first job and after the last added to the simulated span")
     out = args.out or args.measured.with_name(args.measured.stem + "_sim.json")
-    out.write_text(json.dumps({"measured": str(args.measured.relative_to(REPO) if args.measured.is_absolute() else args.measured),
+    out.write_text(json.dumps({"measured": str(args.measured),
                                "date": measured.get("date"), "rows": rows}, indent=2))
     print(f"wrote {out}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -260,38 +260,27 @@ class Recorder:
 
     def statuses(self, jobs: list[tuple[str, str]], wanted: tuple[str, ...] = ("ok", "rejected")) -> dict[str, str]:
         """Job key -> stored status, for the (stage, key) pairs whose row has one of `wanted` (one query per stage and 500 keys)."""
-        by_stage: dict[str, list[str]] = {}
-        for stage, key in jobs:
-            by_stage.setdefault(stage, []).append(key)
         found: dict[str, str] = {}
         with self.store.session() as s:
-            for stage, keys in by_stage.items():
+            for stage, chunk in _chunks_by_stage(jobs):
                 table = ROW_TYPES[stage]
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start : start + 500]
-                    rows = s.execute(select(table.key, table.status).where(table.key.in_(chunk), table.status.in_(wanted))).all()
-                    found |= {key: status for key, status in rows}
+                rows = s.execute(select(table.key, table.status).where(table.key.in_(chunk), table.status.in_(wanted))).all()
+                found |= {key: status for key, status in rows}
         return found
 
     def missing_artifacts(self, jobs: list[tuple[str, str]]) -> set[str]:
         """Keys of the (stage, key) pairs whose ok row names an artifact whose file is gone from the store (deleted
         by hand, a disk): such a row is no answer. One query per stage and 500 keys, and a stat per artifact;
         bytes that went bad in place are `farm verify`'s to find (it reads them all)."""
-        by_stage: dict[str, list[str]] = {}
-        for stage, key in jobs:
-            by_stage.setdefault(stage, []).append(key)
         gone: set[str] = set()
         with self.store.session() as s:
-            for stage, keys in by_stage.items():
+            for stage, chunk in _chunks_by_stage(jobs):
                 table: Any = ROW_TYPES[stage]
-                columns = schema.artifact_columns(table)
-                if not columns:
+                if not (columns := schema.artifact_columns(table)):
                     continue
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start : start + 500]
-                    for key, *shas in s.execute(select(table.key, *columns).where(table.key.in_(chunk), table.status == "ok")):
-                        if any(sha and not self.store.artifacts.path(sha).is_file() for sha in shas):
-                            gone.add(key)
+                for key, *shas in s.execute(select(table.key, *columns).where(table.key.in_(chunk), table.status == "ok")):
+                    if any(sha and not self.store.artifacts.path(sha).is_file() for sha in shas):
+                        gone.add(key)
         return gone
 
     def finished(self, stage: str, key: str) -> schema.JobColumns | None:
@@ -379,3 +368,13 @@ def close_abandoned(engine: Engine, now: datetime | None = None) -> list[int]:
                       .execution_options(synchronize_session=False))
             leases.release_sweeps(s, gone)  # expired already (leases.LEASE_S == STALE_S): nothing waits on them
     return gone
+
+
+def _chunks_by_stage(jobs: Iterable[tuple[str, str]], size: int = 500) -> Iterator[tuple[str, list[str]]]:
+    """(stage, up to `size` keys) for the (stage, key) pairs: one IN (...) query each, under every database's limit."""
+    by_stage: dict[str, list[str]] = {}
+    for stage, key in jobs:
+        by_stage.setdefault(stage, []).append(key)
+    for stage, keys in by_stage.items():
+        for start in range(0, len(keys), size):
+            yield stage, keys[start : start + size]
